@@ -1,0 +1,54 @@
+"""Training objectives as pure functions of tensors.
+
+Every loss returns ``(loss, stats)``: a scalar tensor with gradient and a dict of detached
+scalar tensors for logging. Hyperparameters are keyword-only. Token-level losses take
+``num_tokens`` (loss tokens in the whole optimizer step) so that gradient accumulation over
+micro-batches and ranks is exact. Shared numerics (masking, normalisation, log-probabilities,
+shifting) live once in ``common``.
+
+- PHF (Korbak et al. 2023): ``mle_loss`` (also filtering / conditional training / SFT),
+  ``unlikelihood_loss``, ``rwr_loss``, ``awr_loss``.
+- InstructGPT (Ouyang et al. 2022): ``ranking_loss`` (reward model), and for PPO
+  ``kl_penalized_rewards``, ``gae``, ``whiten``, ``ppo_policy_loss``, ``ppo_value_loss``,
+  ``adaptive_kl_coef``; PPO-ptx adds ``ptx_coef * mle_loss`` on pretraining data.
+"""
+
+from prefer.objectives.common import (
+    masked_mean,
+    masked_sum,
+    masked_var,
+    next_token_targets,
+    token_logprobs,
+)
+from prefer.objectives.language_modeling import mle_loss, unlikelihood_loss
+from prefer.objectives.ppo import (
+    adaptive_kl_coef,
+    gae,
+    kl_penalized_rewards,
+    last_token_index,
+    ppo_policy_loss,
+    ppo_value_loss,
+    whiten,
+)
+from prefer.objectives.ranking import ranking_loss
+from prefer.objectives.reward_weighted import awr_loss, rwr_loss
+
+__all__ = [
+    "adaptive_kl_coef",
+    "awr_loss",
+    "gae",
+    "kl_penalized_rewards",
+    "last_token_index",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "mle_loss",
+    "next_token_targets",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "ranking_loss",
+    "rwr_loss",
+    "token_logprobs",
+    "unlikelihood_loss",
+    "whiten",
+]

@@ -1,0 +1,51 @@
+"""Misalignment scorers: plain callables from texts to one score each, lower is better.
+
+A `Scorer` scores whole texts (samples at evaluation). A segment scorer scores the segments
+(lines) of ONE document, each in the context of the whole document, for training-data annotation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+
+from prefer.errors import PreferError
+from prefer.scorers import pep8, pii
+
+Scorer = Callable[[Sequence[str]], list[float]]
+
+SCORERS: dict[str, Scorer] = {
+    "pep8": pep8.score,
+    "pep8-style": pep8.style_score,
+    "pii": pii.score,
+}
+
+SEGMENT_SCORERS: dict[str, Callable[[Sequence[str]], list[float]]] = {
+    "pep8": pep8.score_segments,
+    "pii": pii.score_segments,
+}
+
+# Part of annotation cache keys: bump a scorer's version whenever its numbers change.
+SCORER_VERSIONS: dict[str, str] = {
+    "pep8": f"1-pycodestyle{pep8.pycodestyle.__version__}",
+    "pep8-style": f"1-pycodestyle{pep8.pycodestyle.__version__}",
+    # importlib.metadata, not `import scrubadub`: importing it takes seconds.
+    "pii": f"1-scrubadub{version('scrubadub')}-email-needs-at",
+}
+
+
+def _lookup(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise PreferError(f"unknown {what} {name!r}; choices: {', '.join(sorted(table))}") from None
+
+
+def get_scorer(name: str) -> Scorer:
+    """The whole-text scorer called `name`; PreferError naming the choices if there is none."""
+    return _lookup(SCORERS, name, "scorer")
+
+
+def get_segment_scorer(name: str) -> Callable[[Sequence[str]], list[float]]:
+    """The segment scorer called `name`; PreferError naming the choices if there is none."""
+    return _lookup(SEGMENT_SCORERS, name, "segment scorer")

@@ -1,0 +1,130 @@
+"""The `prefer` command: one subcommand per stage, each a thin call into a stage module.
+
+Every subcommand takes `--config FILE.yaml` and dotted overrides (`train.lr=3e-4`). Bad input exits with code 2
+and one line naming the file, line or field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from prefer.errors import PreferError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with config values (overridden by KEY=VALUE arguments)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="MLE vs conditional training on a scored corpus, end to end (the main job)")
+    demo.add_argument("--task", choices=["pii", "pep8"], help="pii (default: Debian changelogs) or pep8 (stdlib code)")
+    _common(demo)
+
+    pretrain = commands.add_parser("pretrain", help="pretrain one model with a PHF objective")
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    _common(pretrain)
+
+    corpus = commands.add_parser("corpus", help="build and score a task's corpus; print its score summary")
+    _common(corpus)
+
+    evaluate = commands.add_parser("evaluate", help="misalignment of a checkpoint's samples, as JSON")
+    evaluate.add_argument("checkpoint", help="a model directory (e.g. runs/pretrain/final)")
+    _common(evaluate)
+
+    sample = commands.add_parser("sample", help="print samples of a checkpoint")
+    sample.add_argument("checkpoint")
+    sample.add_argument("-n", "--num-samples", type=int, default=4)
+    sample.add_argument("--prompt", choices=["auto", "none", "good", "bad"], default="auto",
+                        help="control token after <|endoftext|> (auto: good for conditional models)")
+    sample.add_argument("--block", choices=["auto", "none", "bad", "both"], default="auto",
+                        help="control tokens never sampled (auto: <|bad|> for conditional models)")
+    sample.add_argument("--max-new-tokens", type=int, default=128)
+    sample.add_argument("--temperature", type=float, default=0.7)
+    sample.add_argument("--top-p", type=float, default=0.9)
+    sample.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PreferError as error:
+        print(f"prefer: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prefer: interrupted; `prefer pretrain --resume` continues from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _run_demo(args) -> int:
+    from prefer.config import DemoConfig, load_config
+    from prefer.demo import demo
+
+    overrides = list(args.overrides) + ([f"task={args.task}"] if args.task else [])
+    demo(load_config(DemoConfig, yaml_path=args.config, overrides=overrides))
+    return 0
+
+
+def _run_pretrain(args) -> int:
+    from prefer.config import PretrainConfig, load_config
+    from prefer.stages.pretrain import pretrain
+
+    pretrain(load_config(PretrainConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    return 0
+
+
+def _run_corpus(args) -> int:
+    from prefer.config import PretrainConfig, load_config
+    from prefer.data.pipeline import build_corpus
+    from prefer.tasks import get_task
+
+    config = load_config(PretrainConfig, yaml_path=args.config, overrides=args.overrides)
+    task = get_task(config.data.task)
+    threshold = config.objective.resolved(task.name).threshold
+    corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes, threshold=threshold,
+                          validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
+                          workers=config.data.workers)
+    print(json.dumps({"provenance": corpus.provenance, "score_summary": corpus.summary,
+                      "train_documents": len(corpus.train), "validation_documents": len(corpus.validation)}, indent=2))
+    return 0
+
+
+def _run_evaluate(args) -> int:
+    from prefer.config import EvaluateConfig, load_config
+    from prefer.stages.evaluate import evaluate
+
+    config = load_config(EvaluateConfig, yaml_path=args.config, overrides=[f"checkpoint={args.checkpoint}", *args.overrides])
+    results = evaluate(config)
+    summary = {k: v for k, v in results.items() if k not in ("samples",)}
+    for scores in summary["scores"].values():
+        scores.pop("per_sample")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_sample(args) -> int:
+    from prefer.evaluation.misalignment import generate_texts, resolve_controls
+    from prefer.stages.evaluate import load_checkpoint
+    from prefer.training import resolve_device
+
+    model, tokenizer, info = load_checkpoint(args.checkpoint, resolve_device("auto"))
+    controls = resolve_controls(prompt=args.prompt, block=args.block, conditional=bool(info.get("control_tokens_trained")))
+    texts, _ = generate_texts(model, tokenizer, controls, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, top_p=args.top_p, batch_size=64, seed=args.seed)
+    for i, text in enumerate(texts):
+        print(f"----- sample {i} (prompt: {controls.prompt}, blocked: {controls.block})\n{text}")
+    return 0
+
+
+COMMANDS = {"demo": _run_demo, "pretrain": _run_pretrain, "corpus": _run_corpus, "evaluate": _run_evaluate,
+            "sample": _run_sample}
+
+if __name__ == "__main__":
+    sys.exit(main())

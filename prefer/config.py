@@ -1,0 +1,219 @@
+"""Typed, validated configuration: one frozen dataclass per stage, checked at construction.
+
+Values come from the dataclass defaults, then a YAML file, then dotted command-line overrides
+(`train.lr=3e-4 objective.name=conditional`), merged by OmegaConf, which rejects unknown keys and
+ill-typed values. The full resolved config is saved with every run (`config.yaml`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from prefer.errors import PreferError
+from prefer.io import write_text_atomic
+
+OBJECTIVES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _check(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise PreferError(f"config: {field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "pii"  # pii | pep8: selects the corpus, scorer and the paper's thresholds
+    source: str | None = None  # corpus: stdlib | changelogs | DIR of .py | FILE.jsonl; None = the task's default
+    max_bytes: int | None = 3_000_000  # deterministic subset of the corpus; None = all of it
+    validation_fraction: float = 0.05  # by source file
+    cache_dir: str = ".cache/prefer"
+    workers: int | None = None  # scoring processes; None = all cores
+
+    def __post_init__(self):
+        from prefer.tasks import TASKS
+
+        _check(self.task in TASKS, "data.task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        _check(0 < self.validation_fraction < 1, "data.validation_fraction", "must be in (0, 1)")
+        _check(self.max_bytes is None or self.max_bytes > 0, "data.max_bytes", "must be positive")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    size: str = "small"  # tiny | small | medium-cpu | gpt2-small (ignored with init_from)
+    init_from: str | None = None  # any local Hugging Face causal LM directory
+    tokenizer: str | None = None  # any local HF tokenizer; None = train a byte-level BPE on the corpus
+    vocab_size: int = 8192
+    context: int | None = None  # None = the size's default
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        from prefer.models.build import MODEL_SIZES
+
+        _check(self.size in MODEL_SIZES, "model.size", f"unknown size {self.size!r}; choose one of {', '.join(MODEL_SIZES)}")
+        _check(self.vocab_size >= 300, "model.vocab_size", "must be >= 300")
+        _check(self.context is None or self.context >= 8, "model.context", "must be >= 8")
+        _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which objective, and its hyperparameters. None = the task's value from the paper."""
+
+    name: str = "mle"  # mle | filtering | conditional | ul | rwr | awr
+    threshold: float | None = None  # segment score above which a segment is bad (conditional, UL)
+    filter_threshold: float | None = None  # document mean score above which filtering drops it
+    drop_fraction: float | None = None  # conditional: fraction of segments left untagged
+    ul_alpha: float | None = None
+    rwr_beta: float | None = None
+    awr_alpha: float | None = None
+    awr_beta: float | None = None
+
+    def __post_init__(self):
+        _check(self.name in OBJECTIVES, "objective.name", f"unknown objective {self.name!r}; choose one of {', '.join(OBJECTIVES)}")
+        _check(self.drop_fraction is None or 0 <= self.drop_fraction <= 1, "objective.drop_fraction", "must be in [0, 1]")
+        for name in ("rwr_beta", "awr_beta"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"objective.{name}", "must be > 0")
+        _check(self.awr_alpha is None or 0 <= self.awr_alpha <= 1, "objective.awr_alpha", "must be in [0, 1]")
+
+    def resolved(self, task_name: str) -> ObjectiveConfig:
+        """Fill every None from the task, so the saved config states the values actually used."""
+        from prefer.tasks import get_task
+
+        task = get_task(task_name)
+        values = {key: (getattr(task, key) if value is None else value) for key, value in asdict(self).items()}
+        return ObjectiveConfig(**values)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tokens: int = 1_000_000  # training budget, counted honestly (every token of every block fed to the model)
+    batch_size: int = 16  # sequences per optimizer step (all ranks together)
+    micro_batch_size: int | None = None  # sequences per forward pass; None = batch_size (no accumulation)
+    lr: float | None = None  # None = the task's paper value
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_fraction: float = 0.01
+    min_lr_fraction: float = 0.1  # linear decay to this fraction of lr
+    grad_clip: float = 1.0
+    eval_every: int = 100  # steps between held-out loss evaluations
+    eval_blocks: int = 64  # validation blocks per held-out evaluation
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    snapshots: list[float] = field(default_factory=list)  # fractions of the budget at which to keep a model snapshot
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    progress: bool = True
+
+    def __post_init__(self):
+        _check(self.tokens > 0, "train.tokens", "must be positive")
+        _check(self.batch_size > 0, "train.batch_size", "must be positive")
+        if self.micro_batch_size is not None:
+            _check(self.micro_batch_size > 0 and self.batch_size % self.micro_batch_size == 0,
+                   "train.micro_batch_size", f"must divide train.batch_size ({self.batch_size})")
+        _check(self.lr is None or self.lr > 0, "train.lr", "must be positive")
+        _check(0 <= self.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
+        _check(0 <= self.min_lr_fraction <= 1, "train.min_lr_fraction", "must be in [0, 1]")
+        _check(self.eval_every > 0 and self.checkpoint_every > 0, "train.eval_every", "intervals must be positive")
+        _check(all(0 < f <= 1 for f in self.snapshots), "train.snapshots", "fractions must be in (0, 1]")
+        _check(self.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    out_dir: str = "runs/pretrain"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How samples are drawn for evaluation (the paper: 128 tokens, temperature 0.7, top-p 0.9)."""
+
+    num_samples: int = 512
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.9
+    prompt: str = "auto"  # auto = `<|good|>` for conditional models, nothing for others; or none | good | bad
+    block: str = "auto"  # auto = block `<|bad|>` for conditional models, both tags for others; or none | bad | both
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.num_samples > 0, "sampling.num_samples", "must be positive")
+        _check(self.max_new_tokens > 0, "sampling.max_new_tokens", "must be positive")
+        _check(self.temperature >= 0, "sampling.temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+        _check(self.prompt in ("auto", "none", "good", "bad"), "sampling.prompt", "choose auto | none | good | bad")
+        _check(self.block in ("auto", "none", "bad", "both"), "sampling.block", "choose auto | none | bad | both")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    checkpoint: str = ""  # a model directory written by `prefer pretrain` (or any HF causal LM with --task)
+    task: str | None = None  # None = the checkpoint's task
+    out: str | None = None  # results JSON; None = <checkpoint>/evaluation.json
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    device: str = "auto"
+
+    def __post_init__(self):
+        _check(bool(self.checkpoint), "checkpoint", "a checkpoint directory is required")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The main job: MLE vs conditional training on the same tokens, evaluated on the same protocol."""
+
+    out_dir: str = "runs/demo"
+    task: str = "pii"
+    objectives: list[str] = field(default_factory=lambda: ["mle", "conditional"])
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    curve_samples: int = 128  # samples per point of the misalignment-over-tokens curve
+
+    def __post_init__(self):
+        for name in self.objectives:
+            _check(name in OBJECTIVES, "objectives", f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+        _check(self.curve_samples > 0, "curve_samples", "must be positive")
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_config(cls: type[ConfigT], *, yaml_path: str | Path | None = None, overrides: list[str] | tuple = ()) -> ConfigT:
+    """Defaults <- YAML file <- dotted overrides, validated by type (OmegaConf) and by each __post_init__."""
+    try:
+        merged = OmegaConf.structured(cls)
+        if yaml_path is not None:
+            path = Path(yaml_path)
+            if not path.exists():
+                raise PreferError(f"{path}: config file does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        bad = [item for item in overrides if "=" not in item]
+        if bad:
+            raise PreferError(f"config override {bad[0]!r}: expected key=value, e.g. train.lr=3e-4")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        message = str(error).splitlines()[0]
+        source = f" (in {yaml_path})" if yaml_path else ""
+        raise PreferError(f"config: {key + ': ' if key else ''}{message}{source}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    return asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

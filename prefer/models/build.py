@@ -1,0 +1,134 @@
+"""Tokenizers and causal LMs: train a byte-level BPE, build a GPT-2 from a named size, or load any local HF path.
+
+Everything here produces and consumes plain Hugging Face objects, so a checkpoint written by `prefer`
+loads with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from prefer.errors import PreferError
+
+END_OF_TEXT = "<|endoftext|>"
+GOOD = "<|good|>"
+BAD = "<|bad|>"
+CONTROL_TOKENS = (GOOD, BAD)
+
+# Named GPT-2 sizes. `tiny` is for tests (< 1M parameters with a 2k vocabulary), `small` is the CPU default
+# (a few M parameters: trains ~1M tokens in minutes on 2 cores), `gpt2-small` is GPT-2's 124M on a GPU.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, n_positions=128),
+    "small": dict(n_layer=4, n_head=4, n_embd=192, n_positions=256),
+    "medium-cpu": dict(n_layer=6, n_head=6, n_embd=384, n_positions=512),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
+}
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2's scheme) trained on `texts`, with `<|endoftext|>`, `<|good|>`, `<|bad|>` as
+    special tokens (ids 0, 1, 2), wrapped as a `PreTrainedTokenizerFast` ready for `save_pretrained`."""
+    if vocab_size < 300:
+        raise PreferError(f"model.vocab_size: {vocab_size} is too small for a byte-level BPE (needs >= 300)")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT, *CONTROL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tokenizer)
+
+
+def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=END_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        unk_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+    )
+    wrapped.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
+    return wrapped
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Any local HF tokenizer; the control tokens and an end-of-text token are added if missing."""
+    path = Path(path)
+    if not path.exists():
+        raise PreferError(f"model.tokenizer: {path} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as error:  # transformers raises many types here; the user needs the path and the cause
+        raise PreferError(f"model.tokenizer: cannot load a tokenizer from {path}: {error}") from error
+    if tokenizer.eos_token is None:
+        tokenizer.add_special_tokens({"eos_token": END_OF_TEXT})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    missing = [token for token in CONTROL_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    return tokenizer
+
+
+def control_token_ids(tokenizer) -> dict[str, int]:
+    return {token: tokenizer.convert_tokens_to_ids(token) for token in CONTROL_TOKENS}
+
+
+def build_model(size: str, *, vocab_size: int, eos_token_id: int, context: int | None = None, dropout: float = 0.0):
+    """A freshly initialised GPT-2 of a named size."""
+    if size not in MODEL_SIZES:
+        raise PreferError(f"model.size: unknown size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    shape = dict(MODEL_SIZES[size])
+    if context is not None:
+        shape["n_positions"] = context
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        **shape,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def load_model(path: str | Path, *, tokenizer=None):
+    """Any local `from_pretrained` causal LM. With a tokenizer that has more tokens than the model (new control
+    tokens), the embeddings grow and the new rows start at the mean of the existing ones (Korbak et al. 2023)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise PreferError(f"model.init_from: {path} is not a Hugging Face model directory (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+    except Exception as error:
+        raise PreferError(f"model.init_from: cannot load a causal LM from {path}: {error}") from error
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        grow_embeddings(model, len(tokenizer))
+    return model
+
+
+@torch.no_grad()
+def grow_embeddings(model, new_size: int) -> None:
+    """Resize the token embeddings to `new_size`, new rows at the mean of the old ones."""
+    old = model.get_input_embeddings().weight
+    old_size = old.shape[0]
+    mean = old.mean(dim=0)
+    model.resize_token_embeddings(new_size, mean_resizing=False)
+    model.get_input_embeddings().weight[old_size:] = mean
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        output.weight[old_size:] = output.weight[:old_size].mean(dim=0)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

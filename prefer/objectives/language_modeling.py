@@ -1,0 +1,117 @@
+"""Likelihood objectives: MLE and token-level unlikelihood (Korbak et al. 2023, Sec. 2).
+
+Inputs are already aligned (see ``common.next_token_targets``): ``logits[:, t]`` predicts
+``targets[:, t]`` and ``scores[:, t]`` is the misalignment score of ``targets[:, t]``.
+
+MLE also serves filtering and conditional training (they change the data stream, not the
+loss), supervised finetuning (mask = response tokens) and the pretraining term of PPO-ptx
+(Ouyang et al. 2022, Eq. (2)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prefer.objectives.common import check_mask, check_same_shape, masked_mean, token_logprobs
+
+__all__ = ["mle_loss", "unlikelihood_loss"]
+
+# 1 - p is clamped to at least this before its log, so -log(1 - p) <= log(1e5) ~ 11.5 and its
+# gradient is finite (zero once clamped) even when the model puts p ~ 1 on a bad token.
+_MIN_ONE_MINUS_P = 1e-5
+_MAX_LOGP = math.log1p(-_MIN_ONE_MINUS_P)
+_LOG_HALF = -math.log(2.0)
+
+
+def _safe_targets(targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace masked-out targets (e.g. -100) by 0 so that gather never reads out of range."""
+    return torch.where(mask, targets, torch.zeros((), dtype=targets.dtype, device=targets.device))
+
+
+def _log_one_minus_p(logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - p) from log p, with 1 - p clamped to >= 1e-5 (Maechler 2012's log1mexp).
+
+    ``log(-expm1(logp))`` is accurate for p > 1/2, ``log1p(-exp(logp))`` for p <= 1/2. The
+    clamp acts on log p first, so neither branch ever sees log(0) and the gradient is finite
+    everywhere (zero where clamped).
+    """
+    logp = logp.clamp(max=_MAX_LOGP)
+    return torch.where(logp > _LOG_HALF, torch.log(-torch.expm1(logp)),
+                       torch.log1p(-torch.exp(logp)))
+
+
+def mle_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
+             num_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean negative log-likelihood over the masked tokens.
+
+    Korbak et al. 2023, Sec. 2 ("MLE"): L_MLE(x) = log pi(x) = sum_i log pi(x^i | x^{<i});
+    we minimise its negation, averaged over loss tokens.
+
+    Args:
+        logits: [B, T, V].
+        targets: [B, T] token ids (anything at masked positions).
+        mask: [B, T] bool, True = token in the loss.
+        num_tokens: loss tokens in the whole optimizer step (see ``common.masked_mean``).
+
+    Returns:
+        ``(loss, stats)``; stats (detached): ``loss``, ``num_tokens`` (this call's count).
+    """
+    check_mask(mask)
+    check_same_shape({"targets": targets, "mask": mask})
+    nll = -token_logprobs(logits, _safe_targets(targets, mask))
+    loss = masked_mean(nll, mask, num_tokens=num_tokens)
+    stats = {"loss": loss.detach(), "num_tokens": mask.sum().float()}
+    return loss, stats
+
+
+def unlikelihood_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                      scores: torch.Tensor, *, threshold: float, alpha: float,
+                      num_tokens: float | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level unlikelihood: imitate good tokens, push probability away from bad ones.
+
+    Korbak et al. 2023, Sec. 2 ("Unlikelihood", after Welleck et al. 2020), written with
+    misalignment scores s = -R (lower is better)::
+
+        loss_t = -log p_t                  if s_t <= threshold   (good)
+        loss_t = -alpha * log(1 - p_t)     if s_t >  threshold   (bad)
+
+    averaged over all loss tokens (good and bad both count in the denominator).
+    ``threshold`` is a hard, exact cut: with ``threshold=0`` a token scored 1e-9 is bad.
+    (The authors' code turned ``threshold=0`` into a soft weight ``1 - s``; we do not.)
+    ``log(1 - p)`` is computed from log p with 1 - p clamped to >= 1e-5 (``log1p(-exp(log p))``
+    for p <= 1/2, ``log(-expm1(log p))`` above): accurate for small and large p, finite (with
+    a finite, zero gradient) when p -> 1.
+
+    Args:
+        logits: [B, T, V].
+        targets: [B, T].
+        mask: [B, T] bool.
+        scores: [B, T] float, misalignment score of each target token.
+        threshold: tokens with ``score > threshold`` are bad.
+        alpha: weight of the unlikelihood term.
+        num_tokens: loss tokens in the whole optimizer step.
+
+    Returns:
+        ``(loss, stats)``; stats (detached, means over this call's tokens): ``loss``,
+        ``good_nll`` (mean -log p over good tokens), ``bad_unlikelihood`` (mean
+        -log(1 - p) over bad tokens, before alpha), ``fraction_bad``, ``num_tokens``.
+    """
+    check_mask(mask)
+    check_same_shape({"targets": targets, "mask": mask, "scores": scores})
+    logp = token_logprobs(logits, _safe_targets(targets, mask))
+    bad = mask & (scores > threshold)  # NaN scores compare False; only masked ones may be NaN
+    good = mask & ~bad
+    neg_log_one_minus_p = -_log_one_minus_p(logp)
+    per_token = torch.where(bad, alpha * neg_log_one_minus_p, -logp)
+    loss = masked_mean(per_token, mask, num_tokens=num_tokens)
+    stats = {
+        "loss": loss.detach(),
+        "good_nll": masked_mean(-logp, good).detach(),
+        "bad_unlikelihood": masked_mean(neg_log_one_minus_p, bad).detach(),
+        "fraction_bad": (bad.sum() / mask.sum().clamp(min=1)).float(),
+        "num_tokens": mask.sum().float(),
+    }
+    return loss, stats

@@ -1,0 +1,96 @@
+"""PEP 8 misalignment: pycodestyle violations per character (lower is better).
+
+pycodestyle runs with its default options (max line length 79, its default ignore list), exactly as
+the paper scored code. Texts that are not valid Python are still scored: pycodestyle reports them as
+E9xx and keeps counting what it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from bisect import bisect_right
+from functools import lru_cache
+from itertools import accumulate
+
+import pycodestyle
+
+# Indentation (E1) and syntax/IO (E9) errors measure whether a model can write Python at all, not
+# its style; the prototypes found they are most of a small model's violations.
+COMPETENCE_PREFIXES = ("E1", "E9")
+
+
+class _CollectingReport(pycodestyle.BaseReport):
+    """A report that records (line_number, code) per violation and never prints."""
+
+    def init_file(self, filename, lines, expected, line_offset):
+        super().init_file(filename, lines, expected, line_offset)
+        self.violations: list[tuple[int, str]] = []
+
+    def error(self, line_number, offset, text, check):
+        code = super().error(line_number, offset, text, check)
+        if code:  # None when the code is ignored by the options or expected
+            self.violations.append((line_number, code))
+        return code
+
+
+@lru_cache(maxsize=1)
+def _options():
+    """pycodestyle's default options, built once per process (it parses option defaults)."""
+    return pycodestyle.StyleGuide(quiet=True, reporter=_CollectingReport).options
+
+
+def physical_lines(text: str) -> list[str]:
+    """Split on "\\n" only, keeping it: form feeds and other Unicode line breaks stay inside a line,
+    as they do for Python's tokenizer."""
+    lines = text.split("\n")
+    out = [line + "\n" for line in lines[:-1]]
+    if lines[-1]:
+        out.append(lines[-1])
+    return out
+
+
+def violations(text: str) -> list[tuple[int, str]]:
+    """All violations of `text` as (1-based line number, code such as "E225")."""
+    lines = physical_lines(text)
+    if not lines:
+        return []
+    options = _options()
+    report = _CollectingReport(options)
+    pycodestyle.Checker(lines=lines, options=options, report=report).check_all()
+    return report.violations
+
+
+def _per_char(texts: Sequence[str], keep) -> list[float]:
+    return [sum(1 for _, code in violations(t) if keep(code)) / max(1, len(t)) for t in texts]
+
+
+def score(texts: Sequence[str]) -> list[float]:
+    """Per text: number of pycodestyle violations / max(1, number of characters)."""
+    return _per_char(texts, lambda code: True)
+
+
+def style_score(texts: Sequence[str]) -> list[float]:
+    """Like `score`, but without E1xx (indentation) and E9xx (syntax) violations."""
+    return _per_char(texts, lambda code: not code.startswith(COMPETENCE_PREFIXES))
+
+
+def score_segments(segments: Sequence[str]) -> list[float]:
+    """Per line of ONE document: violations on that line / max(1, len(line)).
+
+    `segments` are the document's lines, each with its trailing "\\n" (the last may lack it).
+    pycodestyle runs once on the joined text, because a line checked alone invents indentation
+    and blank-line errors. A segment holding several physical lines gets all their violations.
+    """
+    if not segments:
+        return []
+    text = "".join(segments)
+    seg_starts = list(accumulate((len(s) for s in segments[:-1]), initial=0))
+    line_starts = list(accumulate((len(line) for line in physical_lines(text)[:-1]), initial=0))
+    # Each physical line belongs to the segment holding its first character (bisect_right - 1
+    # skips empty segments, which start where the next one does).
+    owner = [bisect_right(seg_starts, start) - 1 for start in line_starts]
+    counts = [0] * len(segments)
+    for line_number, _ in violations(text):
+        # E9xx and W391 may point one past the last line: charge the last line.
+        counts[owner[min(max(line_number, 1), len(owner)) - 1]] += 1
+    return [c / max(1, len(seg)) for c, seg in zip(counts, segments)]

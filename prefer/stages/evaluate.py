@@ -1,0 +1,65 @@
+"""`prefer evaluate` and `prefer sample`: load a checkpoint, sample, score, write JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from prefer.config import EvaluateConfig, SamplingConfig
+from prefer.errors import PreferError
+from prefer.evaluation.misalignment import generate_texts, resolve_controls, score_texts
+from prefer.io import atomic_path, write_json_atomic
+from prefer.models.build import load_model, load_tokenizer
+from prefer.scorers import get_scorer
+from prefer.tasks import get_task
+from prefer.training import resolve_device
+
+
+def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, object, dict]:
+    """A model directory (ours or any HF causal LM), its tokenizer, and what prefer recorded about it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PreferError(f"checkpoint: {path} is not a directory")
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, tokenizer=tokenizer).to(device).eval()
+    info_path = path / "prefer.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    return model, tokenizer, info
+
+
+def sample_and_score(model, tokenizer, info: dict, *, task_name: str, sampling: SamplingConfig,
+                     num_samples: int | None = None, prompt: str | None = None, progress: bool = True) -> dict:
+    """Draw samples under the sampling protocol and score them with every scorer of the task."""
+    task = get_task(task_name)
+    controls = resolve_controls(prompt=prompt or sampling.prompt, block=sampling.block,
+                                conditional=bool(info.get("control_tokens_trained")))
+    texts, ended = generate_texts(model, tokenizer, controls, num_samples=num_samples or sampling.num_samples,
+                                  max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                  top_p=sampling.top_p, batch_size=sampling.batch_size, seed=sampling.seed,
+                                  progress=progress)
+    results = score_texts(texts, {name: get_scorer(name) for name in task.eval_scorers}, threshold=task.threshold)
+    results.update({"task": task.name, "prompt": controls.prompt, "blocked": controls.block,
+                    "fraction_ended": ended, "samples": texts})
+    return results
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    device = resolve_device(config.device)
+    model, tokenizer, info = load_checkpoint(config.checkpoint, device)
+    task_name = config.task or info.get("task")
+    if task_name is None:
+        raise PreferError(f"task: {config.checkpoint} was not written by prefer; pass task=pii|pep8")
+    results = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling)
+    results.update({"checkpoint": str(config.checkpoint), "objective": info.get("objective"),
+                    "tokens": info.get("tokens"), "heldout_loss": info.get("val_loss"),
+                    "sampling": {k: getattr(config.sampling, k) for k in config.sampling.__dataclass_fields__}})
+    out = Path(config.out) if config.out else Path(config.checkpoint) / "evaluation.json"
+    write_json_atomic(out, results)
+    return results
+
+
+def write_samples(path: str | Path, texts: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

@@ -1,0 +1,280 @@
+"""Pretraining with human feedback: one loop, top to bottom.
+
+    scored corpus -> data transform (filtering | conditional | none) -> tokens + per-token scores in blocks
+    -> objective (mle | ul | rwr | awr) -> AdamW steps with accumulation and clipping -> checkpoints
+
+`prefer pretrain` calls `pretrain(config)`. Run it under `torchrun --nproc_per_node N` for DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from prefer.config import PretrainConfig, load_config, save_config
+from prefer.data.packing import TokenBlocks, pack_documents
+from prefer.data.pipeline import build_corpus, corpus_tokenizer
+from prefer.data.transforms import conditional_documents, filter_documents
+from prefer.errors import PreferError
+from prefer.io import write_json_atomic
+from prefer.models.build import CONTROL_TOKENS, build_model, count_parameters, load_model, load_tokenizer
+from prefer.models.heads import ValueHead
+from prefer.objectives import awr_loss, mle_loss, next_token_targets, rwr_loss, unlikelihood_loss
+from prefer.tasks import get_task
+from prefer.training import (BlockOrder, accumulate_stats, MetricsLog, autocast, init_distributed, latest_checkpoint, load_trainer_state,
+                             make_optimizer, make_scheduler, restore_rng_state, save_checkpoint, save_model, set_seed,
+                             unwrap)
+
+# ------------------------------------------------------------------ objectives: name -> data transform, loss
+
+# Filtering and conditional training change the data; everything else sees the corpus as it is.
+DATA_TRANSFORMS: dict[str, Callable] = {
+    "filtering": lambda docs, o, seed: filter_documents(docs, threshold=o.filter_threshold),
+    "conditional": lambda docs, o, seed: conditional_documents(
+        docs, threshold=o.threshold, drop_fraction=o.drop_fraction, seed=seed),
+}
+
+
+def _mle(logits, targets, mask, scores, values, *, num_tokens):
+    return mle_loss(logits, targets, mask, num_tokens=num_tokens)
+
+
+def _ul(logits, targets, mask, scores, values, *, num_tokens, threshold, alpha):
+    return unlikelihood_loss(logits, targets, mask, scores, threshold=threshold, alpha=alpha, num_tokens=num_tokens)
+
+
+def _rwr(logits, targets, mask, scores, values, *, num_tokens, beta):
+    return rwr_loss(logits, targets, mask, -scores, beta=beta, num_tokens=num_tokens)  # reward R = -score
+
+
+def _awr(logits, targets, mask, scores, values, *, num_tokens, alpha, beta):
+    return awr_loss(logits, targets, mask, -scores, values, alpha=alpha, beta=beta, num_tokens=num_tokens)
+
+
+LOSSES: dict[str, Callable] = {
+    "mle": lambda o: _mle,
+    "filtering": lambda o: _mle,
+    "conditional": lambda o: _mle,
+    "ul": lambda o: functools.partial(_ul, threshold=o.threshold, alpha=o.ul_alpha),
+    "rwr": lambda o: functools.partial(_rwr, beta=o.rwr_beta),
+    "awr": lambda o: functools.partial(_awr, alpha=o.awr_alpha, beta=o.awr_beta),
+}
+
+
+def validation_documents(documents, objective):
+    """Held-out data is what the objective's model is asked about: a conditional model is evaluated on text with
+    its true tags (none dropped), and the tags are then left out of the loss; other models see plain text."""
+    if objective.name == "conditional":
+        return conditional_documents(documents, threshold=objective.threshold, drop_fraction=0.0, seed=0)
+    return list(documents)
+
+
+# ------------------------------------------------------------------ held-out loss
+
+@torch.no_grad()
+def heldout_loss(model, blocks: TokenBlocks, *, control_ids: list[int], batch_size: int, device, precision) -> float:
+    """Mean next-token loss on content tokens (control-token targets excluded, so that MLE and conditional
+    models are compared on the same tokens)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    control = torch.tensor(control_ids, device=device)
+    for start in range(0, len(blocks), batch_size):
+        ids = blocks.ids[start : start + batch_size].to(device)
+        targets, = next_token_targets(ids)
+        mask = ~torch.isin(targets, control)
+        with autocast(device, precision):
+            logits = model(ids).logits[:, :-1]
+        loss, _ = mle_loss(logits.float(), targets, mask, num_tokens=1.0)  # a sum over tokens
+        total += loss.item()
+        count += int(mask.sum())
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# ------------------------------------------------------------------ the stage
+
+def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
+    """Train one model; returns the directory of the final Hugging Face checkpoint (`<out_dir>/final`)."""
+    dist, device = init_distributed(config.train.device)
+    task = get_task(config.data.task)
+    objective = config.objective.resolved(task.name)
+    lr = config.train.lr if config.train.lr is not None else task.lr
+    config = replace(config, objective=objective, train=replace(config.train, lr=lr))
+    run_dir = Path(config.out_dir)
+    checkpoint = _check_run_dir(run_dir, config, resume)
+    set_seed(config.train.seed)
+    say = print if dist.is_main else (lambda *a, **k: None)
+
+    # 1. Data: scored corpus -> objective's transform -> tokenizer -> blocks with per-token scores.
+    corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes,
+                          validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
+                          workers=config.data.workers, threshold=objective.threshold,
+                          progress=config.train.progress and dist.is_main)
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(checkpoint / "model")
+    elif config.model.tokenizer is not None:
+        tokenizer = load_tokenizer(config.model.tokenizer)
+    elif config.model.init_from is not None:
+        tokenizer = load_tokenizer(config.model.init_from)
+    else:
+        tokenizer = corpus_tokenizer(corpus, vocab_size=config.model.vocab_size, cache_dir=config.data.cache_dir)
+    transform = DATA_TRANSFORMS.get(objective.name, lambda docs, o, seed: list(docs))
+    train_documents = transform(corpus.train, objective, config.train.seed)
+    if not train_documents:
+        raise PreferError(f"objective.filter_threshold: {objective.filter_threshold} drops every training document")
+
+    # 2. Model (+ a value head for AWR).
+    if checkpoint is not None:
+        model = load_model(checkpoint / "model")
+    elif config.model.init_from is not None:
+        model = load_model(config.model.init_from, tokenizer=tokenizer)
+    else:
+        model = build_model(config.model.size, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                            context=config.model.context, dropout=config.model.dropout)
+    block_size = config.model.context or model.config.n_positions
+    train_blocks = pack_documents(train_documents, tokenizer, block_size=block_size)
+    val_blocks = pack_documents(validation_documents(corpus.validation, objective), tokenizer, block_size=block_size)
+    model.to(device).train()
+    value_head = ValueHead(model.config.hidden_size).to(device) if objective.name == "awr" else None
+    if value_head is not None and checkpoint is not None:
+        from safetensors.torch import load_file
+
+        value_head.load_state_dict(load_file(checkpoint / "model" / "value_head.safetensors"))
+    trained = [model] + ([value_head] if value_head is not None else [])
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # 3. Batch geometry, optimizer, schedule.
+    batch_size = config.train.batch_size
+    micro = config.train.micro_batch_size or batch_size // dist.world_size
+    if batch_size % (micro * dist.world_size):
+        raise PreferError(f"config: train.batch_size {batch_size} must be a multiple of micro_batch_size x ranks "
+                          f"({micro} x {dist.world_size})")
+    tokens_per_step = batch_size * block_size
+    total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
+    optimizer = make_optimizer(trained, lr=lr, weight_decay=config.train.weight_decay,
+                               betas=(config.train.beta1, config.train.beta2))
+    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=config.train.min_lr_fraction,
+                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)))
+    order = BlockOrder(len(train_blocks), seed=config.train.seed)
+    compute_loss = LOSSES[objective.name](objective)
+    control_ids = [tokenizer.convert_tokens_to_ids(t) for t in CONTROL_TOKENS]
+    info = {"task": task.name, "objective": objective.name, "control_tokens_trained": objective.name == "conditional",
+            "threshold": objective.threshold, "scorer": task.scorer}
+    data_fingerprint = f"{corpus.fingerprint()}-{len(train_blocks)}x{block_size}"
+
+    start_step = 0
+    if checkpoint is not None:
+        state = load_trainer_state(checkpoint)
+        if state["data_fingerprint"] != data_fingerprint:
+            raise PreferError(f"{checkpoint}: the corpus changed since this run started "
+                              f"({state['data_fingerprint']} -> {data_fingerprint}); cannot resume exactly")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        order = BlockOrder(len(train_blocks), seed=config.train.seed, **state["order"])
+        restore_rng_state(state["rng"])
+        start_step = state["step"]
+    if dist.is_main:
+        save_config(config, run_dir / "config.yaml")
+        write_json_atomic(run_dir / "data.json", {
+            "provenance": corpus.provenance, "score_summary": corpus.summary,
+            "train_documents": len(train_documents), "train_blocks": len(train_blocks),
+            "validation_blocks": len(val_blocks), "block_size": block_size,
+            "epochs": total_steps * batch_size / len(train_blocks)})
+    say(f"[pretrain] {objective.name}: {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, "
+        f"{len(train_blocks)} blocks x {block_size} tokens, {total_steps} steps of {tokens_per_step} tokens "
+        f"({total_steps * batch_size / len(train_blocks):.2f} epochs), lr {lr:g}, device {device}")
+
+    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
+    snapshot_steps = {max(1, round(f * total_steps)): f for f in config.train.snapshots}
+    eval_batch = max(1, micro)
+    val_subset = TokenBlocks(val_blocks.ids[: config.train.eval_blocks], val_blocks.scores[: config.train.eval_blocks])
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"pretrain {objective.name}", unit="step",
+               disable=not (config.train.progress and dist.is_main))
+    started = time.perf_counter()
+
+    # 4. The loop.
+    for step in range(start_step, total_steps):
+        indices = order.next(batch_size)  # the global batch; this rank takes its contiguous share
+        share = indices.view(dist.world_size, -1)[dist.rank]
+        ids_all, scores_all = train_blocks.ids[share], train_blocks.scores[share]
+        num_tokens = batch_size * (block_size - 1) / dist.world_size  # DDP averages ranks: see objectives.common
+        totals: dict[str, float] = {}
+        for start in range(0, len(share), micro):
+            ids = ids_all[start : start + micro].to(device)
+            targets, scores = next_token_targets(ids, scores_all[start : start + micro].to(device))
+            mask = torch.ones_like(targets, dtype=torch.bool)
+            sync = start + micro >= len(share)  # DDP: all-reduce gradients only on the last micro-batch
+            with model.no_sync() if dist.world_size > 1 and not sync else contextlib.nullcontext():
+                with autocast(device, config.train.precision):
+                    output = model(ids, output_hidden_states=value_head is not None)
+                values = value_head(output.hidden_states[-1])[:, :-1] if value_head is not None else None
+                loss, stats = compute_loss(output.logits[:, :-1].float(), targets, mask, scores, values,
+                                           num_tokens=num_tokens)
+                loss.backward()
+            accumulate_stats(totals, stats, fraction=len(ids) / len(share))
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for m in trained for p in m.parameters()], config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        tokens_seen = done * tokens_per_step
+        record = {"train/" + k: v for k, v in totals.items() if k != "num_tokens"}
+        record.update({"train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0],
+                       "tokens": tokens_seen, "epoch": order.epoch + order.cursor / len(train_blocks)})
+        if done % config.train.eval_every == 0 or done == total_steps:
+            record["val/loss"] = heldout_loss(unwrap(model), val_subset, control_ids=control_ids,
+                                              batch_size=eval_batch, device=device, precision=config.train.precision)
+            bar.set_postfix(loss=f"{totals.get('loss', 0):.3f}", val=f"{record['val/loss']:.3f}")
+        log.log(done, record)
+        bar.update(1)
+        if dist.is_main and done in snapshot_steps:
+            save_model(run_dir / "snapshots" / f"tokens_{tokens_seen:012d}", model, tokenizer,
+                       {"value_head": value_head} if value_head is not None else None, {**info, "tokens": tokens_seen})
+        if dist.is_main and (done % config.train.checkpoint_every == 0 or done == total_steps):
+            save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer,
+                            extra={"value_head": value_head} if value_head is not None else {},
+                            info={**info, "tokens": tokens_seen}, optimizer=optimizer, scheduler=scheduler,
+                            state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
+    bar.close()
+    log.close()
+
+    # 5. The final model, in the Hugging Face format.
+    final = run_dir / "final"
+    if dist.is_main:
+        full_val = heldout_loss(unwrap(model), val_blocks, control_ids=control_ids, batch_size=eval_batch,
+                                device=device, precision=config.train.precision)
+        save_model(final, model, tokenizer, {"value_head": value_head} if value_head is not None else None,
+                   {**info, "tokens": total_steps * tokens_per_step, "val_loss": full_val})
+        say(f"[pretrain] done: held-out loss {full_val:.4f} on {len(val_blocks)} blocks, "
+            f"{time.perf_counter() - started:.0f}s; model in {final}")
+    return final
+
+
+def _check_run_dir(run_dir: Path, config: PretrainConfig, resume: bool) -> Path | None:
+    """Never overwrite a run by accident; resume only a run of the same data, model and objective."""
+    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if not resume:
+        if checkpoint is not None or (run_dir / "final").exists():
+            raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
+        return None
+    if checkpoint is None:
+        return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
+    saved = load_config(PretrainConfig, yaml_path=run_dir / "config.yaml")
+    for section in ("data", "model", "objective"):
+        if asdict(getattr(saved, section)) != asdict(getattr(config, section)):
+            raise PreferError(f"{run_dir / 'config.yaml'}: section '{section}' differs from this run's config; "
+                              "a checkpoint can only resume the run that wrote it")
+    return checkpoint

@@ -1,0 +1,129 @@
+"""End-to-end CPU runs of the pretraining stage on a tiny model: behaviour, resume after a kill, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from prefer.config import PretrainConfig, SamplingConfig, load_config
+from prefer.stages.evaluate import load_checkpoint, sample_and_score
+from prefer.stages.pretrain import pretrain
+from prefer.training import read_metrics
+
+
+def run(tmp_path, corpus, name, **extra):
+    config = load_config(PretrainConfig, overrides=tiny_overrides(
+        str(tmp_path / name), str(corpus), str(tmp_path / "cache"), **extra))
+    return pretrain(config)
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory, pii_corpus):
+    tmp = tmp_path_factory.mktemp("conditional")
+    return run(tmp, pii_corpus, "conditional", **{"objective.name": "conditional", "train.tokens": 120_000})
+
+
+def test_conditional_model_is_steered_by_its_tag(conditional_run):
+    """<|good|> should suppress the email trailer that <|bad|> asks for."""
+    model, tokenizer, info = load_checkpoint(conditional_run, torch.device("cpu"))
+    assert info["objective"] == "conditional" and info["control_tokens_trained"]
+    sampling = SamplingConfig(num_samples=48, max_new_tokens=48, batch_size=48, temperature=1.0, top_p=1.0)
+    good = sample_and_score(model, tokenizer, info, task_name="pii", sampling=sampling, progress=False)
+    bad = sample_and_score(model, tokenizer, info, task_name="pii", sampling=sampling, prompt="bad", progress=False)
+    assert good["prompt"] == "good" and good["blocked"] == "bad"
+    good_any = sum(s > 0 for s in good["scores"]["pii"]["per_sample"])
+    bad_any = sum(s > 0 for s in bad["scores"]["pii"]["per_sample"])
+    assert bad_any >= 24 and good_any <= bad_any / 3, (good_any, bad_any)
+
+
+def test_checkpoint_is_plain_hugging_face(conditional_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(conditional_run)
+    tokenizer = AutoTokenizer.from_pretrained(conditional_run)
+    prompt = tokenizer("<|endoftext|><|good|>", return_tensors="pt")
+    output = model.generate(**prompt, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert output.shape[1] > prompt["input_ids"].shape[1]
+    assert {"<|good|>", "<|bad|>"} <= set(tokenizer.get_vocab())
+
+
+def test_run_records_config_data_and_learning_curve(conditional_run):
+    run_dir = Path(conditional_run).parent
+    saved = load_config(PretrainConfig, yaml_path=run_dir / "config.yaml")
+    assert saved.objective.threshold == 0.0 and saved.objective.drop_fraction == 0.01  # resolved from the task
+    data = json.loads((run_dir / "data.json").read_text())
+    assert data["score_summary"]["fraction_bad_segments"] > 0.05
+    losses = [m["val/loss"] for m in read_metrics(run_dir) if "val/loss" in m]
+    assert losses[-1] < losses[0] - 1.0  # it learned
+
+
+@pytest.mark.parametrize("objective", ["ul", "rwr", "awr", "filtering"])
+def test_every_objective_trains(tmp_path, pii_corpus, objective):
+    extra = {"objective.name": objective, "train.tokens": 20_000}
+    if objective == "filtering":
+        extra["objective.filter_threshold"] = 0.0  # every document has a trailer: keep none -> clear error
+        with pytest.raises(Exception, match="drops every training document"):
+            run(tmp_path, pii_corpus, objective, **extra)
+        extra["objective.filter_threshold"] = 1.0
+    final = run(tmp_path, pii_corpus, objective, **extra)
+    metrics = read_metrics(Path(final).parent)
+    assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
+    if objective == "awr":
+        from safetensors.torch import load_file
+
+        head = load_file(Path(final) / "value_head.safetensors")
+        assert head["linear.weight"].abs().sum() > 0  # started at zero: the value head trained
+        assert "train/value_loss" in metrics[-1] and "train/lm_loss" in metrics[-1]  # logged separately
+    if objective == "ul":
+        assert metrics[0]["train/fraction_bad"] > 0
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "prefer.cli", *args]
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, pii_corpus):
+    common = {"train.tokens": 80_000, "train.checkpoint_every": 5, "model.dropout": 0.1}
+    reference = tiny_overrides(str(tmp_path / "reference"), str(pii_corpus), str(tmp_path / "cache"), **common)
+    subprocess.run(_cli("pretrain", *reference), check=True, capture_output=True)
+
+    killed = tiny_overrides(str(tmp_path / "killed"), str(pii_corpus), str(tmp_path / "cache"), **common)
+    process = subprocess.Popen(_cli("pretrain", *killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step_00000015"):
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "final").exists(), "the run finished before it could be killed"
+    subprocess.run(_cli("pretrain", "--resume", *killed), check=True, capture_output=True)
+
+    def losses(name):
+        return [(m["step"], m["train/loss"], m.get("val/loss")) for m in read_metrics(tmp_path / name)]
+
+    assert losses("killed") == losses("reference")
+    assert len(losses("reference")) == 79  # ceil(80_000 / (16 x 64)) steps, each logged once
+
+
+def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path, pii_corpus):
+    def fails(*args):
+        result = subprocess.run(_cli(*args), capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        return result.stderr.strip()
+
+    base = tiny_overrides(str(tmp_path / "run"), str(pii_corpus), str(tmp_path / "cache"))
+    assert "objective.name" in fails("pretrain", *base, "objective.name=dpo")
+    assert "train.lx" in fails("pretrain", *base, "train.lx=1")
+    assert "model.size" in fails("pretrain", *base, "model.size=huge")
+    assert "nope.jsonl" in fails("pretrain", *base, f"data.source={tmp_path / 'nope.jsonl'}")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"text": "caf\xe9"}\n')
+    assert "latin1.jsonl" in fails("pretrain", *base, f"data.source={latin1}")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.safetensors"))

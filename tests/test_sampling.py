@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from prefer.errors import PreferError
+from prefer.sampling import filter_probs, sample
+
+VOCAB = 50
+EOS = 49
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: one intra-op thread is faster, and avoids thread spin under a busy CPU.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0, attn_implementation: str = "sdpa") -> GPT2LMHeadModel:
+    # Untied head and a wider init: with tied embeddings and the default init a model this small
+    # greedily repeats its last input token forever, which would make the equality tests vacuous.
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=EOS,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+        attn_implementation=attn_implementation,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+def fixed_distribution_model(probs: dict[int, float], floor: float = -1e4) -> GPT2LMHeadModel:
+    """A model whose next-token distribution is `probs` at every position (zero head weight,
+    bias = log p; unlisted tokens get a logit of `floor`)."""
+    model = tiny_model()
+    head = torch.nn.Linear(model.config.n_embd, VOCAB, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(floor)
+        for token, p in probs.items():
+            head.bias[token] = math.log(p)
+    model.lm_head = head
+    return model
+
+
+def naive_greedy(model, prompt: list[int], max_new_tokens: int, eos: int) -> list[int]:
+    """Reference: recompute the whole sequence at every step, no cache, no padding."""
+    ids = list(prompt)
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+            token = int(logits.argmax())
+            if token == eos:
+                break
+            out.append(token)
+            ids.append(token)
+    return out
+
+
+PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11], [12, 13, 14, 15, 16]]
+
+
+def test_kv_cached_greedy_matches_full_recomputation():
+    model = tiny_model()
+    expected = [naive_greedy(model, prompt, 30, EOS) for prompt in PROMPTS]
+    got = [sample(model, [p], max_new_tokens=30, eos_token_id=EOS, temperature=0)[0] for p in PROMPTS]
+    assert got == expected
+    assert len({tuple(e) for e in expected}) == len(PROMPTS)  # non-trivial outputs
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_left_padded_batch_equals_each_prompt_alone(attn):
+    model = tiny_model(attn_implementation=attn)
+    alone = [sample(model, [p], max_new_tokens=25, eos_token_id=EOS, temperature=0)[0] for p in PROMPTS]
+    batched = sample(model, PROMPTS, max_new_tokens=25, eos_token_id=EOS, temperature=0)
+    assert batched == alone
+    # also across uneven batch boundaries
+    assert sample(model, PROMPTS, max_new_tokens=25, eos_token_id=EOS, temperature=0, batch_size=3) == alone
+    assert all(len(out) == 25 for out in alone)  # EOS=49 never greedy here: full-length rows
+
+
+def test_blocked_ids_never_sampled_even_when_dominant():
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight[7] = 0.0
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(VOCAB))
+        model.lm_head.bias[7] = 20.0  # token 7 would take ~all the mass
+    unblocked = sample(model, [[1]] * 4, max_new_tokens=5, eos_token_id=EOS, temperature=0)
+    assert unblocked == [[7] * 5] * 4
+    gen = torch.Generator().manual_seed(0)
+    outs = sample(
+        model, [[1], [2, 3]] * 32, max_new_tokens=20, eos_token_id=EOS, temperature=1.0,
+        blocked_token_ids=[7, 3], generator=gen,
+    )
+    tokens = [t for out in outs for t in out]
+    assert len(tokens) > 500
+    assert 7 not in tokens and 3 not in tokens
+    greedy = sample(model, [[1]], max_new_tokens=5, eos_token_id=EOS, temperature=0, blocked_token_ids=[7])
+    assert 7 not in greedy[0]
+
+
+GOOD, BAD, A, B, C = 45, 46, 10, 11, 12
+# good 0.87, a 0.06, b 0.03, eos 0.02, c 0.01, bad 0.01 (sums to 1)
+PROBS = {GOOD: 0.87, A: 0.06, B: 0.03, EOS: 0.02, C: 0.01, BAD: 0.01}
+
+
+def _vec(d: dict[int, float]) -> torch.Tensor:
+    v = torch.zeros(VOCAB)
+    for k, p in d.items():
+        v[k] = p
+    return v
+
+
+def _mask(ids) -> torch.Tensor:
+    m = torch.zeros(VOCAB, dtype=torch.bool)
+    m[list(ids)] = True
+    return m
+
+
+def test_filter_probs_plain_nucleus_cuts_eos():
+    # Plain top-p 0.9 (no control tokens), bad blocked: renormalised over 0.99,
+    # good 0.87/0.99 = 0.879 < 0.9, + a 0.06/0.99 -> 0.939 >= 0.9: nucleus = {good, a}; eos cut.
+    out = filter_probs(_vec(PROBS).unsqueeze(0), top_p=0.9, control_mask=None, blocked_mask=_mask([BAD]))[0]
+    assert out[EOS] == 0
+    assert set(out.nonzero().flatten().tolist()) == {GOOD, A}
+    assert torch.allclose(out[GOOD], torch.tensor(0.87 / 0.93))
+    assert torch.allclose(out.sum(), torch.tensor(1.0))
+
+
+def test_filter_probs_control_aware_keeps_eos():
+    # Text tokens without control mass: a .06, b .03, eos .02, c .01 (total .12)
+    # -> renormalised a .5, b .25, eos .1667, c .0833; cumulative .5, .75, .9167 >= .9:
+    # nucleus = {a, b, eos}, c cut. <|good|> (control, not blocked) kept; <|bad|> blocked.
+    # Final: (.87, .06, .03, .02) / .98 = good .8878, a .0612, b .0306, eos .0204.
+    out = filter_probs(
+        _vec(PROBS), top_p=0.9, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD])
+    )
+    assert set(out.nonzero().flatten().tolist()) == {GOOD, A, B, EOS}
+    expected = {GOOD: 0.87 / 0.98, A: 0.06 / 0.98, B: 0.03 / 0.98, EOS: 0.02 / 0.98}
+    for token, p in expected.items():
+        assert out[token].item() == pytest.approx(p, rel=1e-5)
+    # top_p = 1: nothing but blocked tokens removed
+    full = filter_probs(_vec(PROBS), top_p=1.0, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD]))
+    assert full[BAD] == 0 and full[C].item() == pytest.approx(0.01 / 0.99, rel=1e-5)
+    # all text mass zero: only the allowed control tokens remain
+    only_control = filter_probs(_vec({GOOD: 0.5, BAD: 0.5}), top_p=0.9, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD]))
+    assert only_control[GOOD] == 1.0
+
+
+def test_control_aware_top_p_lets_samples_end():
+    model = fixed_distribution_model(PROBS)
+    kwargs = dict(max_new_tokens=40, eos_token_id=EOS, temperature=1.0, top_p=0.9, blocked_token_ids=[BAD])
+    prompts = [[0]] * 128
+    aware = sample(model, prompts, control_token_ids=[GOOD, BAD], generator=torch.Generator().manual_seed(0), **kwargs)
+    plain = sample(model, prompts, control_token_ids=[], generator=torch.Generator().manual_seed(0), **kwargs)
+    # plain nucleus: only {good, a} can be drawn, no sample ever ends
+    assert all(len(o) == 40 for o in plain)
+    assert {t for o in plain for t in o} == {GOOD, A}
+    # control-aware: P(eos) = 0.0204 per step, P(end within 40) = 1 - 0.9796^40 = 0.56 (~72 of 128)
+    ended = sum(len(o) < 40 for o in aware)
+    assert 40 < ended < 105
+    assert {t for o in aware for t in o} <= {GOOD, A, B}
+
+
+def test_same_seed_same_samples():
+    model = tiny_model()
+    kwargs = dict(max_new_tokens=20, eos_token_id=EOS, temperature=0.7, top_p=0.9, batch_size=3)
+    one = sample(model, PROMPTS * 2, generator=torch.Generator().manual_seed(123), **kwargs)
+    two = sample(model, PROMPTS * 2, generator=torch.Generator().manual_seed(123), **kwargs)
+    other = sample(model, PROMPTS * 2, generator=torch.Generator().manual_seed(124), **kwargs)
+    assert one == two
+    assert one != other
+
+
+def test_stops_at_eos_and_excludes_it():
+    model = tiny_model()
+    prompt = PROMPTS[0]
+    free = sample(model, [prompt], max_new_tokens=20, eos_token_id=EOS, temperature=0)[0]
+    assert EOS not in free and len(free) == 20
+    eos = free[3]
+    cut = free[: free.index(eos)]
+    calls = []
+    handle = model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        got = sample(model, [prompt], max_new_tokens=20, eos_token_id=eos, temperature=0)[0]
+    finally:
+        handle.remove()
+    assert got == cut
+    assert len(calls) == len(cut) + 1  # stopped as soon as the only row was done
+    # in a batch, the finished row stays frozen while the other runs on
+    other = PROMPTS[1]
+    other_alone = sample(model, [other], max_new_tokens=20, eos_token_id=eos, temperature=0)[0]
+    assert sample(model, [prompt, other], max_new_tokens=20, eos_token_id=eos, temperature=0) == [cut, other_alone]
+
+
+def test_fixed_distribution_eos_ends_immediately_and_empty_results():
+    model = fixed_distribution_model({EOS: 0.9, A: 0.1})
+    assert sample(model, [[0], [1, 2]], max_new_tokens=5, eos_token_id=EOS, temperature=0) == [[], []]
+    assert sample(model, [], max_new_tokens=5, eos_token_id=EOS) == []
+    assert sample(model, [[0]], max_new_tokens=0, eos_token_id=EOS) == [[]]
+
+
+def test_restores_training_mode_and_validates():
+    model = tiny_model().train()
+    sample(model, [[1]], max_new_tokens=3, eos_token_id=EOS, temperature=0)
+    assert model.training
+    model.eval()
+    sample(model, [[1]], max_new_tokens=3, eos_token_id=EOS, temperature=0)
+    assert not model.training
+    with pytest.raises(PreferError):
+        sample(model, [[]], max_new_tokens=3, eos_token_id=EOS)
+    with pytest.raises(PreferError):
+        sample(model, [[1] * 60], max_new_tokens=10, eos_token_id=EOS)
+    with pytest.raises(PreferError):
+        sample(model, [[1]], max_new_tokens=3, eos_token_id=EOS, top_p=0.0)
+    with pytest.raises(PreferError):
+        sample(model, [[1]], max_new_tokens=3, eos_token_id=EOS, blocked_token_ids=[VOCAB])
+
+
+def test_progress_bar_runs():
+    model = tiny_model()
+    out = sample(model, PROMPTS, max_new_tokens=3, eos_token_id=EOS, temperature=0, batch_size=2, progress=True)
+    assert len(out) == len(PROMPTS)
