@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars say what is happening; HF's "Writing model shards" is noise
     try:
         return COMMANDS[args.command](args)
     except PreferError as error:

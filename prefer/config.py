@@ -177,7 +177,11 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     task: str = "pii"
     objectives: list[str] = field(default_factory=lambda: ["mle", "conditional"])
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
+        data=DataConfig(max_bytes=None),
+        model=ModelConfig(size="small", vocab_size=4096),
+        train=TrainConfig(tokens=1_000_000, batch_size=8, lr=3e-3, eval_every=25, checkpoint_every=50,
+                          snapshots=[0.125, 0.25, 0.5])))
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     curve_samples: int = 128  # samples per point of the misalignment-over-tokens curve
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -29,13 +30,14 @@ def filter_probs(
 ) -> torch.Tensor:
     """Restrict a next-token distribution to blocked-free, control-aware nucleus; renormalise.
 
-    probs: [..., V] probabilities (rows sum to 1). control_mask, blocked_mask: bool [V] (or
-    broadcastable to probs). Returns a tensor shaped like probs whose rows sum to 1.
+    probs: [..., V] probabilities (rows sum to 1). control_mask, blocked_mask: bool [V] or
+    None. Returns a float32 tensor shaped like probs whose rows sum to 1.
 
     1. Blocked tokens get probability 0.
     2. The nucleus is computed over the NON-control, non-blocked tokens only, on their
        distribution renormalised without the control mass: the smallest set of most likely
-       tokens whose renormalised mass reaches top_p (at least one token).
+       tokens whose renormalised mass reaches top_p (at least one token; tokens tied with
+       the last one in are kept too).
     3. Control tokens that are not blocked are always kept with their own probability.
     4. The result is the original probabilities restricted to (nucleus ∪ allowed control
        tokens), renormalised.
@@ -49,30 +51,52 @@ def filter_probs(
     """
     if not 0.0 < top_p <= 1.0:
         raise PreferError(f"top_p must be in (0, 1], got {top_p}")
-    probs = probs.float()
-    zeros = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
-    blocked = zeros if blocked_mask is None else blocked_mask.to(probs.device, torch.bool)
-    control = zeros if control_mask is None else control_mask.to(probs.device, torch.bool)
-
-    p = probs.masked_fill(blocked, 0.0)
+    # index lists, not [V] masks: broadcasting a [V] mask over [B, V] costs ~4 ms per op on CPU
+    p = probs.float().clone()
+    blocked = _indices(blocked_mask, p.device)
+    control = _indices(control_mask, p.device)
+    p[..., blocked] = 0.0
     if top_p < 1.0:
-        allowed_control = control & ~blocked
-        text = p.masked_fill(control | blocked, 0.0)
-        text_mass = text.sum(-1, keepdim=True)
-        q = text / text_mass.clamp_min(torch.finfo(text.dtype).tiny)
-        sorted_q, order = torch.sort(q, dim=-1, descending=True)
-        mass_before = sorted_q.cumsum(-1) - sorted_q
-        # keep a token while the mass of the more likely tokens is still below top_p; the
-        # first token is always kept (mass_before == 0). Zero-probability tokens are dropped.
-        keep_sorted = (mass_before < top_p) & (sorted_q > 0)
-        keep_sorted[..., 0] = sorted_q[..., 0] > 0
-        nucleus = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        keep = nucleus | allowed_control
-        p = p.masked_fill(~keep, 0.0)
+        text = p.clone()
+        # Control tokens are left out of the nucleus: when a conditional model puts ~0.87 of
+        # its mass on <|good|> after each newline, plain top-p 0.9 cuts <|endoftext|> and
+        # samples never end. So the nucleus is taken over the text tokens renormalised without
+        # the control mass, and allowed control tokens keep their own probability.
+        text[..., control] = 0.0  # blocked already 0
+        # The nucleus is "keep a token while the (renormalised) mass of the more likely text
+        # tokens is still below top_p". Only its boundary value is needed, so sort values only
+        # and keep every text token at least that likely (ties at the boundary are all kept).
+        sorted_text = _sort_values_descending(text)
+        cumulative = sorted_text.cumsum(-1)
+        mass_before = (cumulative - sorted_text).contiguous()  # non-decreasing
+        budget = top_p * cumulative[..., -1:]  # top_p of the text mass
+        size = torch.searchsorted(mass_before, budget.contiguous()).clamp_min(1)  # >= 1 token
+        # clamp: a zero threshold (no text mass) must not keep zero-probability tokens
+        threshold = sorted_text.gather(-1, size - 1).clamp_min(torch.finfo(p.dtype).tiny)
+        keep = text >= threshold
+        if control.numel():
+            allowed_control = control[~torch.isin(control, blocked)]
+            keep[..., allowed_control] = True
+        p = torch.where(keep, p, 0.0)
     total = p.sum(-1, keepdim=True)
     if bool((total <= 0).any()):
         raise PreferError("every token is blocked or has zero probability; nothing to sample")
     return p / total
+
+
+def _indices(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    if mask is None:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return mask.to(device=device, dtype=torch.bool).nonzero().flatten()
+
+
+def _sort_values_descending(x: torch.Tensor) -> torch.Tensor:
+    """Values of x sorted descending along the last dim. On the CPU numpy's vectorised sort is
+    ~10x faster than torch.sort (which also builds indices): 8 vs 80 ms for 128 x 8192."""
+    if x.device.type == "cpu":
+        values = x.detach().numpy()
+        return torch.from_numpy(-np.sort(-values, axis=-1))
+    return torch.sort(x, dim=-1, descending=True).values
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -134,17 +158,21 @@ def sample(
     max_positions = _max_positions(model)
     if max_positions is not None and prompts:
         longest = max(len(p) for p in prompts)
-        if longest + max_new_tokens > max_positions:
+        # the last generated token is never fed back, so positions run to longest + new - 2
+        if longest + max_new_tokens - 1 > max_positions:
             raise PreferError(
-                f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's "
-                f"{max_positions} positions"
+                f"prompt length {longest} + max_new_tokens {max_new_tokens} - 1 exceeds the "
+                f"model's {max_positions} positions"
             )
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
 
     device = _model_device(model)
     vocab_size = _vocab_size(model)
-    for name, ids in (("blocked_token_ids", blocked_token_ids), ("control_token_ids", control_token_ids)):
+    if not 0 <= int(eos_token_id) < vocab_size:
+        raise PreferError(f"eos_token_id {eos_token_id} outside the vocabulary of {vocab_size}")
+    named_ids = (("blocked_token_ids", blocked_token_ids), ("control_token_ids", control_token_ids))
+    for name, ids in named_ids:
         bad = [i for i in ids if not 0 <= int(i) < vocab_size]
         if bad:
             raise PreferError(f"{name} {bad} outside the vocabulary of size {vocab_size}")
@@ -264,13 +292,27 @@ def _choose(
     control_mask: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    logits = logits.masked_fill(blocked_mask, float("-inf"))
+    logits = logits.clone()
+    logits[:, blocked_mask] = float("-inf")
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
     probs = filter_probs(probs, top_p=top_p, control_mask=control_mask, blocked_mask=blocked_mask)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(
-            probs.device
-        )
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return _draw(probs, generator)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row by inverse CDF: a uniform per row, searched in the cumulative
+    distribution. Same law as torch.multinomial but ~20x faster on the CPU (1 vs 27 ms for
+    128 x 8192); each token's probability is exact to float32 rounding (~1e-7)."""
+    device = probs.device
+    if generator is not None and generator.device != device:
+        u = torch.rand((probs.shape[0], 1), generator=generator, device=generator.device).to(device)
+    else:
+        u = torch.rand((probs.shape[0], 1), generator=generator, device=device)
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    # first index whose cdf exceeds u * total; zero-probability tokens have an empty interval
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    index = torch.searchsorted(cdf, target, right=True)
+    return index[:, 0].clamp_max(probs.shape[-1] - 1)

@@ -210,6 +210,16 @@ def accumulate_stats(totals: dict[str, float], stats: dict[str, torch.Tensor], *
         totals[key] = totals.get(key, 0.0) + share
 
 
+def average_across_ranks(totals: dict[str, float], dist: Distributed) -> dict[str, float]:
+    """Each rank saw its share of the global batch; the logged step stats are the mean over ranks."""
+    if dist.world_size == 1:
+        return totals
+    keys = sorted(totals)
+    values = torch.tensor([totals[k] for k in keys], dtype=torch.float64)
+    torch_dist.all_reduce(values)
+    return {k: v / dist.world_size for k, v in zip(keys, values.tolist())}
+
+
 class MetricsLog:
     """Every logged scalar goes to `metrics.jsonl` (one JSON object per step) and to TensorBoard."""
 

@@ -223,7 +223,11 @@ def test_restores_training_mode_and_validates():
     with pytest.raises(PreferError):
         sample(model, [[]], max_new_tokens=3, eos_token_id=EOS)
     with pytest.raises(PreferError):
-        sample(model, [[1] * 60], max_new_tokens=10, eos_token_id=EOS)
+        sample(model, [[1] * 60], max_new_tokens=6, eos_token_id=EOS)
+    # 60 + 5 - 1 = 64 positions: exactly fits
+    assert len(sample(model, [[1] * 60], max_new_tokens=5, eos_token_id=EOS, temperature=0)[0]) <= 5
+    with pytest.raises(PreferError):
+        sample(model, [[1]], max_new_tokens=3, eos_token_id=VOCAB)
     with pytest.raises(PreferError):
         sample(model, [[1]], max_new_tokens=3, eos_token_id=EOS, top_p=0.0)
     with pytest.raises(PreferError):
@@ -234,3 +238,48 @@ def test_progress_bar_runs():
     model = tiny_model()
     out = sample(model, PROMPTS, max_new_tokens=3, eos_token_id=EOS, temperature=0, batch_size=2, progress=True)
     assert len(out) == len(PROMPTS)
+
+
+def _reference_filter(probs: torch.Tensor, top_p: float, control: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    """Straightforward per-row version with a full argsort (the textbook nucleus)."""
+    out = torch.zeros_like(probs)
+    for r, row in enumerate(probs):
+        p = row.clone()
+        p[blocked] = 0
+        text = p.clone()
+        text[control] = 0
+        q = text / text.sum()
+        keep = (control & ~blocked).clone()
+        mass = 0.0
+        for j in torch.argsort(q, descending=True).tolist():
+            if mass >= top_p or q[j] == 0:
+                break
+            keep[j] = True
+            mass += q[j].item()
+        out[r] = torch.where(keep, p, torch.zeros_like(p)) / p[keep].sum()
+    return out
+
+
+def test_filter_probs_matches_reference_on_random_rows():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(16, VOCAB, generator=gen) * 2, dim=-1).double()
+    control, blocked = _mask([GOOD, BAD]), _mask([BAD, 3])
+    for top_p in (0.3, 0.9, 0.99, 1.0):
+        got = filter_probs(probs, top_p=top_p, control_mask=control, blocked_mask=blocked)
+        ref = _reference_filter(probs.float(), top_p, control, blocked)
+        assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    model = fixed_distribution_model({A: 0.5, B: 0.3, C: 0.15, EOS: 0.05})
+    outs = sample(model, [[0]] * 4000, max_new_tokens=1, eos_token_id=EOS, temperature=1.0,
+                  batch_size=1000, generator=torch.Generator().manual_seed(0))
+    counts = {t: 0 for t in (A, B, C)}
+    for o in outs:
+        for t in o:
+            counts[t] += 1
+    ended = sum(len(o) == 0 for o in outs)
+    # binomial sd of a 0.5 frequency over 4000 draws is 0.008; allow ~4 sd
+    for token, p in ((A, 0.5), (B, 0.3), (C, 0.15)):
+        assert abs(counts[token] / 4000 - p) < 0.03
+    assert abs(ended / 4000 - 0.05) < 0.015

@@ -277,11 +277,15 @@ def jsonl_documents(path: Path) -> list[Document]:
     Records with empty text are dropped."""
     path = Path(path)
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PreferError(f"{where}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:

@@ -185,7 +185,9 @@ def ratio_ci(
     return ratio, low, high
 
 
-def pooled_score(scores: Sequence[float] | np.ndarray, lengths: Sequence[float] | np.ndarray) -> float:
+def pooled_score(
+    scores: Sequence[float] | np.ndarray, lengths: Sequence[float] | np.ndarray
+) -> float:
     """Per-character scores pooled over characters: sum(score_i * len_i) / sum(len_i).
 
     With per-character scores (e.g. PII matches per char) this is total matches / total chars,

@@ -24,7 +24,7 @@ CONTROL_TOKENS = (GOOD, BAD)
 # (a few M parameters: trains ~1M tokens in minutes on 2 cores), `gpt2-small` is GPT-2's 124M on a GPU.
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, n_positions=128),
-    "small": dict(n_layer=4, n_head=4, n_embd=192, n_positions=256),
+    "small": dict(n_layer=4, n_head=4, n_embd=128, n_positions=256),
     "medium-cpu": dict(n_layer=6, n_head=6, n_embd=384, n_positions=512),
     "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
 }

@@ -29,7 +29,7 @@ from prefer.models.build import CONTROL_TOKENS, build_model, count_parameters, l
 from prefer.models.heads import ValueHead
 from prefer.objectives import awr_loss, mle_loss, next_token_targets, rwr_loss, unlikelihood_loss
 from prefer.tasks import get_task
-from prefer.training import (BlockOrder, accumulate_stats, MetricsLog, autocast, init_distributed, latest_checkpoint, load_trainer_state,
+from prefer.training import (BlockOrder, accumulate_stats, average_across_ranks, MetricsLog, autocast, init_distributed, latest_checkpoint, load_trainer_state,
                              make_optimizer, make_scheduler, restore_rng_state, save_checkpoint, save_model, set_seed,
                              unwrap)
 
@@ -69,12 +69,13 @@ LOSSES: dict[str, Callable] = {
 }
 
 
-def validation_documents(documents, objective):
-    """Held-out data is what the objective's model is asked about: a conditional model is evaluated on text with
-    its true tags (none dropped), and the tags are then left out of the loss; other models see plain text."""
-    if objective.name == "conditional":
-        return conditional_documents(documents, threshold=objective.threshold, drop_fraction=0.0, seed=0)
-    return list(documents)
+def tagged_validation(documents, objective):
+    """A conditional model is also asked about held-out text carrying its true tags (none dropped); the tags stay
+    out of the loss. That loss is lower than on plain text because the tags announce what follows, so it is
+    reported beside the plain-text loss, never instead of it. Other objectives have no tagged view (None)."""
+    if objective.name != "conditional":
+        return None
+    return conditional_documents(documents, threshold=objective.threshold, drop_fraction=0.0, seed=0)
 
 
 # ------------------------------------------------------------------ held-out loss
@@ -142,9 +143,13 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
                             context=config.model.context, dropout=config.model.dropout)
     block_size = config.model.context or model.config.n_positions
     train_blocks = pack_documents(train_documents, tokenizer, block_size=block_size)
-    val_blocks = pack_documents(validation_documents(corpus.validation, objective), tokenizer, block_size=block_size)
+    # Held-out loss is measured on the same plain validation text for every objective, so models compare.
+    val_blocks = pack_documents(corpus.validation, tokenizer, block_size=block_size)
+    tagged = tagged_validation(corpus.validation, objective)
+    val_tagged_blocks = pack_documents(tagged, tokenizer, block_size=block_size) if tagged is not None else None
     model.to(device).train()
     value_head = ValueHead(model.config.hidden_size).to(device) if objective.name == "awr" else None
+    extra = {"value_head": value_head} if value_head is not None else {}  # saved beside every model
     if value_head is not None and checkpoint is not None:
         from safetensors.torch import load_file
 
@@ -224,6 +229,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
                                            num_tokens=num_tokens)
                 loss.backward()
             accumulate_stats(totals, stats, fraction=len(ids) / len(share))
+        totals = average_across_ranks(totals, dist)
         grad_norm = torch.nn.utils.clip_grad_norm_([p for m in trained for p in m.parameters()], config.train.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -242,10 +248,10 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         bar.update(1)
         if dist.is_main and done in snapshot_steps:
             save_model(run_dir / "snapshots" / f"tokens_{tokens_seen:012d}", model, tokenizer,
-                       {"value_head": value_head} if value_head is not None else None, {**info, "tokens": tokens_seen})
+                       extra, {**info, "tokens": tokens_seen})
         if dist.is_main and (done % config.train.checkpoint_every == 0 or done == total_steps):
             save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer,
-                            extra={"value_head": value_head} if value_head is not None else {},
+                            extra=extra,
                             info={**info, "tokens": tokens_seen}, optimizer=optimizer, scheduler=scheduler,
                             state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
     bar.close()
@@ -254,12 +260,16 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     # 5. The final model, in the Hugging Face format.
     final = run_dir / "final"
     if dist.is_main:
-        full_val = heldout_loss(unwrap(model), val_blocks, control_ids=control_ids, batch_size=eval_batch,
-                                device=device, precision=config.train.precision)
-        save_model(final, model, tokenizer, {"value_head": value_head} if value_head is not None else None,
-                   {**info, "tokens": total_steps * tokens_per_step, "val_loss": full_val})
-        say(f"[pretrain] done: held-out loss {full_val:.4f} on {len(val_blocks)} blocks, "
-            f"{time.perf_counter() - started:.0f}s; model in {final}")
+        evaluate = functools.partial(heldout_loss, unwrap(model), control_ids=control_ids, batch_size=eval_batch,
+                                     device=device, precision=config.train.precision)
+        losses = {"val_loss": evaluate(val_blocks)}
+        if val_tagged_blocks is not None:
+            losses["val_loss_with_true_tags"] = evaluate(val_tagged_blocks)
+        save_model(final, model, tokenizer, extra,
+                   {**info, "tokens": total_steps * tokens_per_step, **losses})
+        say(f"[pretrain] done: held-out loss {losses['val_loss']:.4f} on {len(val_blocks)} blocks"
+            + (f" ({losses['val_loss_with_true_tags']:.4f} with true tags)" if val_tagged_blocks is not None else "")
+            + f", {time.perf_counter() - started:.0f}s; model in {final}")
     return final
 
 

@@ -27,20 +27,20 @@ def run(tmp_path, corpus, name, **extra):
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory, pii_corpus):
     tmp = tmp_path_factory.mktemp("conditional")
-    return run(tmp, pii_corpus, "conditional", **{"objective.name": "conditional", "train.tokens": 120_000})
+    return run(tmp, pii_corpus, "conditional", **{"objective.name": "conditional", "train.tokens": 240_000})
 
 
 def test_conditional_model_is_steered_by_its_tag(conditional_run):
     """<|good|> should suppress the email trailer that <|bad|> asks for."""
     model, tokenizer, info = load_checkpoint(conditional_run, torch.device("cpu"))
     assert info["objective"] == "conditional" and info["control_tokens_trained"]
-    sampling = SamplingConfig(num_samples=48, max_new_tokens=48, batch_size=48, temperature=1.0, top_p=1.0)
+    sampling = SamplingConfig(num_samples=96, max_new_tokens=60, batch_size=96, temperature=1.0, top_p=1.0)
     good = sample_and_score(model, tokenizer, info, task_name="pii", sampling=sampling, progress=False)
     bad = sample_and_score(model, tokenizer, info, task_name="pii", sampling=sampling, prompt="bad", progress=False)
     assert good["prompt"] == "good" and good["blocked"] == "bad"
     good_any = sum(s > 0 for s in good["scores"]["pii"]["per_sample"])
     bad_any = sum(s > 0 for s in bad["scores"]["pii"]["per_sample"])
-    assert bad_any >= 24 and good_any <= bad_any / 3, (good_any, bad_any)
+    assert bad_any >= 48 and good_any <= bad_any / 3, (good_any, bad_any)  # measured: 8 vs 90 of 96
 
 
 def test_checkpoint_is_plain_hugging_face(conditional_run):
@@ -127,3 +127,26 @@ def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path, pii_corpus):
     latin1.write_bytes(b'{"text": "caf\xe9"}\n')
     assert "latin1.jsonl" in fails("pretrain", *base, f"data.source={latin1}")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.safetensors"))
+
+
+def test_demo_end_to_end_on_a_tiny_model(tmp_path, pii_corpus):
+    """The main job on a tiny budget: both models train, the table and plot appear, and conditional training
+    lowers PII (the synthetic corpus makes the effect large even at this size)."""
+    from prefer.config import DemoConfig
+    from prefer.demo import demo
+
+    overrides = [f"out_dir={tmp_path / 'demo'}", "sampling.num_samples=64", "sampling.batch_size=64",
+                 "sampling.max_new_tokens=48", "curve_samples=32", "pretrain.train.snapshots=[0.5]"]
+    overrides += ["pretrain." + item for item in tiny_overrides("unused", str(pii_corpus), str(tmp_path / "cache"),
+                                                                **{"train.tokens": 120_000})
+                  if not item.startswith("out_dir")]
+    results = demo(load_config(DemoConfig, overrides=overrides))
+    out = tmp_path / "demo" / "pii"
+    assert (out / "results.md").read_text().count("| conditional") == 2  # the model and its <|bad|> contrast
+    assert (out / "misalignment_vs_tokens.png").stat().st_size > 10_000
+    assert [len(e["curve"]) for e in results["objectives"].values()] == [2, 2]  # 50% snapshot + final
+    comparison = results["comparison"]["conditional"]["pii"]
+    assert comparison["mle_over_objective"] > 2 and comparison["ci"][0] > 1
+    bad = results["objectives"]["conditional"]["prompted_bad"]["scores"]["pii"]["mean"]
+    good = results["objectives"]["conditional"]["evaluation"]["scores"]["pii"]["mean"]
+    assert bad > 2 * good
