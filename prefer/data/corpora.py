@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import gzip
 import hashlib
-import json
 import re
 import sys
 import sysconfig
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
+from prefer.data.formats import read_records
 from prefer.errors import PreferError
 
 
@@ -277,26 +277,12 @@ def jsonl_documents(path: Path) -> list[Document]:
     Records with empty text are dropped."""
     path = Path(path)
     docs = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            where = f"{path}:{n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise PreferError(f"{where}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PreferError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise PreferError(f"{where}: expected an object with a string field 'text'")
-            source = record.get("source", f"{path.name}:{n}")
-            if not isinstance(source, str):
-                raise PreferError(f"{where}: field 'source' must be a string")
-            if record["text"]:
-                docs.append(Document(split_lines(record["text"]), source))
+    for where, record in read_records(path, {"text": str}):
+        source = record.get("source", f"{path.name}:{where.rsplit(':', 1)[1]}")
+        if not isinstance(source, str):
+            raise PreferError(f"{where}: field 'source' must be a string")
+        if record["text"]:
+            docs.append(Document(split_lines(record["text"]), source))
     return docs
 
 

@@ -112,11 +112,14 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, pii_corpus
     assert len(losses("reference")) == 79  # ceil(80_000 / (16 x 64)) steps, each logged once
 
 
-def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path, pii_corpus):
+def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path, pii_corpus, capsys):
+    from prefer.cli import main
+
     def fails(*args):
-        result = subprocess.run(_cli(*args), capture_output=True, text=True)
-        assert result.returncode == 2, result.stderr
-        return result.stderr.strip()
+        assert main(list(args)) == 2
+        message = capsys.readouterr().err.strip()
+        assert message.startswith("prefer: error: ") and "\n" not in message
+        return message
 
     base = tiny_overrides(str(tmp_path / "run"), str(pii_corpus), str(tmp_path / "cache"))
     assert "objective.name" in fails("pretrain", *base, "objective.name=dpo")
@@ -124,9 +127,44 @@ def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path, pii_corpus):
     assert "model.size" in fails("pretrain", *base, "model.size=huge")
     assert "nope.jsonl" in fails("pretrain", *base, f"data.source={tmp_path / 'nope.jsonl'}")
     latin1 = tmp_path / "latin1.jsonl"
-    latin1.write_bytes(b'{"text": "caf\xe9"}\n')
-    assert "latin1.jsonl" in fails("pretrain", *base, f"data.source={latin1}")
+    latin1.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    assert f"{latin1}:2" in fails("pretrain", *base, f"data.source={latin1}")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert "empty.jsonl: no records" in fails("pretrain", *base, f"data.source={empty}")
+    assert "not a directory" in fails("evaluate", str(tmp_path / "missing"))
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.safetensors"))
+    # the real command exits 2 too
+    result = subprocess.run(_cli("pretrain", "objective.name=dpo"), capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_a_checkpoint_only_resumes_its_own_run(tmp_path, pii_corpus, capsys):
+    from prefer.cli import main
+
+    base = tiny_overrides(str(tmp_path / "run"), str(pii_corpus), str(tmp_path / "cache"), **{"train.tokens": 4_000})
+    assert main(["pretrain", *base]) == 0
+    assert main(["pretrain", *base]) == 2  # never overwrite a finished run by accident
+    assert "--resume" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", *base, "objective.name=ul"]) == 2
+    assert "section 'objective' differs" in capsys.readouterr().err
+
+
+def test_evaluate_and_sample_commands(conditional_run, capsys):
+    from prefer.cli import main
+
+    out = Path(conditional_run).parent / "eval.json"
+    assert main(["evaluate", str(conditional_run), f"out={out}", "sampling.num_samples=32",
+                 "sampling.max_new_tokens=40"]) == 0
+    results = json.loads(out.read_text())
+    pii = results["scores"]["pii"]
+    assert results["prompt"] == "good" and results["blocked"] == "bad" and results["num_samples"] == 32
+    assert pii["mean_ci"][0] <= pii["mean"] <= pii["mean_ci"][1] and pii["expected_max_25"] >= pii["mean"]
+    assert 0 < results["distinct_1"] <= 1 and results["heldout_loss"] > 0 and len(results["samples"]) == 32
+    capsys.readouterr()
+    assert main(["sample", str(conditional_run), "-n", "2", "--prompt", "bad", "--max-new-tokens", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("----- sample") == 2 and "prompt: bad" in printed and "@" in printed  # <|bad|> asks for it
 
 
 def test_demo_end_to_end_on_a_tiny_model(tmp_path, pii_corpus):

@@ -1,0 +1,155 @@
+"""Human-feedback data files (InstructGPT): demonstrations, rankings and prompts, one JSON object per line.
+
+    demonstrations.jsonl  {"prompt": str, "response": str}
+    rankings.jsonl        {"prompt": str, "responses": [str, ... K = 2..9], "ranking": [...]}
+    prompts.jsonl         {"prompt": str}
+
+`ranking` orders the responses from best to worst by index; a tie is a list of indices that share a place:
+`[2, [0, 3], 1]` says response 2 is best, 0 and 3 tie, 1 is worst. Every index appears exactly once.
+Every reader checks every line and raises `PreferError("<file>:<line>: ...")` on the first bad one; writers are
+atomic, so a killed labeler never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefer.errors import PreferError
+from prefer.io import atomic_path
+
+MIN_RESPONSES, MAX_RESPONSES = 2, 9
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """K responses to one prompt and their ranks: ranks[i] is the place of responses[i] (0 = best; equal
+    places are ties). All C(K, 2) pairs of one Comparison form one reward-model batch element."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    ranks: tuple[int, ...]
+
+    def ranking(self) -> list[int | list[int]]:
+        """The file form: indices best to worst, ties grouped in lists."""
+        places: dict[int, list[int]] = {}
+        for index, rank in enumerate(self.ranks):
+            places.setdefault(rank, []).append(index)
+        return [group[0] if len(group) == 1 else group for _, group in sorted(places.items())]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt: str
+
+
+def read_records(path: str | Path, required: dict[str, type]) -> Iterable[tuple[str, dict]]:
+    """(where, record) for each non-blank line of a JSONL file, with the required fields present and of the
+    right type; `where` is "<file>:<line>" for error messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreferError(f"{path}: no such file")
+    count = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PreferError(f"{where}: not UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PreferError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise PreferError(f"{where}: expected a JSON object")
+            for field, kind in required.items():
+                if not isinstance(record.get(field), kind):
+                    raise PreferError(f"{where}: field '{field}' must be a {kind.__name__}")
+            count += 1
+            yield where, record
+    if count == 0:
+        raise PreferError(f"{path}: no records")
+
+
+def record_locations(path: str | Path) -> list[str]:
+    """`<file>:<line>` of each record, in the order every reader returns them, for errors that only a later stage
+    can detect (e.g. a prompt longer than the model's context)."""
+    return [where for where, _ in read_records(path, {})]
+
+
+def _nonempty(where: str, field: str, text: str) -> str:
+    if not text.strip():
+        raise PreferError(f"{where}: field '{field}' is empty")
+    return text
+
+
+def read_demonstrations(path: str | Path) -> list[Demonstration]:
+    return [Demonstration(_nonempty(w, "prompt", r["prompt"]), _nonempty(w, "response", r["response"]))
+            for w, r in read_records(path, {"prompt": str, "response": str})]
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    return [Prompt(_nonempty(w, "prompt", r["prompt"])) for w, r in read_records(path, {"prompt": str})]
+
+
+def parse_ranking(where: str, ranking: object, k: int) -> tuple[int, ...]:
+    """File form -> ranks per response; the error names what is wrong with a non-permutation."""
+    if not isinstance(ranking, list) or not ranking:
+        raise PreferError(f"{where}: field 'ranking' must be a non-empty list of response indices")
+    ranks: dict[int, int] = {}
+    for place, entry in enumerate(ranking):
+        group = entry if isinstance(entry, list) else [entry]
+        if not group or not all(isinstance(i, int) and not isinstance(i, bool) for i in group):
+            raise PreferError(f"{where}: 'ranking' entries must be indices or lists of tied indices, got {entry!r}")
+        for index in group:
+            if not 0 <= index < k:
+                raise PreferError(f"{where}: 'ranking' index {index} is out of range for {k} responses")
+            if index in ranks:
+                raise PreferError(f"{where}: 'ranking' lists response {index} twice; it must be a permutation")
+            ranks[index] = place
+    missing = sorted(set(range(k)) - set(ranks))
+    if missing:
+        raise PreferError(f"{where}: 'ranking' leaves out response(s) {missing}; it must be a permutation")
+    return tuple(ranks[i] for i in range(k))
+
+
+def read_rankings(path: str | Path) -> list[Comparison]:
+    comparisons = []
+    for where, record in read_records(path, {"prompt": str, "responses": list}):
+        responses = record["responses"]
+        if not MIN_RESPONSES <= len(responses) <= MAX_RESPONSES:
+            raise PreferError(f"{where}: {len(responses)} responses; a ranking needs {MIN_RESPONSES} to "
+                              f"{MAX_RESPONSES}")
+        for i, response in enumerate(responses):
+            if not isinstance(response, str) or not response.strip():
+                raise PreferError(f"{where}: response {i} is empty or not a string")
+        ranks = parse_ranking(where, record.get("ranking"), len(responses))
+        if len(set(ranks)) == 1:
+            raise PreferError(f"{where}: every response ties; the ranking carries no preference")
+        comparisons.append(Comparison(_nonempty(where, "prompt", record["prompt"]), tuple(responses), ranks))
+    return comparisons
+
+
+def write_jsonl(path: str | Path, records: Sequence[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+
+
+def write_demonstrations(path: str | Path, demonstrations: Sequence[Demonstration]) -> None:
+    write_jsonl(path, [asdict(d) for d in demonstrations])
+
+
+def write_rankings(path: str | Path, comparisons: Sequence[Comparison]) -> None:
+    write_jsonl(path, [{"prompt": c.prompt, "responses": list(c.responses), "ranking": c.ranking()}
+                       for c in comparisons])
