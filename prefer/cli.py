@@ -48,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=0.7)
     sample.add_argument("--top-p", type=float, default=0.9)
     sample.add_argument("--seed", type=int, default=0)
+    sft = commands.add_parser("sft", help="supervised finetuning on demonstrations (loss on responses only)")
+    sft.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    _common(sft)
+
+    reward = commands.add_parser("reward", help="train a reward model on K-way rankings")
+    reward.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    _common(reward)
+
+    label = commands.add_parser("label", help="write rankings and demonstrations for prompts")
+    label.add_argument("--synthetic", action="store_true",
+                       help="sample K responses per prompt and rank them by a gold scorer (required: the only labeler)")
+    _common(label)
+
+    ppo = commands.add_parser("ppo", help="PPO against a scorer or reward model, KL to the SFT model (PPO-ptx: ptx_coef>0)")
+    ppo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    _common(ppo)
     return parser
 
 
@@ -126,8 +142,47 @@ def _run_sample(args) -> int:
     return 0
 
 
+def _run_sft(args) -> int:
+    from prefer.config import SFTConfig, load_config
+    from prefer.stages.sft import sft
+
+    sft(load_config(SFTConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    return 0
+
+
+def _run_reward(args) -> int:
+    from prefer.config import RewardConfig, load_config
+    from prefer.stages.reward import reward
+
+    reward(load_config(RewardConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    return 0
+
+
+def _run_label(args) -> int:
+    from dataclasses import asdict
+
+    from prefer.config import LabelConfig, load_config
+    from prefer.labeling import label_synthetic
+
+    if not args.synthetic:
+        raise PreferError("label: only synthetic labelers exist; pass --synthetic (a gold scorer ranks the samples)")
+    report = label_synthetic(load_config(LabelConfig, yaml_path=args.config, overrides=args.overrides))
+    print(json.dumps({k: str(v) if k in ("rankings", "demonstrations") else v for k, v in asdict(report).items()},
+                     indent=2))
+    return 0
+
+
+def _run_ppo(args) -> int:
+    from prefer.config import PPOConfig, load_config
+    from prefer.stages.ppo import ppo
+
+    ppo(load_config(PPOConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    return 0
+
+
 COMMANDS = {"demo": _run_demo, "pretrain": _run_pretrain, "corpus": _run_corpus, "evaluate": _run_evaluate,
-            "sample": _run_sample}
+            "sample": _run_sample, "sft": _run_sft, "reward": _run_reward, "label": _run_label,
+            "ppo": _run_ppo}
 
 if __name__ == "__main__":
     sys.exit(main())

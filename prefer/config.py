@@ -221,3 +221,160 @@ def config_to_dict(config: Any) -> dict:
 
 def save_config(config: Any, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO against a scorer or reward model, with a per-token KL penalty to the frozen SFT model, and PPO-ptx
+    (Ouyang et al. 2022, Sec. 3.5 and Eq. 2). Defaults are the paper's where it gives one (beta 0.02, gamma 1,
+    clip 0.2, one PPO epoch, temperature 1), scaled down in batch size for the CPU."""
+
+    out_dir: str = "runs/ppo"
+    init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
+    prompts: str = ""  # prompts JSONL ({"prompt": str} per line)
+    scorer: str | None = None  # proxy reward: any scorer name (pep8, pii, rm:DIR); reward = -score; None = rm:<reward_model>
+    reward_model: str | None = None  # reward model directory: the value model starts from it (InstructGPT)
+    gold_scorer: str | None = None  # scored on every rollout, never rewarded: measures over-optimisation
+    iterations: int = 100  # rollout batches
+    batch_size: int = 64  # episodes (prompts) per iteration
+    minibatch_size: int = 16  # episodes per optimizer step
+    micro_batch_size: int | None = None  # episodes per forward pass; None = minibatch_size (no accumulation)
+    ppo_epochs: int = 1
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # sampling temperature; log-probs for the ratio and the KL use the same one
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    kl_coef: float = 0.02  # beta; the starting value when target_kl is set
+    target_kl: float | None = None  # adaptive KL controller (Ziegler et al. 2019) when set; else fixed beta
+    kl_horizon: float = 10_000  # controller horizon, in episodes
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    vf_coef: float = 0.1
+    missing_eos_penalty: float | None = None  # subtracted from the proxy reward of a response that never stops
+    ptx_coef: float = 0.0  # PPO-ptx: gamma of Eq. 2 (the paper: 27.8); 0 = plain PPO
+    ptx_source: str | None = None  # pretraining corpus (stdlib | changelogs | DIR | FILE.jsonl); required with ptx_coef
+    ptx_batch_size: int = 8  # pretraining blocks per optimizer step
+    ptx_max_bytes: int | None = 1_000_000
+    ptx_eval_blocks: int = 32  # held-out pretraining blocks for the logged LM loss (the alignment tax)
+    log_samples: int = 4  # responses per iteration written to samples.jsonl
+    checkpoint_every: int = 10  # iterations between resumable checkpoints
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        _check(bool(self.init_from), "init_from", "the SFT model directory is required")
+        _check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
+        _check(self.scorer is not None or self.reward_model is not None, "scorer",
+               "name a scorer (e.g. pep8, rm:DIR) or give reward_model")
+        for name in ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
+                     "checkpoint_every", "ptx_batch_size", "ptx_eval_blocks"):
+            _check(getattr(self, name) > 0, name, "must be positive")
+        _check(self.batch_size % self.minibatch_size == 0, "minibatch_size", f"must divide batch_size ({self.batch_size})")
+        if self.micro_batch_size is not None:
+            _check(self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
+                   "micro_batch_size", f"must divide minibatch_size ({self.minibatch_size})")
+        _check(self.temperature > 0, "temperature", "must be > 0 (PPO needs a stochastic policy)")
+        _check(self.lr > 0, "lr", "must be positive")
+        _check(self.kl_coef >= 0, "kl_coef", "must be >= 0")
+        _check(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0")
+        _check(self.kl_horizon > 0, "kl_horizon", "must be positive")
+        _check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "gamma and lam must be in [0, 1]")
+        _check(self.clip_range > 0 and self.value_clip_range > 0, "clip_range", "clip ranges must be positive")
+        _check(self.vf_coef >= 0, "vf_coef", "must be >= 0")
+        _check(self.ptx_coef >= 0, "ptx_coef", "must be >= 0")
+        _check(self.ptx_coef == 0 or self.ptx_source is not None, "ptx_source", "required when ptx_coef > 0")
+        _check(self.log_samples >= 0, "log_samples", "must be >= 0")
+        _check(self.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}")
+
+
+# ------------------------------------------------------------------ InstructGPT stages (Ouyang et al. 2022)
+
+LABEL_BLOCKS = ("none", "bad", "both")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised finetuning on demonstrations: loss on response tokens (+ eos) only. `model.init_from` is the
+    causal LM to finetune; `model.context` caps the sequence length (None = the model's); `model.dropout` is
+    applied to every dropout of the loaded model (the paper: 0.2). `train.tokens` is unused: `epochs` sets the
+    length."""
+
+    out_dir: str = "runs/sft"
+    demonstrations: str = ""  # JSONL: {"prompt", "response"}
+    validation_fraction: float = 0.05  # of the demonstrations, held out for the loss
+    packing: bool = False  # concatenate examples into full blocks (same response-only mask)
+    epochs: float = 4.0  # the paper: 16, with the checkpoint chosen by reward-model score
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=1e-4, batch_size=16, warmup_fraction=0.05, eval_every=50, checkpoint_every=100))
+
+    def __post_init__(self):
+        _check(bool(self.demonstrations), "demonstrations", "a demonstrations JSONL file is required")
+        _check(bool(self.model.init_from), "model.init_from", "the causal LM to finetune is required")
+        _check(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1)")
+        _check(self.epochs > 0, "epochs", "must be positive")
+        _check(self.train.lr is not None, "train.lr", "SFT has no task default; set a learning rate")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward model on K-way rankings: trunk of `model.init_from` (e.g. the SFT model) + a scalar head read at the
+    last real token. `train.batch_size` counts PROMPTS (each with all its K responses); `train.tokens` is unused."""
+
+    out_dir: str = "runs/reward"
+    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"}
+    demonstrations: str | None = None  # the bias makes their mean reward 0; None = each ranking's best response
+    validation_fraction: float = 0.1  # of the prompts, held out for pairwise accuracy
+    epochs: float = 1.0  # the paper: one epoch; more overfits
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=5e-5, batch_size=8, warmup_fraction=0.05, eval_every=50, checkpoint_every=100))
+
+    def __post_init__(self):
+        _check(bool(self.rankings), "rankings", "a rankings JSONL file is required")
+        _check(bool(self.model.init_from), "model.init_from", "the causal LM whose trunk the reward model uses is required")
+        _check(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1)")
+        _check(self.epochs > 0, "epochs", "must be positive")
+        _check(self.train.lr is not None, "train.lr", "the reward model has no task default; set a learning rate")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Synthetic labelers: K samples per prompt from `model`, ranked by a gold scorer (lower misalignment is
+    better) with optional Gaussian noise; writes rankings and best-of-K demonstrations."""
+
+    model: str = ""  # a local HF causal LM to sample from
+    prompts: str = ""  # JSONL: {"prompt"}
+    scorer: str = "pep8"  # any `get_scorer` name (e.g. pep8, pii, rm:/path/to/reward_model)
+    rankings_out: str = "rankings.jsonl"
+    demonstrations_out: str = "demonstrations.jsonl"
+    num_responses: int = 4  # K, 2..9 (the paper: 4..9)
+    noise: float = 0.0  # std of the Gaussian noise on the scores, relative to the scores' std
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    block: str = "both"  # control tokens never sampled: none | bad | both
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        from prefer.data.formats import MAX_RESPONSES, MIN_RESPONSES
+
+        _check(bool(self.model), "model", "the model to sample responses from is required")
+        _check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
+        _check(MIN_RESPONSES <= self.num_responses <= MAX_RESPONSES, "num_responses",
+               f"must be in [{MIN_RESPONSES}, {MAX_RESPONSES}]")
+        _check(self.noise >= 0, "noise", "must be >= 0")
+        _check(self.max_new_tokens > 0, "max_new_tokens", "must be positive")
+        _check(self.temperature >= 0, "temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.block in LABEL_BLOCKS, "block", f"choose one of {', '.join(LABEL_BLOCKS)}")
+        _check(self.batch_size > 0, "batch_size", "must be positive")

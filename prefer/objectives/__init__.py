@@ -10,7 +10,7 @@ shifting) live once in ``common``.
   ``unlikelihood_loss``, ``rwr_loss``, ``awr_loss``.
 - InstructGPT (Ouyang et al. 2022): ``ranking_loss`` (reward model), and for PPO
   ``kl_penalized_rewards``, ``gae``, ``whiten``, ``ppo_policy_loss``, ``ppo_value_loss``,
-  ``adaptive_kl_coef``; PPO-ptx adds ``ptx_coef * mle_loss`` on pretraining data.
+  ``adaptive_kl_coef``, ``entropy``; PPO-ptx adds ``ptx_coef * mle_loss`` on pretraining data.
 """
 
 from prefer.objectives.common import (
@@ -23,6 +23,7 @@ from prefer.objectives.common import (
 from prefer.objectives.language_modeling import mle_loss, unlikelihood_loss
 from prefer.objectives.ppo import (
     adaptive_kl_coef,
+    entropy,
     gae,
     kl_penalized_rewards,
     last_token_index,
@@ -36,6 +37,7 @@ from prefer.objectives.reward_weighted import awr_loss, rwr_loss
 __all__ = [
     "adaptive_kl_coef",
     "awr_loss",
+    "entropy",
     "gae",
     "kl_penalized_rewards",
     "last_token_index",

@@ -40,6 +40,7 @@ from prefer.objectives.common import (
 
 __all__ = [
     "adaptive_kl_coef",
+    "entropy",
     "gae",
     "kl_penalized_rewards",
     "last_token_index",
@@ -294,3 +295,28 @@ def adaptive_kl_coef(kl_coef: float, *, observed_kl: float, target_kl: float, ho
         raise ValueError(f"horizon must be > 0, got {horizon}")
     error = min(max(float(observed_kl) / target_kl - 1.0, -0.2), 0.2)
     return float(kl_coef) * (1.0 + error * num_steps / horizon)
+
+
+def entropy(logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the sampling distribution at each position, in nats::
+
+        H_t = -sum_v p_v log p_v,   p = softmax(logits_t / temperature)
+
+    Logged during PPO to watch the policy collapse; use the sampling temperature so that it
+    is the entropy of the distribution the rollouts were actually drawn from.
+
+    Args:
+        logits: [B, T, V] (half precision is upcast to float32).
+        temperature: > 0.
+
+    Returns:
+        [B, T]; average it over response tokens with ``common.masked_mean``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    # p * log p with p = 0 (logit -inf) is 0, not NaN: xlogy-style guard via where.
+    plogp = torch.where(logp.isfinite(), logp.exp() * logp, torch.zeros((), dtype=logp.dtype))
+    return -plogp.sum(dim=-1)

@@ -42,7 +42,12 @@ def _lookup(table: dict, name: str, what: str):
 
 
 def get_scorer(name: str) -> Scorer:
-    """The whole-text scorer called `name`; PreferError naming the choices if there is none."""
+    """The whole-text scorer called `name`, or `rm:PATH` for a trained reward model (misalignment = -reward);
+    PreferError naming the choices if there is none."""
+    if name.startswith("rm:"):
+        from prefer.scorers.reward_model import RewardModelScorer  # lazy: loading torch models is not free
+
+        return RewardModelScorer(name[len("rm:"):], device="auto")
     return _lookup(SCORERS, name, "scorer")
 
 

@@ -327,3 +327,24 @@ def test_adaptive_kl_coef_rejects_bad_settings():
         adaptive_kl_coef(0.1, observed_kl=1.0, target_kl=0.0, horizon=10, num_steps=1)
     with pytest.raises(ValueError, match="horizon"):
         adaptive_kl_coef(0.1, observed_kl=1.0, target_kl=1.0, horizon=0, num_steps=1)
+
+
+# ---------------------------------------------------------------- entropy
+
+def test_entropy_by_hand():
+    from prefer.objectives import entropy
+
+    # uniform over 4 tokens: log 4; a one-hot (other logits -inf): 0; logits [0, log 3] at T = 1:
+    # p = [1/4, 3/4], H = -(1/4 log 1/4 + 3/4 log 3/4).
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0],
+                            [5.0, -math.inf, -math.inf, -math.inf],
+                            [0.0, math.log(3.0), -math.inf, -math.inf]]], dtype=torch.float64)
+    expected = torch.tensor([[math.log(4.0), 0.0, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]],
+                            dtype=torch.float64)
+    assert_close(entropy(logits), expected)
+    # temperature 2 divides the logits first: [0, log 3] / 2 -> p proportional to [1, sqrt 3].
+    p = torch.tensor([1.0, math.sqrt(3.0)], dtype=torch.float64)
+    p = p / p.sum()
+    assert_close(entropy(logits, temperature=2.0)[0, 2], -(p * p.log()).sum())
+    with pytest.raises(ValueError):
+        entropy(logits, temperature=0.0)

@@ -1,0 +1,115 @@
+"""Synthetic labelers: sample K responses per prompt, rank them by a gold scorer, write rankings and demonstrations.
+
+    prompts JSONL -> K samples each (KV-cached sampler) -> gold misalignment of prompt + response (+ noise)
+    -> ranks (lower is better; equal scores tie) -> rankings JSONL + best-of-K demonstrations JSONL
+
+Both files are written atomically, and only once every prompt has been labelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prefer.config import LabelConfig
+from prefer.data.formats import (Comparison, Demonstration, read_prompts, record_locations, write_demonstrations,
+                                 write_rankings)
+from prefer.errors import PreferError
+from prefer.evaluation.misalignment import SamplingControls
+from prefer.models.build import CONTROL_TOKENS
+from prefer.models.reward_model import context_length, encode_prompt
+from prefer.sampling import sample
+from prefer.scorers import Scorer, get_scorer
+from prefer.stages.evaluate import load_checkpoint
+from prefer.training import resolve_device
+
+
+@dataclass(frozen=True)
+class LabelReport:
+    """What one labelling run wrote, and what it left out."""
+
+    rankings: Path
+    demonstrations: Path
+    prompts: int  # prompts read
+    comparisons: int  # rankings written
+    demonstrations_written: int
+    dropped_all_tied: int  # prompts whose responses all scored the same: no preference to learn
+    dropped_empty: int  # prompts with fewer than two non-empty responses
+    gold_mean: float  # mean gold misalignment of all non-empty samples
+    gold_best_mean: float  # mean gold misalignment of the demonstrations (best of K by the noisy labeler)
+
+
+def rank_by_scores(scores: Sequence[float]) -> tuple[int, ...]:
+    """Dense ranks: 0 for the lowest misalignment (the best); equal scores share a rank (a tie)."""
+    return tuple(int(rank) for rank in np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)[1])
+
+
+def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progress: bool = True) -> LabelReport:
+    """Label every prompt of `config.prompts`; `scorer` overrides `config.scorer` (any texts -> misalignment)."""
+    device = resolve_device(config.device)
+    gold = scorer if scorer is not None else get_scorer(config.scorer)
+    model, tokenizer, _ = load_checkpoint(config.model, device)
+    prompts = [p.prompt for p in read_prompts(config.prompts)]
+    locations = record_locations(config.prompts)
+    context = context_length(model)
+    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # as SFT and PPO see them
+    for ids, where in zip(prompt_ids, locations):
+        if len(ids) + config.max_new_tokens - 1 > context:
+            raise PreferError(f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens "
+                              f"{config.max_new_tokens} it exceeds the model's context of {context} tokens")
+
+    # 1. K samples per prompt, prompt-major: responses[p * K + k].
+    k = config.num_responses
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    outputs = sample(model, [ids for ids in prompt_ids for _ in range(k)], max_new_tokens=config.max_new_tokens,
+                     eos_token_id=tokenizer.eos_token_id, temperature=config.temperature, top_p=config.top_p,
+                     blocked_token_ids=SamplingControls(prompt="none", block=config.block).blocked_ids(tokenizer),
+                     control_token_ids=[tokenizer.convert_tokens_to_ids(t) for t in CONTROL_TOKENS],
+                     batch_size=config.batch_size, generator=generator, progress=progress)
+    responses = [tokenizer.decode(ids) for ids in outputs]
+
+    # 2. Gold misalignment of what a reader sees (prompt + response), plus the labelers' noise. Noise is relative
+    # to the spread of the scores, so `noise=1` confuses labelers about as much as the scores differ.
+    # A reward-model scorer reads the pair split exactly as it was trained (score_pairs), not the joined text.
+    nonempty = np.array([bool(response.strip()) for response in responses])
+    kept_prompts = [prompts[i // k] for i in range(len(responses)) if nonempty[i]]
+    kept_responses = [response for response, keep in zip(responses, nonempty) if keep]
+    scores = np.full(len(responses), np.nan)
+    if kept_responses and hasattr(gold, "score_pairs"):
+        scores[nonempty] = gold.score_pairs(kept_prompts, kept_responses)
+    elif kept_responses:
+        scores[nonempty] = gold([p + r for p, r in zip(kept_prompts, kept_responses)])
+    spread = float(np.std(scores[nonempty])) if nonempty.any() else 0.0
+    noise = np.random.default_rng(config.seed).normal(0.0, config.noise * spread, size=len(scores))
+    noisy = scores + noise if config.noise > 0 else scores
+
+    # 3. Ranks per prompt (ties kept, all-tie prompts dropped) and the best response as a demonstration.
+    comparisons, demonstrations, best_scores = [], [], []
+    dropped_tied = dropped_empty = 0
+    for p, prompt in enumerate(prompts):
+        kept = [i for i in range(p * k, (p + 1) * k) if nonempty[i]]
+        if kept:
+            best = min(kept, key=lambda i: noisy[i])  # the first of equally good responses
+            demonstrations.append(Demonstration(prompt, responses[best]))
+            best_scores.append(scores[best])
+        if len(kept) < 2:
+            dropped_empty += 1
+            continue
+        ranks = rank_by_scores([noisy[i] for i in kept])
+        if len(set(ranks)) == 1:
+            dropped_tied += 1
+            continue
+        comparisons.append(Comparison(prompt, tuple(responses[i] for i in kept), ranks))
+    if not comparisons:
+        raise PreferError(f"{config.prompts}: no prompt got a ranking ({dropped_tied} all tied, {dropped_empty} with "
+                          "fewer than two non-empty responses); nothing written")
+    write_rankings(config.rankings_out, comparisons)
+    write_demonstrations(config.demonstrations_out, demonstrations)
+    return LabelReport(rankings=Path(config.rankings_out), demonstrations=Path(config.demonstrations_out),
+                       prompts=len(prompts), comparisons=len(comparisons), demonstrations_written=len(demonstrations),
+                       dropped_all_tied=dropped_tied, dropped_empty=dropped_empty,
+                       gold_mean=float(np.mean(scores[nonempty])), gold_best_mean=float(np.mean(best_scores)))

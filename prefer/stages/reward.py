@@ -1,0 +1,235 @@
+"""Reward model training (InstructGPT step 2): one loop, top to bottom.
+
+    rankings JSONL -> every response of a prompt tokenized once (eos + prompt + response + eos)
+    -> one batch element per prompt: rewards [B, K] -> ranking_loss over its C(K, 2) non-tied pairs
+    -> held-out pairwise accuracy -> bias so that the demonstrations score a mean of 0 -> HF directory
+
+`prefer reward` calls `reward(config)`. Run it under `torchrun --nproc_per_node N` for DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from prefer.config import RewardConfig, save_config
+from prefer.data.formats import Comparison, read_demonstrations, read_rankings, record_locations
+from prefer.errors import PreferError
+from prefer.io import write_json_atomic
+from prefer.models.build import count_parameters
+from prefer.models.reward_model import RewardModel, build_reward_model, right_pad
+from prefer.objectives import ranking_loss
+from prefer.stages.sft import check_run_dir, file_fingerprint, set_dropout, split_validation
+from prefer.training import (BlockOrder, MetricsLog, accumulate_stats, autocast, average_across_ranks,
+                             init_distributed, load_trainer_state, make_optimizer, make_scheduler, restore_rng_state,
+                             save_checkpoint, set_seed)
+
+
+@dataclass(frozen=True)
+class EncodedRankings:
+    """Rankings with every response tokenized once.
+
+    sequences: sequences[c][k] = token ids of prompt c + response k + eos (cut to the context)
+    ranks:     ranks[c][k] = place of response k (0 = best; equal = tie)
+    """
+
+    sequences: list[list[list[int]]]
+    ranks: list[tuple[int, ...]]
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def batch(self, indices: list[int]) -> RankingBatch:
+        responses = [ids for c in indices for ids in self.sequences[c]]
+        ids, attention_mask = right_pad(responses, pad_id=0)  # pad ids are never read: the mask hides them
+        width = max(len(self.ranks[c]) for c in indices)
+        ranks = torch.zeros((len(indices), width), dtype=torch.long)
+        response_mask = torch.zeros((len(indices), width), dtype=torch.bool)
+        for row, c in enumerate(indices):
+            ranks[row, : len(self.ranks[c])] = torch.tensor(self.ranks[c])
+            response_mask[row, : len(self.ranks[c])] = True
+        return RankingBatch(ids, attention_mask, ranks, response_mask)
+
+
+@dataclass(frozen=True)
+class RankingBatch:
+    """B prompts with K_b <= K responses each; each response is one row of `ids`, so it is scored once.
+
+    ids:            [N, T] int64, N = sum of K_b, prompt-major (prompt b's responses in order), right-padded
+    attention_mask: [N, T] bool
+    ranks:          [B, K] int64 (0 = best; padding slots hold 0 and are masked out)
+    response_mask:  [B, K] bool, False = padding slot of a prompt with fewer responses
+    """
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+    ranks: torch.Tensor
+    response_mask: torch.Tensor
+
+
+def encode_rankings(comparisons: list[Comparison], locations: list[str], reward_model: RewardModel) -> EncodedRankings:
+    sequences = [reward_model.encode([(c.prompt, r) for r in c.responses], where=[where] * len(c.responses))
+                 for c, where in zip(comparisons, locations)]
+    return EncodedRankings(sequences, [c.ranks for c in comparisons])
+
+
+def batch_loss(model, batch: RankingBatch, *, device, precision: str, num_prompts: float | None):
+    """ranking_loss of a batch: rewards [N] of every response, scattered into [B, K] by the response mask."""
+    with autocast(device, precision):
+        flat = model(batch.ids.to(device), batch.attention_mask.to(device))  # [N]
+    response_mask = batch.response_mask.to(device)
+    rewards = torch.zeros(response_mask.shape, device=device).masked_scatter(response_mask, flat.float())
+    return ranking_loss(rewards, batch.ranks.to(device), response_mask, num_prompts=num_prompts)
+
+
+@torch.no_grad()
+def heldout_accuracy(model, rankings: EncodedRankings, *, batch_size: int, device, precision: str) -> dict[str, float]:
+    """Pairwise accuracy (r_w > r_l; equal rewards count as wrong) pooled over every non-tied held-out pair,
+    and the mean per-prompt loss."""
+    was_training = model.training
+    model.eval()
+    correct = pairs = loss_sum = 0.0
+    for start in range(0, len(rankings), batch_size):
+        indices = list(range(start, min(start + batch_size, len(rankings))))
+        loss, stats = batch_loss(model, rankings.batch(indices), device=device, precision=precision, num_prompts=1.0)
+        correct += float(stats["accuracy"] * stats["num_pairs"])
+        pairs += float(stats["num_pairs"])
+        loss_sum += loss.item()  # a sum over prompts (num_prompts=1)
+    model.train(was_training)
+    return {"accuracy": correct / max(1.0, pairs), "loss": loss_sum / max(1, len(rankings)), "pairs": pairs}
+
+
+def reward(config: RewardConfig, *, resume: bool = False) -> Path:
+    """Train a reward model on rankings; returns `<out_dir>/final` (HF sequence classifier + reward_bias)."""
+    dist, device = init_distributed(config.train.device)
+    run_dir = Path(config.out_dir)
+    checkpoint = check_run_dir(run_dir, RewardConfig, config, resume,
+                               sections=("rankings", "demonstrations", "validation_fraction", "model"))
+    set_seed(config.train.seed)
+    say = print if dist.is_main else (lambda *a, **k: None)
+
+    # 1. Model: the causal LM's trunk + a fresh scalar head (or the checkpoint being resumed).
+    reward_model = build_reward_model(checkpoint / "model" if checkpoint is not None else config.model.init_from)
+    set_dropout(reward_model.model, config.model.dropout)
+    if config.model.context is not None:
+        reward_model.context = min(reward_model.context, config.model.context)
+    info = {"stage": "reward", "init_from": config.model.init_from, "rankings": config.rankings}
+
+    # 2. Data: comparisons split by prompt into train / validation, every response tokenized once.
+    comparisons = read_rankings(config.rankings)
+    locations = record_locations(config.rankings)
+    train_index, val_index = split_validation(len(comparisons), config.validation_fraction, config.train.seed)
+    train = encode_rankings([comparisons[i] for i in train_index], [locations[i] for i in train_index], reward_model)
+    validation = encode_rankings([comparisons[i] for i in val_index], [locations[i] for i in val_index],
+                                 reward_model) if val_index else None
+    # The bias is set after training from these pairs; a bad file must fail now, not after training.
+    if config.demonstrations is not None:
+        bias_pairs = [(d.prompt, d.response) for d in read_demonstrations(config.demonstrations)]
+        reward_model.encode(bias_pairs, where=record_locations(config.demonstrations))
+    else:
+        bias_pairs = [(c.prompt, c.responses[c.ranks.index(0)]) for c in comparisons]
+    reward_model.to(device).train()
+    model = reward_model
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(reward_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # 3. Batch geometry (in prompts), optimizer, schedule.
+    batch_size = config.train.batch_size
+    micro = config.train.micro_batch_size or batch_size // dist.world_size
+    if batch_size % (micro * dist.world_size):
+        raise PreferError(f"config: train.batch_size {batch_size} must be a multiple of micro_batch_size x ranks "
+                          f"({micro} x {dist.world_size})")
+    total_steps = max(1, math.ceil(config.epochs * len(train) / batch_size))
+    optimizer = make_optimizer([reward_model], lr=config.train.lr, weight_decay=config.train.weight_decay,
+                               betas=(config.train.beta1, config.train.beta2))
+    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=config.train.min_lr_fraction,
+                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)))
+    order = BlockOrder(len(train), seed=config.train.seed)
+    data_fingerprint = f"{file_fingerprint(config.rankings)}-{len(train)}"
+    start_step = 0
+    if checkpoint is not None:
+        state = load_trainer_state(checkpoint)
+        if state["data_fingerprint"] != data_fingerprint:
+            raise PreferError(f"{config.rankings}: changed since this run started; cannot resume exactly")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        order = BlockOrder(len(train), seed=config.train.seed, **state["order"])
+        restore_rng_state(state["rng"])
+        start_step = state["step"]
+    if dist.is_main:
+        save_config(config, run_dir / "config.yaml")
+    say(f"[reward] {count_parameters(reward_model) / 1e6:.2f}M parameters, {len(train)} prompts "
+        f"(+{len(val_index)} held out), {total_steps} steps of {batch_size} prompts, lr {config.train.lr:g}, "
+        f"device {device}")
+
+    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
+    evaluate = lambda: heldout_accuracy(reward_model, validation, batch_size=micro, device=device,  # noqa: E731
+                                        precision=config.train.precision)
+    bar = tqdm(total=total_steps, initial=start_step, desc="reward", unit="step",
+               disable=not (config.train.progress and dist.is_main))
+    started = time.perf_counter()
+
+    # 4. The loop.
+    for step in range(start_step, total_steps):
+        indices = order.next(batch_size)  # the global batch of prompts; this rank takes its contiguous share
+        share = indices.view(dist.world_size, -1)[dist.rank].tolist()
+        # Every prompt has a non-tied pair (read_rankings rejects all-tie lines), so each counts once in the
+        # step's mean; DDP averages ranks, hence the division (see objectives.common).
+        num_prompts = batch_size / dist.world_size
+        totals: dict[str, float] = {}
+        for start in range(0, len(share), micro):
+            sync = start + micro >= len(share)  # DDP: all-reduce gradients only on the last micro-batch
+            with model.no_sync() if dist.world_size > 1 and not sync else contextlib.nullcontext():
+                loss, stats = batch_loss(model, train.batch(share[start : start + micro]), device=device,
+                                         precision=config.train.precision, num_prompts=num_prompts)
+                loss.backward()
+            accumulate_stats(totals, {k: stats[k] for k in ("loss", "accuracy", "margin_mean", "reward_mean")},
+                             fraction=len(share[start : start + micro]) / len(share))
+        totals = average_across_ranks(totals, dist)
+        grad_norm = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        record = {"train/" + k: v for k, v in totals.items()}
+        record.update({"train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0],
+                       "epoch": order.epoch + order.cursor / len(train)})
+        if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
+            heldout = evaluate()
+            record.update({"val/accuracy": heldout["accuracy"], "val/loss": heldout["loss"]})
+            bar.set_postfix(loss=f"{totals['loss']:.3f}", val_accuracy=f"{heldout['accuracy']:.3f}")
+        log.log(done, record)
+        bar.update(1)
+        if dist.is_main and (done % config.train.checkpoint_every == 0 or done == total_steps):
+            save_checkpoint(run_dir, done, model=reward_model.model, tokenizer=reward_model.tokenizer, extra={},
+                            info={**info, "step": done, "reward_bias": 0.0}, optimizer=optimizer, scheduler=scheduler,
+                            state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
+    bar.close()
+
+    # 5. Bias: the demonstrations (or each ranking's best response) score a mean of 0 (the paper).
+    final = run_dir / "final"
+    if dist.is_main:
+        heldout = evaluate() if validation is not None else None
+        reward_model.bias = 0.0
+        reward_model.bias = -float(reward_model.rewards(bias_pairs, batch_size=micro).mean())
+        results = {"val_accuracy": heldout["accuracy"] if heldout else None,
+                   "val_loss": heldout["loss"] if heldout else None, "val_pairs": heldout["pairs"] if heldout else 0,
+                   "bias_from": config.demonstrations or "best response of each ranking", "steps": total_steps}
+        log.log(total_steps, {"final/reward_bias": reward_model.bias,
+                              **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})})
+        reward_model.save(final, {**info, **results})
+        write_json_atomic(run_dir / "results.json", {**results, "reward_bias": reward_model.bias})
+        accuracy = "n/a" if heldout is None else f"{heldout['accuracy']:.3f} on {heldout['pairs']:.0f} pairs"
+        say(f"[reward] done: held-out pairwise accuracy {accuracy}, bias {reward_model.bias:+.4f}, "
+            f"{time.perf_counter() - started:.0f}s; model in {final}")
+    log.close()
+    return final

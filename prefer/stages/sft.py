@@ -1,0 +1,259 @@
+"""Supervised finetuning (InstructGPT step 1): one loop, top to bottom.
+
+    demonstrations JSONL -> eos (document start) + prompt + response + eos (loss on the response and its eos only)
+    -> right-padded examples, or packed blocks -> mle_loss normalised by the step's loss tokens -> checkpoints
+
+`prefer sft` calls `sft(config)`. Run it under `torchrun --nproc_per_node N` for DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from prefer.config import SFTConfig, load_config, save_config
+from prefer.data.formats import Demonstration, read_demonstrations, record_locations
+from prefer.errors import PreferError
+from prefer.models.build import count_parameters, load_model, load_tokenizer
+from prefer.models.reward_model import context_length, encode_example, fit_to_context
+from prefer.objectives import mle_loss, next_token_targets
+from prefer.training import (BlockOrder, MetricsLog, accumulate_stats, autocast, average_across_ranks,
+                             init_distributed, latest_checkpoint, load_trainer_state, make_optimizer, make_scheduler,
+                             restore_rng_state, save_checkpoint, save_model, set_seed, unwrap)
+
+
+@dataclass(frozen=True)
+class SFTExamples:
+    """Tokenized demonstrations, right-padded with eos (or packed into full blocks).
+
+    ids:            [N, T] int64
+    loss_mask:      [N, T] bool, True on the tokens the loss predicts: each response's tokens and its eos
+    attention_mask: [N, T] bool, True on real tokens (False = padding)
+    """
+
+    ids: torch.Tensor
+    loss_mask: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def rows(self, index: torch.Tensor | slice) -> SFTExamples:
+        """The selected rows, cut to their longest real sequence (right padding makes that a prefix)."""
+        attention = self.attention_mask[index]
+        width = int(attention.sum(dim=1).max())
+        return SFTExamples(self.ids[index][:, :width], self.loss_mask[index][:, :width], attention[:, :width])
+
+
+def tokenize_demonstrations(demonstrations: list[Demonstration], locations: list[str], tokenizer, *, context: int,
+                            packing: bool) -> SFTExamples:
+    """One example per demonstration (cut to `context`), or with `packing` one stream cut into blocks of `context`
+    tokens (an example may straddle two blocks; the last block is padded). A prompt that leaves no room for a
+    response is a PreferError naming its file and line."""
+    sequences, masks = [], []
+    for demonstration, where in zip(demonstrations, locations):
+        ids, prompt_length = encode_example(tokenizer, demonstration.prompt, demonstration.response)
+        ids = fit_to_context(ids, prompt_length, context, where=where)
+        sequences.append(ids)
+        masks.append([False] * prompt_length + [True] * (len(ids) - prompt_length))
+    if packing:
+        stream = [token for ids in sequences for token in ids]
+        stream_mask = [flag for mask in masks for flag in mask]
+        sequences = [stream[i : i + context] for i in range(0, len(stream), context)]
+        masks = [stream_mask[i : i + context] for i in range(0, len(stream_mask), context)]
+    width = max(len(ids) for ids in sequences)
+    ids = torch.full((len(sequences), width), tokenizer.eos_token_id, dtype=torch.long)
+    loss_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, (sequence, mask) in enumerate(zip(sequences, masks)):
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        loss_mask[row, : len(mask)] = torch.tensor(mask)
+        attention_mask[row, : len(sequence)] = True
+    return SFTExamples(ids, loss_mask, attention_mask)
+
+
+def sft_loss(model, batch: SFTExamples, *, device, precision: str, num_tokens: float):
+    """mle_loss on the response tokens of a batch; `num_tokens` = loss tokens of the whole optimizer step."""
+    ids, attention = batch.ids.to(device), batch.attention_mask.to(device)
+    targets, mask = next_token_targets(ids, batch.loss_mask.to(device))  # mask[t] belongs to the predicted token
+    with autocast(device, precision):
+        logits = model(input_ids=ids, attention_mask=attention.long()).logits[:, :-1]
+    return mle_loss(logits.float(), targets, mask, num_tokens=num_tokens)
+
+
+@torch.no_grad()
+def heldout_loss(model, examples: SFTExamples, *, batch_size: int, device, precision: str) -> float:
+    """Mean NLL per response token of held-out demonstrations, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = examples.rows(slice(start, start + batch_size))
+        loss, stats = sft_loss(model, batch, device=device, precision=precision, num_tokens=1.0)  # a sum
+        total += loss.item()
+        count += int(stats["num_tokens"])
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every dropout of a loaded model at `p` (the paper's SFT uses 0.2), recorded in its saved config too."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout", "dropout"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, p)
+
+
+def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices: a seeded shuffle, `fraction` of them held out (none when there are too few)."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = min(count - 1, round(fraction * count))
+    return sorted(order[held_out:]), sorted(order[:held_out])
+
+
+def file_fingerprint(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def sft(config: SFTConfig, *, resume: bool = False) -> Path:
+    """Finetune `model.init_from` on demonstrations; returns `<out_dir>/final` (an HF causal LM directory)."""
+    dist, device = init_distributed(config.train.device)
+    run_dir = Path(config.out_dir)
+    checkpoint = check_run_dir(run_dir, SFTConfig, config, resume,
+                               sections=("demonstrations", "validation_fraction", "packing", "model"))
+    set_seed(config.train.seed)
+    say = print if dist.is_main else (lambda *a, **k: None)
+
+    # 1. Model and tokenizer: the initial model, or the checkpoint being resumed.
+    source = checkpoint / "model" if checkpoint is not None else Path(config.model.init_from)
+    tokenizer = load_tokenizer(source if checkpoint is not None else (config.model.tokenizer or source))
+    model = load_model(source, tokenizer=tokenizer)
+    set_dropout(model, config.model.dropout)
+    context = min(config.model.context or context_length(model), context_length(model))
+    init_info_path = Path(config.model.init_from) / "prefer.json"
+    init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
+    info = {**{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
+            "stage": "sft", "init_from": config.model.init_from, "demonstrations": config.demonstrations}
+
+    # 2. Data: demonstrations -> (train, validation) examples with response-only loss masks.
+    demonstrations = read_demonstrations(config.demonstrations)
+    locations = record_locations(config.demonstrations)
+    train_index, val_index = split_validation(len(demonstrations), config.validation_fraction, config.train.seed)
+    train = tokenize_demonstrations([demonstrations[i] for i in train_index], [locations[i] for i in train_index],
+                                    tokenizer, context=context, packing=config.packing)
+    validation = (tokenize_demonstrations([demonstrations[i] for i in val_index], [locations[i] for i in val_index],
+                                          tokenizer, context=context, packing=False) if val_index else None)
+    model.to(device).train()
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # 3. Batch geometry, optimizer, schedule.
+    batch_size = config.train.batch_size
+    micro = config.train.micro_batch_size or batch_size // dist.world_size
+    if batch_size % (micro * dist.world_size):
+        raise PreferError(f"config: train.batch_size {batch_size} must be a multiple of micro_batch_size x ranks "
+                          f"({micro} x {dist.world_size})")
+    total_steps = max(1, math.ceil(config.epochs * len(train) / batch_size))
+    optimizer = make_optimizer([model], lr=config.train.lr, weight_decay=config.train.weight_decay,
+                               betas=(config.train.beta1, config.train.beta2))
+    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=config.train.min_lr_fraction,
+                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)))
+    order = BlockOrder(len(train), seed=config.train.seed)
+    data_fingerprint = f"{file_fingerprint(config.demonstrations)}-{len(train)}x{train.ids.shape[1]}"
+    start_step = 0
+    if checkpoint is not None:
+        state = load_trainer_state(checkpoint)
+        if state["data_fingerprint"] != data_fingerprint:
+            raise PreferError(f"{config.demonstrations}: changed since this run started; cannot resume exactly")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        order = BlockOrder(len(train), seed=config.train.seed, **state["order"])
+        restore_rng_state(state["rng"])
+        start_step = state["step"]
+    if dist.is_main:
+        save_config(config, run_dir / "config.yaml")
+    say(f"[sft] {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, {len(train)} "
+        f"{'packed blocks' if config.packing else 'examples'} (+{len(val_index)} held out), context {context}, "
+        f"{total_steps} steps of {batch_size}, lr {config.train.lr:g}, device {device}")
+
+    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
+    evaluate = lambda: heldout_loss(unwrap(model), validation, batch_size=micro, device=device,  # noqa: E731
+                                    precision=config.train.precision)
+    bar = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
+               disable=not (config.train.progress and dist.is_main))
+    started = time.perf_counter()
+
+    # 4. The loop.
+    for step in range(start_step, total_steps):
+        indices = order.next(batch_size)  # the global batch; this rank takes its contiguous share
+        share = indices.view(dist.world_size, -1)[dist.rank]
+        # Loss tokens of the whole step (all ranks); DDP averages ranks, hence the division (objectives.common).
+        num_tokens = float(next_token_targets(train.loss_mask[indices])[0].sum()) / dist.world_size
+        totals: dict[str, float] = {}
+        for start in range(0, len(share), micro):
+            sync = start + micro >= len(share)  # DDP: all-reduce gradients only on the last micro-batch
+            with model.no_sync() if dist.world_size > 1 and not sync else contextlib.nullcontext():
+                loss, stats = sft_loss(model, train.rows(share[start : start + micro]), device=device,
+                                       precision=config.train.precision, num_tokens=max(num_tokens, 1.0))
+                loss.backward()
+            accumulate_stats(totals, stats, fraction=min(micro, len(share) - start) / len(share))
+        totals = average_across_ranks(totals, dist)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        record = {"train/loss": totals["loss"], "train/response_tokens": num_tokens * dist.world_size,
+                  "train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0],
+                  "epoch": order.epoch + order.cursor / len(train)}
+        if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
+            record["val/loss"] = evaluate()
+            bar.set_postfix(loss=f"{totals['loss']:.3f}", val=f"{record['val/loss']:.3f}")
+        log.log(done, record)
+        bar.update(1)
+        if dist.is_main and (done % config.train.checkpoint_every == 0 or done == total_steps):
+            save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, extra={}, info={**info, "step": done},
+                            optimizer=optimizer, scheduler=scheduler,
+                            state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
+    bar.close()
+    log.close()
+
+    # 5. The final model, in the Hugging Face format.
+    final = run_dir / "final"
+    if dist.is_main:
+        val_loss = evaluate() if validation is not None else None
+        save_model(final, model, tokenizer, None, {**info, "steps": total_steps, "epochs": config.epochs,
+                                                   "val_loss": val_loss})
+        say(f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
+            f"{time.perf_counter() - started:.0f}s; model in {final}")
+    return final
+
+
+def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, sections: tuple[str, ...]) -> Path | None:
+    """Never overwrite a run by accident; resume only a run whose `sections` of the config are the same."""
+    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if not resume:
+        if checkpoint is not None or (run_dir / "final").exists():
+            raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
+        return None
+    if checkpoint is None:
+        return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
+    saved = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml"))
+    for section in sections:
+        if saved[section] != asdict(config)[section]:
+            raise PreferError(f"{run_dir / 'config.yaml'}: '{section}' differs from this run's config; "
+                              "a checkpoint can only resume the run that wrote it")
+    return checkpoint

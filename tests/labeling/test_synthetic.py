@@ -1,0 +1,94 @@
+"""Synthetic labelers: ranks follow the gold scorer, noise perturbs them, all-tie prompts are dropped and counted,
+and the files are valid input for the reward model and SFT."""
+
+import json
+
+import pytest
+import torch
+
+from prefer.config import LabelConfig, load_config
+from prefer.data.formats import read_demonstrations, read_rankings
+from prefer.errors import PreferError
+from prefer.labeling import label_synthetic, rank_by_scores
+from prefer.models.build import build_model, train_tokenizer
+
+PROMPTS = [f"write {i}:" for i in range(12)] + ["tie 1:", "tie 2:"]
+
+
+def count_x(texts):
+    """A hand-made gold scorer: the number of x's in the response; a prompt starting "tie" scores 0 throughout."""
+    return [0.0 if text.startswith("tie") else float(text.split(":", 1)[1].count("x")) for text in texts]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("label")
+    tokenizer = train_tokenizer(["xx ab x cd xa bx\n", "abc xyz xx\n", "write 1: tie 2:\n"] * 30, vocab_size=300)
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32)
+    model.save_pretrained(tmp / "lm")
+    tokenizer.save_pretrained(tmp / "lm")
+    (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return tmp
+
+
+def config(setup, tmp_path, **extra):
+    values = {"model": setup / "lm", "prompts": setup / "prompts.jsonl", "rankings_out": tmp_path / "rankings.jsonl",
+              "demonstrations_out": tmp_path / "demos.jsonl", "num_responses": 4, "max_new_tokens": 12,
+              "device": "cpu", "seed": 1}
+    values.update(extra)
+    return load_config(LabelConfig, overrides=[f"{key}={value}" for key, value in values.items()])
+
+
+def test_ranks_follow_the_gold_scorer_and_all_tie_prompts_are_dropped(setup, tmp_path):
+    report = label_synthetic(config(setup, tmp_path), scorer=count_x, progress=False)
+    comparisons = read_rankings(report.rankings)
+    demonstrations = read_demonstrations(report.demonstrations)
+    assert report.dropped_all_tied >= 2 and not any(c.prompt.startswith("tie") for c in comparisons)
+    assert report.comparisons == len(comparisons) >= 5
+    assert report.comparisons + report.dropped_all_tied + report.dropped_empty == len(PROMPTS)
+    for comparison in comparisons:
+        scores = count_x([comparison.prompt + r for r in comparison.responses])
+        assert comparison.ranks == rank_by_scores(scores)
+    best = {d.prompt: d.response for d in demonstrations}
+    assert {"tie 1:", "tie 2:"} <= set(best)  # an all-tie prompt still has a best (any) response
+    for comparison in comparisons:
+        assert count_x([comparison.prompt + best[comparison.prompt]])[0] == min(
+            count_x([comparison.prompt + r for r in comparison.responses]))
+    assert report.gold_best_mean <= report.gold_mean
+
+
+def test_noise_changes_some_rankings_and_is_seeded(setup, tmp_path):
+    exact = read_rankings(label_synthetic(config(setup, tmp_path / "exact"), scorer=count_x, progress=False).rankings)
+    noisy = read_rankings(label_synthetic(config(setup, tmp_path / "noisy", noise=2.0), scorer=count_x,
+                                          progress=False).rankings)
+    again = read_rankings(label_synthetic(config(setup, tmp_path / "again", noise=2.0), scorer=count_x,
+                                          progress=False).rankings)
+    assert noisy == again
+    exact_by_prompt = {c.prompt: c for c in exact}
+    changed = [c for c in noisy if c.prompt in exact_by_prompt and c.ranks != exact_by_prompt[c.prompt].ranks]
+    assert changed and all(c.responses == exact_by_prompt[c.prompt].responses for c in changed)  # same samples
+
+
+def test_nothing_to_rank_is_an_error_and_writes_nothing(setup, tmp_path):
+    with pytest.raises(PreferError, match="no prompt got a ranking"):
+        label_synthetic(config(setup, tmp_path), scorer=lambda texts: [1.0] * len(texts), progress=False)
+    assert not (tmp_path / "rankings.jsonl").exists() and not (tmp_path / "demos.jsonl").exists()
+
+
+def test_prompt_too_long_for_the_context_names_its_line(setup, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "write 1:"}) + "\n" + json.dumps({"prompt": "ab cd " * 20}) + "\n")
+    with pytest.raises(PreferError, match=r"prompts\.jsonl:2: the prompt is \d+ tokens"):
+        label_synthetic(config(setup, tmp_path, prompts=path), scorer=count_x, progress=False)
+
+
+def test_cli_labels_with_a_named_scorer_and_needs_synthetic(setup, tmp_path, capsys):
+    from prefer.cli import main
+
+    args = [f"model={setup / 'lm'}", f"prompts={setup / 'prompts.jsonl'}", "scorer=pii", "max_new_tokens=8",
+            f"rankings_out={tmp_path / 'r.jsonl'}", f"demonstrations_out={tmp_path / 'd.jsonl'}", "device=cpu"]
+    assert main(["label", *args]) == 2
+    assert "pass --synthetic" in capsys.readouterr().err
+    assert main(["label", "--synthetic", *args, "scorer=nope"]) == 2
+    assert "unknown scorer 'nope'" in capsys.readouterr().err
