@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefer.config import DemoConfig, ObjectiveConfig
+from prefer.config import DemoConfig
 from prefer.evaluation.metrics import ratio_ci
 from prefer.io import atomic_path, write_json_atomic, write_text_atomic
 from prefer.stages.evaluate import load_checkpoint, sample_and_score, write_samples

@@ -9,7 +9,7 @@ import math
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import torch.distributed as torch_dist
 
 from prefer.errors import PreferError
 from prefer.io import atomic_path, write_text_atomic
-
 
 # ---------------------------------------------------------------- device, precision, distributed
 
@@ -193,6 +192,25 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not (path / TRAINER_STATE).exists():
         raise PreferError(f"{pointer}: points at {path.name}, which is missing or incomplete")
     return path
+
+
+def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, sections: tuple[str, ...]) -> Path | None:
+    """Never overwrite a run by accident; resume only a run whose `sections` of the config are the same."""
+    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if not resume:
+        if checkpoint is not None or (run_dir / "final").exists():
+            raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
+        return None
+    if checkpoint is None:
+        return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
+    from prefer.config import load_config
+
+    saved = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml"))
+    for section in sections:
+        if saved[section] != asdict(config)[section]:
+            raise PreferError(f"{run_dir / 'config.yaml'}: section '{section}' differs from this run's config; "
+                              "a checkpoint can only resume the run that wrote it")
+    return checkpoint
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:

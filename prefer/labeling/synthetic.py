@@ -16,8 +16,14 @@ import numpy as np
 import torch
 
 from prefer.config import LabelConfig
-from prefer.data.formats import (Comparison, Demonstration, read_prompts, record_locations, write_demonstrations,
-                                 write_rankings)
+from prefer.data.formats import (
+    Comparison,
+    Demonstration,
+    read_prompts,
+    record_locations,
+    write_demonstrations,
+    write_rankings,
+)
 from prefer.errors import PreferError
 from prefer.evaluation.misalignment import SamplingControls
 from prefer.models.build import CONTROL_TOKENS

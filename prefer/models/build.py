@@ -79,6 +79,19 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def check_same_vocabulary(policy_tokenizer, other_tokenizer, *, what: str) -> None:
+    """PreferError unless two tokenizers map the same strings to the same ids: a reward model scores the policy's
+    token ids, so a different vocabulary would silently score a different text."""
+    ours, theirs = other_tokenizer.get_vocab(), policy_tokenizer.get_vocab()
+    if ours == theirs:
+        return
+    only_ours = sorted(set(ours) - set(theirs))[:3]
+    moved = sorted(t for t in set(ours) & set(theirs) if ours[t] != theirs[t])[:3]
+    raise PreferError(f"{what}: its tokenizer differs from the policy's ({len(ours)} vs {len(theirs)} tokens; e.g. "
+                      f"only in {what}: {only_ours}, different ids: {moved}); train the reward model from the "
+                      "policy's (SFT) model")
+
+
 def control_token_ids(tokenizer) -> dict[str, int]:
     return {token: tokenizer.convert_tokens_to_ids(token) for token in CONTROL_TOKENS}
 

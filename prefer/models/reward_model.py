@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from prefer.errors import PreferError
-from prefer.models.build import load_tokenizer
+from prefer.models.build import check_same_vocabulary, load_tokenizer
 from prefer.objectives import last_token_index
 from prefer.training import save_model
 
@@ -128,14 +128,7 @@ class RewardModel(nn.Module):
 
     def check_same_tokenizer(self, policy_tokenizer) -> None:
         """PreferError unless the policy's vocabulary is the reward model's: PPO hands it token ids."""
-        ours, theirs = self.tokenizer.get_vocab(), policy_tokenizer.get_vocab()
-        if ours == theirs:
-            return
-        only_ours = sorted(set(ours) - set(theirs))[:3]
-        moved = sorted(t for t in set(ours) & set(theirs) if ours[t] != theirs[t])[:3]
-        raise PreferError(f"reward model {self.path or ''}: its tokenizer differs from the policy's ({len(ours)} vs "
-                          f"{len(theirs)} tokens; e.g. only in the reward model: {only_ours}, different ids: {moved}); "
-                          "train the reward model from the policy's (SFT) model")
+        check_same_vocabulary(policy_tokenizer, self.tokenizer, what=f"reward model {self.path or ''}".strip())
 
     def save(self, path: str | Path, info: dict) -> None:
         """An HF directory (loads with AutoModelForSequenceClassification) + prefer.json with `reward_bias`."""

@@ -13,30 +13,49 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from prefer.config import PPOConfig, load_config, save_config
+from prefer.config import PPOConfig, save_config
 from prefer.data.annotate import AnnotatedDocument
 from prefer.data.corpora import load_documents, split_by_source
-from prefer.data.formats import read_prompts
+from prefer.data.formats import read_prompts, record_locations
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.errors import PreferError
 from prefer.io import atomic_path
-from prefer.models.build import control_token_ids, load_model, load_tokenizer
+from prefer.models.build import check_same_vocabulary, control_token_ids, load_model, load_tokenizer
 from prefer.models.heads import ValueHead
-from prefer.objectives import (adaptive_kl_coef, masked_mean, mle_loss, next_token_targets, ppo_policy_loss,
-                               ppo_value_loss, token_logprobs)
+from prefer.objectives import (
+    adaptive_kl_coef,
+    masked_mean,
+    mle_loss,
+    next_token_targets,
+    ppo_policy_loss,
+    ppo_value_loss,
+    token_logprobs,
+)
 from prefer.rollouts import Rollout, ValueModel, add_advantages, make_rollout, policy_logits
 from prefer.sampling import sample
 from prefer.scorers import get_scorer
 from prefer.stages.pretrain import heldout_loss
-from prefer.training import (BlockOrder, MetricsLog, accumulate_stats, autocast, latest_checkpoint,
-                             load_trainer_state, make_optimizer, make_scheduler, resolve_device, restore_rng_state,
-                             save_checkpoint, save_model, set_seed)
+from prefer.training import (
+    BlockOrder,
+    MetricsLog,
+    accumulate_stats,
+    autocast,
+    check_run_dir,
+    load_trainer_state,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    restore_rng_state,
+    save_checkpoint,
+    save_model,
+    set_seed,
+)
 
 __all__ = ["ppo", "ppo_backward", "ptx_backward", "build_value_model"]
 
@@ -112,24 +131,14 @@ def build_value_model(init_from: str, reward_model: str | None) -> ValueModel:
     return ValueModel(rm.base_model, head)
 
 
-def _check_same_tokenizer(tokenizer, path: str, what: str) -> None:
-    """A reward model reads token ids: a different vocabulary would score a different text."""
-    other = load_tokenizer(path)
-    if other.get_vocab() != tokenizer.get_vocab():
-        raise PreferError(f"{what}: the tokenizer in {path} differs from the policy's ({len(other)} vs "
-                          f"{len(tokenizer)} tokens, or different ids); train the reward model from the SFT model")
-
-
 def _read_queries(path: str, tokenizer, *, max_length: int) -> tuple[list[str], list[list[int]]]:
     """Prompts and their token ids, each starting with eos (the document start the model was trained with)."""
     prompts = [p.prompt for p in read_prompts(path)]
-    with open(path, "rb") as handle:  # read_prompts skips blank lines: recover each record's line number
-        lines = [number for number, raw in enumerate(handle, 1) if raw.strip()]
     queries = []
-    for prompt, line in zip(prompts, lines):
+    for prompt, where in zip(prompts, record_locations(path)):
         ids = [tokenizer.eos_token_id, *tokenizer.encode(prompt, add_special_tokens=False)]
         if len(ids) > max_length:
-            raise PreferError(f"{path}:{line}: the prompt is {len(ids)} tokens; with max_new_tokens it must fit "
+            raise PreferError(f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens it must fit "
                               f"the model's context (at most {max_length} prompt tokens)")
         queries.append(ids)
     return prompts, queries
@@ -163,7 +172,9 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     """Run PPO (PPO-ptx with ptx_coef > 0); returns the directory of the final policy (`<out_dir>/final`)."""
     device = resolve_device(config.device)
     run_dir = Path(config.out_dir)
-    checkpoint = _check_run_dir(run_dir, config, resume)
+    # everything but the length of the run and the progress bar must match the run being resumed
+    resumable = tuple(f.name for f in fields(PPOConfig) if f.name not in ("progress", "iterations"))
+    checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, sections=resumable)
     set_seed(config.seed)
     say = print if config.progress else (lambda *a, **k: None)
 
@@ -175,9 +186,9 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     reference = load_model(config.init_from, tokenizer=tokenizer)
     reference.requires_grad_(False)
     if config.reward_model is not None:
-        _check_same_tokenizer(tokenizer, config.reward_model, "reward_model")
+        check_same_vocabulary(tokenizer, load_tokenizer(config.reward_model), what=f"reward_model {config.reward_model}")
     if config.scorer is not None and config.scorer.startswith("rm:"):
-        _check_same_tokenizer(tokenizer, config.scorer.removeprefix("rm:"), "scorer")
+        check_same_vocabulary(tokenizer, load_tokenizer(config.scorer.removeprefix("rm:")), what=f"scorer {config.scorer}")
     value_model = build_value_model(config.init_from, config.reward_model)
     if checkpoint is not None:
         from safetensors.torch import load_file
@@ -345,21 +356,3 @@ def _log_samples(path: Path, log: MetricsLog, iteration: int, prompts: list[str]
         table = "\n\n".join(f"**proxy {r['proxy']:.3f}, gold {r['gold']}** `{r['prompt']}` -> `{r['response']}`"
                             for r in rows)
         log.writer.add_text("samples", table, iteration)
-
-
-def _check_run_dir(run_dir: Path, config: PPOConfig, resume: bool) -> Path | None:
-    """Never overwrite a run by accident; resume only the run that wrote the checkpoint."""
-    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
-    if not resume:
-        if checkpoint is not None or (run_dir / "final").exists():
-            raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
-        return None
-    if checkpoint is None:
-        return None  # killed before its first checkpoint: start from the beginning
-    saved = asdict(load_config(PPOConfig, yaml_path=run_dir / "config.yaml"))
-    changed = [key for key, value in asdict(config).items() if saved[key] != value and key not in ("progress",
-                                                                                                     "iterations")]
-    if changed:
-        raise PreferError(f"{run_dir / 'config.yaml'}: {', '.join(changed)} differ(s) from this run's config; "
-                          "a checkpoint can only resume the run that wrote it")
-    return checkpoint

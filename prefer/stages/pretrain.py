@@ -13,13 +13,13 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from prefer.config import PretrainConfig, load_config, save_config
+from prefer.config import PretrainConfig, save_config
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.data.pipeline import build_corpus, corpus_tokenizer
 from prefer.data.transforms import conditional_documents, filter_documents
@@ -29,9 +29,23 @@ from prefer.models.build import CONTROL_TOKENS, build_model, count_parameters, l
 from prefer.models.heads import ValueHead
 from prefer.objectives import awr_loss, mle_loss, next_token_targets, rwr_loss, unlikelihood_loss
 from prefer.tasks import get_task
-from prefer.training import (BlockOrder, accumulate_stats, average_across_ranks, MetricsLog, autocast, init_distributed, latest_checkpoint, load_trainer_state,
-                             make_optimizer, make_scheduler, restore_rng_state, save_checkpoint, save_model, set_seed,
-                             unwrap)
+from prefer.training import (
+    BlockOrder,
+    MetricsLog,
+    accumulate_stats,
+    autocast,
+    average_across_ranks,
+    check_run_dir,
+    init_distributed,
+    load_trainer_state,
+    make_optimizer,
+    make_scheduler,
+    restore_rng_state,
+    save_checkpoint,
+    save_model,
+    set_seed,
+    unwrap,
+)
 
 # ------------------------------------------------------------------ objectives: name -> data transform, loss
 
@@ -111,7 +125,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     lr = config.train.lr if config.train.lr is not None else task.lr
     config = replace(config, objective=objective, train=replace(config.train, lr=lr))
     run_dir = Path(config.out_dir)
-    checkpoint = _check_run_dir(run_dir, config, resume)
+    checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
     set_seed(config.train.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
@@ -271,20 +285,3 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             + (f" ({losses['val_loss_with_true_tags']:.4f} with true tags)" if val_tagged_blocks is not None else "")
             + f", {time.perf_counter() - started:.0f}s; model in {final}")
     return final
-
-
-def _check_run_dir(run_dir: Path, config: PretrainConfig, resume: bool) -> Path | None:
-    """Never overwrite a run by accident; resume only a run of the same data, model and objective."""
-    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
-    if not resume:
-        if checkpoint is not None or (run_dir / "final").exists():
-            raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
-        return None
-    if checkpoint is None:
-        return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
-    saved = load_config(PretrainConfig, yaml_path=run_dir / "config.yaml")
-    for section in ("data", "model", "objective"):
-        if asdict(getattr(saved, section)) != asdict(getattr(config, section)):
-            raise PreferError(f"{run_dir / 'config.yaml'}: section '{section}' differs from this run's config; "
-                              "a checkpoint can only resume the run that wrote it")
-    return checkpoint

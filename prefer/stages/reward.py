@@ -25,10 +25,22 @@ from prefer.io import write_json_atomic
 from prefer.models.build import count_parameters
 from prefer.models.reward_model import RewardModel, build_reward_model, right_pad
 from prefer.objectives import ranking_loss
-from prefer.stages.sft import check_run_dir, file_fingerprint, set_dropout, split_validation
-from prefer.training import (BlockOrder, MetricsLog, accumulate_stats, autocast, average_across_ranks,
-                             init_distributed, load_trainer_state, make_optimizer, make_scheduler, restore_rng_state,
-                             save_checkpoint, set_seed)
+from prefer.stages.sft import file_fingerprint, set_dropout, split_validation
+from prefer.training import (
+    BlockOrder,
+    MetricsLog,
+    accumulate_stats,
+    autocast,
+    average_across_ranks,
+    check_run_dir,
+    init_distributed,
+    load_trainer_state,
+    make_optimizer,
+    make_scheduler,
+    restore_rng_state,
+    save_checkpoint,
+    set_seed,
+)
 
 
 @dataclass(frozen=True)

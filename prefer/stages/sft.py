@@ -13,21 +13,35 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from prefer.config import SFTConfig, load_config, save_config
+from prefer.config import SFTConfig, save_config
 from prefer.data.formats import Demonstration, read_demonstrations, record_locations
 from prefer.errors import PreferError
 from prefer.models.build import count_parameters, load_model, load_tokenizer
 from prefer.models.reward_model import context_length, encode_example, fit_to_context
 from prefer.objectives import mle_loss, next_token_targets
-from prefer.training import (BlockOrder, MetricsLog, accumulate_stats, autocast, average_across_ranks,
-                             init_distributed, latest_checkpoint, load_trainer_state, make_optimizer, make_scheduler,
-                             restore_rng_state, save_checkpoint, save_model, set_seed, unwrap)
+from prefer.training import (
+    BlockOrder,
+    MetricsLog,
+    accumulate_stats,
+    autocast,
+    average_across_ranks,
+    check_run_dir,
+    init_distributed,
+    load_trainer_state,
+    make_optimizer,
+    make_scheduler,
+    restore_rng_state,
+    save_checkpoint,
+    save_model,
+    set_seed,
+    unwrap,
+)
 
 
 @dataclass(frozen=True)
@@ -240,20 +254,3 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
         say(f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
             f"{time.perf_counter() - started:.0f}s; model in {final}")
     return final
-
-
-def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, sections: tuple[str, ...]) -> Path | None:
-    """Never overwrite a run by accident; resume only a run whose `sections` of the config are the same."""
-    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
-    if not resume:
-        if checkpoint is not None or (run_dir / "final").exists():
-            raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
-        return None
-    if checkpoint is None:
-        return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
-    saved = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml"))
-    for section in sections:
-        if saved[section] != asdict(config)[section]:
-            raise PreferError(f"{run_dir / 'config.yaml'}: '{section}' differs from this run's config; "
-                              "a checkpoint can only resume the run that wrote it")
-    return checkpoint

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import pytest
 
 from prefer.data.corpora import (
-    DEBIAN_DOC, Document, changelog_documents, code_documents, jsonl_documents, load_documents,
-    split_by_source, split_code, split_lines)
+    DEBIAN_DOC,
+    Document,
+    changelog_documents,
+    code_documents,
+    jsonl_documents,
+    load_documents,
+    split_by_source,
+    split_code,
+    split_lines,
+)
 from prefer.errors import PreferError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "data"

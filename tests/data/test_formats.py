@@ -2,8 +2,15 @@
 
 import pytest
 
-from prefer.data.formats import (Comparison, Demonstration, read_demonstrations, read_prompts, read_rankings,
-                                 write_demonstrations, write_rankings)
+from prefer.data.formats import (
+    Comparison,
+    Demonstration,
+    read_demonstrations,
+    read_prompts,
+    read_rankings,
+    write_demonstrations,
+    write_rankings,
+)
 from prefer.errors import PreferError
 
 

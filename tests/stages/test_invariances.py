@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
 from prefer.config import PretrainConfig, load_config
 from prefer.stages.pretrain import pretrain
 from prefer.training import read_metrics

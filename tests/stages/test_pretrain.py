@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from prefer.config import PretrainConfig, SamplingConfig, load_config
 from prefer.stages.evaluate import load_checkpoint, sample_and_score
 from prefer.stages.pretrain import pretrain

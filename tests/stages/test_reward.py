@@ -114,7 +114,6 @@ def test_resume_after_a_kill_gives_the_same_reward_model(trained, polite, tmp_pa
     import shutil
 
     from safetensors.torch import load_file
-
     from test_sft import interrupt_at
 
     # 32 steps, checkpoints every 25: step 25 and the final step 32 are kept

@@ -1,0 +1,84 @@
+"""The whole InstructGPT pipeline on a tiny model, end to end, with a synthetic labeler standing in for humans:
+
+    pretrained tiny GPT-2 -> `label --synthetic` (gold scorer "not-a", K = 4) -> demonstrations + rankings
+    -> SFT -> reward model (held-out pairwise accuracy) -> PPO against the reward model, gold logged only
+
+and the PPO policy's gold score on its prompts beats the SFT model's (same prompts, same sampling seed)."""
+
+import itertools
+import json
+
+import pytest
+from test_ppo_stage import WORDS, _mean_reward, not_a, one_thread, sft, toy_scorer  # noqa: F401 (fixtures)
+
+from prefer.config import LabelConfig, ModelConfig, PPOConfig, RewardConfig, SFTConfig, TrainConfig
+from prefer.labeling import label_synthetic
+from prefer.stages.ppo import ppo
+from prefer.stages.reward import reward
+from prefer.stages.sft import sft as run_sft
+from prefer.training import read_metrics
+
+
+def _write_prompts(path, prompts):
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny LM of test_ppo_stage)
+    """Run every stage once; `sft / "sft"` is the PRETRAINED model here (the starting point of the pipeline)."""
+    from prefer import scorers
+
+    scorers.SCORERS["not-a"] = not_a  # module-scoped: the autouse `toy_scorer` only covers each test
+    root = tmp_path_factory.mktemp("pipeline")
+    # 182 label prompts (every word, every pair of words); PPO and the gold comparison use 26 held-out ones.
+    label_prompts = WORDS + [f"{a} {b}" for a, b in itertools.product(WORDS, WORDS)]
+    ppo_prompts = [f"the {w}" for w in WORDS] + [f"my {w}" for w in WORDS]
+    _write_prompts(root / "label_prompts.jsonl", label_prompts)
+    (root / "ppo").mkdir()
+    _write_prompts(root / "ppo" / "prompts.jsonl", ppo_prompts)  # where _mean_reward looks for prompts
+
+    report = label_synthetic(LabelConfig(
+        model=str(sft / "sft"), prompts=str(root / "label_prompts.jsonl"), scorer="not-a",
+        rankings_out=str(root / "rankings.jsonl"), demonstrations_out=str(root / "demos.jsonl"),
+        num_responses=4, max_new_tokens=12, device="cpu", seed=0), progress=False)
+
+    train = dict(batch_size=16, warmup_fraction=0.05, eval_every=10, checkpoint_every=1000, progress=False,
+                 device="cpu")
+    sft_dir = run_sft(SFTConfig(out_dir=str(root / "sft"), demonstrations=str(root / "demos.jsonl"), epochs=2,
+                                model=ModelConfig(size="tiny", init_from=str(sft / "sft")),
+                                train=TrainConfig(lr=1e-3, **train)))
+    rm_dir = reward(RewardConfig(out_dir=str(root / "rm"), rankings=str(root / "rankings.jsonl"),
+                                 demonstrations=str(root / "demos.jsonl"), epochs=2, validation_fraction=0.15,
+                                 model=ModelConfig(size="tiny", init_from=str(sft_dir)),
+                                 train=TrainConfig(lr=2e-3, **{**train, "batch_size": 8})))
+    ppo_dir = ppo(PPOConfig(out_dir=str(root / "ppo_run"), init_from=str(sft_dir),
+                            prompts=str(root / "ppo" / "prompts.jsonl"), reward_model=str(rm_dir),
+                            gold_scorer="not-a", iterations=30, batch_size=16, minibatch_size=8, ppo_epochs=2,
+                            max_new_tokens=12, lr=3e-3, kl_coef=0.02, checkpoint_every=1000, progress=False,
+                            device="cpu", log_samples=2))
+    yield {"root": root, "report": report, "sft": sft_dir, "rm": rm_dir, "ppo": ppo_dir}
+    scorers.SCORERS.pop("not-a", None)
+
+
+def test_labels_sft_reward_model_and_ppo_improve_the_gold_score(pipeline):
+    root = pipeline["root"]
+    report = pipeline["report"]
+    assert report.comparisons > 150 and report.gold_best_mean < report.gold_mean  # best-of-4 beats the average
+
+    rm_info = json.loads((pipeline["rm"] / "prefer.json").read_text())
+    print(f"reward model: held-out pairwise accuracy {rm_info['val_accuracy']:.3f} on {rm_info['val_pairs']:.0f} "
+          "pairs")
+    assert rm_info["val_accuracy"] > 0.5 and rm_info["val_pairs"] >= 50
+
+    # Gold reward (-fraction of characters that are not "a") of samples on the PPO prompts, same seed for both.
+    sft_gold, ppo_gold = _mean_reward(pipeline["sft"], root / "ppo"), _mean_reward(pipeline["ppo"], root / "ppo")
+    print(f"gold reward on the PPO prompts: SFT {sft_gold:.3f}, PPO {ppo_gold:.3f}")
+    assert ppo_gold > sft_gold + 0.03
+
+    metrics = read_metrics(root / "ppo_run")
+    assert len(metrics) == 30
+    assert all("reward/gold" in m and "reward/proxy" in m for m in metrics)  # proxy = the RM, gold logged only
+    assert metrics[-1]["reward/proxy"] > metrics[0]["reward/proxy"]
+    info = json.loads((pipeline["ppo"] / "prefer.json").read_text())
+    assert info["scorer"] == f"rm:{pipeline['rm']}" and info["gold_scorer"] == "not-a"
