@@ -123,6 +123,29 @@ class BlockOrder:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
 
+def micro_batch_size(batch_size: int, micro_batch_size: int | None, world_size: int) -> int:
+    """Sequences (or prompts) per forward pass; the global batch must split evenly over passes and ranks."""
+    micro = micro_batch_size or batch_size // world_size
+    if micro == 0 or batch_size % (micro * world_size):
+        raise PreferError(f"config: train.batch_size {batch_size} must be a multiple of micro_batch_size x ranks "
+                          f"({micro} x {world_size})")
+    return micro
+
+
+def restore_training(checkpoint: Path, optimizer, scheduler, *, num_items: int, seed: int, data_fingerprint: str,
+                     data_name: str) -> tuple["BlockOrder", int]:
+    """Load optimizer, schedule, RNG and data position from a checkpoint; returns (data order, step). Refuses to
+    resume when the data changed (the same position would then mean other examples)."""
+    state = load_trainer_state(checkpoint)
+    if state["data_fingerprint"] != data_fingerprint:
+        raise PreferError(f"{data_name}: changed since this run started ({state['data_fingerprint']} -> "
+                          f"{data_fingerprint}); cannot resume exactly")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+    return BlockOrder(num_items, seed=seed, **state["order"]), state["step"]
+
+
 # ---------------------------------------------------------------- RNG
 
 def set_seed(seed: int) -> None:

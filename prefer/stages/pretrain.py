@@ -37,10 +37,10 @@ from prefer.training import (
     average_across_ranks,
     check_run_dir,
     init_distributed,
-    load_trainer_state,
     make_optimizer,
     make_scheduler,
-    restore_rng_state,
+    micro_batch_size,
+    restore_training,
     save_checkpoint,
     save_model,
     set_seed,
@@ -176,10 +176,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
-    micro = config.train.micro_batch_size or batch_size // dist.world_size
-    if batch_size % (micro * dist.world_size):
-        raise PreferError(f"config: train.batch_size {batch_size} must be a multiple of micro_batch_size x ranks "
-                          f"({micro} x {dist.world_size})")
+    micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
     tokens_per_step = batch_size * block_size
     total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
     optimizer = make_optimizer(trained, lr=lr, weight_decay=config.train.weight_decay,
@@ -195,15 +192,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
     start_step = 0
     if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
-        if state["data_fingerprint"] != data_fingerprint:
-            raise PreferError(f"{checkpoint}: the corpus changed since this run started "
-                              f"({state['data_fingerprint']} -> {data_fingerprint}); cannot resume exactly")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        order = BlockOrder(len(train_blocks), seed=config.train.seed, **state["order"])
-        restore_rng_state(state["rng"])
-        start_step = state["step"]
+        order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train_blocks),
+                                             seed=config.train.seed, data_fingerprint=data_fingerprint,
+                                             data_name=f"corpus {config.data.source or task.corpus}")
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
         write_json_atomic(run_dir / "data.json", {

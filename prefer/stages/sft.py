@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from prefer.config import SFTConfig, save_config
 from prefer.data.formats import Demonstration, read_demonstrations, record_locations
-from prefer.errors import PreferError
 from prefer.models.build import count_parameters, load_model, load_tokenizer
 from prefer.models.reward_model import context_length, encode_example, fit_to_context
 from prefer.objectives import mle_loss, next_token_targets
@@ -33,10 +32,10 @@ from prefer.training import (
     average_across_ranks,
     check_run_dir,
     init_distributed,
-    load_trainer_state,
     make_optimizer,
     make_scheduler,
-    restore_rng_state,
+    micro_batch_size,
+    restore_training,
     save_checkpoint,
     save_model,
     set_seed,
@@ -175,10 +174,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
-    micro = config.train.micro_batch_size or batch_size // dist.world_size
-    if batch_size % (micro * dist.world_size):
-        raise PreferError(f"config: train.batch_size {batch_size} must be a multiple of micro_batch_size x ranks "
-                          f"({micro} x {dist.world_size})")
+    micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
     total_steps = max(1, math.ceil(config.epochs * len(train) / batch_size))
     optimizer = make_optimizer([model], lr=config.train.lr, weight_decay=config.train.weight_decay,
                                betas=(config.train.beta1, config.train.beta2))
@@ -188,14 +184,8 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     data_fingerprint = f"{file_fingerprint(config.demonstrations)}-{len(train)}x{train.ids.shape[1]}"
     start_step = 0
     if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
-        if state["data_fingerprint"] != data_fingerprint:
-            raise PreferError(f"{config.demonstrations}: changed since this run started; cannot resume exactly")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        order = BlockOrder(len(train), seed=config.train.seed, **state["order"])
-        restore_rng_state(state["rng"])
-        start_step = state["step"]
+        order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
+                                             seed=config.train.seed, data_fingerprint=data_fingerprint, data_name=str(config.demonstrations))
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     say(f"[sft] {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, {len(train)} "
