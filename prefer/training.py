@@ -65,6 +65,15 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     return dist, device
 
 
+def wrap_ddp(model: torch.nn.Module, dist: Distributed, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun; the model itself in a single process."""
+    if dist.world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 

@@ -45,6 +45,7 @@ from prefer.training import (
     save_model,
     set_seed,
     unwrap,
+    wrap_ddp,
 )
 
 # ------------------------------------------------------------------ objectives: name -> data transform, loss
@@ -169,10 +170,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
         value_head.load_state_dict(load_file(checkpoint / "model" / "value_head.safetensors"))
     trained = [model] + ([value_head] if value_head is not None else [])
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = wrap_ddp(model, dist, device)
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size

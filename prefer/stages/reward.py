@@ -39,6 +39,7 @@ from prefer.training import (
     restore_training,
     save_checkpoint,
     set_seed,
+    wrap_ddp,
 )
 
 
@@ -146,11 +147,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     else:
         bias_pairs = [(c.prompt, c.responses[c.ranks.index(0)]) for c in comparisons]
     reward_model.to(device).train()
-    model = reward_model
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(reward_model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = wrap_ddp(reward_model, dist, device)
 
     # 3. Batch geometry (in prompts), optimizer, schedule.
     batch_size = config.train.batch_size
@@ -165,7 +162,8 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     start_step = 0
     if checkpoint is not None:
         order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
-                                             seed=config.train.seed, data_fingerprint=data_fingerprint, data_name=str(config.rankings))
+                                             seed=config.train.seed, data_fingerprint=data_fingerprint,
+                                             data_name=str(config.rankings))
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     say(f"[reward] {count_parameters(reward_model) / 1e6:.2f}M parameters, {len(train)} prompts "

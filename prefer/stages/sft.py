@@ -40,6 +40,7 @@ from prefer.training import (
     save_model,
     set_seed,
     unwrap,
+    wrap_ddp,
 )
 
 
@@ -167,10 +168,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     validation = (tokenize_demonstrations([demonstrations[i] for i in val_index], [locations[i] for i in val_index],
                                           tokenizer, context=context, packing=False) if val_index else None)
     model.to(device).train()
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = wrap_ddp(model, dist, device)
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
