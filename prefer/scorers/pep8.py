@@ -56,7 +56,14 @@ def violations(text: str) -> list[tuple[int, str]]:
         return []
     options = _options()
     report = _CollectingReport(options)
-    pycodestyle.Checker(lines=lines, options=options, report=report).check_all()
+    checker = pycodestyle.Checker(lines=lines, options=options, report=report)
+    try:
+        checker.check_all()
+    except Exception:
+        # pycodestyle itself crashes on some malformed code (IndexError in continued_indentation, PyCQA/pycodestyle
+        # #388, #713) — model samples hit it. Keep what it found and count the crash as one E902 (its code for a
+        # file it cannot check) at the line it reached, rather than losing the whole evaluation.
+        return [*getattr(report, "violations", []), (max(1, checker.line_number), "E902")]
     return report.violations
 
 
