@@ -257,8 +257,13 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         # The sampler drops the eos; put it back: stopping is an action of the policy, and its reward lands there.
         stopped = torch.tensor([len(r) < config.max_new_tokens for r in sampled])
         responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
-        texts = [prompts[i] + tokenizer.decode(r, skip_special_tokens=True) for i, r in zip(index, sampled)]
-        scores = -torch.tensor(scorer(texts), dtype=torch.float32)  # reward = -misalignment
+        replies = [tokenizer.decode(r, skip_special_tokens=True) for r in sampled]
+        texts = [prompts[i] + reply for i, reply in zip(index, replies)]
+        # A reward model reads (prompt, response) tokenized apart, exactly as it was trained and as the labelers
+        # score (the joined text can tokenize differently across the seam, e.g. "):\n" + "    return").
+        misalignment = (scorer.score_pairs([prompts[i] for i in index], replies) if hasattr(scorer, "score_pairs")
+                        else scorer(texts))
+        scores = -torch.tensor(misalignment, dtype=torch.float32)  # reward = -misalignment
         if config.missing_eos_penalty is not None:
             scores = scores - config.missing_eos_penalty * (~stopped).float()
         gold = (-torch.tensor(gold_scorer(texts), dtype=torch.float32) if gold_scorer is not None

@@ -31,8 +31,10 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
 
     scorers.SCORERS["not-a"] = not_a  # module-scoped: the autouse `toy_scorer` only covers each test
     root = tmp_path_factory.mktemp("pipeline")
-    # 182 label prompts (every word, every pair of words); PPO and the gold comparison use 26 held-out ones.
-    label_prompts = WORDS + [f"{a} {b}" for a, b in itertools.product(WORDS, WORDS)]
+    # ~500 label prompts (every word, every pair, every 7th triple of words); PPO and the gold comparison use 26
+    # others. Fewer (~180) leave the reward model near chance for some seeds.
+    label_prompts = WORDS + [" ".join(words) for n in (2, 3)
+                             for words in list(itertools.product(WORDS, repeat=n))[:: 1 if n == 2 else 7]]
     ppo_prompts = [f"the {w}" for w in WORDS] + [f"my {w}" for w in WORDS]
     _write_prompts(root / "label_prompts.jsonl", label_prompts)
     (root / "ppo").mkdir()
@@ -49,13 +51,13 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
                                 model=ModelConfig(size="tiny", init_from=str(sft / "sft")),
                                 train=TrainConfig(lr=1e-3, **train)))
     rm_dir = reward(RewardConfig(out_dir=str(root / "rm"), rankings=str(root / "rankings.jsonl"),
-                                 demonstrations=str(root / "demos.jsonl"), epochs=2, validation_fraction=0.15,
+                                 demonstrations=str(root / "demos.jsonl"), epochs=3, validation_fraction=0.15,
                                  model=ModelConfig(size="tiny", init_from=str(sft_dir)),
                                  train=TrainConfig(lr=2e-3, **{**train, "batch_size": 8})))
     ppo_dir = ppo(PPOConfig(out_dir=str(root / "ppo_run"), init_from=str(sft_dir),
                             prompts=str(root / "ppo" / "prompts.jsonl"), reward_model=str(rm_dir),
                             gold_scorer="not-a", iterations=30, batch_size=16, minibatch_size=8, ppo_epochs=2,
-                            max_new_tokens=12, lr=3e-3, kl_coef=0.02, checkpoint_every=1000, progress=False,
+                            max_new_tokens=12, lr=1e-3, kl_coef=0.05, checkpoint_every=1000, progress=False,
                             device="cpu", log_samples=2))
     yield {"root": root, "report": report, "sft": sft_dir, "rm": rm_dir, "ppo": ppo_dir}
     scorers.SCORERS.pop("not-a", None)
@@ -64,17 +66,17 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
 def test_labels_sft_reward_model_and_ppo_improve_the_gold_score(pipeline):
     root = pipeline["root"]
     report = pipeline["report"]
-    assert report.comparisons > 150 and report.gold_best_mean < report.gold_mean  # best-of-4 beats the average
+    assert report.comparisons > 400 and report.gold_best_mean < report.gold_mean  # best-of-4 beats the average
 
     rm_info = json.loads((pipeline["rm"] / "prefer.json").read_text())
     print(f"reward model: held-out pairwise accuracy {rm_info['val_accuracy']:.3f} on {rm_info['val_pairs']:.0f} "
           "pairs")
-    assert rm_info["val_accuracy"] > 0.5 and rm_info["val_pairs"] >= 50
+    assert rm_info["val_accuracy"] > 0.7 and rm_info["val_pairs"] >= 200  # ~0.9 over seeds 0-2
 
     # Gold reward (-fraction of characters that are not "a") of samples on the PPO prompts, same seed for both.
     sft_gold, ppo_gold = _mean_reward(pipeline["sft"], root / "ppo"), _mean_reward(pipeline["ppo"], root / "ppo")
     print(f"gold reward on the PPO prompts: SFT {sft_gold:.3f}, PPO {ppo_gold:.3f}")
-    assert ppo_gold > sft_gold + 0.03
+    assert ppo_gold > sft_gold + 0.05  # +0.15 to +0.19 over seeds 0-2
 
     metrics = read_metrics(root / "ppo_run")
     assert len(metrics) == 30
