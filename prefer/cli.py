@@ -82,6 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _stage_config(cls, args):
+    """A stage's config. `--resume` without `--config` starts from the run's own saved config.yaml, so
+    `prefer pretrain --resume out_dir=runs/x` continues exactly the run that was started there."""
+    from pathlib import Path
+
+    from prefer.config import load_config
+
+    yaml_path = args.config
+    if args.resume and yaml_path is None:
+        out_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("out_dir=")), cls.out_dir)
+        saved = Path(out_dir) / "config.yaml"
+        yaml_path = saved if saved.exists() else None
+    return load_config(cls, yaml_path=yaml_path, overrides=args.overrides)
+
+
 def _run_demo(args) -> int:
     from prefer.config import DemoConfig, load_config
     from prefer.demo import demo
@@ -92,10 +107,10 @@ def _run_demo(args) -> int:
 
 
 def _run_pretrain(args) -> int:
-    from prefer.config import PretrainConfig, load_config
+    from prefer.config import PretrainConfig
     from prefer.stages.pretrain import pretrain
 
-    pretrain(load_config(PretrainConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    pretrain(_stage_config(PretrainConfig, args), resume=args.resume)
     return 0
 
 
@@ -143,18 +158,18 @@ def _run_sample(args) -> int:
 
 
 def _run_sft(args) -> int:
-    from prefer.config import SFTConfig, load_config
+    from prefer.config import SFTConfig
     from prefer.stages.sft import sft
 
-    sft(load_config(SFTConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    sft(_stage_config(SFTConfig, args), resume=args.resume)
     return 0
 
 
 def _run_reward(args) -> int:
-    from prefer.config import RewardConfig, load_config
+    from prefer.config import RewardConfig
     from prefer.stages.reward import reward
 
-    reward(load_config(RewardConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    reward(_stage_config(RewardConfig, args), resume=args.resume)
     return 0
 
 
@@ -173,10 +188,10 @@ def _run_label(args) -> int:
 
 
 def _run_ppo(args) -> int:
-    from prefer.config import PPOConfig, load_config
+    from prefer.config import PPOConfig
     from prefer.stages.ppo import ppo
 
-    ppo(load_config(PPOConfig, yaml_path=args.config, overrides=args.overrides), resume=args.resume)
+    ppo(_stage_config(PPOConfig, args), resume=args.resume)
     return 0
 
 
