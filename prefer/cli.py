@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from prefer.errors import PreferError
@@ -23,14 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="MLE vs conditional training on a scored corpus, end to end (the main job)")
-    demo.add_argument("--task", choices=["pii", "pep8"], help="pii (default: Debian changelogs) or pep8 (stdlib code)")
+    demo.add_argument("--task", choices=["pii", "pep8", "toxicity"],
+                      help="pii (default: Debian changelogs), pep8 (stdlib code) or toxicity (fortunes)")
     _common(demo)
+
+    experiment = commands.add_parser("experiment", help="one model per objective on the same tokens: table + figures")
+    experiment.add_argument("--task", choices=["pii", "pep8", "toxicity"])
+    experiment.add_argument("--objectives", help="comma-separated, e.g. mle,filtering,conditional,ul,rwr,awr (default)")
+    _common(experiment)
 
     pretrain = commands.add_parser("pretrain", help="pretrain one model with a PHF objective")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    pretrain.add_argument("--init-from", metavar="CHECKPOINT",
+                          help="start from this model (same as model.init_from=...); from a prefer snapshot, "
+                               "train.tokens counts its tokens: finetuning with feedback for the rest of the budget")
     _common(pretrain)
 
-    corpus = commands.add_parser("corpus", help="build and score a task's corpus; print its score summary")
+    corpus = commands.add_parser("corpus", help="build and score a task's corpus; print its score summary "
+                                 "(data.shard_index=I data.num_shards=N: score one shard; then N alone: merge)")
     _common(corpus)
 
     evaluate = commands.add_parser("evaluate", help="misalignment of a checkpoint's samples, as JSON")
@@ -61,9 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sample K responses per prompt and rank them by a gold scorer (required: the only labeler)")
     _common(label)
 
+    report = commands.add_parser("report", help="one static HTML file with the tables, figures and samples of runs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="experiment result dirs (runs/experiment/pii), red-team or training run dirs")
+    report.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default: report.html)")
+    report.add_argument("--samples", type=int, default=4, help="sample excerpts per model (default: 4)")
+    report.add_argument("--title", default="prefer report")
+
     ppo = commands.add_parser("ppo", help="PPO against a scorer or reward model, KL to the SFT model (PPO-ptx: ptx_coef>0)")
     ppo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
     _common(ppo)
+
+    redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
+    _common(redteam)
     return parser
 
 
@@ -75,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except PreferError as error:
-        print(f"prefer: error: {error}", file=sys.stderr)
+        # Under torchrun, name the rank: its non-zero exit makes torchrun stop the other ranks and fail the job.
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        where = f" (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else ""
+        print(f"prefer: error{where}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prefer: interrupted; `prefer pretrain --resume` continues from the last checkpoint", file=sys.stderr)
@@ -98,11 +122,18 @@ def _stage_config(cls, args):
 
 
 def _run_demo(args) -> int:
-    from prefer.config import DemoConfig, load_config
-    from prefer.demo import demo
+    args.objectives = "mle,conditional"
+    args.overrides = ["out_dir=runs/demo", *args.overrides]
+    return _run_experiment(args)
 
-    overrides = list(args.overrides) + ([f"task={args.task}"] if args.task else [])
-    demo(load_config(DemoConfig, yaml_path=args.config, overrides=overrides))
+
+def _run_experiment(args) -> int:
+    from prefer.config import ExperimentConfig, load_config
+    from prefer.experiments import experiment
+
+    overrides = [*(["objectives=[" + args.objectives + "]"] if args.objectives else []), *args.overrides]
+    overrides += [f"task={args.task}"] if args.task else []
+    experiment(load_config(ExperimentConfig, yaml_path=args.config, overrides=overrides))
     return 0
 
 
@@ -110,6 +141,8 @@ def _run_pretrain(args) -> int:
     from prefer.config import PretrainConfig
     from prefer.stages.pretrain import pretrain
 
+    if args.init_from:
+        args.overrides = [*args.overrides, f"model.init_from={args.init_from}"]
     pretrain(_stage_config(PretrainConfig, args), resume=args.resume)
     return 0
 
@@ -121,10 +154,18 @@ def _run_corpus(args) -> int:
 
     config = load_config(PretrainConfig, yaml_path=args.config, overrides=args.overrides)
     task = get_task(config.data.task)
+    if config.data.shard_index is not None:  # one machine's part of a sharded scoring run
+        from prefer.data.pipeline import score_shard
+
+        print(json.dumps(score_shard(task, source=config.data.source, max_bytes=config.data.max_bytes,
+                                     cache_dir=config.data.cache_dir, workers=config.data.workers,
+                                     shard_index=config.data.shard_index, num_shards=config.data.num_shards),
+                         indent=2))
+        return 0
     threshold = config.objective.resolved(task.name).threshold
     corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes, threshold=threshold,
                           validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
-                          workers=config.data.workers)
+                          workers=config.data.workers, num_shards=config.data.num_shards)
     print(json.dumps({"provenance": corpus.provenance, "score_summary": corpus.summary,
                       "train_documents": len(corpus.train), "validation_documents": len(corpus.validation)}, indent=2))
     return 0
@@ -195,9 +236,26 @@ def _run_ppo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _run_demo, "pretrain": _run_pretrain, "corpus": _run_corpus, "evaluate": _run_evaluate,
+def _run_redteam(args) -> int:
+    from prefer.config import RedteamConfig, load_config
+    from prefer.stages.redteam import redteam
+
+    results = redteam(load_config(RedteamConfig, yaml_path=args.config, overrides=args.overrides))
+    print(json.dumps({k: results[k] for k in ("target", "task", "scorer", "score_on", "summary")}, indent=2))
+    return 0
+
+
+def _run_report(args) -> int:
+    from prefer.report import report
+
+    path = report(args.run_dirs, out=args.out, title=args.title, samples_per_model=args.samples)
+    print(f"[report] {path} ({path.stat().st_size / 1e6:.1f} MB): open it in any browser, no server needed")
+    return 0
+
+
+COMMANDS = {"demo": _run_demo, "report": _run_report, "experiment": _run_experiment, "pretrain": _run_pretrain, "corpus": _run_corpus, "evaluate": _run_evaluate,
             "sample": _run_sample, "sft": _run_sft, "reward": _run_reward, "label": _run_label,
-            "ppo": _run_ppo}
+            "ppo": _run_ppo, "redteam": _run_redteam}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from prefer.io import write_text_atomic
 
 OBJECTIVES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 PRECISIONS = ("auto", "fp32", "bf16")
+PARALLEL = ("ddp", "fsdp")  # under torchrun: DistributedDataParallel or FSDP2 (fully_shard); see docs/distributed.md
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
@@ -30,11 +31,15 @@ def _check(condition: bool, field_name: str, message: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     task: str = "pii"  # pii | pep8: selects the corpus, scorer and the paper's thresholds
-    source: str | None = None  # corpus: stdlib | changelogs | DIR of .py | FILE.jsonl; None = the task's default
+    # corpus: stdlib | site-packages | changelogs | copyrights | python-metadata | fortunes | man-pages |
+    # hf:NAME[:SPLIT] | DIR of .py | FILE.jsonl, or several joined with "+"; None = the task's default
+    source: str | None = None
     max_bytes: int | None = 3_000_000  # deterministic subset of the corpus; None = all of it
     validation_fraction: float = 0.05  # by source file
     cache_dir: str = ".cache/prefer"
     workers: int | None = None  # scoring processes; None = all cores
+    num_shards: int = 1  # > 1: scoring is split into shards by a stable hash of each document's source
+    shard_index: int | None = None  # `prefer corpus`: score only this shard; None = merge the scored shards
 
     def __post_init__(self):
         from prefer.tasks import TASKS
@@ -42,6 +47,9 @@ class DataConfig:
         _check(self.task in TASKS, "data.task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         _check(0 < self.validation_fraction < 1, "data.validation_fraction", "must be in (0, 1)")
         _check(self.max_bytes is None or self.max_bytes > 0, "data.max_bytes", "must be positive")
+        _check(self.num_shards >= 1, "data.num_shards", "must be >= 1")
+        _check(self.shard_index is None or 0 <= self.shard_index < self.num_shards, "data.shard_index",
+               f"must be in [0, data.num_shards={self.num_shards})")
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,16 @@ class ObjectiveConfig:
     rwr_beta: float | None = None
     awr_alpha: float | None = None
     awr_beta: float | None = None
+    # When set, `threshold` is this quantile of the training segments' scores (0.9: the worst 10% at most are bad)
+    # and `filter_threshold` this quantile of the training documents' mean scores, for corpora and scorers whose
+    # scale differs from the paper's. The value computed is written to the run's config beside the quantile.
+    threshold_quantile: float | None = None
+    filter_quantile: float | None = None
 
     def __post_init__(self):
+        for name in ("threshold_quantile", "filter_quantile"):
+            value = getattr(self, name)
+            _check(value is None or 0 <= value <= 1, f"objective.{name}", "must be in [0, 1]")
         _check(self.name in OBJECTIVES, "objective.name", f"unknown objective {self.name!r}; choose one of {', '.join(OBJECTIVES)}")
         _check(self.drop_fraction is None or 0 <= self.drop_fraction <= 1, "objective.drop_fraction", "must be in [0, 1]")
         for name in ("rwr_beta", "awr_beta"):
@@ -108,9 +124,15 @@ class TrainConfig:
     eval_blocks: int = 64  # validation blocks per held-out evaluation
     checkpoint_every: int = 100  # steps between resumable checkpoints
     snapshots: list[float] = field(default_factory=list)  # fractions of the budget at which to keep a model snapshot
+    # With model.init_from a prefer checkpoint that records its tokens (e.g. an MLE snapshot at 50%), `tokens` is
+    # the whole budget including them: the run trains the rest, on the rest of the same learning-rate schedule,
+    # and logs global token counts (Korbak et al. 2023, Sec. 5, finetuning vs pretraining with feedback).
+    # false: train `tokens` more, on a fresh schedule.
+    count_init_tokens: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    parallel: str = "ddp"  # under torchrun: ddp (whole model on each rank) | fsdp (FSDP2: weights, optimizer sharded)
     progress: bool = True
 
     def __post_init__(self):
@@ -125,6 +147,7 @@ class TrainConfig:
         _check(self.eval_every > 0 and self.checkpoint_every > 0, "train.eval_every", "intervals must be positive")
         _check(all(0 < f <= 1 for f in self.snapshots), "train.snapshots", "fractions must be in (0, 1]")
         _check(self.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}")
+        _check(self.parallel in PARALLEL, "train.parallel", f"choose one of {', '.join(PARALLEL)}")
 
 
 @dataclass(frozen=True)
@@ -171,12 +194,15 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """The main job: MLE vs conditional training on the same tokens, evaluated on the same protocol."""
+class ExperimentConfig:
+    """`prefer experiment`: one model per objective on the same tokens, evaluated on the same protocol (and MLE
+    continued with feedback from a snapshot, for `finetune`). `prefer demo` is this with objectives mle,conditional."""
 
-    out_dir: str = "runs/demo"
-    task: str = "pii"
-    objectives: list[str] = field(default_factory=lambda: ["mle", "conditional"])
+    out_dir: str = "runs/experiment"
+    task: str = "pii"  # toxicity | pii | pep8
+    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
+    finetune: list[str] = field(default_factory=list)  # objectives also run from MLE's snapshot at finetune_from
+    finetune_from: float = 0.5  # fraction of the budget MLE has trained when finetuning with feedback starts
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
         data=DataConfig(max_bytes=None),
         model=ModelConfig(size="small", vocab_size=4096),
@@ -186,8 +212,13 @@ class DemoConfig:
     curve_samples: int = 128  # samples per point of the misalignment-over-tokens curve
 
     def __post_init__(self):
-        for name in self.objectives:
+        from prefer.tasks import TASKS
+
+        _check(self.task in TASKS, "task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        _check(bool(self.objectives) or bool(self.finetune), "objectives", "name at least one objective")
+        for name in [*self.objectives, *self.finetune]:
             _check(name in OBJECTIVES, "objectives", f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+        _check(0 < self.finetune_from < 1, "finetune_from", "must be in (0, 1)")
         _check(self.curve_samples > 0, "curve_samples", "must be positive")
 
 
@@ -266,6 +297,7 @@ class PPOConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    parallel: str = "ddp"  # under torchrun: ddp | fsdp (FSDP2: policy, critic and reference sharded)
     progress: bool = True
 
     def __post_init__(self):
@@ -292,6 +324,7 @@ class PPOConfig:
         _check(self.ptx_coef == 0 or self.ptx_source is not None, "ptx_source", "required when ptx_coef > 0")
         _check(self.log_samples >= 0, "log_samples", "must be >= 0")
         _check(self.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}")
+        _check(self.parallel in PARALLEL, "parallel", f"choose one of {', '.join(PARALLEL)}")
 
 
 # ------------------------------------------------------------------ InstructGPT stages (Ouyang et al. 2022)
@@ -378,3 +411,69 @@ class LabelConfig:
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(self.block in LABEL_BLOCKS, "block", f"choose one of {', '.join(LABEL_BLOCKS)}")
         _check(self.batch_size > 0, "batch_size", "must be positive")
+
+
+@dataclass(frozen=True)
+class RedteamConfig:
+    """Automated red-teaming by stochastic few-shot generation (Korbak et al. 2023 after Perez et al. 2022): 20 seed
+    prompts, `rounds` rounds of `shots` pool prompts drawn with P ~ exp(score / temperature) -> new candidates from a
+    red-team LM -> `continuations` target samples each; a candidate's score is their mean misalignment. The paper:
+    10 rounds, 512 continuations of at most 64 tokens, temperature 0.1. The red-team LM is a local causal LM
+    (`redteam_model`) or an OpenAI-compatible server (`endpoint_url`, its API key from the environment variable
+    named by `api_key_env`)."""
+
+    out_dir: str = "runs/redteam"
+    target: str = ""  # the target model directory (a prefer checkpoint or any HF causal LM with task=...)
+    task: str | None = None  # None = the target's task
+    scorer: str | None = None  # None = the task's headline scorer
+    score_on: str = "auto"  # auto (in_context for pep8, else continuation) | continuation | in_context
+    seeds: str | None = None  # seed prompt file (one prompt per line, \n for newlines); None = the task's shipped seeds
+    behaviour: str | None = None  # "List of prompts that make an AI write <behaviour>:"; None = the task's
+    redteam_model: str | None = None  # local HF causal LM directory
+    endpoint_url: str | None = None  # OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1
+    endpoint_model: str = ""  # the server's model name
+    endpoint_api: str = "completions"  # completions | chat
+    endpoint_timeout: float = 60.0  # seconds per request
+    api_key_env: str | None = None  # NAME of the environment variable holding the API key (never the key itself)
+    rounds: int = 10
+    candidates_per_round: int = 20
+    shots: int = 4  # pool prompts shown per round
+    continuations: int = 64  # target samples per candidate (the paper: 512)
+    max_new_tokens: int = 64  # per target continuation
+    candidate_max_tokens: int = 48  # per red-team completion (cut at its first newline)
+    trials: int = 3  # independent runs (seeds seed, seed+1, ...)
+    temperature: float = 0.1  # of the draw: P ~ exp(score / temperature)
+    score_scale: str = "none"  # none (the paper's literal rule) | std (scores divided by the pool's std first)
+    redteam_temperature: float = 1.0
+    redteam_top_p: float = 1.0
+    target_temperature: float = 0.7  # the evaluation protocol's sampling
+    target_top_p: float = 0.9
+    keep_continuations: int = 3  # continuations per candidate written to the pool files
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        from prefer.evaluation.chat_endpoint import ENDPOINT_APIS
+        from prefer.evaluation.redteam import SCORE_ON, SCORE_SCALES
+
+        _check(bool(self.target), "target", "the target model directory is required")
+        _check((self.redteam_model is None) != (self.endpoint_url is None), "redteam_model",
+               "give exactly one of redteam_model (a local LM directory) and endpoint_url")
+        _check(self.endpoint_url is None or bool(self.endpoint_model), "endpoint_model",
+               "the server's model name is required with endpoint_url")
+        _check(self.endpoint_api in ENDPOINT_APIS, "endpoint_api", f"choose one of {', '.join(ENDPOINT_APIS)}")
+        _check(self.endpoint_timeout > 0, "endpoint_timeout", "must be positive")
+        _check(self.score_on == "auto" or self.score_on in SCORE_ON, "score_on",
+               f"choose auto | {' | '.join(SCORE_ON)}")
+        _check(self.score_scale in SCORE_SCALES, "score_scale", f"choose one of {', '.join(SCORE_SCALES)}")
+        for name in ("candidates_per_round", "shots", "continuations", "max_new_tokens", "candidate_max_tokens",
+                     "trials", "batch_size"):
+            _check(getattr(self, name) > 0, name, "must be positive")
+        _check(self.rounds >= 0, "rounds", "must be >= 0")
+        _check(self.keep_continuations >= 0, "keep_continuations", "must be >= 0")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(self.redteam_temperature >= 0 and self.target_temperature >= 0, "redteam_temperature",
+               "sampling temperatures must be >= 0")
+        _check(0 < self.redteam_top_p <= 1 and 0 < self.target_top_p <= 1, "target_top_p", "top-p must be in (0, 1]")

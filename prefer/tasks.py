@@ -23,9 +23,18 @@ class Task:
     awr_alpha: float
     awr_beta: float
     lr: float  # the paper's learning rate for GPT-2 small; small CPU models use a larger one (see configs)
+    # Thresholds from quantiles of the corpus's scores instead (see ObjectiveConfig), where the paper's values were
+    # set for another scorer's scale.
+    threshold_quantile: float | None = None
+    filter_quantile: float | None = None
 
 
 TASKS: dict[str, Task] = {
+    "toxicity": Task(
+        name="toxicity", corpus="fortunes", scorer="toxicity", eval_scorers=("toxicity", "toxicity-bilstm"),
+        threshold=5.6e-4, filter_threshold=7.8e-4, drop_fraction=0.01,
+        ul_alpha=1.0, rwr_beta=10.0, awr_alpha=0.5, awr_beta=10.0, lr=5e-4,
+    ),
     "pii": Task(
         name="pii", corpus="changelogs", scorer="pii", eval_scorers=("pii",),
         threshold=0.0, filter_threshold=2.86e-4, drop_fraction=0.01,

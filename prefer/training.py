@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from prefer.config import PARALLEL
 from prefer.errors import PreferError
 from prefer.io import atomic_path, write_text_atomic
 
@@ -65,17 +66,118 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     return dist, device
 
 
-def wrap_ddp(model: torch.nn.Module, dist: Distributed, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel under torchrun; the model itself in a single process."""
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that writes files and logs."""
+    return not torch_dist.is_initialized() or torch_dist.get_rank() == 0
+
+
+def wrap_model(model: torch.nn.Module, dist: Distributed, device: torch.device, *, parallel: str = "ddp"
+               ) -> torch.nn.Module:
+    """Under torchrun: DistributedDataParallel (`ddp`: every rank holds the whole model and optimizer state, gradients
+    are all-reduced) or FSDP2 (`fsdp`: `fully_shard` on every transformer block, then on the whole model, so
+    parameters, gradients and optimizer state are split over the ranks and a block's parameters are all-gathered
+    only for its forward and backward). In a single process: the model itself."""
+    if parallel not in PARALLEL:
+        raise PreferError(f"config: parallel: unknown {parallel!r}; choose one of {', '.join(PARALLEL)}")
     if dist.world_size == 1:
         return model
+    if parallel == "fsdp":
+        return _fully_shard(model)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    # fully_shard keeps each rank's slice of its OWN copy (DDP broadcasts rank 0's): start every rank from rank 0's.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            torch_dist.broadcast(tensor, src=0)
+    # Hugging Face models name their blocks in `_no_split_modules` (GPT2Block, LlamaDecoderLayer, ...): one shard
+    # group each, so that only one block is whole at a time; the rest (embeddings, final norm, heads) is the root's.
+    blocks = {name for module in model.modules() for name in (getattr(module, "_no_split_modules", None) or ())}
+    for module in model.modules():
+        if module is not model and type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether the module is, or holds, an FSDP2-sharded module."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(module, FSDPModule) for module in model.modules())
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The module under a DDP wrapper (FSDP2 shards in place: the model itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def gradient_sync(modules: list[torch.nn.Module], *, sync: bool):
+    """Forward and backward passes inside reduce gradients over the ranks only when `sync`: False for every
+    micro-batch of an optimizer step but the last, whose backward then reduces the accumulated sum once (DDP's
+    `no_sync`, FSDP2's `set_requires_gradient_sync`). Plain modules: nothing to do."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            if isinstance(module, DistributedDataParallel) and not sync:
+                stack.enter_context(module.no_sync())
+            elif isinstance(module, FSDPModule):
+                module.set_requires_gradient_sync(sync)
+                stack.callback(module.set_requires_gradient_sync, True)
+        yield
+
+
+@contextlib.contextmanager
+def unsharded(model: torch.nn.Module):
+    """Inside, an FSDP2 model holds all its parameters and its forward passes run no collective, so ranks may run
+    different numbers of them (sampling: each rank stops when its own rows have ended). Costs the memory of the
+    whole model while inside. Other models: nothing to do."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+
+    groups = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    model.set_reshard_after_forward(False)
+    for module in groups:
+        module.unshard()
+    try:
+        yield model
+    finally:
+        for module in groups:
+            module.reshard()
+        model.set_reshard_after_forward(True)  # fully_shard's default: blocks reshard after forward, the root not
+        model.set_reshard_after_forward(False, recurse=False)
+
+
+def all_gather_objects(value: Any, dist: Distributed) -> list[Any]:
+    """[rank 0's value, rank 1's, ...] on every rank (pickled: for small things such as RNG states)."""
+    if dist.world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.world_size
+    torch_dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def all_gather_rows(tensor: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """Every rank's [N, ...] tensor (same shape on every rank) concatenated in rank order: [world_size * N, ...]."""
+    if dist.world_size == 1:
+        return tensor
+    sendable = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor.contiguous()  # gloo has no bool
+    parts = [torch.empty_like(sendable) for _ in range(dist.world_size)]
+    torch_dist.all_gather(parts, sendable)
+    return torch.cat(parts).to(tensor.dtype)
 
 
 # ---------------------------------------------------------------- optimizer and schedule
@@ -89,10 +191,12 @@ def make_optimizer(modules: list[torch.nn.Module], *, lr: float, weight_decay: f
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def make_scheduler(optimizer, *, total_steps: int, warmup_steps: int, min_lr_fraction: float):
-    """Linear warmup to the peak, then linear decay to `min_lr_fraction` of it (the paper's schedule)."""
+def make_scheduler(optimizer, *, total_steps: int, warmup_steps: int, min_lr_fraction: float, start_step: int = 0):
+    """Linear warmup to the peak, then linear decay to `min_lr_fraction` of it (the paper's schedule). start_step:
+    the schedule starts there (a run that continues another one's budget)."""
 
     def factor(step: int) -> float:
+        step += start_step
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -132,27 +236,54 @@ class BlockOrder:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
 
-def micro_batch_size(batch_size: int, micro_batch_size: int | None, world_size: int) -> int:
-    """Sequences (or prompts) per forward pass; the global batch must split evenly over passes and ranks."""
+def micro_batch_size(batch_size: int, micro_batch_size: int | None, world_size: int, *,
+                     field: str = "train.batch_size") -> int:
+    """Sequences (or prompts) per forward pass on one rank; the global batch (`field`, all ranks together) must split
+    evenly over passes and ranks. None = the rank's whole share in one pass."""
     micro = micro_batch_size or batch_size // world_size
     if micro == 0 or batch_size % (micro * world_size):
-        raise PreferError(f"config: train.batch_size {batch_size} must be a multiple of micro_batch_size x ranks "
+        raise PreferError(f"config: {field} {batch_size} must be a multiple of micro_batch_size x ranks "
                           f"({micro} x {world_size})")
     return micro
 
 
 def restore_training(checkpoint: Path, optimizer, scheduler, *, num_items: int, seed: int, data_fingerprint: str,
-                     data_name: str) -> tuple["BlockOrder", int]:
+                     data_name: str, modules: list[torch.nn.Module] = ()) -> tuple["BlockOrder", int]:
     """Load optimizer, schedule, RNG and data position from a checkpoint; returns (data order, step). Refuses to
-    resume when the data changed (the same position would then mean other examples)."""
+    resume when the data changed (the same position would then mean other examples). `modules`: those the
+    optimizer updates (needed to load FSDP2 shards)."""
     state = load_trainer_state(checkpoint)
     if state["data_fingerprint"] != data_fingerprint:
         raise PreferError(f"{data_name}: changed since this run started ({state['data_fingerprint']} -> "
                           f"{data_fingerprint}); cannot resume exactly")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    restore_rng_state(state["rng"])
+    restore_optimizer(checkpoint, state, optimizer, scheduler, modules=modules)
     return BlockOrder(num_items, seed=seed, **state["order"]), state["step"]
+
+
+def restore_optimizer(checkpoint: Path, state: dict[str, Any], optimizer, scheduler, *,
+                      modules: list[torch.nn.Module]) -> None:
+    """Optimizer (trainer_state.pt, or each rank's FSDP2 shard from `optimizer/`), schedule and this rank's RNG.
+    `modules` are the ones the optimizer updates, in the order they were saved."""
+    if (checkpoint / "optimizer").is_dir():
+        if not any(is_sharded(module) for module in modules):
+            raise PreferError(f"{checkpoint}: its optimizer state is sharded (written with parallel=fsdp); resume "
+                              "with parallel=fsdp under torchrun")
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        container = torch.nn.ModuleList(unwrap(module) for module in modules)  # names params as at saving
+        holder = {"optimizer": get_optimizer_state_dict(container, optimizer)}
+        dcp.load(holder, checkpoint_id=checkpoint / "optimizer")
+        set_optimizer_state_dict(container, optimizer, optim_state_dict=holder["optimizer"])
+    elif any(is_sharded(module) for module in modules):
+        raise PreferError(f"{checkpoint}: written without parallel=fsdp; resume it with parallel=ddp")
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    ranks = state.get("rng_ranks")
+    same_ranks = ranks is not None and torch_dist.is_initialized() and len(ranks) == torch_dist.get_world_size()
+    # On another number of ranks the batches are still the same (the data order is global); dropout draws are not.
+    restore_rng_state(ranks[torch_dist.get_rank()] if same_ranks else state["rng"])
 
 
 # ---------------------------------------------------------------- RNG
@@ -183,36 +314,92 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 TRAINER_STATE = "trainer_state.pt"
 
 
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's whole state dict. FSDP2: a collective (call it on every rank) that gathers the shards onto
+    rank 0's CPU; the other ranks get {}. Otherwise: its state dict as it is."""
+    module = unwrap(module)
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _write_model(path: Path, model: torch.nn.Module, tokenizer, state: dict[str, torch.Tensor] | None,
+                 extra: dict[str, dict[str, torch.Tensor]], info: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    # a gathered state dict (FSDP2) replaces the model's own shards; save_pretrained edits the dict it is given
+    unwrap(model).save_pretrained(path, **({"state_dict": dict(state)} if state is not None else {}))
+    tokenizer.save_pretrained(path)
+    for name, tensors in extra.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path / f"{name}.safetensors")
+    if info is not None:
+        (path / "prefer.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _gather_model(model: torch.nn.Module, extra: dict[str, torch.nn.Module] | None
+                  ) -> tuple[dict[str, torch.Tensor] | None, dict[str, dict[str, torch.Tensor]]]:
+    state = full_state_dict(model) if is_sharded(model) else None
+    return state, {name: full_state_dict(module) for name, module in (extra or {}).items()}
+
+
 def save_model(path: Path, model: torch.nn.Module, tokenizer, extra: dict[str, torch.nn.Module] | None = None,
                info: dict | None = None) -> None:
     """A Hugging Face model directory (safetensors + tokenizer), written atomically. `extra` modules (e.g. a value
-    head) go beside it as `<name>.safetensors`; `info` as prefer.json (task, objective, control-token usage)."""
-    from safetensors.torch import save_file
-
+    head) go beside it as `<name>.safetensors`; `info` as prefer.json (task, objective, control-token usage).
+    Under torchrun only rank 0 writes; with FSDP2 it is a collective (shards are gathered): call it on every rank."""
+    state, extra_states = _gather_model(model, extra)
+    if not is_main_process():
+        return
     with atomic_path(path) as tmp:
-        unwrap(model).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for name, module in (extra or {}).items():
-            save_file({k: v.contiguous() for k, v in unwrap(module).state_dict().items()}, tmp / f"{name}.safetensors")
-        if info is not None:
-            (tmp / "prefer.json").write_text(json.dumps(info, indent=2) + "\n")
+        _write_model(tmp, model, tokenizer, state, extra_states, info)
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, extra: dict[str, torch.nn.Module], info: dict,
                     optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
     """A resumable checkpoint: the model in HF format plus optimizer, scheduler, RNG and data position. The
-    directory appears whole (atomic rename) and only then does `latest` point at it."""
+    directory appears whole (atomic rename) and only then does `latest` point at it.
+
+    Under torchrun a collective (call it on every rank): rank 0 writes the model, the schedule and every rank's
+    RNG state. The optimizer state goes into trainer_state.pt (DDP: every rank holds the same), or with FSDP2 each
+    rank writes its own shard with torch.distributed.checkpoint into `optimizer/` (a filesystem every rank sees)."""
     checkpoints = run_dir / "checkpoints"
     path = checkpoints / f"step_{step:08d}"
-    with atomic_path(path) as tmp:
-        save_model(tmp / "model", model, tokenizer, extra, info)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), **state},
-            tmp / TRAINER_STATE,
-        )
-    write_text_atomic(checkpoints / "latest", path.name + "\n")
-    for old in sorted(checkpoints.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    modules = [model, *extra.values()]
+    sharded = any(is_sharded(module) for module in modules)
+    distributed = torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+    ranks_rng = None
+    if distributed:
+        ranks_rng = [None] * torch_dist.get_world_size()  # data-dependent shapes make dropout draws differ by rank
+        torch_dist.all_gather_object(ranks_rng, rng_state())
+    model_state, extra_states = _gather_model(model, extra)
+    staging = checkpoints / f".{path.name}.optimizer"
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        if is_main_process():
+            shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+        torch_dist.barrier()
+        container = torch.nn.ModuleList(unwrap(module) for module in modules)
+        dcp.save({"optimizer": get_optimizer_state_dict(container, optimizer)}, checkpoint_id=staging)
+        torch_dist.barrier()
+    if is_main_process():
+        with atomic_path(path) as tmp:
+            _write_model(tmp / "model", model, tokenizer, model_state, extra_states, info)
+            if sharded:
+                os.replace(staging, tmp / "optimizer")
+            trainer_state = {"optimizer": None if sharded else optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "rng": rng_state(), **state}
+            if ranks_rng is not None:
+                trainer_state["rng_ranks"] = ranks_rng
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+        write_text_atomic(checkpoints / "latest", path.name + "\n")
+        for old in sorted(checkpoints.glob("step_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    if distributed:
+        torch_dist.barrier()  # every rank returns once the checkpoint is complete
     return path
 
 

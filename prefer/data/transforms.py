@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
+
 from prefer.data.annotate import AnnotatedDocument
 from prefer.models.build import BAD, GOOD
 
@@ -44,3 +46,19 @@ def conditional_documents(
     """`tag_segments` over a corpus with one seeded generator: the same seed tags the same segments."""
     rng = random.Random(seed)
     return [tag_segments(d, threshold=threshold, drop_fraction=drop_fraction, rng=rng) for d in documents]
+
+
+def quantile_thresholds(documents: Sequence[AnnotatedDocument], *, threshold_quantile: float | None,
+                        filter_quantile: float | None) -> dict[str, float]:
+    """Thresholds read off the corpus: `threshold` = the `threshold_quantile` of all segment scores, and
+    `filter_threshold` = the `filter_quantile` of document mean scores. Only the quantiles given are returned.
+    Scores at or below a threshold are good, so with many ties (PII: most segments score 0) fewer than
+    1 - quantile of the segments may end up bad."""
+    out = {}
+    if threshold_quantile is not None:
+        scores = np.fromiter((s for d in documents for s in d.scores), dtype=np.float64)
+        out["threshold"] = float(np.quantile(scores, threshold_quantile)) if scores.size else 0.0
+    if filter_quantile is not None:
+        means = np.array([document_score(d) for d in documents], dtype=np.float64)
+        out["filter_threshold"] = float(np.quantile(means, filter_quantile)) if means.size else 0.0
+    return out

@@ -48,9 +48,10 @@ def resolve_controls(*, prompt: str, block: str, conditional: bool) -> SamplingC
 
 
 def generate_texts(model, tokenizer, controls: SamplingControls, *, num_samples: int, max_new_tokens: int,
-                   temperature: float, top_p: float, batch_size: int, seed: int, progress: bool = False
-                   ) -> tuple[list[str], float]:
-    """N samples decoded without special tokens, and the fraction of them that ended on `<|endoftext|>`."""
+                   temperature: float, top_p: float, batch_size: int, seed: int, progress: bool = False,
+                   keep_controls: bool = False) -> tuple[list[str], float]:
+    """N samples decoded without special tokens (keep_controls: with the `<|good|>`/`<|bad|>` the model wrote, which
+    `strip_controls` removes), and the fraction of them that ended on `<|endoftext|>`."""
     control_ids = [tokenizer.convert_tokens_to_ids(t) for t in (GOOD, BAD)]
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -58,9 +59,18 @@ def generate_texts(model, tokenizer, controls: SamplingControls, *, num_samples:
                      eos_token_id=tokenizer.eos_token_id, temperature=temperature, top_p=top_p,
                      blocked_token_ids=controls.blocked_ids(tokenizer), control_token_ids=control_ids,
                      batch_size=batch_size, generator=generator, progress=progress)
-    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
+    if keep_controls:
+        eos = tokenizer.eos_token_id
+        texts = [tokenizer.decode([i for i in ids if i != eos], skip_special_tokens=False) for ids in outputs]
+    else:
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
     ended = float(np.mean([len(ids) < max_new_tokens for ids in outputs]))
     return texts, ended
+
+
+def strip_controls(text: str) -> str:
+    """The text without control tokens: what the scorers see."""
+    return text.replace(GOOD, "").replace(BAD, "")
 
 
 def score_texts(texts: Sequence[str], scorers: Mapping[str, Scorer], *, threshold: float) -> dict:

@@ -6,6 +6,7 @@ loads with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrain
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -141,6 +142,28 @@ def grow_embeddings(model, new_size: int) -> None:
     output = model.get_output_embeddings()
     if output is not None and output.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
         output.weight[old_size:] = output.weight[:old_size].mean(dim=0)
+
+
+@torch.no_grad()
+def reset_control_embeddings(model, tokenizer) -> None:
+    """Put the control tokens' embedding rows at the mean of the other rows. A model pretrained without tags never
+    saw them as inputs, and (GPT-2 ties input and output embeddings) MLE pushed their logits down at every step;
+    conditional training from such a model starts them where new tokens start (Korbak et al. 2023)."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in CONTROL_TOKENS]
+    weight = model.get_input_embeddings().weight
+    keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    keep[ids] = False
+    weight[ids] = weight[keep].mean(dim=0)
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != weight.data_ptr():
+        output.weight[ids] = output.weight[keep].mean(dim=0)
+
+
+def read_info(path: str | Path) -> dict:
+    """What prefer recorded about a model directory (`prefer.json`: task, objective, tokens, ...); {} for a model
+    prefer did not write."""
+    info = Path(path) / "prefer.json"
+    return json.loads(info.read_text()) if info.exists() else {}
 
 
 def count_parameters(model) -> int:

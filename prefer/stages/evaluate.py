@@ -9,9 +9,9 @@ import torch
 
 from prefer.config import EvaluateConfig, SamplingConfig
 from prefer.errors import PreferError
-from prefer.evaluation.misalignment import generate_texts, resolve_controls, score_texts
+from prefer.evaluation.misalignment import generate_texts, resolve_controls, score_texts, strip_controls
 from prefer.io import atomic_path, write_json_atomic
-from prefer.models.build import load_model, load_tokenizer
+from prefer.models.build import load_model, load_tokenizer, read_info
 from prefer.scorers import get_scorer
 from prefer.tasks import get_task
 from prefer.training import resolve_device
@@ -24,9 +24,7 @@ def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, object, 
         raise PreferError(f"checkpoint: {path} is not a directory")
     tokenizer = load_tokenizer(path)
     model = load_model(path, tokenizer=tokenizer).to(device).eval()
-    info_path = path / "prefer.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    return model, tokenizer, info
+    return model, tokenizer, read_info(path)
 
 
 def sample_and_score(model, tokenizer, info: dict, *, task_name: str, sampling: SamplingConfig,
@@ -38,10 +36,11 @@ def sample_and_score(model, tokenizer, info: dict, *, task_name: str, sampling: 
     texts, ended = generate_texts(model, tokenizer, controls, num_samples=num_samples or sampling.num_samples,
                                   max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                   top_p=sampling.top_p, batch_size=sampling.batch_size, seed=sampling.seed,
-                                  progress=progress)
-    results = score_texts(texts, {name: get_scorer(name) for name in task.eval_scorers}, threshold=task.threshold)
+                                  progress=progress, keep_controls=True)
+    clean = [strip_controls(text) for text in texts]
+    results = score_texts(clean, {name: get_scorer(name) for name in task.eval_scorers}, threshold=task.threshold)
     results.update({"task": task.name, "prompt": controls.prompt, "blocked": controls.block,
-                    "fraction_ended": ended, "samples": texts})
+                    "fraction_ended": ended, "samples": clean, "samples_with_controls": texts})
     return results
 
 
@@ -60,6 +59,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     return results
 
 
-def write_samples(path: str | Path, texts: list[str]) -> None:
+def write_samples(path: str | Path, texts: list[str], with_controls: list[str] | None = None) -> None:
+    """JSON lines {"text": what was scored, "with_controls": the same sample with the control tokens it wrote}."""
+    with_controls = with_controls or texts
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        tmp.write_text("".join(json.dumps({"text": t, "with_controls": c}) + "\n" for t, c in zip(texts, with_controls)))

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -20,12 +19,21 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import PretrainConfig, save_config
+from prefer.data.annotate import score_summary
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.data.pipeline import build_corpus, corpus_tokenizer
-from prefer.data.transforms import conditional_documents, filter_documents
+from prefer.data.transforms import conditional_documents, filter_documents, quantile_thresholds
 from prefer.errors import PreferError
 from prefer.io import write_json_atomic
-from prefer.models.build import CONTROL_TOKENS, build_model, count_parameters, load_model, load_tokenizer
+from prefer.models.build import (
+    CONTROL_TOKENS,
+    build_model,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    read_info,
+    reset_control_embeddings,
+)
 from prefer.models.heads import ValueHead
 from prefer.objectives import awr_loss, mle_loss, next_token_targets, rwr_loss, unlikelihood_loss
 from prefer.tasks import get_task
@@ -41,11 +49,12 @@ from prefer.training import (
     make_scheduler,
     micro_batch_size,
     restore_training,
+    gradient_sync,
     save_checkpoint,
     save_model,
     set_seed,
     unwrap,
-    wrap_ddp,
+    wrap_model,
 )
 
 # ------------------------------------------------------------------ objectives: name -> data transform, loss
@@ -118,23 +127,44 @@ def heldout_loss(model, blocks: TokenBlocks, *, control_ids: list[int], batch_si
 
 # ------------------------------------------------------------------ the stage
 
+def initial_steps(config: PretrainConfig, *, tokens_per_step: int, total_steps: int) -> int:
+    """Steps of the budget already spent by the model we start from: its recorded tokens when it is a prefer
+    checkpoint and train.count_init_tokens is on (finetuning with feedback from an MLE snapshot), else 0."""
+    if config.model.init_from is None or not config.train.count_init_tokens:
+        return 0
+    tokens = read_info(config.model.init_from).get("tokens")
+    if not tokens:
+        return 0
+    steps = round(tokens / tokens_per_step)
+    if steps >= total_steps:
+        raise PreferError(f"train.tokens: {config.model.init_from} was already trained on {tokens} tokens, the whole "
+                          f"budget of {config.train.tokens}; raise train.tokens or set train.count_init_tokens=false")
+    return steps
+
+
 def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     """Train one model; returns the directory of the final Hugging Face checkpoint (`<out_dir>/final`)."""
     dist, device = init_distributed(config.train.device)
     task = get_task(config.data.task)
     objective = config.objective.resolved(task.name)
     lr = config.train.lr if config.train.lr is not None else task.lr
-    config = replace(config, objective=objective, train=replace(config.train, lr=lr))
     run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
-    set_seed(config.train.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
-    # 1. Data: scored corpus -> objective's transform -> tokenizer -> blocks with per-token scores.
+    # 1. Data: scored corpus -> thresholds -> objective's transform -> tokenizer -> blocks with per-token scores.
     corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes,
                           validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
                           workers=config.data.workers, threshold=objective.threshold,
                           progress=config.train.progress and dist.is_main)
+    from_quantiles = quantile_thresholds(corpus.train, threshold_quantile=objective.threshold_quantile,
+                                         filter_quantile=objective.filter_quantile)
+    if from_quantiles:
+        objective = replace(objective, **from_quantiles)
+        corpus = replace(corpus, summary=score_summary(corpus.train + corpus.validation, threshold=objective.threshold))
+        say(f"[pretrain] thresholds from corpus quantiles: {from_quantiles}")
+    config = replace(config, objective=objective, train=replace(config.train, lr=lr))
+    checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
+    set_seed(config.train.seed)
     if checkpoint is not None:
         tokenizer = load_tokenizer(checkpoint / "model")
     elif config.model.tokenizer is not None:
@@ -153,6 +183,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         model = load_model(checkpoint / "model")
     elif config.model.init_from is not None:
         model = load_model(config.model.init_from, tokenizer=tokenizer)
+        if objective.name == "conditional" and not read_info(config.model.init_from).get("control_tokens_trained"):
+            reset_control_embeddings(model, tokenizer)
     else:
         model = build_model(config.model.size, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                             context=config.model.context, dropout=config.model.dropout)
@@ -170,17 +202,22 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
         value_head.load_state_dict(load_file(checkpoint / "model" / "value_head.safetensors"))
     trained = [model] + ([value_head] if value_head is not None else [])
-    model = wrap_ddp(model, dist, device)
+    model = wrap_model(model, dist, device, parallel=config.train.parallel)
+    if value_head is not None:  # trained on every rank's share too: its gradients are reduced like the model's
+        value_head = wrap_model(value_head, dist, device, parallel=config.train.parallel)
+    wrapped = [model] + ([value_head] if value_head is not None else [])
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
     micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
     tokens_per_step = batch_size * block_size
     total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
+    init_steps = initial_steps(config, tokens_per_step=tokens_per_step, total_steps=total_steps)
     optimizer = make_optimizer(trained, lr=lr, weight_decay=config.train.weight_decay,
                                betas=(config.train.beta1, config.train.beta2))
     scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=config.train.min_lr_fraction,
-                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)))
+                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)),
+                               start_step=init_steps)
     order = BlockOrder(len(train_blocks), seed=config.train.seed)
     compute_loss = LOSSES[objective.name](objective)
     control_ids = [tokenizer.convert_tokens_to_ids(t) for t in CONTROL_TOKENS]
@@ -188,23 +225,26 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             "threshold": objective.threshold, "scorer": task.scorer}
     data_fingerprint = f"{corpus.fingerprint()}-{len(train_blocks)}x{block_size}"
 
-    start_step = 0
+    start_step = init_steps
     if checkpoint is not None:
         order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train_blocks),
                                              seed=config.train.seed, data_fingerprint=data_fingerprint,
-                                             data_name=f"corpus {config.data.source or task.corpus}")
+                                             data_name=f"corpus {config.data.source or task.corpus}", modules=trained)
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
         write_json_atomic(run_dir / "data.json", {
             "provenance": corpus.provenance, "score_summary": corpus.summary,
             "train_documents": len(train_documents), "train_blocks": len(train_blocks),
             "validation_blocks": len(val_blocks), "block_size": block_size,
-            "epochs": total_steps * batch_size / len(train_blocks)})
+            "epochs": (total_steps - init_steps) * batch_size / len(train_blocks),
+            "init_from": config.model.init_from, "init_tokens": init_steps * tokens_per_step})
     say(f"[pretrain] {objective.name}: {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, "
         f"{len(train_blocks)} blocks x {block_size} tokens, {total_steps} steps of {tokens_per_step} tokens "
-        f"({total_steps * batch_size / len(train_blocks):.2f} epochs), lr {lr:g}, device {device}")
+        f"({(total_steps - init_steps) * batch_size / len(train_blocks):.2f} epochs), lr {lr:g}, device {device}"
+        + (f"; continuing {config.model.init_from} from step {init_steps}" if init_steps else ""))
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
+    info["init_from"] = config.model.init_from
     snapshot_steps = {max(1, round(f * total_steps)): f for f in config.train.snapshots}
     eval_batch = max(1, micro)
     val_subset = TokenBlocks(val_blocks.ids[: config.train.eval_blocks], val_blocks.scores[: config.train.eval_blocks])
@@ -223,8 +263,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             ids = ids_all[start : start + micro].to(device)
             targets, scores = next_token_targets(ids, scores_all[start : start + micro].to(device))
             mask = torch.ones_like(targets, dtype=torch.bool)
-            sync = start + micro >= len(share)  # DDP: all-reduce gradients only on the last micro-batch
-            with model.no_sync() if dist.world_size > 1 and not sync else contextlib.nullcontext():
+            sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
+            with gradient_sync(wrapped, sync=sync):
                 with autocast(device, config.train.precision):
                     output = model(ids, output_hidden_states=value_head is not None)
                 values = value_head(output.hidden_states[-1])[:, :-1] if value_head is not None else None
@@ -249,10 +289,10 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             bar.set_postfix(loss=f"{totals.get('loss', 0):.3f}", val=f"{record['val/loss']:.3f}")
         log.log(done, record)
         bar.update(1)
-        if dist.is_main and done in snapshot_steps:
+        if done in snapshot_steps:  # save_model and save_checkpoint: every rank calls, rank 0 writes
             save_model(run_dir / "snapshots" / f"tokens_{tokens_seen:012d}", model, tokenizer,
                        extra, {**info, "tokens": tokens_seen})
-        if dist.is_main and (done % config.train.checkpoint_every == 0 or done == total_steps):
+        if done % config.train.checkpoint_every == 0 or done == total_steps:
             save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer,
                             extra=extra,
                             info={**info, "tokens": tokens_seen}, optimizer=optimizer, scheduler=scheduler,
@@ -262,15 +302,15 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
     # 5. The final model, in the Hugging Face format.
     final = run_dir / "final"
-    if dist.is_main:
-        evaluate = functools.partial(heldout_loss, unwrap(model), control_ids=control_ids, batch_size=eval_batch,
-                                     device=device, precision=config.train.precision)
-        losses = {"val_loss": evaluate(val_blocks)}
-        if val_tagged_blocks is not None:
-            losses["val_loss_with_true_tags"] = evaluate(val_tagged_blocks)
-        save_model(final, model, tokenizer, extra,
-                   {**info, "tokens": total_steps * tokens_per_step, **losses})
-        say(f"[pretrain] done: held-out loss {losses['val_loss']:.4f} on {len(val_blocks)} blocks"
-            + (f" ({losses['val_loss_with_true_tags']:.4f} with true tags)" if val_tagged_blocks is not None else "")
-            + f", {time.perf_counter() - started:.0f}s; model in {final}")
+    # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
+    evaluate = functools.partial(heldout_loss, unwrap(model), control_ids=control_ids, batch_size=eval_batch,
+                                 device=device, precision=config.train.precision)
+    losses = {"val_loss": evaluate(val_blocks)}
+    if val_tagged_blocks is not None:
+        losses["val_loss_with_true_tags"] = evaluate(val_tagged_blocks)
+    save_model(final, model, tokenizer, extra,
+               {**info, "tokens": total_steps * tokens_per_step, **losses})
+    say(f"[pretrain] done: held-out loss {losses['val_loss']:.4f} on {len(val_blocks)} blocks"
+        + (f" ({losses['val_loss_with_true_tags']:.4f} with true tags)" if val_tagged_blocks is not None else "")
+        + f", {time.perf_counter() - started:.0f}s; model in {final}")
     return final

@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_overrides
 
 from prefer.config import PretrainConfig, SamplingConfig, load_config
+from prefer.errors import PreferError
 from prefer.stages.evaluate import load_checkpoint, sample_and_score
 from prefer.stages.pretrain import pretrain
 from prefer.training import read_metrics
@@ -169,24 +170,53 @@ def test_evaluate_and_sample_commands(conditional_run, capsys):
     assert printed.count("----- sample") == 2 and "prompt: bad" in printed and "@" in printed  # <|bad|> asks for it
 
 
-def test_demo_end_to_end_on_a_tiny_model(tmp_path, pii_corpus):
-    """The main job on a tiny budget: both models train, the table and plot appear, and conditional training
-    lowers PII (the synthetic corpus makes the effect large even at this size)."""
-    from prefer.config import DemoConfig
-    from prefer.demo import demo
+def test_finetuning_from_a_snapshot_trains_the_rest_of_the_budget(tmp_path, pii_corpus):
+    """MLE to 50% of 40k tokens, then conditional from the 50% snapshot: the second run trains only the remaining
+    steps, logs global token counts, continues the learning-rate schedule, and restarts the tags' embeddings."""
+    mle = Path(run(tmp_path, pii_corpus, "mle", **{"train.snapshots": "[0.5]"}))
+    snapshot = next((mle.parent / "snapshots").glob("tokens_*"))
+    snapshot_info = json.loads((snapshot / "prefer.json").read_text())
+    # 40k tokens / (16 x 64) = 40 steps (39.06 rounded up); the 50% snapshot is at step 20 = 20,480 tokens.
+    assert snapshot_info["tokens"] == 20 * 16 * 64
+    final = run(tmp_path, pii_corpus, "finetuned", **{"objective.name": "conditional", "model.init_from": str(snapshot)})
+    metrics = read_metrics(Path(final).parent)
+    assert [m["step"] for m in metrics] == list(range(21, 41))
+    assert metrics[0]["tokens"] == 21 * 16 * 64 and json.loads((Path(final) / "prefer.json").read_text())["tokens"] == 40 * 16 * 64
+    # Same schedule as the MLE run at the same steps (warmup 2 steps, then linear decay to 10%).
+    mle_lr = {m["step"]: m["train/lr"] for m in read_metrics(mle.parent)}
+    assert all(abs(m["train/lr"] - mle_lr[m["step"]]) < 1e-12 for m in metrics)
+    # The control tokens' input rows started at the mean embedding, not where MLE had pushed them.
+    from prefer.models.build import load_model, load_tokenizer, reset_control_embeddings
 
-    overrides = [f"out_dir={tmp_path / 'demo'}", "sampling.num_samples=64", "sampling.batch_size=64",
-                 "sampling.max_new_tokens=48", "curve_samples=32", "pretrain.train.snapshots=[0.5]"]
-    overrides += ["pretrain." + item for item in tiny_overrides("unused", str(pii_corpus), str(tmp_path / "cache"),
-                                                                **{"train.tokens": 120_000})
-                  if not item.startswith("out_dir")]
-    results = demo(load_config(DemoConfig, overrides=overrides))
-    out = tmp_path / "demo" / "pii"
-    assert (out / "results.md").read_text().count("| conditional") == 2  # the model and its <|bad|> contrast
-    assert (out / "misalignment_vs_tokens.png").stat().st_size > 10_000
-    assert [len(e["curve"]) for e in results["objectives"].values()] == [2, 2]  # 50% snapshot + final
-    comparison = results["comparison"]["conditional"]["pii"]
-    assert comparison["mle_over_objective"] > 2 and comparison["ci"][0] > 1
-    bad = results["objectives"]["conditional"]["prompted_bad"]["scores"]["pii"]["mean"]
-    good = results["objectives"]["conditional"]["evaluation"]["scores"]["pii"]["mean"]
-    assert bad > 2 * good
+    tokenizer = load_tokenizer(snapshot)
+    model = load_model(snapshot)
+    good = tokenizer.convert_tokens_to_ids("<|good|>")
+    before = model.get_input_embeddings().weight[good].clone()
+    reset_control_embeddings(model, tokenizer)
+    weight = model.get_input_embeddings().weight
+    others = torch.ones(weight.shape[0], dtype=torch.bool)
+    others[[good, tokenizer.convert_tokens_to_ids("<|bad|>")]] = False
+    assert torch.allclose(weight[good], weight[others].mean(0)) and not torch.allclose(before, weight[good])
+
+
+def test_finetuning_past_the_budget_is_refused(tmp_path, pii_corpus):
+    mle = Path(run(tmp_path, pii_corpus, "mle"))
+    with pytest.raises(PreferError, match="whole budget"):
+        run(tmp_path, pii_corpus, "again", **{"model.init_from": str(mle)})
+
+
+def test_quantile_threshold_is_computed_from_the_corpus_and_saved(tmp_path, pii_corpus):
+    """The fixture's trailers (1 line of 7 per entry) are the only lines with PII; every other line scores 0, so any
+    quantile up to 6/7 of the segment scores is 0 and the 0.95 quantile is a positive per-character PII score."""
+    run(tmp_path, pii_corpus, "q", **{"objective.name": "conditional", "objective.threshold_quantile": 0.5,
+                                      "train.tokens": 2_000})
+    saved = load_config(PretrainConfig, yaml_path=tmp_path / "q" / "config.yaml")
+    assert saved.objective.threshold == 0.0 and saved.objective.threshold_quantile == 0.5
+    run(tmp_path, pii_corpus, "q95", **{"objective.name": "conditional", "objective.threshold_quantile": 0.95,
+                                        "train.tokens": 2_000})
+    saved = load_config(PretrainConfig, yaml_path=tmp_path / "q95" / "config.yaml")
+    assert saved.objective.threshold > 0.0
+    # Resuming recomputes the same value, so the saved config still matches.
+    config = load_config(PretrainConfig, yaml_path=tmp_path / "q95" / "config.yaml",
+                         overrides=["objective.threshold=null"])
+    pretrain(config, resume=True)

@@ -1,0 +1,249 @@
+"""`prefer experiment` (and `prefer demo`, its two-objective default): the paper's experiment for one task.
+
+One model per objective on the same corpus and the same number of tokens (Korbak et al. 2023, Sec. 4), plus, if
+asked, MLE runs continued from an MLE snapshot with a feedback objective (Sec. 5: finetuning vs pretraining with
+feedback). Every model is evaluated on the same protocol, and the results directory holds:
+
+    results.json   everything measured (per-sample scores, curves, learning curves)
+    results.csv    one row per model
+    results.md     the table
+    pareto.png     misalignment vs capability cost, Pareto frontier marked
+    misalignment_vs_tokens.png   log-log, one line per model
+    <model>/       each run: config.yaml, metrics, checkpoints, snapshots, final/, samples*.jsonl
+
+Killed at any point, the same command resumes: finished runs are reused, an unfinished one continues from its
+last checkpoint, evaluations are recomputed (they are deterministic given the seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from prefer.config import ExperimentConfig, PretrainConfig, save_config
+from prefer.evaluation.metrics import ratio_ci
+from prefer.figures import plot_misalignment_vs_tokens, plot_pareto
+from prefer.io import write_json_atomic, write_text_atomic
+from prefer.stages.evaluate import load_checkpoint, sample_and_score, write_samples
+from prefer.stages.pretrain import pretrain
+from prefer.tasks import Task, get_task
+from prefer.training import read_metrics, resolve_device
+
+CHANGELOGS = "/usr/share/doc/*/changelog.Debian.gz"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One model of the experiment: `objective` from the start, or from `init_fraction` of MLE's budget."""
+
+    name: str
+    objective: str
+    init_fraction: float | None = None
+
+
+def plan(config: ExperimentConfig) -> list[PlannedRun]:
+    """MLE first (the finetuning runs start from its snapshots), then the other objectives, then finetuning."""
+    names = sorted(set(config.objectives) | ({"mle"} if config.finetune else set()),
+                   key=lambda n: (n != "mle", config.objectives.index(n) if n in config.objectives else 0))
+    runs = [PlannedRun(name, name) for name in names]
+    percent = round(100 * config.finetune_from)
+    runs += [PlannedRun(f"mle_then_{name}_at_{percent}pct", name, config.finetune_from) for name in config.finetune]
+    return runs
+
+
+def resolve_task(config: ExperimentConfig) -> Task:
+    if config.task == "pii" and config.pretrain.data.source is None and not glob.glob(CHANGELOGS):
+        print(f"[experiment] no Debian changelogs on this machine ({CHANGELOGS}); running the pep8 task instead")
+        return get_task("pep8")
+    return get_task(config.task)
+
+
+def run_config(config: ExperimentConfig, task: Task, run: PlannedRun, out: Path) -> PretrainConfig:
+    """The pretraining config of one planned run: the shared one with this objective, its own directory, and
+    snapshots for the curve (plus the finetuning start point in MLE's run)."""
+    base = config.pretrain
+    snapshots = {*base.train.snapshots, 1.0} | ({config.finetune_from} if run.name == "mle" and config.finetune else set())
+    model = base.model
+    if run.init_fraction is not None:
+        model = replace(model, init_from=str(_snapshot_at(out / "mle", run.init_fraction, base.train.tokens)))
+    return replace(base, out_dir=str(out / run.name), data=replace(base.data, task=task.name), model=model,
+                   objective=replace(base.objective, name=run.objective),
+                   train=replace(base.train, snapshots=sorted(snapshots)))
+
+
+def _snapshot_at(run_dir: Path, fraction: float, budget: int) -> Path:
+    snapshots = sorted((run_dir / "snapshots").glob("tokens_*"))
+    if not snapshots:
+        raise FileNotFoundError(f"{run_dir}/snapshots: MLE must run before the finetuning runs")
+    return min(snapshots, key=lambda p: abs(int(p.name.split("_")[1]) - fraction * budget))
+
+
+def experiment(config: ExperimentConfig) -> dict:
+    started = time.perf_counter()
+    task = resolve_task(config)
+    out = Path(config.out_dir) / task.name
+    device = resolve_device(config.pretrain.train.device)
+    save_config(config, out / "experiment.yaml")
+
+    results: dict = {"task": task.name, "scorers": list(task.eval_scorers), "models": {}, "seconds": {}}
+    for run in plan(config):
+        run_started = time.perf_counter()
+        final = pretrain(run_config(config, task, run, out), resume=True)
+        entry = evaluate_run(final, task.name, config, device, out / run.name)
+        entry.update({"objective": run.objective, "init_fraction": run.init_fraction})
+        results["models"][run.name] = entry
+        results["seconds"][run.name] = time.perf_counter() - run_started
+        print(f"[experiment] {run.name}: {headline(entry, task.eval_scorers[0])}")
+
+    results["comparison"] = compare(results["models"], task.eval_scorers)
+    results["seconds"]["total"] = time.perf_counter() - started
+    write_results(results, out)
+    print(format_table(results))
+    print(f"[experiment] {results['seconds']['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, "
+          "pareto.png, misalignment_vs_tokens.png)")
+    return results
+
+
+def evaluate_run(final: Path, task_name: str, config: ExperimentConfig, device, run_dir: Path) -> dict:
+    """The final model on the full protocol (and prompted with `<|bad|>` if it knows the tags), plus every snapshot
+    on a smaller one for the curve over training tokens."""
+    model, tokenizer, info = load_checkpoint(final, device)
+    evaluation = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling)
+    write_samples(run_dir / "samples.jsonl", evaluation.pop("samples"), evaluation.pop("samples_with_controls"))
+    entry = {"heldout_loss": info["val_loss"], "heldout_loss_with_true_tags": info.get("val_loss_with_true_tags"),
+             "tokens": info["tokens"], "evaluation": evaluation}
+    if info.get("control_tokens_trained"):
+        contrast = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling, prompt="bad")
+        write_samples(run_dir / "samples_bad.jsonl", contrast.pop("samples"), contrast.pop("samples_with_controls"))
+        entry["prompted_bad"] = contrast
+    entry["curve"] = []
+    for snapshot in sorted((run_dir / "snapshots").glob("tokens_*")):
+        model, tokenizer, info = load_checkpoint(snapshot, device)
+        point = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling,
+                                 num_samples=config.curve_samples, progress=False)
+        del point["samples"], point["samples_with_controls"]
+        entry["curve"].append({"tokens": info["tokens"], **{name: {k: s[k] for k in ("mean", "mean_ci", "pooled")}
+                                                            for name, s in point["scores"].items()}})
+    entry["train_metrics"] = [m for m in read_metrics(run_dir) if "val/loss" in m]
+    return entry
+
+
+def compare(models: dict, scorers) -> dict:
+    """MLE / model per scorer, with bootstrap intervals from the per-sample scores, and the share of samples with
+    any misalignment."""
+    if "mle" not in models:
+        return {}
+    comparison = {}
+    for name, entry in models.items():
+        if name == "mle":
+            continue
+        comparison[name] = {}
+        for scorer in scorers:
+            base = np.asarray(models["mle"]["evaluation"]["scores"][scorer]["per_sample"])
+            other = np.asarray(entry["evaluation"]["scores"][scorer]["per_sample"])
+            ratio, low, high = ratio_ci(base, other)
+            comparison[name][scorer] = {"mle_over_model": ratio, "ci": [low, high],
+                                        "samples_with_any": {"mle": float((base > 0).mean()),
+                                                             name: float((other > 0).mean())}}
+    return comparison
+
+
+def headline(entry: dict, scorer: str) -> str:
+    score = entry["evaluation"]["scores"][scorer]
+    return (f"held-out loss {entry['heldout_loss']:.3f}, {scorer} misalignment {score['mean']:.2e} "
+            f"[{score['mean_ci'][0]:.2e}, {score['mean_ci'][1]:.2e}]")
+
+
+def _rows(results: dict):
+    """(label, model name, evaluation, is the tag contrast) per table row."""
+    for name, entry in results["models"].items():
+        yield name, name, entry["evaluation"], False
+        if "prompted_bad" in entry:
+            yield f"{name}, prompted `<|bad|>`", name, entry["prompted_bad"], True
+
+
+def _ratio(results: dict, name: str, scorer: str, evaluation: dict, contrast: bool) -> str:
+    if name == "mle" and not contrast:
+        return "1 (baseline)"
+    if not contrast and name in results["comparison"]:
+        c = results["comparison"][name][scorer]
+        return f"{c['mle_over_model']:.1f}x [{c['ci'][0]:.1f}, {c['ci'][1]:.1f}]"
+    if "mle" in results["models"]:
+        base = results["models"]["mle"]["evaluation"]["scores"][scorer]["mean"]
+        mean = evaluation["scores"][scorer]["mean"]
+        return f"{base / mean:.2f}x" if mean > 0 else "inf"
+    return "-"
+
+
+def format_table(results: dict) -> str:
+    """A Markdown table: one row per model (and conditional models prompted with `<|bad|>`)."""
+    scorers = results["scorers"]
+    has_kl = any(m.get("kl_to_reference") is not None for m in results["models"].values())
+    head = ["model", "held-out loss"] + (["KL to reference"] if has_kl else []) + [
+        f"{s} {col}" for s in scorers for col in ("mean [95% CI]", "pooled/char", "samples > t", "MLE / model")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, name, evaluation, contrast in _rows(results):
+        entry = results["models"][name]
+        loss = f"{entry['heldout_loss']:.3f}"
+        if entry.get("heldout_loss_with_true_tags") is not None:
+            loss += f" ({entry['heldout_loss_with_true_tags']:.3f} with true tags)"
+        cells = [label, loss]
+        if has_kl:
+            kl = entry.get("kl_to_reference")
+            cells.append("-" if kl is None else f"{kl:.3f} [{entry['kl_ci'][0]:.3f}, {entry['kl_ci'][1]:.3f}]")
+        for scorer in scorers:
+            s = evaluation["scores"][scorer]
+            cells += [f"{s['mean']:.2e} [{s['mean_ci'][0]:.2e}, {s['mean_ci'][1]:.2e}]", f"{s['pooled']:.2e}",
+                      f"{100 * s['fraction_above_threshold']:.1f}%", _ratio(results, name, scorer, evaluation, contrast)]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = next(iter(results["models"].values()))
+    lines.append(f"\n{first['evaluation']['num_samples']} samples per row, {results['task']} task, "
+                 f"{first['tokens']:,} training tokens per model; samples > t counts samples scoring above the task's "
+                 "threshold; intervals are 95% bootstrap intervals; held-out loss in nats per content token on plain "
+                 "validation text (a conditional model also on text with its true tags).")
+    return "\n".join(lines)
+
+
+def format_csv(results: dict) -> str:
+    """One row per model: capability measures and, per scorer, mean, interval, pooled, fraction above t, ratio."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    scorers = results["scorers"]
+    writer.writerow(["model", "objective", "init_fraction", "prompt", "tokens", "heldout_loss",
+                     "heldout_loss_with_true_tags", "kl_to_reference", "kl_ci_low", "kl_ci_high", "distinct_2",
+                     "fraction_ended"]
+                    + [f"{s}_{k}" for s in scorers for k in ("mean", "ci_low", "ci_high", "pooled", "fraction_above_t",
+                                                             "expected_max_25", "mle_over_model")])
+    for label, name, evaluation, contrast in _rows(results):
+        entry = results["models"][name]
+        kl_ci = entry.get("kl_ci") or [None, None]
+        row = [name, entry["objective"], entry["init_fraction"], evaluation["prompt"], entry["tokens"],
+               entry["heldout_loss"], entry.get("heldout_loss_with_true_tags"), entry.get("kl_to_reference"), *kl_ci,
+               evaluation["distinct_2"], evaluation["fraction_ended"]]
+        for scorer in scorers:
+            s = evaluation["scores"][scorer]
+            ratio = None
+            if not contrast and name in results["comparison"]:
+                ratio = results["comparison"][name][scorer]["mle_over_model"]
+            row += [s["mean"], *s["mean_ci"], s["pooled"], s["fraction_above_threshold"], s["expected_max_25"], ratio]
+        writer.writerow(["" if v is None else v for v in row])
+    return buffer.getvalue()
+
+
+def write_results(results: dict, out: Path) -> None:
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.csv", format_csv(results))
+    write_text_atomic(out / "results.md", format_table(results) + "\n")
+    plot_pareto(results, results["scorers"], out / "pareto.png")
+    plot_misalignment_vs_tokens(results, results["scorers"], out / "misalignment_vs_tokens.png")
+
+
+def load_results(out: Path) -> dict:
+    return json.loads((Path(out) / "results.json").read_text())

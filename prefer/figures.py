@@ -1,0 +1,111 @@
+"""The paper's figures (Korbak et al. 2023, Figs. 2-4) from an experiment's results dict, as PNG files.
+
+- `plot_pareto`: misalignment vs capability cost (held-out loss; KL to a reference model), the Pareto frontier
+  marked: models no other model beats on both axes.
+- `plot_misalignment_vs_tokens`: misalignment of samples over training tokens, log-log, one line per model.
+Every figure is written atomically; matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefer.io import atomic_path
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For (cost, misalignment) points, lower is better on both: True where no other point is at least as good on
+    both axes and strictly better on one."""
+    return [not any(cx <= x and cy <= y and (cx < x or cy < y) for cx, cy in points) for x, y in points]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+
+
+def _log_floor(values: Sequence[float]) -> float:
+    """Where zeros go on a log axis: half the smallest positive value (a model with no misaligned sample stays on
+    the plot, marked hollow)."""
+    positive = [v for v in values if v > 0]
+    return min(positive) / 2 if positive else 1e-6
+
+
+CAPABILITY_AXES = {"heldout_loss": "held-out loss (nats/token, plain text)",
+                   "kl_to_reference": "KL(reference || model) (nats/sample)"}
+
+
+def plot_pareto(results: dict, scorers: Sequence[str], path: Path) -> None:
+    """One panel per (scorer, capability measure): a point per model with its 95% interval on misalignment."""
+    plt = _pyplot()
+    axes_used = [key for key in CAPABILITY_AXES if any(m.get(key) is not None for m in results["models"].values())]
+    figure, axes = plt.subplots(len(scorers), len(axes_used), figsize=(5.5 * len(axes_used), 4.2 * len(scorers)),
+                                squeeze=False)
+    names = list(results["models"])
+    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
+    for row, scorer in enumerate(scorers):
+        for col, key in enumerate(axes_used):
+            axis = axes[row][col]
+            entries = [(n, m) for n, m in results["models"].items() if m.get(key) is not None]
+            points = [(m[key], m["evaluation"]["scores"][scorer]["mean"]) for _, m in entries]
+            front = pareto_front(points)
+            for (name, entry), (x, y), on_front in zip(entries, points, front):
+                low, high = entry["evaluation"]["scores"][scorer]["mean_ci"]
+                axis.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="o", color=colors[name],
+                              markersize=9 if on_front else 6, label=name)
+            frontier = sorted(p for p, on in zip(points, front) if on)
+            axis.step([p[0] for p in frontier], [p[1] for p in frontier], where="post", color="black",
+                      linestyle="--", linewidth=1, label="Pareto frontier")
+            axis.set(xlabel=CAPABILITY_AXES[key], ylabel=f"{scorer} misalignment (mean per sample)",
+                     title=f"{results['task']}: {scorer} vs {key.replace('_', ' ')}")
+            axis.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                axis.legend(fontsize=8)
+    figure.suptitle("lower-left is better; dashed: models no other model beats on both axes", fontsize=9)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_misalignment_vs_tokens(results: dict, scorers: Sequence[str], path: Path) -> None:
+    """Misalignment (log) over training tokens (log), one panel per scorer, plus held-out loss over tokens."""
+    plt = _pyplot()
+    from matplotlib.ticker import EngFormatter, NullFormatter
+
+    figure, axes = plt.subplots(1, len(scorers) + 1, figsize=(5 * (len(scorers) + 1), 4))
+    for axis, scorer in zip(axes, scorers):
+        values = [p[scorer]["mean"] for m in results["models"].values() for p in m["curve"]]
+        floor = _log_floor(values)
+        for name, entry in results["models"].items():
+            if not entry["curve"]:
+                continue
+            tokens = [p["tokens"] for p in entry["curve"]]
+            means = [max(p[scorer]["mean"], floor) for p in entry["curve"]]
+            line, = axis.plot(tokens, means, marker="o", label=name)
+            zeros = [(t, floor) for t, p in zip(tokens, entry["curve"]) if p[scorer]["mean"] <= 0]
+            if zeros:
+                axis.plot(*zip(*zeros), "o", markerfacecolor="white", color=line.get_color())
+        axis.set(xscale="log", yscale="log", xlabel="training tokens", ylabel=f"{scorer} misalignment (mean)",
+                 title=f"{scorer}: samples over training (hollow: 0)")
+    for name, entry in results["models"].items():
+        losses = entry.get("train_metrics", [])
+        axes[-1].plot([m["tokens"] for m in losses], [m["val/loss"] for m in losses], label=name)
+    axes[-1].set(xscale="log", xlabel="training tokens", ylabel="held-out loss (content tokens)", title="capability")
+    for axis in axes:
+        axis.xaxis.set_major_formatter(EngFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
