@@ -210,6 +210,12 @@ class ExperimentConfig:
                           snapshots=[0.125, 0.25, 0.5])))
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     curve_samples: int = 128  # samples per point of the misalignment-over-tokens curve
+    # Capability: KL(reference || model) from reference samples. "mle" = this experiment's MLE model (the cost of
+    # feedback at equal tokens); any local HF causal LM directory (the paper: a much larger model); null = skip.
+    reference: str | None = "mle"
+    kl_samples: int = 256
+    capability_documents: int = 256  # validation documents for the held-out loss per token and per byte
+    code_prompts: int = 128  # code tasks: function signatures completed, scored and parsed (0 = skip)
 
     def __post_init__(self):
         from prefer.tasks import TASKS
@@ -220,6 +226,8 @@ class ExperimentConfig:
             _check(name in OBJECTIVES, "objectives", f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
         _check(0 < self.finetune_from < 1, "finetune_from", "must be in (0, 1)")
         _check(self.curve_samples > 0, "curve_samples", "must be positive")
+        _check(self.kl_samples > 0 and self.capability_documents > 0, "kl_samples", "sample counts must be positive")
+        _check(self.code_prompts >= 0, "code_prompts", "must be >= 0")
 
 
 ConfigT = TypeVar("ConfigT")

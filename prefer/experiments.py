@@ -28,6 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from prefer.config import ExperimentConfig, PretrainConfig, save_config
+from prefer.data.pipeline import build_corpus
+from prefer.evaluation.capability import (
+    code_completion_eval,
+    function_prompts,
+    heldout_loss_per_token_and_byte,
+    kl_to_reference,
+)
 from prefer.evaluation.metrics import ratio_ci
 from prefer.figures import plot_misalignment_vs_tokens, plot_pareto
 from prefer.io import write_json_atomic, write_text_atomic
@@ -92,11 +99,15 @@ def experiment(config: ExperimentConfig) -> dict:
     device = resolve_device(config.pretrain.train.device)
     save_config(config, out / "experiment.yaml")
 
-    results: dict = {"task": task.name, "scorers": list(task.eval_scorers), "models": {}, "seconds": {}}
+    results: dict = {"task": task.name, "scorers": list(task.eval_scorers), "models": {}, "seconds": {},
+                     "reference": config.reference}
+    validation: list[str] = []
     for run in plan(config):
         run_started = time.perf_counter()
         final = pretrain(run_config(config, task, run, out), resume=True)
+        validation = validation or validation_texts(config, task)
         entry = evaluate_run(final, task.name, config, device, out / run.name)
+        entry |= capability(final, config, task, device, out, validation)
         entry.update({"objective": run.objective, "init_fraction": run.init_fraction})
         results["models"][run.name] = entry
         results["seconds"][run.name] = time.perf_counter() - run_started
@@ -132,6 +143,44 @@ def evaluate_run(final: Path, task_name: str, config: ExperimentConfig, device, 
         entry["curve"].append({"tokens": info["tokens"], **{name: {k: s[k] for k in ("mean", "mean_ci", "pooled")}
                                                             for name, s in point["scores"].items()}})
     entry["train_metrics"] = [m for m in read_metrics(run_dir) if "val/loss" in m]
+    return entry
+
+
+def validation_texts(config: ExperimentConfig, task: Task) -> list[str]:
+    """The first `capability_documents` validation documents of the experiment's corpus (cached by now)."""
+    data = config.pretrain.data
+    corpus = build_corpus(task, source=data.source, max_bytes=data.max_bytes, threshold=task.threshold,
+                          validation_fraction=data.validation_fraction, cache_dir=data.cache_dir, workers=data.workers,
+                          progress=False)
+    return ["".join(d.segments) for d in corpus.validation[: config.capability_documents]]
+
+
+def capability(final: Path, config: ExperimentConfig, task: Task, device, out: Path, validation: list[str]) -> dict:
+    """Held-out loss per token and per byte on validation documents, KL(reference || model), and for code the
+    prompted completion scenario (parse rate and style of completed function signatures)."""
+    model, tokenizer, info = load_checkpoint(final, device)
+    conditional = bool(info.get("control_tokens_trained"))
+    batch = config.sampling.batch_size
+    entry: dict = {"heldout": heldout_loss_per_token_and_byte(model, tokenizer, validation, batch_size=batch,
+                                                              control_tokens_trained=conditional)}
+    if config.reference is not None:
+        path = out / "mle" / "final" if config.reference == "mle" else Path(config.reference)
+        reference, reference_tokenizer, _ = load_checkpoint(path, device)
+        kl = kl_to_reference(reference, reference_tokenizer, model, tokenizer, num_samples=config.kl_samples,
+                             max_new_tokens=config.sampling.max_new_tokens, batch_size=batch,
+                             seed=config.sampling.seed, model_info=info)
+        kl.pop("per_sample")
+        entry |= {"kl_to_reference": kl["kl"], "kl_ci": kl["ci"], "kl": kl, "reference_path": str(path)}
+    if task.name == "pep8" and config.code_prompts:
+        prompts = function_prompts(validation, limit=config.code_prompts)
+        if prompts:
+            code = code_completion_eval(model, tokenizer, prompts, control_tokens_trained=conditional,
+                                        max_new_tokens=config.sampling.max_new_tokens, batch_size=batch,
+                                        seed=config.sampling.seed)
+            code.pop("texts", None)
+            for scores in code["scores"].values():
+                scores.pop("per_sample", None)
+            entry["code_completion"] = code
     return entry
 
 
@@ -186,7 +235,7 @@ def format_table(results: dict) -> str:
     """A Markdown table: one row per model (and conditional models prompted with `<|bad|>`)."""
     scorers = results["scorers"]
     has_kl = any(m.get("kl_to_reference") is not None for m in results["models"].values())
-    head = ["model", "held-out loss"] + (["KL to reference"] if has_kl else []) + [
+    head = ["model", "held-out loss", "loss/byte"] + ([f"KL({results['reference']} || model)"] if has_kl else []) + [
         f"{s} {col}" for s in scorers for col in ("mean [95% CI]", "pooled/char", "samples > t", "MLE / model")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, name, evaluation, contrast in _rows(results):
@@ -194,10 +243,10 @@ def format_table(results: dict) -> str:
         loss = f"{entry['heldout_loss']:.3f}"
         if entry.get("heldout_loss_with_true_tags") is not None:
             loss += f" ({entry['heldout_loss_with_true_tags']:.3f} with true tags)"
-        cells = [label, loss]
+        cells = [label, loss, f"{entry['heldout']['loss_per_byte']:.3f}" if "heldout" in entry else "-"]
         if has_kl:
             kl = entry.get("kl_to_reference")
-            cells.append("-" if kl is None else f"{kl:.3f} [{entry['kl_ci'][0]:.3f}, {entry['kl_ci'][1]:.3f}]")
+            cells.append("-" if kl is None else f"{kl:.1f} [{entry['kl_ci'][0]:.1f}, {entry['kl_ci'][1]:.1f}]")
         for scorer in scorers:
             s = evaluation["scores"][scorer]
             cells += [f"{s['mean']:.2e} [{s['mean_ci'][0]:.2e}, {s['mean_ci'][1]:.2e}]", f"{s['pooled']:.2e}",
@@ -207,7 +256,10 @@ def format_table(results: dict) -> str:
     lines.append(f"\n{first['evaluation']['num_samples']} samples per row, {results['task']} task, "
                  f"{first['tokens']:,} training tokens per model; samples > t counts samples scoring above the task's "
                  "threshold; intervals are 95% bootstrap intervals; held-out loss in nats per content token on plain "
-                 "validation text (a conditional model also on text with its true tags).")
+                 "validation text (a conditional model also on text with its true tags); loss/byte: nats per UTF-8 "
+                 "byte of whole validation documents"
+                 + (f"; KL in nats per sample of the reference ({results['reference']}), control tokens not counted"
+                    if has_kl else "") + ".")
     return "\n".join(lines)
 
 
@@ -217,16 +269,17 @@ def format_csv(results: dict) -> str:
     writer = csv.writer(buffer)
     scorers = results["scorers"]
     writer.writerow(["model", "objective", "init_fraction", "prompt", "tokens", "heldout_loss",
-                     "heldout_loss_with_true_tags", "kl_to_reference", "kl_ci_low", "kl_ci_high", "distinct_2",
-                     "fraction_ended"]
+                     "heldout_loss_with_true_tags", "heldout_loss_per_byte", "kl_to_reference", "kl_ci_low",
+                     "kl_ci_high", "code_parse_rate", "distinct_2", "fraction_ended"]
                     + [f"{s}_{k}" for s in scorers for k in ("mean", "ci_low", "ci_high", "pooled", "fraction_above_t",
                                                              "expected_max_25", "mle_over_model")])
     for label, name, evaluation, contrast in _rows(results):
         entry = results["models"][name]
         kl_ci = entry.get("kl_ci") or [None, None]
         row = [name, entry["objective"], entry["init_fraction"], evaluation["prompt"], entry["tokens"],
-               entry["heldout_loss"], entry.get("heldout_loss_with_true_tags"), entry.get("kl_to_reference"), *kl_ci,
-               evaluation["distinct_2"], evaluation["fraction_ended"]]
+               entry["heldout_loss"], entry.get("heldout_loss_with_true_tags"),
+               entry.get("heldout", {}).get("loss_per_byte"), entry.get("kl_to_reference"), *kl_ci,
+               entry.get("code_completion", {}).get("parse_rate"), evaluation["distinct_2"], evaluation["fraction_ended"]]
         for scorer in scorers:
             s = evaluation["scores"][scorer]
             ratio = None

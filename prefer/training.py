@@ -9,6 +9,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
         if module is not model and type(module).__name__ in blocks:
             fully_shard(module)
     fully_shard(model)
+    # Value heads return slices (views); FSDP2 warns that an in-place op on them would skip its hook. Ours never do.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     return model
 
 
@@ -322,7 +325,14 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return module.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Gathered copies no longer share storage, so tied weights (GPT-2's lm_head = wte) would be written twice:
+    # keep each parameter under its first name only, as a single-process save_pretrained does.
+    names: dict[int, list[str]] = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    tied = {name for group in names.values() for name in group[1:]}
+    return {key: value for key, value in state.items() if key not in tied}
 
 
 def _write_model(path: Path, model: torch.nn.Module, tokenizer, state: dict[str, torch.Tensor] | None,

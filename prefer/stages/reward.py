@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from prefer.training import (
     autocast,
     average_across_ranks,
     check_run_dir,
+    gradient_sync,
     init_distributed,
     make_optimizer,
     make_scheduler,
@@ -39,7 +39,7 @@ from prefer.training import (
     restore_training,
     save_checkpoint,
     set_seed,
-    wrap_ddp,
+    wrap_model,
 )
 
 
@@ -147,7 +147,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     else:
         bias_pairs = [(c.prompt, c.responses[c.ranks.index(0)]) for c in comparisons]
     reward_model.to(device).train()
-    model = wrap_ddp(reward_model, dist, device)
+    model = wrap_model(reward_model, dist, device, parallel=config.train.parallel)
 
     # 3. Batch geometry (in prompts), optimizer, schedule.
     batch_size = config.train.batch_size
@@ -163,7 +163,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     if checkpoint is not None:
         order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
                                              seed=config.train.seed, data_fingerprint=data_fingerprint,
-                                             data_name=str(config.rankings))
+                                             data_name=str(config.rankings), modules=[reward_model.model])
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     say(f"[reward] {count_parameters(reward_model) / 1e6:.2f}M parameters, {len(train)} prompts "
@@ -186,8 +186,8 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
         num_prompts = batch_size / dist.world_size
         totals: dict[str, float] = {}
         for start in range(0, len(share), micro):
-            sync = start + micro >= len(share)  # DDP: all-reduce gradients only on the last micro-batch
-            with model.no_sync() if dist.world_size > 1 and not sync else contextlib.nullcontext():
+            sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
+            with gradient_sync([model], sync=sync):
                 loss, stats = batch_loss(model, train.batch(share[start : start + micro]), device=device,
                                          precision=config.train.precision, num_prompts=num_prompts)
                 loss.backward()
@@ -209,7 +209,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
             bar.set_postfix(loss=f"{totals['loss']:.3f}", val_accuracy=f"{heldout['accuracy']:.3f}")
         log.log(done, record)
         bar.update(1)
-        if dist.is_main and (done % config.train.checkpoint_every == 0 or done == total_steps):
+        if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
             save_checkpoint(run_dir, done, model=reward_model.model, tokenizer=reward_model.tokenizer, extra={},
                             info={**info, "step": done, "reward_bias": 0.0}, optimizer=optimizer, scheduler=scheduler,
                             state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
@@ -217,16 +217,17 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
 
     # 5. Bias: the demonstrations (or each ranking's best response) score a mean of 0 (the paper).
     final = run_dir / "final"
+    # Every rank evaluates, scores and calls save (FSDP2 forward passes and gathering are collectives); rank 0 writes.
+    heldout = evaluate() if validation is not None else None
+    reward_model.bias = 0.0
+    reward_model.bias = -float(reward_model.rewards(bias_pairs, batch_size=micro).mean())
+    results = {"val_accuracy": heldout["accuracy"] if heldout else None,
+               "val_loss": heldout["loss"] if heldout else None, "val_pairs": heldout["pairs"] if heldout else 0,
+               "bias_from": config.demonstrations or "best response of each ranking", "steps": total_steps}
+    log.log(total_steps, {"final/reward_bias": reward_model.bias,
+                          **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})})
+    reward_model.save(final, {**info, **results})
     if dist.is_main:
-        heldout = evaluate() if validation is not None else None
-        reward_model.bias = 0.0
-        reward_model.bias = -float(reward_model.rewards(bias_pairs, batch_size=micro).mean())
-        results = {"val_accuracy": heldout["accuracy"] if heldout else None,
-                   "val_loss": heldout["loss"] if heldout else None, "val_pairs": heldout["pairs"] if heldout else 0,
-                   "bias_from": config.demonstrations or "best response of each ranking", "steps": total_steps}
-        log.log(total_steps, {"final/reward_bias": reward_model.bias,
-                              **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})})
-        reward_model.save(final, {**info, **results})
         write_json_atomic(run_dir / "results.json", {**results, "reward_bias": reward_model.bias})
         accuracy = "n/a" if heldout is None else f"{heldout['accuracy']:.3f} on {heldout['pairs']:.0f} pairs"
         say(f"[reward] done: held-out pairwise accuracy {accuracy}, bias {reward_model.bias:+.4f}, "

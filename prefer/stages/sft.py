@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -31,6 +30,7 @@ from prefer.training import (
     autocast,
     average_across_ranks,
     check_run_dir,
+    gradient_sync,
     init_distributed,
     make_optimizer,
     make_scheduler,
@@ -40,7 +40,7 @@ from prefer.training import (
     save_model,
     set_seed,
     unwrap,
-    wrap_ddp,
+    wrap_model,
 )
 
 
@@ -168,7 +168,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     validation = (tokenize_demonstrations([demonstrations[i] for i in val_index], [locations[i] for i in val_index],
                                           tokenizer, context=context, packing=False) if val_index else None)
     model.to(device).train()
-    model = wrap_ddp(model, dist, device)
+    model = wrap_model(model, dist, device, parallel=config.train.parallel)
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
@@ -183,7 +183,8 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     start_step = 0
     if checkpoint is not None:
         order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
-                                             seed=config.train.seed, data_fingerprint=data_fingerprint, data_name=str(config.demonstrations))
+                                             seed=config.train.seed, data_fingerprint=data_fingerprint,
+                                             data_name=str(config.demonstrations), modules=[model])
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     say(f"[sft] {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, {len(train)} "
@@ -205,8 +206,8 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
         num_tokens = float(next_token_targets(train.loss_mask[indices])[0].sum()) / dist.world_size
         totals: dict[str, float] = {}
         for start in range(0, len(share), micro):
-            sync = start + micro >= len(share)  # DDP: all-reduce gradients only on the last micro-batch
-            with model.no_sync() if dist.world_size > 1 and not sync else contextlib.nullcontext():
+            sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
+            with gradient_sync([model], sync=sync):
                 loss, stats = sft_loss(model, train.rows(share[start : start + micro]), device=device,
                                        precision=config.train.precision, num_tokens=max(num_tokens, 1.0))
                 loss.backward()
@@ -226,7 +227,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
             bar.set_postfix(loss=f"{totals['loss']:.3f}", val=f"{record['val/loss']:.3f}")
         log.log(done, record)
         bar.update(1)
-        if dist.is_main and (done % config.train.checkpoint_every == 0 or done == total_steps):
+        if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
             save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, extra={}, info={**info, "step": done},
                             optimizer=optimizer, scheduler=scheduler,
                             state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
@@ -235,10 +236,10 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
 
     # 5. The final model, in the Hugging Face format.
     final = run_dir / "final"
-    if dist.is_main:
-        val_loss = evaluate() if validation is not None else None
-        save_model(final, model, tokenizer, None, {**info, "steps": total_steps, "epochs": config.epochs,
-                                                   "val_loss": val_loss})
-        say(f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
-            f"{time.perf_counter() - started:.0f}s; model in {final}")
+    # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
+    val_loss = evaluate() if validation is not None else None
+    save_model(final, model, tokenizer, None, {**info, "steps": total_steps, "epochs": config.epochs,
+                                               "val_loss": val_loss})
+    say(f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
+        f"{time.perf_counter() - started:.0f}s; model in {final}")
     return final

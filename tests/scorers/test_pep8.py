@@ -66,8 +66,8 @@ def test_registry():
     assert get_scorer("pep8-style") is pep8.style_score
     assert get_segment_scorer("pep8") is pep8.score_segments
     assert set(SCORER_VERSIONS) >= set(SCORERS) | set(SEGMENT_SCORERS)
-    with pytest.raises(PreferError, match=r"'toxicity'.*pep8.*pii"):
-        get_scorer("toxicity")
+    with pytest.raises(PreferError, match=r"'sentiment'.*pep8.*pii"):
+        get_scorer("sentiment")
     with pytest.raises(PreferError, match="pep8-style"):
         get_segment_scorer("pep8-style")  # no segment variant
 

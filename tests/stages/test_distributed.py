@@ -1,0 +1,255 @@
+"""torchrun with 2 CPU processes (gloo) trains exactly like 1 process accumulating 2 micro-batches: SFT with FSDP2
+(whose sharded checkpoint also resumes exactly), the reward model with DDP, PPO(-ptx) with both, sampling the same
+episodes. An error on one rank fails the job naming that rank. (Pretraining with DDP: test_invariances.py.)"""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from prefer.config import PPOConfig, RewardConfig, SFTConfig, load_config
+from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_jsonl, write_rankings
+from prefer.models.build import build_model, train_tokenizer
+from prefer.models.reward_model import build_reward_model
+from prefer.stages.ppo import ppo
+from prefer.stages.reward import reward
+from prefer.stages.sft import sft
+from prefer.training import read_metrics, save_model
+
+WORDS = ["red", "blue", "cat", "dog", "sun", "tree", "lamp", "road", "apple", "sky"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A random tiny GPT-2 (context 32) and its BPE, a reward model on its trunk, and every stage's input file."""
+    root = tmp_path_factory.mktemp("distributed")
+    rng = random.Random(0)
+
+    def phrase(low, high):
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+
+    tokenizer = train_tokenizer([phrase(2, 8) for _ in range(300)], vocab_size=300)
+    torch.manual_seed(0)
+    save_model(root / "lm", build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                        context=32), tokenizer)
+    build_reward_model(root / "lm").save(root / "rm", {})  # a random score head: varied rewards
+    write_demonstrations(root / "demos.jsonl", [Demonstration(phrase(1, 2), " " + phrase(1, 5)) for _ in range(32)])
+    comparisons = []
+    for _ in range(24):
+        k = rng.randint(2, 3)
+        comparisons.append(Comparison(phrase(1, 2), tuple(" " + phrase(1, 4) for _ in range(k)),
+                                      tuple(rng.sample(range(k), k))))
+    write_rankings(root / "rankings.jsonl", comparisons)
+    write_jsonl(root / "prompts.jsonl", [{"prompt": word} for word in WORDS])
+    write_jsonl(root / "corpus.jsonl", [{"text": phrase(3, 8) + "."} for _ in range(400)])
+    return root
+
+
+def torchrun(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 -m prefer ARGS` (or `... SCRIPT ARGS`), as a user runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    target = [script] if script else ["-m", "prefer"]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *target, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def dotted(values: dict) -> list[str]:
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def comparable(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, less GPT-2's key biases: softmax ignores them, so their gradient is 0 up to rounding, which Adam
+    divides by its own root mean square and turns into steps of up to lr (1e-5 apart after a few steps here)."""
+    if key.endswith("attn.c_attn.bias"):
+        query, _, value = tensor.chunk(3)
+        return torch.cat([query, value])
+    return tensor
+
+
+def assert_same_weights(a: Path, b: Path, *, atol: float, name: str = "model.safetensors"):
+    wa, wb = load_file(a / name), load_file(b / name)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(comparable(key, wa[key]), comparable(key, wb[key]), atol=atol, rtol=0, msg=key)
+
+
+# Counts tokens where (old + clamp(v - old)) - R beats v - R: inside the clip range that is a rounding coin flip.
+ROUNDING_NOISE = {"train/value/clip_fraction"}
+
+
+def assert_same_metrics(a: Path, b: Path, *, atol: float):
+    ma, mb = read_metrics(a), read_metrics(b)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] and ma
+    for ra, rb in zip(ma, mb):
+        assert ra.keys() == rb.keys()
+        for key, value in ra.items():
+            assert key in ROUNDING_NOISE or value == pytest.approx(rb[key], abs=atol, rel=atol, nan_ok=True), \
+                (ra["step"], key)
+
+
+# ---------------------------------------------------------------- the runs: 1 process x 2 micro-batches, 2 ranks x 1
+
+def sft_values(data):
+    # 29 training examples, global batch 8 -> 4 steps; one process: 2 micro-batches of 4, two: 1 of 4 each
+    return {"demonstrations": data / "demos.jsonl", "model.init_from": data / "lm", "epochs": 1,
+            "validation_fraction": 0.1, "train.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4,
+            "train.checkpoint_every": 2, "train.eval_every": 2, "train.progress": "false", "train.device": "cpu"}
+
+
+def reward_values(data):
+    return {"rankings": data / "rankings.jsonl", "model.init_from": data / "lm", "validation_fraction": 0.1,
+            "train.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4, "train.eval_every": 1,
+            "train.progress": "false", "train.device": "cpu"}
+
+
+def ppo_values(data):
+    # global batch 8 -> 4 episodes per rank, sampled in micro-batches of 2; minibatches of 4 -> 2 per rank
+    return {"init_from": data / "lm", "prompts": data / "prompts.jsonl", "scorer": f"rm:{data / 'rm'}",
+            "reward_model": data / "rm", "iterations": 2, "batch_size": 8, "minibatch_size": 4,
+            "micro_batch_size": 2, "ppo_epochs": 2, "max_new_tokens": 6, "lr": 3e-3, "kl_coef": 0.1,
+            "target_kl": 0.01, "kl_horizon": 100, "ptx_coef": 0.5, "ptx_source": data / "corpus.jsonl",
+            "ptx_batch_size": 4, "checkpoint_every": 1, "log_samples": 8, "progress": "false", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def one(data, tmp_path_factory):
+    """Each stage in this process."""
+    out = tmp_path_factory.mktemp("one")
+    sft(load_config(SFTConfig, overrides=dotted({**sft_values(data), "out_dir": out / "sft"})))
+    reward(load_config(RewardConfig, overrides=dotted({**reward_values(data), "out_dir": out / "reward"})))
+    ppo(load_config(PPOConfig, overrides=dotted({**ppo_values(data), "out_dir": out / "ppo"})))
+    return out
+
+
+# One torchrun job runs the four 2-rank trainings one after the other (each `prefer` command as a user would run it,
+# but without paying torch's and transformers' imports four times on a 2-core machine).
+MANY = """
+import json
+import sys
+
+from prefer.cli import main
+
+for argv in json.loads(sys.argv[1]):
+    if main(argv):
+        sys.exit(2)
+"""
+
+
+@pytest.fixture(scope="module")
+def two(data, tmp_path_factory):
+    """SFT with FSDP2, the reward model with DDP, PPO with DDP and with FSDP2, on 2 ranks; its stdout."""
+    out = tmp_path_factory.mktemp("two")
+    commands = [["sft", *dotted({**sft_values(data), "out_dir": out / "sft"}), "train.parallel=fsdp"],
+                ["reward", *dotted({**reward_values(data), "out_dir": out / "reward"})],
+                ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo"})],
+                ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo_fsdp"}), "parallel=fsdp"]]
+    (out / "many.py").write_text(MANY)
+    result = torchrun(json.dumps(commands), script=str(out / "many.py"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    (out / "stdout.txt").write_text(result.stdout)
+    return out
+
+
+# ---------------------------------------------------------------- SFT (FSDP2)
+
+def test_sft_with_fsdp2_equals_one_process_and_writes_a_consolidated_model(one, two):
+    assert_same_weights(one / "sft" / "final", two / "sft" / "final", atol=1e-5)
+    assert_same_metrics(one / "sft", two / "sft", atol=1e-5)
+    assert len(read_metrics(two / "sft")) == 4
+    model = AutoModelForCausalLM.from_pretrained(two / "sft" / "final")  # a plain HF directory
+    torch.testing.assert_close(model.lm_head.weight, model.transformer.wte.weight)  # tied, as it was saved
+    stdout = (two / "stdout.txt").read_text()
+    assert stdout.count("[sft] done") == 1 and stdout.count("[reward] done") == 1  # rank 0 alone reports
+    # each rank's optimizer shard went through torch.distributed.checkpoint, every rank's RNG into trainer_state
+    checkpoint = two / "sft" / "checkpoints" / "step_00000004"
+    assert (checkpoint / "optimizer" / ".metadata").is_file()
+    assert len(list((checkpoint / "optimizer").glob("*.distcp"))) == 2
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    assert state["optimizer"] is None and len(state["rng_ranks"]) == 2
+
+
+def test_fsdp2_run_resumed_on_two_ranks_from_its_sharded_checkpoint_ends_where_the_whole_run_ends(two, tmp_path):
+    whole, cut = two / "sft", tmp_path / "cut"
+    # Interrupted after step 2: the later checkpoint and the final model never happened.
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "checkpoints" / "step_00000004")
+    (cut / "checkpoints" / "latest").write_text("step_00000002\n")
+    (cut / "config.yaml").write_text((cut / "config.yaml").read_text().replace(str(whole), str(cut)))
+    result = torchrun("sft", "--resume", f"out_dir={cut}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_same_weights(whole / "final", cut / "final", atol=1e-6)
+    assert_same_metrics(whole, cut, atol=1e-6)
+
+
+# ---------------------------------------------------------------- reward model (DDP)
+
+def test_reward_model_on_two_ranks_equals_one_process_with_accumulation(one, two):
+    assert_same_weights(one / "reward" / "final", two / "reward" / "final", atol=1e-5)
+    assert_same_metrics(one / "reward", two / "reward", atol=1e-5)
+    infos = [json.loads((run / "reward" / "final" / "prefer.json").read_text()) for run in (one, two)]
+    assert infos[0]["reward_bias"] == pytest.approx(infos[1]["reward_bias"], abs=1e-5)
+    assert infos[0]["val_accuracy"] == infos[1]["val_accuracy"]
+
+
+# ---------------------------------------------------------------- PPO-ptx (DDP and FSDP2)
+
+@pytest.mark.parametrize("run", ["ppo", "ppo_fsdp"])
+def test_ppo_on_two_ranks_samples_the_same_episodes_and_takes_the_same_steps(one, two, run):
+    assert_same_weights(one / "ppo" / "final", two / run / "final", atol=1e-5)
+    checkpoint = Path("checkpoints") / "step_00000002" / "model"
+    assert_same_weights(one / "ppo" / checkpoint, two / run / checkpoint, atol=1e-5, name="value_model.safetensors")
+    assert_same_metrics(one / "ppo", two / run, atol=1e-5)  # reward, KL, adaptive beta, losses: of the global batch
+    samples = [[json.loads(line) for line in (path / "samples.jsonl").read_text().splitlines()]
+               for path in (one / "ppo", two / run)]
+    assert len(samples[0]) == 16  # 8 per iteration: both ranks' episodes
+    assert [(s["prompt"], s["response"]) for s in samples[0]] == [(s["prompt"], s["response"]) for s in samples[1]]
+    metrics = read_metrics(two / run)
+    assert metrics[1]["kl_coef"] != metrics[0]["kl_coef"] and "train/ptx/loss" in metrics[0]
+
+
+# ---------------------------------------------------------------- failures
+
+FAILING = """
+import os
+import sys
+
+import prefer.stages.sft as stage
+from prefer.cli import main
+from prefer.errors import PreferError
+
+
+def broken(path):
+    raise PreferError(f"{path}:3: only rank 1 reads this line")
+
+
+if os.environ["RANK"] == "1":
+    stage.read_demonstrations = broken
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_error_on_one_rank_fails_the_job_with_that_ranks_message(data, tmp_path):
+    (tmp_path / "failing.py").write_text(FAILING)
+    result = torchrun("sft", *dotted({**sft_values(data), "out_dir": tmp_path / "run"}),
+                      script=str(tmp_path / "failing.py"))
+    assert result.returncode != 0  # rank 0, waiting for rank 1 in a collective, is stopped by torchrun
+    assert f"prefer: error (rank 1 of 2): {data / 'demos.jsonl'}:3: only rank 1 reads this line" in result.stderr
+    assert "exitcode  : 2" in result.stderr
+    assert not (tmp_path / "run" / "final").exists()
