@@ -216,6 +216,16 @@ class ExperimentConfig:
     kl_samples: int = 256
     capability_documents: int = 256  # validation documents for the held-out loss per token and per byte
     code_prompts: int = 128  # code tasks: function signatures completed, scored and parsed (0 = skip)
+    # Red-teaming (`prefer redteam`) of these models of the experiment, e.g. [mle, conditional]. The red-team LM is
+    # `redteam_model`: "mle" = this experiment's MLE model prompted few-shot (no instruction-following LM is
+    # available offline on a CPU), or any local HF causal LM directory.
+    redteam: list[str] = field(default_factory=list)
+    redteam_model: str = "mle"
+    redteam_rounds: int = 5
+    redteam_candidates: int = 10  # new candidate prompts per round
+    redteam_continuations: int = 32  # target samples per candidate (the paper: 512)
+    redteam_max_new_tokens: int = 64  # per continuation (the paper: 64)
+    redteam_trials: int = 2
 
     def __post_init__(self):
         from prefer.tasks import TASKS
@@ -228,6 +238,9 @@ class ExperimentConfig:
         _check(self.curve_samples > 0, "curve_samples", "must be positive")
         _check(self.kl_samples > 0 and self.capability_documents > 0, "kl_samples", "sample counts must be positive")
         _check(self.code_prompts >= 0, "code_prompts", "must be >= 0")
+        for name in ("redteam_rounds", "redteam_candidates", "redteam_continuations", "redteam_max_new_tokens",
+                     "redteam_trials"):
+            _check(getattr(self, name) > 0, name, "must be positive")
 
 
 ConfigT = TypeVar("ConfigT")

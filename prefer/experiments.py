@@ -22,13 +22,14 @@ import glob
 import io
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from prefer.config import ExperimentConfig, PretrainConfig, save_config
+from prefer.config import ExperimentConfig, PretrainConfig, RedteamConfig, save_config
 from prefer.data.pipeline import build_corpus
+from prefer.errors import PreferError
 from prefer.evaluation.capability import (
     code_completion_eval,
     function_prompts,
@@ -36,10 +37,11 @@ from prefer.evaluation.capability import (
     kl_to_reference,
 )
 from prefer.evaluation.metrics import ratio_ci
-from prefer.figures import plot_misalignment_vs_tokens, plot_pareto
+from prefer.figures import plot_misalignment_vs_tokens, plot_pareto, plot_redteam_comparison
 from prefer.io import write_json_atomic, write_text_atomic
 from prefer.stages.evaluate import load_checkpoint, sample_and_score, write_samples
 from prefer.stages.pretrain import pretrain
+from prefer.stages.redteam import redteam
 from prefer.tasks import Task, get_task
 from prefer.training import read_metrics, resolve_device
 
@@ -76,7 +78,9 @@ def run_config(config: ExperimentConfig, task: Task, run: PlannedRun, out: Path)
     """The pretraining config of one planned run: the shared one with this objective, its own directory, and
     snapshots for the curve (plus the finetuning start point in MLE's run)."""
     base = config.pretrain
-    snapshots = {*base.train.snapshots, 1.0} | ({config.finetune_from} if run.name == "mle" and config.finetune else set())
+    snapshots = {*base.train.snapshots, 1.0}
+    if run.name == "mle" and config.finetune:
+        snapshots.add(config.finetune_from)
     model = base.model
     if run.init_fraction is not None:
         model = replace(model, init_from=str(_snapshot_at(out / "mle", run.init_fraction, base.train.tokens)))
@@ -113,6 +117,8 @@ def experiment(config: ExperimentConfig) -> dict:
         results["seconds"][run.name] = time.perf_counter() - run_started
         print(f"[experiment] {run.name}: {headline(entry, task.eval_scorers[0])}")
 
+    if config.redteam:
+        results["redteam"] = {name: red_team(config, out, name) for name in config.redteam}
     results["comparison"] = compare(results["models"], task.eval_scorers)
     results["seconds"]["total"] = time.perf_counter() - started
     write_results(results, out)
@@ -184,6 +190,27 @@ def capability(final: Path, config: ExperimentConfig, task: Task, device, out: P
     return entry
 
 
+def red_team(config: ExperimentConfig, out: Path, name: str) -> dict:
+    """Red-team one model of the experiment (`prefer redteam`); reuses a finished run with the same settings."""
+    names = [run.name for run in plan(config)]
+    if name not in names:
+        raise PreferError(f"redteam: {name!r} is not a model of this experiment ({', '.join(names)})")
+    redteam_model = out / "mle" / "final" if config.redteam_model == "mle" else Path(config.redteam_model)
+    train = config.pretrain.train
+    settings = RedteamConfig(out_dir=str(out / name / "redteam"), target=str(out / name / "final"),
+                             redteam_model=str(redteam_model), rounds=config.redteam_rounds,
+                             candidates_per_round=config.redteam_candidates,
+                             continuations=config.redteam_continuations, trials=config.redteam_trials,
+                             max_new_tokens=config.redteam_max_new_tokens,
+                             seed=config.sampling.seed, device=train.device, progress=train.progress)
+    done = Path(settings.out_dir) / "redteam.json"
+    if done.exists():
+        previous = json.loads(done.read_text())
+        if previous["config"] == asdict(settings):
+            return previous["summary"]
+    return redteam(settings)["summary"]
+
+
 def compare(models: dict, scorers) -> dict:
     """MLE / model per scorer, with bootstrap intervals from the per-sample scores, and the share of samples with
     any misalignment."""
@@ -250,16 +277,34 @@ def format_table(results: dict) -> str:
         for scorer in scorers:
             s = evaluation["scores"][scorer]
             cells += [f"{s['mean']:.2e} [{s['mean_ci'][0]:.2e}, {s['mean_ci'][1]:.2e}]", f"{s['pooled']:.2e}",
-                      f"{100 * s['fraction_above_threshold']:.1f}%", _ratio(results, name, scorer, evaluation, contrast)]
+                      f"{100 * s['fraction_above_threshold']:.1f}%",
+                      _ratio(results, name, scorer, evaluation, contrast)]
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(results["models"].values()))
     lines.append(f"\n{first['evaluation']['num_samples']} samples per row, {results['task']} task, "
-                 f"{first['tokens']:,} training tokens per model; samples > t counts samples scoring above the task's "
-                 "threshold; intervals are 95% bootstrap intervals; held-out loss in nats per content token on plain "
+                 f"{first['tokens']:,} training tokens per model; samples > t: samples scoring above "
+                 f"{first['evaluation']['scores'][scorers[0]]['threshold']:g}; intervals are 95% bootstrap intervals; "
+                 "held-out loss in nats per content token on plain "
                  "validation text (a conditional model also on text with its true tags); loss/byte: nats per UTF-8 "
                  "byte of whole validation documents"
                  + (f"; KL in nats per sample of the reference ({results['reference']}), control tokens not counted"
                     if has_kl else "") + ".")
+    if results.get("redteam"):
+        lines += ["", redteam_table(results)]
+    return "\n".join(lines)
+
+
+def redteam_table(results: dict) -> str:
+    """Red-teaming per model: the pool's best, top-10 mean and mean misalignment, first round -> last round."""
+    lines = ["| red-teamed model | best in pool | top-10 mean | pool mean |", "|---|---|---|---|"]
+    for name, summary in results["redteam"].items():
+        cells = [f"{summary[key]['mean'][0]:.2e} -> {summary[key]['mean'][-1]:.2e}"
+                 for key in ("best", "top10_mean", "pool_mean")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = next(iter(results["redteam"].values()))
+    lines.append(f"\nRed-teaming: round 0 (the seed prompts) -> round {first['rounds'][-1]}, mean over "
+                 f"{first['trials']} trials; a prompt's score is the mean {results['scorers'][0]} misalignment of the "
+                 "target's continuations.")
     return "\n".join(lines)
 
 
@@ -279,7 +324,8 @@ def format_csv(results: dict) -> str:
         row = [name, entry["objective"], entry["init_fraction"], evaluation["prompt"], entry["tokens"],
                entry["heldout_loss"], entry.get("heldout_loss_with_true_tags"),
                entry.get("heldout", {}).get("loss_per_byte"), entry.get("kl_to_reference"), *kl_ci,
-               entry.get("code_completion", {}).get("parse_rate"), evaluation["distinct_2"], evaluation["fraction_ended"]]
+               entry.get("code_completion", {}).get("parse_rate"), evaluation["distinct_2"],
+               evaluation["fraction_ended"]]
         for scorer in scorers:
             s = evaluation["scores"][scorer]
             ratio = None
@@ -296,6 +342,8 @@ def write_results(results: dict, out: Path) -> None:
     write_text_atomic(out / "results.md", format_table(results) + "\n")
     plot_pareto(results, results["scorers"], out / "pareto.png")
     plot_misalignment_vs_tokens(results, results["scorers"], out / "misalignment_vs_tokens.png")
+    if results.get("redteam"):
+        plot_redteam_comparison(results, out / "redteam.png")
 
 
 def load_results(out: Path) -> dict:

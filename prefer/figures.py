@@ -109,3 +109,23 @@ def plot_misalignment_vs_tokens(results: dict, scorers: Sequence[str], path: Pat
     figure.tight_layout()
     _save(figure, path)
     plt.close(figure)
+
+
+def plot_redteam_comparison(results: dict, path: Path) -> None:
+    """Red-teaming curves of several models side by side: best, top-10 mean and pool mean per round."""
+    plt = _pyplot()
+    keys = (("best", "best prompt in pool"), ("top10_mean", "top-10 mean"), ("pool_mean", "pool mean"))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, summary in results["redteam"].items():
+        for axis, (key, title) in zip(axes, keys):
+            low, high = zip(*summary[key]["ci"])
+            axis.plot(summary["rounds"], summary[key]["mean"], marker="o", label=name)
+            axis.fill_between(summary["rounds"], low, high, alpha=0.15)
+            axis.set(xlabel="red-teaming round", ylabel=f"{results['scorers'][0]} misalignment", title=title)
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"{results['task']}: red-teaming (stochastic few-shot generation), mean over trials", fontsize=10)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)

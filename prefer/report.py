@@ -121,6 +121,8 @@ def experiment_section(run_dir: Path, samples_per_model: int) -> str:
         parts.append(markdown_table(table.read_text()))
     parts.append(_figure_file(run_dir / "pareto.png", "misalignment vs capability, Pareto frontier"))
     parts.append(_figure_file(run_dir / "misalignment_vs_tokens.png", "misalignment over training tokens (log-log)"))
+    if results.get("redteam"):
+        parts.append(_figure_file(run_dir / "redteam.png", "red-teaming curves per model"))
     parts.append(_samples_section(run_dir, models, samples_per_model))
     return "\n".join(parts)
 

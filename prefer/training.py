@@ -1,5 +1,6 @@
-"""Training utilities shared by every stage: device and precision, torchrun/DDP, optimizer and schedule, data order,
-atomic checkpoints with exact resume, metric logging. Loss math lives in `prefer.objectives`, never here."""
+"""Training utilities shared by every stage: device and precision, torchrun (DDP or FSDP2), optimizer and schedule,
+data order, atomic checkpoints with exact resume, metric logging. Loss math lives in `prefer.objectives`, never here.
+How a torchrun job splits the work: docs/distributed.md."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ class Distributed:
 
 
 def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
-    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs); a plain process is rank 0 of 1."""
+    """Join the process group torchrun set up (NCCL for GPU tensors, gloo for CPU ones); a plain process is rank 0
+    of 1."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Distributed(), resolve_device(device_name)
     dist = Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
@@ -63,7 +65,8 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # On GPUs NCCL carries CUDA tensors and gloo CPU ones (logged stats, RNG states, sampled ids)
+        torch_dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return dist, device
 
 
@@ -177,10 +180,10 @@ def all_gather_rows(tensor: torch.Tensor, dist: Distributed) -> torch.Tensor:
     """Every rank's [N, ...] tensor (same shape on every rank) concatenated in rank order: [world_size * N, ...]."""
     if dist.world_size == 1:
         return tensor
-    sendable = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor.contiguous()  # gloo has no bool
-    parts = [torch.empty_like(sendable) for _ in range(dist.world_size)]
-    torch_dist.all_gather(parts, sendable)
-    return torch.cat(parts).to(tensor.dtype)
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(dist.world_size)]
+    torch_dist.all_gather(parts, tensor)
+    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------- optimizer and schedule

@@ -37,7 +37,8 @@ def tiny_experiment(tmp_path_factory, pii_corpus):
     overrides = [f"out_dir={tmp / 'experiment'}", "sampling.num_samples=64", "sampling.batch_size=64",
                  "sampling.max_new_tokens=48", "curve_samples=16", "pretrain.train.snapshots=[0.5]",
                  "finetune=[conditional]", "pretrain.objective.filter_quantile=0.5", "kl_samples=32",
-                 "capability_documents=16"]
+                 "capability_documents=16", "redteam=[mle,conditional]", "redteam_rounds=2", "redteam_candidates=3",
+                 "redteam_continuations=4", "redteam_trials=1", "redteam_max_new_tokens=16"]
     overrides += ["pretrain." + item for item in tiny_overrides("unused", str(pii_corpus), str(tmp / "cache"),
                                                                 **{"train.tokens": 120_000})
                   if not item.startswith("out_dir")]
@@ -79,13 +80,22 @@ def test_conditional_training_lowers_misalignment_and_the_tag_steers(tiny_experi
 def test_results_directory_has_table_csv_and_figures(tiny_experiment):
     out, results, _ = tiny_experiment
     table = (out / "results.md").read_text()
-    assert table.count("| conditional") == 2 and "| mle_then_conditional_at_50pct |" in table
+    main_table = table.split("| red-teamed model")[0]
+    assert main_table.count("| conditional") == 2 and "| mle_then_conditional_at_50pct |" in table
     rows = list(csv.DictReader((out / "results.csv").open()))
     # one row per model, plus the two conditional models (from scratch, finetuned) prompted with <|bad|>
     assert len(rows) == 7 + 2 and {r["prompt"] for r in rows} == {"none", "good", "bad"}
     assert float(next(r for r in rows if r["model"] == "mle")["pii_mean"]) == results["models"]["mle"][
         "evaluation"]["scores"]["pii"]["mean"]
-    for figure in ("pareto.png", "misalignment_vs_tokens.png"):
+    # Red-teaming of two models: 20 seeds, then up to 3 new candidates per round for 2 rounds.
+    assert list(results["redteam"]) == ["mle", "conditional"]
+    for name, summary in results["redteam"].items():
+        assert summary["rounds"] == [0, 1, 2] and summary["trials"] == 1
+        pool = [json.loads(line) for line in (out / name / "redteam" / "pool_trial0.jsonl").read_text().splitlines()]
+        assert 20 < len(pool) <= 26
+        assert summary["pool_mean"]["mean"][-1] == pytest.approx(sum(r["score"] for r in pool) / len(pool))
+    assert "| red-teamed model |" in table and "| conditional | " in table
+    for figure in ("pareto.png", "misalignment_vs_tokens.png", "redteam.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / figure).stat().st_size > 20_000
     saved = yaml.safe_load((out / "filtering" / "config.yaml").read_text())["objective"]
     assert saved["filter_quantile"] == 0.5 and saved["filter_threshold"] > 0  # the median document's mean score
@@ -98,7 +108,8 @@ def test_rerunning_the_command_reuses_finished_runs(tiny_experiment, capsys):
     printed = capsys.readouterr().out
     assert printed.count("[pretrain] done") == 3  # mle, conditional, the finetuned run: reloaded, not retrained
     assert all((out / name / "metrics.jsonl").read_text() == log for name, log in logs.items())
-    rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    rows = [line for line in (out / "results.md").read_text().split("| red-teamed model")[0].splitlines()
+            if line.startswith("| ")]
     assert len(rows) == 1 + 5  # header; mle; conditional and the finetuned run, each also prompted <|bad|>
 
 
@@ -125,8 +136,8 @@ def test_report_renders_with_every_figure_in_a_headless_browser(tiny_experiment,
     page = tmp_path / "report.html"
     assert main(["report", str(out), str(ppo), "-o", str(page), "--samples", "2"]) == 0
     dom = render_in_chromium(page)
-    # 2 experiment figures + 1 PPO figure, every one decoded by the browser
-    assert 'data-figures="3"' in dom and 'data-figures-loaded="3"' in dom, dom[:500]
+    # 3 experiment figures (Pareto, curves, red-teaming) + 1 PPO figure, every one decoded by the browser
+    assert 'data-figures="4"' in dom and 'data-figures-loaded="4"' in dom, dom[:500]
     shown = json.loads((out / "results.json").read_text())["models"]  # the last run of the command wrote these
     sample_files = [f for name in shown for f in (out / name).glob("samples*.jsonl")]
     assert "mle_then_conditional_at_50pct" in dom and dom.count('class="plain"') == 2 * len(sample_files)

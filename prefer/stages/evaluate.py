@@ -38,7 +38,7 @@ def sample_and_score(model, tokenizer, info: dict, *, task_name: str, sampling: 
                                   top_p=sampling.top_p, batch_size=sampling.batch_size, seed=sampling.seed,
                                   progress=progress, keep_controls=True)
     clean = [strip_controls(text) for text in texts]
-    results = score_texts(clean, {name: get_scorer(name) for name in task.eval_scorers}, threshold=task.threshold)
+    results = score_texts(clean, {name: get_scorer(name) for name in task.eval_scorers}, threshold=task.sample_threshold)
     results.update({"task": task.name, "prompt": controls.prompt, "blocked": controls.block,
                     "fraction_ended": ended, "samples": clean, "samples_with_controls": texts})
     return results

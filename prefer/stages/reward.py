@@ -4,7 +4,8 @@
     -> one batch element per prompt: rewards [B, K] -> ranking_loss over its C(K, 2) non-tied pairs
     -> held-out pairwise accuracy -> bias so that the demonstrations score a mean of 0 -> HF directory
 
-`prefer reward` calls `reward(config)`. Run it under `torchrun --nproc_per_node N` for DDP.
+`prefer reward` calls `reward(config)`. Run it under `torchrun --nproc_per_node N` for DDP
+(or FSDP2 with train.parallel=fsdp; docs/distributed.md).
 """
 
 from __future__ import annotations

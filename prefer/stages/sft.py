@@ -3,7 +3,8 @@
     demonstrations JSONL -> eos (document start) + prompt + response + eos (loss on the response and its eos only)
     -> right-padded examples, or packed blocks -> mle_loss normalised by the step's loss tokens -> checkpoints
 
-`prefer sft` calls `sft(config)`. Run it under `torchrun --nproc_per_node N` for DDP.
+`prefer sft` calls `sft(config)`. Run it under `torchrun --nproc_per_node N` for DDP
+(or FSDP2 with train.parallel=fsdp; docs/distributed.md).
 """
 
 from __future__ import annotations
