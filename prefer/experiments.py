@@ -109,9 +109,12 @@ def experiment(config: ExperimentConfig) -> dict:
     for run in plan(config):
         run_started = time.perf_counter()
         final = pretrain(run_config(config, task, run, out), resume=True)
-        validation = validation or validation_texts(config, task)
-        entry = evaluate_run(final, task.name, config, device, out / run.name)
-        entry |= capability(final, config, task, device, out, validation)
+        entry = cached_evaluation(final, config, out / run.name)
+        if entry is None:
+            validation = validation or validation_texts(config, task)
+            entry = evaluate_run(final, task.name, config, device, out / run.name)
+            entry |= capability(final, config, task, device, out, validation)
+            write_json_atomic(out / run.name / EVALUATION, {"key": evaluation_key(final, config), "entry": entry})
         entry.update({"objective": run.objective, "init_fraction": run.init_fraction})
         results["models"][run.name] = entry
         results["seconds"][run.name] = time.perf_counter() - run_started
@@ -126,6 +129,25 @@ def experiment(config: ExperimentConfig) -> dict:
     print(f"[experiment] {results['seconds']['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, "
           "pareto.png, misalignment_vs_tokens.png)")
     return results
+
+
+EVALUATION = "experiment_evaluation.json"
+
+
+def evaluation_key(final: Path, config: ExperimentConfig) -> dict:
+    """What an evaluation depends on: the model (its prefer.json: tokens, losses) and the evaluation settings."""
+    return {"model": json.loads((final / "prefer.json").read_text()), "sampling": asdict(config.sampling),
+            **{k: getattr(config, k) for k in ("curve_samples", "reference", "kl_samples", "capability_documents",
+                                               "code_prompts")}}
+
+
+def cached_evaluation(final: Path, config: ExperimentConfig, run_dir: Path) -> dict | None:
+    """A re-run of the command reuses an evaluation of the same model under the same settings."""
+    path = run_dir / EVALUATION
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["entry"] if saved["key"] == json.loads(json.dumps(evaluation_key(final, config))) else None
 
 
 def evaluate_run(final: Path, task_name: str, config: ExperimentConfig, device, run_dir: Path) -> dict:
