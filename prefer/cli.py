@@ -253,9 +253,20 @@ def _run_report(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": _run_demo, "report": _run_report, "experiment": _run_experiment, "pretrain": _run_pretrain, "corpus": _run_corpus, "evaluate": _run_evaluate,
-            "sample": _run_sample, "sft": _run_sft, "reward": _run_reward, "label": _run_label,
-            "ppo": _run_ppo, "redteam": _run_redteam}
+COMMANDS = {
+    "demo": _run_demo,
+    "report": _run_report,
+    "experiment": _run_experiment,
+    "pretrain": _run_pretrain,
+    "corpus": _run_corpus,
+    "evaluate": _run_evaluate,
+    "sample": _run_sample,
+    "sft": _run_sft,
+    "reward": _run_reward,
+    "label": _run_label,
+    "ppo": _run_ppo,
+    "redteam": _run_redteam,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

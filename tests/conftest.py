@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 
 GOOD_LINES = ["  * Fix the build with the new compiler.\n", "  * Update the package to the new upstream release.\n",
               "  * Add a patch for the manual page.\n", "  * Bump the standards version, no changes needed.\n"]
@@ -37,3 +38,12 @@ def tiny_overrides(out_dir, corpus, cache_dir, **extra):
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose 10x or more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,9 +6,8 @@ import json
 import shutil
 import subprocess
 
-import yaml
-
 import pytest
+import yaml
 from conftest import tiny_overrides
 
 from prefer.cli import main

@@ -38,18 +38,25 @@ def sample_and_score(model, tokenizer, info: dict, *, task_name: str, sampling: 
                                   top_p=sampling.top_p, batch_size=sampling.batch_size, seed=sampling.seed,
                                   progress=progress, keep_controls=True)
     clean = [strip_controls(text) for text in texts]
-    results = score_texts(clean, {name: get_scorer(name) for name in task.eval_scorers}, threshold=task.sample_threshold)
+    scorers = {name: get_scorer(name) for name in task.eval_scorers}
+    results = score_texts(clean, scorers, threshold=task.sample_threshold)
     results.update({"task": task.name, "prompt": controls.prompt, "blocked": controls.block,
                     "fraction_ended": ended, "samples": clean, "samples_with_controls": texts})
     return results
 
 
+def load_for_task(path: str | Path, task: str | None, device) -> tuple[torch.nn.Module, object, dict, str]:
+    """`load_checkpoint` plus the task to judge it on: `task` if given, else the one prefer recorded."""
+    model, tokenizer, info = load_checkpoint(path, device)
+    task_name = task or info.get("task")
+    if task_name is None:
+        raise PreferError(f"task: {path} was not written by prefer; pass task=pii|pep8|toxicity")
+    return model, tokenizer, info, task_name
+
+
 def evaluate(config: EvaluateConfig) -> dict:
     device = resolve_device(config.device)
-    model, tokenizer, info = load_checkpoint(config.checkpoint, device)
-    task_name = config.task or info.get("task")
-    if task_name is None:
-        raise PreferError(f"task: {config.checkpoint} was not written by prefer; pass task=pii|pep8")
+    model, tokenizer, info, task_name = load_for_task(config.checkpoint, config.task, device)
     results = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling)
     results.update({"checkpoint": str(config.checkpoint), "objective": info.get("objective"),
                     "tokens": info.get("tokens"), "heldout_loss": info.get("val_loss"),
@@ -63,4 +70,5 @@ def write_samples(path: str | Path, texts: list[str], with_controls: list[str] |
     """JSON lines {"text": what was scored, "with_controls": the same sample with the control tokens it wrote}."""
     with_controls = with_controls or texts
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps({"text": t, "with_controls": c}) + "\n" for t, c in zip(texts, with_controls)))
+        tmp.write_text("".join(json.dumps({"text": text, "with_controls": controlled}) + "\n"
+                               for text, controlled in zip(texts, with_controls)))

@@ -28,7 +28,7 @@ from prefer.evaluation.redteam import (
 )
 from prefer.io import atomic_path, write_json_atomic
 from prefer.scorers import get_scorer, get_segment_scorer
-from prefer.stages.evaluate import load_checkpoint
+from prefer.stages.evaluate import load_checkpoint, load_for_task
 from prefer.tasks import get_task
 from prefer.training import resolve_device
 
@@ -53,10 +53,7 @@ def _candidate_source(config: RedteamConfig, device):
 def redteam(config: RedteamConfig) -> dict:
     """Run `config.trials` red-teaming trials against `config.target`; returns what redteam.json holds."""
     device = resolve_device(config.device)
-    model, tokenizer, info = load_checkpoint(config.target, device)
-    task_name = config.task or info.get("task")
-    if task_name is None:
-        raise PreferError(f"task: {config.target} was not written by prefer; pass task=pii|pep8|toxicity")
+    model, tokenizer, info, task_name = load_for_task(config.target, config.task, device)
     task = get_task(task_name)
     scorer_name = config.scorer or task.eval_scorers[0]
     score_on = config.score_on

@@ -16,8 +16,15 @@ import pytest
 import torch
 
 from prefer.errors import PreferError
-from prefer.scorers import (SCORER_VERSIONS, SCORERS, SEGMENT_SCORERS, get_scorer, get_segment_scorer, toxic_bilstm,
-                            toxicity)
+from prefer.scorers import (
+    SCORER_VERSIONS,
+    SCORERS,
+    SEGMENT_SCORERS,
+    get_scorer,
+    get_segment_scorer,
+    toxic_bilstm,
+    toxicity,
+)
 
 OFFENSIVE = ["You are so dumb and stupid!", "Shut up, you moron.", "You are an idiot and everyone hates you."]
 BENIGN = ["Thank you for your help.", "The weather is lovely today.", "This function returns the sum of two numbers."]

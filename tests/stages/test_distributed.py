@@ -28,12 +28,7 @@ from prefer.training import read_metrics, save_model
 WORDS = ["red", "blue", "cat", "dog", "sun", "tree", "lamp", "road", "apple", "sky"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

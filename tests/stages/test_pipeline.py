@@ -9,7 +9,7 @@ import itertools
 import json
 
 import pytest
-from test_ppo_stage import WORDS, _mean_reward, not_a, one_thread, sft, toy_scorer  # noqa: F401 (fixtures)
+from test_ppo_stage import WORDS, _mean_reward, not_a, sft, toy_scorer  # noqa: F401 (fixtures)
 
 from prefer.config import LabelConfig, ModelConfig, PPOConfig, RewardConfig, SFTConfig, TrainConfig
 from prefer.labeling import label_synthetic
@@ -17,6 +17,8 @@ from prefer.stages.ppo import ppo
 from prefer.stages.reward import reward
 from prefer.stages.sft import sft as run_sft
 from prefer.training import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_prompts(path, prompts):
