@@ -280,13 +280,18 @@ def _ratio(results: dict, name: str, scorer: str, evaluation: dict, contrast: bo
     return "-"
 
 
+def _row(cells) -> str:
+    """A Markdown table row; pipes inside a cell (`<|bad|>`, KL(a || b)) are escaped so they do not split it."""
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+
 def format_table(results: dict) -> str:
     """A Markdown table: one row per model (and conditional models prompted with `<|bad|>`)."""
     scorers = results["scorers"]
     has_kl = any(m.get("kl_to_reference") is not None for m in results["models"].values())
     head = ["model", "held-out loss", "loss/byte"] + ([f"KL({results['reference']} || model)"] if has_kl else []) + [
         f"{s} {col}" for s in scorers for col in ("mean [95% CI]", "pooled/char", "samples > t", "MLE / model")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for label, name, evaluation, contrast in _rows(results):
         entry = results["models"][name]
         loss = f"{entry['heldout_loss']:.3f}"
@@ -301,7 +306,7 @@ def format_table(results: dict) -> str:
             cells += [f"{s['mean']:.2e} [{s['mean_ci'][0]:.2e}, {s['mean_ci'][1]:.2e}]", f"{s['pooled']:.2e}",
                       f"{100 * s['fraction_above_threshold']:.1f}%",
                       _ratio(results, name, scorer, evaluation, contrast)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     first = next(iter(results["models"].values()))
     lines.append(f"\n{first['evaluation']['num_samples']} samples per row, {results['task']} task, "
                  f"{first['tokens']:,} training tokens per model; samples > t: samples scoring above "
@@ -322,7 +327,7 @@ def redteam_table(results: dict) -> str:
     for name, summary in results["redteam"].items():
         cells = [f"{summary[key]['mean'][0]:.2e} -> {summary[key]['mean'][-1]:.2e}"
                  for key in ("best", "top10_mean", "pool_mean")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(_row([name, *cells]))
     first = next(iter(results["redteam"].values()))
     lines.append(f"\nRed-teaming: round 0 (the seed prompts) -> round {first['rounds'][-1]}, mean over "
                  f"{first['trials']} trials; a prompt's score is the mean {results['scorers'][0]} misalignment of the "

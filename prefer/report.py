@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 from prefer.errors import PreferError
@@ -66,7 +67,8 @@ def markdown_table(markdown: str) -> str:
         if line.startswith("|---"):
             continue
         if line.startswith("|"):
-            rows.append([html.escape(cell.strip().replace("`", "")) for cell in line.strip().strip("|").split("|")])
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])  # escaped pipes stay inside their cell
+            rows.append([html.escape(cell.strip().replace("\\|", "|").replace("`", "")) for cell in cells])
         elif line.strip():
             notes.append(html.escape(line.strip()))
     if not rows:
