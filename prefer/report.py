@@ -61,22 +61,31 @@ def _figure_file(path: Path, alt: str) -> str:
 
 
 def markdown_table(markdown: str) -> str:
-    """Our results.md pipe tables (and the paragraph after them) as HTML."""
-    rows, notes = [], []
+    """Our results.md: each pipe table (with the paragraph after it) as an HTML table."""
+    out, rows, notes = [], [], []
+
+    def flush() -> None:
+        if rows:
+            head = "".join(f"<th>{c}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[1:])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        if notes:
+            out.append(f'<p class="note">{" ".join(notes)}</p>')
+        rows.clear()
+        notes.clear()
+
     for line in markdown.strip().splitlines():
         if line.startswith("|---"):
             continue
         if line.startswith("|"):
+            if notes:  # a new table starts after the previous one's paragraph
+                flush()
             cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])  # escaped pipes stay inside their cell
             rows.append([html.escape(cell.strip().replace("\\|", "|").replace("`", "")) for cell in cells])
         elif line.strip():
             notes.append(html.escape(line.strip()))
-    if not rows:
-        return ""
-    head = "".join(f"<th>{c}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[1:])
-    note = f'<p class="note">{" ".join(notes)}</p>' if notes else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+    flush()
+    return "".join(out)
 
 
 def _highlight_controls(text: str) -> str:

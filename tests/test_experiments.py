@@ -141,6 +141,7 @@ def test_report_renders_with_every_figure_in_a_headless_browser(tiny_experiment,
     sample_files = [f for name in shown for f in (out / name).glob("samples*.jsonl")]
     assert "mle_then_conditional_at_50pct" in dom and dom.count('class="plain"') == 2 * len(sample_files)
     assert '<span class="control">&lt;|good|&gt;</span>' in dom  # the conditional model's tags, shown on demand
+    assert dom.count("<table>") == 2 and "KL(mle || model)" in dom  # results and red-teaming, pipes kept in cells
 
 
 def test_report_names_a_directory_it_cannot_read(tmp_path, capsys):
