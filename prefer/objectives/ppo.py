@@ -267,7 +267,9 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     explained = 1.0 - masked_var(ret - v.detach(), mask) / var_returns
     stats = {
         "loss": loss.detach(),
-        "clip_fraction": masked_mean((error_clipped > error).to(v.dtype), mask).detach(),
+        # Where |V - old_V| is within the clip range V_clip equals V up to rounding: count only real clipping.
+        "clip_fraction": masked_mean(((error_clipped > error) & ((v - old).abs() > clip_range)).to(v.dtype),
+                                     mask).detach(),
         "explained_variance": torch.where(var_returns > 0, explained,
                                           torch.full_like(explained, float("nan"))),
     }

@@ -244,6 +244,19 @@ def test_ppo_policy_loss_ignores_masked_positions():
 # ---------------------------------------------------------------- value loss
 
 
+def test_value_clip_fraction_ignores_rounding_inside_the_clip_range():
+    # Every |V - old_V| < 0.2: nothing is clipped, though old + (V - old) differs from V in the last bit at places.
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(64, 32, generator=generator)
+    old = 0.97 * values + 0.05 * torch.rand(64, 32, generator=generator)  # |V - old_V| < 0.2 everywhere
+    assert ((values - old).abs() < 0.2).all()
+    returns = torch.randn(64, 32, generator=generator)
+    mask = torch.ones(64, 32, dtype=torch.bool)
+    assert ((old + (values - old)) != values).any()  # the rounding the statistic must not count
+    _, stats = ppo_value_loss(values, old, returns, mask, clip_range=0.2)
+    assert stats["clip_fraction"].item() == 0.0
+
+
 def test_ppo_value_loss_by_hand():
     values = torch.tensor([[0.5, 0.1, 0.5, 3.0]], dtype=torch.float64, requires_grad=True)
     old = torch.zeros(1, 4, dtype=torch.float64)
