@@ -54,6 +54,17 @@ class Distributed:
         return self.rank == 0
 
 
+@contextlib.contextmanager
+def main_process_first(dist: Distributed):
+    """Rank 0 runs the block before the other ranks do (work that writes a shared cache: corpus scoring, tokenizer
+    training); they start it once rank 0 has finished, and find the cache filled."""
+    if dist.world_size > 1 and not dist.is_main:
+        torch_dist.barrier()
+    yield
+    if dist.world_size > 1 and dist.is_main:
+        torch_dist.barrier()
+
+
 def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     """Join the process group torchrun set up (NCCL for GPU tensors, gloo for CPU ones); a plain process is rank 0
     of 1."""

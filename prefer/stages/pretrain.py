@@ -46,6 +46,7 @@ from prefer.training import (
     check_run_dir,
     gradient_sync,
     init_distributed,
+    main_process_first,
     make_optimizer,
     make_scheduler,
     micro_batch_size,
@@ -152,27 +153,31 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     say = print if dist.is_main else (lambda *a, **k: None)
 
     # 1. Data: scored corpus -> thresholds -> objective's transform -> tokenizer -> blocks with per-token scores.
-    corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes,
-                          validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
-                          workers=config.data.workers, threshold=objective.threshold,
-                          progress=config.train.progress and dist.is_main)
-    from_quantiles = quantile_thresholds(corpus.train, threshold_quantile=objective.threshold_quantile,
-                                         filter_quantile=objective.filter_quantile)
-    if from_quantiles:
-        objective = replace(objective, **from_quantiles)
-        corpus = replace(corpus, summary=score_summary(corpus.train + corpus.validation, threshold=objective.threshold))
-        say(f"[pretrain] thresholds from corpus quantiles: {from_quantiles}")
-    config = replace(config, objective=objective, train=replace(config.train, lr=lr))
-    checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
-    set_seed(config.train.seed)
-    if checkpoint is not None:
-        tokenizer = load_tokenizer(checkpoint / "model")
-    elif config.model.tokenizer is not None:
-        tokenizer = load_tokenizer(config.model.tokenizer)
-    elif config.model.init_from is not None:
-        tokenizer = load_tokenizer(config.model.init_from)
-    else:
-        tokenizer = corpus_tokenizer(corpus, vocab_size=config.model.vocab_size, cache_dir=config.data.cache_dir)
+    # Rank 0 scores the corpus and trains the tokenizer into the cache first; the other ranks then read them, so
+    # the work is done once and every rank holds the same tokenizer.
+    with main_process_first(dist):
+        corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes,
+                              validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
+                              workers=config.data.workers, threshold=objective.threshold,
+                              progress=config.train.progress and dist.is_main)
+        from_quantiles = quantile_thresholds(corpus.train, threshold_quantile=objective.threshold_quantile,
+                                             filter_quantile=objective.filter_quantile)
+        if from_quantiles:
+            objective = replace(objective, **from_quantiles)
+            summary = score_summary(corpus.train + corpus.validation, threshold=objective.threshold)
+            corpus = replace(corpus, summary=summary)
+            say(f"[pretrain] thresholds from corpus quantiles: {from_quantiles}")
+        config = replace(config, objective=objective, train=replace(config.train, lr=lr))
+        checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
+        set_seed(config.train.seed)
+        if checkpoint is not None:
+            tokenizer = load_tokenizer(checkpoint / "model")
+        elif config.model.tokenizer is not None:
+            tokenizer = load_tokenizer(config.model.tokenizer)
+        elif config.model.init_from is not None:
+            tokenizer = load_tokenizer(config.model.init_from)
+        else:
+            tokenizer = corpus_tokenizer(corpus, vocab_size=config.model.vocab_size, cache_dir=config.data.cache_dir)
     transform = DATA_TRANSFORMS.get(objective.name, lambda docs, o, seed: list(docs))
     train_documents = transform(corpus.train, objective, config.train.seed)
     if not train_documents:
