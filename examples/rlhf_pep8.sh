@@ -146,7 +146,7 @@ for name, path in models.items():
             row["kl_to_sft"] = float(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean())
             row["response_tokens"] = float(mask.sum(1).float().mean())
     row["heldout_lm_loss"] = heldout_loss(model, TokenBlocks(val_blocks, torch.zeros(val_blocks.shape)),
-                                          control_ids=list(control_token_ids(tokenizer).values()), batch_size=8,
+                                          control_ids=control_token_ids(tokenizer), batch_size=8,
                                           device=device, precision="fp32")
     rows[name] = row
 

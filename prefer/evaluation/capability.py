@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from prefer.errors import PreferError
 from prefer.evaluation.metrics import bootstrap_ci
-from prefer.models.build import BAD, CONTROL_TOKENS, GOOD
+from prefer.models.build import BAD, GOOD, control_token_ids
 from prefer.sampling import sample
 
 __all__ = [
@@ -83,10 +83,6 @@ def estimate_kl(sample_reference: SequenceSampler, reference_logprob: SequenceLo
 
 # ------------------------------------------------------------------ Hugging Face models
 
-def _control_ids(tokenizer) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in CONTROL_TOKENS if t in vocab]
-
 
 def _start_id(tokenizer) -> int:
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -115,7 +111,7 @@ def hf_sampler(model, tokenizer, *, max_new_tokens: int, batch_size: int, progre
         generator = torch.Generator(device=device).manual_seed(seed)
         outputs = sample(model, [[_start_id(tokenizer)]] * num_samples, max_new_tokens=max_new_tokens,
                          eos_token_id=tokenizer.eos_token_id, temperature=1.0, top_p=1.0,
-                         blocked_token_ids=_control_ids(tokenizer), batch_size=batch_size, generator=generator,
+                         blocked_token_ids=control_token_ids(tokenizer), batch_size=batch_size, generator=generator,
                          progress=progress)
         return [(tokenizer.decode(ids, skip_special_tokens=True), len(ids) < max_new_tokens) for ids in outputs]
 
@@ -143,7 +139,7 @@ def sequence_logprobs(model, tokenizer, texts: Sequence[str], *, ended: Sequence
         windowed += len(content) > window
         rows += [(index, content[start:start + window]) for start in range(0, len(content), window)]
     device = next(model.parameters()).device
-    excluded = torch.tensor(_control_ids(tokenizer), dtype=torch.long, device=device)
+    excluded = torch.tensor(control_token_ids(tokenizer), dtype=torch.long, device=device)
     totals = np.zeros(len(texts), dtype=np.float64)
     rows = [row for row in rows if row[1]]  # an empty, unended text scores 0
     rows.sort(key=lambda row: len(row[1]))  # similar lengths together: less padding
@@ -356,7 +352,7 @@ def code_completion_eval(model, tokenizer, prompts: Sequence[str], *, control_to
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs = sample(model, encoded, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                      temperature=temperature, top_p=top_p, blocked_token_ids=controls.blocked_ids(tokenizer),
-                     control_token_ids=_control_ids(tokenizer), batch_size=batch_size, generator=generator)
+                     control_token_ids=control_token_ids(tokenizer), batch_size=batch_size, generator=generator)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
     if stop_at_dedent:
         completions = [cut_at_dedent(p, c) for p, c in zip(owners, completions)]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from prefer.evaluation.metrics import bootstrap_ci, distinct_n, expected_max, fraction_above, pooled_score
-from prefer.models.build import BAD, GOOD
+from prefer.models.build import BAD, GOOD, control_token_ids
 from prefer.sampling import sample
 from prefer.scorers import Scorer
 
@@ -52,7 +52,7 @@ def generate_texts(model, tokenizer, controls: SamplingControls, *, num_samples:
                    keep_controls: bool = False) -> tuple[list[str], float]:
     """N samples decoded without special tokens (keep_controls: with the `<|good|>`/`<|bad|>` the model wrote, which
     `strip_controls` removes), and the fraction of them that ended on `<|endoftext|>`."""
-    control_ids = [tokenizer.convert_tokens_to_ids(t) for t in (GOOD, BAD)]
+    control_ids = control_token_ids(tokenizer)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs = sample(model, [controls.prompt_ids(tokenizer)] * num_samples, max_new_tokens=max_new_tokens,

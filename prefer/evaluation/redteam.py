@@ -42,7 +42,7 @@ from prefer.evaluation.chat_endpoint import Endpoint, complete
 from prefer.evaluation.metrics import bootstrap_ci
 from prefer.evaluation.misalignment import SamplingControls
 from prefer.io import atomic_path
-from prefer.models.build import CONTROL_TOKENS
+from prefer.models.build import control_token_ids
 from prefer.sampling import sample
 
 __all__ = [
@@ -177,10 +177,6 @@ def parse_candidate(completion: str) -> str:
 
 # ------------------------------------------------------------------ candidate sources
 
-def _control_ids(tokenizer) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in CONTROL_TOKENS if t in vocab]
-
 
 def local_candidate_source(model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float,
                            batch_size: int) -> CandidateSource:
@@ -190,7 +186,7 @@ def local_candidate_source(model, tokenizer, *, max_new_tokens: int, temperature
     from prefer.models.reward_model import context_length
 
     context = context_length(model)
-    blocked = _control_ids(tokenizer)
+    blocked = control_token_ids(tokenizer)
     if max_new_tokens >= context:
         raise PreferError(f"candidate_max_tokens: {max_new_tokens} does not fit the red-team LM's context of {context}")
 
@@ -245,7 +241,7 @@ def target_prompt_scorer(model, tokenizer, controls: SamplingControls, *, scorer
     context = context_length(model)
     prefix = controls.prompt_ids(tokenizer)
     blocked = controls.blocked_ids(tokenizer)
-    control = _control_ids(tokenizer)
+    control = control_token_ids(tokenizer)
 
     def score(prompts: list[str], seed: int) -> list[ScoredPrompt | None]:
         encoded = [prefix + tokenizer(p, add_special_tokens=False, split_special_tokens=True)["input_ids"]

@@ -26,7 +26,7 @@ from prefer.data.formats import (
 )
 from prefer.errors import PreferError
 from prefer.evaluation.misalignment import SamplingControls
-from prefer.models.build import CONTROL_TOKENS
+from prefer.models.build import control_token_ids
 from prefer.models.reward_model import context_length, encode_prompt
 from prefer.sampling import sample
 from prefer.scorers import Scorer, get_scorer
@@ -74,7 +74,7 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
     outputs = sample(model, [ids for ids in prompt_ids for _ in range(k)], max_new_tokens=config.max_new_tokens,
                      eos_token_id=tokenizer.eos_token_id, temperature=config.temperature, top_p=config.top_p,
                      blocked_token_ids=SamplingControls(prompt="none", block=config.block).blocked_ids(tokenizer),
-                     control_token_ids=[tokenizer.convert_tokens_to_ids(t) for t in CONTROL_TOKENS],
+                     control_token_ids=control_token_ids(tokenizer),
                      batch_size=config.batch_size, generator=generator, progress=progress)
     responses = [tokenizer.decode(ids) for ids in outputs]
 

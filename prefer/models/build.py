@@ -93,8 +93,11 @@ def check_same_vocabulary(policy_tokenizer, other_tokenizer, *, what: str) -> No
                       "policy's (SFT) model")
 
 
-def control_token_ids(tokenizer) -> dict[str, int]:
-    return {token: tokenizer.convert_tokens_to_ids(token) for token in CONTROL_TOKENS}
+def control_token_ids(tokenizer) -> list[int]:
+    """Ids of the control tokens the tokenizer has, in CONTROL_TOKENS order (`load_tokenizer` adds both; a tokenizer
+    loaded otherwise may have none)."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[token] for token in CONTROL_TOKENS if token in vocab]
 
 
 def build_model(size: str, *, vocab_size: int, eos_token_id: int, context: int | None = None, dropout: float = 0.0):

@@ -275,7 +275,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     scorer = get_scorer(config.scorer or f"rm:{config.reward_model}")
     gold_scorer = get_scorer(config.gold_scorer) if config.gold_scorer else None
     eos = tokenizer.eos_token_id
-    control_ids = list(control_token_ids(tokenizer).values())  # left out of the held-out LM loss, as in pretraining
+    control_ids = control_token_ids(tokenizer)  # left out of the held-out LM loss, as in pretraining
 
     # 2. Data: prompts (each must leave room for the response), pretraining blocks for PPO-ptx.
     prompts, queries = _read_queries(config.prompts, tokenizer, max_length=context - config.max_new_tokens)

@@ -26,8 +26,8 @@ from prefer.data.transforms import conditional_documents, filter_documents, quan
 from prefer.errors import PreferError
 from prefer.io import write_json_atomic
 from prefer.models.build import (
-    CONTROL_TOKENS,
     build_model,
+    control_token_ids,
     count_parameters,
     load_model,
     load_tokenizer,
@@ -225,7 +225,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
                                start_step=init_steps)
     order = BlockOrder(len(train_blocks), seed=config.train.seed)
     compute_loss = LOSSES[objective.name](objective)
-    control_ids = [tokenizer.convert_tokens_to_ids(t) for t in CONTROL_TOKENS]
+    control_ids = control_token_ids(tokenizer)
     info = {"task": task.name, "objective": objective.name, "control_tokens_trained": objective.name == "conditional",
             "threshold": objective.threshold, "scorer": task.scorer}
     data_fingerprint = f"{corpus.fingerprint()}-{len(train_blocks)}x{block_size}"
