@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from prefer.config import PARALLEL
+from prefer.config import PARALLEL, TrainConfig
 from prefer.errors import PreferError
 from prefer.io import atomic_path, write_text_atomic
 
@@ -220,6 +220,16 @@ def make_scheduler(optimizer, *, total_steps: int, warmup_steps: int, min_lr_fra
         return 1.0 - (1.0 - min_lr_fraction) * min(1.0, progress)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer_and_schedule(modules: list[torch.nn.Module], train: TrainConfig, *, total_steps: int,
+                                start_step: int = 0):
+    """AdamW and the warmup + linear-decay schedule of a stage's `train` section (its lr resolved), warmup
+    rounded to whole steps (at least one)."""
+    optimizer = make_optimizer(modules, lr=train.lr, weight_decay=train.weight_decay, betas=(train.beta1, train.beta2))
+    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=train.min_lr_fraction,
+                               warmup_steps=max(1, round(train.warmup_fraction * total_steps)), start_step=start_step)
+    return optimizer, scheduler
 
 
 # ---------------------------------------------------------------- data order

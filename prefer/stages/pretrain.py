@@ -47,8 +47,7 @@ from prefer.training import (
     gradient_sync,
     init_distributed,
     main_process_first,
-    make_optimizer,
-    make_scheduler,
+    make_optimizer_and_schedule,
     micro_batch_size,
     restore_training,
     save_checkpoint,
@@ -218,16 +217,13 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     tokens_per_step = batch_size * block_size
     total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
     init_steps = initial_steps(config, tokens_per_step=tokens_per_step, total_steps=total_steps)
-    optimizer = make_optimizer(trained, lr=lr, weight_decay=config.train.weight_decay,
-                               betas=(config.train.beta1, config.train.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=config.train.min_lr_fraction,
-                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)),
-                               start_step=init_steps)
+    optimizer, scheduler = make_optimizer_and_schedule(trained, config.train, total_steps=total_steps,
+                                                       start_step=init_steps)  # config.train.lr resolved above
     order = BlockOrder(len(train_blocks), seed=config.train.seed)
     compute_loss = LOSSES[objective.name](objective)
     control_ids = control_token_ids(tokenizer)
     info = {"task": task.name, "objective": objective.name, "control_tokens_trained": objective.name == "conditional",
-            "threshold": objective.threshold, "scorer": task.scorer}
+            "threshold": objective.threshold, "scorer": task.scorer, "init_from": config.model.init_from}
     data_fingerprint = f"{corpus.fingerprint()}-{len(train_blocks)}x{block_size}"
 
     start_step = init_steps
@@ -249,7 +245,6 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         + (f"; continuing {config.model.init_from} from step {init_steps}" if init_steps else ""))
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
-    info["init_from"] = config.model.init_from
     snapshot_steps = {max(1, round(f * total_steps)): f for f in config.train.snapshots}
     eval_batch = max(1, micro)
     val_subset = TokenBlocks(val_blocks.ids[: config.train.eval_blocks], val_blocks.scores[: config.train.eval_blocks])

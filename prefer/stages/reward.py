@@ -34,8 +34,7 @@ from prefer.training import (
     check_run_dir,
     gradient_sync,
     init_distributed,
-    make_optimizer,
-    make_scheduler,
+    make_optimizer_and_schedule,
     micro_batch_size,
     restore_training,
     save_checkpoint,
@@ -154,10 +153,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     batch_size = config.train.batch_size
     micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
     total_steps = max(1, math.ceil(config.epochs * len(train) / batch_size))
-    optimizer = make_optimizer([reward_model], lr=config.train.lr, weight_decay=config.train.weight_decay,
-                               betas=(config.train.beta1, config.train.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=config.train.min_lr_fraction,
-                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)))
+    optimizer, scheduler = make_optimizer_and_schedule([reward_model], config.train, total_steps=total_steps)
     order = BlockOrder(len(train), seed=config.train.seed)
     data_fingerprint = f"{file_fingerprint(config.rankings)}-{len(train)}"
     start_step = 0

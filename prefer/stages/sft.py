@@ -33,8 +33,7 @@ from prefer.training import (
     check_run_dir,
     gradient_sync,
     init_distributed,
-    make_optimizer,
-    make_scheduler,
+    make_optimizer_and_schedule,
     micro_batch_size,
     restore_training,
     save_checkpoint,
@@ -175,10 +174,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     batch_size = config.train.batch_size
     micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
     total_steps = max(1, math.ceil(config.epochs * len(train) / batch_size))
-    optimizer = make_optimizer([model], lr=config.train.lr, weight_decay=config.train.weight_decay,
-                               betas=(config.train.beta1, config.train.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=config.train.min_lr_fraction,
-                               warmup_steps=max(1, round(config.train.warmup_fraction * total_steps)))
+    optimizer, scheduler = make_optimizer_and_schedule([model], config.train, total_steps=total_steps)
     order = BlockOrder(len(train), seed=config.train.seed)
     data_fingerprint = f"{file_fingerprint(config.demonstrations)}-{len(train)}x{train.ids.shape[1]}"
     start_step = 0
