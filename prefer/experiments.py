@@ -106,14 +106,19 @@ def experiment(config: ExperimentConfig) -> dict:
     results: dict = {"task": task.name, "scorers": list(task.eval_scorers), "models": {}, "seconds": {},
                      "reference": config.reference}
     validation: list[str] = []
+    reference = None  # (model, tokenizer, path), loaded once: the MLE model is the first run
     for run in plan(config):
         run_started = time.perf_counter()
         final = pretrain(run_config(config, task, run, out), resume=True)
         entry = cached_evaluation(final, config, out / run.name)
         if entry is None:
             validation = validation or validation_texts(config, task)
-            entry = evaluate_run(final, task.name, config, device, out / run.name)
-            entry |= capability(final, config, task, device, out, validation)
+            if config.reference is not None and reference is None:
+                path = out / "mle" / "final" if config.reference == "mle" else Path(config.reference)
+                reference = (*load_checkpoint(path, device)[:2], path)
+            loaded = load_checkpoint(final, device)
+            entry = evaluate_run(loaded, task.name, config, device, out / run.name)
+            entry |= capability(loaded, config, task, validation, reference)
             write_json_atomic(out / run.name / EVALUATION, {"key": evaluation_key(final, config), "entry": entry})
         entry.update({"objective": run.objective, "init_fraction": run.init_fraction})
         results["models"][run.name] = entry
@@ -150,10 +155,10 @@ def cached_evaluation(final: Path, config: ExperimentConfig, run_dir: Path) -> d
     return saved["entry"] if saved["key"] == json.loads(json.dumps(evaluation_key(final, config))) else None
 
 
-def evaluate_run(final: Path, task_name: str, config: ExperimentConfig, device, run_dir: Path) -> dict:
-    """The final model on the full protocol (and prompted with `<|bad|>` if it knows the tags), plus every snapshot
-    on a smaller one for the curve over training tokens."""
-    model, tokenizer, info = load_checkpoint(final, device)
+def evaluate_run(loaded: tuple, task_name: str, config: ExperimentConfig, device, run_dir: Path) -> dict:
+    """The final model (`load_checkpoint`'s model, tokenizer, info) on the full protocol (and prompted with
+    `<|bad|>` if it knows the tags), plus every snapshot on a smaller one for the curve over training tokens."""
+    model, tokenizer, info = loaded
     evaluation = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling)
     write_samples(run_dir / "samples.jsonl", evaluation.pop("samples"), evaluation.pop("samples_with_controls"))
     entry = {"heldout_loss": info["val_loss"], "heldout_loss_with_true_tags": info.get("val_loss_with_true_tags"),
@@ -183,18 +188,19 @@ def validation_texts(config: ExperimentConfig, task: Task) -> list[str]:
     return ["".join(d.segments) for d in corpus.validation[: config.capability_documents]]
 
 
-def capability(final: Path, config: ExperimentConfig, task: Task, device, out: Path, validation: list[str]) -> dict:
-    """Held-out loss per token and per byte on validation documents, KL(reference || model), and for code the
-    prompted completion scenario (parse rate and style of completed function signatures)."""
-    model, tokenizer, info = load_checkpoint(final, device)
+def capability(loaded: tuple, config: ExperimentConfig, task: Task, validation: list[str],
+               reference: tuple | None) -> dict:
+    """Held-out loss per token and per byte on validation documents, KL(reference || model) when a reference
+    (model, tokenizer, path) is given, and for code the prompted completion scenario (parse rate and style of completed
+    function signatures)."""
+    model, tokenizer, info = loaded
     conditional = bool(info.get("control_tokens_trained"))
     batch = config.sampling.batch_size
     entry: dict = {"heldout": heldout_loss_per_token_and_byte(model, tokenizer, validation, batch_size=batch,
                                                               control_tokens_trained=conditional)}
-    if config.reference is not None:
-        path = out / "mle" / "final" if config.reference == "mle" else Path(config.reference)
-        reference, reference_tokenizer, _ = load_checkpoint(path, device)
-        kl = kl_to_reference(reference, reference_tokenizer, model, tokenizer, num_samples=config.kl_samples,
+    if reference is not None:
+        reference_model, reference_tokenizer, path = reference
+        kl = kl_to_reference(reference_model, reference_tokenizer, model, tokenizer, num_samples=config.kl_samples,
                              max_new_tokens=config.sampling.max_new_tokens, batch_size=batch,
                              seed=config.sampling.seed, model_info=info)
         kl.pop("per_sample")
