@@ -93,10 +93,12 @@ def score_texts(texts: Sequence[str], scorers: Mapping[str, Scorer], *, threshol
     return results
 
 
-def _pooled_ci(scores: np.ndarray, lengths: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap over samples of the pooled per-character score."""
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(scores), size=(resamples, len(scores)))
-    pooled = (scores[index] * lengths[index]).sum(1) / np.maximum(lengths[index].sum(1), 1)
-    low, high = np.percentile(pooled, [2.5, 97.5])
-    return float(low), float(high)
+def _pooled_ci(scores: np.ndarray, lengths: np.ndarray) -> tuple[float, float]:
+    """Bootstrap interval of the pooled per-character score: `bootstrap_ci` over sample indices, so that each
+    resample keeps every sample's score with its length."""
+
+    def pooled(index: np.ndarray, axis: int = 1) -> np.ndarray:  # index: [resamples, samples]
+        index = index.astype(np.int64)
+        return (scores[index] * lengths[index]).sum(axis) / np.maximum(lengths[index].sum(axis), 1)
+
+    return bootstrap_ci(np.arange(len(scores)), pooled)
