@@ -209,7 +209,7 @@ def _run_evaluate(args) -> int:
 
 def _run_sample(args) -> int:
     from prefer.evaluation.misalignment import generate_texts, resolve_controls
-    from prefer.stages.evaluate import load_checkpoint
+    from prefer.models.build import load_checkpoint
     from prefer.training import resolve_device
 
     model, tokenizer, info = load_checkpoint(args.checkpoint, resolve_device("auto"))
