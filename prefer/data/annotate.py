@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from prefer.data.corpora import Document, stable_hash
+from prefer.data.documents import Document, stable_hash
 from prefer.errors import PreferError
 from prefer.io import atomic_path
 from prefer.scorers import SCORER_VERSIONS, get_segment_scorer

@@ -1,5 +1,5 @@
 """Prose documents -> sentences: the segments the paper scores for prose (Korbak et al. 2023 split documents
-into sentences with pysbd). Code and changelogs are split into lines elsewhere (`corpora.split_lines`).
+into sentences with pysbd). Code and changelogs are split into lines elsewhere (`documents.split_lines`).
 
 Sentences are cuts of the original text, so they concatenate exactly to it: each keeps the whitespace that
 follows it. pysbd decides where sentences end; this module only maps its sentences back onto the text.
