@@ -11,7 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefer.data.annotate import AnnotatedDocument, annotate, annotate_shard, merge_shards, score_summary
+from prefer.data.annotate import (
+    AnnotatedDocument,
+    annotate,
+    annotate_shard,
+    merge_shards,
+    score_summary,
+)
 from prefer.data.corpora import load_documents, split_by_source
 from prefer.io import atomic_path
 from prefer.models.build import load_tokenizer, train_tokenizer

@@ -155,7 +155,7 @@ def split_sentences_many(texts: Sequence[str], *, workers: int | None = None, pr
                 out.extend(result)
                 bar.update(len(result))
     if cache is not None:
-        with atomic_path(cache) as tmp, open(tmp, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-                gz.write(json.dumps([[len(s) for s in segs] for segs in out]).encode("utf-8"))
+        with atomic_path(cache) as tmp, open(tmp, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            gz.write(json.dumps([[len(s) for s in segs] for segs in out]).encode("utf-8"))
     return out

@@ -34,7 +34,8 @@ def test_hub_scored_shard_schema_keeps_its_scores(tmp_path):
     docs, prov = hub_documents("json", data_files=data, cache_dir=str(tmp_path / "hf"), scores_of="toxicity")
     assert docs == [Document(("Hello there. ", "You fool."), "json:train:0")]  # the empty record is dropped
     assert docs[0].given_scores == GivenScores("toxicity", (0.01, 0.9))
-    assert prov.details["schema"] == "texts" and prov.details["given_scores"] == "toxicity" and prov.details["records"] == 2
+    assert prov.details["schema"] == "texts" and prov.details["given_scores"] == "toxicity"
+    assert prov.details["records"] == 2
     # Without a scorer for them the scores are ignored, and the provenance says so.
     docs, prov = hub_documents("json", data_files=data, cache_dir=str(tmp_path / "hf"))
     assert docs[0].given_scores is None and prov.details["scores_ignored"]
