@@ -78,24 +78,24 @@ def _load_combined(parts: Sequence[str], max_bytes: int | None,
     """Several sources as one corpus. Each part gets an equal share of the budget still unused (so a small
     part's unused share passes to the parts after it); sources become "<part>:<source>" so that files of two
     parts never share a name."""
-    docs, provs, remaining = [], [], max_bytes
+    docs, provs, records, remaining = [], [], [], max_bytes
     for i, part in enumerate(parts):
         share = None if remaining is None else remaining // (len(parts) - i)
         part_docs, prov = source_for(part).build(part, share, cache_dir)
         docs += [dataclasses.replace(d, source=f"{part}:{d.source}") for d in part_docs]
-        provs.append((part, prov, {"source": part, "max_bytes": share, "documents": len(part_docs)} | prov.to_dict()))
+        provs.append(prov)
+        records.append({"source": part, "max_bytes": share, "documents": len(part_docs)} | prov.to_dict())
         if remaining is not None:
             remaining -= prov.bytes
     excluded: Counter = Counter()
-    for part, prov, _ in provs:
+    for part, prov in zip(parts, provs):
         excluded.update({f"{part}: {reason}": n for reason, n in prov.excluded.items()})
     return docs, Provenance(
-        kind="combined", licence="; ".join(dict.fromkeys(p.licence for _, p, _ in provs)),
-        path=", ".join(p.path for _, p, _ in provs), files=sum(p.files for _, p, _ in provs),
-        bytes=sum(p.bytes for _, p, _ in provs),
-        skipped=tuple(dict(s) | {"part": part} for part, p, _ in provs for s in p.skipped),
-        left_out_by_budget=sum(p.left_out_by_budget for _, p, _ in provs), excluded=dict(sorted(excluded.items())),
-        details={"parts": [record for _, _, record in provs]},
+        kind="combined", licence="; ".join(dict.fromkeys(p.licence for p in provs)),
+        path=", ".join(p.path for p in provs), files=sum(p.files for p in provs), bytes=sum(p.bytes for p in provs),
+        skipped=tuple(dict(s) | {"part": part} for part, p in zip(parts, provs) for s in p.skipped),
+        left_out_by_budget=sum(p.left_out_by_budget for p in provs), excluded=dict(sorted(excluded.items())),
+        details={"parts": records},
         key_order=("kind", "licence", "path", "parts", "files", "bytes", "skipped", "left_out_by_budget",
                    "excluded"))
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from prefer.data.corpora import (
     NAMED_SOURCES,
     SOURCES,
+    _exclude_stdlib,
     load_documents,
     source_for,
     split_by_source,
@@ -212,3 +213,10 @@ def test_provenance_of_a_combination_nests_its_parts():
     assert second["max_bytes"] == 1000 - 53 and second["lines_outside_entries"] == 6  # 53 bytes: the jsonl texts
     assert prov["licence"] == "user-supplied: see the files' own licences"  # the same licence once
     assert prov["files"] == 2 and prov["bytes"] == 53 + 567
+
+
+def test_stdlib_exclusions_stay_importable_from_corpora():
+    # examples/rlhf_pep8.sh picks its prompts from the same stdlib files as the pep8 corpus through this name.
+    assert _exclude_stdlib(PurePosixPath("test/test_os.py")) == "tests"
+    assert _exclude_stdlib(PurePosixPath("encodings/cp1252.py")) == "generated table"
+    assert _exclude_stdlib(PurePosixPath("os.py")) is None
