@@ -385,11 +385,22 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write_model(path: Path, model: torch.nn.Module, tokenizer, state: dict[str, torch.Tensor] | None,
-                 extra: dict[str, dict[str, torch.Tensor]], info: dict | None) -> None:
+                 extra: dict[str, dict[str, torch.Tensor]], info: dict | None, *, merge: bool = True) -> None:
+    """An HF model directory. A LoRA model is written with its adapters merged into the weights (`merge`: a plain
+    HF model), or as a peft adapter directory (checkpoints: the trainable tensors only)."""
     from safetensors.torch import save_file
 
-    # a gathered state dict (FSDP2) replaces the model's own shards; save_pretrained edits the dict it is given
-    unwrap(model).save_pretrained(path, **({"state_dict": dict(state)} if state is not None else {}))
+    module = unwrap(model)
+    if hasattr(module, "peft_config"):  # LoRA (prefer.models.lora): merged weights, or the adapters alone
+        from prefer.models.lora import merged_state_dict, save_adapter
+
+        if merge:
+            module.save_pretrained(path, state_dict=merged_state_dict(module))
+        else:
+            save_adapter(module, path)
+    else:
+        # a gathered state dict (FSDP2) replaces the model's own shards; save_pretrained edits the dict it is given
+        module.save_pretrained(path, **({"state_dict": dict(state)} if state is not None else {}))
     tokenizer.save_pretrained(path)
     for name, tensors in extra.items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, path / f"{name}.safetensors")
@@ -405,7 +416,8 @@ def _gather_model(model: torch.nn.Module, extra: dict[str, torch.nn.Module] | No
 
 def save_model(path: Path, model: torch.nn.Module, tokenizer, extra: dict[str, torch.nn.Module] | None = None,
                info: dict | None = None) -> None:
-    """A Hugging Face model directory (safetensors + tokenizer), written atomically. `extra` modules (e.g. a value
+    """A Hugging Face model directory (safetensors + tokenizer), written atomically; LoRA adapters are merged into
+    the weights, so `AutoModelForCausalLM.from_pretrained` loads it without peft. `extra` modules (e.g. a value
     head) go beside it as `<name>.safetensors`; `info` as prefer.json (task, objective, control-token usage).
     Under torchrun only rank 0 writes; with FSDP2 it is a collective (shards are gathered): call it on every rank."""
     state, extra_states = _gather_model(model, extra)
@@ -417,7 +429,8 @@ def save_model(path: Path, model: torch.nn.Module, tokenizer, extra: dict[str, t
 
 def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, extra: dict[str, torch.nn.Module], info: dict,
                     optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
-    """A resumable checkpoint: the model in HF format plus optimizer, scheduler, RNG and data position. The
+    """A resumable checkpoint: the model in HF format (a LoRA model: its adapters and trainable heads only, as a
+    peft adapter directory) plus optimizer, scheduler, RNG and data position. The
     directory appears whole (atomic rename) and only then does `latest` point at it.
 
     Under torchrun a collective (call it on every rank): rank 0 writes the model, the schedule and every rank's
@@ -446,7 +459,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, extra: dict[s
         torch_dist.barrier()
     if is_main_process():
         with atomic_path(path) as tmp:
-            _write_model(tmp / "model", model, tokenizer, model_state, extra_states, info)
+            _write_model(tmp / "model", model, tokenizer, model_state, extra_states, info, merge=False)
             if sharded:
                 os.replace(staging, tmp / "optimizer")
             trainer_state = {"optimizer": None if sharded else optimizer.state_dict(),

@@ -56,6 +56,8 @@ class RuntimeConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     parallel: str = "ddp"  # under torchrun: ddp (whole model on each rank) | fsdp (FSDP2: weights, optimizer sharded)
     progress: bool = True  # progress bars
+    # recompute each block's activations in the backward pass: less memory, ~30% more compute (HF models)
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         check(self.precision in PRECISIONS, "runtime.precision", f"choose one of {', '.join(PRECISIONS)}")
@@ -145,3 +147,26 @@ class EndpointConfig:
         check(self.url is None or bool(self.model), "endpoint.model", "the server's model name is required with url")
         check(self.api in ENDPOINT_APIS, "endpoint.api", f"choose one of {', '.join(ENDPOINT_APIS)}")
         check(self.timeout > 0, "endpoint.timeout", "must be positive")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021) through `peft`: the pretrained weights stay frozen, only the adapters (and
+    a reward or value head) train; the saved `final/` model has them merged into plain Hugging Face weights."""
+
+    r: int = 0  # rank of the adapters; 0 = LoRA off (full finetuning)
+    alpha: float = 16.0  # scaling: the update is (alpha / r) B A
+    dropout: float = 0.0  # dropout on the adapters' input
+    # module names to adapt (e.g. [q_proj, v_proj]); None = every attention and MLP projection of the architecture
+    target_modules: list[str] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+    def __post_init__(self):
+        check(self.r >= 0, "lora.r", "must be >= 0 (0 = off)")
+        check(self.alpha > 0, "lora.alpha", "must be positive")
+        check(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        check(self.target_modules is None or len(self.target_modules) > 0, "lora.target_modules",
+              "name at least one module, or null for the architecture's default")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from prefer.config.common import (
     GenerationConfig,
     KLConfig,
+    LoRAConfig,
     OptimizerConfig,
     PTXConfig,
     RuntimeConfig,
@@ -17,6 +18,11 @@ from prefer.config.pretraining import check_micro_batch
 
 MIN_RESPONSES, MAX_RESPONSES = 2, 9  # responses per ranking (the paper: K = 4..9)
 LABEL_BLOCKS = ("none", "bad", "both")
+
+
+def check_lora_parallel(lora: LoRAConfig, runtime: RuntimeConfig) -> None:
+    check(not lora.enabled or runtime.parallel == "ddp", "lora.r",
+          "LoRA runs in one process or under DDP; with runtime.parallel=fsdp use full finetuning (lora.r=0)")
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,13 @@ class SFTConfig:
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-4))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.05))
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # low-rank adapters instead of full finetuning (r > 0)
 
     def __post_init__(self):
         check(bool(self.data.demonstrations), "data.demonstrations", "a demonstrations JSONL file is required")
         check(bool(self.model.init_from), "model.init_from", "the causal LM to finetune is required")
         check(self.optimizer.lr is not None, "optimizer.lr", "SFT has no task default; set a learning rate")
+        check_lora_parallel(self.lora, self.runtime)
 
 
 @dataclass(frozen=True)
@@ -101,12 +109,14 @@ class RewardConfig:
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-5))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.05))
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # low-rank adapters instead of full finetuning (r > 0)
 
     def __post_init__(self):
         check(bool(self.data.rankings), "data.rankings", "a rankings JSONL file is required")
         check(bool(self.model.init_from), "model.init_from",
               "the causal LM whose trunk the reward model uses is required")
         check(self.optimizer.lr is not None, "optimizer.lr", "the reward model has no task default; set a learning rate")
+        check_lora_parallel(self.lora, self.runtime)
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,9 @@ class PPOConfig:
     ptx: PTXConfig = field(default_factory=PTXConfig)
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, weight_decay=0.0))
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # r > 0: the policy trains adapters and the frozen reference is the same trunk with them disabled (one model in
+    # memory, not two); the value model gets adapters of its own
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
         check(bool(self.init_from), "init_from", "the SFT model directory is required")
@@ -219,3 +232,7 @@ class PPOConfig:
         check(self.reward.scorer is not None or self.reward.model is not None, "reward.scorer",
               "name a scorer (e.g. pep8, rm:DIR) or give reward.model")
         check(self.optimizer.lr is not None, "optimizer.lr", "PPO has no task default; set a learning rate")
+        check_lora_parallel(self.lora, self.runtime)
+        check(not self.runtime.gradient_checkpointing, "runtime.gradient_checkpointing",
+              "PPO runs its models in eval mode (dropout off), where Hugging Face models never checkpoint; "
+              "lora.r > 0 is PPO's memory saver")

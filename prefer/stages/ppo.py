@@ -38,6 +38,7 @@ from prefer.models.build import (
     load_tokenizer,
 )
 from prefer.models.heads import ValueHead
+from prefer.models.lora import FrozenView, model_source, prepare
 from prefer.objectives import (
     adaptive_kl_coef,
     explained_variance,
@@ -250,7 +251,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
     # everything but the length of the run and the progress bar must match the run being resumed
-    resumable = ("init_from", "prompts", "reward", "rollout", "ppo", "kl", "ptx", "optimizer",
+    resumable = ("init_from", "prompts", "lora", "reward", "rollout", "ppo", "kl", "ptx", "optimizer",
                  *(f"train.{f.name}" for f in fields(config.train) if f.name != "iterations"),
                  *(f"runtime.{f.name}" for f in fields(config.runtime) if f.name != "progress"))
     checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, sections=resumable)
@@ -261,14 +262,17 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     if not (Path(config.init_from) / "config.json").is_file():
         raise PreferError(f"init_from: {config.init_from} is not a Hugging Face model directory (no config.json)")
     tokenizer = load_tokenizer(config.init_from)
-    policy = load_model(checkpoint / "model" if checkpoint else config.init_from, tokenizer=tokenizer)
-    reference = load_model(config.init_from, tokenizer=tokenizer)
+    policy = prepare(load_model(model_source(config.init_from, checkpoint, config.lora), tokenizer=tokenizer),
+                     config.lora, checkpoint=checkpoint)
+    # LoRA: the reference is the policy's own trunk with the adapters off (one model in memory, not two)
+    reference = FrozenView(policy) if config.lora.enabled else load_model(config.init_from, tokenizer=tokenizer)
     reference.requires_grad_(False)
     if config.reward.model is not None:
         check_same_vocabulary(tokenizer, load_tokenizer(config.reward.model), what=f"reward.model {config.reward.model}")
     if config.reward.scorer is not None and config.reward.scorer.startswith("rm:"):
         check_same_vocabulary(tokenizer, load_tokenizer(config.reward.scorer.removeprefix("rm:")), what=f"reward.scorer {config.reward.scorer}")
     value_model = build_value_model(config.init_from, config.reward.model)
+    prepare(value_model.trunk, config.lora)  # its own adapters; the head stays trainable
     if checkpoint is not None:
         from safetensors.torch import load_file
 

@@ -28,6 +28,7 @@ from prefer.data.formats import (
 )
 from prefer.files import file_fingerprint, write_json_atomic
 from prefer.models.build import count_parameters, set_dropout
+from prefer.models.lora import model_source, prepare
 from prefer.models.reward_model import RewardModel, build_reward_model, right_pad
 from prefer.objectives import ranking_loss
 from prefer.training import (
@@ -129,13 +130,15 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
     checkpoint = check_run_dir(run_dir, RewardConfig, config, resume,
-                               sections=("data", "model"))
+                               sections=("data", "model", "lora"))
     set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
     # 1. Model: the causal LM's trunk + a fresh scalar head (or the checkpoint being resumed).
-    reward_model = build_reward_model(checkpoint / "model" if checkpoint is not None else config.model.init_from)
+    reward_model = build_reward_model(model_source(config.model.init_from, checkpoint, config.lora))
     set_dropout(reward_model.model, config.model.dropout)
+    prepare(reward_model.model, config.lora, checkpoint=checkpoint, trainable=("score",),
+            gradient_checkpointing=config.runtime.gradient_checkpointing)
     if config.model.context is not None:
         reward_model.context = min(reward_model.context, config.model.context)
     info = {"stage": "reward", "init_from": config.model.init_from, "rankings": config.data.rankings}

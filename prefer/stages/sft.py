@@ -34,6 +34,7 @@ from prefer.models.build import (
     load_tokenizer,
     set_dropout,
 )
+from prefer.models.lora import model_source, prepare
 from prefer.objectives import mle_loss, next_token_targets
 from prefer.training import (
     BlockOrder,
@@ -136,15 +137,17 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
     checkpoint = check_run_dir(run_dir, SFTConfig, config, resume,
-                               sections=("data", "model"))
+                               sections=("data", "model", "lora"))
     set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
     # 1. Model and tokenizer: the initial model, or the checkpoint being resumed.
     source = checkpoint / "model" if checkpoint is not None else Path(config.model.init_from)
     tokenizer = load_tokenizer(source)
-    model = load_model(source, tokenizer=tokenizer)
+    model = load_model(model_source(config.model.init_from, checkpoint, config.lora), tokenizer=tokenizer)
     set_dropout(model, config.model.dropout)
+    model = prepare(model, config.lora, checkpoint=checkpoint,
+                    gradient_checkpointing=config.runtime.gradient_checkpointing)
     context = min(config.model.context or context_length(model), context_length(model))
     init_info_path = Path(config.model.init_from) / "prefer.json"
     init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
