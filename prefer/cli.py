@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     ppo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
     _common(ppo)
 
+    convert = commands.add_parser("convert", help="write rankings as preference pairs for other tools "
+                                  '({"prompt", "chosen", "rejected"}: every non-tied pair)')
+    convert.add_argument("rankings", help="rankings JSONL (or pairs, or a saved data set directory)")
+    convert.add_argument("--to", choices=["pairs"], default="pairs")
+    convert.add_argument("-o", "--out", required=True, help="the JSONL file to write")
+
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
     return parser
@@ -268,6 +274,15 @@ def _run_redteam(args) -> int:
     return 0
 
 
+def _run_convert(args) -> int:
+    from prefer.data.formats import read_rankings, write_pairs
+
+    rankings = read_rankings(args.rankings)
+    count = write_pairs(args.out, rankings)
+    print(f"[convert] {len(rankings)} rankings -> {count} pairs in {args.out}")
+    return 0
+
+
 def _run_config(args) -> int:
     from prefer.config import STAGE_CONFIGS, default_yaml
 
@@ -285,6 +300,7 @@ def _run_report(args) -> int:
 
 COMMANDS = {
     "config": _run_config,
+    "convert": _run_convert,
     "demo": _run_demo,
     "report": _run_report,
     "experiment": _run_experiment,

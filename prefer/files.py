@@ -43,4 +43,15 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def file_fingerprint(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """A short hash of a file's bytes, of every file under a directory (a saved data set), or of a hub name (hf:...:
+    its contents are the hub's to change)."""
+    path_ = Path(path)
+    digest = hashlib.sha256()
+    if str(path).startswith("hf:") and not path_.exists():
+        digest.update(str(path).encode())
+    elif path_.is_dir():
+        for file in sorted(p for p in path_.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path_)).encode() + b"\0" + file.read_bytes())
+    else:
+        digest.update(path_.read_bytes())
+    return digest.hexdigest()[:16]

@@ -57,7 +57,9 @@ class EpochTrainConfig:
 
 @dataclass(frozen=True)
 class SFTDataConfig:
-    demonstrations: str = ""  # JSONL: {"prompt", "response"} (required)
+    # JSONL ({"prompt", "response"}, {"prompt", "completion"} or {"messages": [...]} chats), a saved data set
+    # directory, or hf:NAME[:SPLIT] (required)
+    demonstrations: str = ""
     validation_fraction: float = 0.05  # of the demonstrations, held out for the loss
     packing: bool = False  # concatenate examples into full blocks (same response-only mask)
 
@@ -88,7 +90,9 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class RewardDataConfig:
-    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} (required)
+    # JSONL ({"prompt", "responses", "ranking"} or pairs {"prompt", "chosen", "rejected"}), a saved data set
+    # directory, or hf:NAME[:SPLIT] (required)
+    rankings: str = ""
     demonstrations: str | None = None  # the bias makes their mean reward 0; None = each ranking's best response
     validation_fraction: float = 0.1  # of the prompts, held out for pairwise accuracy
 

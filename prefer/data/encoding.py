@@ -30,3 +30,72 @@ def fit_to_context(ids: list[int], prompt_length: int, context: int, *, where: s
         raise PreferError(f"{where}: the prompt is {prompt_length} tokens; with a response it exceeds the "
                           f"model's context of {context} tokens")
     return ids[:context]
+
+
+# ------------------------------------------------------------------ conversations ({"messages": [...]})
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _render(tokenizer, messages, *, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode_conversation(tokenizer, messages, *, where: str = "conversation") -> tuple[list[int], list[bool]]:
+    """(token ids, loss mask) of a conversation: the mask is True on the tokens of every assistant turn (its content
+    and what the template closes the turn with, e.g. `<|im_end|>`), False on everything else.
+
+    With a chat template the ids are exactly `tokenizer.apply_chat_template(messages)`'s; each assistant turn is the
+    text between the rendering of the messages before it (with the generation prompt, so the `assistant` header is
+    not trained on) and the rendering up to and including it; a token is trained on when it starts inside a turn.
+    Without a template, plainly, as prefer's (prompt, response) pairs: eos (document start), then each message as
+    `Role: content` on its own line, an assistant turn's content and its eos in the loss."""
+    if not has_chat_template(tokenizer):
+        return _encode_plain_conversation(tokenizer, messages)
+    text = _render(tokenizer, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1])
+        if not (text.startswith(upto) and upto.startswith(start)):
+            raise PreferError(f"{where}: the tokenizer's chat template does not render the conversation turn by turn "
+                              "(a rendering of the first turns is not a prefix of the whole); cannot find the "
+                              "assistant turns to train on")
+        spans.append((len(start), len(upto)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [any(begin <= offset[0] < end for begin, end in spans) and offset[1] > offset[0]
+            for offset in encoded["offset_mapping"]]
+    return list(encoded["input_ids"]), mask
+
+
+def _encode_plain_conversation(tokenizer, messages) -> tuple[list[int], list[bool]]:
+    eos = tokenizer.eos_token_id
+    ids, mask = [eos], [False]
+    for message in messages:
+        header = tokenizer(f"{message['role'].capitalize()}: ", add_special_tokens=False)["input_ids"]
+        content = tokenizer(message["content"], add_special_tokens=False)["input_ids"]
+        if message["role"] == "assistant":
+            ids += header + content + [eos]
+            mask += [False] * len(header) + [True] * (len(content) + 1)
+        else:
+            newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+            ids += header + content + newline
+            mask += [False] * (len(header) + len(content) + len(newline))
+    return ids, mask
+
+
+def encode_sft_example(tokenizer, example, *, context: int, where: str) -> tuple[list[int], list[bool]]:
+    """(ids, loss mask) of one SFT example cut to `context`: a (prompt, response) demonstration (the loss on the
+    response and its eos) or a conversation (the loss on the assistant turns)."""
+    messages = getattr(example, "messages", None)
+    if messages is None:
+        ids, prompt_length = encode_example(tokenizer, example.prompt, example.response)
+        ids = fit_to_context(ids, prompt_length, context, where=where)
+        return ids, [False] * prompt_length + [True] * (len(ids) - prompt_length)
+    ids, mask = encode_conversation(tokenizer, messages, where=where)
+    if not any(mask[:context]):
+        raise PreferError(f"{where}: no assistant token within the model's context of {context} tokens")
+    return ids[:context], mask[:context]

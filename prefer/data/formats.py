@@ -4,6 +4,16 @@
     rankings.jsonl        {"prompt": str, "responses": [str, ... K = 2..9], "ranking": [...]}
     prompts.jsonl         {"prompt": str}
 
+and beside them the formats of the rest of the ecosystem (TRL, the hub's chat and preference data sets):
+
+    {"prompt": str, "completion": str}          a demonstration (prompt + completion)
+    {"messages": [{"role", "content"}, ...]}    a conversation for SFT: the loss on the assistant turns only,
+                                                rendered with the tokenizer's chat template (prefer.data.encoding)
+    {"prompt": str, "chosen": str, "rejected": str}   a preference pair: a ranking of K = 2
+
+Records come from a JSONL file, from a Hugging Face data set saved with `save_to_disk` (a directory), or from the
+hub (`hf:NAME[:SPLIT]`, when online); `where` is then `<name>[row N]`.
+
 `ranking` orders the responses from best to worst by index; a tie is a list of indices that share a place:
 `[2, [0, 3], 1]` says response 2 is best, 0 and 3 tie, 1 is worst. Every index appears exactly once.
 Every reader checks every line and raises `PreferError("<file>:<line>: ...")` on the first bad one; writers are
@@ -53,13 +63,7 @@ class Prompt:
     prompt: str
 
 
-def read_records(path: str | Path, required: dict[str, type]) -> Iterable[tuple[str, dict]]:
-    """(where, record) for each non-blank line of a JSONL file, with the required fields present and of the
-    right type; `where` is "<file>:<line>" for error messages."""
-    path = Path(path)
-    if not path.is_file():
-        raise PreferError(f"{path}: no such file")
-    count = 0
+def _jsonl_records(path: Path) -> Iterable[tuple[str, object]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
             where = f"{path}:{number}"
@@ -70,16 +74,53 @@ def read_records(path: str | Path, required: dict[str, type]) -> Iterable[tuple[
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as error:
                 raise PreferError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise PreferError(f"{where}: expected a JSON object")
-            for field, kind in required.items():
-                if not isinstance(record.get(field), kind):
-                    raise PreferError(f"{where}: field '{field}' must be a {kind.__name__}")
-            count += 1
-            yield where, record
+
+
+def _dataset_records(path: str) -> Iterable[tuple[str, object]]:
+    """Rows of a `datasets` data set: a `save_to_disk` directory (a DatasetDict: its train split) or hf:NAME[:SPLIT]."""
+    import datasets  # lazy: importing datasets takes seconds
+
+    try:
+        if path.startswith("hf:"):
+            name, _, split = path.removeprefix("hf:").partition(":")
+            data = datasets.load_dataset(name, split=split or "train")
+        else:
+            data = datasets.load_from_disk(path)
+            if isinstance(data, datasets.DatasetDict):
+                if "train" not in data:
+                    raise PreferError(f"{path}: a DatasetDict without a 'train' split ({', '.join(data)})")
+                data = data["train"]
+    except PreferError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- the hub's and the loaders' errors have no common base class
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise PreferError(f"{path}: cannot load the data set ({type(error).__name__}: {first})") from None
+    for row, record in enumerate(data):
+        yield f"{path}[row {row}]", record
+
+
+def read_records(path: str | Path, required: dict[str, type]) -> Iterable[tuple[str, dict]]:
+    """(where, record) for each non-blank line of a JSONL file (or row of a data set directory, or of hf:NAME), with
+    the required fields present and of the right type; `where` is "<file>:<line>" for error messages."""
+    name = str(path)
+    if name.startswith("hf:") or Path(path).is_dir():
+        records = _dataset_records(name)
+    elif Path(path).is_file():
+        records = _jsonl_records(Path(path))
+    else:
+        raise PreferError(f"{path}: no such file")
+    count = 0
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise PreferError(f"{where}: expected a JSON object")
+        for field, kind in required.items():
+            if not isinstance(record.get(field), kind):
+                raise PreferError(f"{where}: field '{field}' must be a {kind.__name__}")
+        count += 1
+        yield where, record
     if count == 0:
         raise PreferError(f"{path}: no records")
 
@@ -96,9 +137,49 @@ def _nonempty(where: str, field: str, text: str) -> str:
     return text
 
 
-def read_demonstrations(path: str | Path) -> list[Demonstration]:
-    return [Demonstration(_nonempty(w, "prompt", r["prompt"]), _nonempty(w, "response", r["response"]))
-            for w, r in read_records(path, {"prompt": str, "response": str})]
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A chat for SFT: messages as ({"role", "content"}, ...); the loss is on the assistant turns only."""
+
+    messages: tuple[dict[str, str], ...]
+
+
+def parse_messages(where: str, messages: object) -> tuple[dict[str, str], ...]:
+    if not isinstance(messages, list) or not messages:
+        raise PreferError(f"{where}: field 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects")
+    parsed = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise PreferError(f"{where}: message {i} must be an object with a string 'content'")
+        if message.get("role") not in ROLES:
+            raise PreferError(f"{where}: message {i} has role {message.get('role')!r}; "
+                              f"choose one of {', '.join(ROLES)}")
+        parsed.append({"role": message["role"], "content": message["content"]})
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in parsed):
+        raise PreferError(f"{where}: no assistant message with content: nothing to train on")
+    return tuple(parsed)
+
+
+def _demonstration(where: str, record: dict, *, conversations: bool) -> Demonstration | Conversation:
+    if "messages" in record:
+        if not conversations:
+            raise PreferError(f"{where}: a {{\"messages\"}} conversation; this file needs {{\"prompt\", \"response\"}}")
+        return Conversation(parse_messages(where, record["messages"]))
+    key = "completion" if "completion" in record and "response" not in record else "response"
+    for field in ("prompt", key):
+        if not isinstance(record.get(field), str):
+            raise PreferError(f"{where}: field '{field}' must be a str (a demonstration is "
+                              '{"prompt", "response"}, {"prompt", "completion"} or {"messages"})')
+    return Demonstration(_nonempty(where, "prompt", record["prompt"]), _nonempty(where, key, record[key]))
+
+
+def read_demonstrations(path: str | Path, *, conversations: bool = False) -> list[Demonstration | Conversation]:
+    """Demonstrations {"prompt", "response"} or {"prompt", "completion"}; with `conversations`, also
+    {"messages": [...]} chats (SFT), returned as Conversation."""
+    return [_demonstration(w, r, conversations=conversations) for w, r in read_records(path, {})]
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:
@@ -127,8 +208,22 @@ def parse_ranking(where: str, ranking: object, k: int) -> tuple[int, ...]:
 
 
 def read_rankings(path: str | Path) -> list[Comparison]:
+    """Rankings {"prompt", "responses", "ranking"}, or preference pairs {"prompt", "chosen", "rejected"} (a ranking
+    of K = 2: chosen best), in one file alike."""
     comparisons = []
-    for where, record in read_records(path, {"prompt": str, "responses": list}):
+    for where, record in read_records(path, {"prompt": str}):
+        if "chosen" in record or "rejected" in record:
+            for field in ("chosen", "rejected"):
+                if not isinstance(record.get(field), str) or not record[field].strip():
+                    raise PreferError(f"{where}: field '{field}' must be a non-empty string (a preference pair is "
+                                      '{"prompt", "chosen", "rejected"})')
+            if record["chosen"] == record["rejected"]:
+                raise PreferError(f"{where}: 'chosen' and 'rejected' are the same text; the pair carries no preference")
+            comparisons.append(Comparison(_nonempty(where, "prompt", record["prompt"]),
+                                          (record["chosen"], record["rejected"]), (0, 1)))
+            continue
+        if not isinstance(record.get("responses"), list):
+            raise PreferError(f"{where}: field 'responses' must be a list (or give a pair: 'chosen', 'rejected')")
         responses = record["responses"]
         if not MIN_RESPONSES <= len(responses) <= MAX_RESPONSES:
             raise PreferError(f"{where}: {len(responses)} responses; a ranking needs {MIN_RESPONSES} to "
@@ -155,6 +250,22 @@ def write_demonstrations(path: str | Path, demonstrations: Sequence[Demonstratio
 def write_rankings(path: str | Path, comparisons: Sequence[Comparison]) -> None:
     write_jsonl(path, [{"prompt": c.prompt, "responses": list(c.responses), "ranking": c.ranking()}
                        for c in comparisons])
+
+
+def ranking_pairs(comparison: Comparison) -> list[tuple[str, str]]:
+    """Every non-tied (better, worse) pair of responses of a ranking, best pairs first: C(K, 2) minus the ties."""
+    order = sorted(range(len(comparison.ranks)), key=lambda i: comparison.ranks[i])
+    return [(comparison.responses[a], comparison.responses[b]) for x, a in enumerate(order) for b in order[x + 1:]
+            if comparison.ranks[a] < comparison.ranks[b]]
+
+
+def write_pairs(path: str | Path, comparisons: Sequence[Comparison]) -> int:
+    """Rankings as preference pairs {"prompt", "chosen", "rejected"} (TRL's format): every non-tied pair of each
+    ranking. Returns the number of pairs written."""
+    records = [{"prompt": c.prompt, "chosen": chosen, "rejected": rejected}
+               for c in comparisons for chosen, rejected in ranking_pairs(c)]
+    write_jsonl(path, records)
+    return len(records)
 
 
 def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

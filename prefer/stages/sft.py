@@ -19,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import SFTConfig, save_config
-from prefer.data.encoding import encode_example, fit_to_context
+from prefer.data.encoding import encode_sft_example
 from prefer.data.formats import (
+    Conversation,
     Demonstration,
     read_demonstrations,
     record_locations,
@@ -81,17 +82,16 @@ class SFTExamples:
         return SFTExamples(self.ids[index][:, :width], self.loss_mask[index][:, :width], attention[:, :width])
 
 
-def tokenize_demonstrations(demonstrations: list[Demonstration], locations: list[str], tokenizer, *, context: int,
-                            packing: bool) -> SFTExamples:
+def tokenize_demonstrations(demonstrations: list[Demonstration | Conversation], locations: list[str], tokenizer, *,
+                            context: int, packing: bool) -> SFTExamples:
     """One example per demonstration (cut to `context`), or with `packing` one stream cut into blocks of `context`
     tokens (an example may straddle two blocks; the last block is padded). A prompt that leaves no room for a
     response is a PreferError naming its file and line."""
     sequences, masks = [], []
     for demonstration, where in zip(demonstrations, locations):
-        ids, prompt_length = encode_example(tokenizer, demonstration.prompt, demonstration.response)
-        ids = fit_to_context(ids, prompt_length, context, where=where)
+        ids, mask = encode_sft_example(tokenizer, demonstration, context=context, where=where)
         sequences.append(ids)
-        masks.append([False] * prompt_length + [True] * (len(ids) - prompt_length))
+        masks.append(mask)
     if packing:
         stream = [token for ids in sequences for token in ids]
         stream_mask = [flag for mask in masks for flag in mask]
@@ -155,7 +155,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
             "stage": "sft", "init_from": config.model.init_from, "demonstrations": config.data.demonstrations}
 
     # 2. Data: demonstrations -> (train, validation) examples with response-only loss masks.
-    demonstrations = read_demonstrations(config.data.demonstrations)
+    demonstrations = read_demonstrations(config.data.demonstrations, conversations=True)
     locations = record_locations(config.data.demonstrations)
     train_index, val_index = split_validation(len(demonstrations), config.data.validation_fraction, config.runtime.seed)
     train = tokenize_demonstrations([demonstrations[i] for i in train_index], [locations[i] for i in train_index],
