@@ -98,3 +98,35 @@ def test_a_policy_with_another_tokenizer_is_refused(causal_lm, tmp_path):
     other = train_tokenizer(["completely different words here\n"] * 30, vocab_size=320)
     with pytest.raises(PreferError, match="tokenizer differs from the policy's"):
         reward_model.check_same_tokenizer(other)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("pad", ["eos", "own"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])
+def test_reward_is_read_at_the_last_real_token_whatever_the_padding(architecture, pad, padding_side, tmp_path,
+                                                                    build_tiny):
+    """The most common silent RLHF bug: reading the head one token off at eos/padding. Batches padded by the
+    tokenizer itself, on either side, with pad = eos (eos also starts and ends every sequence) or a pad of its own,
+    score every row exactly as it scores alone, at its final eos."""
+    reward_model = build_reward_model(build_tiny(tmp_path / "lm", architecture)).eval()
+    tokenizer = reward_model.tokenizer
+    eos = tokenizer.eos_token_id
+    if pad == "own":
+        tokenizer.pad_token = "<|good|>"  # any token that is not eos
+        assert tokenizer.pad_token_id != eos
+    assert (tokenizer.pad_token_id == eos) == (pad == "eos")
+    tokenizer.padding_side = padding_side
+    encoded = reward_model.encode(PAIRS)
+    batch = tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    last = last_token_index(mask)
+    assert ids[torch.arange(3), last].tolist() == [eos] * 3  # the final eos of each row, never a pad or a prompt token
+    if padding_side == "left":
+        assert last.tolist() == [ids.shape[1] - 1] * 3
+    else:
+        assert last.tolist() == [len(e) - 1 for e in encoded]
+    with torch.no_grad():
+        batched = reward_model(ids, mask)
+        alone = torch.cat([reward_model(torch.tensor([e]), torch.ones(1, len(e), dtype=torch.bool)) for e in encoded])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    assert torch.unique(batched).numel() == 3
