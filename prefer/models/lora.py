@@ -79,8 +79,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig, *, trainable: tuple[str, ..
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """HF gradient checkpointing (non-reentrant). With frozen embeddings (LoRA) the checkpointed blocks' inputs do
-    not require grad; `enable_input_require_grads` makes them, or the adapters would get no gradient."""
+    """HF gradient checkpointing (non-reentrant), for every stage that trains in train mode. With frozen embeddings
+    (LoRA) the blocks' inputs do not require grad; `enable_input_require_grads` makes them, which reentrant
+    checkpointing (a model may force it) needs to give the adapters a gradient."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise PreferError(f"runtime.gradient_checkpointing: {type(model).__name__} does not support it")
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)

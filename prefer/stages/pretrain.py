@@ -37,6 +37,7 @@ from prefer.models.build import (
     reset_control_embeddings,
 )
 from prefer.models.heads import ValueHead
+from prefer.models.lora import enable_gradient_checkpointing
 from prefer.objectives import (
     next_token_targets,
 )
@@ -138,6 +139,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     tagged = tagged_validation(corpus.validation, objective)
     val_tagged_blocks = pack_documents(tagged, tokenizer, block_size=block_size) if tagged is not None else None
     model.to(device).train()
+    if config.runtime.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     value_head = ValueHead(model.config.hidden_size).to(device) if spec.value_head else None
     extra = {"value_head": value_head} if value_head is not None else {}  # saved beside every model
     if value_head is not None and checkpoint is not None:

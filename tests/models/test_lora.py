@@ -14,7 +14,7 @@ from prefer.config import LoRAConfig, PPOConfig, RewardConfig, SFTConfig, build_
 from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_rankings
 from prefer.errors import PreferError
 from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
-from prefer.models.lora import FrozenView, apply_lora, disabled_adapters, merged_state_dict
+from prefer.models.lora import FrozenView, apply_lora, disabled_adapters, merged_state_dict, prepare
 from prefer.rollouts import make_rollout
 from prefer.stages.ppo import build_value_model, ppo
 from prefer.stages.reward import reward
@@ -182,3 +182,20 @@ def test_bad_lora_settings_are_one_line_errors(data):
     with pytest.raises(PreferError, match="runtime.parallel=fsdp"):
         build_config(SFTConfig, {"data.demonstrations": "d.jsonl", "model.init_from": "m", "lora.r": 4,
                                  "runtime.parallel": "fsdp"})
+
+
+@pytest.mark.parametrize("r", [0, 4])
+def test_gradient_checkpointing_computes_the_same_step(data, tmp_path, r):
+    """Recomputing activations changes memory, not the gradient; with LoRA the frozen embeddings would otherwise
+    leave the checkpointed blocks without a gradient path (a zero gradient norm)."""
+    first = {}
+    for flag in (False, True):
+        sft(load_config(SFTConfig, overrides=_sft_values(data, tmp_path / str(flag), **{
+            "lora.r": r, "runtime.gradient_checkpointing": flag, "train.epochs": 0.25, "optimizer.grad_clip": 1e9})))
+        first[flag] = read_metrics(tmp_path / str(flag))[0]
+    assert first[True]["train/loss"] == pytest.approx(first[False]["train/loss"], rel=1e-6)
+    assert first[True]["train/grad_norm"] == pytest.approx(first[False]["train/grad_norm"], rel=1e-4)
+    assert first[True]["train/grad_norm"] > 0
+    model = prepare(load_model(data / "init"), LoRAConfig(r=r), gradient_checkpointing=True)
+    assert model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing") else \
+        model.is_gradient_checkpointing
