@@ -1,9 +1,12 @@
-"""PPO with full finetuning vs LoRA on the same model: peak memory and time per iteration, measured in one run.
+"""PPO with full finetuning vs LoRA (and LoRA with the critic on the policy's trunk) on the same model: peak memory
+and time per iteration, measured in one run.
 
 Each variant runs `prefer ppo` (the stage itself) in a fresh process, so that its peak resident memory is its own:
 full finetuning holds the policy, the frozen reference and the value model (policy and critic with gradients and
 two Adam moments each); LoRA holds the policy's trunk once (the reference is the same trunk with the adapters off),
-the value trunk, and gradients and Adam moments of the adapters only. Peak memory is the process's peak RSS
+the value trunk, and gradients and Adam moments of the adapters only; `value_trunk=shared` drops the value trunk
+too (the critic is a head on the policy's trunk): one model for policy, reference and critic. Peak memory is the
+process's peak RSS
 (`getrusage`) minus its RSS just before the stage starts; on a GPU it is `torch.cuda.max_memory_allocated`.
 
     python bench/lora_memory.py [--hidden 512] [--layers 8] [--iterations 3] [--device cpu]
@@ -63,7 +66,8 @@ def run_variant(directory: Path, variant: str, *, iterations: int, device: str) 
               "reward.scorer": "length", "train.iterations": iterations, "train.batch_size": 8,
               "train.minibatch_size": 8, "rollout.max_new_tokens": 32, "optimizer.lr": 1e-4,
               "train.checkpoint_every": 10_000, "runtime.progress": False, "runtime.device": device,
-              "lora.r": 8 if variant == "lora" else 0}
+              "lora.r": 0 if variant == "full" else 8,
+              "value_trunk": "shared" if variant == "lora-shared" else "separate"}
     config = build_config(PPOConfig, values)
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
@@ -92,19 +96,20 @@ def main() -> None:
         directory = Path(tmp)
         parameters = build(directory, hidden=args.hidden, layers=args.layers)
         results = {}
-        for variant in ("full", "lora"):
+        for variant in ("full", "lora", "lora-shared"):
             output = subprocess.run([sys.executable, __file__, "--variant", variant, "--dir", tmp,
                                      "--iterations", str(args.iterations), "--device", args.device],
                                     check=True, capture_output=True, text=True, cwd=ROOT).stdout
             results[variant] = json.loads(output.strip().splitlines()[-1])
-    full, lora = results["full"], results["lora"]
+    full = results["full"]
     print(f"PPO on a random Llama of {parameters / 1e6:.1f}M parameters ({args.layers} layers, hidden {args.hidden}), "
           f"batch 8 x 32 new tokens, {args.iterations} iterations, {args.device}")
+    names = {"full": "full finetuning", "lora": "LoRA r=8", "lora-shared": "LoRA r=8, value_trunk=shared"}
     for name, result in results.items():
-        print(f"  {name:5s} peak memory {result['peak_bytes'] / 2**20:8.0f} MiB   "
-              f"{result['seconds_per_iteration']:6.2f} s/iteration")
-    print(f"full / LoRA (r=8): peak memory {full['peak_bytes'] / lora['peak_bytes']:.2f}x, "
-          f"time per iteration {full['seconds_per_iteration'] / lora['seconds_per_iteration']:.2f}x")
+        print(f"  {names[name]:30s} peak memory {result['peak_bytes'] / 2**20:7.0f} MiB  "
+              f"{result['seconds_per_iteration']:6.2f} s/iteration   full / this: memory "
+              f"{full['peak_bytes'] / result['peak_bytes']:.2f}x, time "
+              f"{full['seconds_per_iteration'] / result['seconds_per_iteration']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from prefer.models.heads import ValueHead
 from prefer.objectives import entropy, gae, kl_penalized_rewards, token_logprobs, whiten
 from prefer.training import autocast
 
-__all__ = ["Rollout", "ValueModel", "collate", "policy_logits", "make_rollout", "add_advantages"]
+__all__ = ["Rollout", "ValueModel", "SharedTrunkValueModel", "collate", "policy_logits", "make_rollout",
+           "add_advantages"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,22 @@ class ValueModel(nn.Module):
                                               episodes.response_mask)
         hidden = self.trunk(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
         return self.head(hidden)[:, episodes.query.shape[1] - 1: -1]  # [B, Q + R] -> [B, R]
+
+
+class SharedTrunkValueModel(ValueModel):
+    """V on the policy's own trunk: a zero-initialised head on the hidden states of the policy (with its adapters,
+    under LoRA), so policy, reference (LoRA: adapters off) and critic hold one set of weights. The value loss then
+    trains the policy's trunk too (a shared actor-critic). The policy stays outside this module's tree: its
+    parameters are the head's only, so the optimizer and checkpoints see each weight once."""
+
+    def __init__(self, policy: nn.Module):
+        nn.Module.__init__(self)
+        self.head = ValueHead(policy.config.hidden_size)
+        self._policy = [policy]  # a list: not a submodule
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self._policy[0].base_model
 
 
 @torch.no_grad()

@@ -229,9 +229,14 @@ class PPOConfig:
     # r > 0: the policy trains adapters and the frozen reference is the same trunk with them disabled (one model in
     # memory, not two); the value model gets adapters of its own
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    # separate: the critic is a trunk of its own (the reward model's, InstructGPT; LoRA: with its own adapters);
+    # shared: a zero-initialised value head on the policy's trunk (one process): one model in memory for policy,
+    # reference (with LoRA) and critic, and the value loss trains the policy's trunk too
+    value_trunk: str = "separate"
 
     def __post_init__(self):
         check(bool(self.init_from), "init_from", "the SFT model directory is required")
+        check(self.value_trunk in ("separate", "shared"), "value_trunk", "choose separate | shared")
         check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
         check(self.reward.scorer is not None or self.reward.model is not None, "reward.scorer",
               "name a scorer (e.g. pep8, rm:DIR) or give reward.model")

@@ -52,6 +52,7 @@ from prefer.objectives import (
 )
 from prefer.rollouts import (
     Rollout,
+    SharedTrunkValueModel,
     ValueModel,
     add_advantages,
     make_rollout,
@@ -251,7 +252,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
     # everything but the length of the run and the progress bar must match the run being resumed
-    resumable = ("init_from", "prompts", "lora", "reward", "rollout", "ppo", "kl", "ptx", "optimizer",
+    resumable = ("init_from", "prompts", "lora", "value_trunk", "reward", "rollout", "ppo", "kl", "ptx", "optimizer",
                  *(f"train.{f.name}" for f in fields(config.train) if f.name != "iterations"),
                  *(f"runtime.{f.name}" for f in fields(config.runtime) if f.name != "progress"))
     checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, sections=resumable)
@@ -271,8 +272,13 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         check_same_vocabulary(tokenizer, load_tokenizer(config.reward.model), what=f"reward.model {config.reward.model}")
     if config.reward.scorer is not None and config.reward.scorer.startswith("rm:"):
         check_same_vocabulary(tokenizer, load_tokenizer(config.reward.scorer.removeprefix("rm:")), what=f"reward.scorer {config.reward.scorer}")
-    value_model = build_value_model(config.init_from, config.reward.model)
-    prepare(value_model.trunk, config.lora)  # its own adapters; the head stays trainable
+    if config.value_trunk == "shared":
+        if dist.world_size > 1:
+            raise PreferError("config: value_trunk: shared runs in one process; under torchrun use separate")
+        value_model = SharedTrunkValueModel(policy)
+    else:
+        value_model = build_value_model(config.init_from, config.reward.model)
+        prepare(value_model.trunk, config.lora)  # its own adapters; the head stays trainable
     if checkpoint is not None:
         from safetensors.torch import load_file
 

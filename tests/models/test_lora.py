@@ -199,3 +199,39 @@ def test_gradient_checkpointing_computes_the_same_step(data, tmp_path, r):
     model = prepare(load_model(data / "init"), LoRAConfig(r=r), gradient_checkpointing=True)
     assert model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing") else \
         model.is_gradient_checkpointing
+
+
+def test_shared_value_trunk_holds_one_model_and_resumes(data, tmp_path, monkeypatch):
+    """value_trunk=shared with LoRA: policy, reference and critic are one set of weights; the critic's own
+    parameters are its head's, the value loss reaches the policy's adapters, and a killed run resumes exactly."""
+    from prefer import scorers
+    from prefer.rollouts import SharedTrunkValueModel
+
+    policy = apply_lora(load_model(data / "init"), LoRAConfig(r=4))
+    critic = SharedTrunkValueModel(policy)
+    assert [name for name, _ in critic.named_parameters()] == ["head.linear.weight", "head.linear.bias"]
+    assert critic.trunk is policy.base_model
+    tokenizer = load_tokenizer(data / "init")
+    episodes = make_rollout(policy.eval(), FrozenView(policy), critic, [[tokenizer.eos_token_id, 5, 6]], [[7, 8]],
+                            rewards=torch.ones(1), gold=torch.zeros(1), temperature=1.0,
+                            pad_id=tokenizer.eos_token_id, batch_size=1, device=torch.device("cpu"))
+    with torch.no_grad():
+        critic.head.linear.weight.fill_(0.1)  # a zero head passes no gradient back to the trunk
+    critic(episodes).sum().backward()
+    assert all(p.grad is not None for name, p in policy.named_parameters() if "lora_A" in name)
+
+    monkeypatch.setitem(scorers.SCORERS, "not-a", lambda texts: [sum(c != "A" for c in t) / len(t) for t in texts])
+    values = {"out_dir": tmp_path / "run", "init_from": data / "init", "prompts": data / "prompts.jsonl",
+              "reward.scorer": "not-a", "train.iterations": 3, "train.batch_size": 8, "train.minibatch_size": 4,
+              "rollout.max_new_tokens": 6, "optimizer.lr": 1e-2, "runtime.progress": False, "lora.r": 4,
+              "value_trunk": "shared", "train.checkpoint_every": 1}
+    final = ppo(build_config(PPOConfig, values))
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000003" / "model"
+    assert set(load_file(checkpoint / "value_model.safetensors")) == {"head.linear.weight", "head.linear.bias"}
+    shutil.copytree(tmp_path / "run", tmp_path / "killed")
+    shutil.rmtree(tmp_path / "killed" / "final")
+    shutil.rmtree(tmp_path / "killed" / "checkpoints" / "step_00000003")
+    (tmp_path / "killed" / "checkpoints" / "latest").write_text("step_00000002\n")
+    resumed = ppo(build_config(PPOConfig, {**values, "out_dir": tmp_path / "killed"}), resume=True)
+    expected, got = load_file(final / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
