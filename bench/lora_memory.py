@@ -6,8 +6,7 @@ full finetuning holds the policy, the frozen reference and the value model (poli
 two Adam moments each); LoRA holds the policy's trunk once (the reference is the same trunk with the adapters off),
 the value trunk, and gradients and Adam moments of the adapters only; `value_trunk=shared` drops the value trunk
 too (the critic is a head on the policy's trunk): one model for policy, reference and critic. Peak memory is the
-process's peak RSS
-(`getrusage`) minus its RSS just before the stage starts; on a GPU it is `torch.cuda.max_memory_allocated`.
+process's peak RSS (`getrusage`) minus its RSS just before the stage starts; on a GPU, max_memory_allocated.
 
     python bench/lora_memory.py [--hidden 512] [--layers 8] [--iterations 3] [--device cpu]
 """

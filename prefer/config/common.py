@@ -56,7 +56,7 @@ class RuntimeConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     parallel: str = "ddp"  # under torchrun: ddp (whole model on each rank) | fsdp (FSDP2: weights, optimizer sharded)
     progress: bool = True  # progress bars
-    # recompute each block's activations in the backward pass: less memory, ~30% more compute (HF models)
+    # recompute each block's activations in the backward pass (HF models): less memory, one more forward per step
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
