@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_architectures import ARCHITECTURES, save_tiny  # tests/models/tiny_architectures.py
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from prefer.config import PPOConfig, RewardConfig, SFTConfig, build_config
@@ -27,11 +28,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LETTERS = "ABCD"
 
 
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def architecture(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, architecture, build_tiny):
+def data(tmp_path_factory, architecture):
     root = tmp_path_factory.mktemp(architecture)
     chat = architecture == "qwen2"
-    build_tiny(root / "init", architecture, chat=chat)
+    save_tiny(root / "init", architecture, chat=chat)
     if chat:
         lines = [{"messages": [{"role": "user", "content": f"say {c}"}, {"role": "assistant", "content": f" {c} {c}"}]}
                  for c in LETTERS] * 8

@@ -103,12 +103,13 @@ def test_a_policy_with_another_tokenizer_is_refused(causal_lm, tmp_path):
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("pad", ["eos", "own"])
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])
-def test_reward_is_read_at_the_last_real_token_whatever_the_padding(architecture, pad, padding_side, tmp_path,
-                                                                    build_tiny):
+def test_reward_is_read_at_the_last_real_token_whatever_the_padding(architecture, pad, padding_side, tmp_path):
     """The most common silent RLHF bug: reading the head one token off at eos/padding. Batches padded by the
     tokenizer itself, on either side, with pad = eos (eos also starts and ends every sequence) or a pad of its own,
     score every row exactly as it scores alone, at its final eos."""
-    reward_model = build_reward_model(build_tiny(tmp_path / "lm", architecture)).eval()
+    from tiny_architectures import save_tiny
+
+    reward_model = build_reward_model(save_tiny(tmp_path / "lm", architecture)).eval()
     tokenizer = reward_model.tokenizer
     eos = tokenizer.eos_token_id
     if pad == "own":

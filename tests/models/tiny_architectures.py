@@ -1,6 +1,6 @@
-"""Tiny random models of the architectures users bring (Llama, Qwen2, GPT-2), built in the test: no downloads."""
+"""Tiny random models of the architectures users bring (Llama, Qwen2, GPT-2), built in the test: no downloads.
+A plain module (not a conftest: `from conftest import ...` elsewhere must keep finding tests/conftest.py)."""
 
-import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -45,14 +45,3 @@ def save_tiny(path, architecture: str, *, chat: bool = False):
     tiny_model(architecture, tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="module", params=ARCHITECTURES)
-def architecture(request):
-    return request.param
-
-
-@pytest.fixture(scope="session")
-def build_tiny():
-    """save_tiny(path, architecture, chat=False) -> path: a tiny random model of the architecture + its tokenizer."""
-    return save_tiny
