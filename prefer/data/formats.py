@@ -176,9 +176,9 @@ def _demonstration(where: str, record: dict, *, conversations: bool) -> Demonstr
     return Demonstration(_nonempty(where, "prompt", record["prompt"]), _nonempty(where, key, record[key]))
 
 
-def read_demonstrations(path: str | Path, *, conversations: bool = False) -> list[Demonstration | Conversation]:
-    """Demonstrations {"prompt", "response"} or {"prompt", "completion"}; with `conversations`, also
-    {"messages": [...]} chats (SFT), returned as Conversation."""
+def read_demonstrations(path: str | Path, *, conversations: bool = True) -> list[Demonstration | Conversation]:
+    """Demonstrations {"prompt", "response"} or {"prompt", "completion"}, and {"messages": [...]} chats (SFT),
+    returned as Conversation; `conversations=False` refuses chats (where (prompt, response) pairs are needed)."""
     return [_demonstration(w, r, conversations=conversations) for w, r in read_records(path, {})]
 
 

@@ -152,7 +152,8 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
                                  reward_model) if val_index else None
     # The bias is set after training from these pairs; a bad file must fail now, not after training.
     if config.data.demonstrations is not None:
-        bias_pairs = [(d.prompt, d.response) for d in read_demonstrations(config.data.demonstrations)]
+        bias_pairs = [(d.prompt, d.response)
+                      for d in read_demonstrations(config.data.demonstrations, conversations=False)]
         reward_model.encode(bias_pairs, where=record_locations(config.data.demonstrations))
     else:
         bias_pairs = [(c.prompt, c.responses[c.ranks.index(0)]) for c in comparisons]

@@ -155,7 +155,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
             "stage": "sft", "init_from": config.model.init_from, "demonstrations": config.data.demonstrations}
 
     # 2. Data: demonstrations -> (train, validation) examples with response-only loss masks.
-    demonstrations = read_demonstrations(config.data.demonstrations, conversations=True)
+    demonstrations = read_demonstrations(config.data.demonstrations)
     locations = record_locations(config.data.demonstrations)
     train_index, val_index = split_validation(len(demonstrations), config.data.validation_fraction, config.runtime.seed)
     train = tokenize_demonstrations([demonstrations[i] for i in train_index], [locations[i] for i in train_index],

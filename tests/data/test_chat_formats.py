@@ -93,7 +93,7 @@ def test_every_format_is_read_and_bad_lines_are_named(tmp_path):
     read = read_demonstrations(path, conversations=True)
     assert read == [Demonstration("p", " r"), Demonstration("p", " c"), Conversation(tuple(CHAT))]
     with pytest.raises(PreferError, match=r"sft\.jsonl:3: a \{\"messages\"\} conversation"):
-        read_demonstrations(path)  # the reward model's bias needs (prompt, response) pairs
+        read_demonstrations(path, conversations=False)  # the reward model's bias needs (prompt, response) pairs
     for bad, message in [({"messages": [{"role": "user", "content": "x"}]}, ":2: no assistant message"),
                          ({"messages": [{"role": "bot", "content": "x"}]}, ":2: message 0 has role 'bot'"),
                          ({"prompt": "p"}, ":2: field 'response' must be a str")]:
