@@ -27,6 +27,9 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--admin-token-env", default="PREFER_ADMIN_TOKEN", metavar="NAME",
                        help="environment variable holding the admin token (default: PREFER_ADMIN_TOKEN)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
+    serve.add_argument("--password-hash", default="standard", choices=["standard", "test"],
+                       help="argon2id cost for new passwords: standard (64 MiB, 3 passes) or test (cheap: test "
+                            "suites only)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -49,7 +52,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise PreferError("--workers: at least 1")
     serve(db_url=args.db, host=args.host, port=args.port, admin_token=args.admin_token,
-          token_env=args.admin_token_env, workers=args.workers, log_level=args.log_level)
+          token_env=args.admin_token_env, workers=args.workers, log_level=args.log_level,
+          hash_profile=args.password_hash)
     return 0
 
 

@@ -18,18 +18,32 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 COOKIE = "prefer_session"
 CSRF_HEADER = "X-CSRF-Token"
-_hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile
-# Verified against when the username is unknown, so a wrong username costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+# argon2id cost profiles. "standard" is argon2-cffi's default (RFC 9106 low-memory: 3 passes over 64 MiB);
+# "test" exists so a test suite can create and log in 50 labelers in seconds, and must not be used otherwise.
+# A hash records its own parameters, so verifying works whatever profile made it.
+PROFILES = {"standard": {}, "test": {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}}
+_state: dict = {}
+
+
+def set_hash_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ValueError(f"password hash profile {profile!r}: one of {sorted(PROFILES)}")
+    hasher = PasswordHasher(**PROFILES[profile])
+    # Verified against when the username is unknown, so a wrong username costs as long as a wrong password.
+    _state.update(hasher=hasher, dummy=hasher.hash(secrets.token_urlsafe(16)))
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    if not _state:
+        set_hash_profile("standard")
+    return _state["hasher"].hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
+    if not _state:
+        set_hash_profile("standard")
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _state["hasher"].verify(password_hash or _state["dummy"], password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

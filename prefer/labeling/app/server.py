@@ -22,6 +22,7 @@ from prefer.errors import PreferError
 from prefer.labeling.app import api, db as database, service
 from prefer.labeling.app.deps import Identity, get_db, optional_identity
 from prefer.labeling.app.models import Project
+from prefer.labeling.app.security import set_hash_profile
 from prefer.labeling.app.service import AppError
 
 HERE = Path(__file__).parent
@@ -36,9 +37,11 @@ def _field(loc) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**20) -> FastAPI:
+def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**20,
+               hash_profile: str = "standard") -> FastAPI:
     if len(admin_token) < MIN_TOKEN:
         raise PreferError(f"admin token: at least {MIN_TOKEN} characters (it guards every admin endpoint)")
+    set_hash_profile(hash_profile)
     app = FastAPI(title="prefer labeling", docs_url=None, redoc_url=None, openapi_url=None)
     engine = database.make_engine(db_url)
     app.state.engine = engine
@@ -125,11 +128,12 @@ def app_from_env() -> FastAPI:
     under its own variable name, never on a command line the workers' ps would show)."""
     token_env = os.environ.get("PREFER_SERVE_TOKEN_ENV", DEFAULT_TOKEN_ENV)
     return create_app(os.environ["PREFER_SERVE_DB"], os.environ[token_env],
-                      max_body_bytes=int(os.environ.get("PREFER_SERVE_MAX_BODY", 32 * 2**20)))
+                      max_body_bytes=int(os.environ.get("PREFER_SERVE_MAX_BODY", 32 * 2**20)),
+                      hash_profile=os.environ.get("PREFER_SERVE_HASH_PROFILE", "standard"))
 
 
 def serve(*, db_url: str, host: str, port: int, admin_token: str | None, token_env: str, workers: int = 1,
-          log_level: str = "info") -> None:
+          log_level: str = "info", hash_profile: str = "standard") -> None:
     import uvicorn
 
     token = admin_token or os.environ.get(token_env)
@@ -147,6 +151,7 @@ def serve(*, db_url: str, host: str, port: int, admin_token: str | None, token_e
         engine.dispose()
     os.environ["PREFER_SERVE_DB"] = url
     os.environ["PREFER_SERVE_TOKEN_ENV"] = token_env
+    os.environ["PREFER_SERVE_HASH_PROFILE"] = hash_profile
     os.environ[token_env] = token
     print(f"[serve] http://{host}:{port}/ (labelers)  http://{host}:{port}/admin (admin; token from "
           f"{'--admin-token' if admin_token else '$' + token_env})", flush=True)
