@@ -219,7 +219,8 @@ def post_generate(project_id: int, body: GenerateIn, db: DB = Depends(get_db)):
                                            max_new_tokens=body.max_new_tokens, temperature=body.temperature,
                                            top_p=body.top_p, block=body.block, seed=body.seed, device=body.device)
     except PreferError as error:
-        raise AppError(422, f"checkpoint: {error}") from None
+        message = str(error)
+        raise AppError(422, message if message.startswith("checkpoint") else f"checkpoint: {message}") from None
     by_prompt, dropped = {}, 0
     for prompt, responses in zip(prompts, samples):
         kept = [r for r in responses if r.strip()]  # an empty sample is nothing to rank
