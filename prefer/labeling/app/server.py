@@ -7,6 +7,7 @@ prompt or response can never run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def _field(loc) -> str:
 
 
 def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**20,
-               hash_profile: str = "standard") -> FastAPI:
+               hash_profile: str = "standard", concurrency: int = 16) -> FastAPI:
     if len(admin_token) < MIN_TOKEN:
         raise PreferError(f"admin token: at least {MIN_TOKEN} characters (it guards every admin endpoint)")
     set_hash_profile(hash_profile)
@@ -48,13 +49,18 @@ def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**2
     app.state.sessionmaker = database.make_sessionmaker(engine)
     app.state.admin_token = admin_token
     templates = Jinja2Templates(directory=HERE / "templates")
+    # Requests beyond this wait here, before taking a database connection: FastAPI runs a request's sync
+    # dependencies and its endpoint as separate thread-pool calls, so without a cap 1,000 concurrent requests
+    # hold every pooled connection while waiting for a thread, and time out.
+    in_flight = asyncio.Semaphore(concurrency)
 
     @app.middleware("http")
     async def limits_and_headers(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             return JSONResponse({"detail": f"request body: {length} bytes; at most {max_body_bytes}"}, 413)
-        response = await call_next(request)
+        async with in_flight:
+            response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"

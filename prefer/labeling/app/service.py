@@ -97,18 +97,19 @@ def attach_responses(db: DB, project: Project, by_prompt: dict[str, list[str]], 
         if text in prompts and prompts[text].id in ranked:
             raise AppError(409, f"{where[text]}: field 'prompt': it already has a ranking task; its responses are "
                                 "fixed")
-    for text, responses in by_prompt.items():
-        prompt = prompts.get(text)
-        if prompt is None:
-            prompt = Prompt(project_id=project.id, text=text)
-            db.add(prompt)
-            db.flush()
-        for old in db.scalars(select(Response).where(Response.prompt_id == prompt.id)):
+    new = [Prompt(project_id=project.id, text=text) for text in by_prompt if text not in prompts]
+    db.add_all(new)
+    db.flush()  # one round of inserts for all new prompts, then their ids
+    prompts.update({p.text: p for p in new})
+    new_texts = {p.text for p in new}
+    replaced = [prompts[text].id for text in by_prompt if text not in new_texts]
+    if replaced:
+        for old in db.scalars(select(Response).where(Response.prompt_id.in_(replaced))):
             db.delete(old)
         db.flush()
-        for position, response in enumerate(responses):
-            db.add(Response(prompt_id=prompt.id, position=position, text=response,
-                            generation_id=generation.id if generation else None))
+    db.add_all(Response(prompt_id=prompts[text].id, position=position, text=response,
+                        generation_id=generation.id if generation else None)
+               for text, responses in by_prompt.items() for position, response in enumerate(responses))
     db.flush()
     return {"prompts_with_responses": len(by_prompt), "responses_added": sum(map(len, by_prompt.values()))}
 
@@ -161,25 +162,24 @@ def create_tasks(db: DB, project: Project, kind: str, overlap: int, usernames: l
         raise AppError(422, f"overlap: {overlap} labelers per task, but {len(labelers)} labeler(s) are available")
     prompts = list(db.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id)))
     if kind == "ranking":
-        prompts = [p for p in prompts if len(p.responses) >= MIN_RESPONSES]
+        counts = dict(db.execute(select(Response.prompt_id, func.count()).join(Prompt)
+                                 .where(Prompt.project_id == project.id).group_by(Response.prompt_id)).all())
+        prompts = [p for p in prompts if counts.get(p.id, 0) >= MIN_RESPONSES]
     existing = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == kind)))
     load = Counter({u.id: 0 for u in labelers})
     load.update(db.scalars(select(Assignment.user_id).join(Task).where(Task.project_id == project.id,
                                                                        Assignment.user_id.in_(list(load)))))
-    created = assigned = 0
-    for prompt in prompts:
-        if prompt.id in existing:
-            continue
-        task = Task(project_id=project.id, prompt_id=prompt.id, kind=kind)
-        db.add(task)
-        db.flush()
-        created += 1
-        for user_id in sorted(load, key=lambda u: (load[u], u))[:overlap]:
-            db.add(Assignment(task_id=task.id, user_id=user_id))
-            load[user_id] += 1
-            assigned += 1
+    tasks = [Task(project_id=project.id, prompt_id=p.id, kind=kind) for p in prompts if p.id not in existing]
+    db.add_all(tasks)
     db.flush()
-    return {"tasks_created": created, "assignments_created": assigned}
+    assignments = []
+    for task in tasks:
+        for user_id in sorted(load, key=lambda u: (load[u], u))[:overlap]:
+            assignments.append(Assignment(task_id=task.id, user_id=user_id))
+            load[user_id] += 1
+    db.add_all(assignments)
+    db.flush()
+    return {"tasks_created": len(tasks), "assignments_created": len(assignments)}
 
 
 def own_assignment(db: DB, user: User, assignment_id: int, *, for_update: bool = False) -> Assignment:

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from conftest import ADMIN, PASSWORD, TOKEN, Labeler, jsonl, setup_project
+from serve_testing import ADMIN, PASSWORD, TOKEN, Labeler, app, jsonl, setup_project  # noqa: F401 (fixture)
 from prefer.labeling.app.models import Assignment, Label, Prompt, Session, User
 from prefer.labeling.app.server import create_app
 
@@ -119,7 +119,6 @@ def test_unknown_ids_and_demonstration_checks(app, project):
 
 
 def test_oversized_request_body_is_refused(tmp_path):
-    from conftest import make_app  # noqa: F401  (schema)
     from prefer.labeling.app.db import make_engine, upgrade
 
     url = str(tmp_path / "small.db")

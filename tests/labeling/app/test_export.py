@@ -9,7 +9,7 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import ADMIN, REPO, Labeler, setup_project
+from serve_testing import ADMIN, REPO, Labeler, app, setup_project, tiny_checkpoint  # noqa: F401 (fixtures)
 from prefer.cli import main
 from prefer.data.formats import Comparison, Demonstration, read_demonstrations, read_rankings
 from prefer.labeling.app.export import write_export

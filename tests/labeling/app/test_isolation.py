@@ -8,7 +8,7 @@ import re
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from conftest import ADMIN, Labeler, setup_project
+from serve_testing import ADMIN, Labeler, app, setup_project  # noqa: F401 (fixture)
 from prefer.labeling.app.models import Assignment, Label
 
 RESPONSES = {"p1": ["a", "b", "c"], "p2": ["d", "e"]}

@@ -6,7 +6,7 @@ from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
-from conftest import ADMIN, Labeler, make_app
+from serve_testing import ADMIN, Labeler, make_app
 from prefer.labeling.app.db import current_revision, head_revision, make_engine, upgrade
 from prefer.labeling.app.models import Base
 from prefer.labeling.app.security import hash_password

@@ -1,4 +1,5 @@
-"""Shared pieces of the labeling-app tests: an app on a fresh SQLite file, labelers with their own cookies and CSRF
+"""Shared pieces of the labeling-app tests (a module, not a conftest.py: tests/conftest.py is imported as
+`conftest` by other tests, and a second one would shadow it): an app on a fresh SQLite file, labelers with their own cookies and CSRF
 tokens, a real `prefer serve` process on 127.0.0.1, a throwaway PostgreSQL database, and a tiny checkpoint."""
 
 from __future__ import annotations
