@@ -182,22 +182,22 @@ def post_project(body: ProjectIn, db: DB = Depends(get_db)):
     return _commit(db, {"id": project.id, "name": project.name})
 
 
-def _upload(request: Request, project_id: int, content: bytes, loader) -> dict:
-    with request.app.state.sessionmaker() as db:
-        project = service.get_project(db, project_id)
-        return _commit(db, loader(db, project, content, request.query_params.get("filename", "upload.jsonl")))
+def _upload(db: DB, request: Request, project_id: int, content: bytes, loader) -> dict:
+    # The request's own session: on SQLite the admin check already holds its (BEGIN IMMEDIATE) transaction.
+    project = service.get_project(db, project_id)
+    return _commit(db, loader(db, project, content, request.query_params.get("filename", "upload.jsonl")))
 
 
 @admin.post("/projects/{project_id}/prompts")
-async def post_prompts(project_id: int, request: Request):
+async def post_prompts(project_id: int, request: Request, db: DB = Depends(get_db)):
     """Body: a prompts JSONL file ({"prompt"} per line), as `prefer ppo` reads it."""
-    return await run_in_threadpool(_upload, request, project_id, await request.body(), service.load_prompts)
+    return await run_in_threadpool(_upload, db, request, project_id, await request.body(), service.load_prompts)
 
 
 @admin.post("/projects/{project_id}/responses")
-async def post_responses(project_id: int, request: Request):
+async def post_responses(project_id: int, request: Request, db: DB = Depends(get_db)):
     """Body: JSONL, {"prompt", "responses": [K = 2..9]} per line; replaces the prompts' responses."""
-    return await run_in_threadpool(_upload, request, project_id, await request.body(), service.upload_responses)
+    return await run_in_threadpool(_upload, db, request, project_id, await request.body(), service.upload_responses)
 
 
 @admin.post("/projects/{project_id}/generate")

@@ -181,7 +181,7 @@ def tiny_checkpoint(tmp_path_factory):
              "Explain why the sky is blue, briefly.\n"] * 40
     tokenizer = train_tokenizer(texts, vocab_size=300)
     torch.manual_seed(0)
-    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=64)
+    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=128)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

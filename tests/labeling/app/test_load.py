@@ -56,19 +56,26 @@ async def login_all(base: str) -> list[tuple[httpx.AsyncClient, list[int]]]:
     return list(await asyncio.gather(*(login(base, i) for i in range(LABELERS))))
 
 
-async def submit(client: httpx.AsyncClient, aid: int) -> httpx.Response:
-    return await client.post(f"/api/assignments/{aid}/submit", json={"ranking": ranking_for(aid)},
-                             headers={"Idempotency-Key": f"submit-{aid}"})
+async def submit(client: httpx.AsyncClient, aid: int, retries: int = 0) -> httpx.Response:
+    """A client that, like the labeling page, retries a request whose reply was lost with the same key (a
+    kept-alive connection the server closed meanwhile is such a case)."""
+    for attempt in range(retries + 1):
+        try:
+            return await client.post(f"/api/assignments/{aid}/submit", json={"ranking": ranking_for(aid)},
+                                     headers={"Idempotency-Key": f"submit-{aid}"})
+        except httpx.TransportError:
+            if attempt == retries:
+                raise
 
 
-async def fire(labelers, on_ack=None) -> tuple[dict[int, int], int]:
+async def fire(labelers, on_ack=None, retries=0) -> tuple[dict[int, int], int]:
     """Every submission at once; -> ({assignment: label id} acknowledged with 201/200, failed count)."""
     acknowledged, failed = {}, 0
 
     async def one(client, aid):
         nonlocal failed
         try:
-            response = await submit(client, aid)
+            response = await submit(client, aid, retries)
         except httpx.TransportError:
             failed += 1
             return
@@ -104,11 +111,11 @@ def test_1000_concurrent_submissions_from_50_labelers(db_url):
     async def run(base):
         labelers = await login_all(base)
         start = time.perf_counter()
-        acknowledged, failed = await fire(labelers)
+        acknowledged, failed = await fire(labelers, retries=3)
         seconds = time.perf_counter() - start
         # Retries of 100 of them with the same keys: the same label back, nothing written.
         retried = [(client, aid) for client, ids in labelers for aid in ids[:2]]
-        replies = await asyncio.gather(*(submit(client, aid) for client, aid in retried))
+        replies = await asyncio.gather(*(submit(client, aid, retries=3) for client, aid in retried))
         for client, _ in labelers:
             await client.aclose()
         return acknowledged, failed, seconds, retried, replies
@@ -158,7 +165,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_submission(db_url, tmp_path):
     async def retry_the_rest():
         labelers = await login_all(base)  # sessions survived too, but log in as a restarted client would
         todo = [(client, aid) for client, ids in labelers for aid in ids if aid not in acknowledged]
-        replies = await asyncio.gather(*(submit(client, aid) for client, aid in todo))
+        replies = await asyncio.gather(*(submit(client, aid, retries=3) for client, aid in todo))
         for client, _ in labelers:
             await client.aclose()
         return replies

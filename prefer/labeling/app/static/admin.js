@@ -61,6 +61,8 @@ async function loadStats(projectId) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const kept = sessionStorage.getItem("prefer-message");
+  if (kept) { prefer.say(kept); sessionStorage.removeItem("prefer-message"); }
   for (const form of document.querySelectorAll(".api-form")) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -69,7 +71,10 @@ document.addEventListener("DOMContentLoaded", () => {
       if (!result.ok) { prefer.say(prefer.detail(result), "error"); return; }
       prefer.say(JSON.stringify(result.data));
       if (form.dataset.then === "project") window.location.href = "/admin/projects/" + result.data.id;
-      else if (form.dataset.then === "reload") setTimeout(() => window.location.reload(), 600);
+      else if (form.dataset.then === "reload") {
+        sessionStorage.setItem("prefer-message", JSON.stringify(result.data));  // shown again after the reload
+        setTimeout(() => window.location.reload(), 600);
+      }
     });
   }
   for (const form of document.querySelectorAll(".upload-form")) {
