@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from prefer.config import PARALLEL, TrainConfig
+from prefer.config import PARALLEL, OptimizerConfig, ScheduleConfig
 from prefer.errors import PreferError
-from prefer.io import atomic_path, write_text_atomic
+from prefer.files import atomic_path, write_text_atomic
 
 # ---------------------------------------------------------------- device, precision, distributed
 
@@ -222,14 +222,33 @@ def make_scheduler(optimizer, *, total_steps: int, warmup_steps: int, min_lr_fra
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer_and_schedule(modules: list[torch.nn.Module], train: TrainConfig, *, total_steps: int,
-                                start_step: int = 0):
-    """AdamW and the warmup + linear-decay schedule of a stage's `train` section (its lr resolved), warmup
-    rounded to whole steps (at least one)."""
-    optimizer = make_optimizer(modules, lr=train.lr, weight_decay=train.weight_decay, betas=(train.beta1, train.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=train.min_lr_fraction,
-                               warmup_steps=max(1, round(train.warmup_fraction * total_steps)), start_step=start_step)
-    return optimizer, scheduler
+def make_optimizer_and_schedule(modules: list[torch.nn.Module], optimizer: OptimizerConfig, schedule: ScheduleConfig,
+                                *, total_steps: int, start_step: int = 0):
+    """AdamW of a stage's `optimizer` section (its lr resolved) and the warmup + linear-decay schedule of its
+    `schedule` section, warmup rounded to whole steps (at least one)."""
+    adamw = make_optimizer(modules, lr=optimizer.lr, weight_decay=optimizer.weight_decay,
+                           betas=(optimizer.beta1, optimizer.beta2))
+    scheduler = make_scheduler(adamw, total_steps=total_steps, min_lr_fraction=schedule.min_lr_fraction,
+                               warmup_steps=max(1, round(schedule.warmup_fraction * total_steps)), start_step=start_step)
+    return adamw, scheduler
+
+
+def optimizer_step(modules: list[torch.nn.Module], optimizer, scheduler, *, grad_clip: float) -> float:
+    """The end of every optimizer step of every stage: clip the global gradient norm of the modules' parameters,
+    step, advance the schedule, drop the gradients. Returns the norm before clipping."""
+    parameters = [p for module in modules for p in module.parameters()]
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.item()
+
+
+def per_rank_denominator(global_count: float, world_size: int) -> float:
+    """What a rank normalises its loss by: the count (tokens, prompts) of the whole optimizer step over all ranks,
+    divided by the number of ranks, because DDP and FSDP2 average the ranks' gradients. Then 1 process x N
+    micro-batches and N ranks x 1 give the same gradient (see prefer.objectives.common)."""
+    return global_count / world_size
 
 
 # ---------------------------------------------------------------- data order
@@ -296,7 +315,10 @@ def restore_optimizer(checkpoint: Path, state: dict[str, Any], optimizer, schedu
             raise PreferError(f"{checkpoint}: its optimizer state is sharded (written with parallel=fsdp); resume "
                               "with parallel=fsdp under torchrun")
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
 
         container = torch.nn.ModuleList(unwrap(module) for module in modules)  # names params as at saving
         holder = {"optimizer": get_optimizer_state_dict(container, optimizer)}
@@ -347,7 +369,10 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     module = unwrap(module)
     if not is_sharded(module):
         return module.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # Gathered copies no longer share storage, so tied weights (GPT-2's lm_head = wte) would be written twice:
@@ -458,12 +483,18 @@ def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, se
         return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
     from prefer.config import load_config
 
-    saved = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml"))
-    for section in sections:
-        if saved[section] != asdict(config)[section]:
+    saved, requested = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml")), asdict(config)
+    for section in sections:  # top-level names or dotted ones (train.batch_size)
+        if _dotted(saved, section) != _dotted(requested, section):
             raise PreferError(f"{run_dir / 'config.yaml'}: section '{section}' differs from this run's config; "
                               "a checkpoint can only resume the run that wrote it")
     return checkpoint
+
+
+def _dotted(values: dict, key: str) -> Any:
+    for part in key.split("."):
+        values = values[part]
+    return values
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from prefer.data.corpora import Document, stable_hash
 from prefer.errors import PreferError
-from prefer.io import atomic_path
+from prefer.files import atomic_path
 from prefer.scorers import SCORER_VERSIONS, get_segment_scorer
 
 # Below this many characters per chunk, starting processes costs more than it saves.

@@ -25,7 +25,7 @@ from pathlib import Path
 import pysbd
 from tqdm import tqdm
 
-from prefer.io import atomic_path
+from prefer.files import atomic_path
 
 # A newline inside a paragraph: the text is wrapped and the sentence goes on. pysbd ends a sentence at every
 # newline, so each one becomes a space (same length: offsets stay valid) before pysbd sees the text.

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from prefer import scorers
-from prefer.config import PPOConfig
+from prefer.config import PPOConfig, build_config
 from prefer.errors import PreferError
 from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
 from prefer.objectives import mle_loss, next_token_targets
@@ -69,11 +69,12 @@ def sft(tmp_path_factory):
 
 
 def _config(sft, out, **overrides):
-    values = dict(out_dir=str(out), init_from=str(sft / "sft"), prompts=str(sft / "prompts.jsonl"), scorer="not-a",
-                  iterations=30, batch_size=16, minibatch_size=8, max_new_tokens=12, lr=3e-3, kl_coef=0.02,
-                  ppo_epochs=2, checkpoint_every=10, progress=False, log_samples=2)
+    values = {"out_dir": out, "init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
+              "train.iterations": 30, "train.batch_size": 16, "train.minibatch_size": 8, "rollout.max_new_tokens": 12,
+              "optimizer.lr": 3e-3, "kl.coef": 0.02, "train.ppo_epochs": 2, "train.checkpoint_every": 10,
+              "runtime.progress": False, "train.log_samples": 2}
     values.update(overrides)
-    return PPOConfig(**values)
+    return build_config(PPOConfig, values)
 
 
 def _mean_reward(model_dir, sft, samples=4):
@@ -95,7 +96,7 @@ def _episodes(sft, lengths=(1, 3, 5, 2, 4, 6, 1, 5), temperature=1.0, **kwargs):
     queries = [[tokenizer.eos_token_id, *tokenizer.encode(w)] for w in WORDS[: len(lengths)]]
     responses = [[(7 * i + 3 * t) % 200 + 3 for t in range(n)] for i, n in enumerate(lengths)]
     scores = torch.arange(1.0, len(lengths) + 1)
-    rollout = make_rollout(policy, reference, value_model, queries, responses, scores=scores,
+    rollout = make_rollout(policy, reference, value_model, queries, responses, rewards=scores,
                            gold=torch.zeros(len(lengths)), temperature=temperature, pad_id=tokenizer.eos_token_id,
                            batch_size=3, device=torch.device("cpu"), **kwargs)
     return rollout, (policy, reference, value_model), queries, responses
@@ -125,11 +126,27 @@ def test_ppo_raises_the_reward_of_the_sft_model(sft, tmp_path):
     assert json.loads((final / "prefer.json").read_text())["stage"] == "ppo"
 
 
-def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path):
-    ppo(_config(sft, tmp_path / "run", iterations=3, target_kl=0.01, gold_scorer="not-a"))
-    metrics = read_metrics(tmp_path / "run")
+def not_b(texts):
+    return [sum(c != "b" for c in t) / max(1, len(t)) for t in texts]
+
+
+def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path, monkeypatch):
+    monkeypatch.setitem(scorers.SCORERS, "not-b", not_b)
+    monkeypatch.setitem(scorers.SCORERS, "length", lambda texts: [float(len(t)) for t in texts])
+    for name, gold in (("b", "not-b"), ("length", "length")):
+        ppo(_config(sft, tmp_path / name, **{"train.iterations": 3, "kl.target": 0.01, "reward.gold_scorer": gold}))
+    metrics, other = read_metrics(tmp_path / "b"), read_metrics(tmp_path / "length")
     assert metrics[0]["kl_coef"] == 0.02 and metrics[-1]["kl_coef"] != 0.02
-    assert all(m["reward/gold"] == pytest.approx(m["reward/proxy"]) for m in metrics)
+    # Logged: every sampled response's gold is the gold scorer's, its proxy the proxy's (and they differ)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "samples.jsonl").read_text().splitlines()]
+    for row in rows:
+        text = row["prompt"] + row["response"]
+        assert row["gold"] == pytest.approx(-not_b([text])[0]) and row["proxy"] == pytest.approx(-not_a([text])[0])
+    assert any(row["gold"] != pytest.approx(row["proxy"]) for row in rows)
+    # Not rewarded: another gold scorer leaves the training exactly as it was
+    assert [m["reward/gold"] for m in metrics] != [m["reward/gold"] for m in other]
+    for a, b in zip(metrics, other):
+        assert {k: v for k, v in a.items() if k != "reward/gold"} == {k: v for k, v in b.items() if k != "reward/gold"}
 
 
 # ---------------------------------------------------------------- invariances and alignment
@@ -161,10 +178,10 @@ def test_reward_lands_on_the_last_real_token_of_each_response(sft):
     expected = torch.zeros(len(lengths), max(lengths))
     for row, n in enumerate(lengths):
         expected[row, n - 1] = row + 1.0  # the score, at the last real token; zero on padding
-    assert_close(plain.rewards, expected)
+    assert_close(plain.token_rewards, expected)
     # with the KL penalty (policy == reference here) the score still sits on the same index
     penalized, _ = add_advantages(rollout, kl_coef=0.5, gamma=1.0, lam=0.95)
-    assert_close(penalized.rewards, expected)
+    assert_close(penalized.token_rewards, expected)
 
 
 def test_logprobs_divide_the_logits_by_the_sampling_temperature(sft):
@@ -190,7 +207,7 @@ def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkey
         return original(policy, reference, *args, **kwargs)
 
     monkeypatch.setattr(stage, "make_rollout", spy)
-    ppo(_config(sft, tmp_path / "run", iterations=3))
+    ppo(_config(sft, tmp_path / "run", **{"train.iterations": 3}))
     reference, policy = seen["last"], seen["policy"]
     assert not reference.training and all(not p.requires_grad for p in reference.parameters())
     assert all(torch.equal(seen["first"][k], v) for k, v in reference.state_dict().items())
@@ -198,9 +215,10 @@ def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkey
 
 
 def test_ptx_keeps_the_pretraining_loss_lower(sft, tmp_path):
-    common = dict(iterations=10, checkpoint_every=5, ptx_source=str(sft / "corpus.jsonl"), ptx_batch_size=8)
-    ppo(_config(sft, tmp_path / "plain", ptx_coef=0.0, **common))
-    ppo(_config(sft, tmp_path / "ptx", ptx_coef=1.0, **common))
+    common = {"train.iterations": 10, "train.checkpoint_every": 5, "ptx.source": sft / "corpus.jsonl",
+              "ptx.batch_size": 8}
+    ppo(_config(sft, tmp_path / "plain", **{"ptx.coef": 0.0, **common}))
+    ppo(_config(sft, tmp_path / "ptx", **{"ptx.coef": 1.0, **common}))
     plain, ptx = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ptx")
     assert "train/ptx/loss" in ptx[-1] and "train/ptx/loss" not in plain[-1]
     print(f"held-out LM loss: PPO {plain[-1]['ptx/heldout_loss']:.3f}, PPO-ptx {ptx[-1]['ptx/heldout_loss']:.3f}")
@@ -208,7 +226,7 @@ def test_ptx_keeps_the_pretraining_loss_lower(sft, tmp_path):
 
 
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_path, monkeypatch):
-    ppo(_config(sft, tmp_path / "whole", iterations=6, checkpoint_every=2))
+    ppo(_config(sft, tmp_path / "whole", **{"train.iterations": 6, "train.checkpoint_every": 2}))
     calls = {"n": 0}
 
     def crashing(texts):
@@ -218,7 +236,7 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_
         return not_a(texts)
 
     monkeypatch.setitem(scorers.SCORERS, "not-a", crashing)
-    config = _config(sft, tmp_path / "cut", iterations=6, checkpoint_every=2)
+    config = _config(sft, tmp_path / "cut", **{"train.iterations": 6, "train.checkpoint_every": 2})
     with pytest.raises(KeyboardInterrupt):
         ppo(config)
     ppo(config, resume=True)
@@ -253,14 +271,14 @@ def test_value_model_starts_from_the_reward_model(sft, tmp_path):
         expected = rm.score(rm.transformer(ids).last_hidden_state).squeeze(-1)  # [1, 5]
         got = value_model.head(value_model.trunk(input_ids=ids).last_hidden_state)
     assert_close(got, expected)
-    ppo(_config(sft, tmp_path / "run", iterations=2, reward_model=str(tmp_path / "rm")))
+    ppo(_config(sft, tmp_path / "run", **{"train.iterations": 2, "reward.model": str(tmp_path / "rm")}))
 
 
 def test_reward_model_with_another_tokenizer_is_refused(sft, tmp_path):
     _reward_model(sft, tmp_path / "rm")
     train_tokenizer(_texts(200, 9) + ["zzz qqq"], vocab_size=320).save_pretrained(tmp_path / "rm")
     with pytest.raises(PreferError, match="tokenizer"):
-        ppo(_config(sft, tmp_path / "run", reward_model=str(tmp_path / "rm")))
+        ppo(_config(sft, tmp_path / "run", **{"reward.model": str(tmp_path / "rm")}))
 
 
 def test_a_prompt_longer_than_the_context_names_its_line(sft, tmp_path):

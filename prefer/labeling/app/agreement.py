@@ -102,6 +102,12 @@ def pooled_agreement(rankings_by_task: Iterable[Sequence[Sequence[int]]]) -> Agr
             tau = kendall_tau_b(first, second)
             if tau is not None:
                 taus.append(tau)
-    return Agreement(comparisons=comparisons, pairs_compared=compared, pairs_agreed=agreed, pairs_tied=tied,
-                     pairwise_agreement=agreed / compared if compared else None,
-                     kendall_tau_mean=sum(taus) / len(taus) if taus else None, kendall_tau_count=len(taus))
+    return Agreement(
+        comparisons=comparisons,
+        pairs_compared=compared,
+        pairs_agreed=agreed,
+        pairs_tied=tied,
+        pairwise_agreement=agreed / compared if compared else None,
+        kendall_tau_mean=sum(taus) / len(taus) if taus else None,
+        kendall_tau_count=len(taus),
+    )

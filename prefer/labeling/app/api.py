@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session as DB
 from prefer.data.formats import MAX_RESPONSES, MIN_RESPONSES
 from prefer.errors import PreferError
 from prefer.labeling.app import export, service
-from prefer.labeling.app.deps import Identity, get_db, require_admin, require_labeler
+from prefer.labeling.app.deps import DBDep, Labeler, require_admin
 from prefer.labeling.app.models import MAX_NAME, MAX_TEXT, Prompt, Session, User
 from prefer.labeling.app.security import COOKIE, new_token, same_secret, token_digest, verify_password
 from prefer.labeling.app.service import AppError
@@ -83,8 +83,9 @@ def _commit(db: DB, result):
 
 def _start_session(db: DB, response: Response, *, user: User | None, is_admin: bool) -> dict:
     token, csrf = new_token(), new_token()
-    db.add(Session(token_hash=token_digest(token), user_id=user.id if user else None, is_admin=is_admin,
-                   csrf_token=csrf))
+    db.add(
+        Session(token_hash=token_digest(token), user_id=user.id if user else None, is_admin=is_admin, csrf_token=csrf)
+    )
     db.commit()
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
     return {"csrf_token": csrf, "username": user.username if user else None, "admin": is_admin}
@@ -92,7 +93,7 @@ def _start_session(db: DB, response: Response, *, user: User | None, is_admin: b
 
 # Login needs a JSON body, which a cross-site form cannot send without a CORS preflight (login CSRF).
 @router.post("/login")
-def login(body: LoginIn, response: Response, db: DB = Depends(get_db)):
+def login(body: LoginIn, response: Response, db: DBDep):
     user = db.scalar(select(User).where(User.username == body.username))
     if not verify_password(user.password_hash if user else None, body.password) or not user.active:
         raise HTTPException(401, "username or password: wrong")
@@ -100,14 +101,14 @@ def login(body: LoginIn, response: Response, db: DB = Depends(get_db)):
 
 
 @router.post("/admin/login")
-def admin_login(body: AdminLoginIn, request: Request, response: Response, db: DB = Depends(get_db)):
+def admin_login(body: AdminLoginIn, request: Request, response: Response, db: DBDep):
     if not same_secret(body.token, request.app.state.admin_token):
         raise HTTPException(401, "token: wrong admin token")
     return _start_session(db, response, user=None, is_admin=True)
 
 
 @router.post("/logout")
-def logout(request: Request, response: Response, db: DB = Depends(get_db)):
+def logout(request: Request, response: Response, db: DBDep):
     from prefer.labeling.app.deps import identify
 
     identity = identify(request, db)  # checks the CSRF token
@@ -120,34 +121,40 @@ def logout(request: Request, response: Response, db: DB = Depends(get_db)):
 
 # ----- labelers -----
 
+
 @router.get("/queue")
-def get_queue(user: User = Depends(require_labeler), db: DB = Depends(get_db)):
+def get_queue(user: Labeler, db: DBDep):
     return {"username": user.username, "assignments": service.queue(db, user)}
 
 
 @router.get("/assignments/{assignment_id}")
-def get_assignment(assignment_id: int, user: User = Depends(require_labeler), db: DB = Depends(get_db)):
+def get_assignment(assignment_id: int, user: Labeler, db: DBDep):
     return service.assignment_view(db, service.own_assignment(db, user, assignment_id))
 
 
 @router.put("/assignments/{assignment_id}/draft")
-def put_draft(assignment_id: int, body: AnswerIn, user: User = Depends(require_labeler), db: DB = Depends(get_db)):
+def put_draft(assignment_id: int, body: AnswerIn, user: Labeler, db: DBDep):
     assignment = service.own_assignment(db, user, assignment_id, for_update=True)
     service.save_draft(db, assignment, body.model_dump())
     return _commit(db, {"assignment_id": assignment_id, "status": assignment.status})
 
 
 @router.post("/assignments/{assignment_id}/skip")
-def post_skip(assignment_id: int, user: User = Depends(require_labeler), db: DB = Depends(get_db)):
+def post_skip(assignment_id: int, user: Labeler, db: DBDep):
     assignment = service.own_assignment(db, user, assignment_id, for_update=True)
     service.skip(db, assignment)
     return _commit(db, {"assignment_id": assignment_id, "status": assignment.status})
 
 
 @router.post("/assignments/{assignment_id}/submit")
-def post_submit(assignment_id: int, body: AnswerIn, response: Response, user: User = Depends(require_labeler),
-                db: DB = Depends(get_db),
-                idempotency_key: Annotated[str | None, Header(max_length=MAX_NAME)] = None):
+def post_submit(
+    assignment_id: int,
+    body: AnswerIn,
+    response: Response,
+    user: Labeler,
+    db: DBDep,
+    idempotency_key: Annotated[str | None, Header(max_length=MAX_NAME)] = None,
+):
     answer = body.model_dump()
     for attempt in range(2):
         try:
@@ -169,15 +176,19 @@ admin = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
 
 
 @admin.get("/projects")
-def list_projects(db: DB = Depends(get_db)):
+def list_projects(db: DBDep):
     from prefer.labeling.app.models import Project
 
-    return {"projects": [{"id": p.id, "name": p.name, "locked": p.locked_at is not None}
-                         for p in db.scalars(select(Project).order_by(Project.id))]}
+    return {
+        "projects": [
+            {"id": p.id, "name": p.name, "locked": p.locked_at is not None}
+            for p in db.scalars(select(Project).order_by(Project.id))
+        ]
+    }
 
 
 @admin.post("/projects", status_code=201)
-def post_project(body: ProjectIn, db: DB = Depends(get_db)):
+def post_project(body: ProjectIn, db: DBDep):
     project = service.create_project(db, service.check_name("name", body.name), body.instructions)
     return _commit(db, {"id": project.id, "name": project.name})
 
@@ -189,35 +200,46 @@ def _upload(db: DB, request: Request, project_id: int, content: bytes, loader) -
 
 
 @admin.post("/projects/{project_id}/prompts")
-async def post_prompts(project_id: int, request: Request, db: DB = Depends(get_db)):
+async def post_prompts(project_id: int, request: Request, db: DBDep):
     """Body: a prompts JSONL file ({"prompt"} per line), as `prefer ppo` reads it."""
     return await run_in_threadpool(_upload, db, request, project_id, await request.body(), service.load_prompts)
 
 
 @admin.post("/projects/{project_id}/responses")
-async def post_responses(project_id: int, request: Request, db: DB = Depends(get_db)):
+async def post_responses(project_id: int, request: Request, db: DBDep):
     """Body: JSONL, {"prompt", "responses": [K = 2..9]} per line; replaces the prompts' responses."""
     return await run_in_threadpool(_upload, db, request, project_id, await request.body(), service.upload_responses)
 
 
 @admin.post("/projects/{project_id}/generate")
-def post_generate(project_id: int, body: GenerateIn, db: DB = Depends(get_db)):
+def post_generate(project_id: int, body: GenerateIn, db: DBDep):
     """K samples per prompt (prompts without a ranking task) from a checkpoint; the settings are recorded."""
     from prefer.labeling.app.models import Task
 
     project = service.get_project(db, project_id)
     ranked = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == "ranking")))
-    prompts = [p.text for p in db.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id))
-               if p.id not in ranked]
+    prompts = [
+        p.text
+        for p in db.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id))
+        if p.id not in ranked
+    ]
     if not prompts:
         raise AppError(422, f"project_id {project_id}: no prompt without a ranking task to generate for")
     from prefer.labeling.responses import generate_from_checkpoint  # torch loads here, not at start-up
 
     settings = body.model_dump(exclude={"checkpoint", "device"})
     try:
-        samples = generate_from_checkpoint(body.checkpoint, prompts, k=body.num_responses,
-                                           max_new_tokens=body.max_new_tokens, temperature=body.temperature,
-                                           top_p=body.top_p, block=body.block, seed=body.seed, device=body.device)
+        samples = generate_from_checkpoint(
+            body.checkpoint,
+            prompts,
+            k=body.num_responses,
+            max_new_tokens=body.max_new_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            block=body.block,
+            seed=body.seed,
+            device=body.device,
+        )
     except PreferError as error:
         message = str(error)
         raise AppError(422, message if message.startswith("checkpoint") else f"checkpoint: {message}") from None
@@ -233,48 +255,48 @@ def post_generate(project_id: int, body: GenerateIn, db: DB = Depends(get_db)):
 
 
 @admin.get("/labelers")
-def list_labelers(db: DB = Depends(get_db)):
-    return {"labelers": [{"id": u.id, "username": u.username, "active": u.active}
-                         for u in db.scalars(select(User).order_by(User.id))]}
+def list_labelers(db: DBDep):
+    return {
+        "labelers": [
+            {"id": u.id, "username": u.username, "active": u.active} for u in db.scalars(select(User).order_by(User.id))
+        ]
+    }
 
 
 @admin.post("/labelers", status_code=201)
-def post_labeler(body: LabelerIn, db: DB = Depends(get_db)):
+def post_labeler(body: LabelerIn, db: DBDep):
     user = service.create_labeler(db, body.username, body.password)
     return _commit(db, {"id": user.id, "username": user.username})
 
 
 @admin.post("/projects/{project_id}/tasks", status_code=201)
-def post_tasks(project_id: int, body: TasksIn, db: DB = Depends(get_db)):
+def post_tasks(project_id: int, body: TasksIn, db: DBDep):
     project = service.get_project(db, project_id)
     return _commit(db, service.create_tasks(db, project, body.kind, body.overlap, body.labelers))
 
 
 @admin.get("/projects/{project_id}/progress")
-def get_progress(project_id: int, db: DB = Depends(get_db)):
+def get_progress(project_id: int, db: DBDep):
     return export.progress(db, service.get_project(db, project_id))
 
 
 @admin.get("/projects/{project_id}/agreement")
-def get_agreement(project_id: int, db: DB = Depends(get_db)):
+def get_agreement(project_id: int, db: DBDep):
     return export.agreement(db, service.get_project(db, project_id))
 
 
 @admin.post("/projects/{project_id}/lock")
-def post_lock(project_id: int, body: LockIn, db: DB = Depends(get_db)):
+def post_lock(project_id: int, body: LockIn, db: DBDep):
     project = service.get_project(db, project_id)
     service.set_locked(db, project, body.locked)
     return _commit(db, {"id": project.id, "locked": body.locked})
 
 
 @admin.get("/projects/{project_id}/export/{kind}.jsonl")
-def get_export(project_id: int, kind: Literal["rankings", "demonstrations", "pairs"], db: DB = Depends(get_db)):
+def get_export(project_id: int, kind: Literal["rankings", "demonstrations", "pairs"], db: DBDep):
     project = service.get_project(db, project_id)
     records = export.export_records(db, project)[kind]
     body = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    return Response(body, media_type="application/x-ndjson",
-                    headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'})
-
-
-# Admin identity for pages that need it (e.g. the dashboard) without repeating the dependency.
-AdminIdentity = Annotated[Identity, Depends(require_admin)]
+    return Response(
+        body, media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'}
+    )

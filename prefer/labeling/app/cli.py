@@ -13,32 +13,49 @@ DEFAULT_DB = "prefer-labels.db"
 
 def add_serve_parser(commands) -> None:
     serve = commands.add_parser(
-        "serve", help="the labeling web app: K-way rankings and demonstrations by human labelers",
+        "serve",
+        help="the labeling web app: K-way rankings and demonstrations by human labelers",
         description="Start the labeling web app (admin at /admin, labelers at /). The admin token comes from "
-                    "the environment variable named by --admin-token-env (default PREFER_ADMIN_TOKEN) or "
-                    "--admin-token; it is never logged.")
-    serve.add_argument("--db", default=DEFAULT_DB,
-                       help=f"database: a SQLite file path or sqlite:///FILE, or postgresql://USER:PASS@HOST/DB "
-                            f"(default: {DEFAULT_DB})")
+        "the environment variable named by --admin-token-env (default PREFER_ADMIN_TOKEN) or "
+        "--admin-token; it is never logged.",
+    )
+    serve.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help=f"database: a SQLite file path or sqlite:///FILE, or postgresql://USER:PASS@HOST/DB "
+        f"(default: {DEFAULT_DB})",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--admin-token", help="the admin token (prefer the environment variable: a command line "
-                                             "is visible to other users of the machine)")
-    serve.add_argument("--admin-token-env", default="PREFER_ADMIN_TOKEN", metavar="NAME",
-                       help="environment variable holding the admin token (default: PREFER_ADMIN_TOKEN)")
+    serve.add_argument(
+        "--admin-token",
+        help="the admin token (prefer the environment variable: a command line "
+        "is visible to other users of the machine)",
+    )
+    serve.add_argument(
+        "--admin-token-env",
+        default="PREFER_ADMIN_TOKEN",
+        metavar="NAME",
+        help="environment variable holding the admin token (default: PREFER_ADMIN_TOKEN)",
+    )
     serve.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
-    serve.add_argument("--password-hash", default="standard", choices=["standard", "test"],
-                       help="argon2id cost for new passwords: standard (64 MiB, 3 passes) or test (cheap: test "
-                            "suites only)")
+    serve.add_argument(
+        "--password-hash",
+        default="standard",
+        choices=["standard", "test"],
+        help="argon2id cost for new passwords: standard (64 MiB, 3 passes) or test (cheap: test suites only)",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def add_export_parser(commands) -> None:
     export = commands.add_parser(
-        "export", help="write a labeling project's rankings / demonstrations / pairs JSONL",
+        "export",
+        help="write a labeling project's rankings / demonstrations / pairs JSONL",
         description="Write rankings.jsonl and demonstrations.jsonl (read unchanged by prefer reward and prefer "
-                    "sft) and pairs.jsonl ({prompt, chosen, rejected}) of one project; each record carries its "
-                    "labeler and label in a 'provenance' field.")
+        "sft) and pairs.jsonl ({prompt, chosen, rejected}) of one project; each record carries its "
+        "labeler and label in a 'provenance' field.",
+    )
     export.add_argument("--db", default=DEFAULT_DB, help=f"the labeling database (default: {DEFAULT_DB})")
     export.add_argument("--project", required=True, help="project name")
     export.add_argument("--out", required=True, help="output directory")
@@ -51,9 +68,16 @@ def run_serve(args: argparse.Namespace) -> int:
         raise PreferError(f"--port: {args.port} is not a port number")
     if args.workers < 1:
         raise PreferError("--workers: at least 1")
-    serve(db_url=args.db, host=args.host, port=args.port, admin_token=args.admin_token,
-          token_env=args.admin_token_env, workers=args.workers, log_level=args.log_level,
-          hash_profile=args.password_hash)
+    serve(
+        db_url=args.db,
+        host=args.host,
+        port=args.port,
+        admin_token=args.admin_token,
+        token_env=args.admin_token_env,
+        workers=args.workers,
+        log_level=args.log_level,
+        hash_profile=args.password_hash,
+    )
     return 0
 
 
@@ -70,8 +94,9 @@ def run_export(args: argparse.Namespace) -> int:
     engine = database.make_engine(url)
     try:
         if database.current_revision(engine) != database.head_revision(engine):
-            raise PreferError(f"--db: {args.db}: the schema is not at the latest migration; run prefer serve on it "
-                              "once to upgrade")
+            raise PreferError(
+                f"--db: {args.db}: the schema is not at the latest migration; run prefer serve on it once to upgrade"
+            )
         with database.make_sessionmaker(engine)() as db:
             project = db.scalar(select(Project).where(Project.name == args.project))
             if project is None:
@@ -81,6 +106,9 @@ def run_export(args: argparse.Namespace) -> int:
             counts = {kind: sum(1 for _ in open(path, encoding="utf-8")) for kind, path in written.items()}
     finally:
         engine.dispose()
-    print(json.dumps({"project": args.project, "files": {k: str(v) for k, v in written.items()}, "records": counts},
-                     indent=2))
+    print(
+        json.dumps(
+            {"project": args.project, "files": {k: str(v) for k, v in written.items()}, "records": counts}, indent=2
+        )
+    )
     return 0

@@ -38,8 +38,9 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20,
-                               max_overflow=20)
+        engine = create_engine(
+            url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=20
+        )
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection, _record):

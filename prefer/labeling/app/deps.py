@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
@@ -22,6 +23,9 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 def get_db(request: Request) -> Iterator[DB]:
     with request.app.state.sessionmaker() as db:
         yield db
+
+
+DBDep = Annotated[DB, Depends(get_db)]
 
 
 @dataclass
@@ -51,11 +55,11 @@ def identify(request: Request, db: DB) -> Identity | None:
     return Identity(session, user, session.is_admin)
 
 
-def optional_identity(request: Request, db: DB = Depends(get_db)) -> Identity | None:
+def optional_identity(request: Request, db: DBDep) -> Identity | None:
     return identify(request, db)
 
 
-def require_labeler(request: Request, db: DB = Depends(get_db)) -> User:
+def require_labeler(request: Request, db: DBDep) -> User:
     identity = identify(request, db)
     if identity is None:
         raise HTTPException(401, "not logged in")
@@ -64,10 +68,15 @@ def require_labeler(request: Request, db: DB = Depends(get_db)) -> User:
     return identity.user
 
 
-def require_admin(request: Request, db: DB = Depends(get_db)) -> Identity:
+def require_admin(request: Request, db: DBDep) -> Identity:
     identity = identify(request, db)
     if identity is None:
         raise HTTPException(401, "not logged in")
     if not identity.is_admin:
         raise HTTPException(403, "this endpoint is for the admin")
     return identity
+
+
+OptionalIdentity = Annotated[Identity | None, Depends(optional_identity)]
+Labeler = Annotated[User, Depends(require_labeler)]
+Admin = Annotated[Identity, Depends(require_admin)]

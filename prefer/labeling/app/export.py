@@ -22,22 +22,33 @@ from prefer.labeling.app.models import Assignment, Label, Project, Prompt, Respo
 
 
 def final_labels(db: DB, project: Project) -> list[tuple[Label, Assignment, Task, User]]:
-    latest = (select(Label.assignment_id, func.max(Label.version).label("version"))
-              .group_by(Label.assignment_id).subquery())
+    latest = (
+        select(Label.assignment_id, func.max(Label.version).label("version")).group_by(Label.assignment_id).subquery()
+    )
     rows = db.execute(
         select(Label, Assignment, Task, User)
         .join(latest, (Label.assignment_id == latest.c.assignment_id) & (Label.version == latest.c.version))
-        .join(Assignment, Label.assignment_id == Assignment.id).join(Task, Assignment.task_id == Task.id)
+        .join(Assignment, Label.assignment_id == Assignment.id)
+        .join(Task, Assignment.task_id == Task.id)
         .join(User, Assignment.user_id == User.id)
         .where(Task.project_id == project.id, Assignment.status == "submitted")
-        .order_by(Task.id, User.username)).all()
+        .order_by(Task.id, User.username)
+    ).all()
     return [tuple(row) for row in rows]
 
 
 def _provenance(label: Label, task: Task, user: User, generation_ids: set) -> dict:
-    return {"project": task.project_id, "task": task.id, "labeler": user.username, "label": label.id,
-            "version": label.version, "submitted_at": label.created_at.isoformat(), "quality": label.quality,
-            "flags": label.flags, "generations": sorted(g for g in generation_ids if g is not None)}
+    return {
+        "project": task.project_id,
+        "task": task.id,
+        "labeler": user.username,
+        "label": label.id,
+        "version": label.version,
+        "submitted_at": label.created_at.isoformat(),
+        "quality": label.quality,
+        "flags": label.flags,
+        "generations": sorted(g for g in generation_ids if g is not None),
+    }
 
 
 def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
@@ -48,17 +59,29 @@ def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
             responses: list[Response] = prompt.responses
             provenance = _provenance(label, task, user, {r.generation_id for r in responses})
             texts = [r.text for r in responses]
-            rankings.append({"prompt": prompt.text, "responses": texts, "ranking": label.ranking,
-                             "provenance": provenance})
+            rankings.append(
+                {"prompt": prompt.text, "responses": texts, "ranking": label.ranking, "provenance": provenance}
+            )
             ranks = parse_ranking(f"label {label.id}", label.ranking, len(texts))
             for i, j in combinations(range(len(texts)), 2):
                 if ranks[i] != ranks[j]:  # a tie prefers neither
                     chosen, rejected = (i, j) if ranks[i] < ranks[j] else (j, i)
-                    pairs.append({"prompt": prompt.text, "chosen": texts[chosen], "rejected": texts[rejected],
-                                  "provenance": provenance})
+                    pairs.append(
+                        {
+                            "prompt": prompt.text,
+                            "chosen": texts[chosen],
+                            "rejected": texts[rejected],
+                            "provenance": provenance,
+                        }
+                    )
         else:
-            demonstrations.append({"prompt": prompt.text, "response": label.demonstration,
-                                   "provenance": _provenance(label, task, user, set())})
+            demonstrations.append(
+                {
+                    "prompt": prompt.text,
+                    "response": label.demonstration,
+                    "provenance": _provenance(label, task, user, set()),
+                }
+            )
     return {"rankings": rankings, "demonstrations": demonstrations, "pairs": pairs}
 
 
@@ -75,10 +98,14 @@ def write_export(db: DB, project: Project, out_dir: str | Path) -> dict[str, Pat
 
 
 def progress(db: DB, project: Project) -> dict:
-    rows = db.execute(select(User.username, Task.kind, Assignment.status, func.count())
-                      .select_from(Assignment).join(Task, Assignment.task_id == Task.id)
-                      .join(User, Assignment.user_id == User.id).where(Task.project_id == project.id)
-                      .group_by(User.username, Task.kind, Assignment.status)).all()
+    rows = db.execute(
+        select(User.username, Task.kind, Assignment.status, func.count())
+        .select_from(Assignment)
+        .join(Task, Assignment.task_id == Task.id)
+        .join(User, Assignment.user_id == User.id)
+        .where(Task.project_id == project.id)
+        .group_by(User.username, Task.kind, Assignment.status)
+    ).all()
     statuses = ("pending", "draft", "skipped", "submitted")
     per_labeler: dict[str, dict] = defaultdict(lambda: {s: 0 for s in (*statuses, "assigned")})
     totals = {s: 0 for s in (*statuses, "assigned")}
@@ -86,16 +113,30 @@ def progress(db: DB, project: Project) -> dict:
         for bucket in (per_labeler[username], totals):
             bucket[status] += count
             bucket["assigned"] += count
-    tasks = dict(db.execute(select(Task.kind, func.count()).where(Task.project_id == project.id)
-                            .group_by(Task.kind)).all())
-    done = db.scalar(select(func.count()).select_from(
-        select(Task.id).join(Assignment, Assignment.task_id == Task.id).where(Task.project_id == project.id)
-        .group_by(Task.id).having(func.min(Assignment.status) == "submitted")  # every assignment submitted
-        .having(func.max(Assignment.status) == "submitted").subquery()))
+    tasks = dict(
+        db.execute(select(Task.kind, func.count()).where(Task.project_id == project.id).group_by(Task.kind)).all()
+    )
+    done = db.scalar(
+        select(func.count()).select_from(
+            select(Task.id)
+            .join(Assignment, Assignment.task_id == Task.id)
+            .where(Task.project_id == project.id)
+            .group_by(Task.id)
+            .having(func.min(Assignment.status) == "submitted")  # every assignment submitted
+            .having(func.max(Assignment.status) == "submitted")
+            .subquery()
+        )
+    )
     prompts = db.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == project.id))
-    return {"project": project.name, "locked": project.locked_at is not None, "prompts": prompts,
-            "tasks": {"ranking": tasks.get("ranking", 0), "demonstration": tasks.get("demonstration", 0)},
-            "tasks_complete": done, "assignments": totals, "labelers": dict(sorted(per_labeler.items()))}
+    return {
+        "project": project.name,
+        "locked": project.locked_at is not None,
+        "prompts": prompts,
+        "tasks": {"ranking": tasks.get("ranking", 0), "demonstration": tasks.get("demonstration", 0)},
+        "tasks_complete": done,
+        "assignments": totals,
+        "labelers": dict(sorted(per_labeler.items())),
+    }
 
 
 def agreement(db: DB, project: Project) -> dict:
@@ -108,8 +149,17 @@ def agreement(db: DB, project: Project) -> dict:
     per_labeler = {}
     for name in sorted({name for labels in by_task.values() for name, _ in labels}):
         # this labeler against each other labeler of the same task
-        pairs = [[mine, theirs] for labels in by_task.values() for who, mine in labels if who == name
-                 for other, theirs in labels if other != name]
+        pairs = [
+            [mine, theirs]
+            for labels in by_task.values()
+            for who, mine in labels
+            if who == name
+            for other, theirs in labels
+            if other != name
+        ]
         per_labeler[name] = pooled_agreement(pairs).as_dict()
-    return {"overall": overall.as_dict(), "per_labeler": per_labeler,
-            "tasks_with_overlap": sum(len(labels) >= 2 for labels in by_task.values())}
+    return {
+        "overall": overall.as_dict(),
+        "per_labeler": per_labeler,
+        "tasks_with_overlap": sum(len(labels) >= 2 for labels in by_task.values()),
+    }

@@ -10,7 +10,7 @@ in `migrations/versions/`; `tests/labeling/app/test_migrations.py` checks that t
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -22,7 +22,7 @@ MAX_NAME = 200
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -113,8 +113,10 @@ class Assignment(Base):
 
 class Label(Base):
     __tablename__ = "labels"
-    __table_args__ = (UniqueConstraint("assignment_id", "version", name="uq_labels_assignment_version"),
-                      UniqueConstraint("user_id", "idempotency_key", name="uq_labels_user_key"))
+    __table_args__ = (
+        UniqueConstraint("assignment_id", "version", name="uq_labels_assignment_version"),
+        UniqueConstraint("user_id", "idempotency_key", name="uq_labels_user_key"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))

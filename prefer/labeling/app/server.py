@@ -11,25 +11,27 @@ import asyncio
 import os
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
-from sqlalchemy.orm import Session as DB
 
 from prefer.errors import PreferError
-from prefer.labeling.app import api, db as database, service
-from prefer.labeling.app.deps import Identity, get_db, optional_identity
+from prefer.labeling.app import api, service
+from prefer.labeling.app import db as database
+from prefer.labeling.app.deps import DBDep, Identity, OptionalIdentity
 from prefer.labeling.app.models import Project
 from prefer.labeling.app.security import set_hash_profile
 from prefer.labeling.app.service import AppError
 
 HERE = Path(__file__).parent
 DEFAULT_TOKEN_ENV = "PREFER_ADMIN_TOKEN"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 MIN_TOKEN = 16
 
 
@@ -38,8 +40,14 @@ def _field(loc) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**20,
-               hash_profile: str = "standard", concurrency: int = 16) -> FastAPI:
+def create_app(
+    db_url: str,
+    admin_token: str,
+    *,
+    max_body_bytes: int = 32 * 2**20,
+    hash_profile: str = "standard",
+    concurrency: int = 16,
+) -> FastAPI:
     if len(admin_token) < MIN_TOKEN:
         raise PreferError(f"admin token: at least {MIN_TOKEN} characters (it guards every admin endpoint)")
     set_hash_profile(hash_profile)
@@ -76,8 +84,13 @@ def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**2
     async def validation_error(_request, error: RequestValidationError):
         errors = error.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        return JSONResponse({"detail": f"{_field(first['loc'])}: {first['msg']}",
-                             "errors": [{"field": _field(e["loc"]), "message": e["msg"]} for e in errors]}, 422)
+        return JSONResponse(
+            {
+                "detail": f"{_field(first['loc'])}: {first['msg']}",
+                "errors": [{"field": _field(e["loc"]), "message": e["msg"]} for e in errors],
+            },
+            422,
+        )
 
     app.include_router(api.router)
     app.include_router(api.admin)
@@ -88,7 +101,7 @@ def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**2
         return templates.TemplateResponse(request, name, {"csrf": csrf, "identity": identity, **context})
 
     @app.get("/", include_in_schema=False)
-    def queue_page(request: Request, identity: Identity | None = Depends(optional_identity)):
+    def queue_page(request: Request, identity: OptionalIdentity):
         if identity is None or identity.user is None:
             return RedirectResponse("/admin" if identity and identity.is_admin else "/login", 303)
         return page(request, "queue.html", identity)
@@ -98,8 +111,7 @@ def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**2
         return page(request, "login.html", None)
 
     @app.get("/label/{assignment_id}", include_in_schema=False)
-    def label_page(assignment_id: int, request: Request, identity: Identity | None = Depends(optional_identity),
-                   db: DB = Depends(get_db)):
+    def label_page(assignment_id: int, request: Request, identity: OptionalIdentity, db: DBDep):
         if identity is None or identity.user is None:
             return RedirectResponse("/login", 303)
         service.own_assignment(db, identity.user, assignment_id)
@@ -110,14 +122,13 @@ def create_app(db_url: str, admin_token: str, *, max_body_bytes: int = 32 * 2**2
         return page(request, "admin_login.html", None)
 
     @app.get("/admin", include_in_schema=False)
-    def admin_page(request: Request, identity: Identity | None = Depends(optional_identity), db: DB = Depends(get_db)):
+    def admin_page(request: Request, identity: OptionalIdentity, db: DBDep):
         if identity is None or not identity.is_admin:
             return RedirectResponse("/admin/login", 303)
         return page(request, "admin.html", identity, projects=list(db.scalars(select(Project).order_by(Project.id))))
 
     @app.get("/admin/projects/{project_id}", include_in_schema=False)
-    def admin_project_page(project_id: int, request: Request, identity: Identity | None = Depends(optional_identity),
-                           db: DB = Depends(get_db)):
+    def admin_project_page(project_id: int, request: Request, identity: OptionalIdentity, db: DBDep):
         if identity is None or not identity.is_admin:
             return RedirectResponse("/admin/login", 303)
         return page(request, "admin_project.html", identity, project=service.get_project(db, project_id))
@@ -133,13 +144,25 @@ def app_from_env() -> FastAPI:
     """The factory uvicorn's workers call: `prefer serve` passes the settings through the environment (the token
     under its own variable name, never on a command line the workers' ps would show)."""
     token_env = os.environ.get("PREFER_SERVE_TOKEN_ENV", DEFAULT_TOKEN_ENV)
-    return create_app(os.environ["PREFER_SERVE_DB"], os.environ[token_env],
-                      max_body_bytes=int(os.environ.get("PREFER_SERVE_MAX_BODY", 32 * 2**20)),
-                      hash_profile=os.environ.get("PREFER_SERVE_HASH_PROFILE", "standard"))
+    return create_app(
+        os.environ["PREFER_SERVE_DB"],
+        os.environ[token_env],
+        max_body_bytes=int(os.environ.get("PREFER_SERVE_MAX_BODY", 32 * 2**20)),
+        hash_profile=os.environ.get("PREFER_SERVE_HASH_PROFILE", "standard"),
+    )
 
 
-def serve(*, db_url: str, host: str, port: int, admin_token: str | None, token_env: str, workers: int = 1,
-          log_level: str = "info", hash_profile: str = "standard") -> None:
+def serve(
+    *,
+    db_url: str,
+    host: str,
+    port: int,
+    admin_token: str | None,
+    token_env: str,
+    workers: int = 1,
+    log_level: str = "info",
+    hash_profile: str = "standard",
+) -> None:
     import uvicorn
 
     token = admin_token or os.environ.get(token_env)
@@ -159,7 +182,16 @@ def serve(*, db_url: str, host: str, port: int, admin_token: str | None, token_e
     os.environ["PREFER_SERVE_TOKEN_ENV"] = token_env
     os.environ["PREFER_SERVE_HASH_PROFILE"] = hash_profile
     os.environ[token_env] = token
-    print(f"[serve] http://{host}:{port}/ (labelers)  http://{host}:{port}/admin (admin; token from "
-          f"{'--admin-token' if admin_token else '$' + token_env})", flush=True)
-    uvicorn.run("prefer.labeling.app.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+    print(
+        f"[serve] http://{host}:{port}/ (labelers)  http://{host}:{port}/admin (admin; token from "
+        f"{'--admin-token' if admin_token else '$' + token_env})",
+        flush=True,
+    )
+    uvicorn.run(
+        "prefer.labeling.app.server:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )

@@ -14,8 +14,19 @@ from sqlalchemy.orm import Session as DB
 
 from prefer.data.formats import MAX_RESPONSES, MIN_RESPONSES, parse_ranking, read_prompts, read_records
 from prefer.errors import PreferError
-from prefer.labeling.app.models import (MAX_NAME, MAX_TEXT, Assignment, Generation, Label, Project, Prompt,
-                                        Response, Task, User, now)
+from prefer.labeling.app.models import (
+    MAX_NAME,
+    MAX_TEXT,
+    Assignment,
+    Generation,
+    Label,
+    Project,
+    Prompt,
+    Response,
+    Task,
+    User,
+    now,
+)
 from prefer.labeling.app.security import hash_password
 
 FLAGS = ("fails_instruction", "harmful", "personal_data", "made_up_facts")  # InstructGPT's labeler metadata
@@ -80,23 +91,33 @@ def _prompt_by_text(db: DB, project: Project) -> dict[str, Prompt]:
     return {p.text: p for p in db.scalars(select(Prompt).where(Prompt.project_id == project.id))}
 
 
-def attach_responses(db: DB, project: Project, by_prompt: dict[str, list[str]], *, where: dict[str, str],
-                     generation: Generation | None = None) -> dict:
+def attach_responses(
+    db: DB,
+    project: Project,
+    by_prompt: dict[str, list[str]],
+    *,
+    where: dict[str, str],
+    generation: Generation | None = None,
+) -> dict:
     """Replace the responses of the given prompts (a prompt not in the project is added). Refused once a
     ranking task exists for the prompt: its labels refer to response positions."""
     prompts = _prompt_by_text(db, project)
     ranked = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == "ranking")))
     for text, responses in by_prompt.items():
         if not MIN_RESPONSES <= len(responses) <= MAX_RESPONSES:
-            raise AppError(422, f"{where[text]}: field 'responses': {len(responses)} responses; a ranking needs "
-                                f"{MIN_RESPONSES} to {MAX_RESPONSES}")
+            raise AppError(
+                422,
+                f"{where[text]}: field 'responses': {len(responses)} responses; a ranking needs "
+                f"{MIN_RESPONSES} to {MAX_RESPONSES}",
+            )
         for i, response in enumerate(responses):
             if not isinstance(response, str) or not response.strip():
                 raise AppError(422, f"{where[text]}: field 'responses': response {i} is empty or not a string")
             _check_text(f"{where[text]}: field 'responses': response {i}", response)
         if text in prompts and prompts[text].id in ranked:
-            raise AppError(409, f"{where[text]}: field 'prompt': it already has a ranking task; its responses are "
-                                "fixed")
+            raise AppError(
+                409, f"{where[text]}: field 'prompt': it already has a ranking task; its responses are fixed"
+            )
     new = [Prompt(project_id=project.id, text=text) for text in by_prompt if text not in prompts]
     db.add_all(new)
     db.flush()  # one round of inserts for all new prompts, then their ids
@@ -107,16 +128,24 @@ def attach_responses(db: DB, project: Project, by_prompt: dict[str, list[str]], 
         for old in db.scalars(select(Response).where(Response.prompt_id.in_(replaced))):
             db.delete(old)
         db.flush()
-    db.add_all(Response(prompt_id=prompts[text].id, position=position, text=response,
-                        generation_id=generation.id if generation else None)
-               for text, responses in by_prompt.items() for position, response in enumerate(responses))
+    db.add_all(
+        Response(
+            prompt_id=prompts[text].id,
+            position=position,
+            text=response,
+            generation_id=generation.id if generation else None,
+        )
+        for text, responses in by_prompt.items()
+        for position, response in enumerate(responses)
+    )
     db.flush()
     return {"prompts_with_responses": len(by_prompt), "responses_added": sum(map(len, by_prompt.values()))}
 
 
 def upload_responses(db: DB, project: Project, content: bytes, filename: str) -> dict:
-    records = _jsonl_records(content, filename,
-                             lambda path: list(read_records(path, {"prompt": str, "responses": list})))
+    records = _jsonl_records(
+        content, filename, lambda path: list(read_records(path, {"prompt": str, "responses": list}))
+    )
     by_prompt, where = {}, {}
     for location, record in records:
         location = location.replace(str(Path(location).parent) + "/", "")
@@ -127,13 +156,15 @@ def upload_responses(db: DB, project: Project, content: bytes, filename: str) ->
     return attach_responses(db, project, by_prompt, where=where)
 
 
-def record_generation(db: DB, project: Project, checkpoint: str, settings: dict,
-                      by_prompt: dict[str, list[str]]) -> dict:
+def record_generation(
+    db: DB, project: Project, checkpoint: str, settings: dict, by_prompt: dict[str, list[str]]
+) -> dict:
     generation = Generation(project_id=project.id, checkpoint=checkpoint, settings=settings)
     db.add(generation)
     db.flush()
-    result = attach_responses(db, project, by_prompt, where={t: f"generated for prompt {t[:40]!r}" for t in by_prompt},
-                              generation=generation)
+    result = attach_responses(
+        db, project, by_prompt, where={t: f"generated for prompt {t[:40]!r}" for t in by_prompt}, generation=generation
+    )
     return {"generation_id": generation.id, **result}
 
 
@@ -162,13 +193,24 @@ def create_tasks(db: DB, project: Project, kind: str, overlap: int, usernames: l
         raise AppError(422, f"overlap: {overlap} labelers per task, but {len(labelers)} labeler(s) are available")
     prompts = list(db.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id)))
     if kind == "ranking":
-        counts = dict(db.execute(select(Response.prompt_id, func.count()).join(Prompt)
-                                 .where(Prompt.project_id == project.id).group_by(Response.prompt_id)).all())
+        counts = dict(
+            db.execute(
+                select(Response.prompt_id, func.count())
+                .join(Prompt)
+                .where(Prompt.project_id == project.id)
+                .group_by(Response.prompt_id)
+            ).all()
+        )
         prompts = [p for p in prompts if counts.get(p.id, 0) >= MIN_RESPONSES]
     existing = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == kind)))
     load = Counter({u.id: 0 for u in labelers})
-    load.update(db.scalars(select(Assignment.user_id).join(Task).where(Task.project_id == project.id,
-                                                                       Assignment.user_id.in_(list(load)))))
+    load.update(
+        db.scalars(
+            select(Assignment.user_id)
+            .join(Task)
+            .where(Task.project_id == project.id, Assignment.user_id.in_(list(load)))
+        )
+    )
     tasks = [Task(project_id=project.id, prompt_id=p.id, kind=kind) for p in prompts if p.id not in existing]
     db.add_all(tasks)
     db.flush()
@@ -207,24 +249,40 @@ def assignment_view(db: DB, assignment: Assignment) -> dict:
     project = db.get(Project, task.project_id)
     responses = task.prompt.responses if task.kind == "ranking" else []
     label = latest_label(db, assignment)
-    return {"assignment_id": assignment.id, "kind": task.kind, "status": assignment.status,
-            "project": project.name, "instructions": project.instructions, "locked": project.locked_at is not None,
-            "prompt": task.prompt.text,
-            "responses": [{"index": i, "text": responses[i].text} for i in display_order(assignment.id, len(responses))],
-            "draft": assignment.draft, "label": label_view(label) if label else None}
+    return {
+        "assignment_id": assignment.id,
+        "kind": task.kind,
+        "status": assignment.status,
+        "project": project.name,
+        "instructions": project.instructions,
+        "locked": project.locked_at is not None,
+        "prompt": task.prompt.text,
+        "responses": [{"index": i, "text": responses[i].text} for i in display_order(assignment.id, len(responses))],
+        "draft": assignment.draft,
+        "label": label_view(label) if label else None,
+    }
 
 
 def label_view(label: Label) -> dict:
-    return {"label_id": label.id, "version": label.version, "ranking": label.ranking,
-            "demonstration": label.demonstration, "quality": label.quality, "flags": label.flags}
+    return {
+        "label_id": label.id,
+        "version": label.version,
+        "ranking": label.ranking,
+        "demonstration": label.demonstration,
+        "quality": label.quality,
+        "flags": label.flags,
+    }
 
 
 def queue(db: DB, user: User) -> list[dict]:
     order = {"draft": 0, "pending": 1, "skipped": 2, "submitted": 3}
-    rows = db.execute(select(Assignment, Task, Prompt).join(Task, Assignment.task_id == Task.id)
-                      .join(Prompt, Task.prompt_id == Prompt.id).where(Assignment.user_id == user.id)).all()
-    items = [{"assignment_id": a.id, "kind": t.kind, "status": a.status, "prompt": p.text[:200]}
-             for a, t, p in rows]
+    rows = db.execute(
+        select(Assignment, Task, Prompt)
+        .join(Task, Assignment.task_id == Task.id)
+        .join(Prompt, Task.prompt_id == Prompt.id)
+        .where(Assignment.user_id == user.id)
+    ).all()
+    items = [{"assignment_id": a.id, "kind": t.kind, "status": a.status, "prompt": p.text[:200]} for a, t, p in rows]
     return sorted(items, key=lambda item: (order[item["status"]], item["assignment_id"]))
 
 
@@ -291,8 +349,9 @@ def submit(db: DB, user: User, assignment_id: int, answer: dict, idempotency_key
     _writable(db, assignment)
     stored = validate_answer(assignment, answer)
     version = (db.scalar(select(func.max(Label.version)).where(Label.assignment_id == assignment.id)) or 0) + 1
-    label = Label(assignment_id=assignment.id, user_id=user.id, version=version, idempotency_key=idempotency_key,
-                  **stored)
+    label = Label(
+        assignment_id=assignment.id, user_id=user.id, version=version, idempotency_key=idempotency_key, **stored
+    )
     db.add(label)
     assignment.status, assignment.draft, assignment.updated_at = "submitted", None, now()
     db.flush()

@@ -1,6 +1,7 @@
-"""Shared pieces of the labeling-app tests (a module, not a conftest.py: tests/conftest.py is imported as
-`conftest` by other tests, and a second one would shadow it): an app on a fresh SQLite file, labelers with their own cookies and CSRF
-tokens, a real `prefer serve` process on 127.0.0.1, a throwaway PostgreSQL database, and a tiny checkpoint."""
+"""Shared pieces of the labeling-app tests: an app on a fresh SQLite file, labelers with their own cookies and CSRF
+tokens, a real `prefer serve` process on 127.0.0.1, a throwaway PostgreSQL database, and a tiny checkpoint.
+
+A module, not a conftest.py: other tests import tests/conftest.py as `conftest`, and a second one would shadow it."""
 
 from __future__ import annotations
 
@@ -64,17 +65,25 @@ class Labeler:
         return self.client.request(method, url, headers=headers, **kwargs)
 
 
-def setup_project(client, *, name="p", prompts, responses=None, labelers=("ann", "bob"), overlap=1,
-                  kinds=("ranking",)) -> int:
+def setup_project(
+    client, *, name="p", prompts, responses=None, labelers=("ann", "bob"), overlap=1, kinds=("ranking",)
+) -> int:
     """Project + prompts (+ {"prompt", "responses"}) + labeler accounts + tasks, all through the admin API."""
     project = client.post("/api/admin/projects", json={"name": name}, headers=ADMIN)
     assert project.status_code == 201, project.text
     pid = project.json()["id"]
-    assert client.post(f"/api/admin/projects/{pid}/prompts", content=jsonl({"prompt": p} for p in prompts),
-                       headers=ADMIN).status_code == 200
+    assert (
+        client.post(
+            f"/api/admin/projects/{pid}/prompts", content=jsonl({"prompt": p} for p in prompts), headers=ADMIN
+        ).status_code
+        == 200
+    )
     if responses:
-        r = client.post(f"/api/admin/projects/{pid}/responses", headers=ADMIN,
-                        content=jsonl({"prompt": p, "responses": rs} for p, rs in responses.items()))
+        r = client.post(
+            f"/api/admin/projects/{pid}/responses",
+            headers=ADMIN,
+            content=jsonl({"prompt": p, "responses": rs} for p, rs in responses.items()),
+        )
         assert r.status_code == 200, r.text
     existing = {u["username"] for u in client.get("/api/admin/labelers", headers=ADMIN).json()["labelers"]}
     for username in labelers:
@@ -82,8 +91,11 @@ def setup_project(client, *, name="p", prompts, responses=None, labelers=("ann",
             r = client.post("/api/admin/labelers", json={"username": username, "password": PASSWORD}, headers=ADMIN)
             assert r.status_code == 201, r.text
     for kind in kinds:
-        r = client.post(f"/api/admin/projects/{pid}/tasks", headers=ADMIN,
-                        json={"kind": kind, "overlap": overlap, "labelers": list(labelers)})
+        r = client.post(
+            f"/api/admin/projects/{pid}/tasks",
+            headers=ADMIN,
+            json={"kind": kind, "overlap": overlap, "labelers": list(labelers)},
+        )
         assert r.status_code == 201, r.text
     return pid
 
@@ -100,9 +112,27 @@ def server(db_url: str, *, port: int | None = None, workers: int = 1, log=None):
     port = port or free_port()
     env = {**os.environ, "PREFER_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "prefer", "serve", "--db", db_url, "--port", str(port), "--workers", str(workers),
-         "--password-hash", "test", "--log-level", "warning"],
-        env=env, cwd=REPO, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "prefer",
+            "serve",
+            "--db",
+            db_url,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--password-hash",
+            "test",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -128,8 +158,10 @@ def server(db_url: str, *, port: int | None = None, workers: int = 1, log=None):
 
 # ----- PostgreSQL: a real server, from PREFER_TEST_POSTGRES_URL (.ci/run starts a throwaway cluster) -----
 
-POSTGRES_HOWTO = ("PostgreSQL tests need a server: set PREFER_TEST_POSTGRES_URL=postgresql://USER@127.0.0.1:PORT/postgres "
-                  "(.ci/run starts a throwaway cluster and sets it; see .ci/postgres)")
+POSTGRES_HOWTO = (
+    "PostgreSQL tests need a server: set PREFER_TEST_POSTGRES_URL=postgresql://USER@127.0.0.1:PORT/postgres "
+    "(.ci/run starts a throwaway cluster and sets it; see .ci/postgres)"
+)
 
 
 def _unavailable(reason: str):
@@ -177,8 +209,11 @@ def tiny_checkpoint(tmp_path_factory):
     from prefer.models.build import build_model, train_tokenizer
 
     path = tmp_path_factory.mktemp("checkpoint") / "lm"
-    texts = ["The cat sat on the mat. The dog ran to the park.\n", "Write a haiku about the sea and the sun.\n",
-             "Explain why the sky is blue, briefly.\n"] * 40
+    texts = [
+        "The cat sat on the mat. The dog ran to the park.\n",
+        "Write a haiku about the sea and the sun.\n",
+        "Explain why the sky is blue, briefly.\n",
+    ] * 40
     tokenizer = train_tokenizer(texts, vocab_size=300)
     torch.manual_seed(0)
     model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=128)

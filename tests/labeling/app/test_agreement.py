@@ -22,7 +22,13 @@ def test_ties_are_left_out_of_agreement_and_corrected_in_tau_b():
     # agreement 4/4 = 1; tau-b = (4 - 0) / sqrt((6 - 1)(6 - 1)) = 0.8.
     first, second = (0, 1, 1, 2), (0, 1, 2, 2)
     counts = pair_counts(first, second)
-    assert (counts.concordant, counts.discordant, counts.tied_first, counts.tied_second, counts.tied_both) == (4, 0, 1, 1, 0)
+    assert (counts.concordant, counts.discordant, counts.tied_first, counts.tied_second, counts.tied_both) == (
+        4,
+        0,
+        1,
+        1,
+        0,
+    )
     assert pairwise_agreement(first, second) == 1.0
     assert kendall_tau_b(first, second) == pytest.approx(0.8)
 

@@ -5,9 +5,9 @@ import hashlib
 
 import pytest
 from fastapi.testclient import TestClient
+from serve_testing import ADMIN, PASSWORD, TOKEN, Labeler, app, jsonl, setup_project  # noqa: F401 (fixture)
 from sqlalchemy import func, select
 
-from serve_testing import ADMIN, PASSWORD, TOKEN, Labeler, app, jsonl, setup_project  # noqa: F401 (fixture)
 from prefer.labeling.app.models import Assignment, Label, Prompt, Session, User
 from prefer.labeling.app.server import create_app
 
@@ -20,15 +20,19 @@ def count(app, model, *where):
 
 
 def assignments_of(labeler, kind="ranking"):
-    return {a["prompt"]: a["assignment_id"] for a in labeler.request("GET", "/api/queue").json()["assignments"]
-            if a["kind"] == kind}
+    return {
+        a["prompt"]: a["assignment_id"]
+        for a in labeler.request("GET", "/api/queue").json()["assignments"]
+        if a["kind"] == kind
+    }
 
 
 @pytest.fixture
 def project(app):
     client = TestClient(app)
-    pid = setup_project(client, prompts=list(RESPONSES), responses=RESPONSES, labelers=("ann",),
-                        kinds=("ranking", "demonstration"))
+    pid = setup_project(
+        client, prompts=list(RESPONSES), responses=RESPONSES, labelers=("ann",), kinds=("ranking", "demonstration")
+    )
     return pid, Labeler(app, "ann")
 
 
@@ -42,7 +46,9 @@ def test_rank_with_ties_draft_resume_edit_and_lock(app, project):
     assert {r["text"] for r in view["responses"]} == set(RESPONSES["Say hi."])
 
     # A draft survives logging out and in again, and puts the task first in the queue.
-    assert ann.request("PUT", f"/api/assignments/{aid}/draft", json={"ranking": [1, 0], "quality": 5}).status_code == 200
+    assert (
+        ann.request("PUT", f"/api/assignments/{aid}/draft", json={"ranking": [1, 0], "quality": 5}).status_code == 200
+    )
     assert ann.request("POST", "/api/logout").status_code == 200
     assert ann.request("GET", "/api/queue").status_code == 401
     ann = Labeler(app, "ann")
@@ -58,10 +64,14 @@ def test_rank_with_ties_draft_resume_edit_and_lock(app, project):
     assert ann.request("GET", f"/api/assignments/{aid}").json()["label"]["ranking"] == [0, 1, 2, 3]
     assert count(app, Label) == 2
 
-    assert TestClient(app).post(f"/api/admin/projects/{pid}/lock", json={"locked": True}, headers=ADMIN).status_code == 200
-    for method, url, body in [("POST", f"/api/assignments/{aid}/submit", answer),
-                              ("PUT", f"/api/assignments/{aid}/draft", answer),
-                              ("POST", f"/api/assignments/{aid}/skip", None)]:
+    assert (
+        TestClient(app).post(f"/api/admin/projects/{pid}/lock", json={"locked": True}, headers=ADMIN).status_code == 200
+    )
+    for method, url, body in [
+        ("POST", f"/api/assignments/{aid}/submit", answer),
+        ("PUT", f"/api/assignments/{aid}/draft", answer),
+        ("POST", f"/api/assignments/{aid}/skip", None),
+    ]:
         refused = ann.request(method, url, json=body)
         assert refused.status_code == 409 and "locked" in refused.json()["detail"]
     assert count(app, Label) == 2
@@ -80,21 +90,24 @@ def test_skip_then_answer_and_demonstration(app, project):
     assert ann.request("POST", f"/api/assignments/{demo}/skip").status_code == 409  # submitted: edit, not skip
 
 
-@pytest.mark.parametrize("body, status, field", [
-    ({"ranking": [0, 1, 2]}, 422, "leaves out response(s) [3]"),
-    ({"ranking": [0, 0, 1, 2]}, 422, "lists response 0 twice"),
-    ({"ranking": [0, 1, 2, 7]}, 422, "index 7 is out of range"),
-    ({"ranking": [[0, 1, 2, 3]]}, 422, "ranking: every response ties"),
-    ({"ranking": ["0", 1, 2, 3]}, 422, "ranking.0"),
-    ({"ranking": [True, 1, 2, 3]}, 422, "ranking.0"),
-    ({"ranking": list(range(10))}, 422, "ranking: List should have at most 9 items"),
-    ({}, 422, "ranking"),
-    ({"ranking": [0, 1, 2, 3], "quality": 8}, 422, "quality: Input should be less than or equal to 7"),
-    ({"ranking": [0, 1, 2, 3], "flags": ["rude"]}, 422, "flags.0"),
-    ({"ranking": [0, 1, 2, 3], "rank": [0]}, 422, "rank: Extra inputs are not permitted"),
-    ({"ranking": [0, 1, 2, 3], "demonstration": "x"}, 422, "demonstration: a ranking task takes"),
-    ({"demonstration": "x" * 20_001}, 422, "demonstration: String should have at most 20000 characters"),
-])
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"ranking": [0, 1, 2]}, 422, "leaves out response(s) [3]"),
+        ({"ranking": [0, 0, 1, 2]}, 422, "lists response 0 twice"),
+        ({"ranking": [0, 1, 2, 7]}, 422, "index 7 is out of range"),
+        ({"ranking": [[0, 1, 2, 3]]}, 422, "ranking: every response ties"),
+        ({"ranking": ["0", 1, 2, 3]}, 422, "ranking.0"),
+        ({"ranking": [True, 1, 2, 3]}, 422, "ranking.0"),
+        ({"ranking": list(range(10))}, 422, "ranking: List should have at most 9 items"),
+        ({}, 422, "ranking"),
+        ({"ranking": [0, 1, 2, 3], "quality": 8}, 422, "quality: Input should be less than or equal to 7"),
+        ({"ranking": [0, 1, 2, 3], "flags": ["rude"]}, 422, "flags.0"),
+        ({"ranking": [0, 1, 2, 3], "rank": [0]}, 422, "rank: Extra inputs are not permitted"),
+        ({"ranking": [0, 1, 2, 3], "demonstration": "x"}, 422, "demonstration: a ranking task takes"),
+        ({"demonstration": "x" * 20_001}, 422, "demonstration: String should have at most 20000 characters"),
+    ],
+)
 def test_bad_answers_are_refused_naming_the_field_and_write_nothing(app, project, body, status, field):
     _, ann = project
     aid = assignments_of(ann)["Say hi."]
@@ -109,10 +122,15 @@ def test_unknown_ids_and_demonstration_checks(app, project):
     missing = ann.request("POST", "/api/assignments/99999/submit", json={"ranking": [0, 1]})
     assert missing.status_code == 404 and "assignment_id 99999" in missing.json()["detail"]
     assert "assignment_id" in ann.request("GET", "/api/assignments/abc").json()["detail"]
-    demo = next(a["assignment_id"] for a in ann.request("GET", "/api/queue").json()["assignments"]
-                if a["kind"] == "demonstration")
-    for body, field in [({"demonstration": "   "}, "demonstration: the ideal response is required"),
-                        ({"demonstration": "x", "ranking": [0, 1]}, "ranking: a demonstration task takes")]:
+    demo = next(
+        a["assignment_id"]
+        for a in ann.request("GET", "/api/queue").json()["assignments"]
+        if a["kind"] == "demonstration"
+    )
+    for body, field in [
+        ({"demonstration": "   "}, "demonstration: the ideal response is required"),
+        ({"demonstration": "x", "ranking": [0, 1]}, "ranking: a demonstration task takes"),
+    ]:
         response = ann.request("POST", f"/api/assignments/{demo}/submit", json=body)
         assert response.status_code == 422 and field in response.json()["detail"]
     assert count(app, Label) == 0
@@ -149,8 +167,12 @@ def test_csrf_is_required_for_every_state_change(app, project):
     TestClient(app).post("/api/admin/labelers", json={"username": "bob", "password": PASSWORD}, headers=ADMIN)
     bob = Labeler(app, "bob")
     for headers in ({}, {"X-CSRF-Token": "forged"}, {"X-CSRF-Token": bob.csrf}):  # none, wrong, another session's
-        for method, url in [("POST", f"/api/assignments/{aid}/submit"), ("PUT", f"/api/assignments/{aid}/draft"),
-                            ("POST", f"/api/assignments/{aid}/skip"), ("POST", "/api/logout")]:
+        for method, url in [
+            ("POST", f"/api/assignments/{aid}/submit"),
+            ("PUT", f"/api/assignments/{aid}/draft"),
+            ("POST", f"/api/assignments/{aid}/skip"),
+            ("POST", "/api/logout"),
+        ]:
             response = ann.client.request(method, url, json=body, headers=headers)
             assert response.status_code == 403 and "CSRF" in response.json()["detail"], (method, url, headers)
     # The admin's cookie session needs it too; the bearer token (no cookie) does not.

@@ -11,14 +11,22 @@ import shutil
 from pathlib import Path
 
 import pytest
+from serve_testing import PASSWORD, TOKEN, server, tiny_checkpoint  # noqa: F401 (fixture)
 
 from prefer.cli import main
 from prefer.data.formats import Demonstration, read_demonstrations, read_rankings
-from serve_testing import PASSWORD, TOKEN, server, tiny_checkpoint  # noqa: F401 (fixture)
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 PROMPTS = ["Write a haiku about the sea.", "Explain why the sky is blue. " + XSS]
 
@@ -29,9 +37,12 @@ def order(page) -> list[int]:
 
 def said(page, text, timeout=30_000):
     """The page's status line once it says `text` or reports an error (then the test fails with the error)."""
-    page.wait_for_function("t => { const m = document.getElementById('message');"
-                           " return m && (m.textContent.includes(t) || m.className === 'error'); }",
-                           arg=text, timeout=timeout)
+    page.wait_for_function(
+        "t => { const m = document.getElementById('message');"
+        " return m && (m.textContent.includes(t) || m.className === 'error'); }",
+        arg=text,
+        timeout=timeout,
+    )
     message = page.text_content("#message")
     assert text in message, message
     return message
@@ -56,8 +67,9 @@ def browser():
 def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
     db = tmp_path / "labels.db"
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    (tmp_path / "responses.jsonl").write_text(json.dumps(
-        {"prompt": "Which response is safe?", "responses": ["plain text", XSS, "<b>not bold</b>"]}) + "\n")
+    (tmp_path / "responses.jsonl").write_text(
+        json.dumps({"prompt": "Which response is safe?", "responses": ["plain text", XSS, "<b>not bold</b>"]}) + "\n"
+    )
     with server(str(db)) as (base, _):
         admin = browser.new_page()
         admin.goto(f"{base}/admin/login")
@@ -70,7 +82,7 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
         admin.wait_for_url(f"{base}/admin/projects/1")
         admin.set_input_files("#upload-prompts input[type=file]", str(tmp_path / "prompts.jsonl"))
         admin.click("#upload-prompts button")
-        said(admin, 'prompts_added')
+        said(admin, "prompts_added")
         admin.fill("#generate input[name=checkpoint]", str(tiny_checkpoint))
         admin.fill("#generate input[name=max_new_tokens]", "12")
         admin.click("#generate button")
@@ -78,17 +90,17 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
         admin.wait_for_load_state("load")
         admin.set_input_files("#upload-responses input[type=file]", str(tmp_path / "responses.jsonl"))
         admin.click("#upload-responses button")
-        said(admin, 'responses_added')
+        said(admin, "responses_added")
         admin.goto(f"{base}/admin")
         admin.fill("#create-labeler input[name=username]", "ann")
         admin.fill("#create-labeler input[name=password]", PASSWORD)
         admin.click("#create-labeler button")
-        said(admin, 'ann')
+        said(admin, "ann")
         admin.goto(f"{base}/admin/projects/1")
         for kind in ("ranking", "demonstration"):
             admin.select_option("#create-tasks select[name=kind]", kind)
             admin.click("#create-tasks button")
-            said(admin, 'tasks_created')
+            said(admin, "tasks_created")
             admin.wait_for_load_state("load")
             admin.goto(f"{base}/admin/projects/1")
         admin.wait_for_selector("#progress table")
@@ -103,7 +115,8 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
         page.wait_for_url(f"{base}/")
         page.wait_for_selector("#queue tbody tr")
         rows = page.locator("#queue tbody tr").evaluate_all(
-            "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent, r.cells[3].textContent])")
+            "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent, r.cells[3].textContent])"
+        )
         tasks = {(kind, prompt): int(aid) for aid, kind, prompt in rows}
         assert len(tasks) == 6 and ("ranking", PROMPTS[1][:200]) in tasks  # the queue shows the script as text
 
@@ -125,18 +138,19 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
             Path(os.environ["PREFER_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(screenshot, os.environ["PREFER_SCREENSHOT"])
         page.keyboard.press("Control+Enter")
-        said(page, 'submitted')
+        said(page, "submitted")
         keyboard_ranking = [[a, c], b, d]
 
         # 2. Drag and drop: the last response onto the top half of the first.
         open_task(page, base, tasks["ranking", PROMPTS[1][:200]])
         assert page.text_content("#prompt") == PROMPTS[1]  # the script is text on the page
         w, x, y, z = order(page)
-        page.locator("#responses li").nth(3).drag_to(page.locator("#responses li").nth(0),
-                                                     target_position={"x": 40, "y": 4})
+        page.locator("#responses li").nth(3).drag_to(
+            page.locator("#responses li").nth(0), target_position={"x": 40, "y": 4}
+        )
         assert order(page) == [z, w, x, y]
         page.click("#submit")
-        said(page, 'submitted')
+        said(page, "submitted")
         drag_ranking = [z, w, x, y]
 
         # 3. A response that is a script: shown as text, never run (also checked: the prompt's script above).
@@ -145,13 +159,13 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
         assert XSS in texts and "<b>not bold</b>" in texts and page.locator("#responses b").count() == 0
         assert page.evaluate("window.__xss") is None
         page.keyboard.press("x")  # skip it
-        said(page, 'skipped')
+        said(page, "skipped")
 
         # 4. A demonstration, submitted with the keyboard from the text area.
         open_task(page, base, tasks["demonstration", PROMPTS[0]])
         page.fill("#demonstration", "Waves fold on sand,\nsalt wind carries gull voices,\nthe tide keeps its time.")
         page.keyboard.press("Control+Enter")
-        said(page, 'submitted')
+        said(page, "submitted")
         assert page.evaluate("window.__xss") is None
 
         download = admin.request.get(f"{base}/api/admin/projects/1/export/rankings.jsonl")  # the admin's session
@@ -166,13 +180,29 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
     first = next(r for r in rankings if r["prompt"] == PROMPTS[0])
     assert first["provenance"]["quality"] == 6 and first["provenance"]["flags"] == ["harmful"]
     assert first["provenance"]["labeler"] == "ann" and first["provenance"]["generations"] == [1]
-    assert read_demonstrations(out / "demonstrations.jsonl") == [Demonstration(
-        PROMPTS[0], "Waves fold on sand,\nsalt wind carries gull voices,\nthe tide keeps its time.")]
+    assert read_demonstrations(out / "demonstrations.jsonl") == [
+        Demonstration(PROMPTS[0], "Waves fold on sand,\nsalt wind carries gull voices,\nthe tide keeps its time.")
+    ]
 
     # prefer reward trains on the export, unchanged.
     run = tmp_path / "rm"
-    assert main(["reward", f"model.init_from={tiny_checkpoint}", f"rankings={out / 'rankings.jsonl'}",
-                 f"demonstrations={out / 'demonstrations.jsonl'}", f"out_dir={run}", "validation_fraction=0",
-                 "epochs=3", "train.batch_size=1", "train.lr=1e-3", "train.progress=false", "train.eval_every=1",
-                 "train.checkpoint_every=10"]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                f"model.init_from={tiny_checkpoint}",
+                f"data.rankings={out / 'rankings.jsonl'}",
+                f"data.demonstrations={out / 'demonstrations.jsonl'}",
+                f"out_dir={run}",
+                "data.validation_fraction=0",
+                "train.epochs=3",
+                "train.batch_size=1",
+                "optimizer.lr=1e-3",
+                "runtime.progress=false",
+                "train.eval_every=1",
+                "train.checkpoint_every=10",
+            ]
+        )
+        == 0
+    )
     assert (run / "final" / "prefer.json").exists()

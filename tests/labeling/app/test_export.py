@@ -8,8 +8,8 @@ import sys
 
 import pytest
 from fastapi.testclient import TestClient
-
 from serve_testing import ADMIN, REPO, Labeler, app, setup_project, tiny_checkpoint  # noqa: F401 (fixtures)
+
 from prefer.cli import main
 from prefer.data.formats import Comparison, Demonstration, read_demonstrations, read_rankings
 from prefer.labeling.app.export import write_export
@@ -19,16 +19,23 @@ RESPONSES = {"Say hi.": ["hi", "hello there", "hey", "good day"], "Name a colour
 
 
 def open_tasks(labeler):
-    return {(a["kind"], a["prompt"]): a["assignment_id"]
-            for a in labeler.request("GET", "/api/queue").json()["assignments"]}
+    return {
+        (a["kind"], a["prompt"]): a["assignment_id"] for a in labeler.request("GET", "/api/queue").json()["assignments"]
+    }
 
 
 @pytest.fixture
 def labelled(app):
     """ann and bob both label every task (overlap 2)."""
     client = TestClient(app)
-    pid = setup_project(client, prompts=list(RESPONSES), responses=RESPONSES, labelers=("ann", "bob"), overlap=2,
-                        kinds=("ranking", "demonstration"))
+    pid = setup_project(
+        client,
+        prompts=list(RESPONSES),
+        responses=RESPONSES,
+        labelers=("ann", "bob"),
+        overlap=2,
+        kinds=("ranking", "demonstration"),
+    )
     ann, bob = Labeler(app, "ann"), Labeler(app, "bob")
     a, b = open_tasks(ann), open_tasks(bob)
     submit = lambda who, aid, body: who.request("POST", f"/api/assignments/{aid}/submit", json=body)  # noqa: E731
@@ -47,23 +54,29 @@ def test_export_round_trips_through_prefers_readers(app, labelled, tmp_path):
     with app.state.sessionmaker() as db:
         written = write_export(db, db.get(Project, pid), tmp_path / "export")
     rankings = read_rankings(written["rankings"])
-    assert sorted(rankings, key=repr) == sorted([
-        Comparison("Say hi.", tuple(RESPONSES["Say hi."]), (1, 2, 0, 1)),  # [2, [0, 3], 1]: 2 best, 0 = 3, 1 worst
-        Comparison("Say hi.", tuple(RESPONSES["Say hi."]), (1, 3, 0, 2)),
-        Comparison("Name a colour.", tuple(RESPONSES["Name a colour."]), (0, 1, 2)),
-        Comparison("Name a colour.", tuple(RESPONSES["Name a colour."]), (2, 1, 0))], key=repr)
+    assert sorted(rankings, key=repr) == sorted(
+        [
+            Comparison("Say hi.", tuple(RESPONSES["Say hi."]), (1, 2, 0, 1)),  # [2, [0, 3], 1]: 2 best, 0 = 3, 1 worst
+            Comparison("Say hi.", tuple(RESPONSES["Say hi."]), (1, 3, 0, 2)),
+            Comparison("Name a colour.", tuple(RESPONSES["Name a colour."]), (0, 1, 2)),
+            Comparison("Name a colour.", tuple(RESPONSES["Name a colour."]), (2, 1, 0)),
+        ],
+        key=repr,
+    )
     # The draft and the skip are not answers.
     assert read_demonstrations(written["demonstrations"]) == [Demonstration("Say hi.", "Hello! How can I help?")]
     records = [json.loads(line) for line in written["rankings"].read_text().splitlines()]
-    assert {(r["provenance"]["labeler"], r["ranking"] == [2, [0, 3], 1]) for r in records if r["prompt"] == "Say hi."} \
-        == {("ann", True), ("bob", False)}
+    assert {
+        (r["provenance"]["labeler"], r["ranking"] == [2, [0, 3], 1]) for r in records if r["prompt"] == "Say hi."
+    } == {("ann", True), ("bob", False)}
     ann_hi = next(r for r in records if r["provenance"]["labeler"] == "ann" and r["prompt"] == "Say hi.")
     assert ann_hi["provenance"]["quality"] == 6 and ann_hi["provenance"]["version"] == 1
     pairs = [json.loads(line) for line in written["pairs"].read_text().splitlines()]
     # ann on "Say hi.": 6 pairs minus the tie (0, 3) = 5; bob 6; colours 3 + 3 -> 17.
     assert len(pairs) == 17 and all(set(p) == {"prompt", "chosen", "rejected", "provenance"} for p in pairs)
     assert {"prompt": "Say hi.", "chosen": "hey", "rejected": "hello there"} in [
-        {k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+        {k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs
+    ]
     # The admin page's download is the same file.
     download = client.get(f"/api/admin/projects/{pid}/export/rankings.jsonl", headers=ADMIN)
     assert download.status_code == 200 and download.text == written["rankings"].read_text()
@@ -77,7 +90,7 @@ def test_agreement_and_progress(app, labelled):
     overall = agreement["overall"]
     assert (overall["pairs_compared"], overall["pairs_agreed"], overall["pairs_tied"]) == (8, 5, 1)
     assert overall["pairwise_agreement"] == pytest.approx(5 / 8)
-    assert overall["kendall_tau_mean"] == pytest.approx((5 / 30 ** 0.5 - 1) / 2)
+    assert overall["kendall_tau_mean"] == pytest.approx((5 / 30**0.5 - 1) / 2)
     assert agreement["tasks_with_overlap"] == 2 and agreement["per_labeler"]["ann"]["pairs_agreed"] == 5
     progress = client.get(f"/api/admin/projects/{pid}/progress", headers=ADMIN).json()
     assert progress["tasks"] == {"ranking": 2, "demonstration": 2} and progress["tasks_complete"] == 2
@@ -97,10 +110,17 @@ def test_prefer_export_command(app, labelled, tmp_path, capsys):
 def test_responses_generated_from_a_checkpoint(app, tiny_checkpoint):
     client = TestClient(app)
     pid = setup_project(client, prompts=["Write a haiku:", "Explain the sky:"], labelers=("ann",), kinds=())
-    settings = {"checkpoint": str(tiny_checkpoint), "num_responses": 4, "max_new_tokens": 8, "temperature": 1.0,
-                "top_p": 0.9, "seed": 3}
-    missing = client.post(f"/api/admin/projects/{pid}/generate", json={**settings, "checkpoint": "/no/such/dir"},
-                          headers=ADMIN)
+    settings = {
+        "checkpoint": str(tiny_checkpoint),
+        "num_responses": 4,
+        "max_new_tokens": 8,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "seed": 3,
+    }
+    missing = client.post(
+        f"/api/admin/projects/{pid}/generate", json={**settings, "checkpoint": "/no/such/dir"}, headers=ADMIN
+    )
     assert missing.status_code == 422 and missing.json()["detail"].startswith("checkpoint:")
     response = client.post(f"/api/admin/projects/{pid}/generate", json=settings, headers=ADMIN)
     assert response.status_code == 200, response.text
@@ -112,17 +132,33 @@ def test_responses_generated_from_a_checkpoint(app, tiny_checkpoint):
     with app.state.sessionmaker() as db:
         generation = db.get(Generation, result["generation_id"])
         assert generation.checkpoint == str(tiny_checkpoint)
-        assert generation.settings == {"num_responses": 4, "max_new_tokens": 8, "temperature": 1.0, "top_p": 0.9,
-                                       "block": "both", "seed": 3}
+        assert generation.settings == {
+            "num_responses": 4,
+            "max_new_tokens": 8,
+            "temperature": 1.0,
+            "top_p": 0.9,
+            "block": "both",
+            "seed": 3,
+        }
         assert all(r.generation_id == generation.id for r in db.query(Response))
-    assert client.post(f"/api/admin/projects/{pid}/tasks", json={"kind": "ranking"}, headers=ADMIN).json()[
-        "tasks_created"] == result["prompts_with_responses"]
+    assert (
+        client.post(f"/api/admin/projects/{pid}/tasks", json={"kind": "ranking"}, headers=ADMIN).json()["tasks_created"]
+        == result["prompts_with_responses"]
+    )
 
 
 def test_the_app_starts_without_torch():
-    code = ("import sys; from prefer.cli import build_parser; build_parser(); "
-            "import prefer.labeling.app.server, prefer.labeling.app.export; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys; from prefer.cli import build_parser; build_parser(); "
+        "import prefer.labeling.app.server, prefer.labeling.app.export; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.strip() == "[]"

@@ -6,9 +6,9 @@ admin endpoint with a labeler, with nobody and with a wrong token: all refused, 
 import re
 
 from fastapi.testclient import TestClient
+from serve_testing import ADMIN, Labeler, app, setup_project  # noqa: F401 (fixture)
 from sqlalchemy import func, select
 
-from serve_testing import ADMIN, Labeler, app, setup_project  # noqa: F401 (fixture)
 from prefer.labeling.app.models import Assignment, Label
 
 RESPONSES = {"p1": ["a", "b", "c"], "p2": ["d", "e"]}
@@ -22,9 +22,15 @@ def all_routes(routes):
 
 
 def routes(app, prefix):
-    return sorted({(method, route.path) for route in all_routes(app.routes)
-                   if (getattr(route, "path", None) or "").startswith(prefix)
-                   for method in getattr(route, "methods", None) or () if method != "HEAD"})
+    return sorted(
+        {
+            (method, route.path)
+            for route in all_routes(app.routes)
+            if (getattr(route, "path", None) or "").startswith(prefix)
+            for method in getattr(route, "methods", None) or ()
+            if method != "HEAD"
+        }
+    )
 
 
 def fill(path, values):
@@ -33,13 +39,21 @@ def fill(path, values):
 
 def snapshot(app):
     with app.state.sessionmaker() as db:
-        return (db.scalar(select(func.count()).select_from(Label)),
-                sorted((a.id, a.status, str(a.draft)) for a in db.scalars(select(Assignment))))
+        return (
+            db.scalar(select(func.count()).select_from(Label)),
+            sorted((a.id, a.status, str(a.draft)) for a in db.scalars(select(Assignment))),
+        )
 
 
 def test_every_endpoint_refuses_the_wrong_identity(app):
-    pid = setup_project(TestClient(app), prompts=list(RESPONSES), responses=RESPONSES, labelers=("ann", "bob"),
-                        overlap=1, kinds=("ranking", "demonstration"))
+    pid = setup_project(
+        TestClient(app),
+        prompts=list(RESPONSES),
+        responses=RESPONSES,
+        labelers=("ann", "bob"),
+        overlap=1,
+        kinds=("ranking", "demonstration"),
+    )
     ann, bob = Labeler(app, "ann"), Labeler(app, "bob")
     bobs = [a["assignment_id"] for a in bob.request("GET", "/api/queue").json()["assignments"]]
     assert bobs and not set(bobs) & {a["assignment_id"] for a in ann.request("GET", "/api/queue").json()["assignments"]}
@@ -48,9 +62,13 @@ def test_every_endpoint_refuses_the_wrong_identity(app):
     tried = refused = 0
 
     labeler_routes = routes(app, "/api/assignments") + [("GET", "/label/{assignment_id}")]
-    assert {path for _, path in labeler_routes} == {"/api/assignments/{assignment_id}", "/api/assignments/{assignment_id}/draft",
-                                                    "/api/assignments/{assignment_id}/skip",
-                                                    "/api/assignments/{assignment_id}/submit", "/label/{assignment_id}"}
+    assert {path for _, path in labeler_routes} == {
+        "/api/assignments/{assignment_id}",
+        "/api/assignments/{assignment_id}/draft",
+        "/api/assignments/{assignment_id}/skip",
+        "/api/assignments/{assignment_id}/submit",
+        "/label/{assignment_id}",
+    }
     for method, path in labeler_routes:
         body = BODIES.get(path.rsplit("/", 1)[-1])
         for aid in bobs:
@@ -73,8 +91,11 @@ def test_every_endpoint_refuses_the_wrong_identity(app):
     for method, path in admin_routes:
         url = fill(path, values)
         page = not path.startswith("/api")
-        for who, client, headers in [("labeler", ann.client, {"X-CSRF-Token": ann.csrf}), ("anonymous", anonymous, {}),
-                                     ("wrong token", anonymous, {"Authorization": "Bearer wrong-token"})]:
+        for who, client, headers in [
+            ("labeler", ann.client, {"X-CSRF-Token": ann.csrf}),
+            ("anonymous", anonymous, {}),
+            ("wrong token", anonymous, {"Authorization": "Bearer wrong-token"}),
+        ]:
             response = client.request(method, url, json={}, headers=headers, follow_redirects=False)
             tried += 1
             if page and who != "wrong token":
@@ -86,7 +107,9 @@ def test_every_endpoint_refuses_the_wrong_identity(app):
     assert snapshot(app) == before  # nothing changed by any refused request
     # And the admin's own token does work on them (the refusals are about identity, not broken routes).
     assert TestClient(app).get(f"/api/admin/projects/{pid}/progress", headers=ADMIN).status_code == 200
-    print(f"\n[isolation] {tried} endpoint x identity combinations tried, {refused} refused "
-          f"({len(labeler_routes)} labeler endpoints x {len(bobs)} foreign ids x 2 identities + the queue; "
-          f"{len(admin_routes)} admin endpoints x 3 identities)")
+    print(
+        f"\n[isolation] {tried} endpoint x identity combinations tried, {refused} refused "
+        f"({len(labeler_routes)} labeler endpoints x {len(bobs)} foreign ids x 2 identities + the queue; "
+        f"{len(admin_routes)} admin endpoints x 3 identities)"
+    )
     assert tried == refused

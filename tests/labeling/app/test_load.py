@@ -12,12 +12,11 @@ import signal
 import time
 
 import httpx
-import pytest
+from serve_testing import ADMIN, PASSWORD, db_url, jsonl, postgres_url, server  # noqa: F401 (fixtures)
 from sqlalchemy import func, select
 
 from prefer.labeling.app.db import make_engine, make_sessionmaker
 from prefer.labeling.app.models import Assignment, Label
-from serve_testing import ADMIN, PASSWORD, db_url, jsonl, postgres_url, server  # noqa: F401 (fixtures)
 
 LABELERS, PER_LABELER, K = 50, 20, 4
 
@@ -30,7 +29,10 @@ def setup_load(base: str) -> None:
         body = jsonl({"prompt": p, "responses": [f"{p} response {j}" for j in range(K)]} for p in prompts)
         assert client.post(f"/api/admin/projects/{pid}/responses", content=body).status_code == 200
         for i in range(LABELERS):
-            assert client.post("/api/admin/labelers", json={"username": f"l{i:02d}", "password": PASSWORD}).status_code == 201
+            assert (
+                client.post("/api/admin/labelers", json={"username": f"l{i:02d}", "password": PASSWORD}).status_code
+                == 201
+            )
         created = client.post(f"/api/admin/projects/{pid}/tasks", json={"kind": "ranking", "overlap": 1}).json()
         assert created == {"tasks_created": 1000, "assignments_created": 1000}
 
@@ -61,8 +63,11 @@ async def submit(client: httpx.AsyncClient, aid: int, retries: int = 0) -> httpx
     kept-alive connection the server closed meanwhile is such a case)."""
     for attempt in range(retries + 1):
         try:
-            return await client.post(f"/api/assignments/{aid}/submit", json={"ranking": ranking_for(aid)},
-                                     headers={"Idempotency-Key": f"submit-{aid}"})
+            return await client.post(
+                f"/api/assignments/{aid}/submit",
+                json={"ranking": ranking_for(aid)},
+                headers={"Idempotency-Key": f"submit-{aid}"},
+            )
         except httpx.TransportError:
             if attempt == retries:
                 raise
@@ -93,11 +98,15 @@ def stored(url: str) -> dict:
     try:
         with make_sessionmaker(engine)() as db:
             labels = list(db.execute(select(Label.assignment_id, Label.id, Label.ranking, Label.version)))
-            return {"labels": len(labels), "assignments_labelled": len({a for a, *_ in labels}),
-                    "by_assignment": {a: (i, r) for a, i, r, _ in labels},
-                    "max_version": max((v for *_, v in labels), default=0),
-                    "submitted": db.scalar(select(func.count()).select_from(Assignment)
-                                           .where(Assignment.status == "submitted"))}
+            return {
+                "labels": len(labels),
+                "assignments_labelled": len({a for a, *_ in labels}),
+                "by_assignment": {a: (i, r) for a, i, r, _ in labels},
+                "max_version": max((v for *_, v in labels), default=0),
+                "submitted": db.scalar(
+                    select(func.count()).select_from(Assignment).where(Assignment.status == "submitted")
+                ),
+            }
     finally:
         engine.dispose()
 
@@ -131,9 +140,11 @@ def test_1000_concurrent_submissions_from_50_labelers(db_url):
     assert state["max_version"] == 1  # no assignment got a second label
     check_answers(state, acknowledged)
     backend = db_url.split(":", 1)[0]
-    print(f"\n[load] {backend}: {len(acknowledged)} concurrent submissions from {LABELERS} labelers in {seconds:.2f} s "
-          f"= {len(acknowledged) / seconds:.0f} submissions/s (1 server process); stored {state['labels']} labels, "
-          f"0 duplicates; {len(replies)} retries with the same key: {len(replies)} replayed, 0 new labels")
+    print(
+        f"\n[load] {backend}: {len(acknowledged)} concurrent submissions from {LABELERS} labelers in {seconds:.2f} s "
+        f"= {len(acknowledged) / seconds:.0f} submissions/s (1 server process); stored {state['labels']} labels, "
+        f"0 duplicates; {len(replies)} retries with the same key: {len(replies)} replayed, 0 new labels"
+    )
 
 
 def test_sigkill_mid_load_loses_no_acknowledged_submission(db_url, tmp_path):
@@ -178,7 +189,9 @@ def test_sigkill_mid_load_loses_no_acknowledged_submission(db_url, tmp_path):
     assert final["labels"] == final["assignments_labelled"] == 1000 and final["max_version"] == 1
     assert replayed == after_crash["labels"] - len(acknowledged)  # committed but unacknowledged: replayed, not doubled
     backend = db_url.split(":", 1)[0]
-    print(f"\n[crash] {backend}: SIGKILL after {len(acknowledged)} acknowledged submissions ({failed} in flight or "
-          f"unsent); after restart {after_crash['labels']} stored, {len(acknowledged)} of {len(acknowledged)} "
-          f"acknowledged present (0 lost); retrying the other {len(replies)} with their keys: {replayed} replayed "
-          f"(committed before the kill), {len(replies) - replayed} new; final {final['labels']} labels, 0 duplicates")
+    print(
+        f"\n[crash] {backend}: SIGKILL after {len(acknowledged)} acknowledged submissions ({failed} in flight or "
+        f"unsent); after restart {after_crash['labels']} stored, {len(acknowledged)} of {len(acknowledged)} "
+        f"acknowledged present (0 lost); retrying the other {len(replies)} with their keys: {replayed} replayed "
+        f"(committed before the kill), {len(replies) - replayed} new; final {final['labels']} labels, 0 duplicates"
+    )

@@ -15,12 +15,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table("generations",
-                    sa.Column("id", sa.Integer, primary_key=True),
-                    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
-                    sa.Column("checkpoint", sa.Text, nullable=False),
-                    sa.Column("settings", sa.JSON, nullable=False),
-                    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False))
+    op.create_table(
+        "generations",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+        sa.Column("checkpoint", sa.Text, nullable=False),
+        sa.Column("settings", sa.JSON, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
     op.create_index("ix_generations_project_id", "generations", ["project_id"])
     with op.batch_alter_table("responses") as batch:
         batch.add_column(sa.Column("generation_id", sa.Integer, nullable=True))
