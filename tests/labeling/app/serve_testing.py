@@ -107,7 +107,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(db_url: str, *, port: int | None = None, workers: int = 1, log=None):
+def server(db_url: str, *, port: int | None = None, workers: int = 1, log=None, log_level: str = "warning"):
     """`prefer serve` as a real process on 127.0.0.1; yields (base_url, process)."""
     port = port or free_port()
     env = {**os.environ, "PREFER_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -126,7 +126,7 @@ def server(db_url: str, *, port: int | None = None, workers: int = 1, log=None):
             "--password-hash",
             "test",
             "--log-level",
-            "warning",
+            log_level,
         ],
         env=env,
         cwd=REPO,

@@ -70,7 +70,8 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
     (tmp_path / "responses.jsonl").write_text(
         json.dumps({"prompt": "Which response is safe?", "responses": ["plain text", XSS, "<b>not bold</b>"]}) + "\n"
     )
-    with server(str(db)) as (base, _):
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - the server process writes it
+    with log, server(str(db), log=log, log_level="info") as (base, _):
         admin = browser.new_page()
         admin.goto(f"{base}/admin/login")
         admin.fill("input[name=token]", TOKEN)
@@ -170,6 +171,9 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
 
         download = admin.request.get(f"{base}/api/admin/projects/1/export/rankings.jsonl")  # the admin's session
         assert download.status == 200 and len(download.text().splitlines()) == 2
+
+    logged = (tmp_path / "server.log").read_text()
+    assert "POST /api/admin/login" in logged and TOKEN not in logged and PASSWORD not in logged  # never in logs
 
     out = tmp_path / "export"
     assert main(["export", "--db", str(db), "--project", "browser", "--out", str(out)]) == 0

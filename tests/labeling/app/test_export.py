@@ -162,3 +162,18 @@ def test_the_app_starts_without_torch():
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_serve_help_lists_its_options_and_a_missing_token_is_one_error_line(capsys, monkeypatch, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--db", "--host", "--port", "--admin-token", "--admin-token-env", "PREFER_ADMIN_TOKEN", "--workers"):
+        assert option in out
+    monkeypatch.delenv("PREFER_ADMIN_TOKEN", raising=False)
+    assert main(["serve", "--db", str(tmp_path / "x.db")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "prefer: error: admin token: set the environment variable PREFER_ADMIN_TOKEN (or pass --admin-token)"
+    )
+    assert main(["serve", "--db", str(tmp_path / "x.db"), "--admin-token", "short"]) == 2
+    assert "at least 16 characters" in capsys.readouterr().err

@@ -189,9 +189,8 @@ def test_sigkill_mid_load_loses_no_acknowledged_submission(db_url, tmp_path):
     assert final["labels"] == final["assignments_labelled"] == 1000 and final["max_version"] == 1
     assert replayed == after_crash["labels"] - len(acknowledged)  # committed but unacknowledged: replayed, not doubled
     backend = db_url.split(":", 1)[0]
-    print(
-        f"\n[crash] {backend}: SIGKILL after {len(acknowledged)} acknowledged submissions ({failed} in flight or "
-        f"unsent); after restart {after_crash['labels']} stored, {len(acknowledged)} of {len(acknowledged)} "
-        f"acknowledged present (0 lost); retrying the other {len(replies)} with their keys: {replayed} replayed "
-        f"(committed before the kill), {len(replies) - replayed} new; final {final['labels']} labels, 0 duplicates"
-    )
+    acked, new = len(acknowledged), len(replies) - replayed
+    print(f"\n[crash] {backend}: SIGKILL at the {kill_after}th acknowledgement; {acked} acknowledged in all (replies")
+    print(f"  already sent), {failed} unanswered (in flight or unsent); after restart {after_crash['labels']} stored,")
+    print(f"  {acked} of {acked} acknowledged present (0 lost); retrying the other {len(replies)} with their keys:")
+    print(f"  {replayed} replayed (committed before the kill), {new} new; final {final['labels']} labels, 0 duplicates")
