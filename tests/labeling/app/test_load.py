@@ -150,11 +150,7 @@ def test_1000_concurrent_submissions_from_50_labelers(db_url):
 def test_sigkill_mid_load_loses_no_acknowledged_submission(db_url, tmp_path):
     kill_after = 300
 
-    with server(db_url) as (base, _):
-        setup_load(base)
-    port = int(base.rsplit(":", 1)[1])
-
-    async def run_until_killed(process):
+    async def run_until_killed(base, process):
         labelers = await login_all(base)
 
         def on_ack(n):
@@ -166,9 +162,11 @@ def test_sigkill_mid_load_loses_no_acknowledged_submission(db_url, tmp_path):
             await client.aclose()
         return acknowledged, failed
 
-    with server(db_url, port=port) as (_, process):
-        acknowledged, failed = asyncio.run(run_until_killed(process))
+    with server(db_url) as (base, process):
+        setup_load(base)
+        acknowledged, failed = asyncio.run(run_until_killed(base, process))
         assert process.wait(10) == -signal.SIGKILL
+    port = int(base.rsplit(":", 1)[1])
     after_crash = stored(db_url)
     assert kill_after <= len(acknowledged) < 1000 and failed == 1000 - len(acknowledged)
     check_answers(after_crash, acknowledged)  # every acknowledged submission is there, with its answer
