@@ -26,8 +26,8 @@ _lock = threading.Lock()
 
 
 def scrubber():
-    """The process's Scrubber, built on first use: importing scrubadub takes seconds (it imports nltk for
-    detectors not used here), so each process builds it once, not per text.
+    """The process's Scrubber, built on first use: importing scrubadub takes a second even without nltk
+    (`pii_detectors._import_scrubadub`), so each process builds it once, not per text.
 
     Its detectors are scrubadub's defaults in their order (email, replaced by the "@"-only variant, last),
     each swapped for the variant of `pii_detectors` that finds the same matches but skips text it cannot match.
@@ -35,9 +35,9 @@ def scrubber():
     global _scrubber
     with _lock:
         if _scrubber is None:
-            import scrubadub
+            from prefer.scorers import pii_detectors  # imports scrubadub (without nltk)
 
-            from prefer.scorers import pii_detectors
+            import scrubadub
 
             stock = scrubadub.Scrubber()
             stock.remove_detector("email")

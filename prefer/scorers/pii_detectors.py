@@ -15,17 +15,67 @@ phone-like text.
 
 from __future__ import annotations
 
+import importlib
 import re
+import sys
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 
-import phonenumbers
-from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatcher
-from phonenumbers.phonenumbermatcher import _INNER_MATCHES
-from phonenumbers.phonenumberutil import _PLUS_CHARS, COUNTRY_CODE_TO_REGION_CODE, region_code_for_country_code
-from scrubadub.detectors import (CreditCardDetector, EmailDetector, PhoneDetector, TwitterDetector, UrlDetector)
-from scrubadub.detectors.en_US import SocialSecurityNumberDetector
-from scrubadub.filth import PhoneFilth
+# scrubadub's skype and name detectors, imported on first use instead of with scrubadub (see _import_scrubadub)
+_DEFERRED = {"skype": "SkypeDetector", "text_blob": "TextBlobNameDetector"}
+
+
+def _import_scrubadub() -> None:
+    """Import scrubadub without the modules of its skype and TextBlob name detectors, which import nltk and
+    textblob: about 80% of scrubadub's import time (3 s of 3.5 s here), for two detectors that are off by default
+    (autoload False) and unused by prefer. Placeholders stand in for those two modules while scrubadub imports,
+    and are then removed: scrubadub.detectors.SkypeDetector, .TextBlobNameDetector, .skype and .text_blob import
+    the real modules on first access (module __getattr__), which register the detectors as usual."""
+    if "scrubadub" in sys.modules:
+        return
+    placeholders = {}
+    for module, cls in _DEFERRED.items():
+        name = f"scrubadub.detectors.{module}"
+        if name not in sys.modules:
+            placeholder = types.ModuleType(name)
+            setattr(placeholder, cls, None)
+            placeholders[name] = sys.modules[name] = placeholder
+    try:
+        import scrubadub.detectors
+    finally:
+        for name, placeholder in placeholders.items():
+            if sys.modules.get(name) is placeholder:
+                del sys.modules[name]
+    package = sys.modules["scrubadub.detectors"]
+    for module, cls in _DEFERRED.items():
+        if getattr(package, module, None) in placeholders.values():
+            delattr(package, module)
+        if getattr(package, cls, False) is None:
+            delattr(package, cls)
+
+    def deferred(attribute: str):
+        for module, cls in _DEFERRED.items():
+            if attribute in (module, cls):
+                loaded = importlib.import_module(f"scrubadub.detectors.{module}")
+                setattr(package, cls, getattr(loaded, cls))
+                return loaded if attribute == module else getattr(loaded, cls)
+        raise AttributeError(f"module 'scrubadub.detectors' has no attribute {attribute!r}")
+
+    package.__getattr__ = deferred
+
+
+_import_scrubadub()
+
+import phonenumbers  # noqa: E402  (after scrubadub's lean import: scrubadub.detectors below must not re-import it)
+from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatcher  # noqa: E402
+from phonenumbers.phonenumbermatcher import _INNER_MATCHES  # noqa: E402
+from phonenumbers.phonenumberutil import (  # noqa: E402
+    _PLUS_CHARS, COUNTRY_CODE_TO_REGION_CODE, region_code_for_country_code)
+from scrubadub.detectors import (  # noqa: E402
+    CreditCardDetector, EmailDetector, PhoneDetector, TwitterDetector, UrlDetector)
+from scrubadub.detectors.en_US import SocialSecurityNumberDetector  # noqa: E402
+from scrubadub.filth import PhoneFilth  # noqa: E402
 
 _DIGIT = re.compile(r"[0-9]")
 _MAX_TRIES = 65535  # PhoneNumberMatcher's default, which scrubadub's phone detector uses

@@ -136,3 +136,28 @@ def test_matches_equal_stock_scrubadub_on_changelogs():
         assert pii.matches(text) == expected, text[:200]
         total += len(expected)
     assert total > len(texts) // 2  # changelog trailers hold addresses: the comparison is not vacuous
+
+
+def test_scrubadub_imports_without_nltk_and_its_deferred_detectors_still_load():
+    # In a fresh process: building the scorer's Scrubber does not import nltk or textblob (seconds of start-up
+    # in every scoring process); the two detectors that need them still import on first use.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from prefer.scorers import pii\n"
+        "assert pii.matches('mail jane@example.org') == [(5, 21, 'email', 'jane@example.org')]\n"
+        "assert 'nltk' not in sys.modules and 'textblob' not in sys.modules, 'nltk imported'\n"
+        "from scrubadub.detectors import SkypeDetector, TextBlobNameDetector\n"
+        "import scrubadub.detectors.skype as skype\n"
+        "assert skype.SkypeDetector is SkypeDetector and 'nltk' in sys.modules\n"
+        "import scrubadub\n"
+        "assert scrubadub.detectors.catalogue.detector_catalogue.get('skype') is SkypeDetector\n"
+        "assert TextBlobNameDetector.__module__ == 'scrubadub.detectors.text_blob'\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr[-2000:]
