@@ -7,6 +7,9 @@ blocked), so every row gets exactly `--new-tokens` tokens. The two are timed in 
 flips every pair) and the min and median of each are printed, with the ratio generate / prefer of each.
 
     python bench/sampling.py --batch 128 --prompt-tokens 1 --threads 1 --pairs 3
+
+--compile times prefer.sample with the model's forward under torch.compile(dynamic=True) against prefer.sample
+without it instead (compile time, taken by the warm-up, is printed apart).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="compare compiled and eager prefer.sample")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # generate's own notices; prefer's sampler prints none (tests/test_sampling.py)
@@ -62,8 +66,16 @@ def main() -> None:
     model = build_model("small", vocab_size=4096, eos_token_id=EOS).eval()
     prompts = _prompts(args.batch, args.prompt_tokens, seed=0)
     runners = {"generate": run_generate, "prefer": run_prefer}
-    for name, run in runners.items():  # warm-up: first-call allocations and lazy imports
-        run(model, prompts[:8], 4, 0)
+    if args.compile:
+        compiled = build_model("small", vocab_size=4096, eos_token_id=EOS).eval()
+        compiled.load_state_dict(model.state_dict())
+        compiled.forward = torch.compile(compiled.forward, dynamic=True)
+        runners = {"eager": run_prefer, "compiled": lambda _, *a: run_prefer(compiled, *a)}
+    for name, run in runners.items():  # warm-up: first-call allocations, lazy imports, compilation
+        started = time.perf_counter()
+        run(model, prompts, 4, 0)
+        if args.compile:
+            print(f"  warm-up of {name} (4 steps; compiles): {time.perf_counter() - started:.1f} s")
     times: dict[str, list[float]] = {name: [] for name in runners}
     for pair in range(args.pairs):
         order = list(runners) if pair % 2 == 0 else list(runners)[::-1]
@@ -78,8 +90,8 @@ def main() -> None:
     for name, ts in times.items():
         print(f"  {name:8s} min {min(ts):7.2f} s  median {statistics.median(ts):7.2f} s  "
               f"({args.batch * args.new_tokens / min(ts):7.0f} tokens/s at the min)")
-    g, p = times["generate"], times["prefer"]
-    print(f"  speed-up of prefer over generate: {min(g) / min(p):.2f}x (mins), "
+    (base_name, g), (name, p) = times.items()
+    print(f"  speed-up of {name} over {base_name}: {min(g) / min(p):.2f}x (mins), "
           f"{statistics.median(g) / statistics.median(p):.2f}x (medians)")
 
 

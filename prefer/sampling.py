@@ -5,6 +5,11 @@ of different lengths are left-padded with an attention mask and explicit positio
 padded batch gives the same greedy output as each prompt alone.
 
 Nucleus (top-p) filtering is control-token aware, see `filter_probs`.
+
+Speed (docs/benchmarks.md, bench/sampling.py): keys and values go into preallocated buffers through
+transformers' `cache=` API (`_PreallocatedLayer`), the nucleus needs one value sort per step (numpy's, ~10x
+torch.sort) and a draw is one cumulative sum and search (`_draw`), all in place on this step's logits.
+torch.compile is not used: see docs/benchmarks.md.
 """
 
 from __future__ import annotations
