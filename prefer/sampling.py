@@ -339,7 +339,7 @@ def _new_cache(model: torch.nn.Module, capacity: int) -> Cache:
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
         return DynamicCache(config=model.config)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     return Cache(layers=[_PreallocatedLayer(capacity) for _ in range(layers)])
 
 

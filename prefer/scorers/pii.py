@@ -21,7 +21,6 @@ from itertools import accumulate
 
 from prefer.errors import PreferError
 
-
 _scrubber = None
 _lock = threading.Lock()
 
@@ -38,16 +37,7 @@ def scrubber():
         if _scrubber is None:
             from prefer.scorers import pii_detectors  # imports scrubadub (without nltk)
 
-            import scrubadub
-
-            stock = scrubadub.Scrubber()
-            stock.remove_detector("email")
-            stock.add_detector(pii_detectors.AtSignEmailDetector)
-            # scrubadub lists its detectors only in this private dict (insertion order = detection order)
-            names = list(stock._detectors)
-            _scrubber = scrubadub.Scrubber(detector_list=[
-                pii_detectors.FASTER.get(name, type(stock._detectors[name]))(locale=stock._locale)
-                for name in names])
+            _scrubber = pii_detectors.build_scrubber()
     return _scrubber
 
 
