@@ -28,7 +28,7 @@ _DEFERRED = {"skype": "SkypeDetector", "text_blob": "TextBlobNameDetector"}
 
 def _import_scrubadub() -> None:
     """Import scrubadub without the modules of its skype and TextBlob name detectors, which import nltk and
-    textblob: about 80% of scrubadub's import time (3 s of 3.5 s here), for two detectors that are off by default
+    textblob: most of scrubadub's import time, for two detectors that are off by default
     (autoload False) and unused by prefer. Placeholders stand in for those two modules while scrubadub imports,
     and are then removed: scrubadub.detectors.SkypeDetector, .TextBlobNameDetector, .skype and .text_blob import
     the real modules on first access (module __getattr__), which register the detectors as usual."""
