@@ -118,7 +118,8 @@ def test_guards_keep_every_detectors_matches():
 
 
 def _changelog_texts(limit: int) -> list[str]:
-    from prefer.data.corpora import DEBIAN_DOC, load_documents
+    from prefer.data.corpora import load_documents
+    from prefer.data.sources.debian import DEBIAN_DOC
 
     if not any(Path(DEBIAN_DOC).glob("*/changelog.Debian.gz")):
         pytest.skip(f"no Debian changelogs under {DEBIAN_DOC} on this machine (the equality test needs a corpus)")
