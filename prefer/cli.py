@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", "--num-samples", type=int, default=4)
     sample.add_argument("--prompt", choices=["auto", "none", "good", "bad"], default="auto",
                         help="control token after <|endoftext|> (auto: good for conditional models)")
-    sample.add_argument("--block", choices=["auto", "none", "bad", "both"], default="auto",
-                        help="control tokens never sampled (auto: <|bad|> for conditional models)")
+    sample.add_argument("--block", choices=["auto", "none", "bad", "good", "both"], default="auto",
+                        help="control tokens never sampled (auto: <|bad|> for conditional models prompted good, "
+                             "<|good|> prompted bad)")
     sample.add_argument("--max-new-tokens", type=int, default=128)
     sample.add_argument("--temperature", type=float, default=0.7)
     sample.add_argument("--top-p", type=float, default=0.9)
