@@ -21,7 +21,7 @@ import torch.distributed as torch_dist
 
 from prefer.config import PARALLEL, TrainConfig
 from prefer.errors import PreferError
-from prefer.io import atomic_path, write_text_atomic
+from prefer.io import atomic_path, write_error, write_text_atomic
 
 # ---------------------------------------------------------------- device, precision, distributed
 
@@ -467,7 +467,17 @@ def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, se
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
+    """The checkpoint's trainer state; a corrupt or truncated file is a PreferError (resume cannot continue it)."""
+    path = checkpoint / TRAINER_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ... on a damaged file
+        cause = (str(error).splitlines() or ["truncated"])[0][:120]
+        raise PreferError(f"{path}: unreadable ({type(error).__name__}: {cause}); the checkpoint is damaged, so "
+                          "this run cannot be resumed from it") from None
+    if not isinstance(state, dict) or not {"step", "scheduler", "rng"} <= set(state):
+        raise PreferError(f"{path}: not a prefer trainer state; this run cannot be resumed from it")
+    return state
 
 
 # ---------------------------------------------------------------- logging
@@ -491,19 +501,42 @@ def average_across_ranks(totals: dict[str, float], dist: Distributed) -> dict[st
     return {k: v / dist.world_size for k, v in zip(keys, values.tolist())}
 
 
+def _metrics_lines(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A half-written last line (a run killed while appending) is dropped; any
+    other unreadable line is a PreferError naming it."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as error:
+            if number == len(lines):
+                break  # the kill landed mid-append: the step is about to be logged again
+            raise PreferError(f"{path}:{number}: not a metrics record ({error})") from None
+        records.append(record)
+    return records
+
+
 class MetricsLog:
-    """Every logged scalar goes to `metrics.jsonl` (one JSON object per step) and to TensorBoard."""
+    """Every logged scalar goes to `metrics.jsonl` (one JSON object per step) and to TensorBoard.
+
+    Idempotent by (step, keys): a record whose step already holds a record with the same keys (a resumed run
+    re-running its last checkpointed step's final evaluation) is not written twice."""
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.writer = None
+        self._logged: set[tuple[int, tuple[str, ...]]] = set()
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
             # Drop what the killed run logged after its last checkpoint: those steps are about to run again.
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+            kept = [record for record in _metrics_lines(self.path) if record["step"] <= resume_step]
+            write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+            self._logged = {(r["step"], tuple(sorted(k for k in r if k != "step"))) for r in kept}
         elif self.path.exists():
             self.path.unlink()
         from torch.utils.tensorboard import SummaryWriter
@@ -514,11 +547,18 @@ class MetricsLog:
         if not self.enabled:
             return
         values = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in values.items()}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **values}) + "\n")
-        for key, value in values.items():
+        key = (step, tuple(sorted(values)))
+        if key in self._logged:
+            return
+        self._logged.add(key)
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": step, **values}) + "\n")
+        except OSError as error:
+            raise write_error(self.path, error) or error from None
+        for name, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key, value, step)
+                self.writer.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -527,4 +567,4 @@ class MetricsLog:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return _metrics_lines(path) if path.exists() else []

@@ -22,6 +22,10 @@ def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, object, 
     path = Path(path)
     if not path.is_dir():
         raise PreferError(f"checkpoint: {path} is not a directory")
+    if not (path / "config.json").is_file():  # before the tokenizer, whose error would not say what is wrong
+        hint = (f"; it is a run directory: pass {path / 'final'}" if (path / "final" / "config.json").is_file()
+                else "")
+        raise PreferError(f"checkpoint: {path} is not a model directory (no config.json){hint}")
     tokenizer = load_tokenizer(path)
     model = load_model(path, tokenizer=tokenizer).to(device).eval()
     return model, tokenizer, read_info(path)
