@@ -447,22 +447,57 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path
 
 
-def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, sections: tuple[str, ...]) -> Path | None:
-    """Never overwrite a run by accident; resume only a run whose `sections` of the config are the same."""
+# Keys (the last part of a dotted name) that `--resume` may change: they do not change what is trained. Anything
+# else (seed, batch size, learning rate, budget, precision, data, model, objective, ...) must equal the saved run's.
+RESUME_MAY_CHANGE = frozenset({"out_dir", "progress", "device", "workers", "cache_dir", "eval_every",
+                               "checkpoint_every"})
+
+
+def config_difference(saved: Any, requested: Any, *, may_change: frozenset[str] = RESUME_MAY_CHANGE,
+                      prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first (dotted key, saved value, requested value) where two config dicts differ, skipping `may_change`
+    keys; None when they agree."""
+    if isinstance(saved, dict) and isinstance(requested, dict):
+        for key in [*saved, *(k for k in requested if k not in saved)]:
+            if key in may_change:
+                continue
+            found = config_difference(saved.get(key, "<absent>"), requested.get(key, "<absent>"),
+                                      may_change=may_change, prefix=f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if saved == requested else (prefix.rstrip("."), saved, requested)
+
+
+def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
+                  may_change: frozenset[str] = RESUME_MAY_CHANGE) -> Path | None:
+    """Own the run directory (prefer.run_dir: create it, lock it, clean killed writes' staging) and never mix two
+    runs in it: without `resume` it must hold no run; with `resume` the saved config must equal this one except
+    for `may_change` keys. Returns the checkpoint to resume from (None: start from the beginning)."""
+    from prefer.run_dir import claim_run_dir
+
+    if is_main_process():  # under torchrun rank 0 holds the lock for the job
+        claim_run_dir(run_dir)
+    saved_path = run_dir / "config.yaml"
     checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
     if not resume:
-        if checkpoint is not None or (run_dir / "final").exists():
+        if checkpoint is not None or (run_dir / "final").exists() or saved_path.exists():
             raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
         return None
-    if checkpoint is None:
-        return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
+    if not saved_path.exists():
+        if checkpoint is not None:
+            raise PreferError(f"{saved_path}: missing, so nothing says which run {checkpoint.name} belongs to; "
+                              "cannot resume")
+        return None  # nothing was started here yet: start from the beginning
     from prefer.config import load_config
 
-    saved = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml"))
-    for section in sections:
-        if saved[section] != asdict(config)[section]:
-            raise PreferError(f"{run_dir / 'config.yaml'}: section '{section}' differs from this run's config; "
-                              "a checkpoint can only resume the run that wrote it")
+    saved = asdict(load_config(config_class, yaml_path=saved_path))
+    difference = config_difference(saved, asdict(config), may_change=may_change)
+    if difference is not None:
+        key, before, after = difference
+        raise PreferError(f"{saved_path}: {key} is {before!r} in the run being resumed, {after!r} now; --resume "
+                          f"continues the same run (only {', '.join(sorted(may_change))} may change): "
+                          "drop the change or choose another out_dir")
     return checkpoint
 
 

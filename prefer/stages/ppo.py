@@ -45,6 +45,7 @@ from prefer.sampling import sample
 from prefer.scorers import get_scorer
 from prefer.stages.pretrain import heldout_loss
 from prefer.training import (
+    RESUME_MAY_CHANGE,
     BlockOrder,
     Distributed,
     MetricsLog,
@@ -241,9 +242,8 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     global shuffle is split over the ranks for the update (see docs/distributed.md)."""
     dist, device = init_distributed(config.device)
     run_dir = Path(config.out_dir)
-    # everything but the length of the run and the progress bar must match the run being resumed
-    resumable = tuple(f.name for f in fields(PPOConfig) if f.name not in ("progress", "iterations"))
-    checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, sections=resumable)
+    # PPO's schedule is constant, so a run may also be extended: `iterations` may change on resume
+    checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, may_change=RESUME_MAY_CHANGE | {"iterations"})
     set_seed(config.seed)
     say = print if config.progress and dist.is_main else (lambda *a, **k: None)
 

@@ -167,7 +167,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             corpus = replace(corpus, summary=summary)
             say(f"[pretrain] thresholds from corpus quantiles: {from_quantiles}")
         config = replace(config, objective=objective, train=replace(config.train, lr=lr))
-        checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
+        checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume)
         set_seed(config.train.seed)
         if checkpoint is not None:
             tokenizer = load_tokenizer(checkpoint / "model")

@@ -121,8 +121,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train a reward model on rankings; returns `<out_dir>/final` (HF sequence classifier + reward_bias)."""
     dist, device = init_distributed(config.train.device)
     run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, RewardConfig, config, resume,
-                               sections=("rankings", "demonstrations", "validation_fraction", "model"))
+    checkpoint = check_run_dir(run_dir, RewardConfig, config, resume)
     set_seed(config.train.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 

@@ -143,8 +143,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     """Finetune `model.init_from` on demonstrations; returns `<out_dir>/final` (an HF causal LM directory)."""
     dist, device = init_distributed(config.train.device)
     run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, SFTConfig, config, resume,
-                               sections=("demonstrations", "validation_fraction", "packing", "model"))
+    checkpoint = check_run_dir(run_dir, SFTConfig, config, resume)
     set_seed(config.train.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
