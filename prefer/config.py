@@ -248,17 +248,21 @@ ConfigT = TypeVar("ConfigT")
 
 def load_config(cls: type[ConfigT], *, yaml_path: str | Path | None = None, overrides: list[str] | tuple = ()) -> ConfigT:
     """Defaults <- YAML file <- dotted overrides, validated by type (OmegaConf) and by each __post_init__."""
+    section = None  # the YAML file's top-level key being merged, for errors OmegaConf reports without a key
     try:
         merged = OmegaConf.structured(cls)
         if yaml_path is not None:
-            merged = OmegaConf.merge(merged, _read_yaml(Path(yaml_path)))
+            loaded = _read_yaml(Path(yaml_path))
+            for section in loaded:
+                merged = OmegaConf.merge(merged, OmegaConf.masked_copy(loaded, [section]))
+            section = None
         bad = [item for item in overrides if "=" not in item]
         if bad:
             raise PreferError(f"config override {bad[0]!r}: expected key=value, e.g. train.lr=3e-4")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None)
+        key = getattr(error, "full_key", None) or (str(section) if section is not None else None)
         message = str(error).splitlines()[0]
         source = f" (in {yaml_path})" if yaml_path else ""
         raise PreferError(f"config: {key + ': ' if key else ''}{message}{source}") from None

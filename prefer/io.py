@@ -16,7 +16,8 @@ from typing import Any, Iterator
 from prefer.errors import PreferError
 
 # errno values a user can cause and fix (full disk, quota, file size limit, read-only or forbidden place)
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                 errno.EISDIR, errno.ENOTDIR}
 # How libraries that do not raise OSError report a failed write: torch's zip writer ("unexpected pos", "file write
 # failed"), safetensors' Rust IoError (StorageFull, ...).
 _WRITE_FAILURE = re.compile(r"No space left|Disk quota|File too large|write failed|unexpected pos|IoError|"
@@ -54,6 +55,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                                                       f"({error.strerror or error})") from None
     try:
         yield tmp
+        if path.exists() and path.is_dir() != tmp.is_dir():
+            found, wrote = ("a directory", "file") if path.is_dir() else ("a file", "directory")
+            raise PreferError(f"{path}: is {found}, where a {wrote} is to be written; choose another path")
         if path.is_dir() and tmp.is_dir():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -61,15 +61,19 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Any local HF tokenizer; the control tokens and an end-of-text token are added if missing."""
+def load_tokenizer(path: str | Path, *, field: str = "model.tokenizer") -> PreTrainedTokenizerFast:
+    """Any local HF tokenizer; the control tokens and an end-of-text token are added if missing. `field`: the
+    config field errors name."""
     path = Path(path)
     if not path.exists():
-        raise PreferError(f"model.tokenizer: {path} does not exist")
+        raise PreferError(f"{field}: {path} does not exist")
+    if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                                        "vocab.json", "tokenizer.model")):
+        raise PreferError(f"{field}: {path} holds no tokenizer (no tokenizer.json or tokenizer_config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as error:  # transformers raises many types here; the user needs the path and the cause
-        raise PreferError(f"model.tokenizer: cannot load a tokenizer from {path}: {error}") from error
+        raise PreferError(f"{field}: cannot load a tokenizer from {path}: {error}") from error
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": END_OF_TEXT})
     if tokenizer.pad_token is None:
