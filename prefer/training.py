@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from prefer.config import PARALLEL, TrainConfig
+from prefer.config import PARALLEL, OptimizerConfig, ScheduleConfig
 from prefer.errors import PreferError
 from prefer.io import atomic_path, write_error, write_text_atomic
 
@@ -222,14 +222,15 @@ def make_scheduler(optimizer, *, total_steps: int, warmup_steps: int, min_lr_fra
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer_and_schedule(modules: list[torch.nn.Module], train: TrainConfig, *, total_steps: int,
-                                start_step: int = 0):
-    """AdamW and the warmup + linear-decay schedule of a stage's `train` section (its lr resolved), warmup
-    rounded to whole steps (at least one)."""
-    optimizer = make_optimizer(modules, lr=train.lr, weight_decay=train.weight_decay, betas=(train.beta1, train.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=train.min_lr_fraction,
-                               warmup_steps=max(1, round(train.warmup_fraction * total_steps)), start_step=start_step)
-    return optimizer, scheduler
+def make_optimizer_and_schedule(modules: list[torch.nn.Module], optimizer: OptimizerConfig, schedule: ScheduleConfig,
+                                *, total_steps: int, start_step: int = 0):
+    """AdamW of a stage's `optimizer` section (its lr resolved) and the warmup + linear-decay schedule of its
+    `schedule` section, warmup rounded to whole steps (at least one)."""
+    adamw = make_optimizer(modules, lr=optimizer.lr, weight_decay=optimizer.weight_decay,
+                           betas=(optimizer.beta1, optimizer.beta2))
+    scheduler = make_scheduler(adamw, total_steps=total_steps, min_lr_fraction=schedule.min_lr_fraction,
+                               warmup_steps=max(1, round(schedule.warmup_fraction * total_steps)), start_step=start_step)
+    return adamw, scheduler
 
 
 # ---------------------------------------------------------------- data order
@@ -499,6 +500,7 @@ def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
                           f"continues the same run (only {', '.join(sorted(may_change))} may change): "
                           "drop the change or choose another out_dir")
     return checkpoint
+
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:

@@ -123,8 +123,8 @@ case("config-binary")(lambda w, t: (["reward", "--config", str(write(t / "c.yaml
 case("config-is-directory")(lambda w, t: (["ppo", "--config", str(t)], str(t)))
 case("config-unknown-key")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "trian: {lr: 1}\n"))],
                                          "trian"))
-case("config-ill-typed")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "train: {lr: fast}\n"))],
-                                       "train.lr"))
+case("config-ill-typed")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "optimizer: {lr: fast}\n"))],
+                                       "optimizer.lr"))
 case("override-without-equals")(lambda w, t: (["pretrain", "lr"], "'lr'"))
 case("override-unknown-key")(lambda w, t: (["pretrain", "train.nope=1"], "train.nope"))
 case("override-bad-value")(lambda w, t: (["pretrain", "train.batch_size=0"], "train.batch_size"))
@@ -215,11 +215,11 @@ def _(w, t):
     return ["pretrain", "--resume", *w.base(run)], "model"
 
 
-case("resume-changed-seed")(lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.seed": 1})],
+case("resume-changed-seed")(lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"runtime.seed": 1})],
                                           "seed"))
 case("resume-changed-batch-size")(lambda w, t: (
     ["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.batch_size": 8})], "batch_size"))
-case("resume-changed-lr")(lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.lr": 1e-3})],
+case("resume-changed-lr")(lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"optimizer.lr": 1e-3})],
                                         "lr"))
 case("resume-changed-budget")(lambda w, t: (
     ["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.tokens": 8000})], "tokens"))
@@ -270,39 +270,40 @@ case("sample-missing")(lambda w, t: (["sample", str(t / "none")], "none"))
 
 # --- sft
 def sft(w, t, **extra):
-    values = {"out_dir": t / "sft", "demonstrations": w.demos, "model.init_from": w.lm, "train.progress": "false",
-              "train.batch_size": 4, **extra}
+    values = {"out_dir": t / "sft", "data.demonstrations": w.demos, "model.init_from": w.lm,
+              "runtime.progress": "false", "train.batch_size": 4, **extra}
     return ["sft", *(f"{k}={v}" for k, v in values.items())]
 
 
-case("sft-no-demonstrations")(lambda w, t: (sft(w, t, demonstrations="''"), "demonstrations"))
-case("sft-demonstrations-missing")(lambda w, t: (sft(w, t, demonstrations=t / "d.jsonl"), "d.jsonl"))
+case("sft-no-demonstrations")(lambda w, t: (sft(w, t, **{"data.demonstrations": "''"}), "data.demonstrations"))
+case("sft-demonstrations-missing")(lambda w, t: (sft(w, t, **{"data.demonstrations": t / "d.jsonl"}), "d.jsonl"))
 case("sft-demonstrations-bad-json")(lambda w, t: (
-    sft(w, t, demonstrations=write(t / "d.jsonl", '{"prompt": "a", "response": "b"}\n{oops}\n')), "d.jsonl:2"))
+    sft(w, t, **{"data.demonstrations": write(t / "d.jsonl", '{"prompt": "a", "response": "b"}\n{oops}\n')}),
+    "d.jsonl:2"))
 case("sft-demonstrations-missing-field")(lambda w, t: (
-    sft(w, t, demonstrations=write(t / "d.jsonl", '{"prompt": "a"}\n')), "d.jsonl:1"))
-case("sft-no-init-from")(lambda w, t: (sft(w, t, **{"model.init_from": "null"}), "model.init_from"))
+    sft(w, t, **{"data.demonstrations": write(t / "d.jsonl", '{"prompt": "a"}\n')}), "d.jsonl:1"))
+case("sft-no-init-from")(lambda w, t: (sft(w, t, **{"model.init_from": "''"}), "model.init_from"))
 case("sft-init-from-not-a-model")(lambda w, t: (sft(w, t, **{"model.init_from": t}), "model.init_from"))
-case("sft-epochs")(lambda w, t: (sft(w, t, epochs=0), "epochs"))
-case("sft-validation-fraction")(lambda w, t: (sft(w, t, validation_fraction=1), "validation_fraction"))
+case("sft-epochs")(lambda w, t: (sft(w, t, **{"train.epochs": 0}), "train.epochs"))
+case("sft-validation-fraction")(lambda w, t: (sft(w, t, **{"data.validation_fraction": 1}), "data.validation_fraction"))
 case("sft-out-dir-is-file")(lambda w, t: (sft(w, t, out_dir=write(t / "f", "x")), "out_dir"))
 
 
 # --- reward
 def rm(w, t, **extra):
-    values = {"out_dir": t / "rm", "rankings": w.rankings, "model.init_from": w.lm, "train.progress": "false",
-              "train.batch_size": 2, **extra}
+    values = {"out_dir": t / "rm", "data.rankings": w.rankings, "model.init_from": w.lm,
+              "runtime.progress": "false", "train.batch_size": 2, **extra}
     return ["reward", *(f"{k}={v}" for k, v in values.items())]
 
 
-case("reward-rankings-missing")(lambda w, t: (rm(w, t, rankings=t / "r.jsonl"), "r.jsonl"))
-case("reward-rankings-bad-json")(lambda w, t: (rm(w, t, rankings=write(t / "r.jsonl", "[1, 2]\n")), "r.jsonl:1"))
-case("reward-ranking-not-a-permutation")(lambda w, t: (rm(w, t, rankings=write(t / "r.jsonl", json.dumps(
-    {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")), "r.jsonl:1"))
-case("reward-ranking-one-response")(lambda w, t: (rm(w, t, rankings=write(t / "r.jsonl", json.dumps(
-    {"prompt": "p", "responses": ["a"], "ranking": [0]}) + "\n")), "r.jsonl:1"))
-case("reward-demonstrations-bad")(lambda w, t: (rm(w, t, demonstrations=write(t / "d.jsonl", "{}\n")), "d.jsonl:1"))
-case("reward-no-init-from")(lambda w, t: (rm(w, t, **{"model.init_from": "null"}), "model.init_from"))
+case("reward-rankings-missing")(lambda w, t: (rm(w, t, **{"data.rankings": t / "r.jsonl"}), "r.jsonl"))
+case("reward-rankings-bad-json")(lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", "[1, 2]\n")}), "r.jsonl:1"))
+case("reward-ranking-not-a-permutation")(lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", json.dumps(
+    {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")}), "r.jsonl:1"))
+case("reward-ranking-one-response")(lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", json.dumps(
+    {"prompt": "p", "responses": ["a"], "ranking": [0]}) + "\n")}), "r.jsonl:1"))
+case("reward-demonstrations-bad")(lambda w, t: (rm(w, t, **{"data.demonstrations": write(t / "d.jsonl", "{}\n")}), "d.jsonl:1"))
+case("reward-no-init-from")(lambda w, t: (rm(w, t, **{"model.init_from": "''"}), "model.init_from"))
 case("reward-init-from-missing")(lambda w, t: (rm(w, t, **{"model.init_from": t / "none"}), "none"))
 
 
@@ -329,8 +330,9 @@ case("report-out-is-directory")(lambda w, t: (["report", str(w.run), "-o", str(t
 
 # --- ppo
 def ppo(w, t, **extra):
-    values = {"out_dir": t / "ppo", "init_from": w.lm, "prompts": w.prompts, "scorer": "pii", "iterations": 1,
-              "batch_size": 4, "minibatch_size": 2, "max_new_tokens": 4, "progress": "false", **extra}
+    values = {"out_dir": t / "ppo", "init_from": w.lm, "prompts": w.prompts, "reward.scorer": "pii",
+              "train.iterations": 1, "train.batch_size": 4, "train.minibatch_size": 2, "rollout.max_new_tokens": 4,
+              "runtime.progress": "false", **extra}
     return ["ppo", *(f"{k}={v}" for k, v in values.items())]
 
 
@@ -338,29 +340,30 @@ case("ppo-no-init-from")(lambda w, t: (ppo(w, t, init_from="''"), "init_from"))
 case("ppo-init-from-not-a-model")(lambda w, t: (ppo(w, t, init_from=t), "init_from"))
 case("ppo-prompts-missing")(lambda w, t: (ppo(w, t, prompts=t / "p.jsonl"), "p.jsonl"))
 case("ppo-prompts-bad")(lambda w, t: (ppo(w, t, prompts=write(t / "p.jsonl", "not json\n")), "p.jsonl:1"))
-case("ppo-no-scorer")(lambda w, t: (ppo(w, t, scorer="null"), "scorer"))
-case("ppo-unknown-scorer")(lambda w, t: (ppo(w, t, scorer="vibes"), "vibes"))
-case("ppo-minibatch")(lambda w, t: (ppo(w, t, minibatch_size=3), "minibatch_size"))
-case("ppo-ptx-without-source")(lambda w, t: (ppo(w, t, ptx_coef=1.0), "ptx_source"))
-case("ppo-reward-model-missing")(lambda w, t: (ppo(w, t, scorer="null", reward_model=t / "rm"), "rm"))
+case("ppo-no-scorer")(lambda w, t: (ppo(w, t, **{"reward.scorer": "null"}), "reward.scorer"))
+case("ppo-unknown-scorer")(lambda w, t: (ppo(w, t, **{"reward.scorer": "vibes"}), "vibes"))
+case("ppo-minibatch")(lambda w, t: (ppo(w, t, **{"train.minibatch_size": 3}), "train.minibatch_size"))
+case("ppo-ptx-without-source")(lambda w, t: (ppo(w, t, **{"ptx.coef": 1.0}), "ptx.source"))
+case("ppo-reward-model-missing")(lambda w, t: (ppo(w, t, **{"reward.scorer": "null", "reward.model": t / "rm"}), "rm"))
 
 
 # --- redteam
 def redteam(w, t, **extra):
-    values = {"out_dir": t / "rt", "target": w.lm_pii, "redteam_model": w.lm, "rounds": 1, "trials": 1,
-              "candidates_per_round": 2, "continuations": 2, "progress": "false", **extra}
+    values = {"out_dir": t / "rt", "target": w.lm_pii, "redteam_model": w.lm, "search.rounds": 1,
+              "search.trials": 1, "search.candidates_per_round": 2, "continuations.count": 2, "progress": "false",
+              **extra}
     return ["redteam", *(f"{k}={v}" for k, v in values.items())]
 
 
 case("redteam-no-target")(lambda w, t: (redteam(w, t, target="''"), "target"))
 case("redteam-target-missing")(lambda w, t: (redteam(w, t, target=t / "none"), "none"))
-case("redteam-two-red-teams")(lambda w, t: (redteam(w, t, endpoint_url="http://127.0.0.1:9/v1"), "redteam_model"))
+case("redteam-two-red-teams")(lambda w, t: (redteam(w, t, **{"endpoint.url": "http://127.0.0.1:9/v1", "endpoint.model": "m"}), "redteam_model"))
 case("redteam-seeds-missing")(lambda w, t: (redteam(w, t, seeds=t / "s.txt"), "s.txt"))
-case("redteam-api-key-unset")(lambda w, t: (redteam(w, t, redteam_model="null", endpoint_url="http://127.0.0.1:9/v1",
-                                                    endpoint_model="m", api_key_env="PREFER_TEST_UNSET_KEY"),
+case("redteam-api-key-unset")(lambda w, t: (redteam(w, t, redteam_model="null", **{"endpoint.url": "http://127.0.0.1:9/v1",
+                                                    "endpoint.model": "m", "endpoint.api_key_env": "PREFER_TEST_UNSET_KEY"}),
                                             "PREFER_TEST_UNSET_KEY"))
-case("redteam-bad-url")(lambda w, t: (redteam(w, t, redteam_model="null", endpoint_url="ftp://x",
-                                              endpoint_model="m"), "endpoint_url"))
+case("redteam-bad-url")(lambda w, t: (redteam(w, t, redteam_model="null", **{"endpoint.url": "ftp://x",
+                                              "endpoint.model": "m"}), "endpoint"))
 
 # --- experiment and demo
 case("experiment-unknown-objective")(lambda w, t: (["experiment", "--objectives", "mle,dpo"], "dpo"))
@@ -368,7 +371,7 @@ case("experiment-finetune-from")(lambda w, t: (["experiment", "finetune_from=2"]
 case("experiment-out-dir-is-file")(lambda w, t: (
     ["experiment", f"out_dir={write(t / 'f', 'x')}", "objectives=[mle]", f"pretrain.data.source={w.corpus}",
      f"pretrain.data.cache_dir={w.cache}"], str(t / "f")))
-case("demo-bad-override")(lambda w, t: (["demo", "pretrain.train.lr=-1"], "train.lr"))
+case("demo-bad-override")(lambda w, t: (["demo", "pretrain.optimizer.lr=-1"], "optimizer.lr"))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -407,12 +410,12 @@ def run_cli(*argv, cwd) -> subprocess.CompletedProcess:
 
 NOISY = {
     # the reward model (a fresh score head) is loaded after the data is read, and its load report never shows
-    "reward-bad-rankings": lambda w, t: (rm(w, t, rankings=write(t / "r.jsonl", "{}\n")), "r.jsonl:1"),
+    "reward-bad-rankings": lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", "{}\n")}), "r.jsonl:1"),
     # the run, not its final/: no tokenizer backend error
     "evaluate-run-dir": lambda w, t: (["evaluate", w.run], "final"),
     # an endpoint that refuses connections: no deprecation warnings before the line
-    "redteam-refused": lambda w, t: (redteam(w, t, redteam_model="null", endpoint_url="http://127.0.0.1:9/v1",
-                                             endpoint_model="m"), "127.0.0.1:9"),
+    "redteam-refused": lambda w, t: (redteam(w, t, redteam_model="null", **{"endpoint.url": "http://127.0.0.1:9/v1",
+                                                                       "endpoint.model": "m"}), "127.0.0.1:9"),
 }
 
 
