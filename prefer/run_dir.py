@@ -11,6 +11,7 @@ Within one process the claim is re-entrant (a stage resumed in the same process,
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from pathlib import Path
 
@@ -66,3 +67,19 @@ def release_run_dir(run_dir: str | os.PathLike) -> None:
 
 def holds_run_dir(run_dir: str | os.PathLike) -> bool:
     return Path(run_dir).resolve() in _HELD
+
+
+def releases_run_dirs(function):
+    """Decorate a stage: the directories it claimed are given up when it returns or raises (a later process, or
+    the same one, may then resume them); the process ending would release them anyway."""
+
+    @functools.wraps(function)
+    def stage(*args, **kwargs):
+        before = set(_HELD)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for key in set(_HELD) - before:
+                release_run_dir(key)
+
+    return stage

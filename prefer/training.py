@@ -470,26 +470,34 @@ def config_difference(saved: Any, requested: Any, *, may_change: frozenset[str] 
     return None if saved == requested else (prefix.rstrip("."), saved, requested)
 
 
-def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
-                  may_change: frozenset[str] = RESUME_MAY_CHANGE) -> Path | None:
-    """Own the run directory (prefer.run_dir: create it, lock it, clean killed writes' staging) and never mix two
-    runs in it: without `resume` it must hold no run; with `resume` the saved config must equal this one except
-    for `may_change` keys. Returns the checkpoint to resume from (None: start from the beginning)."""
+def open_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Own the run directory (prefer.run_dir: create it, lock it, clean killed writes' staging) and refuse to mix
+    two runs in it: without `resume` it must hold no run; with `resume` a checkpoint needs its saved config.
+    Cheap: stages call it before building data or loading models. Returns the checkpoint to resume from."""
     from prefer.run_dir import claim_run_dir
 
     if is_main_process():  # under torchrun rank 0 holds the lock for the job
         claim_run_dir(run_dir)
     saved_path = run_dir / "config.yaml"
-    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
+    checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if not resume:
         if checkpoint is not None or (run_dir / "final").exists() or saved_path.exists():
             raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
         return None
-    if not saved_path.exists():
-        if checkpoint is not None:
-            raise PreferError(f"{saved_path}: missing, so nothing says which run {checkpoint.name} belongs to; "
-                              "cannot resume")
-        return None  # nothing was started here yet: start from the beginning
+    if checkpoint is not None and not saved_path.exists():
+        raise PreferError(f"{saved_path}: missing, so nothing says which run {checkpoint.name} belongs to; "
+                          "cannot resume")
+    return checkpoint
+
+
+def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
+                  may_change: frozenset[str] = RESUME_MAY_CHANGE) -> Path | None:
+    """`open_run_dir`, and with `resume` the saved config must equal this one except for `may_change` keys.
+    Returns the checkpoint to resume from (None: start from the beginning)."""
+    checkpoint = open_run_dir(run_dir, resume)
+    saved_path = run_dir / "config.yaml"
+    if not resume or not saved_path.exists():
+        return checkpoint  # None: nothing was started here yet, start from the beginning
     from prefer.config import load_config
 
     saved = asdict(load_config(config_class, yaml_path=saved_path))
@@ -501,6 +509,15 @@ def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
                           "drop the change or choose another out_dir")
     return checkpoint
 
+
+def check_checkpoint_vocabulary(checkpoint: Path, checkpoint_tokenizer, run_tokenizer) -> None:
+    """A checkpoint resumes only into a run with its vocabulary: token ids of another tokenizer mean other text."""
+    ours, theirs = run_tokenizer.get_vocab(), checkpoint_tokenizer.get_vocab()
+    if ours != theirs:
+        moved = sorted(t for t in set(ours) & set(theirs) if ours[t] != theirs[t])[:3]
+        raise PreferError(f"{checkpoint / 'model'}: its tokenizer differs from this run's ({len(theirs)} vs "
+                          f"{len(ours)} tokens{f', e.g. different ids for {moved}' if moved else ''}); the "
+                          "checkpoint belongs to another run")
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:

@@ -350,8 +350,8 @@ case("ppo-reward-model-missing")(lambda w, t: (ppo(w, t, **{"reward.scorer": "nu
 # --- redteam
 def redteam(w, t, **extra):
     values = {"out_dir": t / "rt", "target": w.lm_pii, "redteam_model": w.lm, "search.rounds": 1,
-              "search.trials": 1, "search.candidates_per_round": 2, "continuations.count": 2, "progress": "false",
-              **extra}
+              "search.trials": 1, "search.candidates_per_round": 2, "continuations.count": 2,
+              "continuations.max_new_tokens": 4, "candidates.max_new_tokens": 4, "progress": "false", **extra}
     return ["redteam", *(f"{k}={v}" for k, v in values.items())]
 
 

@@ -123,6 +123,14 @@ def build_model(size: str, *, vocab_size: int, eos_token_id: int, context: int |
     return GPT2LMHeadModel(config)
 
 
+def check_model_dir(path: str | Path, *, field: str = "model.init_from") -> None:
+    """PreferError naming `field` unless `path` is a Hugging Face model directory (cheap: before any data work)."""
+    if not Path(path).is_dir():
+        raise PreferError(f"{field}: {path} is not a directory")
+    if not (Path(path) / "config.json").is_file():
+        raise PreferError(f"{field}: {path} is not a Hugging Face model directory (no config.json)")
+
+
 def load_model(path: str | Path, *, tokenizer=None):
     """Any local `from_pretrained` causal LM. With a tokenizer that has more tokens than the model (new control
     tokens), the embeddings grow and the new rows start at the mean of the existing ones (Korbak et al. 2023)."""

@@ -29,7 +29,7 @@ from prefer.data.formats import read_prompts, record_locations
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.errors import PreferError
 from prefer.io import atomic_path
-from prefer.models.build import check_same_vocabulary, control_token_ids, load_model, load_tokenizer
+from prefer.models.build import check_model_dir, check_same_vocabulary, control_token_ids, load_model, load_tokenizer
 from prefer.models.heads import ValueHead
 from prefer.objectives import (
     adaptive_kl_coef,
@@ -44,6 +44,7 @@ from prefer.rollouts import Rollout, ValueModel, add_advantages, make_rollout, p
 from prefer.sampling import sample
 from prefer.scorers import get_scorer
 from prefer.stages.pretrain import heldout_loss
+from prefer.run_dir import releases_run_dirs
 from prefer.training import (
     RESUME_MAY_CHANGE,
     BlockOrder,
@@ -54,6 +55,7 @@ from prefer.training import (
     all_gather_rows,
     autocast,
     average_across_ranks,
+    check_checkpoint_vocabulary,
     check_run_dir,
     gradient_sync,
     init_distributed,
@@ -233,6 +235,7 @@ def _context(model) -> int:
 
 # ------------------------------------------------------------------ the stage
 
+@releases_run_dirs
 def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     """Run PPO (PPO-ptx with ptx_coef > 0); returns the directory of the final policy (`<out_dir>/final`).
 
@@ -247,10 +250,18 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     set_seed(config.runtime.seed)
     say = print if config.runtime.progress and dist.is_main else (lambda *a, **k: None)
 
+    # Prompts, model directories and scorer names are checked before any model is loaded.
+    read_prompts(config.prompts)
+    check_model_dir(config.init_from, field="init_from")
+    if config.reward.model is not None:
+        check_model_dir(config.reward.model, field="reward.model")
+    scorer = get_scorer(config.reward.scorer or f"rm:{config.reward.model}")
+    gold_scorer = get_scorer(config.reward.gold_scorer) if config.reward.gold_scorer else None
+
     # 1. Models: the policy starts as the SFT model, which also stays as the frozen reference.
-    if not (Path(config.init_from) / "config.json").is_file():
-        raise PreferError(f"init_from: {config.init_from} is not a Hugging Face model directory (no config.json)")
-    tokenizer = load_tokenizer(config.init_from)
+    tokenizer = load_tokenizer(config.init_from, field="init_from")
+    if checkpoint is not None:
+        check_checkpoint_vocabulary(checkpoint, load_tokenizer(checkpoint / "model", field="checkpoint"), tokenizer)
     policy = load_model(checkpoint / "model" if checkpoint else config.init_from, tokenizer=tokenizer)
     reference = load_model(config.init_from, tokenizer=tokenizer)
     reference.requires_grad_(False)
@@ -272,8 +283,6 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     value_model = wrap_model(value_model, dist, device, parallel=config.runtime.parallel)
     if config.runtime.parallel == "fsdp":  # no gradients, so nothing for DDP to do; FSDP2 shards its weights too
         reference = wrap_model(reference, dist, device, parallel="fsdp")
-    scorer = get_scorer(config.reward.scorer or f"rm:{config.reward.model}")
-    gold_scorer = get_scorer(config.reward.gold_scorer) if config.reward.gold_scorer else None
     eos = tokenizer.eos_token_id
     control_ids = control_token_ids(tokenizer)  # left out of the held-out LM loss, as in pretraining
 
