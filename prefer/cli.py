@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefer: error{where}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = (f"; the same command with --resume continues from the last checkpoint" if args.command in RESUMABLE[:4]
+        again = ("; the same command with --resume continues from the last checkpoint" if args.command in RESUMABLE[:4]
                  else "; the same command continues where it stopped" if args.command in RESUMABLE else "")
         print(f"prefer: interrupted{again}", file=sys.stderr)
         return 130

@@ -4,7 +4,6 @@ checkpoint, the final log line written once, Ctrl-C at any moment."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
