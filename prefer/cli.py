@@ -248,13 +248,14 @@ def _run_evaluate(args) -> int:
 
 def _run_sample(args) -> int:
     from prefer.evaluation.misalignment import generate_texts, resolve_controls
-    from prefer.stages.evaluate import load_checkpoint
+    from prefer.models.build import load_checkpoint
     from prefer.training import resolve_device
 
-    for flag, value, ok, rule in (("--num-samples", args.num_samples, args.num_samples > 0, "must be positive"),
-                                  ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens > 0, "must be positive"),
-                                  ("--temperature", args.temperature, args.temperature >= 0, "must be >= 0"),
-                                  ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1]")):
+    checks = (("--num-samples", args.num_samples, args.num_samples > 0, "must be positive"),
+              ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens > 0, "must be positive"),
+              ("--temperature", args.temperature, args.temperature >= 0, "must be >= 0"),
+              ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1]"))
+    for flag, value, ok, rule in checks:  # before the model loads
         if not ok:
             raise PreferError(f"sample: {flag} {value}: {rule}")
     model, tokenizer, info = load_checkpoint(args.checkpoint, resolve_device("auto"))

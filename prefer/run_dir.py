@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from prefer.errors import PreferError
-from prefer.io import clean_staging
+from prefer.files import clean_staging
 
 LOCK_NAME = ".lock"
 _HELD: dict[Path, int] = {}  # resolved run directory -> the open file descriptor holding its lock
@@ -45,8 +45,10 @@ def claim_run_dir(run_dir: str | os.PathLike, *, field: str = "out_dir") -> Path
     except OSError:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise PreferError(f"{field}: {run_dir} is in use by another run (pid {holder}, holding {lock}); wait for "
-                          "it to finish or choose another out_dir") from None
+        raise PreferError(
+            f"{field}: {run_dir} is in use by another run (pid {holder}, holding {lock}); wait for "
+            "it to finish or choose another out_dir"
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

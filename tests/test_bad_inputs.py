@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from prefer.cli import main
 from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_rankings
 from prefer.models.build import build_model, train_tokenizer
@@ -60,8 +60,17 @@ def world(tmp_path_factory, pii_corpus, one_thread) -> World:
     write_demonstrations(root / "demos.jsonl", [Demonstration(f"say {c}:", f" {c * 4}") for c in "ABCDEFGH"] * 4)
     write_rankings(root / "rankings.jsonl", [Comparison(f"say {c}:", (f" {c * 4}", " no"), (0, 1)) for c in "ABCDEFGH"])
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"say {c}:"}) + "\n" for c in "ABCD"))
-    w = World(root, Path(pii_corpus), root / "cache", lm, lm_pii, root / "demos.jsonl", root / "rankings.jsonl",
-              root / "prompts.jsonl", root / "run")
+    w = World(
+        root,
+        Path(pii_corpus),
+        root / "cache",
+        lm,
+        lm_pii,
+        root / "demos.jsonl",
+        root / "rankings.jsonl",
+        root / "prompts.jsonl",
+        root / "run",
+    )
     assert main(["pretrain", *w.base(w.run)]) == 0
     return w
 
@@ -83,10 +92,17 @@ def write(path: Path, text: str | bytes) -> Path:
 
 def holder(directory: Path) -> subprocess.Popen:
     """Another process that owns `directory` (as a live run would) until killed."""
-    code = ("import sys; from prefer.run_dir import claim_run_dir; claim_run_dir(sys.argv[1]); print('held', "
-            "flush=True); sys.stdin.read()")
-    process = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys; from prefer.run_dir import claim_run_dir; claim_run_dir(sys.argv[1]); print('held', "
+        "flush=True); sys.stdin.read()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert process.stdout.readline().strip() == "held"
     return process
 
@@ -101,6 +117,7 @@ def case(name):
     def register(function):
         CASES[name] = function
         return function
+
     return register
 
 
@@ -111,18 +128,19 @@ case("unknown-flag")(lambda w, t: (["pretrain", "--bogus"], "--bogus"))
 case("sample-n-not-a-number")(lambda w, t: (["sample", str(w.lm), "-n", "abc"], "-n"))
 case("experiment-unknown-task")(lambda w, t: (["experiment", "--task", "poetry"], "--task"))
 case("config-missing")(lambda w, t: (["pretrain", "--config", str(t / "none.yaml")], "none.yaml"))
-case("config-bad-yaml")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "train: {lr: [1\n"))],
-                                      "c.yaml:"))
+case("config-bad-yaml")(
+    lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "train: {lr: [1\n"))], "c.yaml:")
+)
 case("config-list")(lambda w, t: (["sft", "--config", str(write(t / "c.yaml", "- 1\n- 2\n"))], "c.yaml"))
-case("config-scalar-section")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "train: 5\n"))],
-                                            "train"))
-case("config-binary")(lambda w, t: (["reward", "--config", str(write(t / "c.yaml", b"\xff\xfe\x00\x81"))],
-                                    "c.yaml"))
+case("config-scalar-section")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "train: 5\n"))], "train"))
+case("config-binary")(lambda w, t: (["reward", "--config", str(write(t / "c.yaml", b"\xff\xfe\x00\x81"))], "c.yaml"))
 case("config-is-directory")(lambda w, t: (["ppo", "--config", str(t)], str(t)))
-case("config-unknown-key")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "trian: {lr: 1}\n"))],
-                                         "trian"))
-case("config-ill-typed")(lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "optimizer: {lr: fast}\n"))],
-                                       "optimizer.lr"))
+case("config-unknown-key")(
+    lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "trian: {lr: 1}\n"))], "trian")
+)
+case("config-ill-typed")(
+    lambda w, t: (["pretrain", "--config", str(write(t / "c.yaml", "optimizer: {lr: fast}\n"))], "optimizer.lr")
+)
 case("override-without-equals")(lambda w, t: (["pretrain", "lr"], "'lr'"))
 case("override-unknown-key")(lambda w, t: (["pretrain", "train.nope=1"], "train.nope"))
 case("override-bad-value")(lambda w, t: (["pretrain", "train.batch_size=0"], "train.batch_size"))
@@ -132,21 +150,29 @@ case("override-micro-batch")(lambda w, t: (["pretrain", "train.micro_batch_size=
 case("override-snapshots")(lambda w, t: (["pretrain", "train.snapshots=[2]"], "train.snapshots"))
 
 # --- pretrain: data, directories, init models
-case("pretrain-source-missing")(lambda w, t: (["pretrain", *w.base(t / "r", **{"data.source": t / "no.jsonl"})],
-                                              "no.jsonl"))
-case("pretrain-source-empty")(lambda w, t: (["pretrain", *w.base(t / "r", **{"data.source": write(t / "e.jsonl", "")})],
-                                            "e.jsonl"))
-case("pretrain-source-bad-json")(lambda w, t: (
-    ["pretrain", *w.base(t / "r", **{"data.source": write(t / "b.jsonl", '{"text": "a"}\n{"text": \n')})],
-    "b.jsonl"))
+case("pretrain-source-missing")(
+    lambda w, t: (["pretrain", *w.base(t / "r", **{"data.source": t / "no.jsonl"})], "no.jsonl")
+)
+case("pretrain-source-empty")(
+    lambda w, t: (["pretrain", *w.base(t / "r", **{"data.source": write(t / "e.jsonl", "")})], "e.jsonl")
+)
+case("pretrain-source-bad-json")(
+    lambda w, t: (
+        ["pretrain", *w.base(t / "r", **{"data.source": write(t / "b.jsonl", '{"text": "a"}\n{"text": \n')})],
+        "b.jsonl",
+    )
+)
 case("pretrain-out-dir-is-file")(lambda w, t: (["pretrain", *w.base(write(t / "f", "x"))], "out_dir"))
 case("pretrain-out-dir-under-file")(lambda w, t: (["pretrain", *w.base(write(t / "f", "x") / "run")], "out_dir"))
-case("pretrain-init-from-missing")(lambda w, t: (["pretrain", *w.base(t / "r"), f"--init-from={t / 'nope'}"],
-                                                 "model.init_from"))
-case("pretrain-init-from-not-a-model")(lambda w, t: (["pretrain", *w.base(t / "r"), f"model.init_from={t}"],
-                                                     "model.init_from"))
-case("pretrain-tokenizer-missing")(lambda w, t: (["pretrain", *w.base(t / "r", **{"model.tokenizer": t / "tok"})],
-                                                 "model.tokenizer"))
+case("pretrain-init-from-missing")(
+    lambda w, t: (["pretrain", *w.base(t / "r"), f"--init-from={t / 'nope'}"], "model.init_from")
+)
+case("pretrain-init-from-not-a-model")(
+    lambda w, t: (["pretrain", *w.base(t / "r"), f"model.init_from={t}"], "model.init_from")
+)
+case("pretrain-tokenizer-missing")(
+    lambda w, t: (["pretrain", *w.base(t / "r", **{"model.tokenizer": t / "tok"})], "model.tokenizer")
+)
 case("pretrain-existing-run")(lambda w, t: (["pretrain", *w.base(copy_run(w, t))], "--resume"))
 
 
@@ -213,16 +239,21 @@ def _(w, t):
     return ["pretrain", "--resume", *w.base(run)], "model"
 
 
-case("resume-changed-seed")(lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"runtime.seed": 1})],
-                                          "seed"))
-case("resume-changed-batch-size")(lambda w, t: (
-    ["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.batch_size": 8})], "batch_size"))
-case("resume-changed-lr")(lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"optimizer.lr": 1e-3})],
-                                        "lr"))
-case("resume-changed-budget")(lambda w, t: (
-    ["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.tokens": 8000})], "tokens"))
-case("resume-changed-objective")(lambda w, t: (
-    ["pretrain", "--resume", *w.base(copy_run(w, t), **{"objective.name": "ul"})], "objective.name"))
+case("resume-changed-seed")(
+    lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"runtime.seed": 1})], "seed")
+)
+case("resume-changed-batch-size")(
+    lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.batch_size": 8})], "batch_size")
+)
+case("resume-changed-lr")(
+    lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"optimizer.lr": 1e-3})], "lr")
+)
+case("resume-changed-budget")(
+    lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"train.tokens": 8000})], "tokens")
+)
+case("resume-changed-objective")(
+    lambda w, t: (["pretrain", "--resume", *w.base(copy_run(w, t), **{"objective.name": "ul"})], "objective.name")
+)
 
 
 @case("resume-foreign-vocabulary")
@@ -236,19 +267,25 @@ def _(w, t):  # checkpoints of a run with another vocabulary copied into this ru
 
 # --- corpus
 case("corpus-source-missing")(lambda w, t: (["corpus", f"data.source={t / 'none'}"], "none"))
-case("corpus-shard-out-of-range")(lambda w, t: (["corpus", "data.num_shards=2", "data.shard_index=2"],
-                                                "data.shard_index"))
+case("corpus-shard-out-of-range")(
+    lambda w, t: (["corpus", "data.num_shards=2", "data.shard_index=2"], "data.shard_index")
+)
 
 # --- evaluate and sample
 case("evaluate-missing")(lambda w, t: (["evaluate", str(t / "none")], "none"))
 case("evaluate-run-dir")(lambda w, t: (["evaluate", str(w.run)], "final"))
 case("evaluate-a-file")(lambda w, t: (["evaluate", str(w.demos)], "demos.jsonl"))
 case("evaluate-no-task")(lambda w, t: (["evaluate", str(w.lm)], "task"))
-case("evaluate-zero-samples")(lambda w, t: (["evaluate", str(w.lm_pii), "sampling.num_samples=0"],
-                                            "sampling.num_samples"))
+case("evaluate-zero-samples")(
+    lambda w, t: (["evaluate", str(w.lm_pii), "sampling.num_samples=0"], "sampling.num_samples")
+)
 case("evaluate-top-p")(lambda w, t: (["evaluate", str(w.lm_pii), "sampling.top_p=2"], "sampling.top_p"))
-case("evaluate-out-is-directory")(lambda w, t: (
-    ["evaluate", str(w.lm_pii), f"out={t}", "sampling.num_samples=2", "sampling.max_new_tokens=2"], str(t)))
+case("evaluate-out-is-directory")(
+    lambda w, t: (
+        ["evaluate", str(w.lm_pii), f"out={t}", "sampling.num_samples=2", "sampling.max_new_tokens=2"],
+        str(t),
+    )
+)
 
 
 @case("evaluate-weights-corrupt")
@@ -268,18 +305,28 @@ case("sample-missing")(lambda w, t: (["sample", str(t / "none")], "none"))
 
 # --- sft
 def sft(w, t, **extra):
-    values = {"out_dir": t / "sft", "data.demonstrations": w.demos, "model.init_from": w.lm,
-              "runtime.progress": "false", "train.batch_size": 4, **extra}
+    values = {
+        "out_dir": t / "sft",
+        "data.demonstrations": w.demos,
+        "model.init_from": w.lm,
+        "runtime.progress": "false",
+        "train.batch_size": 4,
+        **extra,
+    }
     return ["sft", *(f"{k}={v}" for k, v in values.items())]
 
 
 case("sft-no-demonstrations")(lambda w, t: (sft(w, t, **{"data.demonstrations": "''"}), "data.demonstrations"))
 case("sft-demonstrations-missing")(lambda w, t: (sft(w, t, **{"data.demonstrations": t / "d.jsonl"}), "d.jsonl"))
-case("sft-demonstrations-bad-json")(lambda w, t: (
-    sft(w, t, **{"data.demonstrations": write(t / "d.jsonl", '{"prompt": "a", "response": "b"}\n{oops}\n')}),
-    "d.jsonl:2"))
-case("sft-demonstrations-missing-field")(lambda w, t: (
-    sft(w, t, **{"data.demonstrations": write(t / "d.jsonl", '{"prompt": "a"}\n')}), "d.jsonl:1"))
+case("sft-demonstrations-bad-json")(
+    lambda w, t: (
+        sft(w, t, **{"data.demonstrations": write(t / "d.jsonl", '{"prompt": "a", "response": "b"}\n{oops}\n')}),
+        "d.jsonl:2",
+    )
+)
+case("sft-demonstrations-missing-field")(
+    lambda w, t: (sft(w, t, **{"data.demonstrations": write(t / "d.jsonl", '{"prompt": "a"}\n')}), "d.jsonl:1")
+)
 case("sft-no-init-from")(lambda w, t: (sft(w, t, **{"model.init_from": "''"}), "model.init_from"))
 case("sft-init-from-not-a-model")(lambda w, t: (sft(w, t, **{"model.init_from": t}), "model.init_from"))
 case("sft-epochs")(lambda w, t: (sft(w, t, **{"train.epochs": 0}), "train.epochs"))
@@ -289,33 +336,73 @@ case("sft-out-dir-is-file")(lambda w, t: (sft(w, t, out_dir=write(t / "f", "x"))
 
 # --- reward
 def rm(w, t, **extra):
-    values = {"out_dir": t / "rm", "data.rankings": w.rankings, "model.init_from": w.lm,
-              "runtime.progress": "false", "train.batch_size": 2, **extra}
+    values = {
+        "out_dir": t / "rm",
+        "data.rankings": w.rankings,
+        "model.init_from": w.lm,
+        "runtime.progress": "false",
+        "train.batch_size": 2,
+        **extra,
+    }
     return ["reward", *(f"{k}={v}" for k, v in values.items())]
 
 
 case("reward-rankings-missing")(lambda w, t: (rm(w, t, **{"data.rankings": t / "r.jsonl"}), "r.jsonl"))
-case("reward-rankings-bad-json")(lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", "[1, 2]\n")}), "r.jsonl:1"))
-case("reward-ranking-not-a-permutation")(lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", json.dumps(
-    {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")}), "r.jsonl:1"))
-case("reward-ranking-one-response")(lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", json.dumps(
-    {"prompt": "p", "responses": ["a"], "ranking": [0]}) + "\n")}), "r.jsonl:1"))
-case("reward-demonstrations-bad")(lambda w, t: (rm(w, t, **{"data.demonstrations": write(t / "d.jsonl", "{}\n")}), "d.jsonl:1"))
+case("reward-rankings-bad-json")(
+    lambda w, t: (rm(w, t, **{"data.rankings": write(t / "r.jsonl", "[1, 2]\n")}), "r.jsonl:1")
+)
+case("reward-ranking-not-a-permutation")(
+    lambda w, t: (
+        rm(
+            w,
+            t,
+            **{
+                "data.rankings": write(
+                    t / "r.jsonl", json.dumps({"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n"
+                )
+            },
+        ),
+        "r.jsonl:1",
+    )
+)
+case("reward-ranking-one-response")(
+    lambda w, t: (
+        rm(
+            w,
+            t,
+            **{
+                "data.rankings": write(
+                    t / "r.jsonl", json.dumps({"prompt": "p", "responses": ["a"], "ranking": [0]}) + "\n"
+                )
+            },
+        ),
+        "r.jsonl:1",
+    )
+)
+case("reward-demonstrations-bad")(
+    lambda w, t: (rm(w, t, **{"data.demonstrations": write(t / "d.jsonl", "{}\n")}), "d.jsonl:1")
+)
 case("reward-no-init-from")(lambda w, t: (rm(w, t, **{"model.init_from": "''"}), "model.init_from"))
 case("reward-init-from-missing")(lambda w, t: (rm(w, t, **{"model.init_from": t / "none"}), "none"))
 
 
 # --- label
 def label(w, t, *flags, **extra):
-    values = {"model": w.lm, "prompts": w.prompts, "rankings_out": t / "r.jsonl",
-              "demonstrations_out": t / "d.jsonl", **extra}
+    values = {
+        "model": w.lm,
+        "prompts": w.prompts,
+        "rankings_out": t / "r.jsonl",
+        "demonstrations_out": t / "d.jsonl",
+        **extra,
+    }
     return ["label", *flags, *(f"{k}={v}" for k, v in values.items())]
 
 
 case("label-not-synthetic")(lambda w, t: (label(w, t), "--synthetic"))
 case("label-prompts-missing")(lambda w, t: (label(w, t, "--synthetic", prompts=t / "p.jsonl"), "p.jsonl"))
-case("label-prompts-bad")(lambda w, t: (label(w, t, "--synthetic", prompts=write(t / "p.jsonl", '{"q": 1}\n')),
-                                        "p.jsonl:1"))
+case("label-prompts-bad")(
+    lambda w, t: (label(w, t, "--synthetic", prompts=write(t / "p.jsonl", '{"q": 1}\n')), "p.jsonl:1")
+)
 case("label-num-responses")(lambda w, t: (label(w, t, "--synthetic", num_responses=1), "num_responses"))
 case("label-model-missing")(lambda w, t: (label(w, t, "--synthetic", model=t / "none"), "none"))
 case("label-unknown-scorer")(lambda w, t: (label(w, t, "--synthetic", scorer="vibes"), "vibes"))
@@ -328,9 +415,18 @@ case("report-out-is-directory")(lambda w, t: (["report", str(w.run), "-o", str(t
 
 # --- ppo
 def ppo(w, t, **extra):
-    values = {"out_dir": t / "ppo", "init_from": w.lm, "prompts": w.prompts, "reward.scorer": "pii",
-              "train.iterations": 1, "train.batch_size": 4, "train.minibatch_size": 2, "rollout.max_new_tokens": 4,
-              "runtime.progress": "false", **extra}
+    values = {
+        "out_dir": t / "ppo",
+        "init_from": w.lm,
+        "prompts": w.prompts,
+        "reward.scorer": "pii",
+        "train.iterations": 1,
+        "train.batch_size": 4,
+        "train.minibatch_size": 2,
+        "rollout.max_new_tokens": 4,
+        "runtime.progress": "false",
+        **extra,
+    }
     return ["ppo", *(f"{k}={v}" for k, v in values.items())]
 
 
@@ -347,28 +443,62 @@ case("ppo-reward-model-missing")(lambda w, t: (ppo(w, t, **{"reward.scorer": "nu
 
 # --- redteam
 def redteam(w, t, **extra):
-    values = {"out_dir": t / "rt", "target": w.lm_pii, "redteam_model": w.lm, "search.rounds": 1,
-              "search.trials": 1, "search.candidates_per_round": 2, "continuations.count": 2,
-              "continuations.max_new_tokens": 4, "candidates.max_new_tokens": 4, "progress": "false", **extra}
+    values = {
+        "out_dir": t / "rt",
+        "target": w.lm_pii,
+        "redteam_model": w.lm,
+        "search.rounds": 1,
+        "search.trials": 1,
+        "search.candidates_per_round": 2,
+        "continuations.count": 2,
+        "continuations.max_new_tokens": 4,
+        "candidates.max_new_tokens": 4,
+        "progress": "false",
+        **extra,
+    }
     return ["redteam", *(f"{k}={v}" for k, v in values.items())]
 
 
 case("redteam-no-target")(lambda w, t: (redteam(w, t, target="''"), "target"))
 case("redteam-target-missing")(lambda w, t: (redteam(w, t, target=t / "none"), "none"))
-case("redteam-two-red-teams")(lambda w, t: (redteam(w, t, **{"endpoint.url": "http://127.0.0.1:9/v1", "endpoint.model": "m"}), "redteam_model"))
+case("redteam-two-red-teams")(
+    lambda w, t: (redteam(w, t, **{"endpoint.url": "http://127.0.0.1:9/v1", "endpoint.model": "m"}), "redteam_model")
+)
 case("redteam-seeds-missing")(lambda w, t: (redteam(w, t, seeds=t / "s.txt"), "s.txt"))
-case("redteam-api-key-unset")(lambda w, t: (redteam(w, t, redteam_model="null", **{"endpoint.url": "http://127.0.0.1:9/v1",
-                                                    "endpoint.model": "m", "endpoint.api_key_env": "PREFER_TEST_UNSET_KEY"}),
-                                            "PREFER_TEST_UNSET_KEY"))
-case("redteam-bad-url")(lambda w, t: (redteam(w, t, redteam_model="null", **{"endpoint.url": "ftp://x",
-                                              "endpoint.model": "m"}), "endpoint"))
+case("redteam-api-key-unset")(
+    lambda w, t: (
+        redteam(
+            w,
+            t,
+            redteam_model="null",
+            **{
+                "endpoint.url": "http://127.0.0.1:9/v1",
+                "endpoint.model": "m",
+                "endpoint.api_key_env": "PREFER_TEST_UNSET_KEY",
+            },
+        ),
+        "PREFER_TEST_UNSET_KEY",
+    )
+)
+case("redteam-bad-url")(
+    lambda w, t: (redteam(w, t, redteam_model="null", **{"endpoint.url": "ftp://x", "endpoint.model": "m"}), "endpoint")
+)
 
 # --- experiment and demo
 case("experiment-unknown-objective")(lambda w, t: (["experiment", "--objectives", "mle,dpo"], "dpo"))
 case("experiment-finetune-from")(lambda w, t: (["experiment", "finetune_from=2"], "finetune_from"))
-case("experiment-out-dir-is-file")(lambda w, t: (
-    ["experiment", f"out_dir={write(t / 'f', 'x')}", "objectives=[mle]", f"pretrain.data.source={w.corpus}",
-     f"pretrain.data.cache_dir={w.cache}"], str(t / "f")))
+case("experiment-out-dir-is-file")(
+    lambda w, t: (
+        [
+            "experiment",
+            f"out_dir={write(t / 'f', 'x')}",
+            "objectives=[mle]",
+            f"pretrain.data.source={w.corpus}",
+            f"pretrain.data.cache_dir={w.cache}",
+        ],
+        str(t / "f"),
+    )
+)
 case("demo-bad-override")(lambda w, t: (["demo", "pretrain.optimizer.lr=-1"], "optimizer.lr"))
 
 
@@ -399,11 +529,13 @@ def test_bad_input_is_one_line_and_exit_2(name, world, tmp_path, capfd, monkeypa
 
 # ---------------------------------------------------------------- noise only a real process shows
 
+
 def run_cli(*argv, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("PREFER_TEST_UNSET_KEY", None)
-    return subprocess.run([sys.executable, "-m", "prefer", *map(str, argv)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "prefer", *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 NOISY = {
@@ -412,8 +544,10 @@ NOISY = {
     # the run, not its final/: no tokenizer backend error
     "evaluate-run-dir": lambda w, t: (["evaluate", w.run], "final"),
     # an endpoint that refuses connections: no deprecation warnings before the line
-    "redteam-refused": lambda w, t: (redteam(w, t, redteam_model="null", **{"endpoint.url": "http://127.0.0.1:9/v1",
-                                                                       "endpoint.model": "m"}), "127.0.0.1:9"),
+    "redteam-refused": lambda w, t: (
+        redteam(w, t, redteam_model="null", **{"endpoint.url": "http://127.0.0.1:9/v1", "endpoint.model": "m"}),
+        "127.0.0.1:9",
+    ),
 }
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from prefer.cli import main
 from prefer.errors import PreferError
-from prefer.io import atomic_path, clean_staging
+from prefer.files import atomic_path, clean_staging
 from prefer.run_dir import claim_run_dir, holds_run_dir, release_run_dir
 from prefer.training import MetricsLog, read_metrics, save_checkpoint
 
@@ -44,15 +44,19 @@ def cli(*argv) -> list[str]:
 
 
 def hold(directory: Path) -> subprocess.Popen:
-    code = ("import sys; from prefer.run_dir import claim_run_dir; claim_run_dir(sys.argv[1]); print('held', "
-            "flush=True); sys.stdin.read()")
-    process = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, env=ENV)
+    code = (
+        "import sys; from prefer.run_dir import claim_run_dir; claim_run_dir(sys.argv[1]); print('held', "
+        "flush=True); sys.stdin.read()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV
+    )
     assert process.stdout.readline().strip() == "held"
     return process
 
 
 # ---------------------------------------------------------------- the lock
+
 
 def test_lock_refuses_a_second_process_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "run"
@@ -83,8 +87,9 @@ def test_two_runs_started_at_the_same_moment_on_one_out_dir(tmp_path, pii_corpus
     """Exactly one trains; the other is refused with one line; the metrics are one run's, in order."""
     run = tmp_path / "run"
     argv = cli("pretrain", *base(run, pii_corpus, cache))
-    runs = [subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    runs = [
+        subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -105,6 +110,7 @@ def test_stale_lock_of_a_killed_run_does_not_block_resume(tmp_path, pii_corpus, 
 
 # ---------------------------------------------------------------- leftovers, metrics, final line
 
+
 def test_clean_staging_removes_killed_writes_and_restores_a_half_swapped_directory(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     for name in (".step_00000004.a1b2c3d4", ".step_00000004.optimizer"):
@@ -115,8 +121,11 @@ def test_clean_staging_removes_killed_writes_and_restores_a_half_swapped_directo
     (tmp_path / ".lock").write_text("")
     (checkpoints / "step_00000004").mkdir()
     removed = clean_staging(tmp_path)
-    assert sorted(p.name for p in removed) == [".config.yaml.zz99yy88", ".step_00000004.a1b2c3d4",
-                                                ".step_00000004.optimizer"]
+    assert sorted(p.name for p in removed) == [
+        ".config.yaml.zz99yy88",
+        ".step_00000004.a1b2c3d4",
+        ".step_00000004.optimizer",
+    ]
     assert (tmp_path / "final" / "config.json").exists() and (tmp_path / ".lock").exists()
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000004"]
 
@@ -155,12 +164,19 @@ def test_reward_final_line_is_logged_once_when_resumed(tmp_path, one_thread):
 
     tokenizer = train_tokenizer([f"say {c}: {c * 4}" for c in "ABCDEFGH"] * 20, vocab_size=300)
     torch.manual_seed(0)
-    build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                context=32).save_pretrained(tmp_path / "lm")
+    build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32).save_pretrained(
+        tmp_path / "lm"
+    )
     tokenizer.save_pretrained(tmp_path / "lm")
     write_rankings(tmp_path / "r.jsonl", [Comparison(f"say {c}:", (f" {c * 4}", " no"), (0, 1)) for c in "ABCDEFGH"])
-    argv = ["reward", f"out_dir={tmp_path / 'rm'}", f"data.rankings={tmp_path / 'r.jsonl'}",
-            f"model.init_from={tmp_path / 'lm'}", "runtime.progress=false", "train.batch_size=2"]
+    argv = [
+        "reward",
+        f"out_dir={tmp_path / 'rm'}",
+        f"data.rankings={tmp_path / 'r.jsonl'}",
+        f"model.init_from={tmp_path / 'lm'}",
+        "runtime.progress=false",
+        "train.batch_size=2",
+    ]
     assert main(argv) == 0
     assert main([argv[0], "--resume", *argv[1:]]) == 0  # a finished run resumed: final/ rewritten, not re-logged
     final_lines = [m for m in read_metrics(tmp_path / "rm") if "final/reward_bias" in m]
@@ -168,6 +184,7 @@ def test_reward_final_line_is_logged_once_when_resumed(tmp_path, one_thread):
 
 
 # ---------------------------------------------------------------- a full disk
+
 
 @pytest.fixture
 def file_size_limit():
@@ -193,8 +210,17 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, file_siz
     model(torch.zeros(1, 4, dtype=torch.long)).logits.sum().backward()
     optimizer.step()  # optimizer state makes trainer_state.pt about twice the model
     scheduler = make_scheduler(optimizer, total_steps=10, warmup_steps=1, min_lr_fraction=0.1)
-    save = lambda step: save_checkpoint(tmp_path, step, model=model, tokenizer=tokenizer, extra={}, info={},  # noqa: E731
-                                        optimizer=optimizer, scheduler=scheduler, state={"step": step})
+    save = lambda step: save_checkpoint(
+        tmp_path,
+        step,
+        model=model,
+        tokenizer=tokenizer,
+        extra={},
+        info={},  # noqa: E731
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"step": step},
+    )
     first = save(1)
     size = (first / "model" / "model.safetensors").stat().st_size
     file_size_limit(size + 50_000)  # the model fits; the trainer state does not
@@ -227,6 +253,7 @@ def test_atomic_write_over_a_directory_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- Ctrl-C
 
+
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -238,23 +265,30 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> No
 def test_ctrl_c_mid_run_exits_130_with_one_line_and_resumes(tmp_path, pii_corpus, cache):
     run = tmp_path / "run"
     overrides = base(run, pii_corpus, cache, **{"train.tokens": 40_000, "train.checkpoint_every": 2})
-    process = subprocess.Popen(cli("pretrain", *overrides), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        cli("pretrain", *overrides), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _wait_for(run / "checkpoints" / "latest", process)
     process.send_signal(signal.SIGINT)
     code, err = process.wait(timeout=120), process.stderr.read()
     assert code == 130 and err.count("\n") == 1 and err.startswith("prefer: interrupted; "), err
     assert "--resume" in err
-    resumed = subprocess.run(cli("pretrain", "--resume", f"out_dir={run}"), env=ENV, capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(
+        cli("pretrain", "--resume", f"out_dir={run}"), env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert (run / "final" / "model.safetensors").exists()
 
 
 def test_ctrl_c_just_after_final_is_written_leaves_no_traceback(tmp_path, pii_corpus, cache):
     run = tmp_path / "run"
-    process = subprocess.Popen(cli("pretrain", *base(run, pii_corpus, cache)), env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        cli("pretrain", *base(run, pii_corpus, cache)),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(run / "final", process)
     process.send_signal(signal.SIGINT)
     code, err = process.wait(timeout=120), process.stderr.read()

@@ -7,7 +7,8 @@ from prefer.models.build import BAD, GOOD, train_tokenizer
 
 def test_headline_protocol_prompts_good_and_blocks_bad():
     assert resolve_controls(prompt="auto", block="auto", conditional=True) == resolve_controls(
-        prompt="good", block="bad", conditional=True)
+        prompt="good", block="bad", conditional=True
+    )
     assert resolve_controls(prompt="auto", block="auto", conditional=False).block == "both"
 
 

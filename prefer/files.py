@@ -1,17 +1,20 @@
-"""Atomic writes: a reader (or a resumed run) never sees a half-written file or directory. A write that fails for
-lack of space or permission is a PreferError naming the path; whatever was there before stays intact."""
+"""Files: atomic writes (a reader, or a resumed run, never sees a half-written file or directory; a write that fails
+for lack of space or permission is a PreferError naming the path, and whatever was there before stays intact),
+cleanup of what killed writes left, and content fingerprints (a run refuses to resume on changed data)."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prefer.errors import PreferError
 
@@ -105,3 +108,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def file_fingerprint(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
