@@ -6,6 +6,9 @@ in any way (exit, exception, SIGKILL): a lock file left by a killed run is never
 orphaned worker cannot keep a dead run's directory locked. A
 second process that asks for the same directory while a run holds it is refused with one line naming the holder.
 Within one process the claim is re-entrant (a stage resumed in the same process, an experiment's runs).
+
+`config_difference` is how `--resume` compares a run's saved config with the requested one (prefer.training.
+check_run_dir): any difference refuses, except the keys of RESUME_MAY_CHANGE, which do not change what is trained.
 """
 
 from __future__ import annotations
@@ -14,12 +17,40 @@ import fcntl
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 from prefer.errors import PreferError
 from prefer.files import clean_staging
 
 LOCK_NAME = ".lock"
 _HELD: dict[Path, int] = {}  # resolved run directory -> the open file descriptor holding its lock
+
+# Keys (the last part of a dotted name) that `--resume` may change: they do not change what is trained. Anything
+# else (seed, batch size, learning rate, budget, precision, data, model, objective, ...) must equal the saved run's.
+RESUME_MAY_CHANGE = frozenset(
+    {"out_dir", "progress", "device", "workers", "cache_dir", "eval_every", "checkpoint_every"}
+)
+
+
+def config_difference(
+    saved: Any, requested: Any, *, may_change: frozenset[str] = RESUME_MAY_CHANGE, prefix: str = ""
+) -> tuple[str, Any, Any] | None:
+    """The first (dotted key, saved value, requested value) where two config dicts differ, skipping `may_change`
+    keys; None when they agree."""
+    if isinstance(saved, dict) and isinstance(requested, dict):
+        for key in [*saved, *(k for k in requested if k not in saved)]:
+            if key in may_change:
+                continue
+            found = config_difference(
+                saved.get(key, "<absent>"),
+                requested.get(key, "<absent>"),
+                may_change=may_change,
+                prefix=f"{prefix}{key}.",
+            )
+            if found is not None:
+                return found
+        return None
+    return None if saved == requested else (prefix.rstrip("."), saved, requested)
 
 
 def claim_run_dir(run_dir: str | os.PathLike, *, field: str = "out_dir") -> Path:

@@ -22,6 +22,7 @@ import torch.distributed as torch_dist
 from prefer.config import PARALLEL, OptimizerConfig, ScheduleConfig
 from prefer.errors import PreferError
 from prefer.files import atomic_path, write_error, write_text_atomic
+from prefer.run_dir import RESUME_MAY_CHANGE, config_difference
 
 # ---------------------------------------------------------------- device, precision, distributed
 
@@ -470,28 +471,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not (path / TRAINER_STATE).exists():
         raise PreferError(f"{pointer}: points at {path.name}, which is missing or incomplete")
     return path
-
-
-# Keys (the last part of a dotted name) that `--resume` may change: they do not change what is trained. Anything
-# else (seed, batch size, learning rate, budget, precision, data, model, objective, ...) must equal the saved run's.
-RESUME_MAY_CHANGE = frozenset({"out_dir", "progress", "device", "workers", "cache_dir", "eval_every",
-                               "checkpoint_every"})
-
-
-def config_difference(saved: Any, requested: Any, *, may_change: frozenset[str] = RESUME_MAY_CHANGE,
-                      prefix: str = "") -> tuple[str, Any, Any] | None:
-    """The first (dotted key, saved value, requested value) where two config dicts differ, skipping `may_change`
-    keys; None when they agree."""
-    if isinstance(saved, dict) and isinstance(requested, dict):
-        for key in [*saved, *(k for k in requested if k not in saved)]:
-            if key in may_change:
-                continue
-            found = config_difference(saved.get(key, "<absent>"), requested.get(key, "<absent>"),
-                                      may_change=may_change, prefix=f"{prefix}{key}.")
-            if found is not None:
-                return found
-        return None
-    return None if saved == requested else (prefix.rstrip("."), saved, requested)
 
 
 def open_run_dir(run_dir: Path, resume: bool) -> Path | None:

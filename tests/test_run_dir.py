@@ -20,7 +20,7 @@ from conftest import tiny_overrides
 from prefer.cli import main
 from prefer.errors import PreferError
 from prefer.files import atomic_path, clean_staging
-from prefer.run_dir import claim_run_dir, holds_run_dir, release_run_dir
+from prefer.run_dir import RESUME_MAY_CHANGE, claim_run_dir, config_difference, holds_run_dir, release_run_dir
 from prefer.training import MetricsLog, read_metrics, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +106,22 @@ def test_stale_lock_of_a_killed_run_does_not_block_resume(tmp_path, pii_corpus, 
     other.send_signal(signal.SIGKILL)
     other.wait()
     assert main(["pretrain", "--resume", f"out_dir={run}"]) == 0
+
+
+def test_config_difference_names_the_first_differing_dotted_key_and_skips_the_allowed_ones():
+    saved = {"out_dir": "a", "optimizer": {"lr": 1e-3, "beta1": 0.9}, "runtime": {"seed": 0, "progress": True}}
+    assert config_difference(saved, saved) is None
+    moved = {"out_dir": "b", "optimizer": {"lr": 1e-3, "beta1": 0.9}, "runtime": {"seed": 0, "progress": False}}
+    assert config_difference(saved, moved) is None  # out_dir and progress may change
+    assert config_difference(saved, {**moved, "optimizer": {"lr": 2e-3, "beta1": 0.9}}) == ("optimizer.lr", 1e-3, 2e-3)
+    assert config_difference(saved, {**saved, "runtime": {"seed": 1, "progress": True}}) == ("runtime.seed", 0, 1)
+    assert config_difference(saved, {**saved, "new": 1}) == ("new", "<absent>", 1)
+    assert (
+        config_difference(
+            {"train": {"iterations": 5}}, {"train": {"iterations": 9}}, may_change=RESUME_MAY_CHANGE | {"iterations"}
+        )
+        is None
+    )
 
 
 # ---------------------------------------------------------------- leftovers, metrics, final line

@@ -57,11 +57,10 @@ from prefer.rollouts import (
     make_rollout,
     policy_logits,
 )
-from prefer.run_dir import releases_run_dirs
+from prefer.run_dir import RESUME_MAY_CHANGE, releases_run_dirs
 from prefer.sampling import sample
 from prefer.scorers import get_scorer, score_responses
 from prefer.training import (
-    RESUME_MAY_CHANGE,
     BlockOrder,
     Distributed,
     MetricsLog,
