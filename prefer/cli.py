@@ -128,6 +128,8 @@ RESUMABLE = ("pretrain", "sft", "reward", "ppo", "experiment", "demo")
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     try:
         _quiet_third_parties()
         return COMMANDS[args.command](args)
@@ -148,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         # (TensorBoard's writer thread, tqdm) as an "Exception ignored" traceback after the result is written.
         if argv is None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.unraisablehook = previous_hook
+
+
+def _unraisable(unraisable) -> None:
+    """A Ctrl-C that lands inside a finalizer (tqdm's or TensorBoard's __del__, run while the stage winds down after
+    its outputs are written) cannot interrupt anything: Python would print it as an "Exception ignored ...
+    KeyboardInterrupt" traceback and carry on. Drop it silently; report everything else as Python does."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def _quiet_third_parties() -> None:
