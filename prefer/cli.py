@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
+
+    from prefer.labeling.app.cli import add_export_parser, add_serve_parser  # no torch: argparse only
+
+    add_serve_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _unraisable
     try:
-        _quiet_third_parties()
+        if args.command not in LIGHT_COMMANDS:  # the labeling app starts without torch or transformers
+            _quiet_third_parties()
         return COMMANDS[args.command](args)
     except PreferError as error:
         # Under torchrun, name the rank: its non-zero exit makes torchrun stop the other ranks and fail the job.
@@ -340,7 +346,22 @@ def _run_report(args) -> int:
     return 0
 
 
+def _run_serve(args) -> int:
+    from prefer.labeling.app.cli import run_serve
+
+    return run_serve(args)
+
+
+def _run_export(args) -> int:
+    from prefer.labeling.app.cli import run_export
+
+    return run_export(args)
+
+
+LIGHT_COMMANDS = ("serve", "export")  # the labeling app starts without torch or transformers
 COMMANDS = {
+    "serve": _run_serve,
+    "export": _run_export,
     "config": _run_config,
     "demo": _run_demo,
     "report": _run_report,
