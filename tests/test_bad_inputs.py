@@ -502,6 +502,15 @@ case("experiment-out-dir-is-file")(
 case("demo-bad-override")(lambda w, t: (["demo", "pretrain.optimizer.lr=-1"], "optimizer.lr"))
 
 
+# --- the labeling app: serve and export
+case("export-missing-db")(
+    lambda w, t: (["export", "--db", t / "none.db", "--project", "p", "--out", t / "o"], "none.db")
+)
+case("export-no-project")(lambda w, t: (["export", "--out", t / "o"], "--project"))
+case("serve-port-out-of-range")(lambda w, t: (["serve", "--db", t / "l.db", "--port", "99999"], "--port"))
+case("serve-port-not-a-number")(lambda w, t: (["serve", "--port", "abc"], "--port"))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_line_and_exit_2(name, world, tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)  # defaults (runs/..., .cache/...) land in the test's own directory
