@@ -10,9 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from prefer.errors import PreferError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`prefer: error: ...`, exit 2) like every other bad input."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("prefer").strip()
+        hint = f"; see prefer {command + ' ' if command else ''}--help"
+        print(f"prefer: error: {command + ': ' if command else ''}{message}{hint}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +51,7 @@ class _Commands:
 def build_parser() -> argparse.ArgumentParser:
     from prefer.config import STAGE_CONFIGS
 
-    parser = argparse.ArgumentParser(prog="prefer", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="prefer", description=__doc__.splitlines()[0])
     commands = _Commands(parser.add_subparsers(dest="command", required=True))
 
     show = commands.add_parser("config", help="print a stage's full default config as YAML (every key, commented)")
@@ -76,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", "--num-samples", type=int, default=4)
     sample.add_argument("--prompt", choices=["auto", "none", "good", "bad"], default="auto",
                         help="control token after <|endoftext|> (auto: good for conditional models)")
-    sample.add_argument("--block", choices=["auto", "none", "bad", "both"], default="auto",
-                        help="control tokens never sampled (auto: <|bad|> for conditional models)")
+    sample.add_argument("--block", choices=["auto", "none", "bad", "good", "both"], default="auto",
+                        help="control tokens never sampled (auto: <|bad|> for conditional models prompted good, "
+                             "<|good|> prompted bad)")
     sample.add_argument("--max-new-tokens", type=int, default=128)
     sample.add_argument("--temperature", type=float, default=0.7)
     sample.add_argument("--top-p", type=float, default=0.9)
@@ -122,23 +134,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RESUMABLE = ("pretrain", "sft", "reward", "ppo", "experiment", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in LIGHT_COMMANDS:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own bars say what is happening; HF's "Writing model shards" is noise
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     try:
+        if args.command not in LIGHT_COMMANDS:  # the labeling app starts without torch or transformers
+            _quiet_third_parties()
         return COMMANDS[args.command](args)
     except PreferError as error:
         # Under torchrun, name the rank: its non-zero exit makes torchrun stop the other ranks and fail the job.
         world = int(os.environ.get("WORLD_SIZE", "1"))
         where = f" (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else ""
-        print(f"prefer: error{where}: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever a wrapped library message held
+        print(f"prefer: error{where}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("prefer: interrupted; `prefer pretrain --resume` continues from the last checkpoint", file=sys.stderr)
+        again = ("; the same command with --resume continues from the last checkpoint" if args.command in RESUMABLE[:4]
+                 else "; the same command continues where it stopped" if args.command in RESUMABLE else "")
+        print(f"prefer: interrupted{again}", file=sys.stderr)
         return 130
+    finally:
+        # As the program (argv from the command line): a Ctrl-C from here on would land in interpreter shutdown
+        # (TensorBoard's writer thread, tqdm) as an "Exception ignored" traceback after the result is written.
+        if argv is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.unraisablehook = previous_hook
+
+
+def _unraisable(unraisable) -> None:
+    """A Ctrl-C that lands inside a finalizer (tqdm's or TensorBoard's __del__, run while the stage winds down after
+    its outputs are written) cannot interrupt anything: Python would print it as an "Exception ignored ...
+    KeyboardInterrupt" traceback and carry on. Drop it silently; report everything else as Python does."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
+def _quiet_third_parties() -> None:
+    """Our errors are one line and our bars say what is happening: Hugging Face's load reports, progress bars
+    and advisory warnings are noise around them (a reward head is expected to start untrained)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _stage_config(cls, args):
@@ -150,9 +195,14 @@ def _stage_config(cls, args):
 
     yaml_path = args.config
     if args.resume and yaml_path is None:
-        out_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("out_dir=")), cls.out_dir)
+        out_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("out_dir=")), None)
+        if out_dir is None:
+            out_dir = load_config(cls, overrides=args.overrides).out_dir
         saved = Path(out_dir) / "config.yaml"
-        yaml_path = saved if saved.exists() else None
+        if not saved.is_file():
+            raise PreferError(f"{saved}: no saved config, so there is no run to resume in {out_dir} (killed before "
+                              "it started?); start it without --resume")
+        yaml_path = saved
     return load_config(cls, yaml_path=yaml_path, overrides=args.overrides)
 
 
@@ -224,6 +274,13 @@ def _run_sample(args) -> int:
     from prefer.models.build import load_checkpoint
     from prefer.training import resolve_device
 
+    checks = (("--num-samples", args.num_samples, args.num_samples > 0, "must be positive"),
+              ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens > 0, "must be positive"),
+              ("--temperature", args.temperature, args.temperature >= 0, "must be >= 0"),
+              ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1]"))
+    for flag, value, ok, rule in checks:  # before the model loads
+        if not ok:
+            raise PreferError(f"sample: {flag} {value}: {rule}")
     model, tokenizer, info = load_checkpoint(args.checkpoint, resolve_device("auto"))
     controls = resolve_controls(prompt=args.prompt, block=args.block, conditional=bool(info.get("control_tokens_trained")))
     texts, _ = generate_texts(model, tokenizer, controls, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,

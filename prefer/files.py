@@ -1,26 +1,66 @@
-"""Files: atomic writes (a reader, or a resumed run, never sees a half-written file or directory) and content
-fingerprints (a run refuses to resume on changed data)."""
+"""Files: atomic writes (a reader, or a resumed run, never sees a half-written file or directory; a write that fails
+for lack of space or permission is a PreferError naming the path, and whatever was there before stays intact),
+cleanup of what killed writes left, and content fingerprints (a run refuses to resume on changed data)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from prefer.errors import PreferError
+
+# errno values a user can cause and fix (full disk, quota, file size limit, read-only or forbidden place)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                 errno.EISDIR, errno.ENOTDIR}
+# How libraries that do not raise OSError report a failed write: torch's zip writer ("unexpected pos", "file write
+# failed"), safetensors' Rust IoError (StorageFull, ...).
+_WRITE_FAILURE = re.compile(r"No space left|Disk quota|File too large|write failed|unexpected pos|IoError|"
+                            r"StorageFull|Read-only file system|Permission denied", re.IGNORECASE)
+# What atomic_path leaves when killed: mkdtemp's `.NAME.XXXXXXXX`, the swapped-out `.NAME.old`, and the sharded
+# optimizer's `.step_N.optimizer` (training.save_checkpoint).
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>old|optimizer|[A-Za-z0-9_]{8})$")
+
+
+def write_error(path: str | os.PathLike, error: BaseException) -> PreferError | None:
+    """The PreferError for a failed write of `path` that the user can fix, or None for any other error."""
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+        reason = error.strerror or str(error)
+    elif not isinstance(error, (OSError, PreferError)) and _WRITE_FAILURE.search(str(error)):
+        reason = str(error).splitlines()[0][:200]
+    else:
+        return None
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+        space = f"; {free / 1e6:.1f} MB free there"
+    except OSError:
+        space = ""
+    return PreferError(f"{path}: cannot write ({reason}{space}); free space or fix permissions, then resume")
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path` (file or directory)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    except OSError as error:
+        raise write_error(path, error) or PreferError(f"{path.parent}: cannot create a file there "
+                                                      f"({error.strerror or error})") from None
     try:
         yield tmp
+        if path.exists() and path.is_dir() != tmp.is_dir():
+            found, wrote = ("a directory", "file") if path.is_dir() else ("a file", "directory")
+            raise PreferError(f"{path}: is {found}, where a {wrote} is to be written; choose another path")
         if path.is_dir() and tmp.is_dir():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -29,8 +69,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except Exception as error:
+        converted = write_error(path, error)
+        if converted is None:
+            raise
+        raise converted from None
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def clean_staging(directory: str | os.PathLike, *, subdirectories: tuple[str, ...] = ("checkpoints", "snapshots")
+                  ) -> list[Path]:
+    """Remove the staging directories killed atomic writes left in `directory` (and its `subdirectories`). A
+    `.NAME.old` whose NAME is missing (killed between the two renames of a directory swap) is put back as NAME.
+    Call it only while owning the directory (prefer.run_dir.claim_run_dir): a live writer's staging looks the same.
+    Returns what was removed."""
+    removed = []
+    for parent in [Path(directory), *(Path(directory) / name for name in subdirectories)]:
+        if not parent.is_dir():
+            continue
+        for entry in parent.iterdir():
+            match = _STAGING.match(entry.name)
+            if match is None or not entry.is_dir() or entry.is_symlink():
+                continue
+            target = parent / match["name"]
+            if match["kind"] == "old" and not target.exists():
+                os.replace(entry, target)
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

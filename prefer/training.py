@@ -21,7 +21,8 @@ import torch.distributed as torch_dist
 
 from prefer.config import PARALLEL, OptimizerConfig, ScheduleConfig
 from prefer.errors import PreferError
-from prefer.files import atomic_path, write_text_atomic
+from prefer.files import atomic_path, write_error, write_text_atomic
+from prefer.run_dir import RESUME_MAY_CHANGE, config_difference
 
 # ---------------------------------------------------------------- device, precision, distributed
 
@@ -294,7 +295,7 @@ def micro_batch_size(batch_size: int, micro_batch_size: int | None, world_size: 
 
 
 def restore_training(checkpoint: Path, optimizer, scheduler, *, num_items: int, seed: int, data_fingerprint: str,
-                     data_name: str, modules: list[torch.nn.Module] = ()) -> tuple["BlockOrder", int]:
+                     data_name: str, modules: list[torch.nn.Module] = ()) -> tuple[BlockOrder, int]:
     """Load optimizer, schedule, RNG and data position from a checkpoint; returns (data order, step). Refuses to
     resume when the data changed (the same position would then mean other examples). `modules`: those the
     optimizer updates (needed to load FSDP2 shards)."""
@@ -485,33 +486,68 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path
 
 
-def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, sections: tuple[str, ...]) -> Path | None:
-    """Never overwrite a run by accident; resume only a run whose `sections` of the config are the same."""
-    checkpoint = latest_checkpoint(run_dir) if run_dir.exists() else None
+def open_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Own the run directory (prefer.run_dir: create it, lock it, clean killed writes' staging) and refuse to mix
+    two runs in it: without `resume` it must hold no run; with `resume` a checkpoint needs its saved config.
+    Cheap: stages call it before building data or loading models. Returns the checkpoint to resume from."""
+    from prefer.run_dir import claim_run_dir
+
+    if is_main_process():  # under torchrun rank 0 holds the lock for the job
+        claim_run_dir(run_dir)
+    saved_path = run_dir / "config.yaml"
+    checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     if not resume:
-        if checkpoint is not None or (run_dir / "final").exists():
+        if checkpoint is not None or (run_dir / "final").exists() or saved_path.exists():
             raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
         return None
-    if checkpoint is None:
-        return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
-    from prefer.config import load_config
-
-    saved, requested = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml")), asdict(config)
-    for section in sections:  # top-level names or dotted ones (train.batch_size)
-        if _dotted(saved, section) != _dotted(requested, section):
-            raise PreferError(f"{run_dir / 'config.yaml'}: section '{section}' differs from this run's config; "
-                              "a checkpoint can only resume the run that wrote it")
+    if checkpoint is not None and not saved_path.exists():
+        raise PreferError(f"{saved_path}: missing, so nothing says which run {checkpoint.name} belongs to; "
+                          "cannot resume")
     return checkpoint
 
 
-def _dotted(values: dict, key: str) -> Any:
-    for part in key.split("."):
-        values = values[part]
-    return values
+def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
+                  may_change: frozenset[str] = RESUME_MAY_CHANGE) -> Path | None:
+    """`open_run_dir`, and with `resume` the saved config must equal this one except for `may_change` keys.
+    Returns the checkpoint to resume from (None: start from the beginning)."""
+    checkpoint = open_run_dir(run_dir, resume)
+    saved_path = run_dir / "config.yaml"
+    if not resume or not saved_path.exists():
+        return checkpoint  # None: nothing was started here yet, start from the beginning
+    from prefer.config import load_config
+
+    saved = asdict(load_config(config_class, yaml_path=saved_path))
+    difference = config_difference(saved, asdict(config), may_change=may_change)
+    if difference is not None:
+        key, before, after = difference
+        raise PreferError(f"{saved_path}: {key} is {before!r} in the run being resumed, {after!r} now; --resume "
+                          f"continues the same run (only {', '.join(sorted(may_change))} may change): "
+                          "drop the change or choose another out_dir")
+    return checkpoint
+
+
+def check_checkpoint_vocabulary(checkpoint: Path, checkpoint_tokenizer, run_tokenizer) -> None:
+    """A checkpoint resumes only into a run with its vocabulary: token ids of another tokenizer mean other text."""
+    ours, theirs = run_tokenizer.get_vocab(), checkpoint_tokenizer.get_vocab()
+    if ours != theirs:
+        moved = sorted(t for t in set(ours) & set(theirs) if ours[t] != theirs[t])[:3]
+        raise PreferError(f"{checkpoint / 'model'}: its tokenizer differs from this run's ({len(theirs)} vs "
+                          f"{len(ours)} tokens{f', e.g. different ids for {moved}' if moved else ''}); the "
+                          "checkpoint belongs to another run")
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
+    """The checkpoint's trainer state; a corrupt or truncated file is a PreferError (resume cannot continue it)."""
+    path = checkpoint / TRAINER_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ... on a damaged file
+        cause = (str(error).splitlines() or ["truncated"])[0][:120]
+        raise PreferError(f"{path}: unreadable ({type(error).__name__}: {cause}); the checkpoint is damaged, so "
+                          "this run cannot be resumed from it") from None
+    if not isinstance(state, dict) or not {"step", "scheduler", "rng"} <= set(state):
+        raise PreferError(f"{path}: not a prefer trainer state; this run cannot be resumed from it")
+    return state
 
 
 # ---------------------------------------------------------------- logging
@@ -535,19 +571,42 @@ def average_across_ranks(totals: dict[str, float], dist: Distributed) -> dict[st
     return {k: v / dist.world_size for k, v in zip(keys, values.tolist())}
 
 
+def _metrics_lines(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A half-written last line (a run killed while appending) is dropped; any
+    other unreadable line is a PreferError naming it."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as error:
+            if number == len(lines):
+                break  # the kill landed mid-append: the step is about to be logged again
+            raise PreferError(f"{path}:{number}: not a metrics record ({error})") from None
+        records.append(record)
+    return records
+
+
 class MetricsLog:
-    """Every logged scalar goes to `metrics.jsonl` (one JSON object per step) and to TensorBoard."""
+    """Every logged scalar goes to `metrics.jsonl` (one JSON object per step) and to TensorBoard.
+
+    Idempotent by (step, keys): a record whose step already holds a record with the same keys (a resumed run
+    re-running its last checkpointed step's final evaluation) is not written twice."""
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.writer = None
+        self._logged: set[tuple[int, tuple[str, ...]]] = set()
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
             # Drop what the killed run logged after its last checkpoint: those steps are about to run again.
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+            kept = [record for record in _metrics_lines(self.path) if record["step"] <= resume_step]
+            write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+            self._logged = {(r["step"], tuple(sorted(k for k in r if k != "step"))) for r in kept}
         elif self.path.exists():
             self.path.unlink()
         from torch.utils.tensorboard import SummaryWriter
@@ -558,11 +617,18 @@ class MetricsLog:
         if not self.enabled:
             return
         values = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in values.items()}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **values}) + "\n")
-        for key, value in values.items():
+        key = (step, tuple(sorted(values)))
+        if key in self._logged:
+            return
+        self._logged.add(key)
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": step, **values}) + "\n")
+        except OSError as error:
+            raise write_error(self.path, error) or error from None
+        for name, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key, value, step)
+                self.writer.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -571,4 +637,4 @@ class MetricsLog:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return _metrics_lines(path) if path.exists() else []

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from prefer.config.common import (
@@ -104,23 +104,47 @@ ConfigT = TypeVar("ConfigT")
 
 def load_config(cls: type[ConfigT], *, yaml_path: str | Path | None = None, overrides: list[str] | tuple = ()) -> ConfigT:
     """Defaults <- YAML file <- dotted overrides, validated by type (OmegaConf) and by each __post_init__."""
+    section = None  # the YAML file's top-level key being merged, for errors OmegaConf reports without a key
     try:
         merged = OmegaConf.structured(cls)
         if yaml_path is not None:
-            path = Path(yaml_path)
-            if not path.exists():
-                raise PreferError(f"{path}: config file does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = _read_yaml(Path(yaml_path))
+            for section in loaded:
+                merged = OmegaConf.merge(merged, OmegaConf.masked_copy(loaded, [section]))
+            section = None
         bad = [item for item in overrides if "=" not in item]
         if bad:
             raise PreferError(f"config override {bad[0]!r}: expected key=value, e.g. optimizer.lr=3e-4")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None)
+        key = getattr(error, "full_key", None) or (str(section) if section is not None else None)
         message = str(error).splitlines()[0]
         source = f" (in {yaml_path})" if yaml_path else ""
         raise PreferError(f"config: {key + ': ' if key else ''}{message}{source}") from None
+
+
+def _read_yaml(path: Path):
+    """A config file's mapping; every way a file can fail to be one is a PreferError naming it (and its line)."""
+    if not path.exists():
+        raise PreferError(f"{path}: config file does not exist")
+    if not path.is_file():
+        raise PreferError(f"{path}: config file is not a file")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise PreferError(f"{path}{line}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError:
+        raise PreferError(f"{path}: not a text (UTF-8) file") from None
+    except OSError as error:
+        raise PreferError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not isinstance(loaded, DictConfig):
+        raise PreferError(f"{path}: expected a mapping of config keys (e.g. `optimizer: {{lr: 3.0e-4}}`), "
+                          f"not a {type(loaded).__name__.removesuffix('Config').lower()}")
+    return loaded
 
 
 def build_config(cls: type[ConfigT], values: dict[str, Any] | None = None) -> ConfigT:

@@ -73,7 +73,9 @@ class SamplingConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     prompt: str = "auto"  # auto = `<|good|>` for conditional models, nothing for others; or none | good | bad
-    block: str = "auto"  # auto = block `<|bad|>` for conditional models, both tags for others; or none | bad | both
+    # auto = block `<|bad|>` for conditional models prompted good, `<|good|>` prompted bad, both tags for others;
+    # or none | bad | good | both
+    block: str = "auto"
     batch_size: int = 128
     seed: int = 0
 
@@ -83,7 +85,8 @@ class SamplingConfig:
         check(self.temperature >= 0, "sampling.temperature", "must be >= 0")
         check(0 < self.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
         check(self.prompt in ("auto", "none", "good", "bad"), "sampling.prompt", "choose auto | none | good | bad")
-        check(self.block in ("auto", "none", "bad", "both"), "sampling.block", "choose auto | none | bad | both")
+        check(self.block in ("auto", "none", "bad", "good", "both"), "sampling.block",
+              "choose auto | none | bad | good | both")
         check(self.batch_size > 0, "sampling.batch_size", "must be positive")
 
 

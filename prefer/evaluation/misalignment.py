@@ -37,25 +37,27 @@ class SamplingControls:
     """What the sampler is told about control tokens, resolved from the `prompt`/`block` options."""
 
     prompt: str  # none | good | bad
-    block: str  # none | bad | both
+    block: str  # none | bad | good | both
 
     def prompt_ids(self, tokenizer) -> list[int]:
         tags = {"none": [], "good": [GOOD], "bad": [BAD]}[self.prompt]
         return [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in tags]
 
     def blocked_ids(self, tokenizer) -> list[int]:
-        tags = {"none": [], "bad": [BAD], "both": [GOOD, BAD]}[self.block]
+        tags = {"none": [], "bad": [BAD], "good": [GOOD], "both": [GOOD, BAD]}[self.block]
         return [tokenizer.convert_tokens_to_ids(t) for t in tags]
 
 
 def resolve_controls(*, prompt: str, block: str, conditional: bool) -> SamplingControls:
     """`auto`: a conditionally trained model is prompted with `<|good|>` and never samples `<|bad|>` (it keeps
     emitting `<|good|>` before each line, as in training); any other model never saw the tags and may not emit
-    them. Prompting with `bad` blocks `<|good|>` instead, the contrast that shows the tag steers."""
+    them. Prompting with `bad` blocks `<|good|>` instead: the mirror image of the headline protocol, so every
+    line is conditioned on `<|bad|>` (the model cannot switch back to `<|good|>` after the first line), the
+    contrast that shows the tag steers."""
     if prompt == "auto":
         prompt = "good" if conditional else "none"
     if block == "auto":
-        block = {"good": "bad", "bad": "none", "none": "bad" if conditional else "both"}[prompt]
+        block = {"good": "bad", "bad": "good", "none": "bad" if conditional else "both"}[prompt]
     return SamplingControls(prompt=prompt, block=block)
 
 

@@ -273,8 +273,10 @@ def _rows(results: dict):
     """(label, model name, evaluation, is the tag contrast) per table row."""
     for name, entry in results["models"].items():
         yield name, name, entry["evaluation"], False
-        if "prompted_bad" in entry:
-            yield f"{name}, prompted `<|bad|>`", name, entry["prompted_bad"], True
+        if "prompted_bad" in entry:  # the label states what the sampler blocked, as recorded with the samples
+            blocked = {"none": "nothing", "good": "`<|good|>`", "bad": "`<|bad|>`", "both": "both tags"}[
+                entry["prompted_bad"].get("blocked", "none")]
+            yield f"{name}, prompted `<|bad|>` ({blocked} blocked)", name, entry["prompted_bad"], True
 
 
 def _ratio(results: dict, name: str, scorer: str, evaluation: dict, contrast: bool) -> str:

@@ -57,9 +57,9 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
     """Label every prompt of `config.prompts`; `scorer` overrides `config.scorer` (any texts -> misalignment)."""
     device = resolve_device(config.device)
     gold = scorer if scorer is not None else get_scorer(config.scorer)
-    model, tokenizer, _ = load_checkpoint(config.model, device)
-    prompts = [p.prompt for p in read_prompts(config.prompts)]
+    prompts = [p.prompt for p in read_prompts(config.prompts)]  # a bad line is reported before the model loads
     locations = record_locations(config.prompts)
+    model, tokenizer, _ = load_checkpoint(config.model, device)
     context = context_length(model)
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # as SFT and PPO see them
     for ids, where in zip(prompt_ids, locations):

@@ -67,15 +67,19 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Any local HF tokenizer; the control tokens and an end-of-text token are added if missing."""
+def load_tokenizer(path: str | Path, *, field: str = "model.tokenizer") -> PreTrainedTokenizerFast:
+    """Any local HF tokenizer; the control tokens and an end-of-text token are added if missing. `field`: the
+    config field errors name."""
     path = Path(path)
     if not path.exists():
-        raise PreferError(f"model.tokenizer: {path} does not exist")
+        raise PreferError(f"{field}: {path} does not exist")
+    if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                                        "vocab.json", "tokenizer.model")):
+        raise PreferError(f"{field}: {path} holds no tokenizer (no tokenizer.json or tokenizer_config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as error:  # transformers raises many types here; the user needs the path and the cause
-        raise PreferError(f"model.tokenizer: cannot load a tokenizer from {path}: {error}") from error
+        raise PreferError(f"{field}: cannot load a tokenizer from {path}: {error}") from error
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": END_OF_TEXT})
     if tokenizer.pad_token is None:
@@ -123,6 +127,14 @@ def build_model(size: str, *, vocab_size: int, eos_token_id: int, context: int |
         **shape,
     )
     return GPT2LMHeadModel(config)
+
+
+def check_model_dir(path: str | Path, *, field: str = "model.init_from") -> None:
+    """PreferError naming `field` unless `path` is a Hugging Face model directory (cheap: before any data work)."""
+    if not Path(path).is_dir():
+        raise PreferError(f"{field}: {path} is not a directory")
+    if not (Path(path) / "config.json").is_file():
+        raise PreferError(f"{field}: {path} is not a Hugging Face model directory (no config.json)")
 
 
 def load_model(path: str | Path, *, tokenizer=None):
@@ -203,6 +215,10 @@ def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, object, 
     path = Path(path)
     if not path.is_dir():
         raise PreferError(f"checkpoint: {path} is not a directory")
-    tokenizer = load_tokenizer(path)
+    if not (path / "config.json").is_file():  # before the tokenizer, whose error would not say what is wrong
+        hint = (f"; it is a run directory: pass {path / 'final'}" if (path / "final" / "config.json").is_file()
+                else "")
+        raise PreferError(f"checkpoint: {path} is not a model directory (no config.json){hint}")
+    tokenizer = load_tokenizer(path, field="checkpoint")
     model = load_model(path, tokenizer=tokenizer).to(device).eval()
     return model, tokenizer, read_info(path)

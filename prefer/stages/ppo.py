@@ -31,6 +31,7 @@ from prefer.errors import PreferError
 from prefer.evaluation.capability import heldout_block_loss
 from prefer.files import atomic_path
 from prefer.models.build import (
+    check_model_dir,
     check_same_vocabulary,
     context_length,
     control_token_ids,
@@ -58,6 +59,7 @@ from prefer.rollouts import (
     make_rollout,
     policy_logits,
 )
+from prefer.run_dir import RESUME_MAY_CHANGE, releases_run_dirs
 from prefer.sampling import sample
 from prefer.scorers import get_scorer, score_responses
 from prefer.training import (
@@ -69,6 +71,7 @@ from prefer.training import (
     all_gather_rows,
     autocast,
     average_across_ranks,
+    check_checkpoint_vocabulary,
     check_run_dir,
     gradient_sync,
     init_distributed,
@@ -242,6 +245,7 @@ def _pretraining_blocks(source: str, tokenizer, *, block_size: int, max_bytes: i
 
 # ------------------------------------------------------------------ the stage
 
+@releases_run_dirs
 def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     """Run PPO (PPO-ptx with ptx_coef > 0); returns the directory of the final policy (`<out_dir>/final`).
 
@@ -251,18 +255,23 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     global shuffle is split over the ranks for the update (see docs/distributed.md)."""
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
-    # everything but the length of the run and the progress bar must match the run being resumed
-    resumable = ("init_from", "prompts", "lora", "value_trunk", "reward", "rollout", "ppo", "kl", "ptx", "optimizer",
-                 *(f"train.{f.name}" for f in fields(config.train) if f.name != "iterations"),
-                 *(f"runtime.{f.name}" for f in fields(config.runtime) if f.name != "progress"))
-    checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, sections=resumable)
+    # PPO's schedule is constant, so a run may also be extended: train.iterations may change on resume
+    checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, may_change=RESUME_MAY_CHANGE | {"iterations"})
     set_seed(config.runtime.seed)
     say = print if config.runtime.progress and dist.is_main else (lambda *a, **k: None)
 
+    # Prompts, model directories and scorer names are checked before any model is loaded.
+    read_prompts(config.prompts)
+    check_model_dir(config.init_from, field="init_from")
+    if config.reward.model is not None:
+        check_model_dir(config.reward.model, field="reward.model")
+    scorer = get_scorer(config.reward.scorer or f"rm:{config.reward.model}")
+    gold_scorer = get_scorer(config.reward.gold_scorer) if config.reward.gold_scorer else None
+
     # 1. Models: the policy starts as the SFT model, which also stays as the frozen reference.
-    if not (Path(config.init_from) / "config.json").is_file():
-        raise PreferError(f"init_from: {config.init_from} is not a Hugging Face model directory (no config.json)")
-    tokenizer = load_tokenizer(config.init_from)
+    tokenizer = load_tokenizer(config.init_from, field="init_from")
+    if checkpoint is not None:
+        check_checkpoint_vocabulary(checkpoint, load_tokenizer(checkpoint / "model", field="checkpoint"), tokenizer)
     policy = prepare(load_model(model_source(config.init_from, checkpoint, config.lora), tokenizer=tokenizer),
                      config.lora, checkpoint=checkpoint)
     # LoRA: the reference is the policy's own trunk with the adapters off (one model in memory, not two)
@@ -292,8 +301,6 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     value_model = wrap_model(value_model, dist, device, parallel=config.runtime.parallel)
     if config.runtime.parallel == "fsdp":  # no gradients, so nothing for DDP to do; FSDP2 shards its weights too
         reference = wrap_model(reference, dist, device, parallel="fsdp")
-    scorer = get_scorer(config.reward.scorer or f"rm:{config.reward.model}")
-    gold_scorer = get_scorer(config.reward.gold_scorer) if config.reward.gold_scorer else None
     eos = tokenizer.eos_token_id
     control_ids = control_token_ids(tokenizer)  # left out of the held-out LM loss, as in pretraining
 

@@ -29,6 +29,7 @@ from prefer.evaluation.capability import heldout_block_loss
 from prefer.files import write_json_atomic
 from prefer.models.build import (
     build_model,
+    check_model_dir,
     control_token_ids,
     count_parameters,
     load_model,
@@ -42,6 +43,7 @@ from prefer.objectives import (
     next_token_targets,
 )
 from prefer.pretraining_objectives import OBJECTIVES, tagged_validation
+from prefer.run_dir import releases_run_dirs
 from prefer.tasks import get_task
 from prefer.training import (
     BlockOrder,
@@ -49,12 +51,14 @@ from prefer.training import (
     accumulate_stats,
     autocast,
     average_across_ranks,
+    check_checkpoint_vocabulary,
     check_run_dir,
     gradient_sync,
     init_distributed,
     main_process_first,
     make_optimizer_and_schedule,
     micro_batch_size,
+    open_run_dir,
     optimizer_step,
     per_rank_denominator,
     restore_training,
@@ -82,6 +86,7 @@ def initial_steps(config: PretrainConfig, *, tokens_per_step: int, total_steps: 
     return steps
 
 
+@releases_run_dirs
 def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     """Train one model; returns the directory of the final Hugging Face checkpoint (`<out_dir>/final`)."""
     dist, device = init_distributed(config.runtime.device)
@@ -90,6 +95,13 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     lr = config.optimizer.lr if config.optimizer.lr is not None else task.lr
     run_dir = Path(config.out_dir)
     say = print if dist.is_main else (lambda *a, **k: None)
+    # The directory and the models named are checked before any data is built (the config is compared later,
+    # once its thresholds and lr are resolved).
+    open_run_dir(run_dir, resume)
+    if config.model.init_from is not None:
+        check_model_dir(config.model.init_from, field="model.init_from")
+    if config.model.tokenizer is not None and not Path(config.model.tokenizer).exists():
+        raise PreferError(f"model.tokenizer: {config.model.tokenizer} does not exist")
 
     # 1. Data: scored corpus -> thresholds -> objective's transform -> tokenizer -> blocks with per-token scores.
     # Rank 0 scores the corpus and trains the tokenizer into the cache first; the other ranks then read them, so
@@ -107,16 +119,17 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             corpus = replace(corpus, summary=summary)
             say(f"[pretrain] thresholds from corpus quantiles: {from_quantiles}")
         config = replace(config, objective=objective, optimizer=replace(config.optimizer, lr=lr))
-        checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
+        checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume)
         set_seed(config.runtime.seed)
-        if checkpoint is not None:
-            tokenizer = load_tokenizer(checkpoint / "model")
-        elif config.model.tokenizer is not None:
+        if config.model.tokenizer is not None:
             tokenizer = load_tokenizer(config.model.tokenizer)
         elif config.model.init_from is not None:
-            tokenizer = load_tokenizer(config.model.init_from)
+            tokenizer = load_tokenizer(config.model.init_from, field="model.init_from")
         else:
             tokenizer = corpus_tokenizer(corpus, vocab_size=config.model.vocab_size, cache_dir=config.data.cache_dir)
+        if checkpoint is not None:  # its own tokenizer (control tokens added), which must be this run's
+            run_tokenizer, tokenizer = tokenizer, load_tokenizer(checkpoint / "model", field="checkpoint")
+            check_checkpoint_vocabulary(checkpoint, tokenizer, run_tokenizer)
     spec = OBJECTIVES[objective.name]
     train_documents = spec.transform(corpus.train, objective, config.runtime.seed)
     if not train_documents:

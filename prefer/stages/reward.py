@@ -27,16 +27,18 @@ from prefer.data.formats import (
     split_validation,
 )
 from prefer.files import file_fingerprint, write_json_atomic
-from prefer.models.build import count_parameters, set_dropout
+from prefer.models.build import check_model_dir, count_parameters, load_tokenizer, set_dropout
 from prefer.models.lora import model_source, prepare
 from prefer.models.reward_model import RewardModel, build_reward_model, right_pad
 from prefer.objectives import ranking_loss
+from prefer.run_dir import releases_run_dirs
 from prefer.training import (
     BlockOrder,
     MetricsLog,
     accumulate_stats,
     autocast,
     average_across_ranks,
+    check_checkpoint_vocabulary,
     check_run_dir,
     gradient_sync,
     init_distributed,
@@ -125,17 +127,28 @@ def heldout_accuracy(model, rankings: EncodedRankings, *, batch_size: int, devic
     return {"accuracy": correct / max(1.0, pairs), "loss": loss_sum / max(1, len(rankings)), "pairs": pairs}
 
 
+@releases_run_dirs
 def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train a reward model on rankings; returns `<out_dir>/final` (HF sequence classifier + reward_bias)."""
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, RewardConfig, config, resume,
-                               sections=("data", "model", "lora"))
+    checkpoint = check_run_dir(run_dir, RewardConfig, config, resume)
     set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
+    # The rankings (and demonstrations) are read, and a bad line reported, before any model is loaded.
+    comparisons = read_rankings(config.data.rankings)
+    locations = record_locations(config.data.rankings)
+    demonstrations = None
+    if config.data.demonstrations is not None:
+        demonstrations = read_demonstrations(config.data.demonstrations, conversations=False)
+    check_model_dir(config.model.init_from, field="model.init_from")
+
     # 1. Model: the causal LM's trunk + a fresh scalar head (or the checkpoint being resumed).
     reward_model = build_reward_model(model_source(config.model.init_from, checkpoint, config.lora))
+    if checkpoint is not None:
+        check_checkpoint_vocabulary(checkpoint, reward_model.tokenizer,
+                                    load_tokenizer(config.model.init_from, field="model.init_from"))
     set_dropout(reward_model.model, config.model.dropout)
     prepare(reward_model.model, config.lora, checkpoint=checkpoint, trainable=("score",),
             gradient_checkpointing=config.runtime.gradient_checkpointing)
@@ -144,16 +157,13 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     info = {"stage": "reward", "init_from": config.model.init_from, "rankings": config.data.rankings}
 
     # 2. Data: comparisons split by prompt into train / validation, every response tokenized once.
-    comparisons = read_rankings(config.data.rankings)
-    locations = record_locations(config.data.rankings)
     train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
     train = encode_rankings([comparisons[i] for i in train_index], [locations[i] for i in train_index], reward_model)
     validation = encode_rankings([comparisons[i] for i in val_index], [locations[i] for i in val_index],
                                  reward_model) if val_index else None
     # The bias is set after training from these pairs; a bad file must fail now, not after training.
     if config.data.demonstrations is not None:
-        bias_pairs = [(d.prompt, d.response)
-                      for d in read_demonstrations(config.data.demonstrations, conversations=False)]
+        bias_pairs = [(d.prompt, d.response) for d in demonstrations]
         reward_model.encode(bias_pairs, where=record_locations(config.data.demonstrations))
     else:
         bias_pairs = [(c.prompt, c.responses[c.ranks.index(0)]) for c in comparisons]
@@ -230,11 +240,13 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     results = {"val_accuracy": heldout["accuracy"] if heldout else None,
                "val_loss": heldout["loss"] if heldout else None, "val_pairs": heldout["pairs"] if heldout else 0,
                "bias_from": config.data.demonstrations or "best response of each ranking", "steps": total_steps}
-    log.log(total_steps, {"final/reward_bias": reward_model.bias,
-                          **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})})
     reward_model.save(final, {**info, **results})
     if dist.is_main:
         write_json_atomic(run_dir / "results.json", {**results, "reward_bias": reward_model.bias})
+    # Logged once final/ is whole (a kill before this reruns the step; MetricsLog skips a line it already holds).
+    log.log(total_steps, {"final/reward_bias": reward_model.bias,
+                          **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})})
+    if dist.is_main:
         accuracy = "n/a" if heldout is None else f"{heldout['accuracy']:.3f} on {heldout['pairs']:.0f} pairs"
         say(f"[reward] done: held-out pairwise accuracy {accuracy}, bias {reward_model.bias:+.4f}, "
             f"{time.perf_counter() - started:.0f}s; model in {final}")

@@ -29,6 +29,7 @@ from prefer.data.formats import (
 )
 from prefer.files import file_fingerprint
 from prefer.models.build import (
+    check_model_dir,
     context_length,
     count_parameters,
     load_model,
@@ -37,12 +38,14 @@ from prefer.models.build import (
 )
 from prefer.models.lora import model_source, prepare
 from prefer.objectives import mle_loss, next_token_targets
+from prefer.run_dir import releases_run_dirs
 from prefer.training import (
     BlockOrder,
     MetricsLog,
     accumulate_stats,
     autocast,
     average_across_ranks,
+    check_checkpoint_vocabulary,
     check_run_dir,
     gradient_sync,
     init_distributed,
@@ -132,18 +135,26 @@ def validation_loss(model, examples: SFTExamples, *, batch_size: int, device, pr
     return total / max(1, count)
 
 
+@releases_run_dirs
 def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     """Finetune `model.init_from` on demonstrations; returns `<out_dir>/final` (an HF causal LM directory)."""
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, SFTConfig, config, resume,
-                               sections=("data", "model", "lora"))
+    checkpoint = check_run_dir(run_dir, SFTConfig, config, resume)
     set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
-    # 1. Model and tokenizer: the initial model, or the checkpoint being resumed.
+    # The demonstrations are read (and a bad line reported) before any model is loaded.
+    demonstrations = read_demonstrations(config.data.demonstrations)
+    locations = record_locations(config.data.demonstrations)
+
+    # 1. Model and tokenizer: the initial model, or the checkpoint being resumed (with the initial model's vocabulary).
+    check_model_dir(config.model.init_from, field="model.init_from")
+    tokenizer = load_tokenizer(config.model.init_from, field="model.init_from")
     source = checkpoint / "model" if checkpoint is not None else Path(config.model.init_from)
-    tokenizer = load_tokenizer(source)
+    if checkpoint is not None:
+        run_tokenizer, tokenizer = tokenizer, load_tokenizer(source, field="checkpoint")
+        check_checkpoint_vocabulary(checkpoint, tokenizer, run_tokenizer)
     model = load_model(model_source(config.model.init_from, checkpoint, config.lora), tokenizer=tokenizer)
     set_dropout(model, config.model.dropout)
     model = prepare(model, config.lora, checkpoint=checkpoint,
@@ -155,8 +166,6 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
             "stage": "sft", "init_from": config.model.init_from, "demonstrations": config.data.demonstrations}
 
     # 2. Data: demonstrations -> (train, validation) examples with response-only loss masks.
-    demonstrations = read_demonstrations(config.data.demonstrations)
-    locations = record_locations(config.data.demonstrations)
     train_index, val_index = split_validation(len(demonstrations), config.data.validation_fraction, config.runtime.seed)
     train = tokenize_demonstrations([demonstrations[i] for i in train_index], [locations[i] for i in train_index],
                                     tokenizer, context=context, packing=config.data.packing)

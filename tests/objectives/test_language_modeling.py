@@ -211,3 +211,26 @@ def test_unlikelihood_ignores_masked_positions():
     assert_close(b.grad, a.grad)
     for k in sa:
         assert_close(sb[k], sa[k])
+
+
+@pytest.mark.parametrize("scale", [2.0, 20.0])  # ordinary logits, and large ones (where 1 - exp(log p) failed)
+def test_unlikelihood_float32_matches_float64_when_p_is_near_one(scale):
+    # The bad target gets p = 1 - 1e-3 exactly: its logit is log(0.999) - log(1e-3) above the others' logsumexp.
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 2, 3, 8192
+    logits = torch.randn(B, T, V, generator=g, dtype=torch.float64) * scale
+    targets = torch.randint(0, V, (B, T), generator=g)
+    others = logits.scatter(-1, targets.unsqueeze(-1), float("-inf")).logsumexp(-1)
+    logits.scatter_(-1, targets.unsqueeze(-1), (others + math.log(0.999) - math.log(1e-3)).unsqueeze(-1))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    scores = torch.ones(B, T, dtype=torch.float64)  # every token bad: loss = mean -log(1 - p) = -log(1e-3)
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        leaf = logits.to(dtype).requires_grad_()
+        loss, _ = _ul(leaf, targets, mask, scores.to(dtype), threshold=0.0, alpha=1.0)
+        loss.backward()
+        results[dtype] = (loss.detach().double(), leaf.grad.double())
+    assert results[torch.float64][0].item() == pytest.approx(-math.log(1e-3), rel=1e-9)
+    # float32 rounding of 1e4-sized logits: ~1e-6 absolute; the old log p route was off by up to 3e-2 (0.24 at x20)
+    assert abs(results[torch.float32][0] - results[torch.float64][0]).item() < 1e-5
+    assert_close(results[torch.float32][1], results[torch.float64][1], atol=1e-6, rtol=1e-4)
