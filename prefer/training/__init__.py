@@ -1,0 +1,99 @@
+"""Training utilities shared by every stage; loss math lives in `prefer.objectives`, never here.
+
+- `distributed`: device and precision, torchrun (DDP or FSDP2) wrapping, gradient sync, collectives
+  (how a torchrun job splits the work: docs/distributed.md);
+- `optimization`: AdamW, the warmup + linear-decay schedule, the optimizer step, loss denominators, data order;
+- `checkpoints`: atomic Hugging Face checkpoints with exact resume (model, optimizer, schedule, RNG, data position),
+  run directories;
+- `metrics`: step statistics and the metrics log.
+Every name is importable from `prefer.training` itself."""
+
+from __future__ import annotations
+
+from prefer.training.checkpoints import (
+    TRAINER_STATE,
+    check_checkpoint_vocabulary,
+    check_run_dir,
+    full_state_dict,
+    latest_checkpoint,
+    load_trainer_state,
+    open_run_dir,
+    restore_optimizer,
+    restore_rng_state,
+    restore_training,
+    rng_state,
+    save_checkpoint,
+    save_model,
+    set_seed,
+)
+from prefer.training.distributed import (
+    Distributed,
+    all_gather_objects,
+    all_gather_rows,
+    autocast,
+    gradient_sync,
+    init_distributed,
+    is_main_process,
+    is_sharded,
+    main_process_first,
+    resolve_device,
+    unsharded,
+    unwrap,
+    wrap_model,
+)
+from prefer.training.metrics import (
+    MetricsLog,
+    accumulate_stats,
+    average_across_ranks,
+    read_metrics,
+)
+from prefer.training.optimization import (
+    BlockOrder,
+    make_optimizer,
+    make_optimizer_and_schedule,
+    make_scheduler,
+    micro_batch_size,
+    optimizer_step,
+    per_rank_denominator,
+)
+
+__all__ = [
+    "BlockOrder",
+    "Distributed",
+    "MetricsLog",
+    "TRAINER_STATE",
+    "accumulate_stats",
+    "all_gather_objects",
+    "all_gather_rows",
+    "autocast",
+    "average_across_ranks",
+    "check_checkpoint_vocabulary",
+    "check_run_dir",
+    "full_state_dict",
+    "gradient_sync",
+    "init_distributed",
+    "is_main_process",
+    "is_sharded",
+    "latest_checkpoint",
+    "load_trainer_state",
+    "main_process_first",
+    "make_optimizer",
+    "make_optimizer_and_schedule",
+    "make_scheduler",
+    "micro_batch_size",
+    "open_run_dir",
+    "optimizer_step",
+    "per_rank_denominator",
+    "read_metrics",
+    "resolve_device",
+    "restore_optimizer",
+    "restore_rng_state",
+    "restore_training",
+    "rng_state",
+    "save_checkpoint",
+    "save_model",
+    "set_seed",
+    "unsharded",
+    "unwrap",
+    "wrap_model",
+]
