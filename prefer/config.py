@@ -498,3 +498,100 @@ class RedteamConfig:
         _check(self.redteam_temperature >= 0 and self.target_temperature >= 0, "redteam_temperature",
                "sampling temperatures must be >= 0")
         _check(0 < self.redteam_top_p <= 1 and 0 < self.target_top_p <= 1, "target_top_p", "top-p must be in (0, 1]")
+
+
+# ------------------------------------------------------------------ `prefer rlhf` (the InstructGPT experiment)
+
+AUTO = "auto"  # a path `prefer rlhf` fills in for the stage (prompts, models, labels); any value given is replaced
+
+
+def _auto_label() -> LabelConfig:
+    return LabelConfig(model=AUTO, prompts=AUTO, scorer=AUTO, num_responses=4, max_new_tokens=64, batch_size=128)
+
+
+def _auto_sft() -> SFTConfig:
+    return SFTConfig(demonstrations=AUTO, epochs=2.0, model=ModelConfig(init_from=AUTO),
+                     train=TrainConfig(lr=3e-4, batch_size=16, warmup_fraction=0.05, eval_every=50,
+                                       checkpoint_every=1000, progress=False))
+
+
+def _auto_reward() -> RewardConfig:
+    return RewardConfig(rankings=AUTO, epochs=2.0, validation_fraction=0.15, model=ModelConfig(init_from=AUTO),
+                        train=TrainConfig(lr=3e-4, batch_size=8, warmup_fraction=0.05, eval_every=50,
+                                          checkpoint_every=1000, progress=False))
+
+
+def _auto_ppo() -> PPOConfig:
+    return PPOConfig(init_from=AUTO, prompts=AUTO, reward_model=AUTO, iterations=40, batch_size=32, minibatch_size=8,
+                     max_new_tokens=64, lr=1e-4, kl_coef=0.05, checkpoint_every=1000, progress=False, log_samples=2)
+
+
+@dataclass(frozen=True)
+class RLHFConfig:
+    """`prefer rlhf`: InstructGPT on one task with synthetic labelers (Ouyang et al. 2022; the gold-scorer setup of
+    Gao et al. 2022). Prompts from the task's corpus are split into labelling, SFT-validation, RL and evaluation
+    prompts; a starting model (`init_from`, or pretrained here with `pretrain`) writes K responses per labelling
+    prompt, ranked by `gold_scorer`; SFT on the best of K (the checkpoint chosen by reward-model score); a reward
+    model on all rankings and a weak proxy on `weak_fraction` of them; best-of-n against the proxies, PPO at each
+    of `kl_coefs`, PPO-ptx at the best of them, and PPO against the weak proxy evaluated every `overopt_every`
+    iterations; every policy evaluated on the same protocol (prefer.evaluation.policy). The stage sections
+    (`label`, `sft`, `reward`, `ppo`) are the stages' own configs; their paths ("auto") are set by the command."""
+
+    out_dir: str = "runs/rlhf"
+    task: str = "pii"  # its corpus gives the prompts and the pretraining text (PPO-ptx, alignment tax)
+    source: str | None = None  # prompt and pretraining corpus; None = the task's
+    gold_scorer: str = "pii-entry"  # the synthetic labelers' judgement, and the gold standard of every evaluation
+    prompt_lines: int = 1  # a prompt: an entry's first line, its blank line and this many change lines (changelogs)
+    max_prompt_chars: int = 160
+    label_prompts: int = 1200
+    validation_prompts: int = 64  # SFT checkpoint selection by reward-model score
+    rl_prompts: int = 512
+    eval_prompts: int = 256
+    init_from: str | None = None  # a pretrained causal LM; None = pretrain one with `pretrain` on the task's corpus
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
+        data=DataConfig(max_bytes=None),
+        model=ModelConfig(size="small", vocab_size=4096),
+        train=TrainConfig(tokens=1_000_000, batch_size=8, lr=3e-3, eval_every=50, checkpoint_every=100,
+                          progress=False)))
+    label: LabelConfig = field(default_factory=_auto_label)
+    # Labelers who agree with each other this often on a pair (the paper: 72.6%): Gaussian noise on the gold
+    # scores, its scale found so that two independent noisy labelers agree at this rate; a second reward model is
+    # trained on these noisy rankings and reported beside the clean one. None = no noisy labels.
+    label_agreement: float | None = 0.726
+    sft: SFTConfig = field(default_factory=_auto_sft)
+    sft_epochs: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # candidates, chosen by RM score
+    reward: RewardConfig = field(default_factory=_auto_reward)
+    weak_fraction: float = 0.125  # the weak proxy learns from this share of the labelling prompts
+    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    ppo: PPOConfig = field(default_factory=_auto_ppo)
+    kl_coefs: list[float] = field(default_factory=lambda: [0.2, 0.05, 0.01])  # one PPO run against the RM each
+    ptx_coef: float = 1.0  # PPO-ptx at the best KL coefficient (the paper: 27.8 at its scale)
+    overopt_kl_coef: float = 0.0  # PPO against the weak proxy, its gold and proxy reward read as KL grows
+    overopt_iterations: int = 60
+    overopt_every: int = 10
+    eval_samples: int = 1  # responses per evaluation prompt and policy
+    eval_temperature: float = 1.0  # the policies' own distribution (what PPO optimised and the KL is taken on)
+    heldout_blocks: int = 64  # validation blocks of the corpus for the held-out pretraining loss
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        from prefer.data.formats import MAX_RESPONSES, MIN_RESPONSES
+        from prefer.tasks import TASKS
+
+        _check(self.task in TASKS, "task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        _check(bool(self.gold_scorer), "gold_scorer", "name the gold scorer (e.g. pii-entry, pep8)")
+        _check(MIN_RESPONSES <= self.label.num_responses <= MAX_RESPONSES, "label.num_responses",
+               f"K must be in [{MIN_RESPONSES}, {MAX_RESPONSES}] (the paper: 4..9)")
+        for name in ("label_prompts", "validation_prompts", "rl_prompts", "eval_prompts", "max_prompt_chars",
+                     "eval_samples", "heldout_blocks", "overopt_iterations", "overopt_every"):
+            _check(getattr(self, name) > 0, name, "must be positive")
+        _check(self.prompt_lines >= 0, "prompt_lines", "must be >= 0")
+        _check(self.label_agreement is None or 0.5 < self.label_agreement < 1, "label_agreement",
+               "must be in (0.5, 1): the rate at which two labelers agree on a pair")
+        _check(bool(self.sft_epochs) and all(e > 0 for e in self.sft_epochs), "sft_epochs", "positive epochs")
+        _check(0 < self.weak_fraction <= 1, "weak_fraction", "must be in (0, 1]")
+        _check(bool(self.best_of_n) and all(n >= 1 for n in self.best_of_n), "best_of_n", "n must be >= 1")
+        _check(bool(self.kl_coefs) and all(c >= 0 for c in self.kl_coefs), "kl_coefs", "coefficients must be >= 0")
+        _check(self.ptx_coef >= 0 and self.overopt_kl_coef >= 0, "ptx_coef", "must be >= 0")
+        _check(self.eval_temperature > 0, "eval_temperature", "must be > 0 (the KL is taken on sampled responses)")

@@ -15,10 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from scipy.special import ndtr
+
 from prefer.errors import PreferError
 from prefer.evaluation.metrics import bootstrap_ci
 
-__all__ = ["win_outcomes", "win_rate", "best_of_n_kl", "best_of_n_indices", "best_of_n_values", "bin_by_sqrt_kl"]
+__all__ = ["win_outcomes", "win_rate", "best_of_n_kl", "best_of_n_indices", "best_of_n_values", "bin_by_sqrt_kl",
+           "pairwise_accuracy", "labeler_agreement", "noise_for_agreement"]
 
 
 def win_outcomes(policy: Sequence[float], baseline: Sequence[float]) -> np.ndarray:
@@ -85,3 +88,46 @@ def bin_by_sqrt_kl(kl: Sequence[float], values: Sequence[float], *, width: float
     return [{"d_center": (b + 0.5) * width, "d_mean": float(d[index == b].mean()),
              "value_mean": float(val[index == b].mean()), "count": int((index == b).sum())}
             for b in sorted(set(index.tolist()))]
+
+
+def pairwise_accuracy(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence[int]]) -> tuple[float, int]:
+    """(accuracy, pairs) of a reward model against rankings: over every pair of one prompt's responses with
+    different ranks (0 = best), the share where the better-ranked response gets the strictly higher reward."""
+    correct = pairs = 0
+    for reward, rank in zip(rewards, ranks, strict=True):
+        r, k = np.asarray(reward, dtype=float), np.asarray(rank)
+        better = k[:, None] < k[None, :]  # [i, j]: i ranked above j
+        correct += int((better & (r[:, None] > r[None, :])).sum())
+        pairs += int(better.sum())
+    if pairs == 0:
+        raise PreferError("pairwise accuracy: no pair with different ranks")
+    return correct / pairs, pairs
+
+
+def labeler_agreement(differences: Sequence[float], sigma: float) -> float:
+    """Expected rate at which two labelers agree on a pair, each seeing the gold scores plus independent Gaussian
+    noise of std `sigma` per response: for a gold difference d the noisy difference is d + N(0, 2 sigma^2), so each
+    labeler orders the pair as the gold does with p = Phi(|d| / (sqrt(2) sigma)), and they agree with p^2 + (1-p)^2."""
+    d = np.abs(np.asarray(differences, dtype=float))
+    if sigma <= 0:
+        return 1.0
+    p = ndtr(d / (math.sqrt(2.0) * sigma))
+    return float(np.mean(p**2 + (1 - p) ** 2))
+
+
+def noise_for_agreement(differences: Sequence[float], target: float) -> float:
+    """The noise std at which `labeler_agreement` equals `target` (in (0.5, 1)), over the gold differences of the
+    non-tied pairs, by bisection (agreement falls from 1 to 1/2 as sigma grows)."""
+    d = np.abs(np.asarray(differences, dtype=float))
+    d = d[d > 0]
+    if d.size == 0:
+        raise PreferError("label noise: every pair is tied; there is no agreement to calibrate")
+    if not 0.5 < target < 1:
+        raise PreferError(f"label noise: the agreement rate must be in (0.5, 1), got {target}")
+    low, high = 0.0, float(d.max())
+    while labeler_agreement(d, high) > target:
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if labeler_agreement(d, middle) > target else (low, middle)
+    return (low + high) / 2

@@ -11,6 +11,9 @@ from prefer.evaluation.preference import (
     best_of_n_kl,
     best_of_n_values,
     bin_by_sqrt_kl,
+    labeler_agreement,
+    noise_for_agreement,
+    pairwise_accuracy,
     win_outcomes,
     win_rate,
 )
@@ -84,3 +87,20 @@ def test_bin_by_sqrt_kl_averages_points_per_bin_of_sqrt_kl():
     assert bins[0]["d_mean"] == pytest.approx(0.5 / 3) and bins[1]["d_mean"] == pytest.approx(1.25)
     with pytest.raises(PreferError, match="width"):
         bin_by_sqrt_kl(kl, values, width=0)
+
+
+def test_pairwise_accuracy_counts_only_pairs_with_different_ranks():
+    # prompt 0: ranks [0, 1, 2], rewards [3, 1, 2]: pairs (0>1) yes, (0>2) yes, (1>2) no (1 < 2) -> 2 of 3
+    # prompt 1: ranks [0, 0, 1] (a tie), rewards [1, 5, 5]: pairs (0>2) no, (1>2) equal reward = wrong -> 0 of 2
+    accuracy, pairs = pairwise_accuracy([[3, 1, 2], [1, 5, 5]], [[0, 1, 2], [0, 0, 1]])
+    assert (accuracy, pairs) == (pytest.approx(2 / 5), 5)
+
+
+def test_labeler_agreement_and_the_noise_that_gives_a_target():
+    # d = 1, sigma = 1/sqrt(2): each labeler is right with p = Phi(1) = 0.8413; agree p^2 + (1-p)^2 = 0.7330
+    assert labeler_agreement([1.0], 1 / math.sqrt(2)) == pytest.approx(0.8413447**2 + 0.1586553**2)
+    assert labeler_agreement([1.0, -1.0], 0.0) == 1.0
+    sigma = noise_for_agreement([1.0, 0.0, -1.0], 0.8413447**2 + 0.1586553**2)  # the tie is left out
+    assert sigma == pytest.approx(1 / math.sqrt(2), rel=1e-6)
+    with pytest.raises(PreferError, match="tied"):
+        noise_for_agreement([0.0, 0.0], 0.7)
