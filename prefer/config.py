@@ -563,6 +563,7 @@ class RLHFConfig:
     reward: RewardConfig = field(default_factory=_auto_reward)
     weak_fraction: float = 0.125  # the weak proxy learns from this share of the labelling prompts
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    best_of_n_prompts: int = 64  # the first evaluation prompts, max(best_of_n) SFT samples each (the pool)
     ppo: PPOConfig = field(default_factory=_auto_ppo)
     kl_coefs: list[float] = field(default_factory=lambda: [0.2, 0.05, 0.01])  # one PPO run against the RM each
     ptx_coef: float = 1.0  # PPO-ptx at the best KL coefficient (the paper: 27.8 at its scale)
@@ -583,7 +584,9 @@ class RLHFConfig:
         _check(bool(self.gold_scorer), "gold_scorer", "name the gold scorer (e.g. pii-entry, pep8)")
         _check(MIN_RESPONSES <= self.label.num_responses <= MAX_RESPONSES, "label.num_responses",
                f"K must be in [{MIN_RESPONSES}, {MAX_RESPONSES}] (the paper: 4..9)")
+        _check(self.best_of_n_prompts <= self.eval_prompts, "best_of_n_prompts", "must be <= eval_prompts")
         for name in ("label_prompts", "validation_prompts", "rl_prompts", "eval_prompts", "max_prompt_chars",
+                     "best_of_n_prompts",
                      "eval_samples", "heldout_blocks", "overopt_iterations", "overopt_every"):
             _check(getattr(self, name) > 0, name, "must be positive")
         _check(self.prompt_lines >= 0, "prompt_lines", "must be >= 0")

@@ -153,7 +153,8 @@ def plot_overoptimisation(results: dict, path: Path) -> None:
         proxy_axis.plot(d, [e["proxy_reward"][proxy]["mean"] for e in entries], "o--", color=color,
                         label=f"best-of-n vs {label}: {proxy} reward")
     curve = results.get("overoptimisation") or []
-    if curve:
+    if curve:  # the run starts at the SFT model: KL 0
+        curve = [{**results["policies"]["sft"], "iterations": 0}, *curve]
         d = [_sqrt(p["kl"]["mean"]) for p in curve]
         gold_axis.plot(d, [-p["gold"]["mean"] for p in curve], "s-", color="tab:orange",
                        label=f"PPO vs weak proxy ({curve[0]['iterations']}..{curve[-1]['iterations']} iterations)")
@@ -175,9 +176,9 @@ def plot_overoptimisation(results: dict, path: Path) -> None:
     sft = results["policies"]["sft"]
     gold_axis.axhline(-sft["gold"]["mean"], color="black", linewidth=0.8, linestyle=":", label="SFT")
     gold_axis.set(xlabel="sqrt(KL to SFT) (sqrt nats)", ylabel=f"gold reward (-{results['gold_scorer']})",
-                  title="gold reward: rises, then falls against a weak proxy")
+                  title="gold reward against sqrt(KL)")
     proxy_axis.set(xlabel="sqrt(KL to SFT) (sqrt nats)", ylabel="proxy reward (the reward model it optimises)",
-                   title="proxy reward: keeps rising")
+                   title="proxy reward against sqrt(KL)")
     for axis in (gold_axis, proxy_axis):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)

@@ -18,6 +18,7 @@ from prefer.config import RLHFConfig, load_config
 from prefer.experiments.rlhf import entry_prompt, rlhf
 from prefer.models.build import build_model, train_tokenizer
 from prefer.objectives import mle_loss, next_token_targets
+from prefer.report import report
 from prefer.training import save_model
 
 WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
@@ -127,6 +128,8 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
                  "alignment_tax.png"):
         assert (out / name).stat().st_size > 0, name
     assert "win rate vs SFT" in (out / "results.md").read_text()
+    page = report([out], out=out / "report.html").read_text()  # `prefer report` shows the run
+    assert "RLHF: pii task, gold not-a" in page and page.count("data:image/png;base64") == 3
 
 
 def test_a_second_run_reuses_every_stage(results, toy):

@@ -323,8 +323,6 @@ def rlhf(config: RLHFConfig) -> dict:
 
     evaluator.set_reference(sft_path)
     policies: dict[str, dict] = {}
-    policies["start"] = evaluator.evaluate("start", start, is_sft=False) if False else None  # placeholder removed below
-    policies.pop("start")
     sft_entry = evaluator.evaluate("sft", sft_path, is_sft=True)
     evaluator.sft_gold = sft_entry["per_sample_gold"]
     policies["sft"] = {**sft_entry, "kind": "sft"}
@@ -332,7 +330,7 @@ def rlhf(config: RLHFConfig) -> dict:
     policies["pretrained"] = {**start_entry, "kind": "pretrained"}
     t = lap("evaluate_sft", t)
 
-    best_of_n = best_of_n_curve(config, evaluator, sft_path, splits["eval"], sft_entry)
+    best_of_n = best_of_n_curve(config, evaluator, sft_path, splits["eval"][: config.best_of_n_prompts], sft_entry)
     t = lap("best_of_n", t)
 
     ppo_base = replace(config.ppo, init_from=str(sft_path), prompts=str(paths["rl"]), reward_model=str(rm_paths["rm"]),
@@ -396,7 +394,7 @@ def best_of_n_curve(config: RLHFConfig, evaluator: Evaluator, sft_path: Path, pr
     pool = evaluator.samples(model, tokenizer, prompts, max(config.best_of_n), seed_offset=101)
     gold, proxies = evaluator.scores(pool)
     heldout = sft_entry["heldout"]
-    baseline = np.asarray(evaluator.sft_gold)
+    baseline = np.asarray(evaluator.sft_gold).reshape(-1, config.eval_samples)[: len(prompts)].ravel()
     curves = {name: [best_of_n_entry(pool, n, gold=gold, proxies=proxies, select_by=name, baseline_gold=baseline,
                                      heldout=heldout) for n in sorted(config.best_of_n)]
               for name in proxies}
