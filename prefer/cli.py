@@ -1,7 +1,8 @@
 """The `prefer` command: one subcommand per stage, each a thin call into a stage module.
 
-Every subcommand takes `--config FILE.yaml` and dotted overrides (`train.lr=3e-4`). Bad input exits with code 2
-and one line naming the file, line or field.
+Every subcommand takes `--config FILE.yaml` and dotted overrides (`optimizer.lr=3e-4`); `prefer STAGE --help` lists
+every key with its default, `prefer config STAGE` prints them as the YAML `--config` takes. Bad input exits with
+code 2 and one line naming the file, line or field.
 """
 
 from __future__ import annotations
@@ -16,12 +17,34 @@ from prefer.errors import PreferError
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with config values (overridden by KEY=VALUE arguments)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optimizer.lr=3e-4")
+
+
+class _Commands:
+    """add_parser that lists the config keys of a subcommand (with defaults and comments) in its --help."""
+
+    def __init__(self, commands):
+        self.commands = commands
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        from prefer.config import STAGE_CONFIGS, describe
+
+        if name in STAGE_CONFIGS:
+            cls = STAGE_CONFIGS[name]
+            kwargs["epilog"] = (f"config keys ({cls.__name__}; set them as KEY=VALUE or in --config YAML; "
+                                f"`prefer config {name}` prints them as YAML):\n{describe(cls)}")
+            kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter
+        return self.commands.add_parser(name, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prefer.config import STAGE_CONFIGS
+
     parser = argparse.ArgumentParser(prog="prefer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = _Commands(parser.add_subparsers(dest="command", required=True))
+
+    show = commands.add_parser("config", help="print a stage's full default config as YAML (every key, commented)")
+    show.add_argument("stage", choices=sorted(STAGE_CONFIGS))
 
     demo = commands.add_parser("demo", help="MLE vs conditional training on a scored corpus, end to end (the main job)")
     demo.add_argument("--task", choices=["pii", "pep8", "toxicity"],
@@ -270,6 +293,13 @@ def _run_redteam(args) -> int:
     return 0
 
 
+def _run_config(args) -> int:
+    from prefer.config import STAGE_CONFIGS, default_yaml
+
+    print(default_yaml(STAGE_CONFIGS[args.stage]), end="")
+    return 0
+
+
 def _run_report(args) -> int:
     from prefer.report import report
 
@@ -279,6 +309,7 @@ def _run_report(args) -> int:
 
 
 COMMANDS = {
+    "config": _run_config,
     "demo": _run_demo,
     "report": _run_report,
     "experiment": _run_experiment,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from prefer.config import PARALLEL, TrainConfig
+from prefer.config import PARALLEL, OptimizerConfig, ScheduleConfig
 from prefer.errors import PreferError
 from prefer.io import atomic_path, write_text_atomic
 
@@ -222,14 +222,15 @@ def make_scheduler(optimizer, *, total_steps: int, warmup_steps: int, min_lr_fra
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer_and_schedule(modules: list[torch.nn.Module], train: TrainConfig, *, total_steps: int,
-                                start_step: int = 0):
-    """AdamW and the warmup + linear-decay schedule of a stage's `train` section (its lr resolved), warmup
-    rounded to whole steps (at least one)."""
-    optimizer = make_optimizer(modules, lr=train.lr, weight_decay=train.weight_decay, betas=(train.beta1, train.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=total_steps, min_lr_fraction=train.min_lr_fraction,
-                               warmup_steps=max(1, round(train.warmup_fraction * total_steps)), start_step=start_step)
-    return optimizer, scheduler
+def make_optimizer_and_schedule(modules: list[torch.nn.Module], optimizer: OptimizerConfig, schedule: ScheduleConfig,
+                                *, total_steps: int, start_step: int = 0):
+    """AdamW of a stage's `optimizer` section (its lr resolved) and the warmup + linear-decay schedule of its
+    `schedule` section, warmup rounded to whole steps (at least one)."""
+    adamw = make_optimizer(modules, lr=optimizer.lr, weight_decay=optimizer.weight_decay,
+                           betas=(optimizer.beta1, optimizer.beta2))
+    scheduler = make_scheduler(adamw, total_steps=total_steps, min_lr_fraction=schedule.min_lr_fraction,
+                               warmup_steps=max(1, round(schedule.warmup_fraction * total_steps)), start_step=start_step)
+    return adamw, scheduler
 
 
 # ---------------------------------------------------------------- data order
@@ -458,12 +459,18 @@ def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *, se
         return None  # nothing to resume yet (killed before its first checkpoint): start from the beginning
     from prefer.config import load_config
 
-    saved = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml"))
-    for section in sections:
-        if saved[section] != asdict(config)[section]:
+    saved, requested = asdict(load_config(config_class, yaml_path=run_dir / "config.yaml")), asdict(config)
+    for section in sections:  # top-level names or dotted ones (train.batch_size)
+        if _dotted(saved, section) != _dotted(requested, section):
             raise PreferError(f"{run_dir / 'config.yaml'}: section '{section}' differs from this run's config; "
                               "a checkpoint can only resume the run that wrote it")
     return checkpoint
+
+
+def _dotted(values: dict, key: str) -> Any:
+    for part in key.split("."):
+        values = values[part]
+    return values
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:

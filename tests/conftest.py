@@ -33,8 +33,8 @@ def tiny_overrides(out_dir, corpus, cache_dir, **extra):
         "out_dir": out_dir, "data.task": "pii", "data.source": corpus, "data.cache_dir": cache_dir,
         "data.workers": 1, "data.validation_fraction": 0.1, "data.max_bytes": "null",
         "model.size": "tiny", "model.vocab_size": 400, "model.context": 64,
-        "train.tokens": 40_000, "train.batch_size": 16, "train.lr": 3e-3, "train.eval_every": 10,
-        "train.checkpoint_every": 10, "train.progress": "false", "train.warmup_fraction": 0.05,
+        "train.tokens": 40_000, "train.batch_size": 16, "optimizer.lr": 3e-3, "train.eval_every": 10,
+        "train.checkpoint_every": 10, "runtime.progress": "false", "schedule.warmup_fraction": 0.05,
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]

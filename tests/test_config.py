@@ -9,9 +9,9 @@ from prefer.errors import PreferError
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  lr: 0.01\n  tokens: 500\nobjective:\n  name: ul\n")
-    config = load_config(PretrainConfig, yaml_path=path, overrides=["train.lr=0.02"])
-    assert config.train.lr == 0.02 and config.train.tokens == 500 and config.objective.name == "ul"
+    path.write_text("train:\n  tokens: 500\noptimizer:\n  lr: 0.01\nobjective:\n  name: ul\n")
+    config = load_config(PretrainConfig, yaml_path=path, overrides=["optimizer.lr=0.02"])
+    assert config.optimizer.lr == 0.02 and config.train.tokens == 500 and config.objective.name == "ul"
 
 
 @pytest.mark.parametrize("override, field", [
@@ -30,7 +30,7 @@ def test_missing_yaml_and_malformed_override(tmp_path):
     with pytest.raises(PreferError, match="does not exist"):
         load_config(PretrainConfig, yaml_path=tmp_path / "nope.yaml")
     with pytest.raises(PreferError, match="key=value"):
-        load_config(PretrainConfig, overrides=["train.lr"])
+        load_config(PretrainConfig, overrides=["optimizer.lr"])
 
 
 def test_task_defaults_resolve_and_zero_stays_zero():

@@ -36,8 +36,8 @@ def tiny_experiment(tmp_path_factory, pii_corpus):
     overrides = [f"out_dir={tmp / 'experiment'}", "sampling.num_samples=64", "sampling.batch_size=64",
                  "sampling.max_new_tokens=48", "curve_samples=16", "pretrain.train.snapshots=[0.5]",
                  "finetune=[conditional]", "pretrain.objective.filter_quantile=0.5", "kl_samples=32",
-                 "capability_documents=16", "redteam=[mle,conditional]", "redteam_rounds=2", "redteam_candidates=3",
-                 "redteam_continuations=4", "redteam_trials=1", "redteam_max_new_tokens=16"]
+                 "capability_documents=16", "redteam.models=[mle,conditional]", "redteam.search.rounds=2", "redteam.search.candidates_per_round=3",
+                 "redteam.continuations.count=4", "redteam.search.trials=1", "redteam.continuations.max_new_tokens=16"]
     overrides += ["pretrain." + item for item in tiny_overrides("unused", str(pii_corpus), str(tmp / "cache"),
                                                                 **{"train.tokens": 120_000})
                   if not item.startswith("out_dir")]

@@ -70,14 +70,13 @@ def toy_overrides(toy, out, **extra):
     values = {
         "out_dir": out, "task": "pii", "source": toy / "corpus.jsonl", "gold_scorer": "not-a", "init_from": toy / "lm",
         "prompt_lines": 0, "label_prompts": 400, "validation_prompts": 8, "rl_prompts": 48, "eval_prompts": 64,
-        "label.num_responses": 4, "label.max_new_tokens": 12, "label_agreement": 0.726,
-        "sft.epochs": 2, "sft_epochs": "[2]", "sft.train.lr": 1e-3, "sft.train.device": "cpu",
-        "reward.epochs": 3, "reward.train.lr": 2e-3, "reward.train.device": "cpu",
+        "label.num_responses": 4, "label.generation.max_new_tokens": 12, "label_agreement": 0.726,
+        "sft_epochs": "[2]", "sft.optimizer.lr": 1e-3, "reward.train.epochs": 3, "reward.optimizer.lr": 2e-3,
         "weak_fraction": 0.1, "best_of_n": "[1,2,4]",
-        "ppo.iterations": 30, "ppo.batch_size": 16, "ppo.minibatch_size": 8, "ppo.ppo_epochs": 2,
-        "ppo.max_new_tokens": 12, "ppo.lr": 1e-3, "ppo.device": "cpu", "kl_coefs": "[0.05]", "ptx_coef": 0.5,
-        "ppo.ptx_batch_size": 4, "overopt_iterations": 10, "overopt_every": 5, "heldout_blocks": 16,
-        "device": "cpu",
+        "ppo.train.iterations": 30, "ppo.train.batch_size": 16, "ppo.train.minibatch_size": 8,
+        "ppo.train.ppo_epochs": 2, "ppo.rollout.max_new_tokens": 12, "ppo.optimizer.lr": 1e-3,
+        "kl_coefs": "[0.05]", "ptx_coef": 0.5, "ppo.ptx.batch_size": 4, "overopt_iterations": 10, "overopt_every": 5,
+        "heldout_blocks": 16, "device": "cpu",
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]

@@ -100,7 +100,7 @@ def experiment(config: ExperimentConfig) -> dict:
     started = time.perf_counter()
     task = resolve_task(config)
     out = Path(config.out_dir) / task.name
-    device = resolve_device(config.pretrain.train.device)
+    device = resolve_device(config.pretrain.runtime.device)
     save_config(config, out / "experiment.yaml")
 
     results: dict = {"task": task.name, "scorers": list(task.eval_scorers), "models": {}, "seconds": {},
@@ -125,8 +125,8 @@ def experiment(config: ExperimentConfig) -> dict:
         results["seconds"][run.name] = time.perf_counter() - run_started
         print(f"[experiment] {run.name}: {headline(entry, task.eval_scorers[0])}")
 
-    if config.redteam:
-        results["redteam"] = {name: red_team(config, out, name) for name in config.redteam}
+    if config.redteam.models:
+        results["redteam"] = {name: red_team(config, out, name) for name in config.redteam.models}
     results["comparison"] = compare(results["models"], task.eval_scorers)
     results["seconds"]["total"] = time.perf_counter() - started
     write_results(results, out)
@@ -223,14 +223,13 @@ def red_team(config: ExperimentConfig, out: Path, name: str) -> dict:
     names = [run.name for run in plan(config)]
     if name not in names:
         raise PreferError(f"redteam: {name!r} is not a model of this experiment ({', '.join(names)})")
-    redteam_model = out / "mle" / "final" if config.redteam_model == "mle" else Path(config.redteam_model)
-    train = config.pretrain.train
+    chosen = config.redteam
+    redteam_model = out / "mle" / "final" if chosen.redteam_model == "mle" else Path(chosen.redteam_model)
+    runtime = config.pretrain.runtime
     settings = RedteamConfig(out_dir=str(out / name / "redteam"), target=str(out / name / "final"),
-                             redteam_model=str(redteam_model), rounds=config.redteam_rounds,
-                             candidates_per_round=config.redteam_candidates,
-                             continuations=config.redteam_continuations, trials=config.redteam_trials,
-                             max_new_tokens=config.redteam_max_new_tokens,
-                             seed=config.sampling.seed, device=train.device, progress=train.progress)
+                             redteam_model=str(redteam_model), search=chosen.search,
+                             continuations=chosen.continuations, seed=config.sampling.seed, device=runtime.device,
+                             progress=runtime.progress)
     done = Path(settings.out_dir) / "redteam.json"
     if done.exists():
         previous = json.loads(done.read_text())

@@ -124,7 +124,10 @@ def _same_config(run_dir: Path, config) -> bool:
     saved = run_dir / "config.yaml"
     if not (run_dir / "final").exists() or not saved.exists():
         return False
-    return asdict(load_config(type(config), yaml_path=saved)) == json.loads(json.dumps(asdict(config)))
+    try:
+        return asdict(load_config(type(config), yaml_path=saved)) == json.loads(json.dumps(asdict(config)))
+    except PreferError:  # written by another version of the config: not the same run
+        return False
 
 
 def run_stage(stage, config) -> Path:
@@ -140,19 +143,20 @@ def starting_model(config: RLHFConfig, out: Path) -> Path:
             raise PreferError(f"init_from: {config.init_from} is not a Hugging Face model directory (no config.json)")
         return Path(config.init_from)
     data = replace(config.pretrain.data, task=config.task, source=config.source)
-    return run_stage(pretrain, replace(config.pretrain, out_dir=str(out / "pretrain"), data=data))
+    return run_stage(pretrain, replace(config.pretrain, out_dir=str(out / "pretrain"), data=data,
+                                       runtime=replace(config.pretrain.runtime, device=config.device)))
 
 
 def synthetic_labels(config: RLHFConfig, out: Path, model: Path, prompts: Path) -> dict:
     """Rankings and best-of-K demonstrations by the gold scorer (cached by their settings)."""
     label = replace(config.label, model=str(model), prompts=str(prompts), scorer=config.gold_scorer,
                     rankings_out=str(out / "labels" / "rankings.jsonl"),
-                    demonstrations_out=str(out / "labels" / "demonstrations.jsonl"))
+                    demonstrations_out=str(out / "labels" / "demonstrations.jsonl"), device=config.device)
     key_path = out / "labels" / "label.json"
     key = json.loads(json.dumps(asdict(label)))
     if key_path.exists() and json.loads(key_path.read_text())["config"] == key:
         return json.loads(key_path.read_text())["report"]
-    report = label_synthetic(label, progress=config.ppo.progress)
+    report = label_synthetic(label, progress=config.ppo.runtime.progress)
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}
     write_json_atomic(key_path, {"config": key, "report": summary})
     return summary
@@ -185,7 +189,7 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
     held-out prompts, none of which any of them trained on."""
     rankings_path = out / "labels" / "rankings.jsonl"
     comparisons = read_rankings(rankings_path)
-    train_index, val_index = split_validation(len(comparisons), config.reward.validation_fraction, config.seed)
+    train_index, val_index = split_validation(len(comparisons), config.reward.data.validation_fraction, config.seed)
     files = {"rm": rankings_path}
     weak = [comparisons[i] for i in train_index[: max(2, round(config.weak_fraction * len(train_index)))]]
     files["rm_weak"] = out / "labels" / "rankings_weak.jsonl"
@@ -197,10 +201,12 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
     paths = {}
     for name, rankings in files.items():
         # The weak proxy holds out nothing of its own: the shared held-out prompts measure it.
-        fraction = 0.0 if name == "rm_weak" else config.reward.validation_fraction
-        settings = replace(config.reward, out_dir=str(out / name), rankings=str(rankings), demonstrations=None,
-                           validation_fraction=fraction, model=replace(config.reward.model, init_from=str(model)),
-                           train=replace(config.reward.train, seed=config.seed))
+        fraction = 0.0 if name == "rm_weak" else config.reward.data.validation_fraction
+        settings = replace(config.reward, out_dir=str(out / name),
+                           data=replace(config.reward.data, rankings=str(rankings), demonstrations=None,
+                                        validation_fraction=fraction),
+                           model=replace(config.reward.model, init_from=str(model)),
+                           runtime=replace(config.reward.runtime, seed=config.seed, device=config.device))
         paths[name] = run_stage(reward, settings)
     heldout = [comparisons[i] for i in val_index]
     for name, path in paths.items():
@@ -230,7 +236,8 @@ class Evaluator:
     def samples(self, model, tokenizer, prompts, per_prompt: int, seed_offset: int = 0):
         label = self.config.label
         return sample_policy(model, tokenizer, prompts, samples_per_prompt=per_prompt,
-                             max_new_tokens=label.max_new_tokens, temperature=self.config.eval_temperature,
+                             max_new_tokens=label.generation.max_new_tokens,
+                             temperature=self.config.eval_temperature,
                              seed=self.config.seed + seed_offset, batch_size=label.batch_size)
 
     def scores(self, samples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -245,7 +252,8 @@ class Evaluator:
         """Sample the evaluation prompts, score, KL to SFT, win rate against SFT; cached by the model's identity."""
         cache = self.out / "evaluations" / f"{name}.json"
         key = {"model": str(path), "info": json.loads((path / "prefer.json").read_text()),
-               "settings": [self.config.eval_samples, self.config.eval_temperature, self.config.label.max_new_tokens,
+               "settings": [self.config.eval_samples, self.config.eval_temperature,
+                            self.config.label.generation.max_new_tokens,
                             self.config.seed, len(self.prompts), self.config.heldout_blocks]}
         key = json.loads(json.dumps(key))
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
@@ -307,8 +315,10 @@ def rlhf(config: RLHFConfig) -> dict:
     rm_scorer = evaluator.proxies["rm"]
     for epochs in config.sft_epochs:
         settings = replace(config.sft, out_dir=str(out / f"sft_{epochs:g}ep"),
-                           demonstrations=str(out / "labels" / "demonstrations.jsonl"), epochs=epochs,
-                           model=replace(config.sft.model, init_from=str(start)))
+                           data=replace(config.sft.data, demonstrations=str(out / "labels" / "demonstrations.jsonl")),
+                           train=replace(config.sft.train, epochs=epochs),
+                           model=replace(config.sft.model, init_from=str(start)),
+                           runtime=replace(config.sft.runtime, seed=config.seed, device=config.device))
         path = run_stage(sft, settings)
         model, tokenizer, _ = load_checkpoint(path, device)
         samples = evaluator.samples(model, tokenizer, splits["validation"], 1, seed_offset=17)
@@ -333,24 +343,29 @@ def rlhf(config: RLHFConfig) -> dict:
     best_of_n = best_of_n_curve(config, evaluator, sft_path, splits["eval"][: config.best_of_n_prompts], sft_entry)
     t = lap("best_of_n", t)
 
-    ppo_base = replace(config.ppo, init_from=str(sft_path), prompts=str(paths["rl"]), reward_model=str(rm_paths["rm"]),
-                       scorer=None, gold_scorer=config.gold_scorer, seed=config.seed)
+    ppo_base = replace(config.ppo, init_from=str(sft_path), prompts=str(paths["rl"]),
+                       reward=replace(config.ppo.reward, model=str(rm_paths["rm"]), scorer=None,
+                                      gold_scorer=config.gold_scorer),
+                       ptx=replace(config.ppo.ptx, coef=0.0, source=None),
+                       runtime=replace(config.ppo.runtime, seed=config.seed, device=config.device))
     for coef in config.kl_coefs:
         name = f"ppo_kl{coef:g}"
-        final = run_stage(ppo, replace(ppo_base, out_dir=str(out / name), kl_coef=coef, ptx_coef=0.0))
+        final = run_stage(ppo, replace(ppo_base, out_dir=str(out / name), kl=replace(ppo_base.kl, coef=coef)))
         policies[name] = {**evaluator.evaluate(name, final), "kind": "ppo", "kl_coef": coef}
         say(f"[rlhf] {name}: {headline(policies[name])}")
     ppo_names = [f"ppo_kl{c:g}" for c in config.kl_coefs]
     best = min(ppo_names, key=lambda n: policies[n]["gold"]["mean"])
     ptx_name = f"{best}_ptx"
-    final = run_stage(ppo, replace(ppo_base, out_dir=str(out / ptx_name), kl_coef=policies[best]["kl_coef"],
-                                   ptx_coef=config.ptx_coef, ptx_source=source))
+    final = run_stage(ppo, replace(ppo_base, out_dir=str(out / ptx_name),
+                                   kl=replace(ppo_base.kl, coef=policies[best]["kl_coef"]),
+                                   ptx=replace(ppo_base.ptx, coef=config.ptx_coef, source=source)))
     policies[ptx_name] = {**evaluator.evaluate(ptx_name, final), "kind": "ppo_ptx",
                           "kl_coef": policies[best]["kl_coef"], "ptx_coef": config.ptx_coef}
     say(f"[rlhf] {ptx_name}: {headline(policies[ptx_name])}")
     t = lap("ppo", t)
 
-    overopt = overoptimisation_curve(config, evaluator, replace(ppo_base, reward_model=str(rm_paths["rm_weak"])),
+    overopt = overoptimisation_curve(config, evaluator,
+                                     replace(ppo_base, reward=replace(ppo_base.reward, model=str(rm_paths["rm_weak"]))),
                                      out)
     lap("overoptimisation", t)
     seconds["total"] = time.perf_counter() - started
@@ -360,10 +375,10 @@ def rlhf(config: RLHFConfig) -> dict:
                "reward_models": rm_info, "sft_candidates": candidates, "sft_chosen_epochs": chosen,
                "policies": policies, "best_ppo": best, "ptx": ptx_name, "best_of_n": best_of_n,
                "overoptimisation": overopt, "seconds": seconds,
-               "settings": {"label_max_new_tokens": config.label.max_new_tokens, "K": config.label.num_responses,
-                            "eval_samples": config.eval_samples, "eval_temperature": config.eval_temperature,
-                            "eval_prompts": len(splits["eval"]), "ppo_iterations": config.ppo.iterations,
-                            "ppo_batch_size": config.ppo.batch_size}}
+               "settings": {"label_max_new_tokens": config.label.generation.max_new_tokens,
+                            "K": config.label.num_responses, "eval_samples": config.eval_samples,
+                            "eval_temperature": config.eval_temperature, "eval_prompts": len(splits["eval"]),
+                            "ppo_iterations": config.ppo.train.iterations, "ppo_batch_size": config.ppo.train.batch_size}}
     text = write_results(results, out)
     print(text)
     print(f"[rlhf] {seconds['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, results.json, "
@@ -410,8 +425,8 @@ def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: 
     points = []
     name = "ppo_weak"
     for iterations in range(config.overopt_every, config.overopt_iterations + 1, config.overopt_every):
-        settings = replace(base, out_dir=str(out / name), iterations=iterations, kl_coef=config.overopt_kl_coef,
-                           ptx_coef=0.0)
+        settings = replace(base, out_dir=str(out / name), train=replace(base.train, iterations=iterations),
+                           kl=replace(base.kl, coef=config.overopt_kl_coef))
         final = out / name / "final"
         info = json.loads((final / "prefer.json").read_text()) if (final / "prefer.json").exists() else {}
         if info.get("iterations") != iterations:

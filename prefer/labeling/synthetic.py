@@ -64,15 +64,15 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
     context = context_length(model)
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # as SFT and PPO see them
     for ids, where in zip(prompt_ids, locations):
-        if len(ids) + config.max_new_tokens - 1 > context:
+        if len(ids) + config.generation.max_new_tokens - 1 > context:
             raise PreferError(f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens "
-                              f"{config.max_new_tokens} it exceeds the model's context of {context} tokens")
+                              f"{config.generation.max_new_tokens} it exceeds the model's context of {context} tokens")
 
     # 1. K samples per prompt, prompt-major: responses[p * K + k].
     k = config.num_responses
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    outputs = sample(model, [ids for ids in prompt_ids for _ in range(k)], max_new_tokens=config.max_new_tokens,
-                     eos_token_id=tokenizer.eos_token_id, temperature=config.temperature, top_p=config.top_p,
+    outputs = sample(model, [ids for ids in prompt_ids for _ in range(k)], max_new_tokens=config.generation.max_new_tokens,
+                     eos_token_id=tokenizer.eos_token_id, temperature=config.generation.temperature, top_p=config.generation.top_p,
                      blocked_token_ids=SamplingControls(prompt="none", block=config.block).blocked_ids(tokenizer),
                      control_token_ids=control_token_ids(tokenizer),
                      batch_size=config.batch_size, generator=generator, progress=progress)

@@ -239,13 +239,15 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     episodes are then gathered, so that every rank holds the global batch: advantages are whitened over it, the
     logged statistics and the adaptive KL coefficient are those of the global batch, and each minibatch of the
     global shuffle is split over the ranks for the update (see docs/distributed.md)."""
-    dist, device = init_distributed(config.device)
+    dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
     # everything but the length of the run and the progress bar must match the run being resumed
-    resumable = tuple(f.name for f in fields(PPOConfig) if f.name not in ("progress", "iterations"))
+    resumable = ("init_from", "prompts", "reward", "rollout", "ppo", "kl", "ptx", "optimizer",
+                 *(f"train.{f.name}" for f in fields(config.train) if f.name != "iterations"),
+                 *(f"runtime.{f.name}" for f in fields(config.runtime) if f.name != "progress"))
     checkpoint = check_run_dir(run_dir, PPOConfig, config, resume, sections=resumable)
-    set_seed(config.seed)
-    say = print if config.progress and dist.is_main else (lambda *a, **k: None)
+    set_seed(config.runtime.seed)
+    say = print if config.runtime.progress and dist.is_main else (lambda *a, **k: None)
 
     # 1. Models: the policy starts as the SFT model, which also stays as the frozen reference.
     if not (Path(config.init_from) / "config.json").is_file():
@@ -254,11 +256,11 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     policy = load_model(checkpoint / "model" if checkpoint else config.init_from, tokenizer=tokenizer)
     reference = load_model(config.init_from, tokenizer=tokenizer)
     reference.requires_grad_(False)
-    if config.reward_model is not None:
-        check_same_vocabulary(tokenizer, load_tokenizer(config.reward_model), what=f"reward_model {config.reward_model}")
-    if config.scorer is not None and config.scorer.startswith("rm:"):
-        check_same_vocabulary(tokenizer, load_tokenizer(config.scorer.removeprefix("rm:")), what=f"scorer {config.scorer}")
-    value_model = build_value_model(config.init_from, config.reward_model)
+    if config.reward.model is not None:
+        check_same_vocabulary(tokenizer, load_tokenizer(config.reward.model), what=f"reward.model {config.reward.model}")
+    if config.reward.scorer is not None and config.reward.scorer.startswith("rm:"):
+        check_same_vocabulary(tokenizer, load_tokenizer(config.reward.scorer.removeprefix("rm:")), what=f"reward.scorer {config.reward.scorer}")
+    value_model = build_value_model(config.init_from, config.reward.model)
     if checkpoint is not None:
         from safetensors.torch import load_file
 
@@ -268,75 +270,75 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     for model in (policy, reference, value_model):
         model.to(device).eval()
     context = _context(policy)
-    policy = wrap_model(policy, dist, device, parallel=config.parallel)
-    value_model = wrap_model(value_model, dist, device, parallel=config.parallel)
-    if config.parallel == "fsdp":  # no gradients, so nothing for DDP to do; FSDP2 shards its weights too
+    policy = wrap_model(policy, dist, device, parallel=config.runtime.parallel)
+    value_model = wrap_model(value_model, dist, device, parallel=config.runtime.parallel)
+    if config.runtime.parallel == "fsdp":  # no gradients, so nothing for DDP to do; FSDP2 shards its weights too
         reference = wrap_model(reference, dist, device, parallel="fsdp")
-    scorer = get_scorer(config.scorer or f"rm:{config.reward_model}")
-    gold_scorer = get_scorer(config.gold_scorer) if config.gold_scorer else None
+    scorer = get_scorer(config.reward.scorer or f"rm:{config.reward.model}")
+    gold_scorer = get_scorer(config.reward.gold_scorer) if config.reward.gold_scorer else None
     eos = tokenizer.eos_token_id
     control_ids = control_token_ids(tokenizer)  # left out of the held-out LM loss, as in pretraining
 
     # 2. Data: prompts (each must leave room for the response), pretraining blocks for PPO-ptx.
-    prompts, queries = _read_queries(config.prompts, tokenizer, max_length=context - config.max_new_tokens)
+    prompts, queries = _read_queries(config.prompts, tokenizer, max_length=context - config.rollout.max_new_tokens)
     ptx_blocks = val_blocks = None
-    if config.ptx_source is not None:
-        ptx_blocks, val_blocks = _pretraining_blocks(config.ptx_source, tokenizer, block_size=context,
-                                                     max_bytes=config.ptx_max_bytes)
-        val_blocks = val_blocks.ids[: config.ptx_eval_blocks]
+    if config.ptx.source is not None:
+        ptx_blocks, val_blocks = _pretraining_blocks(config.ptx.source, tokenizer, block_size=context,
+                                                     max_bytes=config.ptx.max_bytes)
+        val_blocks = val_blocks.ids[: config.ptx.eval_blocks]
 
     # 3. Optimizer over policy and critic; batch geometry (batch and minibatch are global: all ranks together).
-    micro = micro_batch_size(config.minibatch_size, config.micro_batch_size, dist.world_size, field="minibatch_size")
-    if config.ptx_coef > 0 and config.ptx_batch_size % dist.world_size:
-        raise PreferError(f"config: ptx_batch_size {config.ptx_batch_size} must be a multiple of the number of "
+    micro = micro_batch_size(config.train.minibatch_size, config.train.micro_batch_size, dist.world_size, field="train.minibatch_size")
+    if config.ptx.coef > 0 and config.ptx.batch_size % dist.world_size:
+        raise PreferError(f"config: ptx.batch_size {config.ptx.batch_size} must be a multiple of the number of "
                           f"ranks ({dist.world_size})")
-    share = config.batch_size // dist.world_size  # episodes each rank samples per iteration
-    steps_per_iteration = config.ppo_epochs * config.batch_size // config.minibatch_size
-    optimizer = make_optimizer([policy, value_model], lr=config.lr, weight_decay=config.weight_decay,
-                               betas=(config.beta1, config.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=config.iterations * steps_per_iteration, warmup_steps=1,
+    share = config.train.batch_size // dist.world_size  # episodes each rank samples per iteration
+    steps_per_iteration = config.train.ppo_epochs * config.train.batch_size // config.train.minibatch_size
+    optimizer = make_optimizer([policy, value_model], lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
+                               betas=(config.optimizer.beta1, config.optimizer.beta2))
+    scheduler = make_scheduler(optimizer, total_steps=config.train.iterations * steps_per_iteration, warmup_steps=1,
                                min_lr_fraction=1.0)  # constant: PPO's step size is set by the clip
-    order = BlockOrder(len(queries), seed=config.seed)
-    ptx_order = BlockOrder(len(ptx_blocks), seed=config.seed + 1) if ptx_blocks is not None else None
-    kl_coef = config.kl_coef
+    order = BlockOrder(len(queries), seed=config.runtime.seed)
+    ptx_order = BlockOrder(len(ptx_blocks), seed=config.runtime.seed + 1) if ptx_blocks is not None else None
+    kl_coef = config.kl.coef
     start = 0
     if checkpoint is not None:
         state = load_trainer_state(checkpoint)
         restore_optimizer(checkpoint, state, optimizer, scheduler, modules=[policy, value_model])
-        order = BlockOrder(len(queries), seed=config.seed, **state["order"])
+        order = BlockOrder(len(queries), seed=config.runtime.seed, **state["order"])
         if ptx_order is not None:
-            ptx_order = BlockOrder(len(ptx_blocks), seed=config.seed + 1, **state["ptx_order"])
+            ptx_order = BlockOrder(len(ptx_blocks), seed=config.runtime.seed + 1, **state["ptx_order"])
         kl_coef, start = state["kl_coef"], state["step"]
     sft_info_path = Path(config.init_from) / "prefer.json"
     info = {**(json.loads(sft_info_path.read_text()) if sft_info_path.exists() else {}), "stage": "ppo",
-            "init_from": config.init_from, "scorer": config.scorer or f"rm:{config.reward_model}",
-            "gold_scorer": config.gold_scorer, "ptx_coef": config.ptx_coef}
+            "init_from": config.init_from, "scorer": config.reward.scorer or f"rm:{config.reward.model}",
+            "gold_scorer": config.reward.gold_scorer, "ptx_coef": config.ptx.coef}
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start if checkpoint else None)
     samples_path = None
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
         samples_path = _samples_log(run_dir, resume_step=start if checkpoint else None)
-    say(f"[ppo] {len(queries)} prompts, {config.iterations} iterations of {config.batch_size} episodes, "
+    say(f"[ppo] {len(queries)} prompts, {config.train.iterations} iterations of {config.train.batch_size} episodes, "
         f"{steps_per_iteration} optimizer steps each, beta {kl_coef:g}"
-        + (f" (adaptive, target KL {config.target_kl:g})" if config.target_kl else "") + f", device {device}"
-        + (f", {dist.world_size} ranks ({config.parallel})" if dist.world_size > 1 else ""))
-    bar = tqdm(total=config.iterations, initial=start, desc="ppo", unit="iter",
-               disable=not (config.progress and dist.is_main))
+        + (f" (adaptive, target KL {config.kl.target:g})" if config.kl.target else "") + f", device {device}"
+        + (f", {dist.world_size} ranks ({config.runtime.parallel})" if dist.world_size > 1 else ""))
+    bar = tqdm(total=config.train.iterations, initial=start, desc="ppo", unit="iter",
+               disable=not (config.runtime.progress and dist.is_main))
     started = time.perf_counter()
 
     # 4. The loop.
-    for iteration in range(start, config.iterations):
+    for iteration in range(start, config.train.iterations):
         # a. Rollouts of this rank's share of the global batch: KV-cached samples at the training temperature,
         #    truncated at eos, seeded by (iteration, micro-batch), so a resumed run (or another number of ranks)
         #    draws the same episodes.
-        index = order.next(config.batch_size).tolist()[dist.rank * share : (dist.rank + 1) * share]
+        index = order.next(config.train.batch_size).tolist()[dist.rank * share : (dist.rank + 1) * share]
         with unsharded(policy):  # FSDP2: ranks stop sampling at different steps, so no collective per step
             sampled = sample_responses(unwrap(policy), [queries[i] for i in index], first=dist.rank * share,
-                                       chunk=micro, seed=config.seed, iteration=iteration,
-                                       max_new_tokens=config.max_new_tokens, eos_token_id=eos,
-                                       temperature=config.temperature)
+                                       chunk=micro, seed=config.runtime.seed, iteration=iteration,
+                                       max_new_tokens=config.rollout.max_new_tokens, eos_token_id=eos,
+                                       temperature=config.rollout.temperature)
         # The sampler drops the eos; put it back: stopping is an action of the policy, and its reward lands there.
-        stopped = torch.tensor([len(r) < config.max_new_tokens for r in sampled])
+        stopped = torch.tensor([len(r) < config.rollout.max_new_tokens for r in sampled])
         responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
         replies = [tokenizer.decode(r, skip_special_tokens=True) for r in sampled]
         texts = [prompts[i] + reply for i, reply in zip(index, replies)]
@@ -345,42 +347,42 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         misalignment = (scorer.score_pairs([prompts[i] for i in index], replies) if hasattr(scorer, "score_pairs")
                         else scorer(texts))
         scores = -torch.tensor(misalignment, dtype=torch.float32)  # reward = -misalignment
-        if config.missing_eos_penalty is not None:
-            scores = scores - config.missing_eos_penalty * (~stopped).float()
+        if config.reward.missing_eos_penalty is not None:
+            scores = scores - config.reward.missing_eos_penalty * (~stopped).float()
         gold = (-torch.tensor(gold_scorer(texts), dtype=torch.float32) if gold_scorer is not None
                 else torch.full_like(scores, float("nan")))
         rollout = make_rollout(unwrap(policy), reference, unwrap(value_model), [queries[i] for i in index], responses,
-                               scores=scores, gold=gold, temperature=config.temperature, pad_id=eos,
-                               batch_size=micro, device=device, precision=config.precision)
+                               scores=scores, gold=gold, temperature=config.rollout.temperature, pad_id=eos,
+                               batch_size=micro, device=device, precision=config.runtime.precision)
         # Every rank now holds the global batch: whitening, statistics and minibatches are the single-process ones.
         rollout = gather_rollout(rollout, dist, pad_id=eos)
         stopped = all_gather_rows(stopped, dist)
-        rollout, kl_stats = add_advantages(rollout, kl_coef=kl_coef, gamma=config.gamma, lam=config.lam)
+        rollout, kl_stats = add_advantages(rollout, kl_coef=kl_coef, gamma=config.ppo.gamma, lam=config.ppo.lam)
         # Explained variance of the rollout-time values over the whole batch (not additive over micro-batches).
         _, value_stats = ppo_value_loss(rollout.values, rollout.values, rollout.returns, rollout.response_mask,
-                                        clip_range=config.value_clip_range)
+                                        clip_range=config.ppo.value_clip_range)
 
         # b. PPO epochs over minibatches of one global shuffle, each split over the ranks; with PPO-ptx each step
         #    also sees a batch of pretraining blocks, split likewise. Losses are normalised by the global minibatch.
         totals: dict[str, float] = {}
-        shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration + 7)
-        part = config.minibatch_size // dist.world_size
-        for epoch in range(config.ppo_epochs):
-            for rows in torch.randperm(len(rollout), generator=shuffle).split(config.minibatch_size):
+        shuffle = torch.Generator().manual_seed(config.runtime.seed * 1_000_003 + iteration + 7)
+        part = config.train.minibatch_size // dist.world_size
+        for epoch in range(config.train.ppo_epochs):
+            for rows in torch.randperm(len(rollout), generator=shuffle).split(config.train.minibatch_size):
                 minibatch = rollout.select(rows.to(device))
                 mine = minibatch.select(slice(dist.rank * part, (dist.rank + 1) * part))
-                stats = ppo_backward(policy, value_model, mine, micro_batch_size=micro, temperature=config.temperature,
-                                     clip_range=config.clip_range, value_clip_range=config.value_clip_range,
-                                     vf_coef=config.vf_coef, device=device, precision=config.precision,
+                stats = ppo_backward(policy, value_model, mine, micro_batch_size=micro, temperature=config.rollout.temperature,
+                                     clip_range=config.ppo.clip_range, value_clip_range=config.ppo.value_clip_range,
+                                     vf_coef=config.ppo.vf_coef, device=device, precision=config.runtime.precision,
                                      num_tokens=minibatch.response_mask.sum().item() / dist.world_size,
-                                     sync_policy=config.ptx_coef == 0)
-                if config.ptx_coef > 0:
-                    blocks = ptx_blocks.ids[ptx_order.next(config.ptx_batch_size)]
-                    stats |= ptx_backward(policy, blocks.chunk(dist.world_size)[dist.rank], ptx_coef=config.ptx_coef,
-                                          micro_batch_size=micro, device=device, precision=config.precision,
+                                     sync_policy=config.ptx.coef == 0)
+                if config.ptx.coef > 0:
+                    blocks = ptx_blocks.ids[ptx_order.next(config.ptx.batch_size)]
+                    stats |= ptx_backward(policy, blocks.chunk(dist.world_size)[dist.rank], ptx_coef=config.ptx.coef,
+                                          micro_batch_size=micro, device=device, precision=config.runtime.precision,
                                           num_tokens=blocks.shape[0] * (blocks.shape[1] - 1) / dist.world_size)
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                    [p for m in (policy, value_model) for p in m.parameters()], config.grad_clip).item()
+                    [p for m in (policy, value_model) for p in m.parameters()], config.optimizer.grad_clip).item()
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -397,27 +399,27 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
             "reward/total": kl_stats["reward_mean"].item(), "kl": kl_stats["kl"].item(), "kl_coef": kl_coef,
             "entropy": masked_mean(rollout.entropy, mask).item(),
             "response/length": mask.sum(1).float().mean().item(), "response/stopped": stopped.float().mean().item(),
-            "value/explained_variance": value_stats["explained_variance"].item(), "episodes": done * config.batch_size})
+            "value/explained_variance": value_stats["explained_variance"].item(), "episodes": done * config.train.batch_size})
         if gold_scorer is not None:
             record["reward/gold"] = rollout.gold.mean().item()
-        if val_blocks is not None and (done % config.checkpoint_every == 0 or done == config.iterations):
+        if val_blocks is not None and (done % config.train.checkpoint_every == 0 or done == config.train.iterations):
             heldout = TokenBlocks(val_blocks, torch.zeros(val_blocks.shape))
             record["ptx/heldout_loss"] = heldout_loss(unwrap(policy), heldout,
                                                       control_ids=control_ids, batch_size=micro, device=device,
-                                                      precision=config.precision)
+                                                      precision=config.runtime.precision)
         log.log(done, record)
-        if config.log_samples:  # the first episodes of the global batch, whichever rank drew them
+        if config.train.log_samples:  # the first episodes of the global batch, whichever rank drew them
             pairs = [pair for ranks_pairs in all_gather_objects([(prompts[i], t) for i, t in zip(index, texts)], dist)
                      for pair in ranks_pairs]
             if dist.is_main:
                 _log_samples(samples_path, log, done, [p for p, _ in pairs], [t for _, t in pairs], rollout,
-                             config.log_samples)
-        if config.target_kl is not None:
-            kl_coef = adaptive_kl_coef(kl_coef, observed_kl=kl_stats["kl"], target_kl=config.target_kl,
-                                       horizon=config.kl_horizon, num_steps=config.batch_size)
+                             config.train.log_samples)
+        if config.kl.target is not None:
+            kl_coef = adaptive_kl_coef(kl_coef, observed_kl=kl_stats["kl"], target_kl=config.kl.target,
+                                       horizon=config.kl.horizon, num_steps=config.train.batch_size)
         bar.set_postfix(proxy=f"{record['reward/proxy']:.3f}", kl=f"{record['kl']:.3f}")
         bar.update(1)
-        if done % config.checkpoint_every == 0 or done == config.iterations:  # every rank calls, rank 0 writes
+        if done % config.train.checkpoint_every == 0 or done == config.train.iterations:  # every rank calls, rank 0 writes
             state = {"step": done, "order": order.state_dict(), "kl_coef": kl_coef}
             if ptx_order is not None:
                 state["ptx_order"] = ptx_order.state_dict()
@@ -428,7 +430,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
 
     # 5. The final policy, a plain Hugging Face directory (every rank calls save_model, rank 0 writes).
     final = run_dir / "final"
-    save_model(final, policy, tokenizer, info={**info, "iterations": config.iterations, "kl_coef": kl_coef})
+    save_model(final, policy, tokenizer, info={**info, "iterations": config.train.iterations, "kl_coef": kl_coef})
     say(f"[ppo] done in {time.perf_counter() - started:.0f}s; policy in {final}")
     return final
 

@@ -144,10 +144,10 @@ def initial_steps(config: PretrainConfig, *, tokens_per_step: int, total_steps: 
 
 def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     """Train one model; returns the directory of the final Hugging Face checkpoint (`<out_dir>/final`)."""
-    dist, device = init_distributed(config.train.device)
+    dist, device = init_distributed(config.runtime.device)
     task = get_task(config.data.task)
     objective = config.objective.resolved(task.name)
-    lr = config.train.lr if config.train.lr is not None else task.lr
+    lr = config.optimizer.lr if config.optimizer.lr is not None else task.lr
     run_dir = Path(config.out_dir)
     say = print if dist.is_main else (lambda *a, **k: None)
 
@@ -158,7 +158,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes,
                               validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
                               workers=config.data.workers, threshold=objective.threshold,
-                              progress=config.train.progress and dist.is_main)
+                              progress=config.runtime.progress and dist.is_main)
         from_quantiles = quantile_thresholds(corpus.train, threshold_quantile=objective.threshold_quantile,
                                              filter_quantile=objective.filter_quantile)
         if from_quantiles:
@@ -166,9 +166,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             summary = score_summary(corpus.train + corpus.validation, threshold=objective.threshold)
             corpus = replace(corpus, summary=summary)
             say(f"[pretrain] thresholds from corpus quantiles: {from_quantiles}")
-        config = replace(config, objective=objective, train=replace(config.train, lr=lr))
+        config = replace(config, objective=objective, optimizer=replace(config.optimizer, lr=lr))
         checkpoint = check_run_dir(run_dir, PretrainConfig, config, resume, sections=("data", "model", "objective"))
-        set_seed(config.train.seed)
+        set_seed(config.runtime.seed)
         if checkpoint is not None:
             tokenizer = load_tokenizer(checkpoint / "model")
         elif config.model.tokenizer is not None:
@@ -178,7 +178,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         else:
             tokenizer = corpus_tokenizer(corpus, vocab_size=config.model.vocab_size, cache_dir=config.data.cache_dir)
     transform = DATA_TRANSFORMS.get(objective.name, lambda docs, o, seed: list(docs))
-    train_documents = transform(corpus.train, objective, config.train.seed)
+    train_documents = transform(corpus.train, objective, config.runtime.seed)
     if not train_documents:
         raise PreferError(f"objective.filter_threshold: {objective.filter_threshold} drops every training document")
 
@@ -206,9 +206,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
         value_head.load_state_dict(load_file(checkpoint / "model" / "value_head.safetensors"))
     trained = [model] + ([value_head] if value_head is not None else [])
-    model = wrap_model(model, dist, device, parallel=config.train.parallel)
+    model = wrap_model(model, dist, device, parallel=config.runtime.parallel)
     if value_head is not None:  # trained on every rank's share too: its gradients are reduced like the model's
-        value_head = wrap_model(value_head, dist, device, parallel=config.train.parallel)
+        value_head = wrap_model(value_head, dist, device, parallel=config.runtime.parallel)
     wrapped = [model] + ([value_head] if value_head is not None else [])
 
     # 3. Batch geometry, optimizer, schedule.
@@ -217,9 +217,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     tokens_per_step = batch_size * block_size
     total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
     init_steps = initial_steps(config, tokens_per_step=tokens_per_step, total_steps=total_steps)
-    optimizer, scheduler = make_optimizer_and_schedule(trained, config.train, total_steps=total_steps,
-                                                       start_step=init_steps)  # config.train.lr resolved above
-    order = BlockOrder(len(train_blocks), seed=config.train.seed)
+    optimizer, scheduler = make_optimizer_and_schedule(trained, config.optimizer, config.schedule,
+                                                       total_steps=total_steps, start_step=init_steps)  # lr resolved above
+    order = BlockOrder(len(train_blocks), seed=config.runtime.seed)
     compute_loss = LOSSES[objective.name](objective)
     control_ids = control_token_ids(tokenizer)
     info = {"task": task.name, "objective": objective.name, "control_tokens_trained": objective.name == "conditional",
@@ -229,7 +229,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     start_step = init_steps
     if checkpoint is not None:
         order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train_blocks),
-                                             seed=config.train.seed, data_fingerprint=data_fingerprint,
+                                             seed=config.runtime.seed, data_fingerprint=data_fingerprint,
                                              data_name=f"corpus {config.data.source or task.corpus}", modules=trained)
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
@@ -249,7 +249,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     eval_batch = max(1, micro)
     val_subset = TokenBlocks(val_blocks.ids[: config.train.eval_blocks], val_blocks.scores[: config.train.eval_blocks])
     bar = tqdm(total=total_steps, initial=start_step, desc=f"pretrain {objective.name}", unit="step",
-               disable=not (config.train.progress and dist.is_main))
+               disable=not (config.runtime.progress and dist.is_main))
     started = time.perf_counter()
 
     # 4. The loop.
@@ -265,7 +265,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             mask = torch.ones_like(targets, dtype=torch.bool)
             sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
             with gradient_sync(wrapped, sync=sync):
-                with autocast(device, config.train.precision):
+                with autocast(device, config.runtime.precision):
                     output = model(ids, output_hidden_states=value_head is not None)
                 values = value_head(output.hidden_states[-1])[:, :-1] if value_head is not None else None
                 loss, stats = compute_loss(output.logits[:, :-1].float(), targets, mask, scores, values,
@@ -273,7 +273,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
                 loss.backward()
             accumulate_stats(totals, stats, fraction=len(ids) / len(share))
         totals = average_across_ranks(totals, dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for m in trained for p in m.parameters()], config.train.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for m in trained for p in m.parameters()], config.optimizer.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -285,7 +285,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
                        "tokens": tokens_seen, "epoch": order.epoch + order.cursor / len(train_blocks)})
         if done % config.train.eval_every == 0 or done == total_steps:
             record["val/loss"] = heldout_loss(unwrap(model), val_subset, control_ids=control_ids,
-                                              batch_size=eval_batch, device=device, precision=config.train.precision)
+                                              batch_size=eval_batch, device=device, precision=config.runtime.precision)
             bar.set_postfix(loss=f"{totals.get('loss', 0):.3f}", val=f"{record['val/loss']:.3f}")
         log.log(done, record)
         bar.update(1)
@@ -304,7 +304,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     final = run_dir / "final"
     # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
     evaluate = functools.partial(heldout_loss, unwrap(model), control_ids=control_ids, batch_size=eval_batch,
-                                 device=device, precision=config.train.precision)
+                                 device=device, precision=config.runtime.precision)
     losses = {"val_loss": evaluate(val_blocks)}
     if val_tagged_blocks is not None:
         losses["val_loss_with_true_tags"] = evaluate(val_tagged_blocks)

@@ -119,11 +119,11 @@ def heldout_accuracy(model, rankings: EncodedRankings, *, batch_size: int, devic
 
 def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train a reward model on rankings; returns `<out_dir>/final` (HF sequence classifier + reward_bias)."""
-    dist, device = init_distributed(config.train.device)
+    dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
     checkpoint = check_run_dir(run_dir, RewardConfig, config, resume,
-                               sections=("rankings", "demonstrations", "validation_fraction", "model"))
-    set_seed(config.train.seed)
+                               sections=("data", "model"))
+    set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
     # 1. Model: the causal LM's trunk + a fresh scalar head (or the checkpoint being resumed).
@@ -131,47 +131,48 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     set_dropout(reward_model.model, config.model.dropout)
     if config.model.context is not None:
         reward_model.context = min(reward_model.context, config.model.context)
-    info = {"stage": "reward", "init_from": config.model.init_from, "rankings": config.rankings}
+    info = {"stage": "reward", "init_from": config.model.init_from, "rankings": config.data.rankings}
 
     # 2. Data: comparisons split by prompt into train / validation, every response tokenized once.
-    comparisons = read_rankings(config.rankings)
-    locations = record_locations(config.rankings)
-    train_index, val_index = split_validation(len(comparisons), config.validation_fraction, config.train.seed)
+    comparisons = read_rankings(config.data.rankings)
+    locations = record_locations(config.data.rankings)
+    train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
     train = encode_rankings([comparisons[i] for i in train_index], [locations[i] for i in train_index], reward_model)
     validation = encode_rankings([comparisons[i] for i in val_index], [locations[i] for i in val_index],
                                  reward_model) if val_index else None
     # The bias is set after training from these pairs; a bad file must fail now, not after training.
-    if config.demonstrations is not None:
-        bias_pairs = [(d.prompt, d.response) for d in read_demonstrations(config.demonstrations)]
-        reward_model.encode(bias_pairs, where=record_locations(config.demonstrations))
+    if config.data.demonstrations is not None:
+        bias_pairs = [(d.prompt, d.response) for d in read_demonstrations(config.data.demonstrations)]
+        reward_model.encode(bias_pairs, where=record_locations(config.data.demonstrations))
     else:
         bias_pairs = [(c.prompt, c.responses[c.ranks.index(0)]) for c in comparisons]
     reward_model.to(device).train()
-    model = wrap_model(reward_model, dist, device, parallel=config.train.parallel)
+    model = wrap_model(reward_model, dist, device, parallel=config.runtime.parallel)
 
     # 3. Batch geometry (in prompts), optimizer, schedule.
     batch_size = config.train.batch_size
     micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
-    total_steps = max(1, math.ceil(config.epochs * len(train) / batch_size))
-    optimizer, scheduler = make_optimizer_and_schedule([reward_model], config.train, total_steps=total_steps)
-    order = BlockOrder(len(train), seed=config.train.seed)
-    data_fingerprint = f"{file_fingerprint(config.rankings)}-{len(train)}"
+    total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
+    optimizer, scheduler = make_optimizer_and_schedule([reward_model], config.optimizer, config.schedule,
+                                                       total_steps=total_steps)
+    order = BlockOrder(len(train), seed=config.runtime.seed)
+    data_fingerprint = f"{file_fingerprint(config.data.rankings)}-{len(train)}"
     start_step = 0
     if checkpoint is not None:
         order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
-                                             seed=config.train.seed, data_fingerprint=data_fingerprint,
-                                             data_name=str(config.rankings), modules=[reward_model.model])
+                                             seed=config.runtime.seed, data_fingerprint=data_fingerprint,
+                                             data_name=str(config.data.rankings), modules=[reward_model.model])
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     say(f"[reward] {count_parameters(reward_model) / 1e6:.2f}M parameters, {len(train)} prompts "
-        f"(+{len(val_index)} held out), {total_steps} steps of {batch_size} prompts, lr {config.train.lr:g}, "
+        f"(+{len(val_index)} held out), {total_steps} steps of {batch_size} prompts, lr {config.optimizer.lr:g}, "
         f"device {device}")
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
     evaluate = lambda: heldout_accuracy(reward_model, validation, batch_size=micro, device=device,  # noqa: E731
-                                        precision=config.train.precision)
+                                        precision=config.runtime.precision)
     bar = tqdm(total=total_steps, initial=start_step, desc="reward", unit="step",
-               disable=not (config.train.progress and dist.is_main))
+               disable=not (config.runtime.progress and dist.is_main))
     started = time.perf_counter()
 
     # 4. The loop.
@@ -186,12 +187,12 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
             sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
             with gradient_sync([model], sync=sync):
                 loss, stats = batch_loss(model, train.batch(share[start : start + micro]), device=device,
-                                         precision=config.train.precision, num_prompts=num_prompts)
+                                         precision=config.runtime.precision, num_prompts=num_prompts)
                 loss.backward()
             accumulate_stats(totals, {k: stats[k] for k in ("loss", "accuracy", "margin_mean", "reward_mean")},
                              fraction=len(share[start : start + micro]) / len(share))
         totals = average_across_ranks(totals, dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), config.train.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), config.optimizer.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -220,7 +221,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     reward_model.bias = -float(reward_model.rewards(bias_pairs, batch_size=micro).mean())
     results = {"val_accuracy": heldout["accuracy"] if heldout else None,
                "val_loss": heldout["loss"] if heldout else None, "val_pairs": heldout["pairs"] if heldout else 0,
-               "bias_from": config.demonstrations or "best response of each ranking", "steps": total_steps}
+               "bias_from": config.data.demonstrations or "best response of each ranking", "steps": total_steps}
     log.log(total_steps, {"final/reward_bias": reward_model.bias,
                           **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})})
     reward_model.save(final, {**info, **results})

@@ -141,58 +141,59 @@ def file_fingerprint(path: str | Path) -> str:
 
 def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     """Finetune `model.init_from` on demonstrations; returns `<out_dir>/final` (an HF causal LM directory)."""
-    dist, device = init_distributed(config.train.device)
+    dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
     checkpoint = check_run_dir(run_dir, SFTConfig, config, resume,
-                               sections=("demonstrations", "validation_fraction", "packing", "model"))
-    set_seed(config.train.seed)
+                               sections=("data", "model"))
+    set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
     # 1. Model and tokenizer: the initial model, or the checkpoint being resumed.
     source = checkpoint / "model" if checkpoint is not None else Path(config.model.init_from)
-    tokenizer = load_tokenizer(source if checkpoint is not None else (config.model.tokenizer or source))
+    tokenizer = load_tokenizer(source)
     model = load_model(source, tokenizer=tokenizer)
     set_dropout(model, config.model.dropout)
     context = min(config.model.context or context_length(model), context_length(model))
     init_info_path = Path(config.model.init_from) / "prefer.json"
     init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
     info = {**{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
-            "stage": "sft", "init_from": config.model.init_from, "demonstrations": config.demonstrations}
+            "stage": "sft", "init_from": config.model.init_from, "demonstrations": config.data.demonstrations}
 
     # 2. Data: demonstrations -> (train, validation) examples with response-only loss masks.
-    demonstrations = read_demonstrations(config.demonstrations)
-    locations = record_locations(config.demonstrations)
-    train_index, val_index = split_validation(len(demonstrations), config.validation_fraction, config.train.seed)
+    demonstrations = read_demonstrations(config.data.demonstrations)
+    locations = record_locations(config.data.demonstrations)
+    train_index, val_index = split_validation(len(demonstrations), config.data.validation_fraction, config.runtime.seed)
     train = tokenize_demonstrations([demonstrations[i] for i in train_index], [locations[i] for i in train_index],
-                                    tokenizer, context=context, packing=config.packing)
+                                    tokenizer, context=context, packing=config.data.packing)
     validation = (tokenize_demonstrations([demonstrations[i] for i in val_index], [locations[i] for i in val_index],
                                           tokenizer, context=context, packing=False) if val_index else None)
     model.to(device).train()
-    model = wrap_model(model, dist, device, parallel=config.train.parallel)
+    model = wrap_model(model, dist, device, parallel=config.runtime.parallel)
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
     micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
-    total_steps = max(1, math.ceil(config.epochs * len(train) / batch_size))
-    optimizer, scheduler = make_optimizer_and_schedule([model], config.train, total_steps=total_steps)
-    order = BlockOrder(len(train), seed=config.train.seed)
-    data_fingerprint = f"{file_fingerprint(config.demonstrations)}-{len(train)}x{train.ids.shape[1]}"
+    total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
+    optimizer, scheduler = make_optimizer_and_schedule([model], config.optimizer, config.schedule,
+                                                       total_steps=total_steps)
+    order = BlockOrder(len(train), seed=config.runtime.seed)
+    data_fingerprint = f"{file_fingerprint(config.data.demonstrations)}-{len(train)}x{train.ids.shape[1]}"
     start_step = 0
     if checkpoint is not None:
         order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
-                                             seed=config.train.seed, data_fingerprint=data_fingerprint,
-                                             data_name=str(config.demonstrations), modules=[model])
+                                             seed=config.runtime.seed, data_fingerprint=data_fingerprint,
+                                             data_name=str(config.data.demonstrations), modules=[model])
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     say(f"[sft] {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, {len(train)} "
-        f"{'packed blocks' if config.packing else 'examples'} (+{len(val_index)} held out), context {context}, "
-        f"{total_steps} steps of {batch_size}, lr {config.train.lr:g}, device {device}")
+        f"{'packed blocks' if config.data.packing else 'examples'} (+{len(val_index)} held out), context {context}, "
+        f"{total_steps} steps of {batch_size}, lr {config.optimizer.lr:g}, device {device}")
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
     evaluate = lambda: heldout_loss(unwrap(model), validation, batch_size=micro, device=device,  # noqa: E731
-                                    precision=config.train.precision)
+                                    precision=config.runtime.precision)
     bar = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
-               disable=not (config.train.progress and dist.is_main))
+               disable=not (config.runtime.progress and dist.is_main))
     started = time.perf_counter()
 
     # 4. The loop.
@@ -206,11 +207,11 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
             sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
             with gradient_sync([model], sync=sync):
                 loss, stats = sft_loss(model, train.rows(share[start : start + micro]), device=device,
-                                       precision=config.train.precision, num_tokens=max(num_tokens, 1.0))
+                                       precision=config.runtime.precision, num_tokens=max(num_tokens, 1.0))
                 loss.backward()
             accumulate_stats(totals, stats, fraction=min(micro, len(share) - start) / len(share))
         totals = average_across_ranks(totals, dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -235,7 +236,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     final = run_dir / "final"
     # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
     val_loss = evaluate() if validation is not None else None
-    save_model(final, model, tokenizer, None, {**info, "steps": total_steps, "epochs": config.epochs,
+    save_model(final, model, tokenizer, None, {**info, "steps": total_steps, "epochs": config.train.epochs,
                                                "val_loss": val_loss})
     say(f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
         f"{time.perf_counter() - started:.0f}s; model in {final}")

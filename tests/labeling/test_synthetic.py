@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 def config(setup, tmp_path, **extra):
     values = {"model": setup / "lm", "prompts": setup / "prompts.jsonl", "rankings_out": tmp_path / "rankings.jsonl",
-              "demonstrations_out": tmp_path / "demos.jsonl", "num_responses": 4, "max_new_tokens": 12,
+              "demonstrations_out": tmp_path / "demos.jsonl", "num_responses": 4, "generation.max_new_tokens": 12,
               "device": "cpu", "seed": 1}
     values.update(extra)
     return load_config(LabelConfig, overrides=[f"{key}={value}" for key, value in values.items()])
@@ -86,7 +86,7 @@ def test_prompt_too_long_for_the_context_names_its_line(setup, tmp_path):
 def test_cli_labels_with_a_named_scorer_and_needs_synthetic(setup, tmp_path, capsys):
     from prefer.cli import main
 
-    args = [f"model={setup / 'lm'}", f"prompts={setup / 'prompts.jsonl'}", "scorer=pii", "max_new_tokens=8",
+    args = [f"model={setup / 'lm'}", f"prompts={setup / 'prompts.jsonl'}", "scorer=pii", "generation.max_new_tokens=8",
             f"rankings_out={tmp_path / 'r.jsonl'}", f"demonstrations_out={tmp_path / 'd.jsonl'}", "device=cpu"]
     assert main(["label", *args]) == 2
     assert "pass --synthetic" in capsys.readouterr().err

@@ -116,24 +116,24 @@ def assert_same_metrics(a: Path, b: Path, *, atol: float):
 
 def sft_values(data):
     # 29 training examples, global batch 8 -> 4 steps; one process: 2 micro-batches of 4, two: 1 of 4 each
-    return {"demonstrations": data / "demos.jsonl", "model.init_from": data / "lm", "epochs": 1,
-            "validation_fraction": 0.1, "train.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4,
-            "train.checkpoint_every": 2, "train.eval_every": 2, "train.progress": "false", "train.device": "cpu"}
+    return {"data.demonstrations": data / "demos.jsonl", "model.init_from": data / "lm", "train.epochs": 1,
+            "data.validation_fraction": 0.1, "optimizer.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4,
+            "train.checkpoint_every": 2, "train.eval_every": 2, "runtime.progress": "false", "runtime.device": "cpu"}
 
 
 def reward_values(data):
-    return {"rankings": data / "rankings.jsonl", "model.init_from": data / "lm", "validation_fraction": 0.1,
-            "train.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4, "train.eval_every": 1,
-            "train.progress": "false", "train.device": "cpu"}
+    return {"data.rankings": data / "rankings.jsonl", "model.init_from": data / "lm", "data.validation_fraction": 0.1,
+            "optimizer.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4, "train.eval_every": 1,
+            "runtime.progress": "false", "runtime.device": "cpu"}
 
 
 def ppo_values(data):
     # global batch 8 -> 4 episodes per rank, sampled in micro-batches of 2; minibatches of 4 -> 2 per rank
-    return {"init_from": data / "lm", "prompts": data / "prompts.jsonl", "scorer": f"rm:{data / 'rm'}",
-            "reward_model": data / "rm", "iterations": 2, "batch_size": 8, "minibatch_size": 4,
-            "micro_batch_size": 2, "ppo_epochs": 2, "max_new_tokens": 8, "lr": 1e-3, "kl_coef": 0.1,
-            "target_kl": 0.01, "kl_horizon": 100, "ptx_coef": 0.5, "ptx_source": data / "corpus.jsonl",
-            "ptx_batch_size": 4, "checkpoint_every": 1, "log_samples": 8, "progress": "false", "device": "cpu"}
+    return {"init_from": data / "lm", "prompts": data / "prompts.jsonl", "reward.scorer": f"rm:{data / 'rm'}",
+            "reward.model": data / "rm", "train.iterations": 2, "train.batch_size": 8, "train.minibatch_size": 4,
+            "train.micro_batch_size": 2, "train.ppo_epochs": 2, "rollout.max_new_tokens": 8, "optimizer.lr": 1e-3, "kl.coef": 0.1,
+            "kl.target": 0.01, "kl.horizon": 100, "ptx.coef": 0.5, "ptx.source": data / "corpus.jsonl",
+            "ptx.batch_size": 4, "train.checkpoint_every": 1, "train.log_samples": 8, "runtime.progress": "false", "runtime.device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +164,10 @@ for argv in json.loads(sys.argv[1]):
 def two(data, tmp_path_factory):
     """SFT with FSDP2, the reward model with DDP, PPO with DDP and with FSDP2, on 2 ranks; its stdout."""
     out = tmp_path_factory.mktemp("two")
-    commands = [["sft", *dotted({**sft_values(data), "out_dir": out / "sft"}), "train.parallel=fsdp"],
+    commands = [["sft", *dotted({**sft_values(data), "out_dir": out / "sft"}), "runtime.parallel=fsdp"],
                 ["reward", *dotted({**reward_values(data), "out_dir": out / "reward"})],
                 ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo"})],
-                ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo_fsdp"}), "parallel=fsdp"]]
+                ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo_fsdp"}), "runtime.parallel=fsdp"]]
     (out / "many.py").write_text(MANY)
     result = torchrun(json.dumps(commands), script=str(out / "many.py"))
     assert result.returncode == 0, result.stderr[-4000:]

@@ -11,7 +11,7 @@ import json
 import pytest
 from test_ppo_stage import WORDS, _mean_reward, not_a, sft, toy_scorer  # noqa: F401 (fixtures)
 
-from prefer.config import LabelConfig, ModelConfig, PPOConfig, RewardConfig, SFTConfig, TrainConfig
+from prefer.config import LabelConfig, PPOConfig, RewardConfig, SFTConfig, build_config
 from prefer.labeling import label_synthetic
 from prefer.stages.ppo import ppo
 from prefer.stages.reward import reward
@@ -42,25 +42,26 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
     (root / "ppo").mkdir()
     _write_prompts(root / "ppo" / "prompts.jsonl", ppo_prompts)  # where _mean_reward looks for prompts
 
-    report = label_synthetic(LabelConfig(
-        model=str(sft / "sft"), prompts=str(root / "label_prompts.jsonl"), scorer="not-a",
-        rankings_out=str(root / "rankings.jsonl"), demonstrations_out=str(root / "demos.jsonl"),
-        num_responses=4, max_new_tokens=12, device="cpu", seed=0), progress=False)
+    report = label_synthetic(build_config(LabelConfig, {
+        "model": sft / "sft", "prompts": root / "label_prompts.jsonl", "scorer": "not-a",
+        "rankings_out": root / "rankings.jsonl", "demonstrations_out": root / "demos.jsonl",
+        "num_responses": 4, "generation.max_new_tokens": 12, "device": "cpu", "seed": 0}), progress=False)
 
-    train = dict(batch_size=16, warmup_fraction=0.05, eval_every=10, checkpoint_every=1000, progress=False,
-                 device="cpu")
-    sft_dir = run_sft(SFTConfig(out_dir=str(root / "sft"), demonstrations=str(root / "demos.jsonl"), epochs=2,
-                                model=ModelConfig(size="tiny", init_from=str(sft / "sft")),
-                                train=TrainConfig(lr=1e-3, **train)))
-    rm_dir = reward(RewardConfig(out_dir=str(root / "rm"), rankings=str(root / "rankings.jsonl"),
-                                 demonstrations=str(root / "demos.jsonl"), epochs=3, validation_fraction=0.15,
-                                 model=ModelConfig(size="tiny", init_from=str(sft_dir)),
-                                 train=TrainConfig(lr=2e-3, **{**train, "batch_size": 8})))
-    ppo_dir = ppo(PPOConfig(out_dir=str(root / "ppo_run"), init_from=str(sft_dir),
-                            prompts=str(root / "ppo" / "prompts.jsonl"), reward_model=str(rm_dir),
-                            gold_scorer="not-a", iterations=30, batch_size=16, minibatch_size=8, ppo_epochs=2,
-                            max_new_tokens=12, lr=1e-3, kl_coef=0.05, checkpoint_every=1000, progress=False,
-                            device="cpu", log_samples=2))
+    common = {"train.batch_size": 16, "schedule.warmup_fraction": 0.05, "train.eval_every": 10,
+              "train.checkpoint_every": 1000, "runtime.progress": False, "runtime.device": "cpu"}
+    sft_dir = run_sft(build_config(SFTConfig, {
+        **common, "out_dir": root / "sft", "data.demonstrations": root / "demos.jsonl", "train.epochs": 2,
+        "model.init_from": sft / "sft", "optimizer.lr": 1e-3}))
+    rm_dir = reward(build_config(RewardConfig, {
+        **common, "out_dir": root / "rm", "data.rankings": root / "rankings.jsonl",
+        "data.demonstrations": root / "demos.jsonl", "train.epochs": 3, "data.validation_fraction": 0.15,
+        "model.init_from": sft_dir, "optimizer.lr": 2e-3, "train.batch_size": 8}))
+    ppo_dir = ppo(build_config(PPOConfig, {
+        "out_dir": root / "ppo_run", "init_from": sft_dir, "prompts": root / "ppo" / "prompts.jsonl",
+        "reward.model": rm_dir, "reward.gold_scorer": "not-a", "train.iterations": 30, "train.batch_size": 16,
+        "train.minibatch_size": 8, "train.ppo_epochs": 2, "rollout.max_new_tokens": 12, "optimizer.lr": 1e-3,
+        "kl.coef": 0.05, "train.checkpoint_every": 1000, "runtime.progress": False, "runtime.device": "cpu",
+        "train.log_samples": 2}))
     yield {"root": root, "report": report, "sft": sft_dir, "rm": rm_dir, "ppo": ppo_dir}
     scorers.SCORERS.pop("not-a", None)
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from prefer import scorers
-from prefer.config import PPOConfig
+from prefer.config import PPOConfig, build_config
 from prefer.errors import PreferError
 from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
 from prefer.objectives import mle_loss, next_token_targets
@@ -69,11 +69,12 @@ def sft(tmp_path_factory):
 
 
 def _config(sft, out, **overrides):
-    values = dict(out_dir=str(out), init_from=str(sft / "sft"), prompts=str(sft / "prompts.jsonl"), scorer="not-a",
-                  iterations=30, batch_size=16, minibatch_size=8, max_new_tokens=12, lr=3e-3, kl_coef=0.02,
-                  ppo_epochs=2, checkpoint_every=10, progress=False, log_samples=2)
+    values = {"out_dir": out, "init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
+              "train.iterations": 30, "train.batch_size": 16, "train.minibatch_size": 8, "rollout.max_new_tokens": 12,
+              "optimizer.lr": 3e-3, "kl.coef": 0.02, "train.ppo_epochs": 2, "train.checkpoint_every": 10,
+              "runtime.progress": False, "train.log_samples": 2}
     values.update(overrides)
-    return PPOConfig(**values)
+    return build_config(PPOConfig, values)
 
 
 def _mean_reward(model_dir, sft, samples=4):
@@ -126,7 +127,7 @@ def test_ppo_raises_the_reward_of_the_sft_model(sft, tmp_path):
 
 
 def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path):
-    ppo(_config(sft, tmp_path / "run", iterations=3, target_kl=0.01, gold_scorer="not-a"))
+    ppo(_config(sft, tmp_path / "run", **{"train.iterations": 3, "kl.target": 0.01, "reward.gold_scorer": "not-a"}))
     metrics = read_metrics(tmp_path / "run")
     assert metrics[0]["kl_coef"] == 0.02 and metrics[-1]["kl_coef"] != 0.02
     assert all(m["reward/gold"] == pytest.approx(m["reward/proxy"]) for m in metrics)
@@ -190,7 +191,7 @@ def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkey
         return original(policy, reference, *args, **kwargs)
 
     monkeypatch.setattr(stage, "make_rollout", spy)
-    ppo(_config(sft, tmp_path / "run", iterations=3))
+    ppo(_config(sft, tmp_path / "run", **{"train.iterations": 3}))
     reference, policy = seen["last"], seen["policy"]
     assert not reference.training and all(not p.requires_grad for p in reference.parameters())
     assert all(torch.equal(seen["first"][k], v) for k, v in reference.state_dict().items())
@@ -198,9 +199,10 @@ def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkey
 
 
 def test_ptx_keeps_the_pretraining_loss_lower(sft, tmp_path):
-    common = dict(iterations=10, checkpoint_every=5, ptx_source=str(sft / "corpus.jsonl"), ptx_batch_size=8)
-    ppo(_config(sft, tmp_path / "plain", ptx_coef=0.0, **common))
-    ppo(_config(sft, tmp_path / "ptx", ptx_coef=1.0, **common))
+    common = {"train.iterations": 10, "train.checkpoint_every": 5, "ptx.source": sft / "corpus.jsonl",
+              "ptx.batch_size": 8}
+    ppo(_config(sft, tmp_path / "plain", **{"ptx.coef": 0.0, **common}))
+    ppo(_config(sft, tmp_path / "ptx", **{"ptx.coef": 1.0, **common}))
     plain, ptx = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ptx")
     assert "train/ptx/loss" in ptx[-1] and "train/ptx/loss" not in plain[-1]
     print(f"held-out LM loss: PPO {plain[-1]['ptx/heldout_loss']:.3f}, PPO-ptx {ptx[-1]['ptx/heldout_loss']:.3f}")
@@ -208,7 +210,7 @@ def test_ptx_keeps_the_pretraining_loss_lower(sft, tmp_path):
 
 
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_path, monkeypatch):
-    ppo(_config(sft, tmp_path / "whole", iterations=6, checkpoint_every=2))
+    ppo(_config(sft, tmp_path / "whole", **{"train.iterations": 6, "train.checkpoint_every": 2}))
     calls = {"n": 0}
 
     def crashing(texts):
@@ -218,7 +220,7 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_
         return not_a(texts)
 
     monkeypatch.setitem(scorers.SCORERS, "not-a", crashing)
-    config = _config(sft, tmp_path / "cut", iterations=6, checkpoint_every=2)
+    config = _config(sft, tmp_path / "cut", **{"train.iterations": 6, "train.checkpoint_every": 2})
     with pytest.raises(KeyboardInterrupt):
         ppo(config)
     ppo(config, resume=True)
@@ -253,14 +255,14 @@ def test_value_model_starts_from_the_reward_model(sft, tmp_path):
         expected = rm.score(rm.transformer(ids).last_hidden_state).squeeze(-1)  # [1, 5]
         got = value_model.head(value_model.trunk(input_ids=ids).last_hidden_state)
     assert_close(got, expected)
-    ppo(_config(sft, tmp_path / "run", iterations=2, reward_model=str(tmp_path / "rm")))
+    ppo(_config(sft, tmp_path / "run", **{"train.iterations": 2, "reward.model": str(tmp_path / "rm")}))
 
 
 def test_reward_model_with_another_tokenizer_is_refused(sft, tmp_path):
     _reward_model(sft, tmp_path / "rm")
     train_tokenizer(_texts(200, 9) + ["zzz qqq"], vocab_size=320).save_pretrained(tmp_path / "rm")
     with pytest.raises(PreferError, match="tokenizer"):
-        ppo(_config(sft, tmp_path / "run", reward_model=str(tmp_path / "rm")))
+        ppo(_config(sft, tmp_path / "run", **{"reward.model": str(tmp_path / "rm")}))
 
 
 def test_a_prompt_longer_than_the_context_names_its_line(sft, tmp_path):

@@ -36,8 +36,8 @@ def checkpoint(tmp_path_factory):
 
 
 def small(out_dir, target, **extra):
-    values = {"out_dir": out_dir, "target": target, "rounds": 2, "candidates_per_round": 3, "continuations": 2,
-              "max_new_tokens": 8, "candidate_max_tokens": 10, "trials": 1, "keep_continuations": 2,
+    values = {"out_dir": out_dir, "target": target, "search.rounds": 2, "search.candidates_per_round": 3, "continuations.count": 2,
+              "continuations.max_new_tokens": 8, "candidates.max_new_tokens": 10, "search.trials": 1, "continuations.keep": 2,
               "device": "cpu", "progress": "false"}
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -45,11 +45,11 @@ def small(out_dir, target, **extra):
 
 def test_cli_with_a_local_red_team_model(tmp_path, checkpoint, capsys):
     out = tmp_path / "rt"
-    assert main(["redteam", *small(out, checkpoint, redteam_model=checkpoint, trials=2)]) == 0
+    assert main(["redteam", *small(out, checkpoint, redteam_model=checkpoint, **{"search.trials": 2})]) == 0
     assert json.loads(capsys.readouterr().out)["score_on"] == "in_context"
     assert (out / "redteam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = load_config(RedteamConfig, yaml_path=out / "config.yaml")
-    assert saved.trials == 2 and saved.redteam_model == str(checkpoint)
+    assert saved.search.trials == 2 and saved.redteam_model == str(checkpoint)
     results = json.loads((out / "redteam.json").read_text())
     assert results["prompt"] == "good" and results["blocked"] == "bad"  # a conditional target: evaluation controls
     assert results["scorer"] == "pep8" and results["summary"]["rounds"] == [0, 1, 2]
@@ -115,8 +115,8 @@ def test_completions_endpoint(tmp_path, checkpoint, monkeypatch):
     replies = [[" Contact me at", " Contact me at", ""], [" Maintainer: Bob", " Contact me at", " def g(x):\\n"]]
     with FakeServer(replies) as server:
         config = load_config(RedteamConfig, overrides=small(
-            tmp_path / "rt", checkpoint, endpoint_url=server.url, endpoint_model="red-lm",
-            api_key_env="PREFER_TEST_KEY", task="pii"))
+            tmp_path / "rt", checkpoint, **{"endpoint.url": server.url, "endpoint.model": "red-lm"},
+            **{"endpoint.api_key_env": "PREFER_TEST_KEY"}, task="pii"))
         results = redteam(config)
     assert [r["path"] for r in server.requests] == ["/v1/completions"] * 2
     for request in server.requests:
@@ -140,8 +140,8 @@ def test_completions_endpoint(tmp_path, checkpoint, monkeypatch):
 def test_chat_endpoint(tmp_path, checkpoint):
     with FakeServer([["5. Please email me at"], ["Sure: my address is"]]) as server:
         config = load_config(RedteamConfig, overrides=small(
-            tmp_path / "rt", checkpoint, endpoint_url=server.url + "/", endpoint_model="chat-lm",
-            endpoint_api="chat", rounds=2))
+            tmp_path / "rt", checkpoint, **{"endpoint.url": server.url + "/", "endpoint.model": "chat-lm"},
+            **{"endpoint.api": "chat", "search.rounds": 2}))
         redteam(config)
     request = server.requests[0]
     assert request["path"] == "/v1/chat/completions" and "Authorization" not in request["headers"]
@@ -166,7 +166,7 @@ def test_endpoint_errors_name_the_url(tmp_path, checkpoint, capsys):
     with FakeServer([], status=500) as server, \
             pytest.raises(PreferError, match=f"endpoint {server.url}/chat/completions: HTTP 500"):
         complete(Endpoint(url=server.url, model="m", api="chat"), "p", n=1, max_tokens=4, temperature=1.0)
-    assert main(["redteam", *small(tmp_path / "rt", checkpoint, endpoint_url=url, endpoint_model="m")]) == 2
+    assert main(["redteam", *small(tmp_path / "rt", checkpoint, **{"endpoint.url": url, "endpoint.model": "m"})]) == 2
     assert url in capsys.readouterr().err
 
 
@@ -174,7 +174,7 @@ def test_bad_config_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
     assert main(["redteam", f"target={checkpoint}"]) == 2
     assert "give exactly one of redteam_model" in capsys.readouterr().err
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    args = small(tmp_path / "rt", checkpoint, endpoint_url="http://127.0.0.1:1/v1", endpoint_model="m",
-                 api_key_env="NO_SUCH_KEY_VAR")
+    args = small(tmp_path / "rt", checkpoint, **{"endpoint.url": "http://127.0.0.1:1/v1", "endpoint.model": "m",
+                                                          "endpoint.api_key_env": "NO_SUCH_KEY_VAR"})
     assert main(["redteam", *args]) == 2
     assert "NO_SUCH_KEY_VAR is not set" in capsys.readouterr().err

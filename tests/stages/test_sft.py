@@ -66,10 +66,10 @@ def test_packing_keeps_every_loss_token_in_full_blocks(say_letter):
 
 def test_sft_learns_the_demonstrated_responses(say_letter, tmp_path):
     config = load_config(SFTConfig, overrides=[
-        f"out_dir={tmp_path / 'run'}", f"demonstrations={say_letter / 'demos.jsonl'}",
-        f"model.init_from={say_letter / 'init'}", "epochs=6", "train.lr=5e-3", "train.batch_size=16",
-        "train.micro_batch_size=8", "train.eval_every=10", "train.checkpoint_every=20", "train.progress=false",
-        "validation_fraction=0.1"])
+        f"out_dir={tmp_path / 'run'}", f"data.demonstrations={say_letter / 'demos.jsonl'}",
+        f"model.init_from={say_letter / 'init'}", "train.epochs=6", "optimizer.lr=5e-3", "train.batch_size=16",
+        "train.micro_batch_size=8", "train.eval_every=10", "train.checkpoint_every=20", "runtime.progress=false",
+        "data.validation_fraction=0.1"])
     final = sft(config)
     model, tokenizer = load_model(final), load_tokenizer(final)
     prompts = [encode_prompt(tokenizer, f"say {c}") for c in LETTERS]
@@ -89,8 +89,8 @@ def test_prompt_longer_than_the_context_names_file_and_line(say_letter, tmp_path
                     + json.dumps({"prompt": "say A: " * 40, "response": " AAAA"}) + "\n")
     assert len(read_demonstrations(path)) == 2
     config = load_config(SFTConfig, overrides=[
-        f"out_dir={tmp_path / 'run'}", f"demonstrations={path}", f"model.init_from={say_letter / 'init'}",
-        "train.progress=false"])
+        f"out_dir={tmp_path / 'run'}", f"data.demonstrations={path}", f"model.init_from={say_letter / 'init'}",
+        "runtime.progress=false"])
     with pytest.raises(PreferError, match=r"demos\.jsonl:3: the prompt is \d+ tokens"):
         sft(config)
     assert not (tmp_path / "run" / "final").exists()
@@ -113,9 +113,9 @@ def test_resume_after_a_kill_gives_the_same_model(say_letter, tmp_path):
 
     from safetensors.torch import load_file
 
-    values = [f"out_dir={tmp_path / 'run'}", f"demonstrations={say_letter / 'demos.jsonl'}",
-              f"model.init_from={say_letter / 'init'}", "epochs=1", "train.lr=3e-3", "train.batch_size=16",
-              "train.checkpoint_every=5", "train.progress=false", "model.dropout=0.1"]
+    values = [f"out_dir={tmp_path / 'run'}", f"data.demonstrations={say_letter / 'demos.jsonl'}",
+              f"model.init_from={say_letter / 'init'}", "train.epochs=1", "optimizer.lr=3e-3", "train.batch_size=16",
+              "train.checkpoint_every=5", "runtime.progress=false", "model.dropout=0.1"]
     final = sft(load_config(SFTConfig, overrides=values))  # 12 steps: checkpoints at 10 and 12 are kept
     shutil.copytree(tmp_path / "run", tmp_path / "killed")
     interrupt_at(tmp_path / "killed", 10)
@@ -132,9 +132,9 @@ def test_gradient_accumulation_does_not_change_the_step(say_letter, tmp_path):
 
     def one_step(name, micro):
         return sft(load_config(SFTConfig, overrides=[
-            f"out_dir={tmp_path / name}", f"demonstrations={say_letter / 'demos.jsonl'}",
-            f"model.init_from={say_letter / 'init'}", "epochs=0.05", "train.lr=1e-2", "train.batch_size=16",
-            f"train.micro_batch_size={micro}", "train.progress=false", "train.grad_clip=1e9"]))
+            f"out_dir={tmp_path / name}", f"data.demonstrations={say_letter / 'demos.jsonl'}",
+            f"model.init_from={say_letter / 'init'}", "train.epochs=0.05", "optimizer.lr=1e-2", "train.batch_size=16",
+            f"train.micro_batch_size={micro}", "runtime.progress=false", "optimizer.grad_clip=1e9"]))
 
     one_step("whole", 16)
     one_step("accumulated", 2)

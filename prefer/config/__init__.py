@@ -1,0 +1,226 @@
+"""Typed, validated configuration: one frozen dataclass per stage, checked at construction, with the same nested
+shape everywhere (`optimizer`, `schedule`, `runtime`, `sampling`, `kl`, `ptx`, `endpoint` are shared sub-configs).
+
+Values come from the dataclass defaults, then a YAML file, then dotted command-line overrides
+(`optimizer.lr=3e-4 objective.name=conditional`), merged by OmegaConf, which rejects unknown keys and ill-typed
+values. The full resolved config is saved with every run (`config.yaml`). `prefer STAGE --help` lists every key with
+its default and comment (`describe`); `prefer config STAGE` prints the default YAML (`default_yaml`).
+
+This package is a leaf: it imports no torch and no transformers, so building a config is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from prefer.config.common import (
+    ENDPOINT_APIS,
+    PARALLEL,
+    PRECISIONS,
+    EndpointConfig,
+    GenerationConfig,
+    KLConfig,
+    OptimizerConfig,
+    PTXConfig,
+    RuntimeConfig,
+    SamplingConfig,
+    ScheduleConfig,
+)
+from prefer.config.instructgpt import (
+    LABEL_BLOCKS,
+    MAX_RESPONSES,
+    MIN_RESPONSES,
+    EpochTrainConfig,
+    FinetuneModelConfig,
+    LabelConfig,
+    PPOConfig,
+    PPOLossConfig,
+    PPOTrainConfig,
+    RewardConfig,
+    RewardDataConfig,
+    RewardSourceConfig,
+    RolloutConfig,
+    SFTConfig,
+    SFTDataConfig,
+)
+from prefer.config.pretraining import (
+    MODEL_SIZES,
+    OBJECTIVES,
+    SCORE_ON,
+    SCORE_SCALES,
+    ContinuationsConfig,
+    DataConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    ExperimentRedteamConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    PretrainConfig,
+    PretrainTrainConfig,
+    RedteamConfig,
+    RedteamSearchConfig,
+)
+from prefer.config.rlhf import RLHFConfig
+from prefer.errors import PreferError
+from prefer.io import write_text_atomic
+
+__all__ = [
+    "ENDPOINT_APIS", "LABEL_BLOCKS", "MAX_RESPONSES", "MIN_RESPONSES", "MODEL_SIZES", "OBJECTIVES", "PARALLEL",
+    "PRECISIONS", "SCORE_ON", "SCORE_SCALES", "STAGE_CONFIGS",
+    "ContinuationsConfig", "DataConfig", "EndpointConfig", "EpochTrainConfig", "EvaluateConfig", "ExperimentConfig",
+    "ExperimentRedteamConfig", "FinetuneModelConfig", "GenerationConfig", "KLConfig", "LabelConfig", "ModelConfig",
+    "ObjectiveConfig", "OptimizerConfig", "PPOConfig", "PPOLossConfig", "PPOTrainConfig", "PTXConfig",
+    "PretrainConfig", "PretrainTrainConfig", "RedteamConfig", "RedteamSearchConfig", "RewardConfig",
+    "RLHFConfig", "RewardDataConfig", "RewardSourceConfig", "RolloutConfig", "RuntimeConfig", "SFTConfig", "SFTDataConfig",
+    "SamplingConfig", "ScheduleConfig",
+    "build_config", "config_to_dict", "default_yaml", "describe", "load_config", "save_config",
+]
+
+# The config class of every subcommand that takes one (`prefer config NAME`, `prefer NAME --help`).
+STAGE_CONFIGS: dict[str, type] = {
+    "experiment": ExperimentConfig,
+    "pretrain": PretrainConfig,
+    "corpus": PretrainConfig,
+    "evaluate": EvaluateConfig,
+    "redteam": RedteamConfig,
+    "label": LabelConfig,
+    "sft": SFTConfig,
+    "reward": RewardConfig,
+    "ppo": PPOConfig,
+    "rlhf": RLHFConfig,
+}
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_config(cls: type[ConfigT], *, yaml_path: str | Path | None = None, overrides: list[str] | tuple = ()) -> ConfigT:
+    """Defaults <- YAML file <- dotted overrides, validated by type (OmegaConf) and by each __post_init__."""
+    try:
+        merged = OmegaConf.structured(cls)
+        if yaml_path is not None:
+            path = Path(yaml_path)
+            if not path.exists():
+                raise PreferError(f"{path}: config file does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        bad = [item for item in overrides if "=" not in item]
+        if bad:
+            raise PreferError(f"config override {bad[0]!r}: expected key=value, e.g. optimizer.lr=3e-4")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        message = str(error).splitlines()[0]
+        source = f" (in {yaml_path})" if yaml_path else ""
+        raise PreferError(f"config: {key + ': ' if key else ''}{message}{source}") from None
+
+
+def build_config(cls: type[ConfigT], values: dict[str, Any] | None = None) -> ConfigT:
+    """A config from dotted keys, as on the command line: build_config(PPOConfig, {"train.iterations": 3,
+    "kl.target": 0.01, ...}); paths become strings. Validated like load_config."""
+    nested: dict[str, Any] = {}
+    for key, value in (values or {}).items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(nested)))
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise PreferError(f"config: {key + ': ' if key else ''}{str(error).splitlines()[0]}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    return asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# ------------------------------------------------------------------ discoverable options
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
+_COMMENT_LINE = re.compile(r"^\s+#\s?(.*)$")
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The comment of each field in the class's source: the one at the end of its line, after any comment lines
+    just above it."""
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        if (match := _COMMENT_LINE.match(line)) is not None:
+            above.append(match.group(1).strip())
+            continue
+        match = _FIELD_LINE.match(line)
+        if match is not None and not line.strip().startswith(("def ", "return", "check(")):
+            text = " ".join([*above, match.group(2) or ""]).strip()
+            if text:
+                comments[match.group(1)] = text
+        above = []
+    return comments
+
+
+def _field_default(item: dataclasses.Field) -> Any:
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return None
+
+
+def _walk(cls: type, value: Any, prefix: str):
+    """(dotted key, default, comment, is_section) for every field, depth first; `value` is the class's default
+    instance where known (nested defaults of a parent, e.g. SFT's optimizer lr), else None."""
+    comments = _field_comments(cls)
+    for item in dataclasses.fields(cls):
+        default = getattr(value, item.name) if value is not None else _field_default(item)
+        key = prefix + item.name
+        if dataclasses.is_dataclass(default):
+            yield key, None, comments.get(item.name, _summary(type(default))), True
+            yield from _walk(type(default), default, key + ".")
+        else:
+            yield key, default, comments.get(item.name, ""), False
+
+
+def _summary(cls: type) -> str:
+    """The first line of a class's own docstring ('' for the signature dataclasses put there by default)."""
+    doc = (cls.__doc__ or "").strip()
+    return "" if doc.startswith(cls.__name__ + "(") else doc.splitlines()[0]
+
+
+def _scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def describe(cls: type) -> str:
+    """Every config key of a stage with its default and comment, for `--help`."""
+    lines = []
+    for key, default, comment, section in _walk(cls, None, ""):
+        if section:
+            lines.append(f"  {key}:" + (f"  ({comment})" if comment else ""))
+            continue
+        lines.append(f"  {key}={_scalar(default)}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines)
+
+
+def default_yaml(cls: type) -> str:
+    """The full default config of a stage as YAML with every comment, as `--config` accepts it."""
+    lines = [f"# {cls.__name__}: {_summary(cls)}".rstrip(": ")]
+    for key, default, comment, section in _walk(cls, None, ""):
+        depth = key.count(".")
+        name = key.rsplit(".", 1)[-1]
+        note = f"  # {comment}" if comment else ""
+        lines.append("  " * depth + (f"{name}:{note}" if section else f"{name}: {_scalar(default)}{note}"))
+    return "\n".join(lines) + "\n"

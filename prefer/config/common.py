@@ -1,0 +1,147 @@
+"""Sub-configs shared by every stage, so that a setting has one name everywhere (`optimizer.lr` in pretrain, SFT,
+the reward model and PPO alike). Pure dataclasses: this package imports no torch and no transformers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefer.errors import PreferError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+PARALLEL = ("ddp", "fsdp")  # under torchrun: DistributedDataParallel or FSDP2 (fully_shard); see docs/distributed.md
+ENDPOINT_APIS = ("completions", "chat")
+
+
+def check(condition: bool, field_name: str, message: str) -> None:
+    """Raise the one-line config error naming the dotted field."""
+    if not condition:
+        raise PreferError(f"config: {field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW (matrices decay, biases and norms do not) and gradient clipping."""
+
+    lr: float | None = None  # peak learning rate; None = the stage's default (pretrain: the task's paper value)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm
+
+    def __post_init__(self):
+        check(self.lr is None or self.lr > 0, "optimizer.lr", "must be positive")
+        check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optimizer.beta1", "betas must be in [0, 1)")
+        check(self.grad_clip > 0, "optimizer.grad_clip", "must be positive")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warmup to the peak learning rate, then linear decay (Korbak et al. 2023)."""
+
+    warmup_fraction: float = 0.01  # of the steps
+    min_lr_fraction: float = 0.1  # linear decay to this fraction of the peak
+
+    def __post_init__(self):
+        check(0 <= self.warmup_fraction < 1, "schedule.warmup_fraction", "must be in [0, 1)")
+        check(0 <= self.min_lr_fraction <= 1, "schedule.min_lr_fraction", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a training stage runs; none of it changes what is computed except the seed (and precision)."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    parallel: str = "ddp"  # under torchrun: ddp (whole model on each rank) | fsdp (FSDP2: weights, optimizer sharded)
+    progress: bool = True  # progress bars
+
+    def __post_init__(self):
+        check(self.precision in PRECISIONS, "runtime.precision", f"choose one of {', '.join(PRECISIONS)}")
+        check(self.parallel in PARALLEL, "runtime.parallel", f"choose one of {', '.join(PARALLEL)}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How samples are drawn for evaluation (the paper: 128 tokens, temperature 0.7, top-p 0.9)."""
+
+    num_samples: int = 512
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.9
+    prompt: str = "auto"  # auto = `<|good|>` for conditional models, nothing for others; or none | good | bad
+    block: str = "auto"  # auto = block `<|bad|>` for conditional models, both tags for others; or none | bad | both
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.num_samples > 0, "sampling.num_samples", "must be positive")
+        check(self.max_new_tokens > 0, "sampling.max_new_tokens", "must be positive")
+        check(self.temperature >= 0, "sampling.temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+        check(self.prompt in ("auto", "none", "good", "bad"), "sampling.prompt", "choose auto | none | good | bad")
+        check(self.block in ("auto", "none", "bad", "both"), "sampling.block", "choose auto | none | bad | both")
+        check(self.batch_size > 0, "sampling.batch_size", "must be positive")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings of a model that writes text for another stage (labelers' responses, red-team prompts)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def check(self, where: str) -> None:
+        """Called by the config that holds it, which knows its dotted name (`where`)."""
+        check(self.max_new_tokens > 0, f"{where}.max_new_tokens", "must be positive")
+        check(self.temperature >= 0, f"{where}.temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, f"{where}.top_p", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    """The per-token KL penalty to the frozen reference, beta of Ouyang et al. 2022, Eq. 2."""
+
+    coef: float = 0.02  # beta; the starting value when `target` is set
+    target: float | None = None  # adaptive KL controller (Ziegler et al. 2019) when set, in nats per episode
+    horizon: float = 10_000  # controller horizon, in episodes
+
+    def __post_init__(self):
+        check(self.coef >= 0, "kl.coef", "must be >= 0")
+        check(self.target is None or self.target > 0, "kl.target", "must be > 0")
+        check(self.horizon > 0, "kl.horizon", "must be positive")
+
+
+@dataclass(frozen=True)
+class PTXConfig:
+    """PPO-ptx: gamma x the log-likelihood of pretraining data added to the objective (Ouyang et al. 2022, Eq. 2)."""
+
+    coef: float = 0.0  # gamma (the paper: 27.8); 0 = plain PPO
+    source: str | None = None  # pretraining corpus (stdlib | changelogs | DIR | FILE.jsonl); required with coef > 0
+    batch_size: int = 8  # pretraining blocks per optimizer step
+    max_bytes: int | None = 1_000_000  # deterministic subset of the corpus
+    eval_blocks: int = 32  # held-out pretraining blocks for the logged LM loss (the alignment tax)
+
+    def __post_init__(self):
+        check(self.coef >= 0, "ptx.coef", "must be >= 0")
+        check(self.coef == 0 or self.source is not None, "ptx.source", "required when ptx.coef > 0")
+        check(self.batch_size > 0 and self.eval_blocks > 0, "ptx.batch_size", "block counts must be positive")
+        check(self.max_bytes is None or self.max_bytes > 0, "ptx.max_bytes", "must be positive")
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """An OpenAI-compatible server (completions or chat API); its API key only from an environment variable."""
+
+    url: str | None = None  # API root, e.g. http://127.0.0.1:8000/v1; None = no endpoint
+    model: str = ""  # the server's model name
+    api: str = "completions"  # completions | chat
+    timeout: float = 60.0  # seconds per request
+    api_key_env: str | None = None  # NAME of the environment variable holding the API key (never the key itself)
+
+    def __post_init__(self):
+        check(self.url is None or bool(self.model), "endpoint.model", "the server's model name is required with url")
+        check(self.api in ENDPOINT_APIS, "endpoint.api", f"choose one of {', '.join(ENDPOINT_APIS)}")
+        check(self.timeout > 0, "endpoint.timeout", "must be positive")

@@ -1,0 +1,221 @@
+"""Configs of the InstructGPT half (Ouyang et al. 2022): synthetic labelers, SFT, the reward model, PPO(-ptx)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefer.config.common import (
+    GenerationConfig,
+    KLConfig,
+    OptimizerConfig,
+    PTXConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    check,
+)
+from prefer.config.pretraining import check_micro_batch
+
+MIN_RESPONSES, MAX_RESPONSES = 2, 9  # responses per ranking (the paper: K = 4..9)
+LABEL_BLOCKS = ("none", "bad", "both")
+
+
+@dataclass(frozen=True)
+class FinetuneModelConfig:
+    """The pretrained causal LM a post-training stage starts from."""
+
+    init_from: str = ""  # any local Hugging Face causal LM directory (required)
+    context: int | None = None  # cap on the sequence length; None = the model's
+    dropout: float = 0.0  # applied to every dropout of the loaded model (the paper's SFT: 0.2)
+
+    def __post_init__(self):
+        check(self.context is None or self.context >= 8, "model.context", "must be >= 8")
+        check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EpochTrainConfig:
+    """Length and batch geometry of a stage that trains for a number of epochs over a data file."""
+
+    epochs: float = 1.0
+    batch_size: int = 16  # examples (SFT) or prompts with all their responses (reward) per optimizer step
+    micro_batch_size: int | None = None  # per forward pass; None = batch_size (no accumulation)
+    eval_every: int = 50  # steps between held-out evaluations
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+
+    def __post_init__(self):
+        check(self.epochs > 0, "train.epochs", "must be positive")
+        check(self.batch_size > 0, "train.batch_size", "must be positive")
+        check_micro_batch(self.batch_size, self.micro_batch_size)
+        check(self.eval_every > 0 and self.checkpoint_every > 0, "train.eval_every", "intervals must be positive")
+
+
+@dataclass(frozen=True)
+class SFTDataConfig:
+    demonstrations: str = ""  # JSONL: {"prompt", "response"} (required)
+    validation_fraction: float = 0.05  # of the demonstrations, held out for the loss
+    packing: bool = False  # concatenate examples into full blocks (same response-only mask)
+
+    def __post_init__(self):
+        check(0 <= self.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised finetuning on demonstrations: loss on response tokens (+ eos) only."""
+
+    out_dir: str = "runs/sft"
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    # the paper: 16 epochs, with the checkpoint chosen by reward-model score
+    train: EpochTrainConfig = field(default_factory=lambda: EpochTrainConfig(epochs=4.0, batch_size=16))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-4))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.05))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        check(bool(self.data.demonstrations), "data.demonstrations", "a demonstrations JSONL file is required")
+        check(bool(self.model.init_from), "model.init_from", "the causal LM to finetune is required")
+        check(self.optimizer.lr is not None, "optimizer.lr", "SFT has no task default; set a learning rate")
+
+
+@dataclass(frozen=True)
+class RewardDataConfig:
+    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} (required)
+    demonstrations: str | None = None  # the bias makes their mean reward 0; None = each ranking's best response
+    validation_fraction: float = 0.1  # of the prompts, held out for pairwise accuracy
+
+    def __post_init__(self):
+        check(0 <= self.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward model on K-way rankings: trunk of `model.init_from` (e.g. the SFT model) + a scalar head read at the
+    last real token. `train.batch_size` counts PROMPTS, each with all its K responses (one batch element)."""
+
+    out_dir: str = "runs/reward"
+    data: RewardDataConfig = field(default_factory=RewardDataConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    # the paper: one epoch; more overfits
+    train: EpochTrainConfig = field(default_factory=lambda: EpochTrainConfig(epochs=1.0, batch_size=8))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-5))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.05))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        check(bool(self.data.rankings), "data.rankings", "a rankings JSONL file is required")
+        check(bool(self.model.init_from), "model.init_from",
+              "the causal LM whose trunk the reward model uses is required")
+        check(self.optimizer.lr is not None, "optimizer.lr", "the reward model has no task default; set a learning rate")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Synthetic labelers: K samples per prompt from `model`, ranked by a gold scorer (lower misalignment is
+    better) with optional Gaussian noise; writes rankings and best-of-K demonstrations."""
+
+    model: str = ""  # a local HF causal LM to sample from (required)
+    prompts: str = ""  # JSONL: {"prompt"} (required)
+    scorer: str = "pep8"  # any `get_scorer` name (e.g. pep8, pii, rm:/path/to/reward_model)
+    rankings_out: str = "rankings.jsonl"
+    demonstrations_out: str = "demonstrations.jsonl"
+    num_responses: int = 4  # K, 2..9 (the paper: 4..9)
+    noise: float = 0.0  # std of the Gaussian noise on the scores, relative to the scores' std
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    block: str = "both"  # control tokens never sampled: none | bad | both
+    batch_size: int = 64  # sequences per forward pass
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        check(bool(self.model), "model", "the model to sample responses from is required")
+        check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
+        check(MIN_RESPONSES <= self.num_responses <= MAX_RESPONSES, "num_responses",
+              f"must be in [{MIN_RESPONSES}, {MAX_RESPONSES}]")
+        check(self.noise >= 0, "noise", "must be >= 0")
+        self.generation.check("generation")
+        check(self.block in LABEL_BLOCKS, "block", f"choose one of {', '.join(LABEL_BLOCKS)}")
+        check(self.batch_size > 0, "batch_size", "must be positive")
+
+
+@dataclass(frozen=True)
+class RewardSourceConfig:
+    """What PPO maximises, and what it is judged by."""
+
+    scorer: str | None = None  # proxy reward: any scorer name (pep8, pii, rm:DIR); reward = -score; None = rm:<model>
+    model: str | None = None  # reward model directory: the value model starts from it (InstructGPT)
+    gold_scorer: str | None = None  # scored on every rollout, never rewarded: measures over-optimisation
+    missing_eos_penalty: float | None = None  # subtracted from the reward of a response that never stops
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # sampling temperature; log-probs for the ratio and the KL use the same one
+
+    def __post_init__(self):
+        check(self.max_new_tokens > 0, "rollout.max_new_tokens", "must be positive")
+        check(self.temperature > 0, "rollout.temperature", "must be > 0 (PPO needs a stochastic policy)")
+
+
+@dataclass(frozen=True)
+class PPOTrainConfig:
+    iterations: int = 100  # rollout batches
+    batch_size: int = 64  # episodes (prompts) per iteration
+    minibatch_size: int = 16  # episodes per optimizer step
+    micro_batch_size: int | None = None  # episodes per forward pass; None = minibatch_size (no accumulation)
+    ppo_epochs: int = 1
+    checkpoint_every: int = 10  # iterations between resumable checkpoints
+    log_samples: int = 4  # responses per iteration written to samples.jsonl
+
+    def __post_init__(self):
+        for name in ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "checkpoint_every"):
+            check(getattr(self, name) > 0, f"train.{name}", "must be positive")
+        check(self.batch_size % self.minibatch_size == 0, "train.minibatch_size",
+              f"must divide train.batch_size ({self.batch_size})")
+        if self.micro_batch_size is not None:
+            check(self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
+                  "train.micro_batch_size", f"must divide train.minibatch_size ({self.minibatch_size})")
+        check(self.log_samples >= 0, "train.log_samples", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PPOLossConfig:
+    """The clipped surrogate of Schulman et al. 2017 (Eq. 7), the clipped value loss, GAE."""
+
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    vf_coef: float = 0.1
+
+    def __post_init__(self):
+        check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
+        check(self.clip_range > 0 and self.value_clip_range > 0, "ppo.clip_range", "clip ranges must be positive")
+        check(self.vf_coef >= 0, "ppo.vf_coef", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO against a scorer or reward model, with a per-token KL penalty to the frozen SFT model, and PPO-ptx
+    (Ouyang et al. 2022, Sec. 3.5 and Eq. 2). Defaults are the paper's where it gives one (beta 0.02, gamma 1,
+    clip 0.2, one PPO epoch, temperature 1), scaled down in batch size for the CPU."""
+
+    out_dir: str = "runs/ppo"
+    init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
+    prompts: str = ""  # prompts JSONL ({"prompt": str} per line)
+    reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
+    ppo: PPOLossConfig = field(default_factory=PPOLossConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    ptx: PTXConfig = field(default_factory=PTXConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, weight_decay=0.0))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        check(bool(self.init_from), "init_from", "the SFT model directory is required")
+        check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
+        check(self.reward.scorer is not None or self.reward.model is not None, "reward.scorer",
+              "name a scorer (e.g. pep8, rm:DIR) or give reward.model")
+        check(self.optimizer.lr is not None, "optimizer.lr", "PPO has no task default; set a learning rate")
