@@ -185,8 +185,9 @@ def redteam_section(run_dir: Path) -> str:
 
 def rlhf_section(run_dir: Path, results: dict, samples_per_model: int) -> str:
     """`prefer rlhf`: the table, the over-optimisation, win-rate and alignment-tax figures, sample responses."""
-    parts = [f"<h2>RLHF: {html.escape(results['task'])} task, gold {html.escape(results['gold_scorer'])} "
-             f"({html.escape(str(run_dir))})</h2>"]
+    title = (f"<h2>RLHF: {html.escape(results['task'])} task, gold {html.escape(results['gold_scorer'])} "
+             f"({html.escape(str(run_dir))})</h2>")
+    parts = [title]
     table = run_dir / "results.md"
     if table.exists():
         parts.append(markdown_table(table.read_text()))

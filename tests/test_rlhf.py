@@ -93,7 +93,7 @@ def results(toy, tmp_path_factory):
 
 
 def test_ppo_beats_sft_by_the_gold_judge_on_a_learnable_preference(results):
-    results, out = results
+    results, _ = results
     policies = results["policies"]
     ppo = policies["ppo_kl0.05"]
     print(f"gold: SFT {policies['sft']['gold']['mean']:.3f}, PPO {ppo['gold']['mean']:.3f}; "

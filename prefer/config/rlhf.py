@@ -27,7 +27,12 @@ from prefer.config.instructgpt import (
     SFTConfig,
     SFTDataConfig,
 )
-from prefer.config.pretraining import DataConfig, ModelConfig, PretrainConfig, PretrainTrainConfig
+from prefer.config.pretraining import (
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    PretrainTrainConfig,
+)
 
 AUTO = "auto"  # a path `prefer rlhf` fills in for a stage (prompts, models, labels); any value given is replaced
 _QUIET = RuntimeConfig(progress=False)

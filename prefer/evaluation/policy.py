@@ -27,7 +27,7 @@ from prefer.rollouts import make_rollout
 from prefer.sampling import sample
 from prefer.scorers import Scorer
 
-__all__ = ["PolicySamples", "sample_policy", "score_responses", "kl_to_sft", "policy_entry", "best_of_n_entry"]
+__all__ = ["PolicySamples", "best_of_n_entry", "kl_to_sft", "policy_entry", "sample_policy", "score_responses"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def best_of_n_entry(pool: PolicySamples, n: int, *, gold: np.ndarray, proxies: M
     prompts = len(pool) // pool.samples_per_prompt
     shape = (prompts, pool.samples_per_prompt)
     reward = -np.asarray(proxies[select_by], dtype=float).reshape(shape)
-    pick = lambda values: best_of_n_values(np.asarray(values, dtype=float).reshape(shape), reward, n)  # noqa: E731
+    pick = lambda values: best_of_n_values(np.asarray(values, dtype=float).reshape(shape), reward, n)
     chosen_gold = pick(gold)  # [P, N // n]
     index = pick(np.arange(len(pool)).reshape(shape)).astype(int).ravel()
     chosen = PolicySamples([pool.prompts[i] for i in index], [pool.responses[i] for i in index],

@@ -14,14 +14,20 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
-from scipy.special import ndtr
-
 from prefer.errors import PreferError
 from prefer.evaluation.metrics import bootstrap_ci
 
-__all__ = ["win_outcomes", "win_rate", "best_of_n_kl", "best_of_n_indices", "best_of_n_values", "bin_by_sqrt_kl",
-           "pairwise_accuracy", "labeler_agreement", "noise_for_agreement"]
+__all__ = [
+    "best_of_n_indices",
+    "best_of_n_kl",
+    "best_of_n_values",
+    "bin_by_sqrt_kl",
+    "labeler_agreement",
+    "noise_for_agreement",
+    "pairwise_accuracy",
+    "win_outcomes",
+    "win_rate",
+]
 
 
 def win_outcomes(policy: Sequence[float], baseline: Sequence[float]) -> np.ndarray:
@@ -104,6 +110,9 @@ def pairwise_accuracy(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequen
     return correct / pairs, pairs
 
 
+_erf = np.vectorize(math.erf, otypes=[float])
+
+
 def labeler_agreement(differences: Sequence[float], sigma: float) -> float:
     """Expected rate at which two labelers agree on a pair, each seeing the gold scores plus independent Gaussian
     noise of std `sigma` per response: for a gold difference d the noisy difference is d + N(0, 2 sigma^2), so each
@@ -111,7 +120,7 @@ def labeler_agreement(differences: Sequence[float], sigma: float) -> float:
     d = np.abs(np.asarray(differences, dtype=float))
     if sigma <= 0:
         return 1.0
-    p = ndtr(d / (math.sqrt(2.0) * sigma))
+    p = 0.5 * (1.0 + _erf(d / (2.0 * sigma)))  # Phi(d / (sqrt(2) sigma)) = (1 + erf(d / (2 sigma))) / 2
     return float(np.mean(p**2 + (1 - p) ** 2))
 
 

@@ -15,7 +15,6 @@ unfinished one resumes, so killing the command and running it again continues wh
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,7 +23,11 @@ import numpy as np
 
 from prefer.config import RLHFConfig, save_config
 from prefer.data.corpora import load_documents, split_by_source
-from prefer.data.formats import Comparison, read_demonstrations, read_rankings, write_rankings
+from prefer.data.formats import (
+    Comparison,
+    read_rankings,
+    write_rankings,
+)
 from prefer.errors import PreferError
 from prefer.evaluation.capability import heldout_loss_per_token_and_byte
 from prefer.evaluation.policy import (
@@ -255,11 +258,14 @@ class Evaluator:
                "settings": [self.config.eval_samples, self.config.eval_temperature,
                             self.config.label.generation.max_new_tokens,
                             self.config.seed, len(self.prompts), self.config.heldout_blocks]}
-        key = json.loads(json.dumps(key))
+        # The SFT model and the policies draw independent samples (another seed), as two labelers' comparisons of
+        # two models' outputs are: the same seed would pair near-identical responses of similar models as ties.
+        offset = 0 if is_sft else 1
+        key = json.loads(json.dumps({**key, "seed_offset": offset}))
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
             return json.loads(cache.read_text())["entry"]
         model, tokenizer, _ = load_checkpoint(path, self.device)
-        samples = self.samples(model, tokenizer, self.prompts, self.config.eval_samples)
+        samples = self.samples(model, tokenizer, self.prompts, self.config.eval_samples, seed_offset=offset)
         gold, proxies = self.scores(samples)
         kl = np.zeros(len(samples)) if is_sft else kl_to_sft(model, self.reference, tokenizer, samples,
                                                              temperature=self.config.eval_temperature,

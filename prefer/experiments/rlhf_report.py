@@ -6,7 +6,11 @@ import csv
 import io
 from pathlib import Path
 
-from prefer.figures import plot_alignment_tax, plot_overoptimisation, plot_win_rate_vs_kl
+from prefer.figures import (
+    plot_alignment_tax,
+    plot_overoptimisation,
+    plot_win_rate_vs_kl,
+)
 from prefer.io import write_json_atomic, write_text_atomic
 
 
