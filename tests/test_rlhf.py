@@ -158,3 +158,16 @@ def test_bad_input_is_one_line_and_exit_2(toy, tmp_path, capsys, override, messa
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run" / "labels").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize("name", ["rlhf-pii", "rlhf-pep8", "rlhf-demo"])
+def test_the_shipped_configs_load(name):
+    from pathlib import Path
+
+    config = load_config(RLHFConfig, yaml_path=Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+    assert config.label.num_responses == 4 and config.label_agreement == 0.726
+
+
+def test_demo_rlhf_is_only_for_the_pii_task(capsys):
+    assert main(["demo", "--pipeline", "rlhf", "--task", "pep8"]) == 2
+    assert "only the pii task" in capsys.readouterr().err
