@@ -171,3 +171,20 @@ def test_the_shipped_configs_load(name):
 def test_demo_rlhf_is_only_for_the_pii_task(capsys):
     assert main(["demo", "--pipeline", "rlhf", "--task", "pep8"]) == 2
     assert "only the pii task" in capsys.readouterr().err
+
+
+def test_without_init_from_the_command_pretrains_the_starting_model_once(pii_corpus, tmp_path):
+    from prefer.experiments.rlhf import starting_model
+
+    overrides = [f"source={pii_corpus}", "pretrain.data.cache_dir=" + str(tmp_path / "cache"),
+                 "pretrain.data.workers=1", "pretrain.data.validation_fraction=0.1", "pretrain.model.size=tiny",
+                 "pretrain.model.vocab_size=400", "pretrain.model.context=64", "pretrain.train.tokens=20000",
+                 "pretrain.train.batch_size=16", "pretrain.train.eval_every=10", "pretrain.train.checkpoint_every=10",
+                 "device=cpu"]
+    config = load_config(RLHFConfig, overrides=overrides)
+    final = starting_model(config, tmp_path / "run")
+    assert final == tmp_path / "run" / "pretrain" / "final" and (final / "config.json").exists()
+    stamp = (final / "model.safetensors").stat().st_mtime_ns
+    assert starting_model(config, tmp_path / "run") == final  # a second run resumes the finished run
+    assert json.loads((final / "prefer.json").read_text())["tokens"] >= 20000
+    assert (final / "model.safetensors").stat().st_mtime_ns >= stamp

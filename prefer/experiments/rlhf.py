@@ -195,7 +195,8 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
     train_index, val_index = split_validation(len(comparisons), config.reward.data.validation_fraction, config.seed)
     files = {"rm": rankings_path}
     weak = [comparisons[i] for i in train_index[: max(2, round(config.weak_fraction * len(train_index)))]]
-    files["rm_weak"] = out / "labels" / "rankings_weak.jsonl"
+    files["rm_weak"] = out / "labels" / f"rankings_weak_{len(weak)}.jsonl"  # its size in the name: a stage's cache
+    # key is its config, and a different subset is a different run
     write_rankings(files["rm_weak"], weak)
     info: dict = {"rankings": len(comparisons), "heldout_rankings": len(val_index), "weak_rankings": len(weak)}
     if config.label_agreement is not None:
