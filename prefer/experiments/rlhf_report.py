@@ -30,6 +30,23 @@ def _win(value: dict | None) -> str:
     return f"{100 * value['win_rate']:.1f}% [{100 * value['ci'][0]:.1f}, {100 * value['ci'][1]:.1f}]"
 
 
+def decisive_win_rate(value: dict | None) -> float | None:
+    """Wins among the comparisons that are not ties: with win rate w (ties half) and tie share t, the wins are
+    w - t/2 of all comparisons, so wins / (wins + losses) = (w - t/2) / (1 - t)."""
+    if value is None or value["ties"] >= 1:
+        return None
+    return (value["win_rate"] - value["ties"] / 2) / (1 - value["ties"])
+
+
+def _ties(value: dict | None) -> str:
+    return "-" if value is None else f"{100 * value['ties']:.0f}%"
+
+
+def _decisive(value: dict | None) -> str:
+    rate = decisive_win_rate(value)
+    return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
 def policy_rows(results: dict):
     """(label, entry) per table row: the policies, then best-of-n against each proxy."""
     for name, entry in results["policies"].items():
@@ -43,14 +60,16 @@ def policy_rows(results: dict):
 def format_tables(results: dict) -> str:
     proxies = list(next(iter(results["policies"].values()))["proxy_reward"])
     head = ["policy", f"gold {results['gold_scorer']} [95% CI]", *[f"{p} reward" for p in proxies],
-            "KL to SFT (nats)", "win rate vs SFT (gold)", "chars", "ended", "distinct-2", "held-out loss"]
+            "KL to SFT (nats)", "win rate vs SFT (gold)", "ties", "wins w/o ties", "chars", "ended", "distinct-2",
+            "held-out loss"]
     lines = [_row(head), "|" + "---|" * len(head)]
     for label, entry in policy_rows(results):
         heldout = entry.get("heldout")
         lines.append(_row([label, _ci(entry["gold"], ".3g"),
                            *[f"{entry['proxy_reward'][p]['mean']:+.3f}" for p in proxies],
                            "-" if entry.get("kl") is None else f"{entry['kl']['mean']:.2f}",
-                           _win(entry.get("win_rate")), f"{entry['response_chars']:.0f}",
+                           _win(entry.get("win_rate")), _ties(entry.get("win_rate")),
+                           _decisive(entry.get("win_rate")), f"{entry['response_chars']:.0f}",
                            f"{100 * entry['ended']:.0f}%", f"{entry['distinct_2']:.3f}",
                            "-" if heldout is None else f"{heldout['loss_per_token']:.3f}"]))
     s = results["settings"]
@@ -60,7 +79,8 @@ def format_tables(results: dict) -> str:
                  "with a 95% bootstrap interval; rewards = -misalignment under each reward model; KL = "
                  "log pi/pi_SFT summed over the response on the policy's own samples (best-of-n: log n - (n-1)/n); win "
                  "rate = share of prompts where the gold scorer prefers the policy's response to the SFT model's, ties "
-                 "half; held-out loss = nats per token of held-out corpus text (the alignment tax). Best-of-n rows "
+                 "half (ties: both equally good, e.g. both free of PII and long enough; wins w/o ties = wins / "
+                 "(wins + losses)); held-out loss = nats per token of held-out corpus text (the alignment tax). Best-of-n rows "
                  "select among SFT samples by the named proxy.")
     rm = results["reward_models"]
     rm_lines = ["", "| reward model | trained on | held-out accuracy vs gold ranking | pairs |", "|---|---|---|---|"]
@@ -85,13 +105,14 @@ def format_csv(results: dict) -> str:
     writer = csv.writer(buffer)
     proxies = list(next(iter(results["policies"].values()))["proxy_reward"])
     writer.writerow(["policy", "gold_mean", "gold_ci_low", "gold_ci_high", *[f"{p}_reward" for p in proxies],
-                     "kl", "win_rate", "win_ci_low", "win_ci_high", "response_chars", "ended", "distinct_1",
+                     "kl", "win_rate", "win_ci_low", "win_ci_high", "ties", "wins_without_ties", "response_chars", "ended", "distinct_1",
                      "distinct_2", "heldout_loss_per_token"])
     for label, e in policy_rows(results):
         win = e.get("win_rate") or {}
         writer.writerow([label, e["gold"]["mean"], *e["gold"]["ci"], *[e["proxy_reward"][p]["mean"] for p in proxies],
                          None if e.get("kl") is None else e["kl"]["mean"], win.get("win_rate"),
-                         *(win.get("ci") or [None, None]), e["response_chars"], e["ended"], e["distinct_1"],
+                         *(win.get("ci") or [None, None]), win.get("ties"), decisive_win_rate(e.get("win_rate")),
+                         e["response_chars"], e["ended"], e["distinct_1"],
                          e["distinct_2"], (e.get("heldout") or {}).get("loss_per_token")])
     return buffer.getvalue()
 
