@@ -115,6 +115,13 @@ def _win(gold: np.ndarray, baseline_gold: np.ndarray | None, num_prompts: int) -
             "prompts": num_prompts}
 
 
+def gold_difference(gold: Sequence[float], baseline_gold: Sequence[float], num_prompts: int) -> dict:
+    """Mean over prompts of (policy's gold - baseline's gold), each averaged over its samples of the prompt, with a
+    bootstrap interval over prompts: an interval that excludes 0 says the policy changed the gold score."""
+    diff = _per_prompt(gold, num_prompts) - _per_prompt(baseline_gold, num_prompts)
+    return _mean_ci(diff)
+
+
 def policy_entry(samples: PolicySamples, *, gold: np.ndarray, proxies: Mapping[str, np.ndarray],
                  kl: np.ndarray | None, baseline_gold: np.ndarray | None, heldout: dict | None) -> dict:
     """The protocol's numbers for one sampled policy. `gold` and `proxies` are misalignment per sample (proxy

@@ -6,6 +6,7 @@ import csv
 import io
 from pathlib import Path
 
+from prefer.evaluation.policy import gold_difference
 from prefer.figures import (
     plot_alignment_tax,
     plot_overoptimisation,
@@ -59,13 +60,17 @@ def policy_rows(results: dict):
 
 def format_tables(results: dict) -> str:
     proxies = list(next(iter(results["policies"].values()))["proxy_reward"])
-    head = ["policy", f"gold {results['gold_scorer']} [95% CI]", *[f"{p} reward" for p in proxies],
+    sft_gold = results["policies"]["sft"].get("per_sample_gold")
+    head = ["policy", f"gold {results['gold_scorer']} [95% CI]", "gold - SFT [95% CI]", *[f"{p} reward" for p in proxies],
             "KL to SFT (nats)", "win rate vs SFT (gold)", "ties", "wins w/o ties", "chars", "ended", "distinct-2",
             "held-out loss"]
     lines = [_row(head), "|" + "---|" * len(head)]
     for label, entry in policy_rows(results):
         heldout = entry.get("heldout")
-        lines.append(_row([label, _ci(entry["gold"], ".3g"),
+        difference = "-"
+        if label != "sft" and sft_gold is not None and entry.get("per_sample_gold") is not None:
+            difference = _ci(gold_difference(entry["per_sample_gold"], sft_gold, entry["prompts"]), ".2g")
+        lines.append(_row([label, _ci(entry["gold"], ".3g"), difference,
                            *[f"{entry['proxy_reward'][p]['mean']:+.3f}" for p in proxies],
                            "-" if entry.get("kl") is None else f"{entry['kl']['mean']:.2f}",
                            _win(entry.get("win_rate")), _ties(entry.get("win_rate")),
