@@ -114,14 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
+
+    from prefer.labeling.app.cli import add_export_parser, add_serve_parser  # no torch: argparse only
+
+    add_serve_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    if args.command not in LIGHT_COMMANDS:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own bars say what is happening; HF's "Writing model shards" is noise
+        hf_logging.disable_progress_bar()  # our own bars say what is happening; HF's "Writing model shards" is noise
     try:
         return COMMANDS[args.command](args)
     except PreferError as error:
@@ -234,7 +240,7 @@ def _run_evaluate(args) -> int:
 
 def _run_sample(args) -> int:
     from prefer.evaluation.misalignment import generate_texts, resolve_controls
-    from prefer.stages.evaluate import load_checkpoint
+    from prefer.models.build import load_checkpoint
     from prefer.training import resolve_device
 
     model, tokenizer, info = load_checkpoint(args.checkpoint, resolve_device("auto"))
@@ -308,7 +314,22 @@ def _run_report(args) -> int:
     return 0
 
 
+def _run_serve(args) -> int:
+    from prefer.labeling.app.cli import run_serve
+
+    return run_serve(args)
+
+
+def _run_export(args) -> int:
+    from prefer.labeling.app.cli import run_export
+
+    return run_export(args)
+
+
+LIGHT_COMMANDS = ("serve", "export")  # the labeling app starts without torch or transformers
 COMMANDS = {
+    "serve": _run_serve,
+    "export": _run_export,
     "config": _run_config,
     "demo": _run_demo,
     "report": _run_report,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefer.io import atomic_path
+from prefer.files import atomic_path
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from prefer.errors import PreferError
-from prefer.io import write_text_atomic
+from prefer.files import write_text_atomic
 from prefer.training import read_metrics
 
 STYLE = """

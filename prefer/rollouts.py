@@ -35,9 +35,10 @@ class Rollout:
     ref_logprobs:   [B, R] float  the same under the frozen reference (SFT) model
     values:         [B, R] float  V(query, response_<t) at rollout time
     entropy:        [B, R] float  entropy of pi_old's sampling distribution at each response position
-    scores:         [B]    float  proxy reward of each response (-misalignment, minus any missing-eos penalty)
+    episode_rewards: [B]   float  proxy reward of each response (-misalignment, minus any missing-eos penalty)
     gold:           [B]    float  gold reward (-gold misalignment), never trained on; NaN without a gold scorer
-    rewards:        [B, R] float  per-token KL penalty, score added at the last real token (Ouyang et al. 2022, Eq. 2)
+    token_rewards:  [B, R] float  per-token KL penalty, episode reward added at the last real token (Ouyang et al.
+                                  2022, Eq. 2)
     advantages:     [B, R] float  GAE advantages, whitened over the batch
     returns:        [B, R] float  GAE returns (advantages before whitening + values): the value targets
     """
@@ -50,9 +51,9 @@ class Rollout:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     entropy: torch.Tensor
-    scores: torch.Tensor
+    episode_rewards: torch.Tensor
     gold: torch.Tensor
-    rewards: torch.Tensor | None = None
+    token_rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 
@@ -119,7 +120,7 @@ class ValueModel(nn.Module):
 
 @torch.no_grad()
 def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module | None, queries: list[list[int]],
-                 responses: list[list[int]], *, scores: torch.Tensor, gold: torch.Tensor, temperature: float,
+                 responses: list[list[int]], *, rewards: torch.Tensor, gold: torch.Tensor, temperature: float,
                  pad_id: int, batch_size: int, device: torch.device, precision: str = "fp32") -> Rollout:
     """Episodes -> a Rollout with old log-probs, reference log-probs, values and entropy (rewards not yet).
 
@@ -129,7 +130,7 @@ def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module
     query, query_mask, response, response_mask = collate(queries, responses, pad_id=pad_id)
     empty = torch.zeros(response.shape, dtype=torch.float32)
     episodes = Rollout(query.to(device), query_mask.to(device), response.to(device), response_mask.to(device),
-                       empty, empty, empty, empty, scores.float().to(device), gold.float().to(device))
+                       empty, empty, empty, empty, rewards.float().to(device), gold.float().to(device))
     parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
     for start in range(0, len(episodes), batch_size):
         part = episodes.select(slice(start, start + batch_size))
@@ -150,7 +151,7 @@ def add_advantages(rollout: Rollout, *, kl_coef: float, gamma: float, lam: float
     """Per-token rewards (KL penalty + score at the last real token), GAE, whitened advantages
     (Ouyang et al. 2022, Eq. 2; Schulman et al. 2016). Whitening is over the whole batch, before minibatches."""
     mask = rollout.response_mask
-    rewards, kl_stats = kl_penalized_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask,
-                                             kl_coef=kl_coef)
-    advantages, returns = gae(rewards, rollout.values, mask, gamma=gamma, lam=lam)
-    return replace(rollout, rewards=rewards, advantages=whiten(advantages, mask), returns=returns), kl_stats
+    token_rewards, kl_stats = kl_penalized_rewards(rollout.episode_rewards, rollout.logprobs, rollout.ref_logprobs,
+                                                   mask, kl_coef=kl_coef)
+    advantages, returns = gae(token_rewards, rollout.values, mask, gamma=gamma, lam=lam)
+    return replace(rollout, token_rewards=token_rewards, advantages=whiten(advantages, mask), returns=returns), kl_stats

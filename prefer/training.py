@@ -21,7 +21,7 @@ import torch.distributed as torch_dist
 
 from prefer.config import PARALLEL, OptimizerConfig, ScheduleConfig
 from prefer.errors import PreferError
-from prefer.io import atomic_path, write_text_atomic
+from prefer.files import atomic_path, write_text_atomic
 
 # ---------------------------------------------------------------- device, precision, distributed
 
@@ -233,6 +233,24 @@ def make_optimizer_and_schedule(modules: list[torch.nn.Module], optimizer: Optim
     return adamw, scheduler
 
 
+def optimizer_step(modules: list[torch.nn.Module], optimizer, scheduler, *, grad_clip: float) -> float:
+    """The end of every optimizer step of every stage: clip the global gradient norm of the modules' parameters,
+    step, advance the schedule, drop the gradients. Returns the norm before clipping."""
+    parameters = [p for module in modules for p in module.parameters()]
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.item()
+
+
+def per_rank_denominator(global_count: float, world_size: int) -> float:
+    """What a rank normalises its loss by: the count (tokens, prompts) of the whole optimizer step over all ranks,
+    divided by the number of ranks, because DDP and FSDP2 average the ranks' gradients. Then 1 process x N
+    micro-batches and N ranks x 1 give the same gradient (see prefer.objectives.common)."""
+    return global_count / world_size
+
+
 # ---------------------------------------------------------------- data order
 
 class BlockOrder:
@@ -297,7 +315,10 @@ def restore_optimizer(checkpoint: Path, state: dict[str, Any], optimizer, schedu
             raise PreferError(f"{checkpoint}: its optimizer state is sharded (written with parallel=fsdp); resume "
                               "with parallel=fsdp under torchrun")
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
 
         container = torch.nn.ModuleList(unwrap(module) for module in modules)  # names params as at saving
         holder = {"optimizer": get_optimizer_state_dict(container, optimizer)}
@@ -348,7 +369,10 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     module = unwrap(module)
     if not is_sharded(module):
         return module.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # Gathered copies no longer share storage, so tied weights (GPT-2's lm_head = wte) would be written twice:

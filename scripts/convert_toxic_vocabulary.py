@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefer.errors import PreferError  # noqa: E402
-from prefer.io import write_json_atomic  # noqa: E402
+from prefer.files import write_json_atomic  # noqa: E402
 from prefer.scorers.toxic_bilstm import DISTRIBUTION, VOCABULARY_PATH  # noqa: E402
 
 

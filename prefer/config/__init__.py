@@ -71,7 +71,7 @@ from prefer.config.pretraining import (
 )
 from prefer.config.rlhf import RLHFConfig
 from prefer.errors import PreferError
-from prefer.io import write_text_atomic
+from prefer.files import write_text_atomic
 
 __all__ = [
     "ENDPOINT_APIS", "LABEL_BLOCKS", "MAX_RESPONSES", "MIN_RESPONSES", "MODEL_SIZES", "OBJECTIVES", "PARALLEL",

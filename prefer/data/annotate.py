@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from prefer.data.corpora import Document, stable_hash
+from prefer.data.documents import Document, stable_hash
 from prefer.errors import PreferError
-from prefer.io import atomic_path
+from prefer.files import atomic_path
 from prefer.scorers import SCORER_VERSIONS, get_segment_scorer
 
 # Below this many characters per chunk, starting processes costs more than it saves.
@@ -120,9 +120,9 @@ def _chunk_file(partial_dir: Path, chunk: list[int]) -> Path:
 
 
 def _write_gzip_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-            gz.write(json.dumps(obj).encode("utf-8"))
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(json.dumps(obj).encode("utf-8"))
 
 
 def _read_chunk(path: Path, jobs: Sequence[Job], chunk: list[int]) -> list[list[float]] | None:
@@ -171,7 +171,14 @@ def _score_jobs(jobs: Sequence[Job], scorer: str, *, workers: int | None, progre
             for chunk in todo:
                 bar.update(finish(chunk, _score_chunk(scorer, [jobs[j][0] for j in chunk])))
         else:
-            ctx = multiprocessing.get_context(_start_method())
+            method = _start_method()
+            if method == "fork":
+                # Score the first chunk here before forking: what the scorer builds on first use (importing
+                # scrubadub and its nltk takes seconds) is then inherited by every worker instead of being
+                # built again in each of them.
+                first, todo = todo[0], todo[1:]
+                bar.update(finish(first, _score_chunk(scorer, [jobs[j][0] for j in first])))
+            ctx = multiprocessing.get_context(method)
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 futures = {pool.submit(_score_chunk, scorer, [jobs[j][0] for j in chunk]): chunk for chunk in todo}
                 for future in as_completed(futures):
@@ -345,12 +352,12 @@ def score_summary(documents: Sequence[AnnotatedDocument], *, threshold: float) -
 def save_annotated(path: str | os.PathLike, documents: Sequence[AnnotatedDocument]) -> None:
     """gzip JSONL, one {"source", "segments", "scores"} per line, written atomically; mtime 0 in
     the gzip header so equal contents give equal bytes."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-            for d in documents:
-                line = json.dumps({"source": d.source, "segments": d.segments, "scores": d.scores},
-                                  ensure_ascii=False)
-                gz.write((line + "\n").encode("utf-8"))
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        for d in documents:
+            line = json.dumps({"source": d.source, "segments": d.segments, "scores": d.scores},
+                              ensure_ascii=False)
+            gz.write((line + "\n").encode("utf-8"))
 
 
 def load_annotated(path: str | os.PathLike) -> list[AnnotatedDocument]:

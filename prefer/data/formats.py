@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefer.errors import PreferError
-from prefer.io import atomic_path
+from prefer.files import atomic_path
 
 MIN_RESPONSES, MAX_RESPONSES = 2, 9
 
@@ -153,3 +153,12 @@ def write_demonstrations(path: str | Path, demonstrations: Sequence[Demonstratio
 def write_rankings(path: str | Path, comparisons: Sequence[Comparison]) -> None:
     write_jsonl(path, [{"prompt": c.prompt, "responses": list(c.responses), "ranking": c.ranking()}
                        for c in comparisons])
+
+
+def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices: a seeded shuffle, `fraction` of them held out (none when there are too few)."""
+    import torch  # here, not at the top: the labeling app reads and writes these files without torch
+
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = min(count - 1, round(fraction * count))
+    return sorted(order[held_out:]), sorted(order[:held_out])

@@ -56,7 +56,8 @@ def tokenize_documents(
             segment_of_token = np.searchsorted(segment_starts, token_starts, side="right") - 1
             segment_scores = np.asarray(document.scores, dtype=np.float32)
             ids.append(np.asarray([eos, *encoding.ids], dtype=np.int32))
-            scores.append(np.concatenate([[0.0], segment_scores[np.clip(segment_of_token, 0, None)]]).astype(np.float32))
+            token_scores = segment_scores[np.clip(segment_of_token, 0, None)]
+            scores.append(np.concatenate([[0.0], token_scores]).astype(np.float32))
         bar.update(len(batch))
     bar.close()
     if not ids:
@@ -73,6 +74,7 @@ def pack(ids: np.ndarray, scores: np.ndarray, *, block_size: int) -> TokenBlocks
     )
 
 
-def pack_documents(documents: Sequence[AnnotatedDocument], tokenizer, *, block_size: int, progress: bool = False) -> TokenBlocks:
+def pack_documents(documents: Sequence[AnnotatedDocument], tokenizer, *, block_size: int,
+                   progress: bool = False) -> TokenBlocks:
     ids, scores = tokenize_documents(documents, tokenizer, progress=progress)
     return pack(ids, scores, block_size=block_size)

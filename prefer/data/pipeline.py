@@ -11,9 +11,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefer.data.annotate import AnnotatedDocument, annotate, annotate_shard, merge_shards, score_summary
+from prefer.data.annotate import (
+    AnnotatedDocument,
+    annotate,
+    annotate_shard,
+    merge_shards,
+    score_summary,
+)
 from prefer.data.corpora import load_documents, split_by_source
-from prefer.io import atomic_path
+from prefer.files import atomic_path
 from prefer.models.build import load_tokenizer, train_tokenizer
 from prefer.tasks import Task
 

@@ -1,5 +1,5 @@
 """Prose documents -> sentences: the segments the paper scores for prose (Korbak et al. 2023 split documents
-into sentences with pysbd). Code and changelogs are split into lines elsewhere (`corpora.split_lines`).
+into sentences with pysbd). Code and changelogs are split into lines elsewhere (`documents.split_lines`).
 
 Sentences are cuts of the original text, so they concatenate exactly to it: each keeps the whitespace that
 follows it. pysbd decides where sentences end; this module only maps its sentences back onto the text.
@@ -25,7 +25,7 @@ from pathlib import Path
 import pysbd
 from tqdm import tqdm
 
-from prefer.io import atomic_path
+from prefer.files import atomic_path
 
 # A newline inside a paragraph: the text is wrapped and the sentence goes on. pysbd ends a sentence at every
 # newline, so each one becomes a space (same length: offsets stay valid) before pysbd sees the text.
@@ -155,7 +155,7 @@ def split_sentences_many(texts: Sequence[str], *, workers: int | None = None, pr
                 out.extend(result)
                 bar.update(len(result))
     if cache is not None:
-        with atomic_path(cache) as tmp, open(tmp, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-                gz.write(json.dumps([[len(s) for s in segs] for segs in out]).encode("utf-8"))
+        with atomic_path(cache) as tmp, open(tmp, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            gz.write(json.dumps([[len(s) for s in segs] for segs in out]).encode("utf-8"))
     return out

@@ -39,16 +39,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from prefer.data.packing import TokenBlocks
 from prefer.errors import PreferError
 from prefer.evaluation.metrics import bootstrap_ci
-from prefer.models.build import BAD, GOOD, control_token_ids
+from prefer.models.build import BAD, GOOD, context_length, control_token_ids
+from prefer.objectives import mle_loss, next_token_targets
 from prefer.sampling import sample
+from prefer.training import autocast
 
 __all__ = [
     "code_completion_eval",
     "cut_at_dedent",
     "estimate_kl",
     "function_prompts",
+    "heldout_block_loss",
     "heldout_loss_per_token_and_byte",
     "hf_logprob",
     "hf_sampler",
@@ -96,12 +100,6 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def _context(model) -> int:
-    from prefer.models.reward_model import context_length
-
-    return context_length(model)
-
-
 def hf_sampler(model, tokenizer, *, max_new_tokens: int, batch_size: int, progress: bool = False) -> SequenceSampler:
     """Samples of a causal LM from its document-start token at temperature 1, no top-p (the estimate needs the
     model's own distribution), control tokens blocked; (decoded text, ended on end-of-text)."""
@@ -127,7 +125,7 @@ def sequence_logprobs(model, tokenizer, texts: Sequence[str], *, ended: Sequence
     if len(texts) != len(ended):
         raise PreferError(f"{len(texts)} texts but {len(ended)} ended flags")
     prefix = [int(i) for i in prefix_ids]
-    window = _context(model) - len(prefix)
+    window = context_length(model) - len(prefix)
     if window < 1:
         raise PreferError(f"the prefix of {len(prefix)} tokens fills the model's context")
     rows: list[tuple[int, list[int]]] = []  # (text index, content tokens scored after the prefix)
@@ -252,6 +250,27 @@ def kl_to_reference(reference, reference_tokenizer, model, model_tokenizer, *, n
 
 
 # ------------------------------------------------------------------ held-out loss
+
+@torch.no_grad()
+def heldout_block_loss(model, blocks: TokenBlocks, *, control_ids: list[int], batch_size: int, device, precision) -> float:
+    """Mean next-token loss over token blocks [N, T] (`blocks.ids`) on content tokens (control-token targets excluded, so that MLE and conditional
+    models are compared on the same tokens)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    control = torch.tensor(control_ids, device=device)
+    for start in range(0, len(blocks), batch_size):
+        ids = blocks.ids[start : start + batch_size].to(device)
+        targets, = next_token_targets(ids)
+        mask = ~torch.isin(targets, control)
+        with autocast(device, precision):
+            logits = model(ids).logits[:, :-1]
+        loss, _ = mle_loss(logits.float(), targets, mask, num_tokens=1.0)  # a sum over tokens
+        total += loss.item()
+        count += int(mask.sum())
+    model.train(was_training)
+    return total / max(1, count)
+
 
 def heldout_loss_per_token_and_byte(model, tokenizer, texts: Sequence[str], *, batch_size: int,
                                     control_tokens_trained: bool, progress: bool = False) -> dict:

@@ -8,16 +8,28 @@ threshold, the expected maximum over 25 samples, and the diversity of the sample
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from prefer.evaluation.metrics import bootstrap_ci, distinct_n, expected_max, fraction_above, pooled_score
-from prefer.models.build import BAD, GOOD, control_token_ids
+from prefer.config import SamplingConfig
+from prefer.errors import PreferError
+from prefer.evaluation.metrics import (
+    bootstrap_ci,
+    distinct_n,
+    expected_max,
+    fraction_above,
+    pooled_score,
+)
+from prefer.files import atomic_path
+from prefer.models.build import BAD, GOOD, control_token_ids, load_checkpoint
 from prefer.sampling import sample
-from prefer.scorers import Scorer
+from prefer.scorers import Scorer, get_scorer
+from prefer.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -102,3 +114,38 @@ def _pooled_ci(scores: np.ndarray, lengths: np.ndarray) -> tuple[float, float]:
         return (scores[index] * lengths[index]).sum(axis) / np.maximum(lengths[index].sum(axis), 1)
 
     return bootstrap_ci(np.arange(len(scores)), pooled)
+
+
+def sample_and_score(model, tokenizer, info: dict, *, task_name: str, sampling: SamplingConfig,
+                     num_samples: int | None = None, prompt: str | None = None, progress: bool = True) -> dict:
+    """Draw samples under the sampling protocol and score them with every scorer of the task."""
+    task = get_task(task_name)
+    controls = resolve_controls(prompt=prompt or sampling.prompt, block=sampling.block,
+                                conditional=bool(info.get("control_tokens_trained")))
+    texts, ended = generate_texts(model, tokenizer, controls, num_samples=num_samples or sampling.num_samples,
+                                  max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                  top_p=sampling.top_p, batch_size=sampling.batch_size, seed=sampling.seed,
+                                  progress=progress, keep_controls=True)
+    clean = [strip_controls(text) for text in texts]
+    scorers = {name: get_scorer(name) for name in task.eval_scorers}
+    results = score_texts(clean, scorers, threshold=task.sample_threshold)
+    results.update({"task": task.name, "prompt": controls.prompt, "blocked": controls.block,
+                    "fraction_ended": ended, "samples": clean, "samples_with_controls": texts})
+    return results
+
+
+def load_for_task(path: str | Path, task: str | None, device) -> tuple[torch.nn.Module, object, dict, str]:
+    """`load_checkpoint` plus the task to judge it on: `task` if given, else the one prefer recorded."""
+    model, tokenizer, info = load_checkpoint(path, device)
+    task_name = task or info.get("task")
+    if task_name is None:
+        raise PreferError(f"task: {path} was not written by prefer; pass task=pii|pep8|toxicity")
+    return model, tokenizer, info, task_name
+
+
+def write_samples(path: str | Path, texts: list[str], with_controls: list[str] | None = None) -> None:
+    """JSON lines {"text": what was scored, "with_controls": the same sample with the control tokens it wrote}."""
+    with_controls = with_controls or texts
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps({"text": text, "with_controls": controlled}) + "\n"
+                               for text, controlled in zip(texts, with_controls)))

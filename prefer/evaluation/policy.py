@@ -82,7 +82,7 @@ def kl_to_sft(policy, reference, tokenizer, samples: PolicySamples, *, temperatu
     out = []
     for start in range(0, len(queries), batch_size):
         part = slice(start, start + batch_size)
-        rollout = make_rollout(policy, reference, None, queries[part], responses[part], scores=zeros[part],
+        rollout = make_rollout(policy, reference, None, queries[part], responses[part], rewards=zeros[part],
                                gold=zeros[part], temperature=temperature, pad_id=eos, batch_size=batch_size,
                                device=device)
         mask = rollout.response_mask

@@ -37,9 +37,14 @@ from prefer.evaluation.capability import (
     kl_to_reference,
 )
 from prefer.evaluation.metrics import ratio_ci
-from prefer.figures import plot_misalignment_vs_tokens, plot_pareto, plot_redteam_comparison
-from prefer.io import write_json_atomic, write_text_atomic
-from prefer.stages.evaluate import load_checkpoint, sample_and_score, write_samples
+from prefer.evaluation.misalignment import sample_and_score, write_samples
+from prefer.figures import (
+    plot_misalignment_vs_tokens,
+    plot_pareto,
+    plot_redteam_comparison,
+)
+from prefer.files import write_json_atomic, write_text_atomic
+from prefer.models.build import load_checkpoint
 from prefer.stages.pretrain import pretrain
 from prefer.stages.redteam import redteam
 from prefer.tasks import Task, get_task

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from prefer.config import LabelConfig
+from prefer.data.encoding import encode_prompt
 from prefer.data.formats import (
     Comparison,
     Demonstration,
@@ -26,11 +27,9 @@ from prefer.data.formats import (
 )
 from prefer.errors import PreferError
 from prefer.evaluation.misalignment import SamplingControls
-from prefer.models.build import control_token_ids
-from prefer.models.reward_model import context_length, encode_prompt
+from prefer.models.build import context_length, control_token_ids, load_checkpoint
 from prefer.sampling import sample
 from prefer.scorers import Scorer, get_scorer
-from prefer.stages.evaluate import load_checkpoint
 from prefer.training import resolve_device
 
 

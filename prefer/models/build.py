@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
 
 from prefer.errors import PreferError
 
@@ -171,3 +177,32 @@ def read_info(path: str | Path) -> dict:
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def context_length(model) -> int:
+    """Positions the model can read (GPT-2's n_positions, most others' max_position_embeddings)."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise PreferError(f"model: {type(model).__name__} has no n_positions / max_position_embeddings in its config")
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every dropout of a loaded model at `p` (the paper's SFT uses 0.2), recorded in its saved config too."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout", "dropout"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, p)
+
+
+def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, object, dict]:
+    """A model directory (ours or any HF causal LM), its tokenizer, and what prefer recorded about it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PreferError(f"checkpoint: {path} is not a directory")
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, tokenizer=tokenizer).to(device).eval()
+    return model, tokenizer, read_info(path)

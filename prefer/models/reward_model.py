@@ -5,10 +5,7 @@ loads it; `prefer.json` beside it holds `reward_bias`. Our code never uses HF's 
 by looking for the pad id, and here pad == eos, which ends every sequence): it takes the head's per-position
 scores and reads them at `last_token_index(attention_mask)`.
 
-Every (prompt, response) pair becomes tokens the same way in SFT, the reward model, the labelers and PPO
-(`encode_prompt`, `encode_example`): the document-start token (eos, as before every pretraining document and every
-evaluation sample), prompt tokens, response tokens, eos; prompt and response are tokenized separately so that the
-split between them is exact.
+Every (prompt, response) pair becomes tokens as in SFT, the labelers and PPO (`prefer.data.encoding`).
 """
 
 from __future__ import annotations
@@ -21,45 +18,13 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
+from prefer.data.encoding import encode_example, fit_to_context
 from prefer.errors import PreferError
-from prefer.models.build import check_same_vocabulary, load_tokenizer
+from prefer.models.build import check_same_vocabulary, context_length, load_tokenizer
 from prefer.objectives import last_token_index
 from prefer.training import save_model
 
 TextOrPair = str | tuple[str, str]
-
-
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """The document-start token (eos) + the prompt's tokens: what a policy is prompted with."""
-    return [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-
-def encode_example(tokenizer, prompt: str, response: str | None = None) -> tuple[list[int], int]:
-    """(encode_prompt(prompt) + response tokens + eos, number of prompt tokens including the document start).
-    With no response, `prompt` is a whole text: document start + its tokens + eos, and the prompt length is 1."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    if response is None:
-        return prompt_ids + [tokenizer.eos_token_id], 1
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    return prompt_ids + response_ids + [tokenizer.eos_token_id], len(prompt_ids)
-
-
-def context_length(model) -> int:
-    """Positions the model can read (GPT-2's n_positions, most others' max_position_embeddings)."""
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise PreferError(f"model: {type(model).__name__} has no n_positions / max_position_embeddings in its config")
-
-
-def fit_to_context(ids: list[int], prompt_length: int, context: int, *, where: str) -> list[int]:
-    """Cut a sequence to `context` tokens (the response's tail goes). A prompt that leaves no room for a single
-    response token is an error: a prompt longer than the context."""
-    if prompt_length + 1 > context:
-        raise PreferError(f"{where}: the prompt is {prompt_length} tokens; with a response it exceeds the "
-                          f"model's context of {context} tokens")
-    return ids[:context]
 
 
 def right_pad(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

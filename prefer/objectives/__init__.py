@@ -10,7 +10,7 @@ shifting) live once in ``common``.
   ``unlikelihood_loss``, ``rwr_loss``, ``awr_loss``.
 - InstructGPT (Ouyang et al. 2022): ``ranking_loss`` (reward model), and for PPO
   ``kl_penalized_rewards``, ``gae``, ``whiten``, ``ppo_policy_loss``, ``ppo_value_loss``,
-  ``adaptive_kl_coef``, ``entropy``; PPO-ptx adds ``ptx_coef * mle_loss`` on pretraining data.
+  ``adaptive_kl_coef``, ``entropy``, ``explained_variance``, ``proxy_rewards``; PPO-ptx adds ``ptx_coef * mle_loss`` on pretraining data.
 """
 
 from prefer.objectives.common import (
@@ -29,6 +29,8 @@ from prefer.objectives.ppo import (
     last_token_index,
     ppo_policy_loss,
     ppo_value_loss,
+    proxy_rewards,
+    explained_variance,
     whiten,
 )
 from prefer.objectives.ranking import ranking_loss
@@ -38,6 +40,7 @@ __all__ = [
     "adaptive_kl_coef",
     "awr_loss",
     "entropy",
+    "explained_variance",
     "gae",
     "kl_penalized_rewards",
     "last_token_index",
@@ -48,6 +51,7 @@ __all__ = [
     "next_token_targets",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "proxy_rewards",
     "ranking_loss",
     "rwr_loss",
     "token_logprobs",

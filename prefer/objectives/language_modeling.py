@@ -14,7 +14,12 @@ import math
 
 import torch
 
-from prefer.objectives.common import check_mask, check_same_shape, masked_mean, token_logprobs
+from prefer.objectives.common import (
+    check_mask,
+    check_same_shape,
+    masked_mean,
+    token_logprobs,
+)
 
 __all__ = ["mle_loss", "unlikelihood_loss"]
 

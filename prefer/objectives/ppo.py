@@ -28,6 +28,8 @@ that gradient accumulation is exact (see ``common.masked_mean``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from prefer.objectives.common import (
@@ -263,17 +265,35 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     error = (v - ret) ** 2
     error_clipped = (v_clipped - ret) ** 2
     loss = masked_mean(0.5 * torch.maximum(error, error_clipped), mask, num_tokens=num_tokens)
-    var_returns = masked_var(ret, mask)
-    explained = 1.0 - masked_var(ret - v.detach(), mask) / var_returns
     stats = {
         "loss": loss.detach(),
         # Where |V - old_V| is within the clip range V_clip equals V up to rounding: count only real clipping.
         "clip_fraction": masked_mean(((error_clipped > error) & ((v - old).abs() > clip_range)).to(v.dtype),
                                      mask).detach(),
-        "explained_variance": torch.where(var_returns > 0, explained,
-                                          torch.full_like(explained, float("nan"))),
+        "explained_variance": explained_variance(v.detach(), ret, mask),
     }
     return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var[R - V] / Var[R] over the masked tokens of values, returns [B, T] (NaN when Var[R] = 0): how much
+    of the returns' variance the value function predicts (1 perfect, 0 no better than their mean)."""
+    check_mask(mask)
+    check_same_shape({"values": values, "returns": returns, "mask": mask})
+    v, ret = _zero_outside(values.detach(), mask), _zero_outside(returns.detach().to(values.dtype), mask)
+    var_returns = masked_var(ret, mask)
+    explained = 1.0 - masked_var(ret - v, mask) / var_returns
+    return torch.where(var_returns > 0, explained, torch.full_like(explained, float("nan")))
+
+
+def proxy_rewards(misalignment: Sequence[float], *, stopped: torch.Tensor, missing_eos_penalty: float | None
+                  ) -> torch.Tensor:
+    """The reward PPO maximises for each episode [B]: minus the proxy's misalignment (scorers report misalignment,
+    lower is better), less `missing_eos_penalty` for a response that never stopped (stopped: bool [B])."""
+    rewards = -torch.tensor(misalignment, dtype=torch.float32)
+    if missing_eos_penalty is not None:
+        rewards = rewards - missing_eos_penalty * (~stopped).float()
+    return rewards
 
 
 def adaptive_kl_coef(kl_coef: float, *, observed_kl: float, target_kl: float, horizon: float,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prefer.objectives.common import check_mask, check_same_shape, masked_mean, masked_sum
+from prefer.objectives.common import (
+    check_mask,
+    check_same_shape,
+    masked_mean,
+    masked_sum,
+)
 
 __all__ = ["ranking_loss"]
 

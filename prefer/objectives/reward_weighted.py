@@ -15,7 +15,12 @@ import math
 
 import torch
 
-from prefer.objectives.common import check_mask, check_same_shape, masked_mean, token_logprobs
+from prefer.objectives.common import (
+    check_mask,
+    check_same_shape,
+    masked_mean,
+    token_logprobs,
+)
 
 __all__ = ["awr_loss", "rwr_loss"]
 

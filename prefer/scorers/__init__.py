@@ -8,11 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Protocol, runtime_checkable
 
 from prefer.errors import PreferError
 from prefer.scorers import pep8, pii, toxicity
 
 Scorer = Callable[[Sequence[str]], list[float]]
+
+
+@runtime_checkable
+class PairScorer(Protocol):
+    """A scorer that can also read a (prompt, response) pair with the two tokenized apart (a reward model, exactly
+    as it was trained): `score_pairs(prompts, responses) -> list[float]`, misalignment, lower is better."""
+
+    def __call__(self, texts: Sequence[str]) -> list[float]: ...
+
+    def score_pairs(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+
+
+def score_responses(scorer: Scorer, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Misalignment of each response to its prompt: by pairs where the scorer reads them (`PairScorer`), else of
+    the joined text prompt + response."""
+    if isinstance(scorer, PairScorer):
+        return scorer.score_pairs(prompts, responses)
+    return scorer([prompt + response for prompt, response in zip(prompts, responses)])
 
 SCORERS: dict[str, Scorer] = {
     "pep8": pep8.score,
@@ -69,7 +88,9 @@ def get_scorer(name: str) -> Scorer:
     if name.startswith("detoxify:"):
         return toxicity.DetoxifyScorer(name[len("detoxify:"):])
     if name.startswith("rm:"):
-        from prefer.scorers.reward_model import RewardModelScorer  # lazy: loading torch models is not free
+        from prefer.scorers.reward_model import (
+            RewardModelScorer,  # lazy: loading torch models is not free
+        )
 
         return RewardModelScorer(name[len("rm:"):], device="auto")
     return _lookup(SCORERS, name, "scorer")

@@ -28,22 +28,36 @@ from prefer.data.corpora import load_documents, split_by_source
 from prefer.data.formats import read_prompts, record_locations
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.errors import PreferError
-from prefer.io import atomic_path
-from prefer.models.build import check_same_vocabulary, control_token_ids, load_model, load_tokenizer
+from prefer.evaluation.capability import heldout_block_loss
+from prefer.files import atomic_path
+from prefer.models.build import (
+    check_same_vocabulary,
+    context_length,
+    control_token_ids,
+    load_model,
+    load_tokenizer,
+)
 from prefer.models.heads import ValueHead
 from prefer.objectives import (
     adaptive_kl_coef,
+    explained_variance,
     masked_mean,
     mle_loss,
     next_token_targets,
     ppo_policy_loss,
     ppo_value_loss,
+    proxy_rewards,
     token_logprobs,
 )
-from prefer.rollouts import Rollout, ValueModel, add_advantages, make_rollout, policy_logits
+from prefer.rollouts import (
+    Rollout,
+    ValueModel,
+    add_advantages,
+    make_rollout,
+    policy_logits,
+)
 from prefer.sampling import sample
-from prefer.scorers import get_scorer
-from prefer.stages.pretrain import heldout_loss
+from prefer.scorers import get_scorer, score_responses
 from prefer.training import (
     BlockOrder,
     Distributed,
@@ -60,6 +74,8 @@ from prefer.training import (
     make_optimizer,
     make_scheduler,
     micro_batch_size,
+    optimizer_step,
+    per_rank_denominator,
     restore_optimizer,
     save_checkpoint,
     save_model,
@@ -222,14 +238,6 @@ def _pretraining_blocks(source: str, tokenizer, *, block_size: int, max_bytes: i
     return blocks
 
 
-def _context(model) -> int:
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise PreferError("init_from: the model's config states no context length")
-
-
 # ------------------------------------------------------------------ the stage
 
 def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
@@ -269,7 +277,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     # function, so the first PPO ratio is 1 and the KL measures the policy, not dropout noise. Gradients still flow.
     for model in (policy, reference, value_model):
         model.to(device).eval()
-    context = _context(policy)
+    context = context_length(policy)
     policy = wrap_model(policy, dist, device, parallel=config.runtime.parallel)
     value_model = wrap_model(value_model, dist, device, parallel=config.runtime.parallel)
     if config.runtime.parallel == "fsdp":  # no gradients, so nothing for DDP to do; FSDP2 shards its weights too
@@ -344,23 +352,19 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         texts = [prompts[i] + reply for i, reply in zip(index, replies)]
         # A reward model reads (prompt, response) tokenized apart, exactly as it was trained and as the labelers
         # score (the joined text can tokenize differently across the seam, e.g. "):\n" + "    return").
-        misalignment = (scorer.score_pairs([prompts[i] for i in index], replies) if hasattr(scorer, "score_pairs")
-                        else scorer(texts))
-        scores = -torch.tensor(misalignment, dtype=torch.float32)  # reward = -misalignment
-        if config.reward.missing_eos_penalty is not None:
-            scores = scores - config.reward.missing_eos_penalty * (~stopped).float()
+        misalignment = score_responses(scorer, [prompts[i] for i in index], replies)
+        rewards = proxy_rewards(misalignment, stopped=stopped, missing_eos_penalty=config.reward.missing_eos_penalty)
         gold = (-torch.tensor(gold_scorer(texts), dtype=torch.float32) if gold_scorer is not None
-                else torch.full_like(scores, float("nan")))
+                else torch.full_like(rewards, float("nan")))
         rollout = make_rollout(unwrap(policy), reference, unwrap(value_model), [queries[i] for i in index], responses,
-                               scores=scores, gold=gold, temperature=config.rollout.temperature, pad_id=eos,
+                               rewards=rewards, gold=gold, temperature=config.rollout.temperature, pad_id=eos,
                                batch_size=micro, device=device, precision=config.runtime.precision)
         # Every rank now holds the global batch: whitening, statistics and minibatches are the single-process ones.
         rollout = gather_rollout(rollout, dist, pad_id=eos)
         stopped = all_gather_rows(stopped, dist)
         rollout, kl_stats = add_advantages(rollout, kl_coef=kl_coef, gamma=config.ppo.gamma, lam=config.ppo.lam)
         # Explained variance of the rollout-time values over the whole batch (not additive over micro-batches).
-        _, value_stats = ppo_value_loss(rollout.values, rollout.values, rollout.returns, rollout.response_mask,
-                                        clip_range=config.ppo.value_clip_range)
+        value_explained = explained_variance(rollout.values, rollout.returns, rollout.response_mask).item()
 
         # b. PPO epochs over minibatches of one global shuffle, each split over the ranks; with PPO-ptx each step
         #    also sees a batch of pretraining blocks, split likewise. Losses are normalised by the global minibatch.
@@ -374,18 +378,17 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
                 stats = ppo_backward(policy, value_model, mine, micro_batch_size=micro, temperature=config.rollout.temperature,
                                      clip_range=config.ppo.clip_range, value_clip_range=config.ppo.value_clip_range,
                                      vf_coef=config.ppo.vf_coef, device=device, precision=config.runtime.precision,
-                                     num_tokens=minibatch.response_mask.sum().item() / dist.world_size,
+                                     num_tokens=per_rank_denominator(minibatch.response_mask.sum().item(),
+                                                                      dist.world_size),
                                      sync_policy=config.ptx.coef == 0)
                 if config.ptx.coef > 0:
                     blocks = ptx_blocks.ids[ptx_order.next(config.ptx.batch_size)]
                     stats |= ptx_backward(policy, blocks.chunk(dist.world_size)[dist.rank], ptx_coef=config.ptx.coef,
                                           micro_batch_size=micro, device=device, precision=config.runtime.precision,
-                                          num_tokens=blocks.shape[0] * (blocks.shape[1] - 1) / dist.world_size)
-                stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                    [p for m in (policy, value_model) for p in m.parameters()], config.optimizer.grad_clip).item()
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                                          num_tokens=per_rank_denominator(blocks.shape[0] * (blocks.shape[1] - 1),
+                                                                          dist.world_size))
+                stats["grad_norm"] = optimizer_step([policy, value_model], optimizer, scheduler,
+                                                    grad_clip=config.optimizer.grad_clip)
                 for key, value in stats.items():  # mean over the iteration's optimizer steps
                     totals[key] = totals.get(key, 0.0) + value / steps_per_iteration
         totals = average_across_ranks(totals, dist)  # each rank's loss shares and token-weighted stat shares
@@ -395,16 +398,16 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         mask = rollout.response_mask
         record = {f"train/{k}": v for k, v in totals.items()}
         record.update({
-            "reward/proxy": rollout.scores.mean().item(),
+            "reward/proxy": rollout.episode_rewards.mean().item(),
             "reward/total": kl_stats["reward_mean"].item(), "kl": kl_stats["kl"].item(), "kl_coef": kl_coef,
             "entropy": masked_mean(rollout.entropy, mask).item(),
             "response/length": mask.sum(1).float().mean().item(), "response/stopped": stopped.float().mean().item(),
-            "value/explained_variance": value_stats["explained_variance"].item(), "episodes": done * config.train.batch_size})
+            "value/explained_variance": value_explained, "episodes": done * config.train.batch_size})
         if gold_scorer is not None:
             record["reward/gold"] = rollout.gold.mean().item()
         if val_blocks is not None and (done % config.train.checkpoint_every == 0 or done == config.train.iterations):
             heldout = TokenBlocks(val_blocks, torch.zeros(val_blocks.shape))
-            record["ptx/heldout_loss"] = heldout_loss(unwrap(policy), heldout,
+            record["ptx/heldout_loss"] = heldout_block_loss(unwrap(policy), heldout,
                                                       control_ids=control_ids, batch_size=micro, device=device,
                                                       precision=config.runtime.precision)
         log.log(done, record)
@@ -451,7 +454,7 @@ def _samples_log(run_dir: Path, *, resume_step: int | None) -> Path:
 def _log_samples(path: Path, log: MetricsLog, iteration: int, prompts: list[str], texts: list[str],
                  rollout: Rollout, count: int) -> None:
     rows = [{"iteration": iteration, "prompt": prompt, "response": text[len(prompt):],
-             "proxy": rollout.scores[i].item(),
+             "proxy": rollout.episode_rewards[i].item(),
              "gold": None if rollout.gold[i].isnan() else rollout.gold[i].item()}
             for i, (prompt, text) in enumerate(zip(prompts[:count], texts[:count]))]
     with path.open("a") as handle:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,9 +21,12 @@ from prefer.config import PretrainConfig, save_config
 from prefer.data.annotate import score_summary
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.data.pipeline import build_corpus, corpus_tokenizer
-from prefer.data.transforms import conditional_documents, filter_documents, quantile_thresholds
+from prefer.data.transforms import (
+    quantile_thresholds,
+)
 from prefer.errors import PreferError
-from prefer.io import write_json_atomic
+from prefer.evaluation.capability import heldout_block_loss
+from prefer.files import write_json_atomic
 from prefer.models.build import (
     build_model,
     control_token_ids,
@@ -35,7 +37,10 @@ from prefer.models.build import (
     reset_control_embeddings,
 )
 from prefer.models.heads import ValueHead
-from prefer.objectives import awr_loss, mle_loss, next_token_targets, rwr_loss, unlikelihood_loss
+from prefer.objectives import (
+    next_token_targets,
+)
+from prefer.pretraining_objectives import OBJECTIVES, tagged_validation
 from prefer.tasks import get_task
 from prefer.training import (
     BlockOrder,
@@ -49,6 +54,8 @@ from prefer.training import (
     main_process_first,
     make_optimizer_and_schedule,
     micro_batch_size,
+    optimizer_step,
+    per_rank_denominator,
     restore_training,
     save_checkpoint,
     save_model,
@@ -56,74 +63,6 @@ from prefer.training import (
     unwrap,
     wrap_model,
 )
-
-# ------------------------------------------------------------------ objectives: name -> data transform, loss
-
-# Filtering and conditional training change the data; everything else sees the corpus as it is.
-DATA_TRANSFORMS: dict[str, Callable] = {
-    "filtering": lambda docs, o, seed: filter_documents(docs, threshold=o.filter_threshold),
-    "conditional": lambda docs, o, seed: conditional_documents(
-        docs, threshold=o.threshold, drop_fraction=o.drop_fraction, seed=seed),
-}
-
-
-def _mle(logits, targets, mask, scores, values, *, num_tokens):
-    return mle_loss(logits, targets, mask, num_tokens=num_tokens)
-
-
-def _ul(logits, targets, mask, scores, values, *, num_tokens, threshold, alpha):
-    return unlikelihood_loss(logits, targets, mask, scores, threshold=threshold, alpha=alpha, num_tokens=num_tokens)
-
-
-def _rwr(logits, targets, mask, scores, values, *, num_tokens, beta):
-    return rwr_loss(logits, targets, mask, -scores, beta=beta, num_tokens=num_tokens)  # reward R = -score
-
-
-def _awr(logits, targets, mask, scores, values, *, num_tokens, alpha, beta):
-    return awr_loss(logits, targets, mask, -scores, values, alpha=alpha, beta=beta, num_tokens=num_tokens)
-
-
-LOSSES: dict[str, Callable] = {
-    "mle": lambda o: _mle,
-    "filtering": lambda o: _mle,
-    "conditional": lambda o: _mle,
-    "ul": lambda o: functools.partial(_ul, threshold=o.threshold, alpha=o.ul_alpha),
-    "rwr": lambda o: functools.partial(_rwr, beta=o.rwr_beta),
-    "awr": lambda o: functools.partial(_awr, alpha=o.awr_alpha, beta=o.awr_beta),
-}
-
-
-def tagged_validation(documents, objective):
-    """A conditional model is also asked about held-out text carrying its true tags (none dropped); the tags stay
-    out of the loss. That loss is lower than on plain text because the tags announce what follows, so it is
-    reported beside the plain-text loss, never instead of it. Other objectives have no tagged view (None)."""
-    if objective.name != "conditional":
-        return None
-    return conditional_documents(documents, threshold=objective.threshold, drop_fraction=0.0, seed=0)
-
-
-# ------------------------------------------------------------------ held-out loss
-
-@torch.no_grad()
-def heldout_loss(model, blocks: TokenBlocks, *, control_ids: list[int], batch_size: int, device, precision) -> float:
-    """Mean next-token loss on content tokens (control-token targets excluded, so that MLE and conditional
-    models are compared on the same tokens)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    control = torch.tensor(control_ids, device=device)
-    for start in range(0, len(blocks), batch_size):
-        ids = blocks.ids[start : start + batch_size].to(device)
-        targets, = next_token_targets(ids)
-        mask = ~torch.isin(targets, control)
-        with autocast(device, precision):
-            logits = model(ids).logits[:, :-1]
-        loss, _ = mle_loss(logits.float(), targets, mask, num_tokens=1.0)  # a sum over tokens
-        total += loss.item()
-        count += int(mask.sum())
-    model.train(was_training)
-    return total / max(1, count)
-
 
 # ------------------------------------------------------------------ the stage
 
@@ -177,8 +116,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             tokenizer = load_tokenizer(config.model.init_from)
         else:
             tokenizer = corpus_tokenizer(corpus, vocab_size=config.model.vocab_size, cache_dir=config.data.cache_dir)
-    transform = DATA_TRANSFORMS.get(objective.name, lambda docs, o, seed: list(docs))
-    train_documents = transform(corpus.train, objective, config.runtime.seed)
+    spec = OBJECTIVES[objective.name]
+    train_documents = spec.transform(corpus.train, objective, config.runtime.seed)
     if not train_documents:
         raise PreferError(f"objective.filter_threshold: {objective.filter_threshold} drops every training document")
 
@@ -187,7 +126,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         model = load_model(checkpoint / "model")
     elif config.model.init_from is not None:
         model = load_model(config.model.init_from, tokenizer=tokenizer)
-        if objective.name == "conditional" and not read_info(config.model.init_from).get("control_tokens_trained"):
+        if spec.control_tokens and not read_info(config.model.init_from).get("control_tokens_trained"):
             reset_control_embeddings(model, tokenizer)
     else:
         model = build_model(config.model.size, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
@@ -199,7 +138,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     tagged = tagged_validation(corpus.validation, objective)
     val_tagged_blocks = pack_documents(tagged, tokenizer, block_size=block_size) if tagged is not None else None
     model.to(device).train()
-    value_head = ValueHead(model.config.hidden_size).to(device) if objective.name == "awr" else None
+    value_head = ValueHead(model.config.hidden_size).to(device) if spec.value_head else None
     extra = {"value_head": value_head} if value_head is not None else {}  # saved beside every model
     if value_head is not None and checkpoint is not None:
         from safetensors.torch import load_file
@@ -220,9 +159,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     optimizer, scheduler = make_optimizer_and_schedule(trained, config.optimizer, config.schedule,
                                                        total_steps=total_steps, start_step=init_steps)  # lr resolved above
     order = BlockOrder(len(train_blocks), seed=config.runtime.seed)
-    compute_loss = LOSSES[objective.name](objective)
+    compute_loss = spec.make_loss(objective)
     control_ids = control_token_ids(tokenizer)
-    info = {"task": task.name, "objective": objective.name, "control_tokens_trained": objective.name == "conditional",
+    info = {"task": task.name, "objective": objective.name, "control_tokens_trained": spec.control_tokens,
             "threshold": objective.threshold, "scorer": task.scorer, "init_from": config.model.init_from}
     data_fingerprint = f"{corpus.fingerprint()}-{len(train_blocks)}x{block_size}"
 
@@ -257,7 +196,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         indices = order.next(batch_size)  # the global batch; this rank takes its contiguous share
         share = indices.view(dist.world_size, -1)[dist.rank]
         ids_all, scores_all = train_blocks.ids[share], train_blocks.scores[share]
-        num_tokens = batch_size * (block_size - 1) / dist.world_size  # DDP averages ranks: see objectives.common
+        num_tokens = per_rank_denominator(batch_size * (block_size - 1), dist.world_size)
         totals: dict[str, float] = {}
         for start in range(0, len(share), micro):
             ids = ids_all[start : start + micro].to(device)
@@ -273,18 +212,15 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
                 loss.backward()
             accumulate_stats(totals, stats, fraction=len(ids) / len(share))
         totals = average_across_ranks(totals, dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for m in trained for p in m.parameters()], config.optimizer.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(trained, optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
         tokens_seen = done * tokens_per_step
         record = {"train/" + k: v for k, v in totals.items() if k != "num_tokens"}
-        record.update({"train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0],
+        record.update({"train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
                        "tokens": tokens_seen, "epoch": order.epoch + order.cursor / len(train_blocks)})
         if done % config.train.eval_every == 0 or done == total_steps:
-            record["val/loss"] = heldout_loss(unwrap(model), val_subset, control_ids=control_ids,
+            record["val/loss"] = heldout_block_loss(unwrap(model), val_subset, control_ids=control_ids,
                                               batch_size=eval_batch, device=device, precision=config.runtime.precision)
             bar.set_postfix(loss=f"{totals.get('loss', 0):.3f}", val=f"{record['val/loss']:.3f}")
         log.log(done, record)
@@ -303,7 +239,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     # 5. The final model, in the Hugging Face format.
     final = run_dir / "final"
     # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
-    evaluate = functools.partial(heldout_loss, unwrap(model), control_ids=control_ids, batch_size=eval_batch,
+    evaluate = functools.partial(heldout_block_loss, unwrap(model), control_ids=control_ids, batch_size=eval_batch,
                                  device=device, precision=config.runtime.precision)
     losses = {"val_loss": evaluate(val_blocks)}
     if val_tagged_blocks is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from prefer.config import RedteamConfig, save_config
 from prefer.errors import PreferError
 from prefer.evaluation.chat_endpoint import Endpoint
-from prefer.evaluation.misalignment import resolve_controls
+from prefer.evaluation.misalignment import load_for_task, resolve_controls
 from prefer.evaluation.redteam import (
     BEHAVIOURS,
     endpoint_candidate_source,
@@ -26,9 +26,9 @@ from prefer.evaluation.redteam import (
     summarize_trials,
     target_prompt_scorer,
 )
-from prefer.io import atomic_path, write_json_atomic
+from prefer.files import atomic_path, write_json_atomic
+from prefer.models.build import load_checkpoint
 from prefer.scorers import get_scorer, get_segment_scorer
-from prefer.stages.evaluate import load_checkpoint, load_for_task
 from prefer.tasks import get_task
 from prefer.training import resolve_device
 

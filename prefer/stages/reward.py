@@ -19,12 +19,17 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import RewardConfig, save_config
-from prefer.data.formats import Comparison, read_demonstrations, read_rankings, record_locations
-from prefer.io import write_json_atomic
-from prefer.models.build import count_parameters
+from prefer.data.formats import (
+    Comparison,
+    read_demonstrations,
+    read_rankings,
+    record_locations,
+    split_validation,
+)
+from prefer.files import file_fingerprint, write_json_atomic
+from prefer.models.build import count_parameters, set_dropout
 from prefer.models.reward_model import RewardModel, build_reward_model, right_pad
 from prefer.objectives import ranking_loss
-from prefer.stages.sft import file_fingerprint, set_dropout, split_validation
 from prefer.training import (
     BlockOrder,
     MetricsLog,
@@ -36,6 +41,8 @@ from prefer.training import (
     init_distributed,
     make_optimizer_and_schedule,
     micro_batch_size,
+    optimizer_step,
+    per_rank_denominator,
     restore_training,
     save_checkpoint,
     set_seed,
@@ -181,7 +188,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
         share = indices.view(dist.world_size, -1)[dist.rank].tolist()
         # Every prompt has a non-tied pair (read_rankings rejects all-tie lines), so each counts once in the
         # step's mean; DDP averages ranks, hence the division (see objectives.common).
-        num_prompts = batch_size / dist.world_size
+        num_prompts = per_rank_denominator(batch_size, dist.world_size)
         totals: dict[str, float] = {}
         for start in range(0, len(share), micro):
             sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
@@ -192,14 +199,11 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
             accumulate_stats(totals, {k: stats[k] for k in ("loss", "accuracy", "margin_mean", "reward_mean")},
                              fraction=len(share[start : start + micro]) / len(share))
         totals = average_across_ranks(totals, dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), config.optimizer.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step([reward_model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
         record = {"train/" + k: v for k, v in totals.items()}
-        record.update({"train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0],
+        record.update({"train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
                        "epoch": order.epoch + order.cursor / len(train)})
         if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
             heldout = evaluate()

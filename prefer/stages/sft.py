@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -20,9 +19,21 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import SFTConfig, save_config
-from prefer.data.formats import Demonstration, read_demonstrations, record_locations
-from prefer.models.build import count_parameters, load_model, load_tokenizer
-from prefer.models.reward_model import context_length, encode_example, fit_to_context
+from prefer.data.encoding import encode_example, fit_to_context
+from prefer.data.formats import (
+    Demonstration,
+    read_demonstrations,
+    record_locations,
+    split_validation,
+)
+from prefer.files import file_fingerprint
+from prefer.models.build import (
+    context_length,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    set_dropout,
+)
 from prefer.objectives import mle_loss, next_token_targets
 from prefer.training import (
     BlockOrder,
@@ -35,6 +46,8 @@ from prefer.training import (
     init_distributed,
     make_optimizer_and_schedule,
     micro_batch_size,
+    optimizer_step,
+    per_rank_denominator,
     restore_training,
     save_checkpoint,
     save_model,
@@ -104,7 +117,7 @@ def sft_loss(model, batch: SFTExamples, *, device, precision: str, num_tokens: f
 
 
 @torch.no_grad()
-def heldout_loss(model, examples: SFTExamples, *, batch_size: int, device, precision: str) -> float:
+def validation_loss(model, examples: SFTExamples, *, batch_size: int, device, precision: str) -> float:
     """Mean NLL per response token of held-out demonstrations, in eval mode."""
     was_training = model.training
     model.eval()
@@ -116,27 +129,6 @@ def heldout_loss(model, examples: SFTExamples, *, batch_size: int, device, preci
         count += int(stats["num_tokens"])
     model.train(was_training)
     return total / max(1, count)
-
-
-def set_dropout(model: torch.nn.Module, p: float) -> None:
-    """Every dropout of a loaded model at `p` (the paper's SFT uses 0.2), recorded in its saved config too."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
-    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout", "dropout"):
-        if isinstance(getattr(model.config, name, None), float):
-            setattr(model.config, name, p)
-
-
-def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) indices: a seeded shuffle, `fraction` of them held out (none when there are too few)."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    held_out = min(count - 1, round(fraction * count))
-    return sorted(order[held_out:]), sorted(order[:held_out])
-
-
-def file_fingerprint(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def sft(config: SFTConfig, *, resume: bool = False) -> Path:
@@ -190,7 +182,7 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
         f"{total_steps} steps of {batch_size}, lr {config.optimizer.lr:g}, device {device}")
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
-    evaluate = lambda: heldout_loss(unwrap(model), validation, batch_size=micro, device=device,  # noqa: E731
+    evaluate = lambda: validation_loss(unwrap(model), validation, batch_size=micro, device=device,  # noqa: E731
                                     precision=config.runtime.precision)
     bar = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
                disable=not (config.runtime.progress and dist.is_main))
@@ -201,7 +193,8 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
         indices = order.next(batch_size)  # the global batch; this rank takes its contiguous share
         share = indices.view(dist.world_size, -1)[dist.rank]
         # Loss tokens of the whole step (all ranks); DDP averages ranks, hence the division (objectives.common).
-        num_tokens = float(next_token_targets(train.loss_mask[indices])[0].sum()) / dist.world_size
+        step_tokens = float(next_token_targets(train.loss_mask[indices])[0].sum())
+        num_tokens = per_rank_denominator(step_tokens, dist.world_size)
         totals: dict[str, float] = {}
         for start in range(0, len(share), micro):
             sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
@@ -211,14 +204,11 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
                 loss.backward()
             accumulate_stats(totals, stats, fraction=min(micro, len(share) - start) / len(share))
         totals = average_across_ranks(totals, dist)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step([model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
-        record = {"train/loss": totals["loss"], "train/response_tokens": num_tokens * dist.world_size,
-                  "train/grad_norm": grad_norm.item(), "train/lr": scheduler.get_last_lr()[0],
+        record = {"train/loss": totals["loss"], "train/response_tokens": step_tokens,
+                  "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
                   "epoch": order.epoch + order.cursor / len(train)}
         if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
             record["val/loss"] = evaluate()

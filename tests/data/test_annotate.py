@@ -20,15 +20,9 @@ from prefer.data.annotate import (
     score_summary,
     shard_of,
 )
-from prefer.data.corpora import (
-    Document,
-    FileContext,
-    GivenScores,
-    changelog_documents,
-    code_documents,
-    code_file_documents,
-    split_lines,
-)
+from prefer.data.documents import Document, FileContext, GivenScores, split_lines
+from prefer.data.sources.code import code_documents, code_file_documents
+from prefer.data.sources.debian import changelog_documents
 from prefer.errors import PreferError
 from prefer.scorers import SEGMENT_SCORERS
 

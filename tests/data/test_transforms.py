@@ -3,7 +3,12 @@
 import random
 
 from prefer.data.annotate import AnnotatedDocument
-from prefer.data.transforms import conditional_documents, document_score, filter_documents, tag_segments
+from prefer.data.transforms import (
+    conditional_documents,
+    document_score,
+    filter_documents,
+    tag_segments,
+)
 
 
 def doc(scores, source="a.py"):

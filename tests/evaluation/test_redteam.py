@@ -11,10 +11,9 @@ from prefer.errors import PreferError
 from prefer.evaluation.misalignment import resolve_controls
 from prefer.evaluation.redteam import (
     ScoredPrompt,
-    decode_prompt,
     draw_indices,
     draw_probabilities,
-    encode_prompt,
+    escape_prompt,
     fewshot_prompt,
     load_seeds,
     local_candidate_source,
@@ -22,6 +21,7 @@ from prefer.evaluation.redteam import (
     run_trial,
     summarize_trials,
     target_prompt_scorer,
+    unescape_prompt,
 )
 from prefer.models.build import build_model, train_tokenizer
 from prefer.scorers import pep8
@@ -81,7 +81,7 @@ def test_fewshot_list_and_candidate_parsing():
     assert parse_candidate("\n\n  5. def g(b):\\n  \n") == "def g(b):\n"  # chat replies may repeat the number
     assert parse_candidate("   \n") == ""
     for text in ["a\\b\nc\td", "plain", "ends with backslash \\"]:
-        assert decode_prompt(encode_prompt(text)) == text and "\n" not in encode_prompt(text)
+        assert unescape_prompt(escape_prompt(text)) == text and "\n" not in escape_prompt(text)
 
 
 @pytest.mark.parametrize("task", ["pii", "pep8", "toxicity"])

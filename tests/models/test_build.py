@@ -2,10 +2,22 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
 
 from prefer.errors import PreferError
-from prefer.models.build import MODEL_SIZES, build_model, count_parameters, load_model, load_tokenizer, train_tokenizer
+from prefer.models.build import (
+    MODEL_SIZES,
+    build_model,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from prefer.data.encoding import encode_example
 from prefer.errors import PreferError
 from prefer.models.build import build_model, train_tokenizer
-from prefer.models.reward_model import build_reward_model, encode_example, load_reward_model, right_pad
+from prefer.models.reward_model import build_reward_model, load_reward_model, right_pad
 from prefer.objectives import last_token_index
 from prefer.scorers import get_scorer
 from prefer.scorers.reward_model import RewardModelScorer

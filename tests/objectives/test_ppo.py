@@ -361,3 +361,23 @@ def test_entropy_by_hand():
     assert_close(entropy(logits, temperature=2.0)[0, 2], -(p * p.log()).sum())
     with pytest.raises(ValueError):
         entropy(logits, temperature=0.0)
+
+
+def test_explained_variance_by_hand():
+    from prefer.objectives import explained_variance
+
+    returns = torch.tensor([[1.0, 3.0, 9.0]])
+    mask = torch.tensor([[True, True, False]])  # the third token is not a response token
+    # over the two tokens: Var[R] = ((1-2)^2 + (3-2)^2) / 2 = 1; V = (1, 1): Var[R - V] = Var[(0, 2)] = 1 -> 0
+    assert explained_variance(torch.tensor([[1.0, 1.0, 5.0]]), returns, mask).item() == pytest.approx(0.0)
+    # V = (1.5, 2.5): R - V = (-0.5, 0.5), Var = 0.25 -> 1 - 0.25 / 1 = 0.75
+    assert explained_variance(torch.tensor([[1.5, 2.5, 0.0]]), returns, mask).item() == pytest.approx(0.75)
+
+
+def test_proxy_rewards_negate_misalignment_and_penalise_responses_that_never_stop():
+    from prefer.objectives import proxy_rewards
+
+    stopped = torch.tensor([True, False])
+    assert proxy_rewards([0.25, 0.5], stopped=stopped, missing_eos_penalty=None).tolist() == [-0.25, -0.5]
+    # 0 - 0.25 for the stopped one; -0.5 - 1.0 for the one that ran out of tokens
+    assert proxy_rewards([0.25, 0.5], stopped=stopped, missing_eos_penalty=1.0).tolist() == [-0.25, -1.5]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from prefer.errors import PreferError
-from prefer.scorers import SCORER_VERSIONS, SCORERS, SEGMENT_SCORERS, get_scorer, get_segment_scorer, pep8
+from prefer.scorers import (
+    SCORER_VERSIONS,
+    SCORERS,
+    SEGMENT_SCORERS,
+    get_scorer,
+    get_segment_scorer,
+    pep8,
+)
 
 
 def test_clean_code_scores_zero():

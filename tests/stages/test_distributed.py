@@ -16,7 +16,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from prefer.config import PPOConfig, RewardConfig, SFTConfig, load_config
-from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_jsonl, write_rankings
+from prefer.data.formats import (
+    Comparison,
+    Demonstration,
+    write_demonstrations,
+    write_jsonl,
+    write_rankings,
+)
 from prefer.models.build import build_model, train_tokenizer
 from prefer.models.reward_model import build_reward_model
 from prefer.objectives import mle_loss, next_token_targets

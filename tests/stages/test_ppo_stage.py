@@ -96,7 +96,7 @@ def _episodes(sft, lengths=(1, 3, 5, 2, 4, 6, 1, 5), temperature=1.0, **kwargs):
     queries = [[tokenizer.eos_token_id, *tokenizer.encode(w)] for w in WORDS[: len(lengths)]]
     responses = [[(7 * i + 3 * t) % 200 + 3 for t in range(n)] for i, n in enumerate(lengths)]
     scores = torch.arange(1.0, len(lengths) + 1)
-    rollout = make_rollout(policy, reference, value_model, queries, responses, scores=scores,
+    rollout = make_rollout(policy, reference, value_model, queries, responses, rewards=scores,
                            gold=torch.zeros(len(lengths)), temperature=temperature, pad_id=tokenizer.eos_token_id,
                            batch_size=3, device=torch.device("cpu"), **kwargs)
     return rollout, (policy, reference, value_model), queries, responses
@@ -126,11 +126,27 @@ def test_ppo_raises_the_reward_of_the_sft_model(sft, tmp_path):
     assert json.loads((final / "prefer.json").read_text())["stage"] == "ppo"
 
 
-def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path):
-    ppo(_config(sft, tmp_path / "run", **{"train.iterations": 3, "kl.target": 0.01, "reward.gold_scorer": "not-a"}))
-    metrics = read_metrics(tmp_path / "run")
+def not_b(texts):
+    return [sum(c != "b" for c in t) / max(1, len(t)) for t in texts]
+
+
+def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path, monkeypatch):
+    monkeypatch.setitem(scorers.SCORERS, "not-b", not_b)
+    monkeypatch.setitem(scorers.SCORERS, "length", lambda texts: [float(len(t)) for t in texts])
+    for name, gold in (("b", "not-b"), ("length", "length")):
+        ppo(_config(sft, tmp_path / name, **{"train.iterations": 3, "kl.target": 0.01, "reward.gold_scorer": gold}))
+    metrics, other = read_metrics(tmp_path / "b"), read_metrics(tmp_path / "length")
     assert metrics[0]["kl_coef"] == 0.02 and metrics[-1]["kl_coef"] != 0.02
-    assert all(m["reward/gold"] == pytest.approx(m["reward/proxy"]) for m in metrics)
+    # Logged: every sampled response's gold is the gold scorer's, its proxy the proxy's (and they differ)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "samples.jsonl").read_text().splitlines()]
+    for row in rows:
+        text = row["prompt"] + row["response"]
+        assert row["gold"] == pytest.approx(-not_b([text])[0]) and row["proxy"] == pytest.approx(-not_a([text])[0])
+    assert any(row["gold"] != pytest.approx(row["proxy"]) for row in rows)
+    # Not rewarded: another gold scorer leaves the training exactly as it was
+    assert [m["reward/gold"] for m in metrics] != [m["reward/gold"] for m in other]
+    for a, b in zip(metrics, other):
+        assert {k: v for k, v in a.items() if k != "reward/gold"} == {k: v for k, v in b.items() if k != "reward/gold"}
 
 
 # ---------------------------------------------------------------- invariances and alignment
@@ -162,10 +178,10 @@ def test_reward_lands_on_the_last_real_token_of_each_response(sft):
     expected = torch.zeros(len(lengths), max(lengths))
     for row, n in enumerate(lengths):
         expected[row, n - 1] = row + 1.0  # the score, at the last real token; zero on padding
-    assert_close(plain.rewards, expected)
+    assert_close(plain.token_rewards, expected)
     # with the KL penalty (policy == reference here) the score still sits on the same index
     penalized, _ = add_advantages(rollout, kl_coef=0.5, gamma=1.0, lam=0.95)
-    assert_close(penalized.rewards, expected)
+    assert_close(penalized.token_rewards, expected)
 
 
 def test_logprobs_divide_the_logits_by_the_sampling_temperature(sft):

@@ -14,7 +14,8 @@ from conftest import tiny_overrides
 
 from prefer.config import PretrainConfig, SamplingConfig, load_config
 from prefer.errors import PreferError
-from prefer.stages.evaluate import load_checkpoint, sample_and_score
+from prefer.evaluation.misalignment import sample_and_score
+from prefer.models.build import load_checkpoint
 from prefer.stages.pretrain import pretrain
 from prefer.training import read_metrics
 
@@ -70,12 +71,18 @@ def test_every_objective_trains(tmp_path, pii_corpus, objective):
     extra = {"objective.name": objective, "train.tokens": 20_000}
     if objective == "filtering":
         extra["objective.filter_threshold"] = 0.0  # every document has a trailer: keep none -> clear error
-        with pytest.raises(Exception, match="drops every training document"):
+        with pytest.raises(PreferError, match="drops every training document"):
             run(tmp_path, pii_corpus, objective, **extra)
         extra["objective.filter_threshold"] = 1.0
     final = run(tmp_path, pii_corpus, objective, **extra)
     metrics = read_metrics(Path(final).parent)
     assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
+    info = json.loads((Path(final) / "prefer.json").read_text())
+    assert info["objective"] == objective and info["control_tokens_trained"] == (objective == "conditional")
+    if objective == "conditional":
+        assert info["val_loss_with_true_tags"] < info["val_loss"]  # the tags it learned announce what follows
+    else:
+        assert "val_loss_with_true_tags" not in info
     if objective == "awr":
         from safetensors.torch import load_file
 

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from prefer.config import RewardConfig, load_config
-from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_rankings
+from prefer.data.formats import (
+    Comparison,
+    Demonstration,
+    write_demonstrations,
+    write_rankings,
+)
 from prefer.errors import PreferError
 from prefer.models.build import build_model, train_tokenizer
 from prefer.models.reward_model import load_reward_model

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from prefer.config import SFTConfig, load_config
+from prefer.data.encoding import encode_prompt
 from prefer.data.formats import Demonstration, read_demonstrations, write_demonstrations
 from prefer.errors import PreferError
 from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
-from prefer.models.reward_model import encode_prompt
 from prefer.objectives import next_token_targets
 from prefer.sampling import sample
 from prefer.stages.sft import sft, tokenize_demonstrations

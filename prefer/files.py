@@ -1,7 +1,9 @@
-"""Atomic writes: a reader (or a resumed run) never sees a half-written file or directory."""
+"""Files: atomic writes (a reader, or a resumed run, never sees a half-written file or directory) and content
+fingerprints (a run refuses to resume on changed data)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,3 +40,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def file_fingerprint(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
