@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", choices=["pii", "pep8", "toxicity"],
                       help="pii (default: Debian changelogs), pep8 (stdlib code) or toxicity (fortunes)")
     demo.add_argument("--pipeline", choices=["pretraining", "rlhf"], default="pretraining",
-                      help="pretraining (default: MLE vs conditional training) or rlhf (the InstructGPT pipeline, short)")
+                      help="pretraining (default: MLE vs conditional training) or rlhf (InstructGPT, short)")
     _common(demo)
 
     rlhf = commands.add_parser("rlhf", help="InstructGPT on one task: synthetic labelers -> SFT -> reward models -> "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from prefer.evaluation.policy import sample_policy
-from prefer.stages.evaluate import load_checkpoint
+from prefer.models.build import load_checkpoint
 
 
 def main() -> None:

@@ -111,7 +111,8 @@ def test_ppo_beats_sft_by_the_gold_judge_on_a_learnable_preference(results):
 def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
     results, out = results
     assert set(results["splits"].values()) == {400, 8, 48, 64}
-    prompts = {name: [json.loads(line)["prompt"] for line in (out / "prompts" / f"{name}.jsonl").read_text().splitlines()]
+    prompts = {name: [json.loads(line)["prompt"]
+                      for line in (out / "prompts" / f"{name}.jsonl").read_text().splitlines()]
                for name in results["splits"]}
     assert len(set().union(*prompts.values())) == sum(map(len, prompts.values()))  # disjoint splits
     assert set(results["policies"]) == {"sft", "pretrained", "ppo_kl0.05", "ppo_kl0.05_ptx"}
@@ -141,7 +142,8 @@ def test_a_second_run_reuses_every_stage(results, toy):
 
 def test_entry_prompt_is_the_first_lines_without_the_final_newline():
     segments = ["pkg (1.0-1) unstable; urgency=medium\n", "\n", "  * New upstream release.\n", "\n", " -- A <a@b>\n"]
-    assert entry_prompt(segments, lines=1, max_chars=200) == "pkg (1.0-1) unstable; urgency=medium\n\n  * New upstream release."
+    first = "pkg (1.0-1) unstable; urgency=medium"
+    assert entry_prompt(segments, lines=1, max_chars=200) == first + "\n\n  * New upstream release."
     assert entry_prompt(segments, lines=0, max_chars=200) == "pkg (1.0-1) unstable; urgency=medium"
     assert entry_prompt(segments, lines=1, max_chars=20) is None
     assert entry_prompt(segments[:1], lines=1, max_chars=200) is None

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prefer.data.encoding import encode_prompt
 from prefer.evaluation.metrics import bootstrap_ci, distinct_n
 from prefer.evaluation.misalignment import SamplingControls
 from prefer.evaluation.preference import best_of_n_kl, best_of_n_values, win_outcomes
 from prefer.models.build import control_token_ids
-from prefer.models.reward_model import encode_prompt
 from prefer.rollouts import make_rollout
 from prefer.sampling import sample
 from prefer.scorers import Scorer

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
 from prefer.errors import PreferError
 from prefer.evaluation.metrics import bootstrap_ci
 

@@ -26,6 +26,7 @@ from prefer.data.corpora import load_documents, split_by_source
 from prefer.data.formats import (
     Comparison,
     read_rankings,
+    split_validation,
     write_rankings,
 )
 from prefer.errors import PreferError
@@ -39,15 +40,15 @@ from prefer.evaluation.policy import (
 )
 from prefer.evaluation.preference import noise_for_agreement, pairwise_accuracy
 from prefer.experiments.rlhf_report import write_results
-from prefer.io import write_json_atomic, write_text_atomic
+from prefer.files import write_json_atomic, write_text_atomic
 from prefer.labeling.synthetic import label_synthetic, rank_by_scores
+from prefer.models.build import load_checkpoint
 from prefer.models.reward_model import load_reward_model
 from prefer.scorers import get_scorer
-from prefer.stages.evaluate import load_checkpoint
 from prefer.stages.ppo import ppo
 from prefer.stages.pretrain import pretrain
 from prefer.stages.reward import reward
-from prefer.stages.sft import sft, split_validation
+from prefer.stages.sft import sft
 from prefer.tasks import get_task
 from prefer.training import resolve_device
 
@@ -385,7 +386,8 @@ def rlhf(config: RLHFConfig) -> dict:
                "settings": {"label_max_new_tokens": config.label.generation.max_new_tokens,
                             "K": config.label.num_responses, "eval_samples": config.eval_samples,
                             "eval_temperature": config.eval_temperature, "eval_prompts": len(splits["eval"]),
-                            "ppo_iterations": config.ppo.train.iterations, "ppo_batch_size": config.ppo.train.batch_size}}
+                            "ppo_iterations": config.ppo.train.iterations,
+                            "ppo_batch_size": config.ppo.train.batch_size}}
     text = write_results(results, out)
     print(text)
     print(f"[rlhf] {seconds['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, results.json, "

@@ -12,7 +12,7 @@ from prefer.figures import (
     plot_overoptimisation,
     plot_win_rate_vs_kl,
 )
-from prefer.io import write_json_atomic, write_text_atomic
+from prefer.files import write_json_atomic, write_text_atomic
 
 
 def _row(cells) -> str:
@@ -61,7 +61,8 @@ def policy_rows(results: dict):
 def format_tables(results: dict) -> str:
     proxies = list(next(iter(results["policies"].values()))["proxy_reward"])
     sft_gold = results["policies"]["sft"].get("per_sample_gold")
-    head = ["policy", f"gold {results['gold_scorer']} [95% CI]", "gold - SFT [95% CI]", *[f"{p} reward" for p in proxies],
+    head = ["policy", f"gold {results['gold_scorer']} [95% CI]", "gold - SFT [95% CI]",
+            *[f"{p} reward" for p in proxies],
             "KL to SFT (nats)", "win rate vs SFT (gold)", "ties", "wins w/o ties", "chars", "ended", "distinct-2",
             "held-out loss"]
     lines = [_row(head), "|" + "---|" * len(head)]
@@ -85,7 +86,8 @@ def format_tables(results: dict) -> str:
                  "log pi/pi_SFT summed over the response on the policy's own samples (best-of-n: log n - (n-1)/n); win "
                  "rate = share of prompts where the gold scorer prefers the policy's response to the SFT model's, ties "
                  "half (ties: both equally good, e.g. both free of PII and long enough; wins w/o ties = wins / "
-                 "(wins + losses)); held-out loss = nats per token of held-out corpus text (the alignment tax). Best-of-n rows "
+                 "(wins + losses)); held-out loss = nats per token of held-out corpus text (the alignment tax). "
+                 "Best-of-n rows "
                  "select among SFT samples by the named proxy.")
     rm = results["reward_models"]
     rm_lines = ["", "| reward model | trained on | held-out accuracy vs gold ranking | pairs |", "|---|---|---|---|"]
@@ -110,7 +112,8 @@ def format_csv(results: dict) -> str:
     writer = csv.writer(buffer)
     proxies = list(next(iter(results["policies"].values()))["proxy_reward"])
     writer.writerow(["policy", "gold_mean", "gold_ci_low", "gold_ci_high", *[f"{p}_reward" for p in proxies],
-                     "kl", "win_rate", "win_ci_low", "win_ci_high", "ties", "wins_without_ties", "response_chars", "ended", "distinct_1",
+                     "kl", "win_rate", "win_ci_low", "win_ci_high", "ties", "wins_without_ties", "response_chars",
+                     "ended", "distinct_1",
                      "distinct_2", "heldout_loss_per_token"])
     for label, e in policy_rows(results):
         win = e.get("win_rate") or {}

@@ -77,7 +77,7 @@ def test_best_of_n_picks_the_highest_proxy_reward_in_each_disjoint_group():
 
 
 def test_bin_by_sqrt_kl_averages_points_per_bin_of_sqrt_kl():
-    # d = sqrt(KL) = 0, 0.5, 1, 1.5, 2 (KL -0.1 counts as 0); width 1 -> bins [0,1): d 0, 0, 0.5; [1,2): 1, 1.5; [2,3): 2
+    # d = sqrt(KL) = 0, 0, 0.5, 1, 1.5, 2 (KL -0.1 counts as 0); width 1 -> [0,1): 0, 0, 0.5; [1,2): 1, 1.5; [2,3): 2
     kl = [0.0, -0.1, 0.25, 1.0, 2.25, 4.0]
     values = [1.0, 3.0, 2.0, 4.0, 6.0, 10.0]
     bins = bin_by_sqrt_kl(kl, values, width=1.0)
