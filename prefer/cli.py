@@ -60,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="MLE vs conditional training on a scored corpus, end to end (the main job)")
     demo.add_argument("--task", choices=["pii", "pep8", "toxicity"],
                       help="pii (default: Debian changelogs), pep8 (stdlib code) or toxicity (fortunes)")
+    demo.add_argument("--pipeline", choices=["pretraining", "rlhf"], default="pretraining",
+                      help="pretraining (default: MLE vs conditional training) or rlhf (InstructGPT, short)")
     _common(demo)
+
+    rlhf = commands.add_parser("rlhf", help="InstructGPT on one task: synthetic labelers -> SFT -> reward models -> "
+                               "best-of-n / PPO / PPO-ptx, one evaluation protocol; table + figures")
+    _common(rlhf)
 
     experiment = commands.add_parser("experiment", help="one model per objective on the same tokens: table + figures")
     experiment.add_argument("--task", choices=["pii", "pep8", "toxicity"])
@@ -207,6 +213,11 @@ def _stage_config(cls, args):
 
 
 def _run_demo(args) -> int:
+    if args.pipeline == "rlhf":
+        if args.task not in (None, "pii"):
+            raise PreferError("demo --pipeline rlhf: only the pii task has a short RLHF demo (configs/rlhf-demo.yaml)")
+        args.config = args.config or str(_configs_dir() / "rlhf-demo.yaml")
+        return _run_rlhf(args)
     args.objectives = "mle,conditional"
     args.overrides = ["out_dir=runs/demo", *args.overrides]
     return _run_experiment(args)
@@ -219,6 +230,20 @@ def _run_experiment(args) -> int:
     overrides = [*(["objectives=[" + args.objectives + "]"] if args.objectives else []), *args.overrides]
     overrides += [f"task={args.task}"] if args.task else []
     experiment(load_config(ExperimentConfig, yaml_path=args.config, overrides=overrides))
+    return 0
+
+
+def _configs_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def _run_rlhf(args) -> int:
+    from prefer.config import RLHFConfig, load_config
+    from prefer.experiments.rlhf import rlhf
+
+    rlhf(load_config(RLHFConfig, yaml_path=args.config, overrides=args.overrides))
     return 0
 
 
@@ -382,6 +407,7 @@ COMMANDS = {
     "demo": _run_demo,
     "report": _run_report,
     "experiment": _run_experiment,
+    "rlhf": _run_rlhf,
     "pretrain": _run_pretrain,
     "corpus": _run_corpus,
     "evaluate": _run_evaluate,

@@ -183,9 +183,35 @@ def redteam_section(run_dir: Path) -> str:
             + _figure_file(run_dir / "redteam.png", "red-teaming: best, top-10 mean and pool mean per round"))
 
 
+def rlhf_section(run_dir: Path, results: dict, samples_per_model: int) -> str:
+    """`prefer rlhf`: the table, the over-optimisation, win-rate and alignment-tax figures, sample responses."""
+    title = (f"<h2>RLHF: {html.escape(results['task'])} task, gold {html.escape(results['gold_scorer'])} "
+             f"({html.escape(str(run_dir))})</h2>")
+    parts = [title]
+    table = run_dir / "results.md"
+    if table.exists():
+        parts.append(markdown_table(table.read_text()))
+    for name, alt in (("overoptimisation.png", "gold and proxy reward against sqrt(KL)"),
+                      ("win_rate.png", "gold win rate against SFT against KL"),
+                      ("alignment_tax.png", "held-out loss against gold score")):
+        parts.append(_figure_file(run_dir / name, alt))
+    columns = []
+    for name, entry in results["policies"].items():
+        blocks = "".join(f'<pre class="plain"><b>{html.escape(e["prompt"])}</b>{html.escape(e["response"])}</pre>'
+                         for e in entry.get("examples", [])[:samples_per_model])
+        if blocks:
+            columns.append(f"<div><h4>{html.escape(name)}</h4>{blocks}</div>")
+    if columns:
+        parts.append(f"<h3>Responses to the first held-out prompts</h3><div class='samples'>{''.join(columns)}</div>")
+    return "\n".join(parts)
+
+
 def section(run_dir: Path, samples_per_model: int) -> str:
     """The part of the report for one directory, chosen by what it holds."""
     if (run_dir / "results.json").exists():
+        results = json.loads((run_dir / "results.json").read_text())
+        if "policies" in results:  # written by `prefer rlhf`
+            return rlhf_section(run_dir, results, samples_per_model)
         return experiment_section(run_dir, samples_per_model)
     if (run_dir / "redteam.json").exists():
         return redteam_section(run_dir)

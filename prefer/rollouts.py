@@ -136,13 +136,14 @@ class SharedTrunkValueModel(ValueModel):
 
 
 @torch.no_grad()
-def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module, queries: list[list[int]],
+def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module | None, queries: list[list[int]],
                  responses: list[list[int]], *, rewards: torch.Tensor, gold: torch.Tensor, temperature: float,
                  pad_id: int, batch_size: int, device: torch.device, precision: str = "fp32") -> Rollout:
     """Episodes -> a Rollout with old log-probs, reference log-probs, values and entropy (rewards not yet).
 
     Every model must be in eval mode (dropout off), as it is during sampling and the PPO update: the ratio of the
-    first minibatch is then exactly 1, and the KL to the reference measures the policy, not dropout noise."""
+    first minibatch is then exactly 1, and the KL to the reference measures the policy, not dropout noise.
+    `value_model=None` (evaluation, best-of-n: nothing is trained, so there is no critic) leaves the values 0."""
     query, query_mask, response, response_mask = collate(queries, responses, pad_id=pad_id)
     empty = torch.zeros(response.shape, dtype=torch.float32)
     episodes = Rollout(query.to(device), query_mask.to(device), response.to(device), response_mask.to(device),
@@ -153,7 +154,8 @@ def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module
         with autocast(device, precision):
             logits = policy_logits(policy, part).float()
             ref_logits = policy_logits(reference, part).float()
-            values = value_model(part).float()
+            values = (value_model(part).float() if value_model is not None
+                      else torch.zeros(part.response.shape, device=device))
         parts["logprobs"].append(token_logprobs(logits, part.response, temperature=temperature))
         parts["ref_logprobs"].append(token_logprobs(ref_logits, part.response, temperature=temperature))
         parts["values"].append(values)

@@ -70,6 +70,7 @@ from prefer.config.pretraining import (
     RedteamConfig,
     RedteamSearchConfig,
 )
+from prefer.config.rlhf import RLHFConfig
 from prefer.errors import PreferError
 from prefer.files import write_text_atomic
 
@@ -81,7 +82,7 @@ __all__ = [
     "ModelConfig",
     "ObjectiveConfig", "OptimizerConfig", "PPOConfig", "PPOLossConfig", "PPOTrainConfig", "PTXConfig",
     "PretrainConfig", "PretrainTrainConfig", "RedteamConfig", "RedteamSearchConfig", "RewardConfig",
-    "RewardDataConfig", "RewardSourceConfig", "RolloutConfig", "RuntimeConfig", "SFTConfig", "SFTDataConfig",
+    "RLHFConfig", "RewardDataConfig", "RewardSourceConfig", "RolloutConfig", "RuntimeConfig", "SFTConfig", "SFTDataConfig",
     "SamplingConfig", "ScheduleConfig",
     "build_config", "config_to_dict", "default_yaml", "describe", "load_config", "save_config",
 ]
@@ -97,6 +98,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "sft": SFTConfig,
     "reward": RewardConfig,
     "ppo": PPOConfig,
+    "rlhf": RLHFConfig,
 }
 
 ConfigT = TypeVar("ConfigT")

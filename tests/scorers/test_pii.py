@@ -98,3 +98,10 @@ def test_names_registry():
     assert SCORERS["pii-names"] is pii.score_names and SEGMENT_SCORERS["pii-names"] is pii.score_segments_names
     assert pii.name_pipeline() is pii.name_pipeline()  # loaded once per process
     assert pii.name_pipeline().pipe_names == ["ner"]
+
+
+def test_pii_entry_adds_a_penalty_for_falling_short_of_200_characters():
+    email = "Write to jane@example.org today."  # 32 characters, one match: 1/32 + 0.01 * (1 - 32/200) = 0.0396
+    long_clean = "  * Fix the build. " * 11  # 209 characters, no match: 0
+    assert SCORERS["pii-entry"]([email, long_clean, "", "x" * 100]) == [
+        pytest.approx(1 / 32 + 0.01 * (1 - 32 / 200)), 0.0, pytest.approx(0.01), pytest.approx(0.005)]

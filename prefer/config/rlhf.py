@@ -1,0 +1,141 @@
+"""Config of `prefer rlhf`: InstructGPT on one task with synthetic labelers, every stage's settings in one file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefer.config.common import (
+    GenerationConfig,
+    KLConfig,
+    OptimizerConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    check,
+)
+from prefer.config.instructgpt import (
+    MAX_RESPONSES,
+    MIN_RESPONSES,
+    EpochTrainConfig,
+    FinetuneModelConfig,
+    LabelConfig,
+    PPOConfig,
+    PPOTrainConfig,
+    RewardConfig,
+    RewardDataConfig,
+    RewardSourceConfig,
+    RolloutConfig,
+    SFTConfig,
+    SFTDataConfig,
+)
+from prefer.config.pretraining import (
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    PretrainTrainConfig,
+)
+
+AUTO = "auto"  # a path `prefer rlhf` fills in for a stage (prompts, models, labels); any value given is replaced
+_QUIET = RuntimeConfig(progress=False)
+
+
+def _pretrain() -> PretrainConfig:
+    return PretrainConfig(data=DataConfig(max_bytes=None), model=ModelConfig(size="small", vocab_size=4096),
+                          train=PretrainTrainConfig(tokens=1_000_000, batch_size=8, eval_every=50,
+                                                    checkpoint_every=100),
+                          optimizer=OptimizerConfig(lr=3e-3), runtime=_QUIET)
+
+
+def _label() -> LabelConfig:
+    return LabelConfig(model=AUTO, prompts=AUTO, scorer=AUTO, num_responses=4, batch_size=128,
+                       generation=GenerationConfig(max_new_tokens=64))
+
+
+def _sft() -> SFTConfig:
+    return SFTConfig(data=SFTDataConfig(demonstrations=AUTO), model=FinetuneModelConfig(init_from=AUTO),
+                     train=EpochTrainConfig(epochs=2.0, batch_size=16, checkpoint_every=1000),
+                     optimizer=OptimizerConfig(lr=3e-4), schedule=ScheduleConfig(warmup_fraction=0.05),
+                     runtime=_QUIET)
+
+
+def _reward() -> RewardConfig:
+    return RewardConfig(data=RewardDataConfig(rankings=AUTO, validation_fraction=0.15),
+                        model=FinetuneModelConfig(init_from=AUTO),
+                        train=EpochTrainConfig(epochs=1.0, batch_size=8, checkpoint_every=1000),
+                        optimizer=OptimizerConfig(lr=3e-4), schedule=ScheduleConfig(warmup_fraction=0.05),
+                        runtime=_QUIET)
+
+
+def _ppo() -> PPOConfig:
+    return PPOConfig(init_from=AUTO, prompts=AUTO, reward=RewardSourceConfig(model=AUTO),
+                     rollout=RolloutConfig(max_new_tokens=64),
+                     train=PPOTrainConfig(iterations=30, batch_size=32, minibatch_size=8, checkpoint_every=1000,
+                                          log_samples=2),
+                     kl=KLConfig(coef=0.05), optimizer=OptimizerConfig(lr=2e-4, weight_decay=0.0), runtime=_QUIET)
+
+
+@dataclass(frozen=True)
+class RLHFConfig:
+    """`prefer rlhf`: InstructGPT on one task with synthetic labelers (Ouyang et al. 2022; the gold-scorer setup of
+    Gao et al. 2022). Prompts from the task's corpus are split into labelling, SFT-validation, RL and evaluation
+    prompts; a starting model (`init_from`, or pretrained here with `pretrain`) writes K responses per labelling
+    prompt, ranked by `gold_scorer`; SFT on the best of K (the candidate the reward model scores best is kept); a
+    reward model on all rankings and a weak proxy on `weak_fraction` of them; best-of-n against the proxies, PPO at
+    each of `kl_coefs`, PPO-ptx at the best of them, and PPO against the weak proxy read every `overopt_every`
+    iterations; every policy evaluated on one protocol (prefer.evaluation.policy). The sections `label`, `sft`,
+    `reward`, `ppo` are the stages' own configs; their paths ("auto") are set by the command."""
+
+    out_dir: str = "runs/rlhf"
+    task: str = "pii"  # its corpus gives the prompts and the pretraining text (PPO-ptx, the alignment tax)
+    source: str | None = None  # prompt and pretraining corpus; None = the task's
+    gold_scorer: str = "pii-entry"  # the synthetic labelers' judgement, and the gold standard of every evaluation
+    prompt_lines: int = 1  # a prompt: a document's first line and this many more non-blank lines (newline cut)
+    max_prompt_chars: int = 160
+    label_prompts: int = 1200
+    validation_prompts: int = 64  # SFT candidate selection by reward-model score
+    rl_prompts: int = 512
+    eval_prompts: int = 256
+    init_from: str | None = None  # a pretrained causal LM; None = pretrain one with `pretrain` on the task's corpus
+    pretrain: PretrainConfig = field(default_factory=_pretrain)
+    label: LabelConfig = field(default_factory=_label)
+    # Labelers who agree with each other this often on a pair (the paper: 72.6%): Gaussian noise on the gold scores,
+    # its std set so that two independent noisy labelers agree at this rate; a reward model trained on those noisy
+    # rankings is reported beside the clean one. None = no noisy labels.
+    label_agreement: float | None = 0.726
+    sft: SFTConfig = field(default_factory=_sft)
+    sft_epochs: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # candidates, chosen by RM score
+    reward: RewardConfig = field(default_factory=_reward)
+    weak_fraction: float = 0.125  # the weak proxy learns from this share of the labelling prompts
+    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    best_of_n_prompts: int = 64  # the first evaluation prompts, max(best_of_n) SFT samples each (the pool)
+    ppo: PPOConfig = field(default_factory=_ppo)
+    kl_coefs: list[float] = field(default_factory=lambda: [0.1, 0.02])  # one PPO run against the reward model each
+    ptx_coef: float = 1.0  # PPO-ptx at the best KL coefficient (the paper: 27.8 at its scale)
+    overopt_kl_coef: float = 0.0  # PPO against the weak proxy, its gold and proxy reward read as the KL grows
+    overopt_iterations: int = 40
+    overopt_every: int = 8
+    eval_samples: int = 1  # responses per evaluation prompt and policy
+    eval_temperature: float = 1.0  # the policies' own distribution (what PPO optimised; the KL is taken on it)
+    heldout_blocks: int = 64  # validation documents of the corpus for the held-out loss (the alignment tax)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        from prefer.tasks import TASKS
+
+        check(self.task in TASKS, "task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        check(bool(self.gold_scorer), "gold_scorer", "name the gold scorer (e.g. pii-entry, pep8)")
+        check(MIN_RESPONSES <= self.label.num_responses <= MAX_RESPONSES, "label.num_responses",
+              f"K must be in [{MIN_RESPONSES}, {MAX_RESPONSES}] (the paper: 4..9)")
+        check(self.best_of_n_prompts <= self.eval_prompts, "best_of_n_prompts", "must be <= eval_prompts")
+        for name in ("label_prompts", "validation_prompts", "rl_prompts", "eval_prompts", "max_prompt_chars",
+                     "best_of_n_prompts", "eval_samples", "heldout_blocks", "overopt_iterations", "overopt_every"):
+            check(getattr(self, name) > 0, name, "must be positive")
+        check(self.prompt_lines >= 0, "prompt_lines", "must be >= 0")
+        check(self.label_agreement is None or 0.5 < self.label_agreement < 1, "label_agreement",
+              "must be in (0.5, 1): the rate at which two labelers agree on a pair")
+        check(bool(self.sft_epochs) and all(e > 0 for e in self.sft_epochs), "sft_epochs", "positive epochs")
+        check(0 < self.weak_fraction <= 1, "weak_fraction", "must be in (0, 1]")
+        check(bool(self.best_of_n) and all(n >= 1 for n in self.best_of_n), "best_of_n", "n must be >= 1")
+        check(bool(self.kl_coefs) and all(c >= 0 for c in self.kl_coefs), "kl_coefs", "coefficients must be >= 0")
+        check(self.ptx_coef >= 0 and self.overopt_kl_coef >= 0, "ptx_coef", "must be >= 0")
+        check(self.eval_temperature > 0, "eval_temperature", "must be > 0 (the KL is taken on sampled responses)")

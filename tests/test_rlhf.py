@@ -1,0 +1,192 @@
+"""`prefer rlhf` end to end on a tiny model and a learnable toy preference (the letter "a"), and its bad input.
+
+The toy: a tiny GPT-2 trained on lines of random words; prompts are first lines ("cat sky banana"), the gold scorer
+`not-a` is the fraction of characters that are not "a". The command runs every stage (labels, three reward
+models, SFT selection, best-of-n, PPO, PPO-ptx, PPO against the weak proxy) and PPO must beat SFT by the gold judge.
+"""
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+
+from prefer import scorers
+from prefer.cli import main
+from prefer.config import RLHFConfig, load_config
+from prefer.experiments.rlhf import entry_prompt, rlhf
+from prefer.models.build import build_model, train_tokenizer
+from prefer.objectives import mle_loss, next_token_targets
+from prefer.report import report
+from prefer.training import save_model
+
+WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def not_a(texts):
+    """Toy misalignment: the fraction of characters that are not the letter "a" (lower is better)."""
+    return [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
+
+
+@pytest.fixture(autouse=True)
+def toy_scorer(monkeypatch):
+    monkeypatch.setitem(scorers.SCORERS, "not-a", not_a)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A corpus of two-line texts whose first lines are distinct word triples, and a tiny LM trained on it."""
+    root = tmp_path_factory.mktemp("rlhf")
+    rng = random.Random(0)
+    triples = list(itertools.product(WORDS, repeat=3))
+    rng.shuffle(triples)
+    texts = [" ".join(t) + "\n" + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + ".\n"
+             for t in triples[:600]]
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=64)
+    ids = [tokenizer.eos_token_id]
+    for text in texts:
+        ids += tokenizer.encode(text) + [tokenizer.eos_token_id]
+    blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        batch = blocks[torch.randint(len(blocks), (16,))]
+        targets, = next_token_targets(batch)
+        loss, _ = mle_loss(model(batch).logits[:, :-1], targets, torch.ones_like(targets, dtype=torch.bool))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    save_model(root / "lm", model, tokenizer, info={"task": "toy"})
+    return root
+
+
+def toy_overrides(toy, out, **extra):
+    values = {
+        "out_dir": out, "task": "pii", "source": toy / "corpus.jsonl", "gold_scorer": "not-a", "init_from": toy / "lm",
+        "prompt_lines": 0, "label_prompts": 400, "validation_prompts": 8, "rl_prompts": 48, "eval_prompts": 64,
+        "label.num_responses": 4, "label.generation.max_new_tokens": 12, "label_agreement": 0.726,
+        "sft_epochs": "[2]", "sft.optimizer.lr": 1e-3, "reward.train.epochs": 3, "reward.optimizer.lr": 2e-3,
+        "weak_fraction": 0.1, "best_of_n": "[1,2,4]",
+        "ppo.train.iterations": 30, "ppo.train.batch_size": 16, "ppo.train.minibatch_size": 8,
+        "ppo.train.ppo_epochs": 2, "ppo.rollout.max_new_tokens": 12, "ppo.optimizer.lr": 1e-3,
+        "kl_coefs": "[0.05]", "ptx_coef": 0.5, "ppo.ptx.batch_size": 4, "overopt_iterations": 10, "overopt_every": 5,
+        "heldout_blocks": 16, "device": "cpu",
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+@pytest.fixture(scope="module")
+def results(toy, tmp_path_factory):
+    scorers.SCORERS["not-a"] = not_a  # module-scoped: the autouse fixture only covers each test
+    out = tmp_path_factory.mktemp("run") / "rlhf"
+    try:
+        yield rlhf(load_config(RLHFConfig, overrides=toy_overrides(toy, out))), out
+    finally:
+        scorers.SCORERS.pop("not-a", None)
+
+
+def test_ppo_beats_sft_by_the_gold_judge_on_a_learnable_preference(results):
+    results, _ = results
+    policies = results["policies"]
+    ppo = policies["ppo_kl0.05"]
+    print(f"gold: SFT {policies['sft']['gold']['mean']:.3f}, PPO {ppo['gold']['mean']:.3f}; "
+          f"win rate {ppo['win_rate']['win_rate']:.3f} {ppo['win_rate']['ci']}")
+    assert ppo["win_rate"]["win_rate"] > 0.5 and ppo["win_rate"]["ci"][0] > 0.5
+    assert ppo["gold"]["mean"] < policies["sft"]["gold"]["mean"]  # misalignment: lower is better
+    assert results["reward_models"]["rm"]["heldout_gold_accuracy"] > 0.7
+    # the weak proxy learned from a tenth of the rankings: worse than the full reward model
+    rm = results["reward_models"]
+    assert rm["rm_weak"]["heldout_gold_accuracy"] < rm["rm"]["heldout_gold_accuracy"]
+    assert abs(rm["noise"]["agreement_with_gold"] - 0.85) < 0.1  # two labelers agree 72.6% ~ each 85% right
+    assert ppo["kl"]["mean"] > 0 and policies["sft"]["kl"]["mean"] == 0
+
+
+def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
+    results, out = results
+    assert set(results["splits"].values()) == {400, 8, 48, 64}
+    prompts = {name: [json.loads(line)["prompt"]
+                      for line in (out / "prompts" / f"{name}.jsonl").read_text().splitlines()]
+               for name in results["splits"]}
+    assert len(set().union(*prompts.values())) == sum(map(len, prompts.values()))  # disjoint splits
+    assert set(results["policies"]) == {"sft", "pretrained", "ppo_kl0.05", "ppo_kl0.05_ptx"}
+    for entry in results["policies"].values():
+        assert {"gold", "proxy_reward", "kl", "win_rate", "response_chars", "distinct_2", "heldout"} <= set(entry)
+        assert set(entry["proxy_reward"]) == {"rm", "rm_weak"}
+    bon = results["best_of_n"]["rm"]
+    assert [e["n"] for e in bon] == [1, 2, 4] and bon[0]["kl"]["mean"] == 0.0
+    assert bon[2]["kl_analytic"] == pytest.approx(1.3862944 - 0.75)
+    assert bon[2]["proxy_reward"]["rm"]["mean"] > bon[0]["proxy_reward"]["rm"]["mean"]  # selection works
+    assert [p["iterations"] for p in results["overoptimisation"]] == [5, 10]
+    for name in ("results.md", "results.csv", "results.json", "overoptimisation.png", "win_rate.png",
+                 "alignment_tax.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "win rate vs SFT" in (out / "results.md").read_text()
+    page = report([out], out=out / "report.html").read_text()  # `prefer report` shows the run
+    assert "RLHF: pii task, gold not-a" in page and page.count("data:image/png;base64") == 3
+
+
+def test_a_second_run_reuses_every_stage(results, toy):
+    results, out = results
+    scorers.SCORERS["not-a"] = not_a
+    again = rlhf(load_config(RLHFConfig, overrides=toy_overrides(toy, out)))
+    assert again["policies"]["ppo_kl0.05"]["gold"] == results["policies"]["ppo_kl0.05"]["gold"]
+    assert again["seconds"]["total"] < results["seconds"]["total"] / 3
+
+
+def test_entry_prompt_is_the_first_lines_without_the_final_newline():
+    segments = ["pkg (1.0-1) unstable; urgency=medium\n", "\n", "  * New upstream release.\n", "\n", " -- A <a@b>\n"]
+    first = "pkg (1.0-1) unstable; urgency=medium"
+    assert entry_prompt(segments, lines=1, max_chars=200) == first + "\n\n  * New upstream release."
+    assert entry_prompt(segments, lines=0, max_chars=200) == "pkg (1.0-1) unstable; urgency=medium"
+    assert entry_prompt(segments, lines=1, max_chars=20) is None
+    assert entry_prompt(segments[:1], lines=1, max_chars=200) is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("gold_scorer=no-such-scorer", "unknown scorer 'no-such-scorer'"),
+    ("label_prompts=100000", "distinct prompts"),
+    ("label.num_responses=12", "num_responses"),
+    ("label.num_responses=1", "num_responses"),
+])
+def test_bad_input_is_one_line_and_exit_2(toy, tmp_path, capsys, override, message):
+    code = main(["rlhf", *toy_overrides(toy, tmp_path / "run"), override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run" / "labels").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize("name", ["rlhf-pii", "rlhf-pep8", "rlhf-demo"])
+def test_the_shipped_configs_load(name):
+    from pathlib import Path
+
+    config = load_config(RLHFConfig, yaml_path=Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+    assert config.label.num_responses == 4 and config.label_agreement == 0.726
+
+
+def test_demo_rlhf_is_only_for_the_pii_task(capsys):
+    assert main(["demo", "--pipeline", "rlhf", "--task", "pep8"]) == 2
+    assert "only the pii task" in capsys.readouterr().err
+
+
+def test_without_init_from_the_command_pretrains_the_starting_model_once(pii_corpus, tmp_path):
+    from prefer.experiments.rlhf import starting_model
+
+    overrides = [f"source={pii_corpus}", "pretrain.data.cache_dir=" + str(tmp_path / "cache"),
+                 "pretrain.data.workers=1", "pretrain.data.validation_fraction=0.1", "pretrain.model.size=tiny",
+                 "pretrain.model.vocab_size=400", "pretrain.model.context=64", "pretrain.train.tokens=20000",
+                 "pretrain.train.batch_size=16", "pretrain.train.eval_every=10", "pretrain.train.checkpoint_every=10",
+                 "device=cpu"]
+    config = load_config(RLHFConfig, overrides=overrides)
+    final = starting_model(config, tmp_path / "run")
+    assert final == tmp_path / "run" / "pretrain" / "final" and (final / "config.json").exists()
+    stamp = (final / "model.safetensors").stat().st_mtime_ns
+    assert starting_model(config, tmp_path / "run") == final  # a second run resumes the finished run
+    assert json.loads((final / "prefer.json").read_text())["tokens"] >= 20000
+    assert (final / "model.safetensors").stat().st_mtime_ns >= stamp
