@@ -36,11 +36,20 @@ from prefer.config.common import (
     ScheduleConfig,
 )
 from prefer.config.instructgpt import (
+    DPO_LOSS_NAMES,
+    GROUP_ALGORITHMS,
     LABEL_BLOCKS,
     MAX_RESPONSES,
     MIN_RESPONSES,
+    DPOConfig,
+    DPOEvalConfig,
+    DPOLossConfig,
+    DPOModelConfig,
     EpochTrainConfig,
     FinetuneModelConfig,
+    GroupLossConfig,
+    GroupRLConfig,
+    GroupTrainConfig,
     LabelConfig,
     PPOConfig,
     PPOLossConfig,
@@ -73,6 +82,8 @@ from prefer.errors import PreferError
 from prefer.files import write_text_atomic
 
 __all__ = [
+    "DPO_LOSS_NAMES", "GROUP_ALGORITHMS", "DPOConfig", "DPOEvalConfig", "DPOLossConfig", "DPOModelConfig",
+    "GroupLossConfig", "GroupRLConfig", "GroupTrainConfig",
     "ENDPOINT_APIS", "LABEL_BLOCKS", "MAX_RESPONSES", "MIN_RESPONSES", "MODEL_SIZES", "OBJECTIVES", "PARALLEL",
     "PRECISIONS", "SCORE_ON", "SCORE_SCALES", "STAGE_CONFIGS",
     "ContinuationsConfig", "DataConfig", "EndpointConfig", "EpochTrainConfig", "EvaluateConfig", "ExperimentConfig",
@@ -95,6 +106,8 @@ STAGE_CONFIGS: dict[str, type] = {
     "sft": SFTConfig,
     "reward": RewardConfig,
     "ppo": PPOConfig,
+    "dpo": DPOConfig,
+    "grpo": GroupRLConfig,
 }
 
 ConfigT = TypeVar("ConfigT")
