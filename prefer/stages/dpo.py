@@ -341,10 +341,10 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     # 5. The final policy, a plain Hugging Face directory (every rank calls save_model, rank 0 writes).
     final = run_dir / "final"
     heldout = last_eval if last_eval is not None else evaluate(total_steps)
-    results = {k.removeprefix("val/"): v for k, v in heldout.items()} | {"steps": total_steps}
+    results = {k.replace("/", "_"): v for k, v in heldout.items()} | {"steps": total_steps}
     save_model(final, model, tokenizer, None, {**info, **results})
     if dist.is_main:
         write_json_atomic(run_dir / "results.json", results)
-        say(f"[dpo] done: held-out accuracy {results.get('accuracy', 'n/a')}, KL {results.get('kl', 'n/a')}, "
+        say(f"[dpo] done: held-out accuracy {results.get('val_accuracy', 'n/a')}, KL {results.get('val_kl', 'n/a')}, "
             f"{time.perf_counter() - started:.0f}s; policy in {final}")
     return final
