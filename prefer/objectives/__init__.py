@@ -10,7 +10,8 @@ shifting) live once in ``common``.
   ``unlikelihood_loss``, ``rwr_loss``, ``awr_loss``.
 - InstructGPT (Ouyang et al. 2022): ``ranking_loss`` (reward model), and for PPO
   ``kl_penalized_rewards``, ``gae``, ``whiten``, ``ppo_policy_loss``, ``ppo_value_loss``,
-  ``adaptive_kl_coef``, ``entropy``, ``explained_variance``, ``proxy_rewards``; PPO-ptx adds ``ptx_coef * mle_loss`` on pretraining data.
+  ``adaptive_kl_coef``, ``entropy``, ``explained_variance``, ``proxy_rewards``; PPO-ptx adds
+  ``ptx_coef * mle_loss`` on pretraining data.
 - Beyond PPO: ``dpo_loss``, ``ipo_loss``, ``listwise_dpo_loss`` on K-way rankings (``DPO_LOSSES`` by name), and
   the critic-free ``rloo_advantages``, ``rloo_loss``, ``grpo_advantages``, ``grpo_loss`` (k3 KL: ``k3_kl``).
 """
@@ -27,13 +28,13 @@ from prefer.objectives.language_modeling import mle_loss, unlikelihood_loss
 from prefer.objectives.ppo import (
     adaptive_kl_coef,
     entropy,
+    explained_variance,
     gae,
     kl_penalized_rewards,
     last_token_index,
     ppo_policy_loss,
     ppo_value_loss,
     proxy_rewards,
-    explained_variance,
     whiten,
 )
 from prefer.objectives.preference import DPO_LOSSES, PreferenceLoss, dpo_loss, ipo_loss, listwise_dpo_loss

@@ -29,7 +29,8 @@ def group_values(data, algorithm):  # noqa: F811
             "rollout.max_new_tokens": 8, "optimizer.lr": 1e-3, "kl.coef": 0.1, "kl.target": 0.01, "kl.horizon": 100,
             "train.checkpoint_every": 1, "train.log_samples": 8, "runtime.progress": "false",
             "runtime.device": "cpu",
-            **({"ptx.coef": 0.5, "ptx.source": data / "corpus.jsonl", "ptx.batch_size": 4} if algorithm == "grpo" else {})}
+            **({"ptx.coef": 0.5, "ptx.source": data / "corpus.jsonl", "ptx.batch_size": 4}
+               if algorithm == "grpo" else {})}
 
 
 @pytest.fixture(scope="module")
