@@ -42,6 +42,7 @@ from prefer.config.instructgpt import (
     MAX_RESPONSES,
     MIN_RESPONSES,
     DPOConfig,
+    DPODataConfig,
     DPOEvalConfig,
     DPOLossConfig,
     DPOModelConfig,
@@ -82,7 +83,7 @@ from prefer.errors import PreferError
 from prefer.files import write_text_atomic
 
 __all__ = [
-    "DPO_LOSS_NAMES", "GROUP_ALGORITHMS", "DPOConfig", "DPOEvalConfig", "DPOLossConfig", "DPOModelConfig",
+    "DPO_LOSS_NAMES", "GROUP_ALGORITHMS", "DPOConfig", "DPODataConfig", "DPOEvalConfig", "DPOLossConfig", "DPOModelConfig",
     "GroupLossConfig", "GroupRLConfig", "GroupTrainConfig",
     "ENDPOINT_APIS", "LABEL_BLOCKS", "MAX_RESPONSES", "MIN_RESPONSES", "MODEL_SIZES", "OBJECTIVES", "PARALLEL",
     "PRECISIONS", "SCORE_ON", "SCORE_SCALES", "STAGE_CONFIGS",

@@ -228,6 +228,17 @@ GROUP_ALGORITHMS = ("rloo", "grpo")  # critic-free; PPO (with a critic) is `pref
 
 
 @dataclass(frozen=True)
+class DPODataConfig:
+    """Rankings, as `prefer reward` reads them (demonstrations go to `prefer sft`, whose model DPO starts from)."""
+
+    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} (required)
+    validation_fraction: float = 0.1  # of the prompts, held out for implicit-reward accuracy, margins and the KL
+
+    def __post_init__(self):
+        check(0 <= self.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class DPOModelConfig:
     """The policy's starting point and the frozen reference."""
 
@@ -258,8 +269,10 @@ class DPOLossConfig:
 
 @dataclass(frozen=True)
 class DPOEvalConfig:
-    """The held-out measures: implicit-reward accuracy and margins on held-out rankings, KL to the reference on
-    samples of the policy (temperature 1) for held-out prompts."""
+    """Held-out implicit-reward accuracy and margins, and the KL to the reference on samples of the policy.
+
+    The KL is estimated on samples at temperature 1 for the held-out rankings' prompts (the training ones without a
+    held-out split), in nats per response."""
 
     kl_samples: int = 32  # samples per evaluation for the KL estimate; 0 = no KL
     max_new_tokens: int = 32
@@ -276,7 +289,7 @@ class DPOConfig:
     `train.batch_size` counts PROMPTS, each with all its K responses (one batch element, as for the reward model)."""
 
     out_dir: str = "runs/dpo"
-    data: RewardDataConfig = field(default_factory=RewardDataConfig)
+    data: DPODataConfig = field(default_factory=DPODataConfig)
     model: DPOModelConfig = field(default_factory=DPOModelConfig)
     dpo: DPOLossConfig = field(default_factory=DPOLossConfig)
     train: EpochTrainConfig = field(default_factory=lambda: EpochTrainConfig(epochs=1.0, batch_size=8))
@@ -332,7 +345,8 @@ class GroupRLConfig:
     """Critic-free RL against a scorer or reward model: K samples per prompt, RLOO's leave-one-out baseline or
     GRPO's group-normalised advantages; no value model. Same rewards, gold logging, KL reference (the SFT model),
     PPO-ptx, torchrun support and resume as `prefer ppo`. RLOO folds `kl.coef` x KL into the reward as PPO does;
-    GRPO adds `kl.coef` x the k3 estimator to the loss (Shao et al. 2024 use 0.04)."""
+    GRPO adds `kl.coef` x the k3 estimator to the loss (Shao et al. 2024 use 0.04). `reward.model` only sets the
+    default scorer (rm:<model>): there is no value model for it to start."""
 
     out_dir: str = "runs/grpo"
     init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
