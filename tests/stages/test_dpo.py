@@ -115,3 +115,31 @@ def test_bad_input_is_one_line_with_exit_code_2(sft, rankings, tmp_path, capsys)
 
 def test_the_loss_table_names_exactly_the_configurable_losses():
     assert tuple(DPO_LOSSES) == DPO_LOSS_NAMES
+
+
+def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sft, rankings, tmp_path):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    values = {"data.rankings": rankings, "model.init_from": sft / "sft", "optimizer.lr": 3e-3, "train.batch_size": 8,
+              "train.epochs": 3, "train.eval_every": 10, "train.checkpoint_every": 5, "eval.kl_samples": 4,
+              "eval.max_new_tokens": 8, "runtime.progress": False, "runtime.device": "cpu"}
+    args = [f"{k}={v}" for k, v in values.items()]
+    whole = stage.dpo(_config(sft, rankings, tmp_path / "whole", **values))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "prefer", "dpo", *args, f"out_dir={tmp_path / 'cut'}"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "cut" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not (tmp_path / "cut" / "final").exists()  # killed mid-run
+    assert main(["dpo", "--resume", f"out_dir={tmp_path / 'cut'}"]) == 0
+    expected, got = load_file(whole / "model.safetensors"), load_file(tmp_path / "cut" / "final" / "model.safetensors")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert read_metrics(tmp_path / "cut") == read_metrics(tmp_path / "whole")

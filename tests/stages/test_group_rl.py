@@ -1,5 +1,5 @@
 """`prefer grpo` (group.algorithm=grpo|rloo): critic-free RL raises the toy reward and the gold score, no value model
-is built, accumulation does not change the step, resume is exact, bad input is one line."""
+is built, accumulation does not change the step, resume after SIGKILL is exact, bad input is one line."""
 
 import copy
 import json
@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_ppo_stage import _episodes, _mean_reward, not_a, sft, toy_scorer  # noqa: F401 (fixtures)
+from test_ppo_stage import _episodes, _mean_reward, sft, toy_scorer  # noqa: F401 (fixtures)
 
 import prefer.stages.group_rl as stage
-from prefer import scorers
 from prefer.cli import main
 from prefer.config import GroupRLConfig, build_config
 from prefer.errors import PreferError
@@ -77,42 +76,15 @@ def test_group_advantages_use_each_prompts_own_group(sft):  # noqa: F811
     assert (out.advantages[~out.response_mask] == 0).all()
 
 
-def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_path, monkeypatch):  # noqa: F811
-    common = {"train.iterations": 6, "train.checkpoint_every": 2, "train.epochs": 2}
-    group_rl(_config(sft, tmp_path / "whole", **common))
-    calls = {"n": 0}
-
-    def crashing(texts):
-        calls["n"] += 1
-        if calls["n"] == 5:  # during iteration 5, after the checkpoint of iteration 4
-            raise KeyboardInterrupt
-        return not_a(texts)
-
-    monkeypatch.setitem(scorers.SCORERS, "not-a", crashing)
-    config = _config(sft, tmp_path / "cut", **{**common, "reward.gold_scorer": None})
-    with pytest.raises(KeyboardInterrupt):
-        group_rl(config)
-    monkeypatch.setitem(scorers.SCORERS, "not-a", not_a)
-    group_rl(config, resume=True)
-    whole, cut = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut")
-    assert [m["step"] for m in cut] == list(range(1, 7))
-    for a, b in zip(whole, cut):
-        for key in b:
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
-    wa, wb = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("whole", "cut"))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
-
-
 def test_bad_input_is_one_line_with_exit_code_2(sft, tmp_path, capsys):  # noqa: F811
     args = [f"init_from={sft / 'sft'}", f"prompts={sft / 'prompts.jsonl'}", "reward.scorer=not-a",
             f"out_dir={tmp_path / 'run'}"]
     assert main(["grpo", *args, "group.algorithm=ppo"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("prefer: error: config: group.algorithm: unknown 'ppo'") and "\n" not in error
-    other = tmp_path / "other"
-    (sft / "sft").joinpath("config.json")
     import shutil
 
+    other = tmp_path / "other"
     shutil.copytree(sft / "sft", other)
     train_tokenizer(["zzz qqq www"] * 20, vocab_size=320).save_pretrained(other)
     assert main(["grpo", *args, f"reference={other}"]) == 2
@@ -126,3 +98,48 @@ def test_the_stage_table_names_exactly_the_configurable_algorithms():
     from prefer.config import GROUP_ALGORITHMS
 
     assert tuple(stage.ALGORITHMS) == GROUP_ALGORITHMS
+
+
+TOY_CLI = """
+import sys
+
+from prefer.cli import main
+
+scorers.SCORERS["not-a"] = lambda texts: [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sft, tmp_path):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    values = {"init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
+              "train.iterations": 12, "train.batch_size": 4, "group.size": 4, "train.minibatch_size": 8,
+              "train.epochs": 2, "rollout.max_new_tokens": 12, "optimizer.lr": 3e-3, "kl.coef": 0.02,
+              "kl.target": 1.0, "train.checkpoint_every": 3, "runtime.progress": False, "train.log_samples": 2}
+    whole = group_rl(build_config(GroupRLConfig, {**values, "out_dir": tmp_path / "whole"}))
+    (tmp_path / "toy_cli.py").write_text(TOY_CLI)
+    command = [sys.executable, str(tmp_path / "toy_cli.py"), "grpo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([*command, *(f"{k}={v}" for k, v in values.items()), f"out_dir={tmp_path / 'cut'}"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "cut" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not (tmp_path / "cut" / "final").exists()  # killed mid-run
+    resumed = subprocess.run([*command, "--resume", f"out_dir={tmp_path / 'cut'}"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = load_file(whole / "model.safetensors"), load_file(tmp_path / "cut" / "final" / "model.safetensors")
+    assert all(torch.allclose(expected[key], got[key], atol=1e-6) for key in expected)
+    for a, b in zip(read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut"), strict=True):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    samples = [(tmp_path / run / "samples.jsonl").read_text() for run in ("whole", "cut")]
+    assert samples[0] == samples[1]
