@@ -200,7 +200,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     ptx_blocks = val_blocks = None
     if config.ptx.source is not None:
         ptx_blocks, val_blocks = pretraining_blocks(config.ptx.source, tokenizer, block_size=context,
-                                                     max_bytes=config.ptx.max_bytes)
+                                                    max_bytes=config.ptx.max_bytes)
         val_blocks = val_blocks.ids[: config.ptx.eval_blocks]
 
     # 3. Optimizer over policy and critic; batch geometry (batch and minibatch are global: all ranks together).
@@ -324,7 +324,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
                      for pair in ranks_pairs]
             if dist.is_main:
                 log_samples(samples_path, log, done, [p for p, _ in pairs], [t for _, t in pairs], rollout,
-                             config.train.log_samples)
+                            config.train.log_samples)
         if config.kl.target is not None:
             kl_coef = adaptive_kl_coef(kl_coef, observed_kl=kl_stats["kl"], target_kl=config.kl.target,
                                        horizon=config.kl.horizon, num_steps=config.train.batch_size)
