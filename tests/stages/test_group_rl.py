@@ -103,6 +103,7 @@ def test_the_stage_table_names_exactly_the_configurable_algorithms():
 TOY_CLI = """
 import sys
 
+from prefer import scorers
 from prefer.cli import main
 
 scorers.SCORERS["not-a"] = lambda texts: [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
@@ -125,15 +126,17 @@ def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sf
     (tmp_path / "toy_cli.py").write_text(TOY_CLI)
     command = [sys.executable, str(tmp_path / "toy_cli.py"), "grpo"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([*command, *(f"{k}={v}" for k, v in values.items()), f"out_dir={tmp_path / 'cut'}"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([*command, *(f"{k}={v}" for k, v in values.items()),
+                                    f"out_dir={tmp_path / 'cut'}"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     latest = tmp_path / "cut" / "checkpoints" / "latest"
     deadline = time.monotonic() + 240
     while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL and not (tmp_path / "cut" / "final").exists()  # killed mid-run
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert not (tmp_path / "cut" / "final").exists()  # killed mid-run
     resumed = subprocess.run([*command, "--resume", f"out_dir={tmp_path / 'cut'}"], env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
