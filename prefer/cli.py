@@ -116,14 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
+
+    from prefer.labeling.app.cli import add_export_parser, add_serve_parser  # no torch: argparse only
+
+    add_serve_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    if args.command not in LIGHT_COMMANDS:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own bars say what is happening; HF's "Writing model shards" is noise
+        hf_logging.disable_progress_bar()  # our own bars say what is happening; HF's "Writing model shards" is noise
     try:
         return COMMANDS[args.command](args)
     except PreferError as error:
@@ -307,7 +313,22 @@ def _run_report(args) -> int:
     return 0
 
 
+def _run_serve(args) -> int:
+    from prefer.labeling.app.cli import run_serve
+
+    return run_serve(args)
+
+
+def _run_export(args) -> int:
+    from prefer.labeling.app.cli import run_export
+
+    return run_export(args)
+
+
+LIGHT_COMMANDS = ("serve", "export")  # the labeling app starts without torch or transformers
 COMMANDS = {
+    "serve": _run_serve,
+    "export": _run_export,
     "config": _run_config,
     "demo": _run_demo,
     "report": _run_report,

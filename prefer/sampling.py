@@ -5,6 +5,11 @@ of different lengths are left-padded with an attention mask and explicit positio
 padded batch gives the same greedy output as each prompt alone.
 
 Nucleus (top-p) filtering is control-token aware, see `filter_probs`.
+
+Speed (docs/benchmarks.md, bench/sampling.py): keys and values go into preallocated buffers through
+transformers' `cache=` API (`_PreallocatedLayer`), the nucleus needs one value sort per step (numpy's, ~10x
+torch.sort) and a draw is one cumulative sum and search (`_draw`), all in place on this step's logits.
+torch.compile is not used: see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from prefer.errors import PreferError
 
@@ -51,18 +58,34 @@ def filter_probs(
     """
     if not 0.0 < top_p <= 1.0:
         raise PreferError(f"top_p must be in (0, 1], got {top_p}")
-    # index lists, not [V] masks: broadcasting a [V] mask over [B, V] costs ~4 ms per op on CPU
     p = probs.float().clone()
-    blocked = _indices(blocked_mask, p.device)
-    control = _indices(control_mask, p.device)
-    p[..., blocked] = 0.0
+    return _filter_in_place(p, top_p=top_p, masks=_TokenSets.of(control_mask, blocked_mask, p.device))
+
+
+class _TokenSets:
+    """Index lists of the blocked, control and allowed (not blocked) control tokens, built once per `sample`
+    call. Index lists, not [V] masks: broadcasting a [V] mask over [B, V] costs ~4 ms per op on CPU."""
+
+    def __init__(self, blocked: torch.Tensor, control: torch.Tensor):
+        self.blocked = blocked
+        self.control = control
+        self.allowed_control = control[~torch.isin(control, blocked)]
+
+    @classmethod
+    def of(cls, control_mask: torch.Tensor | None, blocked_mask: torch.Tensor | None, device) -> _TokenSets:
+        return cls(_indices(blocked_mask, device), _indices(control_mask, device))
+
+
+def _filter_in_place(p: torch.Tensor, *, top_p: float, masks: _TokenSets) -> torch.Tensor:
+    """`filter_probs` on a float32 tensor it may overwrite (the same operations in place: the same values)."""
+    p.index_fill_(-1, masks.blocked, 0.0)
     if top_p < 1.0:
-        text = p.clone()
         # Control tokens are left out of the nucleus: when a conditional model puts ~0.87 of
         # its mass on <|good|> after each newline, plain top-p 0.9 cuts <|endoftext|> and
         # samples never end. So the nucleus is taken over the text tokens renormalised without
         # the control mass, and allowed control tokens keep their own probability.
-        text[..., control] = 0.0  # blocked already 0
+        text = p.clone()
+        text.index_fill_(-1, masks.control, 0.0)  # blocked already 0
         # The nucleus is "keep a token while the (renormalised) mass of the more likely text
         # tokens is still below top_p". Only its boundary value is needed, so sort values only
         # and keep every text token at least that likely (ties at the boundary are all kept).
@@ -73,15 +96,12 @@ def filter_probs(
         size = torch.searchsorted(mass_before, budget.contiguous()).clamp_min(1)  # >= 1 token
         # clamp: a zero threshold (no text mass) must not keep zero-probability tokens
         threshold = sorted_text.gather(-1, size - 1).clamp_min(torch.finfo(p.dtype).tiny)
-        keep = text >= threshold
-        if control.numel():
-            allowed_control = control[~torch.isin(control, blocked)]
-            keep[..., allowed_control] = True
-        p = torch.where(keep, p, 0.0)
+        text.index_fill_(-1, masks.allowed_control, float("inf"))  # allowed control tokens always stay
+        p.masked_fill_(text < threshold, 0.0)
     total = p.sum(-1, keepdim=True)
     if bool((total <= 0).any()):
         raise PreferError("every token is blocked or has zero probability; nothing to sample")
-    return p / total
+    return p.div_(total)
 
 
 def _indices(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -183,6 +203,7 @@ def sample(
     if bool(blocked_mask.all()):
         raise PreferError("every token is blocked")
     keep_last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+    masks = _TokenSets.of(control_mask, blocked_mask, device)
 
     # Batch prompts of similar length together (less padding); results go back in order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -201,8 +222,7 @@ def sample(
                 eos_token_id=eos_token_id,
                 temperature=temperature,
                 top_p=top_p,
-                blocked_mask=blocked_mask,
-                control_mask=control_mask,
+                masks=masks,
                 generator=generator,
                 keep_last_only=keep_last_only,
             )
@@ -222,53 +242,51 @@ def _sample_batch(
     eos_token_id: int,
     temperature: float,
     top_p: float,
-    blocked_mask: torch.Tensor,
-    control_mask: torch.Tensor,
+    masks: _TokenSets,
     generator: torch.Generator | None,
     keep_last_only: bool,
 ) -> list[list[int]]:
     batch = len(prompts)
     width = max(len(p) for p in prompts)
+    # The last generated token is never fed back: width + max_new_tokens - 1 positions are ever cached.
+    total = width + max_new_tokens - 1
     input_ids = torch.full((batch, width), eos_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    # One mask for the whole run, filled column by column (no concatenation per step).
+    attention_mask = torch.zeros((batch, total), dtype=torch.long)
     for row, prompt in enumerate(prompts):  # left padding
         input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt) :] = 1
+        attention_mask[row, width - len(prompt) : width] = 1
+    attention_mask[:, width:] = 1  # generated positions; each step only sees the columns before it
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device)
     # Positions count real tokens only, so a padded row sees the same positions as alone.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    next_position = attention_mask.sum(-1, keepdim=True)  # [B, 1]
+    position_ids = (attention_mask[:, :width].cumsum(-1) - 1).clamp_min(0)
+    next_position = attention_mask[:, :width].sum(-1, keepdim=True)  # [B, 1]
 
+    cache = _new_cache(model, total)
     extra = {"logits_to_keep": 1} if keep_last_only else {}
-    generated = torch.empty((batch, 0), dtype=torch.long, device=device)
+    generated = torch.full((batch, max_new_tokens), eos_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    past = None
     step_ids = input_ids
     step_positions = position_ids
+    seen = width
+    steps = 0
     for step in range(max_new_tokens):
         out = model(
             input_ids=step_ids,
-            attention_mask=attention_mask,
+            attention_mask=attention_mask[:, :seen],
             position_ids=step_positions,
-            past_key_values=past,
+            cache=cache,
             use_cache=True,
             **extra,
         )
-        past = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        next_tokens = _choose(
-            logits,
-            temperature=temperature,
-            top_p=top_p,
-            blocked_mask=blocked_mask,
-            control_mask=control_mask,
-            generator=generator,
-        )
+        logits = out.logits[:, -1, :].float()  # a view when the model computes in float32: _choose overwrites it
+        next_tokens = _choose(logits, temperature=temperature, top_p=top_p, masks=masks, generator=generator)
         # finished rows keep being fed eos; their output is already frozen by `lengths`
         next_tokens = next_tokens.masked_fill(done, eos_token_id)
-        generated = torch.cat([generated, next_tokens[:, None]], dim=1)
+        generated[:, step] = next_tokens
+        steps = step + 1
         newly_done = ~done & (next_tokens == eos_token_id)
         lengths = torch.where(newly_done, torch.full_like(lengths, step), lengths)
         done = done | newly_done
@@ -277,10 +295,52 @@ def _sample_batch(
         step_ids = next_tokens[:, None]
         step_positions = next_position
         next_position = next_position + 1
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
+        seen += 1
 
-    generated_list = generated.tolist()
+    generated_list = generated[:, :steps].tolist()
     return [row[:n] for row, n in zip(generated_list, lengths.tolist())]
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A layer cache whose keys and values are written in place into buffers of the final length, allocated at the
+    first update; `keys`/`values` are views of the filled part. A DynamicLayer instead concatenates all of them at
+    every step (quadratic copying), and transformers' StaticCache attends over the whole buffer from the first
+    step with a mask (on the CPU its masked attention costs more than the copying it saves)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        batch, heads, _, key_dim = key_states.shape
+        self._key_buffer = key_states.new_empty((batch, heads, self.capacity, key_dim))
+        self._value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]))
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"cache of {self.capacity} positions cannot take {end}")
+        self._key_buffer[:, :, self.length : end] = key_states
+        self._value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys = self._key_buffer[:, :, :end]
+        self.values = self._value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+def _new_cache(model: torch.nn.Module, capacity: int) -> Cache:
+    """A cache for `capacity` positions: preallocated when every layer attends to all positions (GPT-2 and most
+    decoders), else transformers' DynamicCache (sliding-window or other layer kinds it knows how to keep)."""
+    config = model.config.get_text_config(decoder=True)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
+        return DynamicCache(config=model.config)
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    return Cache(layers=[_PreallocatedLayer(capacity) for _ in range(layers)])
 
 
 def _choose(
@@ -288,17 +348,15 @@ def _choose(
     *,
     temperature: float,
     top_p: float,
-    blocked_mask: torch.Tensor,
-    control_mask: torch.Tensor,
+    masks: _TokenSets,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    logits = logits.clone()
-    logits[:, blocked_mask] = float("-inf")
+    """Next token per row from `logits`, which it overwrites (a slice of this step's model output)."""
+    logits.index_fill_(-1, masks.blocked, float("-inf"))
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    probs = filter_probs(probs, top_p=top_p, control_mask=control_mask, blocked_mask=blocked_mask)
-    return _draw(probs, generator)
+    probs = torch.softmax(logits.div_(temperature), dim=-1)
+    return _draw(_filter_in_place(probs, top_p=top_p, masks=masks), generator)
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 
 import pytest
 import torch
@@ -283,3 +285,63 @@ def test_sampled_frequencies_follow_the_distribution():
     for token, p in ((A, 0.5), (B, 0.3), (C, 0.15)):
         assert abs(counts[token] / 4000 - p) < 0.03
     assert abs(ended / 4000 - 0.05) < 0.015
+
+
+def test_greedy_equals_transformers_generate():
+    # The same model through Hugging Face generate (greedy, its own cache): the same tokens up to eos.
+    from transformers import GenerationConfig
+
+    model = tiny_model()
+    config = GenerationConfig(do_sample=False, max_new_tokens=25, eos_token_id=EOS, pad_token_id=EOS)
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        expected = generated[0, len(prompt):].tolist()
+        expected = expected[: expected.index(EOS)] if EOS in expected else expected
+        assert sample(model, [prompt], max_new_tokens=25, eos_token_id=EOS, temperature=0)[0] == expected
+        assert len(expected) == 25  # EOS is never greedy here: whole rows are compared
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_sampling_emits_no_warning():
+    # transformers 5 deprecates forward(past_key_values=...) with a FutureWarning, and logs a notice through its
+    # own logger: the sampler uses the cache= API, so neither appears.
+    model = tiny_model()
+    handler = _Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for temperature in (0.0, 0.7):
+                sample(model, PROMPTS, max_new_tokens=6, eos_token_id=EOS, temperature=temperature, top_p=0.9,
+                       generator=torch.Generator().manual_seed(0))
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in handler.records] == []
+
+
+def test_preallocated_cache_matches_a_dynamic_cache_step_by_step():
+    # The logits of each cached step equal those of transformers' DynamicCache (same keys and values attended).
+    from transformers import DynamicCache
+
+    from prefer.sampling import _new_cache
+
+    model = tiny_model()
+    ids = torch.tensor([PROMPTS[0]])
+    ours, theirs = _new_cache(model, len(PROMPTS[0]) + 5), DynamicCache(config=model.config)
+    with torch.no_grad():
+        for step in range(6):
+            step_ids = ids if step == 0 else torch.tensor([[step + 3]])
+            a = model(input_ids=step_ids, cache=ours, use_cache=True).logits
+            b = model(input_ids=step_ids, cache=theirs, use_cache=True).logits
+            assert torch.equal(a, b)
+    assert ours.get_seq_length() == theirs.get_seq_length() == len(PROMPTS[0]) + 5

@@ -171,7 +171,14 @@ def _score_jobs(jobs: Sequence[Job], scorer: str, *, workers: int | None, progre
             for chunk in todo:
                 bar.update(finish(chunk, _score_chunk(scorer, [jobs[j][0] for j in chunk])))
         else:
-            ctx = multiprocessing.get_context(_start_method())
+            method = _start_method()
+            if method == "fork":
+                # Score the first chunk here before forking: what the scorer builds on first use (importing
+                # scrubadub and its nltk takes seconds) is then inherited by every worker instead of being
+                # built again in each of them.
+                first, todo = todo[0], todo[1:]
+                bar.update(finish(first, _score_chunk(scorer, [jobs[j][0] for j in first])))
+            ctx = multiprocessing.get_context(method)
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 futures = {pool.submit(_score_chunk, scorer, [jobs[j][0] for j in chunk]): chunk for chunk in todo}
                 for future in as_completed(futures):

