@@ -83,8 +83,8 @@ from prefer.errors import PreferError
 from prefer.files import write_text_atomic
 
 __all__ = [
-    "DPO_LOSS_NAMES", "GROUP_ALGORITHMS", "DPOConfig", "DPODataConfig", "DPOEvalConfig", "DPOLossConfig", "DPOModelConfig",
-    "GroupLossConfig", "GroupRLConfig", "GroupTrainConfig",
+    "DPO_LOSS_NAMES", "GROUP_ALGORITHMS", "DPOConfig", "DPODataConfig", "DPOEvalConfig", "DPOLossConfig",
+    "DPOModelConfig", "GroupLossConfig", "GroupRLConfig", "GroupTrainConfig",
     "ENDPOINT_APIS", "LABEL_BLOCKS", "MAX_RESPONSES", "MIN_RESPONSES", "MODEL_SIZES", "OBJECTIVES", "PARALLEL",
     "PRECISIONS", "SCORE_ON", "SCORE_SCALES", "STAGE_CONFIGS",
     "ContinuationsConfig", "DataConfig", "EndpointConfig", "EpochTrainConfig", "EvaluateConfig", "ExperimentConfig",
