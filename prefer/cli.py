@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", choices=["pairs"], default="pairs")
     convert.add_argument("-o", "--out", required=True, help="the JSONL file to write")
 
+    dpo = commands.add_parser("dpo", help="DPO / IPO / listwise DPO on K-way rankings from the SFT model")
+    dpo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    _common(dpo)
+
+    grpo = commands.add_parser("grpo", help="critic-free RL, K samples per prompt: group.algorithm=grpo|rloo")
+    grpo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    _common(grpo)
+
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
 
@@ -353,6 +361,22 @@ def _run_ppo(args) -> int:
     return 0
 
 
+def _run_dpo(args) -> int:
+    from prefer.config import DPOConfig
+    from prefer.stages.dpo import dpo
+
+    dpo(_stage_config(DPOConfig, args), resume=args.resume)
+    return 0
+
+
+def _run_grpo(args) -> int:
+    from prefer.config import GroupRLConfig
+    from prefer.stages.group_rl import group_rl
+
+    group_rl(_stage_config(GroupRLConfig, args), resume=args.resume)
+    return 0
+
+
 def _run_redteam(args) -> int:
     from prefer.config import RedteamConfig, load_config
     from prefer.stages.redteam import redteam
@@ -416,6 +440,8 @@ COMMANDS = {
     "reward": _run_reward,
     "label": _run_label,
     "ppo": _run_ppo,
+    "dpo": _run_dpo,
+    "grpo": _run_grpo,
     "redteam": _run_redteam,
 }
 

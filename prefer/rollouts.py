@@ -1,4 +1,6 @@
-"""PPO rollouts: sampled episodes as one typed batch, and the forward passes that score them token by token.
+"""Rollouts of every policy-gradient stage (PPO, RLOO, GRPO): sampled episodes as one typed batch, the forward passes
+that score them token by token, and the pieces those stages share (seeded sampling on every rank, gathering the
+global batch, prompts, PPO-ptx blocks and gradients, the sample table).
 
 An episode is a prompt (query) and the policy's response to it. Queries are LEFT-padded and responses RIGHT-padded,
 so that every response starts at the same column Q of the concatenated sequence and one slice of the logits,
@@ -11,17 +13,29 @@ this module only lines tensors up.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 
+from prefer.data.annotate import AnnotatedDocument
+from prefer.data.corpora import load_documents, split_by_source
+from prefer.data.formats import read_prompts, record_locations
+from prefer.data.packing import TokenBlocks, pack_documents
+from prefer.errors import PreferError
+from prefer.files import atomic_path
 from prefer.models.heads import ValueHead
-from prefer.objectives import entropy, gae, kl_penalized_rewards, token_logprobs, whiten
-from prefer.training import autocast
+from prefer.objectives import entropy, gae, kl_penalized_rewards, mle_loss, next_token_targets, token_logprobs, whiten
+from prefer.sampling import sample
+from prefer.training import Distributed, MetricsLog, accumulate_stats, all_gather_rows, autocast, gradient_sync
 
 __all__ = ["Rollout", "ValueModel", "SharedTrunkValueModel", "collate", "policy_logits", "make_rollout",
-           "add_advantages"]
+           "add_advantages", "ptx_backward", "sample_responses", "gather_rollout", "read_queries", "pretraining_blocks",
+           "samples_log", "log_samples"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +186,125 @@ def add_advantages(rollout: Rollout, *, kl_coef: float, gamma: float, lam: float
                                                    mask, kl_coef=kl_coef)
     advantages, returns = gae(token_rewards, rollout.values, mask, gamma=gamma, lam=lam)
     return replace(rollout, token_rewards=token_rewards, advantages=whiten(advantages, mask), returns=returns), kl_stats
+
+
+# ------------------------------------------------------------------ shared by the policy-gradient stages
+
+def ptx_backward(policy, blocks: torch.Tensor, *, ptx_coef: float, micro_batch_size: int, device, precision: str,
+                 num_tokens: float | None = None) -> dict[str, float]:
+    """Accumulate the gradient of ptx_coef x (mean NLL of pretraining blocks [N, T]): minimising it maximises
+    gamma E_pretrain[log pi(x)] of Ouyang et al. 2022, Eq. 2. Normalised by `num_tokens`, the step's pretraining
+    tokens (None = N x (T - 1); under torchrun: all ranks' blocks, divided by the number of ranks). The policy's
+    gradients are reduced over the ranks in the last micro-batch."""
+    num_tokens = blocks.shape[0] * (blocks.shape[1] - 1) if num_tokens is None else num_tokens
+    totals: dict[str, float] = {}
+    starts = range(0, blocks.shape[0], micro_batch_size)
+    for start in starts:
+        ids = blocks[start: start + micro_batch_size].to(device)
+        targets, = next_token_targets(ids)  # [N, T - 1]
+        with gradient_sync([policy], sync=start == starts[-1]):
+            with autocast(device, precision):
+                logits = policy(ids).logits[:, :-1]
+            loss, _ = mle_loss(logits.float(), targets, torch.ones_like(targets, dtype=torch.bool),
+                               num_tokens=num_tokens)
+            (ptx_coef * loss).backward()
+        accumulate_stats(totals, {"ptx/loss": loss.detach()}, fraction=1.0)
+    return totals
+
+
+
+
+def sample_responses(policy, queries: list[list[int]], *, first: int, chunk: int, seed: int, iteration: int,
+                     max_new_tokens: int, eos_token_id: int, temperature: float) -> list[list[int]]:
+    """Responses to `queries`, the episodes first, first + 1, ... of an iteration's global batch, sampled in chunks
+    of `chunk` episodes, each chunk with its own generator seeded by (seed, iteration, chunk's index in the global
+    batch). An episode's response therefore depends on the run's seed and micro-batch size, not on how many ranks
+    share the batch nor which one draws it; `first` must be a multiple of `chunk`."""
+    responses: list[list[int]] = []
+    for start in range(0, len(queries), chunk):
+        index = (first + start) // chunk
+        entropy = np.random.SeedSequence([seed, iteration, index]).generate_state(1, dtype=np.uint64)[0]
+        responses += sample(policy, queries[start : start + chunk], max_new_tokens=max_new_tokens,
+                            eos_token_id=eos_token_id, temperature=temperature, top_p=1.0, batch_size=chunk,
+                            generator=torch.Generator().manual_seed(int(entropy)))
+    return responses
+
+
+def gather_rollout(rollout: Rollout, dist: Distributed, *, pad_id: int) -> Rollout:
+    """Every rank's episodes, in rank order, on every rank: the iteration's global batch. Queries are left-padded
+    and responses right-padded to the longest of any rank, as one process would have padded them. The tensors are
+    small next to the models (a few numbers per token)."""
+    if dist.world_size == 1:
+        return rollout
+    widths = torch.tensor([rollout.query.shape[1], rollout.response.shape[1]], device=rollout.query.device)
+    torch_dist.all_reduce(widths, op=torch_dist.ReduceOp.MAX)
+    query_width, response_width = widths.tolist()
+    gathered = {}
+    for field in fields(rollout):
+        tensor = getattr(rollout, field.name)
+        if tensor is not None and tensor.dim() == 2:  # [B, Q] or [B, R]
+            left = field.name.startswith("query")
+            filler = torch.full((tensor.shape[0], (query_width if left else response_width) - tensor.shape[1]),
+                                pad_id if field.name in ("query", "response") else 0, dtype=tensor.dtype,
+                                device=tensor.device)  # masks pad with False, per-token numbers with 0
+            tensor = torch.cat([filler, tensor] if left else [tensor, filler], dim=1)
+        gathered[field.name] = None if tensor is None else all_gather_rows(tensor, dist)
+    return Rollout(**gathered)
+
+
+
+
+def read_queries(path: str, tokenizer, *, max_length: int) -> tuple[list[str], list[list[int]]]:
+    """Prompts and their token ids, each starting with eos (the document start the model was trained with)."""
+    prompts = [p.prompt for p in read_prompts(path)]
+    queries = []
+    for prompt, where in zip(prompts, record_locations(path)):
+        ids = [tokenizer.eos_token_id, *tokenizer.encode(prompt, add_special_tokens=False)]
+        if len(ids) > max_length:
+            raise PreferError(f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens it must fit "
+                              f"the model's context (at most {max_length} prompt tokens)")
+        queries.append(ids)
+    return prompts, queries
+
+
+
+
+def pretraining_blocks(source: str, tokenizer, *, block_size: int, max_bytes: int | None
+                        ) -> tuple[TokenBlocks, TokenBlocks]:
+    """(train, held-out) blocks of a pretraining corpus for PPO-ptx; scores are unused (zero)."""
+    documents, _ = load_documents(source, max_bytes=max_bytes)
+    annotated = [AnnotatedDocument(d.segments, (0.0,) * len(d.segments), d.source) for d in documents]
+    train, validation = split_by_source(annotated, validation_fraction=0.05)
+    blocks = pack_documents(train, tokenizer, block_size=block_size), pack_documents(validation, tokenizer,
+                                                                                     block_size=block_size)
+    if len(blocks[0]) == 0 or len(blocks[1]) == 0:
+        raise PreferError(f"ptx_source: {source!r} is too small for one training and one held-out block of "
+                          f"{block_size} tokens")
+    return blocks
+
+
+
+
+def samples_log(run_dir: Path, *, resume_step: int | None) -> Path:
+    """samples.jsonl, trimmed like metrics.jsonl on resume (iterations after the checkpoint are about to rerun)."""
+    path = run_dir / "samples.jsonl"
+    if path.exists():
+        kept = ([line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= resume_step]
+                if resume_step is not None else [])
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+    return path
+
+
+def log_samples(path: Path, log: MetricsLog, iteration: int, prompts: list[str], texts: list[str],
+                 rollout: Rollout, count: int) -> None:
+    rows = [{"iteration": iteration, "prompt": prompt, "response": text[len(prompt):],
+             "proxy": rollout.episode_rewards[i].item(),
+             "gold": None if rollout.gold[i].isnan() else rollout.gold[i].item()}
+            for i, (prompt, text) in enumerate(zip(prompts[:count], texts[:count]))]
+    with path.open("a") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if log.writer is not None and rows:
+        table = "\n\n".join(f"**proxy {r['proxy']:.3f}, gold {r['gold']}** `{r['prompt']}` -> `{r['response']}`"
+                            for r in rows)
+        log.writer.add_text("samples", table, iteration)

@@ -41,6 +41,8 @@ def _leaves(values, prefix=""):
 REQUIRED = {"sft": {"data.demonstrations": "d.jsonl", "model.init_from": "m"},
             "reward": {"data.rankings": "r.jsonl", "model.init_from": "m"},
             "ppo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
+            "dpo": {"data.rankings": "r.jsonl", "model.init_from": "m"},
+            "grpo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
             "label": {"model": "m", "prompts": "p.jsonl"},
             "evaluate": {"checkpoint": "c"},
             "redteam": {"target": "t", "redteam_model": "m"}}

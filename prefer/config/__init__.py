@@ -37,11 +37,21 @@ from prefer.config.common import (
     ScheduleConfig,
 )
 from prefer.config.instructgpt import (
+    DPO_LOSS_NAMES,
+    GROUP_ALGORITHMS,
     LABEL_BLOCKS,
     MAX_RESPONSES,
     MIN_RESPONSES,
+    DPOConfig,
+    DPODataConfig,
+    DPOEvalConfig,
+    DPOLossConfig,
+    DPOModelConfig,
     EpochTrainConfig,
     FinetuneModelConfig,
+    GroupLossConfig,
+    GroupRLConfig,
+    GroupTrainConfig,
     LabelConfig,
     PPOConfig,
     PPOLossConfig,
@@ -75,6 +85,8 @@ from prefer.errors import PreferError
 from prefer.files import write_text_atomic
 
 __all__ = [
+    "DPO_LOSS_NAMES", "GROUP_ALGORITHMS", "DPOConfig", "DPODataConfig", "DPOEvalConfig", "DPOLossConfig",
+    "DPOModelConfig", "GroupLossConfig", "GroupRLConfig", "GroupTrainConfig",
     "ENDPOINT_APIS", "LABEL_BLOCKS", "MAX_RESPONSES", "MIN_RESPONSES", "MODEL_SIZES", "OBJECTIVES", "PARALLEL",
     "PRECISIONS", "SCORE_ON", "SCORE_SCALES", "STAGE_CONFIGS",
     "ContinuationsConfig", "DataConfig", "EndpointConfig", "EpochTrainConfig", "EvaluateConfig", "ExperimentConfig",
@@ -99,6 +111,8 @@ STAGE_CONFIGS: dict[str, type] = {
     "reward": RewardConfig,
     "ppo": PPOConfig,
     "rlhf": RLHFConfig,
+    "dpo": DPOConfig,
+    "grpo": GroupRLConfig,
 }
 
 ConfigT = TypeVar("ConfigT")

@@ -245,3 +245,156 @@ class PPOConfig:
         check(not self.runtime.gradient_checkpointing, "runtime.gradient_checkpointing",
               "PPO runs its models in eval mode (dropout off), where Hugging Face models never checkpoint; "
               "lora.r > 0 is PPO's memory saver")
+
+
+# ------------------------------------------------------------------ beyond PPO: DPO / IPO / listwise, RLOO / GRPO
+
+DPO_LOSS_NAMES = ("dpo", "ipo", "listwise")  # the keys of prefer.objectives.DPO_LOSSES (a test checks they agree)
+GROUP_ALGORITHMS = ("rloo", "grpo")  # critic-free; PPO (with a critic) is `prefer ppo`
+
+
+@dataclass(frozen=True)
+class DPODataConfig:
+    """Rankings, as `prefer reward` reads them (demonstrations go to `prefer sft`, whose model DPO starts from)."""
+
+    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} (required)
+    validation_fraction: float = 0.1  # of the prompts, held out for implicit-reward accuracy, margins and the KL
+
+    def __post_init__(self):
+        check(0 <= self.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DPOModelConfig:
+    """The policy's starting point and the frozen reference."""
+
+    init_from: str = ""  # the SFT model directory: the policy starts here (required)
+    reference: str | None = None  # the frozen reference; None = init_from (DPO's reference is the SFT model)
+    context: int | None = None  # cap on the sequence length; None = the model's
+    dropout: float = 0.0  # applied to every dropout of the policy while training
+
+    def __post_init__(self):
+        check(self.context is None or self.context >= 8, "model.context", "must be >= 8")
+        check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DPOLossConfig:
+    """Which direct preference loss, and its strength (prefer.objectives.preference)."""
+
+    loss: str = "dpo"  # dpo (all C(K,2) pairs) | ipo | listwise (Plackett-Luce over the whole ranking)
+    beta: float = 0.1  # DPO / listwise: the KL-regularisation strength (Rafailov et al. 2023)
+    tau: float = 0.1  # IPO: the regularisation; the target log-ratio margin is 1/(2 tau) (Azar et al. 2023)
+
+    def __post_init__(self):
+        check(self.loss in DPO_LOSS_NAMES, "dpo.loss",
+              f"unknown {self.loss!r}; choose one of {', '.join(DPO_LOSS_NAMES)}")
+        check(self.beta > 0, "dpo.beta", "must be > 0")
+        check(self.tau > 0, "dpo.tau", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DPOEvalConfig:
+    """Held-out implicit-reward accuracy and margins, and the KL to the reference on samples of the policy.
+
+    The KL is estimated on samples at temperature 1 for the held-out rankings' prompts (the training ones without a
+    held-out split), in nats per response."""
+
+    kl_samples: int = 32  # samples per evaluation for the KL estimate; 0 = no KL
+    max_new_tokens: int = 32
+
+    def __post_init__(self):
+        check(self.kl_samples >= 0, "eval.kl_samples", "must be >= 0")
+        check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be positive")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimisation on K-way rankings (DPO, IPO or listwise DPO) from the SFT model, against the
+    frozen reference, whose log-probabilities of every response are computed once before training.
+    `train.batch_size` counts PROMPTS, each with all its K responses (one batch element, as for the reward model)."""
+
+    out_dir: str = "runs/dpo"
+    data: DPODataConfig = field(default_factory=DPODataConfig)
+    model: DPOModelConfig = field(default_factory=DPOModelConfig)
+    dpo: DPOLossConfig = field(default_factory=DPOLossConfig)
+    train: EpochTrainConfig = field(default_factory=lambda: EpochTrainConfig(epochs=1.0, batch_size=8))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, weight_decay=0.0))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.1))
+    eval: DPOEvalConfig = field(default_factory=DPOEvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        check(bool(self.data.rankings), "data.rankings", "a rankings JSONL file is required")
+        check(bool(self.model.init_from), "model.init_from", "the SFT model directory is required")
+        check(self.optimizer.lr is not None, "optimizer.lr", "DPO has no task default; set a learning rate")
+
+
+@dataclass(frozen=True)
+class GroupTrainConfig:
+    iterations: int = 100  # rollout batches
+    batch_size: int = 16  # PROMPTS per iteration; each gets group.size samples
+    minibatch_size: int = 16  # episodes (responses) per optimizer step
+    micro_batch_size: int | None = None  # episodes per forward pass; None = minibatch_size (no accumulation)
+    epochs: int = 1  # passes over each batch (GRPO's mu); RLOO is on-policy REINFORCE: 1
+    checkpoint_every: int = 10  # iterations between resumable checkpoints
+    log_samples: int = 4  # responses per iteration written to samples.jsonl
+
+    def __post_init__(self):
+        for name in ("iterations", "batch_size", "minibatch_size", "epochs", "checkpoint_every"):
+            check(getattr(self, name) > 0, f"train.{name}", "must be positive")
+        if self.micro_batch_size is not None:
+            check(self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
+                  "train.micro_batch_size", f"must divide train.minibatch_size ({self.minibatch_size})")
+        check(self.log_samples >= 0, "train.log_samples", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class GroupLossConfig:
+    """The critic-free algorithm (prefer.objectives.critic_free)."""
+
+    algorithm: str = "grpo"  # rloo (leave-one-out baseline, KL in the reward) | grpo (group-normalised, k3 KL loss)
+    size: int = 4  # K samples per prompt (the group)
+    clip_range: float = 0.2  # GRPO's ratio clip
+    scale: bool = True  # GRPO: divide advantages by the group's std (false: Dr. GRPO's centred advantages)
+
+    def __post_init__(self):
+        check(self.algorithm in GROUP_ALGORITHMS, "group.algorithm",
+              f"unknown {self.algorithm!r}; choose one of {', '.join(GROUP_ALGORITHMS)} "
+              "(PPO, with a critic: prefer ppo)")
+        check(self.size >= 2, "group.size", "needs >= 2 samples per prompt (the baseline comes from the others)")
+        check(self.clip_range > 0, "group.clip_range", "must be positive")
+
+
+@dataclass(frozen=True)
+class GroupRLConfig:
+    """Critic-free RL against a scorer or reward model: K samples per prompt, RLOO's leave-one-out baseline or
+    GRPO's group-normalised advantages; no value model. Same rewards, gold logging, KL reference (the SFT model),
+    PPO-ptx, torchrun support and resume as `prefer ppo`. RLOO folds `kl.coef` x KL into the reward as PPO does;
+    GRPO adds `kl.coef` x the k3 estimator to the loss (Shao et al. 2024 use 0.04). `reward.model` only sets the
+    default scorer (rm:<model>): there is no value model for it to start."""
+
+    out_dir: str = "runs/grpo"
+    init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
+    reference: str | None = None  # another frozen reference (same tokenizer); None = init_from
+    prompts: str = ""  # prompts JSONL ({"prompt": str} per line)
+    reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: GroupTrainConfig = field(default_factory=GroupTrainConfig)
+    group: GroupLossConfig = field(default_factory=GroupLossConfig)
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04))
+    ptx: PTXConfig = field(default_factory=PTXConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, weight_decay=0.0))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self):
+        check(bool(self.init_from), "init_from", "the SFT model directory is required")
+        check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
+        check(self.reward.scorer is not None or self.reward.model is not None, "reward.scorer",
+              "name a scorer (e.g. pep8, rm:DIR) or give reward.model")
+        check(self.optimizer.lr is not None, "optimizer.lr", "has no task default; set a learning rate")
+        episodes = self.train.batch_size * self.group.size
+        check(episodes % self.train.minibatch_size == 0, "train.minibatch_size",
+              f"must divide the episodes per iteration (train.batch_size x group.size = {episodes})")
+        check(self.group.algorithm != "rloo" or self.train.epochs == 1, "train.epochs",
+              "RLOO is on-policy REINFORCE: 1 pass per batch")

@@ -10,7 +10,10 @@ shifting) live once in ``common``.
   ``unlikelihood_loss``, ``rwr_loss``, ``awr_loss``.
 - InstructGPT (Ouyang et al. 2022): ``ranking_loss`` (reward model), and for PPO
   ``kl_penalized_rewards``, ``gae``, ``whiten``, ``ppo_policy_loss``, ``ppo_value_loss``,
-  ``adaptive_kl_coef``, ``entropy``, ``explained_variance``, ``proxy_rewards``; PPO-ptx adds ``ptx_coef * mle_loss`` on pretraining data.
+  ``adaptive_kl_coef``, ``entropy``, ``explained_variance``, ``proxy_rewards``; PPO-ptx adds
+  ``ptx_coef * mle_loss`` on pretraining data.
+- Beyond PPO: ``dpo_loss``, ``ipo_loss``, ``listwise_dpo_loss`` on K-way rankings (``DPO_LOSSES`` by name), and
+  the critic-free ``rloo_advantages``, ``rloo_loss``, ``grpo_advantages``, ``grpo_loss`` (k3 KL: ``k3_kl``).
 """
 
 from prefer.objectives.common import (
@@ -20,23 +23,35 @@ from prefer.objectives.common import (
     next_token_targets,
     token_logprobs,
 )
+from prefer.objectives.critic_free import grpo_advantages, grpo_loss, k3_kl, rloo_advantages, rloo_loss
 from prefer.objectives.language_modeling import mle_loss, unlikelihood_loss
 from prefer.objectives.ppo import (
     adaptive_kl_coef,
     entropy,
+    explained_variance,
     gae,
     kl_penalized_rewards,
     last_token_index,
     ppo_policy_loss,
     ppo_value_loss,
     proxy_rewards,
-    explained_variance,
     whiten,
 )
+from prefer.objectives.preference import DPO_LOSSES, PreferenceLoss, dpo_loss, ipo_loss, listwise_dpo_loss
 from prefer.objectives.ranking import ranking_loss
 from prefer.objectives.reward_weighted import awr_loss, rwr_loss
 
 __all__ = [
+    "DPO_LOSSES",
+    "PreferenceLoss",
+    "dpo_loss",
+    "grpo_advantages",
+    "grpo_loss",
+    "ipo_loss",
+    "k3_kl",
+    "listwise_dpo_loss",
+    "rloo_advantages",
+    "rloo_loss",
     "adaptive_kl_coef",
     "awr_loss",
     "entropy",

@@ -14,22 +14,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
 from prefer.config import PPOConfig, save_config
-from prefer.data.annotate import AnnotatedDocument
-from prefer.data.corpora import load_documents, split_by_source
-from prefer.data.formats import read_prompts, record_locations
-from prefer.data.packing import TokenBlocks, pack_documents
+from prefer.data.formats import read_prompts
+from prefer.data.packing import TokenBlocks
 from prefer.errors import PreferError
 from prefer.evaluation.capability import heldout_block_loss
-from prefer.files import atomic_path
 from prefer.models.build import (
     check_model_dir,
     check_same_vocabulary,
@@ -44,8 +38,6 @@ from prefer.objectives import (
     adaptive_kl_coef,
     explained_variance,
     masked_mean,
-    mle_loss,
-    next_token_targets,
     ppo_policy_loss,
     ppo_value_loss,
     proxy_rewards,
@@ -56,15 +48,20 @@ from prefer.rollouts import (
     SharedTrunkValueModel,
     ValueModel,
     add_advantages,
+    gather_rollout,
+    log_samples,
     make_rollout,
     policy_logits,
+    pretraining_blocks,
+    ptx_backward,
+    read_queries,
+    sample_responses,
+    samples_log,
 )
 from prefer.run_dir import RESUME_MAY_CHANGE, releases_run_dirs
-from prefer.sampling import sample
 from prefer.scorers import get_scorer, score_responses
 from prefer.training import (
     BlockOrder,
-    Distributed,
     MetricsLog,
     accumulate_stats,
     all_gather_objects,
@@ -129,68 +126,6 @@ def ppo_backward(policy, value_model, minibatch: Rollout, *, micro_batch_size: i
     return totals
 
 
-def ptx_backward(policy, blocks: torch.Tensor, *, ptx_coef: float, micro_batch_size: int, device, precision: str,
-                 num_tokens: float | None = None) -> dict[str, float]:
-    """Accumulate the gradient of ptx_coef x (mean NLL of pretraining blocks [N, T]): minimising it maximises
-    gamma E_pretrain[log pi(x)] of Ouyang et al. 2022, Eq. 2. Normalised by `num_tokens`, the step's pretraining
-    tokens (None = N x (T - 1); under torchrun: all ranks' blocks, divided by the number of ranks). The policy's
-    gradients are reduced over the ranks in the last micro-batch."""
-    num_tokens = blocks.shape[0] * (blocks.shape[1] - 1) if num_tokens is None else num_tokens
-    totals: dict[str, float] = {}
-    starts = range(0, blocks.shape[0], micro_batch_size)
-    for start in starts:
-        ids = blocks[start: start + micro_batch_size].to(device)
-        targets, = next_token_targets(ids)  # [N, T - 1]
-        with gradient_sync([policy], sync=start == starts[-1]):
-            with autocast(device, precision):
-                logits = policy(ids).logits[:, :-1]
-            loss, _ = mle_loss(logits.float(), targets, torch.ones_like(targets, dtype=torch.bool),
-                               num_tokens=num_tokens)
-            (ptx_coef * loss).backward()
-        accumulate_stats(totals, {"ptx/loss": loss.detach()}, fraction=1.0)
-    return totals
-
-
-# ------------------------------------------------------------------ rollouts on every rank
-
-def sample_responses(policy, queries: list[list[int]], *, first: int, chunk: int, seed: int, iteration: int,
-                     max_new_tokens: int, eos_token_id: int, temperature: float) -> list[list[int]]:
-    """Responses to `queries`, the episodes first, first + 1, ... of an iteration's global batch, sampled in chunks
-    of `chunk` episodes, each chunk with its own generator seeded by (seed, iteration, chunk's index in the global
-    batch). An episode's response therefore depends on the run's seed and micro-batch size, not on how many ranks
-    share the batch nor which one draws it; `first` must be a multiple of `chunk`."""
-    responses: list[list[int]] = []
-    for start in range(0, len(queries), chunk):
-        index = (first + start) // chunk
-        entropy = np.random.SeedSequence([seed, iteration, index]).generate_state(1, dtype=np.uint64)[0]
-        responses += sample(policy, queries[start : start + chunk], max_new_tokens=max_new_tokens,
-                            eos_token_id=eos_token_id, temperature=temperature, top_p=1.0, batch_size=chunk,
-                            generator=torch.Generator().manual_seed(int(entropy)))
-    return responses
-
-
-def gather_rollout(rollout: Rollout, dist: Distributed, *, pad_id: int) -> Rollout:
-    """Every rank's episodes, in rank order, on every rank: the iteration's global batch. Queries are left-padded
-    and responses right-padded to the longest of any rank, as one process would have padded them. The tensors are
-    small next to the models (a few numbers per token)."""
-    if dist.world_size == 1:
-        return rollout
-    widths = torch.tensor([rollout.query.shape[1], rollout.response.shape[1]], device=rollout.query.device)
-    torch_dist.all_reduce(widths, op=torch_dist.ReduceOp.MAX)
-    query_width, response_width = widths.tolist()
-    gathered = {}
-    for field in fields(rollout):
-        tensor = getattr(rollout, field.name)
-        if tensor is not None and tensor.dim() == 2:  # [B, Q] or [B, R]
-            left = field.name.startswith("query")
-            filler = torch.full((tensor.shape[0], (query_width if left else response_width) - tensor.shape[1]),
-                                pad_id if field.name in ("query", "response") else 0, dtype=tensor.dtype,
-                                device=tensor.device)  # masks pad with False, per-token numbers with 0
-            tensor = torch.cat([filler, tensor] if left else [tensor, filler], dim=1)
-        gathered[field.name] = None if tensor is None else all_gather_rows(tensor, dist)
-    return Rollout(**gathered)
-
-
 # ------------------------------------------------------------------ models and data
 
 def build_value_model(init_from: str, reward_model: str | None) -> ValueModel:
@@ -214,33 +149,6 @@ def build_value_model(init_from: str, reward_model: str | None) -> ValueModel:
         if info_path.exists():
             head.linear.bias += float(json.loads(info_path.read_text()).get("reward_bias", 0.0))
     return ValueModel(rm.base_model, head)
-
-
-def _read_queries(path: str, tokenizer, *, max_length: int) -> tuple[list[str], list[list[int]]]:
-    """Prompts and their token ids, each starting with eos (the document start the model was trained with)."""
-    prompts = [p.prompt for p in read_prompts(path)]
-    queries = []
-    for prompt, where in zip(prompts, record_locations(path)):
-        ids = [tokenizer.eos_token_id, *tokenizer.encode(prompt, add_special_tokens=False)]
-        if len(ids) > max_length:
-            raise PreferError(f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens it must fit "
-                              f"the model's context (at most {max_length} prompt tokens)")
-        queries.append(ids)
-    return prompts, queries
-
-
-def _pretraining_blocks(source: str, tokenizer, *, block_size: int, max_bytes: int | None
-                        ) -> tuple[TokenBlocks, TokenBlocks]:
-    """(train, held-out) blocks of a pretraining corpus for PPO-ptx; scores are unused (zero)."""
-    documents, _ = load_documents(source, max_bytes=max_bytes)
-    annotated = [AnnotatedDocument(d.segments, (0.0,) * len(d.segments), d.source) for d in documents]
-    train, validation = split_by_source(annotated, validation_fraction=0.05)
-    blocks = pack_documents(train, tokenizer, block_size=block_size), pack_documents(validation, tokenizer,
-                                                                                     block_size=block_size)
-    if len(blocks[0]) == 0 or len(blocks[1]) == 0:
-        raise PreferError(f"ptx_source: {source!r} is too small for one training and one held-out block of "
-                          f"{block_size} tokens")
-    return blocks
 
 
 # ------------------------------------------------------------------ the stage
@@ -305,11 +213,11 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     control_ids = control_token_ids(tokenizer)  # left out of the held-out LM loss, as in pretraining
 
     # 2. Data: prompts (each must leave room for the response), pretraining blocks for PPO-ptx.
-    prompts, queries = _read_queries(config.prompts, tokenizer, max_length=context - config.rollout.max_new_tokens)
+    prompts, queries = read_queries(config.prompts, tokenizer, max_length=context - config.rollout.max_new_tokens)
     ptx_blocks = val_blocks = None
     if config.ptx.source is not None:
-        ptx_blocks, val_blocks = _pretraining_blocks(config.ptx.source, tokenizer, block_size=context,
-                                                     max_bytes=config.ptx.max_bytes)
+        ptx_blocks, val_blocks = pretraining_blocks(config.ptx.source, tokenizer, block_size=context,
+                                                    max_bytes=config.ptx.max_bytes)
         val_blocks = val_blocks.ids[: config.ptx.eval_blocks]
 
     # 3. Optimizer over policy and critic; batch geometry (batch and minibatch are global: all ranks together).
@@ -342,7 +250,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     samples_path = None
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
-        samples_path = _samples_log(run_dir, resume_step=start if checkpoint else None)
+        samples_path = samples_log(run_dir, resume_step=start if checkpoint else None)
     say(f"[ppo] {len(queries)} prompts, {config.train.iterations} iterations of {config.train.batch_size} episodes, "
         f"{steps_per_iteration} optimizer steps each, beta {kl_coef:g}"
         + (f" (adaptive, target KL {config.kl.target:g})" if config.kl.target else "") + f", device {device}"
@@ -432,8 +340,8 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
             pairs = [pair for ranks_pairs in all_gather_objects([(prompts[i], t) for i, t in zip(index, texts)], dist)
                      for pair in ranks_pairs]
             if dist.is_main:
-                _log_samples(samples_path, log, done, [p for p, _ in pairs], [t for _, t in pairs], rollout,
-                             config.train.log_samples)
+                log_samples(samples_path, log, done, [p for p, _ in pairs], [t for _, t in pairs], rollout,
+                            config.train.log_samples)
         if config.kl.target is not None:
             kl_coef = adaptive_kl_coef(kl_coef, observed_kl=kl_stats["kl"], target_kl=config.kl.target,
                                        horizon=config.kl.horizon, num_steps=config.train.batch_size)
@@ -453,30 +361,3 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     save_model(final, policy, tokenizer, info={**info, "iterations": config.train.iterations, "kl_coef": kl_coef})
     say(f"[ppo] done in {time.perf_counter() - started:.0f}s; policy in {final}")
     return final
-
-
-# ------------------------------------------------------------------ run directory and sample tables
-
-def _samples_log(run_dir: Path, *, resume_step: int | None) -> Path:
-    """samples.jsonl, trimmed like metrics.jsonl on resume (iterations after the checkpoint are about to rerun)."""
-    path = run_dir / "samples.jsonl"
-    if path.exists():
-        kept = ([line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= resume_step]
-                if resume_step is not None else [])
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
-    return path
-
-
-def _log_samples(path: Path, log: MetricsLog, iteration: int, prompts: list[str], texts: list[str],
-                 rollout: Rollout, count: int) -> None:
-    rows = [{"iteration": iteration, "prompt": prompt, "response": text[len(prompt):],
-             "proxy": rollout.episode_rewards[i].item(),
-             "gold": None if rollout.gold[i].isnan() else rollout.gold[i].item()}
-            for i, (prompt, text) in enumerate(zip(prompts[:count], texts[:count]))]
-    with path.open("a") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if log.writer is not None and rows:
-        table = "\n\n".join(f"**proxy {r['proxy']:.3f}, gold {r['gold']}** `{r['prompt']}` -> `{r['response']}`"
-                            for r in rows)
-        log.writer.add_text("samples", table, iteration)

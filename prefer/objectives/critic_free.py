@@ -1,0 +1,145 @@
+"""Critic-free policy gradients over groups of K samples per prompt: RLOO and GRPO.
+
+Rewards come as ``[G, K]``: G prompts, K sampled responses each. No value model: the baseline of a response is
+computed from the other responses to the same prompt.
+
+- RLOO (Ahmadian et al. 2024): ``A_i = r_i - mean_{j != i} r_j``, REINFORCE on the whole response
+  (``rloo_loss``); the KL penalty is folded into r as in PPO (``r = score - beta sum_t (log pi - log pi_ref)``).
+- GRPO (Shao et al. 2024, Eq. 3): ``A_i = (r_i - mean(r)) / std(r)`` over the prompt's group (``std`` with
+  Bessel's correction, as the DeepSeekMath code; ``scale=False`` drops it as Dr. GRPO does), PPO's clipped ratio
+  per token, and the KL to the reference as a loss term with the k3 estimator per token
+  ``pi_ref/pi - log(pi_ref/pi) - 1`` (``grpo_loss``). Each response's token losses are averaged over its own
+  length (1/|o_i|, as in the paper; Dr. GRPO drops that too), then over responses.
+
+Sequence-level losses take ``num_sequences``, the responses of the whole optimizer step, so that gradient
+accumulation over micro-batches and ranks is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prefer.objectives.common import check_mask, check_same_shape, masked_mean, masked_sum
+
+__all__ = ["grpo_advantages", "grpo_loss", "k3_kl", "rloo_advantages", "rloo_loss"]
+
+
+def _check_groups(rewards: torch.Tensor) -> None:
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [G, K] with K >= 2 samples per prompt, got {list(rewards.shape)}")
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out advantages [G, K]: ``A_i = r_i - 1/(K-1) sum_{j != i} r_j = K/(K-1) (r_i - mean_j r_j)``.
+
+    Args:
+        rewards: [G, K] (K >= 2) episode rewards, the KL penalty already folded in. Detached.
+    """
+    _check_groups(rewards)
+    r = rewards.detach().float()
+    k = r.shape[1]
+    return r - (r.sum(dim=1, keepdim=True) - r) / (k - 1)
+
+
+def grpo_advantages(rewards: torch.Tensor, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """Group-normalised advantages [G, K]: ``(r_i - mean(r)) / (std(r) + eps)`` per prompt (Shao et al. 2024, Sec.
+    4.1.2; std with Bessel's correction). ``scale=False``: ``r_i - mean(r)`` only (Dr. GRPO). A group whose rewards
+    are all equal gets advantages 0: it carries no signal.
+
+    Args:
+        rewards: [G, K] (K >= 2) scores, without any KL term (GRPO puts the KL in the loss). Detached.
+    """
+    _check_groups(rewards)
+    r = rewards.detach().float()
+    centred = r - r.mean(dim=1, keepdim=True)
+    return centred / (r.std(dim=1, keepdim=True) + eps) if scale else centred
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || pi_ref) on samples of pi (Schulman 2020; Shao et al. 2024, Eq. 4)::
+
+        k3 = exp(ref - logp) - (ref - logp) - 1   >= 0, unbiased, and 0 exactly where pi = pi_ref.
+    """
+    log_ratio = ref_logprobs.detach().to(logprobs.dtype) - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+              advantages: torch.Tensor, mask: torch.Tensor, *, clip_range: float, kl_coef: float,
+              num_sequences: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO's objective, negated for minimisation (Shao et al. 2024, Eq. 3)::
+
+        ratio_t = exp(logp_t - old_t)
+        l_t     = -min(ratio_t A, clip(ratio_t, 1 - eps, 1 + eps) A) + kl_coef * k3_t
+        loss    = 1/N sum_i 1/|o_i| sum_{t in o_i} l_t
+
+    Args:
+        logprobs: [B, T] current policy log-probs of the response tokens, with gradient.
+        old_logprobs: [B, T] at sampling time (detached here).
+        ref_logprobs: [B, T] under the frozen reference (detached here).
+        advantages: [B] one advantage per response (``grpo_advantages``, flattened); detached.
+        mask: [B, T] bool, response tokens (every row has at least one).
+        clip_range: epsilon, e.g. 0.2.
+        kl_coef: beta >= 0 of the k3 term.
+        num_sequences: N, responses in the whole optimizer step; None = B.
+
+    Returns:
+        ``(loss, stats)``; stats (detached, over this call): ``loss``, ``policy_loss`` and ``kl_loss`` (the two
+        terms, each normalised like the loss), ``kl`` (mean over responses of the summed k3: nats per response),
+        ``clip_fraction`` (tokens where the clipped term is active), ``ratio_mean``.
+    """
+    check_mask(mask)
+    check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs,
+                      "mask": mask})
+    if advantages.shape != mask.shape[:1]:
+        raise ValueError(f"advantages must be [B] = {list(mask.shape[:1])}, got {list(advantages.shape)}")
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    log_ratio = torch.where(mask, logprobs - old_logprobs.detach().to(logprobs.dtype), zero)
+    ratio = torch.exp(log_ratio)
+    adv = advantages.detach().to(ratio.dtype).unsqueeze(1)
+    unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    policy_terms = torch.maximum(unclipped, clipped)
+    kl_terms = torch.where(mask, k3_kl(logprobs, ref_logprobs), zero)
+    lengths = mask.sum(dim=1).clamp(min=1).to(logprobs.dtype)
+    denominator = len(mask) if num_sequences is None else num_sequences
+    if float(denominator) <= 0:
+        raise ValueError(f"num_sequences must be > 0, got {float(denominator)}")
+    policy_loss = (masked_sum(policy_terms, mask, dim=1) / lengths).sum() / denominator
+    kl_loss = kl_coef * (masked_sum(kl_terms, mask, dim=1) / lengths).sum() / denominator
+    loss = policy_loss + kl_loss
+    stats = {
+        "loss": loss.detach(),
+        "policy_loss": policy_loss.detach(),
+        "kl_loss": kl_loss.detach(),
+        "kl": masked_sum(kl_terms.detach(), mask, dim=1).mean(),
+        "clip_fraction": masked_mean((clipped > unclipped).to(ratio.dtype), mask).detach(),
+        "ratio_mean": masked_mean(ratio.detach(), mask),
+    }
+    return loss, stats
+
+
+def rloo_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+              num_sequences: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """REINFORCE with the leave-one-out baseline on the whole response (Ahmadian et al. 2024, Eq. 6)::
+
+        loss = -1/N sum_i A_i * sum_{t in o_i} logp_t
+
+    Args:
+        logprobs: [B, T] current policy log-probs of the response tokens, with gradient.
+        advantages: [B] (``rloo_advantages``, flattened); detached.
+        mask: [B, T] bool, response tokens.
+        num_sequences: N, responses in the whole optimizer step; None = B.
+
+    Returns:
+        ``(loss, stats)``; stats: ``loss``, ``logprob_mean`` (mean summed log-prob of a response).
+    """
+    check_mask(mask)
+    check_same_shape({"logprobs": logprobs, "mask": mask})
+    if advantages.shape != mask.shape[:1]:
+        raise ValueError(f"advantages must be [B] = {list(mask.shape[:1])}, got {list(advantages.shape)}")
+    sequence_logprobs = masked_sum(logprobs, mask, dim=1)  # [B]
+    denominator = len(mask) if num_sequences is None else num_sequences
+    if float(denominator) <= 0:
+        raise ValueError(f"num_sequences must be > 0, got {float(denominator)}")
+    loss = -(advantages.detach().to(sequence_logprobs.dtype) * sequence_logprobs).sum() / denominator
+    return loss, {"loss": loss.detach(), "logprob_mean": sequence_logprobs.detach().mean()}

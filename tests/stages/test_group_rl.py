@@ -1,0 +1,148 @@
+"""`prefer grpo` (group.algorithm=grpo|rloo): critic-free RL raises the toy reward and the gold score, no value model
+is built, accumulation does not change the step, resume after SIGKILL is exact, bad input is one line."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_ppo_stage import _episodes, _mean_reward, sft, toy_scorer  # noqa: F401 (fixtures)
+
+import prefer.stages.group_rl as stage
+from prefer.cli import main
+from prefer.config import GroupRLConfig, build_config
+from prefer.errors import PreferError
+from prefer.models.build import train_tokenizer
+from prefer.stages.group_rl import group_advantages, group_backward, group_rl
+from prefer.training import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(sft, out, **overrides):  # noqa: F811
+    values = {"out_dir": out, "init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
+              "reward.gold_scorer": "not-a", "train.iterations": 30, "train.batch_size": 4, "group.size": 4,
+              "train.minibatch_size": 8, "rollout.max_new_tokens": 12, "optimizer.lr": 3e-3, "kl.coef": 0.02,
+              "train.checkpoint_every": 10, "runtime.progress": False, "train.log_samples": 2}
+    values.update(overrides)
+    return build_config(GroupRLConfig, values)
+
+
+@pytest.mark.parametrize("algorithm,epochs", [("grpo", 2), ("rloo", 1)])
+def test_critic_free_rl_raises_the_gold_score_without_a_value_model(sft, tmp_path, monkeypatch, algorithm, epochs):  # noqa: F811
+    built = []
+    monkeypatch.setattr("prefer.rollouts.ValueModel.__init__", lambda *a, **k: built.append(1))
+    final = group_rl(_config(sft, tmp_path / "run", **{"group.algorithm": algorithm, "train.epochs": epochs}))
+    assert not built  # no critic anywhere
+    before, after = _mean_reward(sft / "sft", sft), _mean_reward(final, sft)
+    print(f"{algorithm}: mean gold reward of samples: SFT {before:.3f}, after {after:.3f}")
+    assert after > before + 0.05
+    metrics = read_metrics(tmp_path / "run")
+    assert len(metrics) == 30 and abs(metrics[0]["kl"]) < 1e-4
+    assert metrics[-1]["reward/gold"] > metrics[0]["reward/gold"] and metrics[-1]["kl"] > 0
+    for key in ("reward/proxy", "reward/group_std", "kl_coef", "entropy", "response/length", "train/policy/loss",
+                "train/grad_norm", "episodes"):
+        assert key in metrics[-1], key
+    assert metrics[-1]["episodes"] == 30 * 4 * 4
+    assert json.loads((final / "prefer.json").read_text())["stage"] == algorithm
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_one_minibatch_of_8_equals_8_micro_batches_of_1(sft, algorithm):  # noqa: F811
+    rollout, (policy, _, _), _, _ = _episodes(sft)
+    config = _config(sft, "unused", **{"group.algorithm": algorithm, "group.size": 4})
+    rollout, _ = group_advantages(rollout, algorithm=algorithm, group_size=4, kl_coef=0.1, group=config.group)
+    grads, stats = [], []
+    for micro in (8, 1):
+        p = copy.deepcopy(policy)
+        stats.append(group_backward(p, rollout, algorithm=algorithm, group=config.group, kl_coef=0.1,
+                                    micro_batch_size=micro, temperature=1.0, device=torch.device("cpu"),
+                                    precision="fp32"))
+        grads.append([param.grad.clone() for param in p.parameters() if param.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert stats[0]["policy/loss"] == pytest.approx(stats[1]["policy/loss"], rel=1e-5, abs=1e-7)
+
+
+def test_group_advantages_use_each_prompts_own_group(sft):  # noqa: F811
+    rollout, _, _, _ = _episodes(sft)  # rewards 1..8, policy = reference: no KL
+    config = _config(sft, "unused", **{"group.algorithm": "rloo"})
+    out, _ = group_advantages(rollout, algorithm="rloo", group_size=4, kl_coef=0.5, group=config.group)
+    # groups [1, 2, 3, 4] and [5, 6, 7, 8]: leave-one-out advantages 4/3 (r - 2.5) and 4/3 (r - 6.5)
+    expected = torch.tensor([-2.0, -2 / 3, 2 / 3, 2.0] * 2)
+    torch.testing.assert_close(out.advantages[:, 0], expected, atol=1e-5, rtol=0)
+    assert (out.advantages[~out.response_mask] == 0).all()
+
+
+def test_bad_input_is_one_line_with_exit_code_2(sft, tmp_path, capsys):  # noqa: F811
+    args = [f"init_from={sft / 'sft'}", f"prompts={sft / 'prompts.jsonl'}", "reward.scorer=not-a",
+            f"out_dir={tmp_path / 'run'}"]
+    assert main(["grpo", *args, "group.algorithm=ppo"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("prefer: error: config: group.algorithm: unknown 'ppo'") and "\n" not in error
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(sft / "sft", other)
+    train_tokenizer(["zzz qqq www"] * 20, vocab_size=320).save_pretrained(other)
+    assert main(["grpo", *args, f"reference={other}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"reference {other}: its tokenizer differs" in error and "\n" not in error
+    with pytest.raises(PreferError, match="group.size"):
+        _config(sft, tmp_path / "x", **{"group.size": 1})
+
+
+def test_the_stage_table_names_exactly_the_configurable_algorithms():
+    from prefer.config import GROUP_ALGORITHMS
+
+    assert tuple(stage.ALGORITHMS) == GROUP_ALGORITHMS
+
+
+TOY_CLI = """
+import sys
+
+from prefer import scorers
+from prefer.cli import main
+
+scorers.SCORERS["not-a"] = lambda texts: [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sft, tmp_path):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    values = {"init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
+              "train.iterations": 12, "train.batch_size": 4, "group.size": 4, "train.minibatch_size": 8,
+              "train.epochs": 2, "rollout.max_new_tokens": 12, "optimizer.lr": 3e-3, "kl.coef": 0.02,
+              "kl.target": 1.0, "train.checkpoint_every": 3, "runtime.progress": False, "train.log_samples": 2}
+    whole = group_rl(build_config(GroupRLConfig, {**values, "out_dir": tmp_path / "whole"}))
+    (tmp_path / "toy_cli.py").write_text(TOY_CLI)
+    command = [sys.executable, str(tmp_path / "toy_cli.py"), "grpo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([*command, *(f"{k}={v}" for k, v in values.items()),
+                                    f"out_dir={tmp_path / 'cut'}"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    latest = tmp_path / "cut" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert not (tmp_path / "cut" / "final").exists()  # killed mid-run
+    resumed = subprocess.run([*command, "--resume", f"out_dir={tmp_path / 'cut'}"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = load_file(whole / "model.safetensors"), load_file(tmp_path / "cut" / "final" / "model.safetensors")
+    assert all(torch.allclose(expected[key], got[key], atol=1e-6) for key in expected)
+    for a, b in zip(read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut"), strict=True):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    samples = [(tmp_path / run / "samples.jsonl").read_text() for run in ("whole", "cut")]
+    assert samples[0] == samples[1]
