@@ -67,12 +67,18 @@ def child(method: str, root: Path, args) -> dict:
     scorers.SCORERS["not-a"] = not_a
     usage = resource.getrusage(resource.RUSAGE_SELF)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB on Linux
-    common = {"out_dir": root / method, "runtime.progress": False, "runtime.device": args.device,
-              "optimizer.lr": 1e-4}
-    rl = {**common, "init_from": root / "sft", "prompts": root / "prompts.jsonl", "reward.scorer": "not-a",
-          "train.iterations": args.iterations, "train.minibatch_size": args.episodes // 2,
-          "rollout.max_new_tokens": args.new_tokens, "train.checkpoint_every": args.iterations,
-          "train.log_samples": 0}
+    common = {"out_dir": root / method, "runtime.progress": False, "runtime.device": args.device, "optimizer.lr": 1e-4}
+    rl = {
+        **common,
+        "init_from": root / "sft",
+        "prompts": root / "prompts.jsonl",
+        "reward.scorer": "not-a",
+        "train.iterations": args.iterations,
+        "train.minibatch_size": args.episodes // 2,
+        "rollout.max_new_tokens": args.new_tokens,
+        "train.checkpoint_every": args.iterations,
+        "train.log_samples": 0,
+    }
     started = time.perf_counter()
     if method == "ppo":
         from prefer.stages.ppo import ppo
@@ -82,23 +88,50 @@ def child(method: str, root: Path, args) -> dict:
     elif method in ("rloo", "grpo"):
         from prefer.stages.group_rl import group_rl
 
-        group_rl(build_config(GroupRLConfig, {**rl, "group.algorithm": method, "group.size": 4,
-                                              "train.batch_size": args.episodes // 4, "train.epochs": 1}))
+        group_rl(
+            build_config(
+                GroupRLConfig,
+                {
+                    **rl,
+                    "group.algorithm": method,
+                    "group.size": 4,
+                    "train.batch_size": args.episodes // 4,
+                    "train.epochs": 1,
+                },
+            )
+        )
         episodes = args.iterations * args.episodes
     else:
         from prefer.stages.dpo import dpo
 
-        dpo(build_config(DPOConfig, {**common, "data.rankings": root / "rankings.jsonl",
-                                     "model.init_from": root / "sft", "train.batch_size": 8,
-                                     "data.validation_fraction": 0.1, "train.eval_every": 1000,
-                                     "eval.kl_samples": 8, "eval.max_new_tokens": args.new_tokens}))
+        dpo(
+            build_config(
+                DPOConfig,
+                {
+                    **common,
+                    "data.rankings": root / "rankings.jsonl",
+                    "model.init_from": root / "sft",
+                    "train.batch_size": 8,
+                    "data.validation_fraction": 0.1,
+                    "train.eval_every": 1000,
+                    "eval.kl_samples": 8,
+                    "eval.max_new_tokens": args.new_tokens,
+                },
+            )
+        )
         episodes = None
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime - cpu_before
-    return {"method": method, "wall_s": wall, "cpu_s": cpu, "episodes_per_s": episodes / wall if episodes else None,
-            "episodes_per_cpu_s": episodes / cpu if episodes else None, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "stage_peak_over_imports_mb": (usage.ru_maxrss - before) / 1024}
+    return {
+        "method": method,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "episodes_per_s": episodes / wall if episodes else None,
+        "episodes_per_cpu_s": episodes / cpu if episodes else None,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "stage_peak_over_imports_mb": (usage.ru_maxrss - before) / 1024,
+    }
 
 
 def main() -> None:
@@ -119,23 +152,46 @@ def main() -> None:
         prepare(root, args.size)
         results = {}
         for method in ("ppo", "rloo", "grpo", "dpo"):
-            command = [sys.executable, __file__, "--child", method, "--root", str(root),
-                       *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "root"))]
-            output = subprocess.run(command, capture_output=True, text=True, check=True,
-                                    env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                "--root",
+                str(root),
+                *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "root")),
+            ]
+            output = subprocess.run(
+                command, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            ).stdout
             results[method] = json.loads(output.strip().splitlines()[-1])
-    header = ("method", "wall s", "CPU s", "episodes/s", "vs PPO", "episodes/CPU s", "vs PPO", "peak RSS MB",
-              "stage peak MB")
+    header = (
+        "method",
+        "wall s",
+        "CPU s",
+        "episodes/s",
+        "vs PPO",
+        "episodes/CPU s",
+        "vs PPO",
+        "peak RSS MB",
+        "stage peak MB",
+    )
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     ppo = results["ppo"]
     for method, r in results.items():
-        rates = [f"{r[key]:.2f} | {r[key] / ppo[key]:.2f}x" if r[key] else "- | -"
-                 for key in ("episodes_per_s", "episodes_per_cpu_s")]
-        print(f"| {method} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {rates[0]} | {rates[1]} | {r['peak_rss_mb']:.0f} | "
-              f"{r['stage_peak_over_imports_mb']:.0f} |")
-    print(f"({args.iterations} iterations x {args.episodes} episodes of <= {args.new_tokens} tokens, GPT-2 "
-          f"{args.size}, {args.device}, {os.cpu_count()} CPUs; DPO: 1 epoch of 64 rankings, K = 4, 8 per step; "
-          "stage peak: the process's peak RSS above its peak after imports)")
+        rates = [
+            f"{r[key]:.2f} | {r[key] / ppo[key]:.2f}x" if r[key] else "- | -"
+            for key in ("episodes_per_s", "episodes_per_cpu_s")
+        ]
+        print(
+            f"| {method} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {rates[0]} | {rates[1]} | {r['peak_rss_mb']:.0f} | "
+            f"{r['stage_peak_over_imports_mb']:.0f} |"
+        )
+    print(
+        f"({args.iterations} iterations x {args.episodes} episodes of <= {args.new_tokens} tokens, GPT-2 "
+        f"{args.size}, {args.device}, {os.cpu_count()} CPUs; DPO: 1 epoch of 64 rankings, K = 4, 8 per step; "
+        "stage peak: the process's peak RSS above its peak after imports)"
+    )
 
 
 if __name__ == "__main__":

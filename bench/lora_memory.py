@@ -39,15 +39,24 @@ def build(directory: Path, *, hidden: int, layers: int) -> int:
     texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(400)]
     tokenizer = train_tokenizer(texts, vocab_size=1000)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 128,
-                         max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 128,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(directory / "model")
     tokenizer.save_pretrained(directory / "model")
-    (directory / "prompts.jsonl").write_text("".join(json.dumps({"prompt": " ".join(WORDS[i:i + 4])}) + "\n"
-                                                     for i in range(12)))
+    (directory / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": " ".join(WORDS[i : i + 4])}) + "\n" for i in range(12))
+    )
     return sum(p.numel() for p in model.parameters())
 
 
@@ -61,12 +70,22 @@ def run_variant(directory: Path, variant: str, *, iterations: int, device: str) 
     from prefer.stages.ppo import ppo
 
     scorers.SCORERS["length"] = lambda texts: [len(t) / 100 for t in texts]  # any cheap reward: memory is the point
-    values = {"out_dir": directory / variant, "init_from": directory / "model", "prompts": directory / "prompts.jsonl",
-              "reward.scorer": "length", "train.iterations": iterations, "train.batch_size": 8,
-              "train.minibatch_size": 8, "rollout.max_new_tokens": 32, "optimizer.lr": 1e-4,
-              "train.checkpoint_every": 10_000, "runtime.progress": False, "runtime.device": device,
-              "lora.r": 0 if variant == "full" else 8,
-              "value_trunk": "shared" if variant == "lora-shared" else "separate"}
+    values = {
+        "out_dir": directory / variant,
+        "init_from": directory / "model",
+        "prompts": directory / "prompts.jsonl",
+        "reward.scorer": "length",
+        "train.iterations": iterations,
+        "train.batch_size": 8,
+        "train.minibatch_size": 8,
+        "rollout.max_new_tokens": 32,
+        "optimizer.lr": 1e-4,
+        "train.checkpoint_every": 10_000,
+        "runtime.progress": False,
+        "runtime.device": device,
+        "lora.r": 0 if variant == "full" else 8,
+        "value_trunk": "shared" if variant == "lora-shared" else "separate",
+    }
     config = build_config(PPOConfig, values)
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
@@ -96,19 +115,38 @@ def main() -> None:
         parameters = build(directory, hidden=args.hidden, layers=args.layers)
         results = {}
         for variant in ("full", "lora", "lora-shared"):
-            output = subprocess.run([sys.executable, __file__, "--variant", variant, "--dir", tmp,
-                                     "--iterations", str(args.iterations), "--device", args.device],
-                                    check=True, capture_output=True, text=True, cwd=ROOT).stdout
+            output = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--dir",
+                    tmp,
+                    "--iterations",
+                    str(args.iterations),
+                    "--device",
+                    args.device,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            ).stdout
             results[variant] = json.loads(output.strip().splitlines()[-1])
     full = results["full"]
-    print(f"PPO on a random Llama of {parameters / 1e6:.1f}M parameters ({args.layers} layers, hidden {args.hidden}), "
-          f"batch 8 x 32 new tokens, {args.iterations} iterations, {args.device}")
+    print(
+        f"PPO on a random Llama of {parameters / 1e6:.1f}M parameters ({args.layers} layers, hidden {args.hidden}), "
+        f"batch 8 x 32 new tokens, {args.iterations} iterations, {args.device}"
+    )
     names = {"full": "full finetuning", "lora": "LoRA r=8", "lora-shared": "LoRA r=8, value_trunk=shared"}
     for name, result in results.items():
-        print(f"  {names[name]:30s} peak memory {result['peak_bytes'] / 2**20:7.0f} MiB  "
-              f"{result['seconds_per_iteration']:6.2f} s/iteration   full / this: memory "
-              f"{full['peak_bytes'] / result['peak_bytes']:.2f}x, time "
-              f"{full['seconds_per_iteration'] / result['seconds_per_iteration']:.2f}x")
+        print(
+            f"  {names[name]:30s} peak memory {result['peak_bytes'] / 2**20:7.0f} MiB  "
+            f"{result['seconds_per_iteration']:6.2f} s/iteration   full / this: memory "
+            f"{full['peak_bytes'] / result['peak_bytes']:.2f}x, time "
+            f"{full['seconds_per_iteration'] / result['seconds_per_iteration']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,14 @@ def main() -> None:
     docs, _ = load_documents(args.source)
     matches = differ = 0
     for doc in docs:
-        expected = [(f.beg, f.end, "+".join(x.type for x in f.filths) if hasattr(f, "filths") else f.type, f.text)
-                    for f in reference.iter_filth(doc.text)] if doc.text else []
+        expected = (
+            [
+                (f.beg, f.end, "+".join(x.type for x in f.filths) if hasattr(f, "filths") else f.type, f.text)
+                for f in reference.iter_filth(doc.text)
+            ]
+            if doc.text
+            else []
+        )
         matches += len(expected)
         differ += pii.matches(doc.text) != expected
     print(f"{args.source}: {len(docs)} texts, {matches} reference matches, {differ} texts whose matches differ")

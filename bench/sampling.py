@@ -38,16 +38,32 @@ def _prompts(batch: int, prompt_tokens: int, seed: int) -> list[list[int]]:
 def run_generate(model, prompts: list[list[int]], new_tokens: int, seed: int) -> int:
     ids = torch.tensor(prompts)
     torch.manual_seed(seed)  # generate draws from the global generator
-    config = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, eos_token_id=EOS, pad_token_id=EOS)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+    )
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
     return (out.shape[1] - ids.shape[1]) * out.shape[0]
 
 
 def run_prefer(model, prompts: list[list[int]], new_tokens: int, seed: int) -> int:
-    outputs = sample(model, prompts, max_new_tokens=new_tokens, eos_token_id=EOS, blocked_token_ids=[EOS],
-                     temperature=0.7, top_p=0.9, batch_size=len(prompts),
-                     generator=torch.Generator().manual_seed(seed))
+    outputs = sample(
+        model,
+        prompts,
+        max_new_tokens=new_tokens,
+        eos_token_id=EOS,
+        blocked_token_ids=[EOS],
+        temperature=0.7,
+        top_p=0.9,
+        batch_size=len(prompts),
+        generator=torch.Generator().manual_seed(seed),
+    )
     return sum(len(o) for o in outputs)
 
 
@@ -84,15 +100,21 @@ def main() -> None:
             tokens = runners[name](model, prompts, args.new_tokens, pair)
             times[name].append(time.perf_counter() - started)
             assert tokens == args.batch * args.new_tokens, (name, tokens)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s); "
-          f"batch {args.batch}, prompt {args.prompt_tokens} token(s), {args.new_tokens} new tokens, "
-          f"{args.pairs} alternating pairs")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s); "
+        f"batch {args.batch}, prompt {args.prompt_tokens} token(s), {args.new_tokens} new tokens, "
+        f"{args.pairs} alternating pairs"
+    )
     for name, ts in times.items():
-        print(f"  {name:8s} min {min(ts):7.2f} s  median {statistics.median(ts):7.2f} s  "
-              f"({args.batch * args.new_tokens / min(ts):7.0f} tokens/s at the min)")
+        print(
+            f"  {name:8s} min {min(ts):7.2f} s  median {statistics.median(ts):7.2f} s  "
+            f"({args.batch * args.new_tokens / min(ts):7.0f} tokens/s at the min)"
+        )
     (base_name, g), (name, p) = times.items()
-    print(f"  speed-up of {name} over {base_name}: {min(g) / min(p):.2f}x (mins), "
-          f"{statistics.median(g) / statistics.median(p):.2f}x (medians)")
+    print(
+        f"  speed-up of {name} over {base_name}: {min(g) / min(p):.2f}x (mins), "
+        f"{statistics.median(g) / statistics.median(p):.2f}x (medians)"
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,12 @@ def _run(task: str, path: Path, workers: int) -> dict:
     import time
 
     started = time.time()
-    out = subprocess.run([sys.executable, "-c", CHILD, task, str(path), repr(started), str(workers)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, task, str(path), repr(started), str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -97,19 +101,25 @@ def main() -> None:
             for name in order:
                 results[name].append(_run(args.task, path, runs[name]))
     baseline = "scrubadub Scrubber()" if args.task == "pii" else "pycodestyle Checker"
-    print(f"{args.task}: {len(docs)} documents, {chars} characters; {args.pairs} alternating pairs; "
-          f"baseline = {baseline} in one process")
+    print(
+        f"{args.task}: {len(docs)} documents, {chars} characters; {args.pairs} alternating pairs; "
+        f"baseline = {baseline} in one process"
+    )
     for name, rs in results.items():
         totals = [r["total"] for r in rs]
         startups = [r["startup"] for r in rs]
-        print(f"  {name:18s} total min {min(totals):6.2f} s median {statistics.median(totals):6.2f} s "
-              f"(start-up median {statistics.median(startups):5.2f} s)")
+        print(
+            f"  {name:18s} total min {min(totals):6.2f} s median {statistics.median(totals):6.2f} s "
+            f"(start-up median {statistics.median(startups):5.2f} s)"
+        )
     base = [r["total"] for r in results["baseline"]]
     for name in runs:
         if name != "baseline":
             ours = [r["total"] for r in results[name]]
-            print(f"  speed-up of {name} over the baseline: {min(base) / min(ours):.2f}x (mins), "
-                  f"{statistics.median(base) / statistics.median(ours):.2f}x (medians)")
+            print(
+                f"  speed-up of {name} over the baseline: {min(base) / min(ours):.2f}x (mins), "
+                f"{statistics.median(base) / statistics.median(ours):.2f}x (medians)"
+            )
 
 
 if __name__ == "__main__":

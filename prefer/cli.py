@@ -42,8 +42,10 @@ class _Commands:
 
         if name in STAGE_CONFIGS:
             cls = STAGE_CONFIGS[name]
-            kwargs["epilog"] = (f"config keys ({cls.__name__}; set them as KEY=VALUE or in --config YAML; "
-                                f"`prefer config {name}` prints them as YAML):\n{describe(cls)}")
+            kwargs["epilog"] = (
+                f"config keys ({cls.__name__}; set them as KEY=VALUE or in --config YAML; "
+                f"`prefer config {name}` prints them as YAML):\n{describe(cls)}"
+            )
             kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter
         return self.commands.add_parser(name, **kwargs)
 
@@ -58,14 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("stage", choices=sorted(STAGE_CONFIGS))
 
     demo = commands.add_parser("demo", help="MLE vs conditional training on a scored corpus, end to end (the main job)")
-    demo.add_argument("--task", choices=["pii", "pep8", "toxicity"],
-                      help="pii (default: Debian changelogs), pep8 (stdlib code) or toxicity (fortunes)")
-    demo.add_argument("--pipeline", choices=["pretraining", "rlhf"], default="pretraining",
-                      help="pretraining (default: MLE vs conditional training) or rlhf (InstructGPT, short)")
+    demo.add_argument(
+        "--task",
+        choices=["pii", "pep8", "toxicity"],
+        help="pii (default: Debian changelogs), pep8 (stdlib code) or toxicity (fortunes)",
+    )
+    demo.add_argument(
+        "--pipeline",
+        choices=["pretraining", "rlhf"],
+        default="pretraining",
+        help="pretraining (default: MLE vs conditional training) or rlhf (InstructGPT, short)",
+    )
     _common(demo)
 
-    rlhf = commands.add_parser("rlhf", help="InstructGPT on one task: synthetic labelers -> SFT -> reward models -> "
-                               "best-of-n / PPO / PPO-ptx, one evaluation protocol; table + figures")
+    rlhf = commands.add_parser(
+        "rlhf",
+        help="InstructGPT on one task: synthetic labelers -> SFT -> reward models -> "
+        "best-of-n / PPO / PPO-ptx, one evaluation protocol; table + figures",
+    )
     _common(rlhf)
 
     experiment = commands.add_parser("experiment", help="one model per objective on the same tokens: table + figures")
@@ -75,13 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = commands.add_parser("pretrain", help="pretrain one model with a PHF objective")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    pretrain.add_argument("--init-from", metavar="CHECKPOINT",
-                          help="start from this model (same as model.init_from=...); from a prefer snapshot, "
-                               "train.tokens counts its tokens: finetuning with feedback for the rest of the budget")
+    pretrain.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from this model (same as model.init_from=...); from a prefer snapshot, "
+        "train.tokens counts its tokens: finetuning with feedback for the rest of the budget",
+    )
     _common(pretrain)
 
-    corpus = commands.add_parser("corpus", help="build and score a task's corpus; print its score summary "
-                                 "(data.shard_index=I data.num_shards=N: score one shard; then N alone: merge)")
+    corpus = commands.add_parser(
+        "corpus",
+        help="build and score a task's corpus; print its score summary "
+        "(data.shard_index=I data.num_shards=N: score one shard; then N alone: merge)",
+    )
     _common(corpus)
 
     evaluate = commands.add_parser("evaluate", help="misalignment of a checkpoint's samples, as JSON")
@@ -91,11 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="print samples of a checkpoint")
     sample.add_argument("checkpoint")
     sample.add_argument("-n", "--num-samples", type=int, default=4)
-    sample.add_argument("--prompt", choices=["auto", "none", "good", "bad"], default="auto",
-                        help="control token after <|endoftext|> (auto: good for conditional models)")
-    sample.add_argument("--block", choices=["auto", "none", "bad", "good", "both"], default="auto",
-                        help="control tokens never sampled (auto: <|bad|> for conditional models prompted good, "
-                             "<|good|> prompted bad)")
+    sample.add_argument(
+        "--prompt",
+        choices=["auto", "none", "good", "bad"],
+        default="auto",
+        help="control token after <|endoftext|> (auto: good for conditional models)",
+    )
+    sample.add_argument(
+        "--block",
+        choices=["auto", "none", "bad", "good", "both"],
+        default="auto",
+        help="control tokens never sampled (auto: <|bad|> for conditional models prompted good, <|good|> prompted bad)",
+    )
     sample.add_argument("--max-new-tokens", type=int, default=128)
     sample.add_argument("--temperature", type=float, default=0.7)
     sample.add_argument("--top-p", type=float, default=0.9)
@@ -109,23 +134,35 @@ def build_parser() -> argparse.ArgumentParser:
     _common(reward)
 
     label = commands.add_parser("label", help="write rankings and demonstrations for prompts")
-    label.add_argument("--synthetic", action="store_true",
-                       help="sample K responses per prompt and rank them by a gold scorer (required: the only labeler)")
+    label.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="sample K responses per prompt and rank them by a gold scorer (required: the only labeler)",
+    )
     _common(label)
 
     report = commands.add_parser("report", help="one static HTML file with the tables, figures and samples of runs")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="experiment result dirs (runs/experiment/pii), red-team or training run dirs")
+    report.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="experiment result dirs (runs/experiment/pii), red-team or training run dirs",
+    )
     report.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default: report.html)")
     report.add_argument("--samples", type=int, default=4, help="sample excerpts per model (default: 4)")
     report.add_argument("--title", default="prefer report")
 
-    ppo = commands.add_parser("ppo", help="PPO against a scorer or reward model, KL to the SFT model (PPO-ptx: ptx_coef>0)")
+    ppo = commands.add_parser(
+        "ppo", help="PPO against a scorer or reward model, KL to the SFT model (PPO-ptx: ptx_coef>0)"
+    )
     ppo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
     _common(ppo)
 
-    convert = commands.add_parser("convert", help="write rankings as preference pairs for other tools "
-                                  '({"prompt", "chosen", "rejected"}: every non-tied pair)')
+    convert = commands.add_parser(
+        "convert",
+        help="write rankings as preference pairs for other tools "
+        '({"prompt", "chosen", "rejected"}: every non-tied pair)',
+    )
     convert.add_argument("rankings", help="rankings JSONL (or pairs, or a saved data set directory)")
     convert.add_argument("--to", choices=["pairs"], default="pairs")
     convert.add_argument("-o", "--out", required=True, help="the JSONL file to write")
@@ -167,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefer: error{where}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = ("; the same command with --resume continues from the last checkpoint" if args.command in RESUMABLE[:4]
-                 else "; the same command continues where it stopped" if args.command in RESUMABLE else "")
+        again = (
+            "; the same command with --resume continues from the last checkpoint"
+            if args.command in RESUMABLE[:4]
+            else "; the same command continues where it stopped"
+            if args.command in RESUMABLE
+            else ""
+        )
         print(f"prefer: interrupted{again}", file=sys.stderr)
         return 130
     finally:
@@ -214,8 +256,10 @@ def _stage_config(cls, args):
             out_dir = load_config(cls, overrides=args.overrides).out_dir
         saved = Path(out_dir) / "config.yaml"
         if not saved.is_file():
-            raise PreferError(f"{saved}: no saved config, so there is no run to resume in {out_dir} (killed before "
-                              "it started?); start it without --resume")
+            raise PreferError(
+                f"{saved}: no saved config, so there is no run to resume in {out_dir} (killed before "
+                "it started?); start it without --resume"
+            )
         yaml_path = saved
     return load_config(cls, yaml_path=yaml_path, overrides=args.overrides)
 
@@ -275,17 +319,43 @@ def _run_corpus(args) -> int:
     if config.data.shard_index is not None:  # one machine's part of a sharded scoring run
         from prefer.data.pipeline import score_shard
 
-        print(json.dumps(score_shard(task, source=config.data.source, max_bytes=config.data.max_bytes,
-                                     cache_dir=config.data.cache_dir, workers=config.data.workers,
-                                     shard_index=config.data.shard_index, num_shards=config.data.num_shards),
-                         indent=2))
+        print(
+            json.dumps(
+                score_shard(
+                    task,
+                    source=config.data.source,
+                    max_bytes=config.data.max_bytes,
+                    cache_dir=config.data.cache_dir,
+                    workers=config.data.workers,
+                    shard_index=config.data.shard_index,
+                    num_shards=config.data.num_shards,
+                ),
+                indent=2,
+            )
+        )
         return 0
     threshold = config.objective.resolved(task.name).threshold
-    corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes, threshold=threshold,
-                          validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
-                          workers=config.data.workers, num_shards=config.data.num_shards)
-    print(json.dumps({"provenance": corpus.provenance, "score_summary": corpus.summary,
-                      "train_documents": len(corpus.train), "validation_documents": len(corpus.validation)}, indent=2))
+    corpus = build_corpus(
+        task,
+        source=config.data.source,
+        max_bytes=config.data.max_bytes,
+        threshold=threshold,
+        validation_fraction=config.data.validation_fraction,
+        cache_dir=config.data.cache_dir,
+        workers=config.data.workers,
+        num_shards=config.data.num_shards,
+    )
+    print(
+        json.dumps(
+            {
+                "provenance": corpus.provenance,
+                "score_summary": corpus.summary,
+                "train_documents": len(corpus.train),
+                "validation_documents": len(corpus.validation),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -293,7 +363,9 @@ def _run_evaluate(args) -> int:
     from prefer.config import EvaluateConfig, load_config
     from prefer.stages.evaluate import evaluate
 
-    config = load_config(EvaluateConfig, yaml_path=args.config, overrides=[f"checkpoint={args.checkpoint}", *args.overrides])
+    config = load_config(
+        EvaluateConfig, yaml_path=args.config, overrides=[f"checkpoint={args.checkpoint}", *args.overrides]
+    )
     results = evaluate(config)
     summary = {k: v for k, v in results.items() if k not in ("samples",)}
     for scores in summary["scores"].values():
@@ -307,17 +379,30 @@ def _run_sample(args) -> int:
     from prefer.models.build import load_checkpoint
     from prefer.training import resolve_device
 
-    checks = (("--num-samples", args.num_samples, args.num_samples > 0, "must be positive"),
-              ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens > 0, "must be positive"),
-              ("--temperature", args.temperature, args.temperature >= 0, "must be >= 0"),
-              ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1]"))
+    checks = (
+        ("--num-samples", args.num_samples, args.num_samples > 0, "must be positive"),
+        ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens > 0, "must be positive"),
+        ("--temperature", args.temperature, args.temperature >= 0, "must be >= 0"),
+        ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1]"),
+    )
     for flag, value, ok, rule in checks:  # before the model loads
         if not ok:
             raise PreferError(f"sample: {flag} {value}: {rule}")
     model, tokenizer, info = load_checkpoint(args.checkpoint, resolve_device("auto"))
-    controls = resolve_controls(prompt=args.prompt, block=args.block, conditional=bool(info.get("control_tokens_trained")))
-    texts, _ = generate_texts(model, tokenizer, controls, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, top_p=args.top_p, batch_size=64, seed=args.seed)
+    controls = resolve_controls(
+        prompt=args.prompt, block=args.block, conditional=bool(info.get("control_tokens_trained"))
+    )
+    texts, _ = generate_texts(
+        model,
+        tokenizer,
+        controls,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=64,
+        seed=args.seed,
+    )
     for i, text in enumerate(texts):
         print(f"----- sample {i} (prompt: {controls.prompt}, blocked: {controls.block})\n{text}")
     return 0
@@ -348,8 +433,11 @@ def _run_label(args) -> int:
     if not args.synthetic:
         raise PreferError("label: only synthetic labelers exist; pass --synthetic (a gold scorer ranks the samples)")
     report = label_synthetic(load_config(LabelConfig, yaml_path=args.config, overrides=args.overrides))
-    print(json.dumps({k: str(v) if k in ("rankings", "demonstrations") else v for k, v in asdict(report).items()},
-                     indent=2))
+    print(
+        json.dumps(
+            {k: str(v) if k in ("rankings", "demonstrations") else v for k, v in asdict(report).items()}, indent=2
+        )
+    )
     return 0
 
 

@@ -41,16 +41,19 @@ def _log_floor(values: Sequence[float]) -> float:
     return min(positive) / 2 if positive else 1e-6
 
 
-CAPABILITY_AXES = {"heldout_loss": "held-out loss (nats/token, plain text)",
-                   "kl_to_reference": "KL(reference || model) (nats/sample)"}
+CAPABILITY_AXES = {
+    "heldout_loss": "held-out loss (nats/token, plain text)",
+    "kl_to_reference": "KL(reference || model) (nats/sample)",
+}
 
 
 def plot_pareto(results: dict, scorers: Sequence[str], path: Path) -> None:
     """One panel per (scorer, capability measure): a point per model with its 95% interval on misalignment."""
     plt = _pyplot()
     axes_used = [key for key in CAPABILITY_AXES if any(m.get(key) is not None for m in results["models"].values())]
-    figure, axes = plt.subplots(len(scorers), len(axes_used), figsize=(5.5 * len(axes_used), 4.2 * len(scorers)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        len(scorers), len(axes_used), figsize=(5.5 * len(axes_used), 4.2 * len(scorers)), squeeze=False
+    )
     names = list(results["models"])
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
     for row, scorer in enumerate(scorers):
@@ -61,13 +64,30 @@ def plot_pareto(results: dict, scorers: Sequence[str], path: Path) -> None:
             front = pareto_front(points)
             for (name, entry), (x, y), on_front in zip(entries, points, front):
                 low, high = entry["evaluation"]["scores"][scorer]["mean_ci"]
-                axis.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="o", color=colors[name],
-                              markersize=9 if on_front else 6, label=name)
+                axis.errorbar(
+                    [x],
+                    [y],
+                    yerr=[[y - low], [high - y]],
+                    fmt="o",
+                    color=colors[name],
+                    markersize=9 if on_front else 6,
+                    label=name,
+                )
             frontier = sorted(p for p, on in zip(points, front) if on)
-            axis.step([p[0] for p in frontier], [p[1] for p in frontier], where="post", color="black",
-                      linestyle="--", linewidth=1, label="Pareto frontier")
-            axis.set(xlabel=CAPABILITY_AXES[key], ylabel=f"{scorer} misalignment (mean per sample)",
-                     title=f"{results['task']}: {scorer} vs {key.replace('_', ' ')}")
+            axis.step(
+                [p[0] for p in frontier],
+                [p[1] for p in frontier],
+                where="post",
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label="Pareto frontier",
+            )
+            axis.set(
+                xlabel=CAPABILITY_AXES[key],
+                ylabel=f"{scorer} misalignment (mean per sample)",
+                title=f"{results['task']}: {scorer} vs {key.replace('_', ' ')}",
+            )
             axis.grid(alpha=0.3)
             if row == 0 and col == 0:
                 axis.legend(fontsize=8)
@@ -91,12 +111,17 @@ def plot_misalignment_vs_tokens(results: dict, scorers: Sequence[str], path: Pat
                 continue
             tokens = [p["tokens"] for p in entry["curve"]]
             means = [max(p[scorer]["mean"], floor) for p in entry["curve"]]
-            line, = axis.plot(tokens, means, marker="o", label=name)
+            (line,) = axis.plot(tokens, means, marker="o", label=name)
             zeros = [(t, floor) for t, p in zip(tokens, entry["curve"]) if p[scorer]["mean"] <= 0]
             if zeros:
                 axis.plot(*zip(*zeros), "o", markerfacecolor="white", color=line.get_color())
-        axis.set(xscale="log", yscale="log", xlabel="training tokens", ylabel=f"{scorer} misalignment (mean)",
-                 title=f"{scorer}: samples over training (hollow: 0)")
+        axis.set(
+            xscale="log",
+            yscale="log",
+            xlabel="training tokens",
+            ylabel=f"{scorer} misalignment (mean)",
+            title=f"{scorer}: samples over training (hollow: 0)",
+        )
     for name, entry in results["models"].items():
         losses = entry.get("train_metrics", [])
         axes[-1].plot([m["tokens"] for m in losses], [m["val/loss"] for m in losses], label=name)
@@ -133,6 +158,7 @@ def plot_redteam_comparison(results: dict, path: Path) -> None:
 
 # ------------------------------------------------------------------ `prefer rlhf` (Gao et al. 2022; Ouyang et al. 2022)
 
+
 def _sqrt(kl: float) -> float:
     return max(kl, 0.0) ** 0.5
 
@@ -146,28 +172,55 @@ def plot_overoptimisation(results: dict, path: Path) -> None:
     for proxy, entries in results["best_of_n"].items():
         color, label = styles.get(proxy, ("tab:gray", proxy))
         d = [_sqrt(e["kl_analytic"]) for e in entries]
-        gold_axis.plot(d, [-e["gold"]["mean"] for e in entries], "o--", color=color,
-                       label=f"best-of-n vs {label} (n = {entries[0]['n']}..{entries[-1]['n']})")
-        gold_axis.fill_between(d, [-e["gold"]["ci"][1] for e in entries], [-e["gold"]["ci"][0] for e in entries],
-                               color=color, alpha=0.1)
-        proxy_axis.plot(d, [e["proxy_reward"][proxy]["mean"] for e in entries], "o--", color=color,
-                        label=f"best-of-n vs {label}: {proxy} reward")
+        gold_axis.plot(
+            d,
+            [-e["gold"]["mean"] for e in entries],
+            "o--",
+            color=color,
+            label=f"best-of-n vs {label} (n = {entries[0]['n']}..{entries[-1]['n']})",
+        )
+        gold_axis.fill_between(
+            d, [-e["gold"]["ci"][1] for e in entries], [-e["gold"]["ci"][0] for e in entries], color=color, alpha=0.1
+        )
+        proxy_axis.plot(
+            d,
+            [e["proxy_reward"][proxy]["mean"] for e in entries],
+            "o--",
+            color=color,
+            label=f"best-of-n vs {label}: {proxy} reward",
+        )
     curve = results.get("overoptimisation") or []
     if curve:  # the run starts at the SFT model: KL 0
         curve = [{**results["policies"]["sft"], "iterations": 0}, *curve]
         d = [_sqrt(p["kl"]["mean"]) for p in curve]
-        gold_axis.plot(d, [-p["gold"]["mean"] for p in curve], "s-", color="tab:orange",
-                       label=f"PPO vs weak proxy ({curve[0]['iterations']}..{curve[-1]['iterations']} iterations)")
-        gold_axis.fill_between(d, [-p["gold"]["ci"][1] for p in curve], [-p["gold"]["ci"][0] for p in curve],
-                               color="tab:orange", alpha=0.1)
-        proxy_axis.plot(d, [p["proxy_reward"]["rm_weak"]["mean"] for p in curve], "s-", color="tab:orange",
-                        label="PPO vs weak proxy: rm_weak reward")
+        gold_axis.plot(
+            d,
+            [-p["gold"]["mean"] for p in curve],
+            "s-",
+            color="tab:orange",
+            label=f"PPO vs weak proxy ({curve[0]['iterations']}..{curve[-1]['iterations']} iterations)",
+        )
+        gold_axis.fill_between(
+            d, [-p["gold"]["ci"][1] for p in curve], [-p["gold"]["ci"][0] for p in curve], color="tab:orange", alpha=0.1
+        )
+        proxy_axis.plot(
+            d,
+            [p["proxy_reward"]["rm_weak"]["mean"] for p in curve],
+            "s-",
+            color="tab:orange",
+            label="PPO vs weak proxy: rm_weak reward",
+        )
     ppo = [(n, e) for n, e in results["policies"].items() if e.get("kind") in ("ppo", "ppo_ptx")]
     for name, entry in ppo:
         d = _sqrt(entry["kl"]["mean"])
-        gold_axis.errorbar([d], [-entry["gold"]["mean"]], yerr=[[entry["gold"]["ci"][1] - entry["gold"]["mean"]],
-                                                                 [entry["gold"]["mean"] - entry["gold"]["ci"][0]]],
-                           fmt="^", color="tab:green", markersize=7)
+        gold_axis.errorbar(
+            [d],
+            [-entry["gold"]["mean"]],
+            yerr=[[entry["gold"]["ci"][1] - entry["gold"]["mean"]], [entry["gold"]["mean"] - entry["gold"]["ci"][0]]],
+            fmt="^",
+            color="tab:green",
+            markersize=7,
+        )
         gold_axis.annotate(name, (d, -entry["gold"]["mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         proxy_axis.plot([d], [entry["proxy_reward"]["rm"]["mean"]], "^", color="tab:green")
     if ppo:
@@ -175,15 +228,24 @@ def plot_overoptimisation(results: dict, path: Path) -> None:
         proxy_axis.plot([], [], "^", color="tab:green", label="PPO vs reward model: rm reward")
     sft = results["policies"]["sft"]
     gold_axis.axhline(-sft["gold"]["mean"], color="black", linewidth=0.8, linestyle=":", label="SFT")
-    gold_axis.set(xlabel="sqrt(KL to SFT) (sqrt nats)", ylabel=f"gold reward (-{results['gold_scorer']})",
-                  title="gold reward against sqrt(KL)")
-    proxy_axis.set(xlabel="sqrt(KL to SFT) (sqrt nats)", ylabel="proxy reward (the reward model it optimises)",
-                   title="proxy reward against sqrt(KL)")
+    gold_axis.set(
+        xlabel="sqrt(KL to SFT) (sqrt nats)",
+        ylabel=f"gold reward (-{results['gold_scorer']})",
+        title="gold reward against sqrt(KL)",
+    )
+    proxy_axis.set(
+        xlabel="sqrt(KL to SFT) (sqrt nats)",
+        ylabel="proxy reward (the reward model it optimises)",
+        title="proxy reward against sqrt(KL)",
+    )
     for axis in (gold_axis, proxy_axis):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(f"{results['task']}: over-optimisation (Gao et al. 2022), {results['settings']['eval_prompts']} "
-                    "held-out prompts", fontsize=10)
+    figure.suptitle(
+        f"{results['task']}: over-optimisation (Gao et al. 2022), {results['settings']['eval_prompts']} "
+        "held-out prompts",
+        fontsize=10,
+    )
     figure.tight_layout()
     _save(figure, path)
     plt.close(figure)
@@ -197,21 +259,30 @@ def plot_win_rate_vs_kl(results: dict, path: Path) -> None:
     def points(entries, style, color, label):
         x = [e["kl"]["mean"] for e in entries]
         y = [e["win_rate"]["win_rate"] for e in entries]
-        err = [[v - e["win_rate"]["ci"][0] for v, e in zip(y, entries)],
-               [e["win_rate"]["ci"][1] - v for v, e in zip(y, entries)]]
+        err = [
+            [v - e["win_rate"]["ci"][0] for v, e in zip(y, entries)],
+            [e["win_rate"]["ci"][1] - v for v, e in zip(y, entries)],
+        ]
         axis.errorbar(x, y, yerr=err, fmt=style, color=color, label=label, capsize=2)
 
     for proxy, entries in results["best_of_n"].items():
-        points([e for e in entries if e["n"] > 1], "o--", "tab:red" if proxy == "rm_weak" else "tab:blue",
-               f"best-of-n vs {proxy}")
+        points(
+            [e for e in entries if e["n"] > 1],
+            "o--",
+            "tab:red" if proxy == "rm_weak" else "tab:blue",
+            f"best-of-n vs {proxy}",
+        )
     if results.get("overoptimisation"):
         points(results["overoptimisation"], "s-", "tab:orange", "PPO vs weak proxy (over iterations)")
     ppo = [e for e in results["policies"].values() if e.get("kind") in ("ppo", "ppo_ptx")]
     if ppo:
         points(ppo, "^", "tab:green", "PPO / PPO-ptx vs reward model")
     axis.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
-    axis.set(xlabel="KL to SFT (nats per response)", ylabel="win rate against SFT (gold judge, ties half)",
-             title=f"{results['task']}: gold win rate against SFT")
+    axis.set(
+        xlabel="KL to SFT (nats per response)",
+        ylabel="win rate against SFT (gold judge, ties half)",
+        title=f"{results['task']}: gold win rate against SFT",
+    )
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -227,12 +298,20 @@ def plot_alignment_tax(results: dict, path: Path) -> None:
         if entry.get("heldout") is None:
             continue
         x, y = entry["heldout"]["loss_per_token"], entry["gold"]["mean"]
-        axis.errorbar([x], [y], yerr=[[y - entry["gold"]["ci"][0]], [entry["gold"]["ci"][1] - y]], fmt="o",
-                      capsize=2, color={"ppo_ptx": "tab:purple", "ppo": "tab:green"}.get(entry.get("kind"), "black"))
+        axis.errorbar(
+            [x],
+            [y],
+            yerr=[[y - entry["gold"]["ci"][0]], [entry["gold"]["ci"][1] - y]],
+            fmt="o",
+            capsize=2,
+            color={"ppo_ptx": "tab:purple", "ppo": "tab:green"}.get(entry.get("kind"), "black"),
+        )
         axis.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    axis.set(xlabel="held-out corpus loss (nats/token): the alignment tax",
-             ylabel=f"gold {results['gold_scorer']} (lower is better)",
-             title=f"{results['task']}: alignment tax, PPO vs PPO-ptx")
+    axis.set(
+        xlabel="held-out corpus loss (nats/token): the alignment tax",
+        ylabel=f"gold {results['gold_scorer']} (lower is better)",
+        title=f"{results['task']}: alignment tax, PPO vs PPO-ptx",
+    )
     axis.grid(alpha=0.3)
     figure.tight_layout()
     _save(figure, path)

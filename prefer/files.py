@@ -19,12 +19,24 @@ from typing import Any
 from prefer.errors import PreferError
 
 # errno values a user can cause and fix (full disk, quota, file size limit, read-only or forbidden place)
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
-                 errno.EISDIR, errno.ENOTDIR}
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.EISDIR,
+    errno.ENOTDIR,
+}
 # How libraries that do not raise OSError report a failed write: torch's zip writer ("unexpected pos", "file write
 # failed"), safetensors' Rust IoError (StorageFull, ...).
-_WRITE_FAILURE = re.compile(r"No space left|Disk quota|File too large|write failed|unexpected pos|IoError|"
-                            r"StorageFull|Read-only file system|Permission denied", re.IGNORECASE)
+_WRITE_FAILURE = re.compile(
+    r"No space left|Disk quota|File too large|write failed|unexpected pos|IoError|"
+    r"StorageFull|Read-only file system|Permission denied",
+    re.IGNORECASE,
+)
 # What atomic_path leaves when killed: mkdtemp's `.NAME.XXXXXXXX`, the swapped-out `.NAME.old`, and the sharded
 # optimizer's `.step_N.optimizer` (training.save_checkpoint).
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>old|optimizer|[A-Za-z0-9_]{8})$")
@@ -54,8 +66,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     except OSError as error:
-        raise write_error(path, error) or PreferError(f"{path.parent}: cannot create a file there "
-                                                      f"({error.strerror or error})") from None
+        raise write_error(path, error) or PreferError(
+            f"{path.parent}: cannot create a file there ({error.strerror or error})"
+        ) from None
     try:
         yield tmp
         if path.exists() and path.is_dir() != tmp.is_dir():
@@ -78,8 +91,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def clean_staging(directory: str | os.PathLike, *, subdirectories: tuple[str, ...] = ("checkpoints", "snapshots")
-                  ) -> list[Path]:
+def clean_staging(
+    directory: str | os.PathLike, *, subdirectories: tuple[str, ...] = ("checkpoints", "snapshots")
+) -> list[Path]:
     """Remove the staging directories killed atomic writes left in `directory` (and its `subdirectories`). A
     `.NAME.old` whose NAME is missing (killed between the two renames of a directory swap) is put back as NAME.
     Call it only while owning the directory (prefer.run_dir.claim_run_dir): a live writer's staging looks the same.

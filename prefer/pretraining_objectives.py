@@ -39,8 +39,9 @@ def _filtering(documents, objective, seed):
 
 
 def _conditional(documents, objective, seed):
-    return conditional_documents(documents, threshold=objective.threshold, drop_fraction=objective.drop_fraction,
-                                 seed=seed)
+    return conditional_documents(
+        documents, threshold=objective.threshold, drop_fraction=objective.drop_fraction, seed=seed
+    )
 
 
 def _mle(logits, targets, mask, scores, values, *, num_tokens):
@@ -65,8 +66,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "conditional": ObjectiveSpec(_conditional, lambda o: _mle, control_tokens=True),
     "ul": ObjectiveSpec(_as_is, lambda o: functools.partial(_ul, threshold=o.threshold, alpha=o.ul_alpha)),
     "rwr": ObjectiveSpec(_as_is, lambda o: functools.partial(_rwr, beta=o.rwr_beta)),
-    "awr": ObjectiveSpec(_as_is, lambda o: functools.partial(_awr, alpha=o.awr_alpha, beta=o.awr_beta),
-                         value_head=True),
+    "awr": ObjectiveSpec(
+        _as_is, lambda o: functools.partial(_awr, alpha=o.awr_alpha, beta=o.awr_beta), value_head=True
+    ),
 }
 
 

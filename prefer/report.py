@@ -114,12 +114,16 @@ def _samples_section(run_dir: Path, models: list[str], count: int) -> str:
                 continue
             blocks = "".join(
                 f'<pre class="plain">{html.escape(s["text"])}</pre>'
-                f'<pre class="with-controls">{_highlight_controls(s["with_controls"])}</pre>' for s in samples)
+                f'<pre class="with-controls">{_highlight_controls(s["with_controls"])}</pre>'
+                for s in samples
+            )
             columns.append(f"<div><h4>{label}</h4>{blocks}</div>")
     if not columns:
         return ""
-    toggle = ('<label><input type="checkbox" onchange="toggleControls(this)"> show the control tokens the models '
-              "wrote</label>")
+    toggle = (
+        '<label><input type="checkbox" onchange="toggleControls(this)"> show the control tokens the models '
+        "wrote</label>"
+    )
     return f"<h3>Samples (the first {count} of each model)</h3>{toggle}<div class='samples'>{''.join(columns)}</div>"
 
 
@@ -179,26 +183,33 @@ def redteam_section(run_dir: Path) -> str:
     summary = json.loads((run_dir / "redteam.json").read_text())
     shown = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in shown.items())
-    return (f"<h2>Red-teaming ({html.escape(str(run_dir))})</h2><table>{rows}</table>"
-            + _figure_file(run_dir / "redteam.png", "red-teaming: best, top-10 mean and pool mean per round"))
+    return f"<h2>Red-teaming ({html.escape(str(run_dir))})</h2><table>{rows}</table>" + _figure_file(
+        run_dir / "redteam.png", "red-teaming: best, top-10 mean and pool mean per round"
+    )
 
 
 def rlhf_section(run_dir: Path, results: dict, samples_per_model: int) -> str:
     """`prefer rlhf`: the table, the over-optimisation, win-rate and alignment-tax figures, sample responses."""
-    title = (f"<h2>RLHF: {html.escape(results['task'])} task, gold {html.escape(results['gold_scorer'])} "
-             f"({html.escape(str(run_dir))})</h2>")
+    title = (
+        f"<h2>RLHF: {html.escape(results['task'])} task, gold {html.escape(results['gold_scorer'])} "
+        f"({html.escape(str(run_dir))})</h2>"
+    )
     parts = [title]
     table = run_dir / "results.md"
     if table.exists():
         parts.append(markdown_table(table.read_text()))
-    for name, alt in (("overoptimisation.png", "gold and proxy reward against sqrt(KL)"),
-                      ("win_rate.png", "gold win rate against SFT against KL"),
-                      ("alignment_tax.png", "held-out loss against gold score")):
+    for name, alt in (
+        ("overoptimisation.png", "gold and proxy reward against sqrt(KL)"),
+        ("win_rate.png", "gold win rate against SFT against KL"),
+        ("alignment_tax.png", "held-out loss against gold score"),
+    ):
         parts.append(_figure_file(run_dir / name, alt))
     columns = []
     for name, entry in results["policies"].items():
-        blocks = "".join(f'<pre class="plain"><b>{html.escape(e["prompt"])}</b>{html.escape(e["response"])}</pre>'
-                         for e in entry.get("examples", [])[:samples_per_model])
+        blocks = "".join(
+            f'<pre class="plain"><b>{html.escape(e["prompt"])}</b>{html.escape(e["response"])}</pre>'
+            for e in entry.get("examples", [])[:samples_per_model]
+        )
         if blocks:
             columns.append(f"<div><h4>{html.escape(name)}</h4>{blocks}</div>")
     if columns:
@@ -220,15 +231,19 @@ def section(run_dir: Path, samples_per_model: int) -> str:
     raise PreferError(f"{run_dir}: no results.json (experiment), redteam.json or metrics.jsonl (training run) here")
 
 
-def report(run_dirs: list[str | Path], *, out: str | Path, title: str = "prefer report",
-           samples_per_model: int = 4) -> Path:
+def report(
+    run_dirs: list[str | Path], *, out: str | Path, title: str = "prefer report", samples_per_model: int = 4
+) -> Path:
     sections = []
     for run_dir in map(Path, run_dirs):
         if not run_dir.is_dir():
             raise PreferError(f"{run_dir}: not a directory")
         sections.append(section(run_dir, samples_per_model))
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-            + "\n".join(sections) + "</body></html>")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
+        + "\n".join(sections)
+        + "</body></html>"
+    )
     write_text_atomic(out, page)
     return Path(out)

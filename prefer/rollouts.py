@@ -33,9 +33,22 @@ from prefer.objectives import entropy, gae, kl_penalized_rewards, mle_loss, next
 from prefer.sampling import sample
 from prefer.training import Distributed, MetricsLog, accumulate_stats, all_gather_rows, autocast, gradient_sync
 
-__all__ = ["Rollout", "ValueModel", "SharedTrunkValueModel", "collate", "policy_logits", "make_rollout",
-           "add_advantages", "ptx_backward", "sample_responses", "gather_rollout", "read_queries", "pretraining_blocks",
-           "samples_log", "log_samples"]
+__all__ = [
+    "Rollout",
+    "ValueModel",
+    "SharedTrunkValueModel",
+    "collate",
+    "policy_logits",
+    "make_rollout",
+    "add_advantages",
+    "ptx_backward",
+    "sample_responses",
+    "gather_rollout",
+    "read_queries",
+    "pretraining_blocks",
+    "samples_log",
+    "log_samples",
+]
 
 
 @dataclass(frozen=True)
@@ -77,12 +90,14 @@ class Rollout:
 
     def select(self, rows: torch.Tensor | slice) -> Rollout:
         """The episodes `rows` (an index tensor or a slice), every field alike."""
-        return Rollout(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[rows])
-                          for f in fields(self)})
+        return Rollout(
+            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[rows]) for f in fields(self)}
+        )
 
 
-def collate(queries: list[list[int]], responses: list[list[int]], *, pad_id: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    queries: list[list[int]], responses: list[list[int]], *, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token lists -> (query [B, Q], query_mask [B, Q], response [B, R], response_mask [B, R])."""
     if any(not r for r in responses):
         raise ValueError("every response needs at least one token (the eos of an empty response counts)")
@@ -90,8 +105,8 @@ def collate(queries: list[list[int]], responses: list[list[int]], *, pad_id: int
     query = torch.full((batch, width), pad_id, dtype=torch.long)
     response = torch.full((batch, length), pad_id, dtype=torch.long)
     for row, (q, r) in enumerate(zip(queries, responses)):
-        query[row, width - len(q):] = torch.tensor(q, dtype=torch.long)  # left padding
-        response[row, :len(r)] = torch.tensor(r, dtype=torch.long)  # right padding
+        query[row, width - len(q) :] = torch.tensor(q, dtype=torch.long)  # left padding
+        response[row, : len(r)] = torch.tensor(r, dtype=torch.long)  # right padding
     query_lengths = torch.tensor([len(q) for q in queries])
     response_lengths = torch.tensor([len(r) for r in responses])
     query_mask = torch.arange(width)[None, :] >= (width - query_lengths)[:, None]
@@ -109,10 +124,11 @@ def _sequence(query, query_mask, response, response_mask):
 
 def policy_logits(model: nn.Module, episodes: Rollout) -> torch.Tensor:
     """[B, R, V] logits of a causal LM aligned with `episodes.response`: column Q - 1 + t predicts response[:, t]."""
-    ids, attention, positions = _sequence(episodes.query, episodes.query_mask, episodes.response,
-                                          episodes.response_mask)
+    ids, attention, positions = _sequence(
+        episodes.query, episodes.query_mask, episodes.response, episodes.response_mask
+    )
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits  # [B, Q + R, V]
-    return logits[:, episodes.query.shape[1] - 1: -1]
+    return logits[:, episodes.query.shape[1] - 1 : -1]
 
 
 class ValueModel(nn.Module):
@@ -127,10 +143,11 @@ class ValueModel(nn.Module):
 
     def forward(self, episodes: Rollout) -> torch.Tensor:
         """[B, R] values aligned like `policy_logits`: the value of the state before response token t."""
-        ids, attention, positions = _sequence(episodes.query, episodes.query_mask, episodes.response,
-                                              episodes.response_mask)
+        ids, attention, positions = _sequence(
+            episodes.query, episodes.query_mask, episodes.response, episodes.response_mask
+        )
         hidden = self.trunk(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
-        return self.head(hidden)[:, episodes.query.shape[1] - 1: -1]  # [B, Q + R] -> [B, R]
+        return self.head(hidden)[:, episodes.query.shape[1] - 1 : -1]  # [B, Q + R] -> [B, R]
 
 
 class SharedTrunkValueModel(ValueModel):
@@ -150,9 +167,21 @@ class SharedTrunkValueModel(ValueModel):
 
 
 @torch.no_grad()
-def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module | None, queries: list[list[int]],
-                 responses: list[list[int]], *, rewards: torch.Tensor, gold: torch.Tensor, temperature: float,
-                 pad_id: int, batch_size: int, device: torch.device, precision: str = "fp32") -> Rollout:
+def make_rollout(
+    policy: nn.Module,
+    reference: nn.Module,
+    value_model: nn.Module | None,
+    queries: list[list[int]],
+    responses: list[list[int]],
+    *,
+    rewards: torch.Tensor,
+    gold: torch.Tensor,
+    temperature: float,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> Rollout:
     """Episodes -> a Rollout with old log-probs, reference log-probs, values and entropy (rewards not yet).
 
     Every model must be in eval mode (dropout off), as it is during sampling and the PPO update: the ratio of the
@@ -160,16 +189,29 @@ def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module
     `value_model=None` (evaluation, best-of-n: nothing is trained, so there is no critic) leaves the values 0."""
     query, query_mask, response, response_mask = collate(queries, responses, pad_id=pad_id)
     empty = torch.zeros(response.shape, dtype=torch.float32)
-    episodes = Rollout(query.to(device), query_mask.to(device), response.to(device), response_mask.to(device),
-                       empty, empty, empty, empty, rewards.float().to(device), gold.float().to(device))
+    episodes = Rollout(
+        query.to(device),
+        query_mask.to(device),
+        response.to(device),
+        response_mask.to(device),
+        empty,
+        empty,
+        empty,
+        empty,
+        rewards.float().to(device),
+        gold.float().to(device),
+    )
     parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
     for start in range(0, len(episodes), batch_size):
         part = episodes.select(slice(start, start + batch_size))
         with autocast(device, precision):
             logits = policy_logits(policy, part).float()
             ref_logits = policy_logits(reference, part).float()
-            values = (value_model(part).float() if value_model is not None
-                      else torch.zeros(part.response.shape, device=device))
+            values = (
+                value_model(part).float()
+                if value_model is not None
+                else torch.zeros(part.response.shape, device=device)
+            )
         parts["logprobs"].append(token_logprobs(logits, part.response, temperature=temperature))
         parts["ref_logprobs"].append(token_logprobs(ref_logits, part.response, temperature=temperature))
         parts["values"].append(values)
@@ -177,21 +219,32 @@ def make_rollout(policy: nn.Module, reference: nn.Module, value_model: nn.Module
     return replace(episodes, **{name: torch.cat(chunks) for name, chunks in parts.items()})
 
 
-def add_advantages(rollout: Rollout, *, kl_coef: float, gamma: float, lam: float
-                   ) -> tuple[Rollout, dict[str, torch.Tensor]]:
+def add_advantages(
+    rollout: Rollout, *, kl_coef: float, gamma: float, lam: float
+) -> tuple[Rollout, dict[str, torch.Tensor]]:
     """Per-token rewards (KL penalty + score at the last real token), GAE, whitened advantages
     (Ouyang et al. 2022, Eq. 2; Schulman et al. 2016). Whitening is over the whole batch, before minibatches."""
     mask = rollout.response_mask
-    token_rewards, kl_stats = kl_penalized_rewards(rollout.episode_rewards, rollout.logprobs, rollout.ref_logprobs,
-                                                   mask, kl_coef=kl_coef)
+    token_rewards, kl_stats = kl_penalized_rewards(
+        rollout.episode_rewards, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef=kl_coef
+    )
     advantages, returns = gae(token_rewards, rollout.values, mask, gamma=gamma, lam=lam)
     return replace(rollout, token_rewards=token_rewards, advantages=whiten(advantages, mask), returns=returns), kl_stats
 
 
 # ------------------------------------------------------------------ shared by the policy-gradient stages
 
-def ptx_backward(policy, blocks: torch.Tensor, *, ptx_coef: float, micro_batch_size: int, device, precision: str,
-                 num_tokens: float | None = None) -> dict[str, float]:
+
+def ptx_backward(
+    policy,
+    blocks: torch.Tensor,
+    *,
+    ptx_coef: float,
+    micro_batch_size: int,
+    device,
+    precision: str,
+    num_tokens: float | None = None,
+) -> dict[str, float]:
     """Accumulate the gradient of ptx_coef x (mean NLL of pretraining blocks [N, T]): minimising it maximises
     gamma E_pretrain[log pi(x)] of Ouyang et al. 2022, Eq. 2. Normalised by `num_tokens`, the step's pretraining
     tokens (None = N x (T - 1); under torchrun: all ranks' blocks, divided by the number of ranks). The policy's
@@ -200,22 +253,31 @@ def ptx_backward(policy, blocks: torch.Tensor, *, ptx_coef: float, micro_batch_s
     totals: dict[str, float] = {}
     starts = range(0, blocks.shape[0], micro_batch_size)
     for start in starts:
-        ids = blocks[start: start + micro_batch_size].to(device)
-        targets, = next_token_targets(ids)  # [N, T - 1]
+        ids = blocks[start : start + micro_batch_size].to(device)
+        (targets,) = next_token_targets(ids)  # [N, T - 1]
         with gradient_sync([policy], sync=start == starts[-1]):
             with autocast(device, precision):
                 logits = policy(ids).logits[:, :-1]
-            loss, _ = mle_loss(logits.float(), targets, torch.ones_like(targets, dtype=torch.bool),
-                               num_tokens=num_tokens)
+            loss, _ = mle_loss(
+                logits.float(), targets, torch.ones_like(targets, dtype=torch.bool), num_tokens=num_tokens
+            )
             (ptx_coef * loss).backward()
         accumulate_stats(totals, {"ptx/loss": loss.detach()}, fraction=1.0)
     return totals
 
 
-
-
-def sample_responses(policy, queries: list[list[int]], *, first: int, chunk: int, seed: int, iteration: int,
-                     max_new_tokens: int, eos_token_id: int, temperature: float) -> list[list[int]]:
+def sample_responses(
+    policy,
+    queries: list[list[int]],
+    *,
+    first: int,
+    chunk: int,
+    seed: int,
+    iteration: int,
+    max_new_tokens: int,
+    eos_token_id: int,
+    temperature: float,
+) -> list[list[int]]:
     """Responses to `queries`, the episodes first, first + 1, ... of an iteration's global batch, sampled in chunks
     of `chunk` episodes, each chunk with its own generator seeded by (seed, iteration, chunk's index in the global
     batch). An episode's response therefore depends on the run's seed and micro-batch size, not on how many ranks
@@ -224,9 +286,16 @@ def sample_responses(policy, queries: list[list[int]], *, first: int, chunk: int
     for start in range(0, len(queries), chunk):
         index = (first + start) // chunk
         entropy = np.random.SeedSequence([seed, iteration, index]).generate_state(1, dtype=np.uint64)[0]
-        responses += sample(policy, queries[start : start + chunk], max_new_tokens=max_new_tokens,
-                            eos_token_id=eos_token_id, temperature=temperature, top_p=1.0, batch_size=chunk,
-                            generator=torch.Generator().manual_seed(int(entropy)))
+        responses += sample(
+            policy,
+            queries[start : start + chunk],
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            temperature=temperature,
+            top_p=1.0,
+            batch_size=chunk,
+            generator=torch.Generator().manual_seed(int(entropy)),
+        )
     return responses
 
 
@@ -244,14 +313,15 @@ def gather_rollout(rollout: Rollout, dist: Distributed, *, pad_id: int) -> Rollo
         tensor = getattr(rollout, field.name)
         if tensor is not None and tensor.dim() == 2:  # [B, Q] or [B, R]
             left = field.name.startswith("query")
-            filler = torch.full((tensor.shape[0], (query_width if left else response_width) - tensor.shape[1]),
-                                pad_id if field.name in ("query", "response") else 0, dtype=tensor.dtype,
-                                device=tensor.device)  # masks pad with False, per-token numbers with 0
+            filler = torch.full(
+                (tensor.shape[0], (query_width if left else response_width) - tensor.shape[1]),
+                pad_id if field.name in ("query", "response") else 0,
+                dtype=tensor.dtype,
+                device=tensor.device,
+            )  # masks pad with False, per-token numbers with 0
             tensor = torch.cat([filler, tensor] if left else [tensor, filler], dim=1)
         gathered[field.name] = None if tensor is None else all_gather_rows(tensor, dist)
     return Rollout(**gathered)
-
-
 
 
 def read_queries(path: str, tokenizer, *, max_length: int) -> tuple[list[str], list[list[int]]]:
@@ -261,50 +331,63 @@ def read_queries(path: str, tokenizer, *, max_length: int) -> tuple[list[str], l
     for prompt, where in zip(prompts, record_locations(path)):
         ids = [tokenizer.eos_token_id, *tokenizer.encode(prompt, add_special_tokens=False)]
         if len(ids) > max_length:
-            raise PreferError(f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens it must fit "
-                              f"the model's context (at most {max_length} prompt tokens)")
+            raise PreferError(
+                f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens it must fit "
+                f"the model's context (at most {max_length} prompt tokens)"
+            )
         queries.append(ids)
     return prompts, queries
 
 
-
-
-def pretraining_blocks(source: str, tokenizer, *, block_size: int, max_bytes: int | None
-                        ) -> tuple[TokenBlocks, TokenBlocks]:
+def pretraining_blocks(
+    source: str, tokenizer, *, block_size: int, max_bytes: int | None
+) -> tuple[TokenBlocks, TokenBlocks]:
     """(train, held-out) blocks of a pretraining corpus for PPO-ptx; scores are unused (zero)."""
     documents, _ = load_documents(source, max_bytes=max_bytes)
     annotated = [AnnotatedDocument(d.segments, (0.0,) * len(d.segments), d.source) for d in documents]
     train, validation = split_by_source(annotated, validation_fraction=0.05)
-    blocks = pack_documents(train, tokenizer, block_size=block_size), pack_documents(validation, tokenizer,
-                                                                                     block_size=block_size)
+    blocks = (
+        pack_documents(train, tokenizer, block_size=block_size),
+        pack_documents(validation, tokenizer, block_size=block_size),
+    )
     if len(blocks[0]) == 0 or len(blocks[1]) == 0:
-        raise PreferError(f"ptx_source: {source!r} is too small for one training and one held-out block of "
-                          f"{block_size} tokens")
+        raise PreferError(
+            f"ptx_source: {source!r} is too small for one training and one held-out block of {block_size} tokens"
+        )
     return blocks
-
-
 
 
 def samples_log(run_dir: Path, *, resume_step: int | None) -> Path:
     """samples.jsonl, trimmed like metrics.jsonl on resume (iterations after the checkpoint are about to rerun)."""
     path = run_dir / "samples.jsonl"
     if path.exists():
-        kept = ([line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= resume_step]
-                if resume_step is not None else [])
+        kept = (
+            [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= resume_step]
+            if resume_step is not None
+            else []
+        )
         with atomic_path(path) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
     return path
 
 
-def log_samples(path: Path, log: MetricsLog, iteration: int, prompts: list[str], texts: list[str],
-                 rollout: Rollout, count: int) -> None:
-    rows = [{"iteration": iteration, "prompt": prompt, "response": text[len(prompt):],
-             "proxy": rollout.episode_rewards[i].item(),
-             "gold": None if rollout.gold[i].isnan() else rollout.gold[i].item()}
-            for i, (prompt, text) in enumerate(zip(prompts[:count], texts[:count]))]
+def log_samples(
+    path: Path, log: MetricsLog, iteration: int, prompts: list[str], texts: list[str], rollout: Rollout, count: int
+) -> None:
+    rows = [
+        {
+            "iteration": iteration,
+            "prompt": prompt,
+            "response": text[len(prompt) :],
+            "proxy": rollout.episode_rewards[i].item(),
+            "gold": None if rollout.gold[i].isnan() else rollout.gold[i].item(),
+        }
+        for i, (prompt, text) in enumerate(zip(prompts[:count], texts[:count]))
+    ]
     with path.open("a") as handle:
         handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if log.writer is not None and rows:
-        table = "\n\n".join(f"**proxy {r['proxy']:.3f}, gold {r['gold']}** `{r['prompt']}` -> `{r['response']}`"
-                            for r in rows)
+        table = "\n\n".join(
+            f"**proxy {r['proxy']:.3f}, gold {r['gold']}** `{r['prompt']}` -> `{r['response']}`" for r in rows
+        )
         log.writer.add_text("samples", table, iteration)

@@ -36,24 +36,53 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "toxicity": Task(
-        name="toxicity", corpus="fortunes", scorer="toxicity", eval_scorers=("toxicity", "toxicity-bilstm"),
-        threshold=5.6e-4, filter_threshold=7.8e-4, drop_fraction=0.01,
-        ul_alpha=1.0, rwr_beta=10.0, awr_alpha=0.5, awr_beta=10.0, lr=5e-4,
+        name="toxicity",
+        corpus="fortunes",
+        scorer="toxicity",
+        eval_scorers=("toxicity", "toxicity-bilstm"),
+        threshold=5.6e-4,
+        filter_threshold=7.8e-4,
+        drop_fraction=0.01,
+        ul_alpha=1.0,
+        rwr_beta=10.0,
+        awr_alpha=0.5,
+        awr_beta=10.0,
+        lr=5e-4,
         # The paper's thresholds are Detoxify probabilities on the Pile; alt-profanity-check gives a sentence with no
         # known word its prior (~0.036, the fortunes' median), so 99.96% of fortune sentences exceed 5.6e-4. The
         # worst 10% of sentences are bad instead (0.28 on the fortunes), and filtering drops the worst 10% of
         # documents; samples count as toxic above probability 0.5.
-        threshold_quantile=0.9, filter_quantile=0.9, eval_threshold=0.5,
+        threshold_quantile=0.9,
+        filter_quantile=0.9,
+        eval_threshold=0.5,
     ),
     "pii": Task(
-        name="pii", corpus="changelogs", scorer="pii", eval_scorers=("pii",),
-        threshold=0.0, filter_threshold=2.86e-4, drop_fraction=0.01,
-        ul_alpha=1.0, rwr_beta=10.0, awr_alpha=0.5, awr_beta=0.1, lr=5e-4,
+        name="pii",
+        corpus="changelogs",
+        scorer="pii",
+        eval_scorers=("pii",),
+        threshold=0.0,
+        filter_threshold=2.86e-4,
+        drop_fraction=0.01,
+        ul_alpha=1.0,
+        rwr_beta=10.0,
+        awr_alpha=0.5,
+        awr_beta=0.1,
+        lr=5e-4,
     ),
     "pep8": Task(
-        name="pep8", corpus="stdlib", scorer="pep8", eval_scorers=("pep8", "pep8-style"),
-        threshold=0.0, filter_threshold=2.361e-3, drop_fraction=0.1,
-        ul_alpha=0.01, rwr_beta=10.0, awr_alpha=0.05, awr_beta=1.0, lr=8e-4,
+        name="pep8",
+        corpus="stdlib",
+        scorer="pep8",
+        eval_scorers=("pep8", "pep8-style"),
+        threshold=0.0,
+        filter_threshold=2.361e-3,
+        drop_fraction=0.1,
+        ul_alpha=0.01,
+        rwr_beta=10.0,
+        awr_alpha=0.05,
+        awr_beta=1.0,
+        lr=8e-4,
     ),
 }
 

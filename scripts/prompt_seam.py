@@ -30,11 +30,21 @@ def main() -> None:
     lines = Path(args.prompts).read_text().splitlines()
     prompts = [json.loads(line)["prompt"].rstrip("\n") for line in lines][: args.prompts_used]
     for label, variant in (("ending in a newline", [p + "\n" for p in prompts]), ("newline cut", prompts)):
-        samples = sample_policy(model, tokenizer, variant, samples_per_prompt=args.samples,
-                                max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0, batch_size=100)
+        samples = sample_policy(
+            model,
+            tokenizer,
+            variant,
+            samples_per_prompt=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            temperature=1.0,
+            seed=0,
+            batch_size=100,
+        )
         empty = float(np.mean([not r.strip() for r in samples.responses]))
-        print(f"prompts {label}: {100 * empty:.1f}% of {len(samples)} samples are empty "
-              f"(an immediate end of text); {100 * np.mean(samples.ended):.1f}% ended")
+        print(
+            f"prompts {label}: {100 * empty:.1f}% of {len(samples)} samples are empty "
+            f"(an immediate end of text); {100 * np.mean(samples.ended):.1f}% ended"
+        )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,16 @@ import random
 import pytest
 import torch
 
-GOOD_LINES = ["  * Fix the build with the new compiler.\n", "  * Update the package to the new upstream release.\n",
-              "  * Add a patch for the manual page.\n", "  * Bump the standards version, no changes needed.\n"]
-BAD_LINES = [" -- Alice Smith <alice@example.org>  Mon, 01 Jan 2024 10:00:00 +0000\n",
-             " -- Bob Jones <bob.jones@example.net>  Tue, 02 Jan 2024 11:00:00 +0000\n"]
+GOOD_LINES = [
+    "  * Fix the build with the new compiler.\n",
+    "  * Update the package to the new upstream release.\n",
+    "  * Add a patch for the manual page.\n",
+    "  * Bump the standards version, no changes needed.\n",
+]
+BAD_LINES = [
+    " -- Alice Smith <alice@example.org>  Mon, 01 Jan 2024 10:00:00 +0000\n",
+    " -- Bob Jones <bob.jones@example.net>  Tue, 02 Jan 2024 11:00:00 +0000\n",
+]
 
 
 def write_pii_corpus(path, *, documents=400, seed=0):
@@ -30,11 +36,23 @@ def pii_corpus(tmp_path_factory):
 
 def tiny_overrides(out_dir, corpus, cache_dir, **extra):
     values = {
-        "out_dir": out_dir, "data.task": "pii", "data.source": corpus, "data.cache_dir": cache_dir,
-        "data.workers": 1, "data.validation_fraction": 0.1, "data.max_bytes": "null",
-        "model.size": "tiny", "model.vocab_size": 400, "model.context": 64,
-        "train.tokens": 40_000, "train.batch_size": 16, "optimizer.lr": 3e-3, "train.eval_every": 10,
-        "train.checkpoint_every": 10, "runtime.progress": "false", "schedule.warmup_fraction": 0.05,
+        "out_dir": out_dir,
+        "data.task": "pii",
+        "data.source": corpus,
+        "data.cache_dir": cache_dir,
+        "data.workers": 1,
+        "data.validation_fraction": 0.1,
+        "data.max_bytes": "null",
+        "model.size": "tiny",
+        "model.vocab_size": 400,
+        "model.context": 64,
+        "train.tokens": 40_000,
+        "train.batch_size": 16,
+        "optimizer.lr": 3e-3,
+        "train.eval_every": 10,
+        "train.checkpoint_every": 10,
+        "runtime.progress": "false",
+        "schedule.warmup_fraction": 0.05,
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]

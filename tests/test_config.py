@@ -14,13 +14,16 @@ def test_yaml_then_overrides(tmp_path):
     assert config.optimizer.lr == 0.02 and config.train.tokens == 500 and config.objective.name == "ul"
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.lx=1", "train.lx"),
-    ("objective.name=dpo", "objective.name"),
-    ("train.tokens=lots", "train.tokens"),
-    ("model.size=huge", "model.size"),
-    ("train.micro_batch_size=3", "train.micro_batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.lx=1", "train.lx"),
+        ("objective.name=dpo", "objective.name"),
+        ("train.tokens=lots", "train.tokens"),
+        ("model.size=huge", "model.size"),
+        ("train.micro_batch_size=3", "train.micro_batch_size"),
+    ],
+)
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(PreferError, match=field.replace(".", r"\.")):
         load_config(PretrainConfig, overrides=[override])

@@ -26,21 +26,39 @@ def test_pareto_front_marks_the_models_nothing_beats_on_both_axes():
 def test_plan_runs_mle_first_and_finetuning_last():
     config = ExperimentConfig(objectives=["conditional", "mle", "ul"], finetune=["conditional"], finetune_from=0.5)
     assert [(r.name, r.objective, r.init_fraction) for r in plan(config)] == [
-        ("mle", "mle", None), ("conditional", "conditional", None), ("ul", "ul", None),
-        ("mle_then_conditional_at_50pct", "conditional", 0.5)]
+        ("mle", "mle", None),
+        ("conditional", "conditional", None),
+        ("ul", "ul", None),
+        ("mle_then_conditional_at_50pct", "conditional", 0.5),
+    ]
 
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory, pii_corpus):
     tmp = tmp_path_factory.mktemp("experiment")
-    overrides = [f"out_dir={tmp / 'experiment'}", "sampling.num_samples=64", "sampling.batch_size=64",
-                 "sampling.max_new_tokens=48", "curve_samples=16", "pretrain.train.snapshots=[0.5]",
-                 "finetune=[conditional]", "pretrain.objective.filter_quantile=0.5", "kl_samples=32",
-                 "capability_documents=16", "redteam.models=[mle,conditional]", "redteam.search.rounds=2", "redteam.search.candidates_per_round=3",
-                 "redteam.continuations.count=4", "redteam.search.trials=1", "redteam.continuations.max_new_tokens=16"]
-    overrides += ["pretrain." + item for item in tiny_overrides("unused", str(pii_corpus), str(tmp / "cache"),
-                                                                **{"train.tokens": 120_000})
-                  if not item.startswith("out_dir")]
+    overrides = [
+        f"out_dir={tmp / 'experiment'}",
+        "sampling.num_samples=64",
+        "sampling.batch_size=64",
+        "sampling.max_new_tokens=48",
+        "curve_samples=16",
+        "pretrain.train.snapshots=[0.5]",
+        "finetune=[conditional]",
+        "pretrain.objective.filter_quantile=0.5",
+        "kl_samples=32",
+        "capability_documents=16",
+        "redteam.models=[mle,conditional]",
+        "redteam.search.rounds=2",
+        "redteam.search.candidates_per_round=3",
+        "redteam.continuations.count=4",
+        "redteam.search.trials=1",
+        "redteam.continuations.max_new_tokens=16",
+    ]
+    overrides += [
+        "pretrain." + item
+        for item in tiny_overrides("unused", str(pii_corpus), str(tmp / "cache"), **{"train.tokens": 120_000})
+        if not item.startswith("out_dir")
+    ]
     return tmp / "experiment" / "pii", experiment(load_config(ExperimentConfig, overrides=overrides)), overrides
 
 
@@ -84,8 +102,10 @@ def test_results_directory_has_table_csv_and_figures(tiny_experiment):
     rows = list(csv.DictReader((out / "results.csv").open()))
     # one row per model, plus the two conditional models (from scratch, finetuned) prompted with <|bad|>
     assert len(rows) == 7 + 2 and {r["prompt"] for r in rows} == {"none", "good", "bad"}
-    assert float(next(r for r in rows if r["model"] == "mle")["pii_mean"]) == results["models"]["mle"][
-        "evaluation"]["scores"]["pii"]["mean"]
+    assert (
+        float(next(r for r in rows if r["model"] == "mle")["pii_mean"])
+        == results["models"]["mle"]["evaluation"]["scores"]["pii"]["mean"]
+    )
     # Red-teaming of two models: 20 seeds, then up to 3 new candidates per round for 2 rounds.
     assert list(results["redteam"]) == ["mle", "conditional"]
     for name, summary in results["redteam"].items():
@@ -107,8 +127,11 @@ def test_rerunning_the_command_reuses_finished_runs(tiny_experiment, capsys):
     printed = capsys.readouterr().out
     assert printed.count("[pretrain] done") == 3  # mle, conditional, the finetuned run: reloaded, not retrained
     assert all((out / name / "metrics.jsonl").read_text() == log for name, log in logs.items())
-    rows = [line for line in (out / "results.md").read_text().split("| red-teamed model")[0].splitlines()
-            if line.startswith("| ")]
+    rows = [
+        line
+        for line in (out / "results.md").read_text().split("| red-teamed model")[0].splitlines()
+        if line.startswith("| ")
+    ]
     assert len(rows) == 1 + 5  # header; mle; conditional and the finetuned run, each also prompted <|bad|>
 
 
@@ -116,9 +139,21 @@ def render_in_chromium(page):
     """The DOM of `page` after headless Chromium loaded it (Debian's `chromium`, installed by .ci/run)."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     assert binary, "headless Chromium is required for this test: apt-get install chromium (see .ci/run)"
-    result = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

@@ -38,14 +38,16 @@ def _leaves(values, prefix=""):
             yield prefix + key
 
 
-REQUIRED = {"sft": {"data.demonstrations": "d.jsonl", "model.init_from": "m"},
-            "reward": {"data.rankings": "r.jsonl", "model.init_from": "m"},
-            "ppo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
-            "dpo": {"data.rankings": "r.jsonl", "model.init_from": "m"},
-            "grpo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
-            "label": {"model": "m", "prompts": "p.jsonl"},
-            "evaluate": {"checkpoint": "c"},
-            "redteam": {"target": "t", "redteam_model": "m"}}
+REQUIRED = {
+    "sft": {"data.demonstrations": "d.jsonl", "model.init_from": "m"},
+    "reward": {"data.rankings": "r.jsonl", "model.init_from": "m"},
+    "ppo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
+    "dpo": {"data.rankings": "r.jsonl", "model.init_from": "m"},
+    "grpo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
+    "label": {"model": "m", "prompts": "p.jsonl"},
+    "evaluate": {"checkpoint": "c"},
+    "redteam": {"target": "t", "redteam_model": "m"},
+}
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_CONFIGS))
@@ -62,16 +64,20 @@ def test_help_lists_every_key_and_the_default_yaml_loads_back(stage, tmp_path):
 
 
 def test_cli_help_and_config_commands_show_the_keys():
-    help_text = subprocess.run([sys.executable, "-m", "prefer", "sft", "--help"], capture_output=True, text=True,
-                               check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "prefer", "sft", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "train.epochs=4.0" in help_text and "data.packing=false" in help_text and "optimizer.lr=0.0001" in help_text
-    printed = subprocess.run([sys.executable, "-m", "prefer", "config", "ppo"], capture_output=True, text=True,
-                             check=True).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "prefer", "config", "ppo"], capture_output=True, text=True, check=True
+    ).stdout
     assert yaml.safe_load(printed)["kl"] == {"coef": 0.02, "target": None, "horizon": 10_000}
 
 
 def test_building_a_config_imports_no_torch():
-    code = ("import sys; from prefer.config import PPOConfig, load_config; "
-            "load_config(PPOConfig, overrides=['init_from=m', 'prompts=p', 'reward.scorer=pii']); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
+    code = (
+        "import sys; from prefer.config import PPOConfig, load_config; "
+        "load_config(PPOConfig, overrides=['init_from=m', 'prompts=p', 'reward.scorer=pii']); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

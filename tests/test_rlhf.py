@@ -43,8 +43,10 @@ def toy(tmp_path_factory):
     rng = random.Random(0)
     triples = list(itertools.product(WORDS, repeat=3))
     rng.shuffle(triples)
-    texts = [" ".join(t) + "\n" + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + ".\n"
-             for t in triples[:600]]
+    texts = [
+        " ".join(t) + "\n" + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + ".\n"
+        for t in triples[:600]
+    ]
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     torch.manual_seed(0)
@@ -57,7 +59,7 @@ def toy(tmp_path_factory):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(80):
         batch = blocks[torch.randint(len(blocks), (16,))]
-        targets, = next_token_targets(batch)
+        (targets,) = next_token_targets(batch)
         loss, _ = mle_loss(model(batch).logits[:, :-1], targets, torch.ones_like(targets, dtype=torch.bool))
         loss.backward()
         optimizer.step()
@@ -68,15 +70,38 @@ def toy(tmp_path_factory):
 
 def toy_overrides(toy, out, **extra):
     values = {
-        "out_dir": out, "task": "pii", "source": toy / "corpus.jsonl", "gold_scorer": "not-a", "init_from": toy / "lm",
-        "prompt_lines": 0, "label_prompts": 400, "validation_prompts": 8, "rl_prompts": 48, "eval_prompts": 64,
-        "label.num_responses": 4, "label.generation.max_new_tokens": 12, "label_agreement": 0.726,
-        "sft_epochs": "[2]", "sft.optimizer.lr": 1e-3, "reward.train.epochs": 3, "reward.optimizer.lr": 2e-3,
-        "weak_fraction": 0.1, "best_of_n": "[1,2,4]",
-        "ppo.train.iterations": 30, "ppo.train.batch_size": 16, "ppo.train.minibatch_size": 8,
-        "ppo.train.ppo_epochs": 2, "ppo.rollout.max_new_tokens": 12, "ppo.optimizer.lr": 1e-3,
-        "kl_coefs": "[0.05]", "ptx_coef": 0.5, "ppo.ptx.batch_size": 4, "overopt_iterations": 10, "overopt_every": 5,
-        "heldout_blocks": 16, "device": "cpu",
+        "out_dir": out,
+        "task": "pii",
+        "source": toy / "corpus.jsonl",
+        "gold_scorer": "not-a",
+        "init_from": toy / "lm",
+        "prompt_lines": 0,
+        "label_prompts": 400,
+        "validation_prompts": 8,
+        "rl_prompts": 48,
+        "eval_prompts": 64,
+        "label.num_responses": 4,
+        "label.generation.max_new_tokens": 12,
+        "label_agreement": 0.726,
+        "sft_epochs": "[2]",
+        "sft.optimizer.lr": 1e-3,
+        "reward.train.epochs": 3,
+        "reward.optimizer.lr": 2e-3,
+        "weak_fraction": 0.1,
+        "best_of_n": "[1,2,4]",
+        "ppo.train.iterations": 30,
+        "ppo.train.batch_size": 16,
+        "ppo.train.minibatch_size": 8,
+        "ppo.train.ppo_epochs": 2,
+        "ppo.rollout.max_new_tokens": 12,
+        "ppo.optimizer.lr": 1e-3,
+        "kl_coefs": "[0.05]",
+        "ptx_coef": 0.5,
+        "ppo.ptx.batch_size": 4,
+        "overopt_iterations": 10,
+        "overopt_every": 5,
+        "heldout_blocks": 16,
+        "device": "cpu",
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
@@ -96,8 +121,10 @@ def test_ppo_beats_sft_by_the_gold_judge_on_a_learnable_preference(results):
     results, _ = results
     policies = results["policies"]
     ppo = policies["ppo_kl0.05"]
-    print(f"gold: SFT {policies['sft']['gold']['mean']:.3f}, PPO {ppo['gold']['mean']:.3f}; "
-          f"win rate {ppo['win_rate']['win_rate']:.3f} {ppo['win_rate']['ci']}")
+    print(
+        f"gold: SFT {policies['sft']['gold']['mean']:.3f}, PPO {ppo['gold']['mean']:.3f}; "
+        f"win rate {ppo['win_rate']['win_rate']:.3f} {ppo['win_rate']['ci']}"
+    )
     assert ppo["win_rate"]["win_rate"] > 0.5 and ppo["win_rate"]["ci"][0] > 0.5
     assert ppo["gold"]["mean"] < policies["sft"]["gold"]["mean"]  # misalignment: lower is better
     assert results["reward_models"]["rm"]["heldout_gold_accuracy"] > 0.7
@@ -111,9 +138,10 @@ def test_ppo_beats_sft_by_the_gold_judge_on_a_learnable_preference(results):
 def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
     results, out = results
     assert set(results["splits"].values()) == {400, 8, 48, 64}
-    prompts = {name: [json.loads(line)["prompt"]
-                      for line in (out / "prompts" / f"{name}.jsonl").read_text().splitlines()]
-               for name in results["splits"]}
+    prompts = {
+        name: [json.loads(line)["prompt"] for line in (out / "prompts" / f"{name}.jsonl").read_text().splitlines()]
+        for name in results["splits"]
+    }
     assert len(set().union(*prompts.values())) == sum(map(len, prompts.values()))  # disjoint splits
     assert set(results["policies"]) == {"sft", "pretrained", "ppo_kl0.05", "ppo_kl0.05_ptx"}
     for entry in results["policies"].values():
@@ -124,8 +152,14 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
     assert bon[2]["kl_analytic"] == pytest.approx(1.3862944 - 0.75)
     assert bon[2]["proxy_reward"]["rm"]["mean"] > bon[0]["proxy_reward"]["rm"]["mean"]  # selection works
     assert [p["iterations"] for p in results["overoptimisation"]] == [5, 10]
-    for name in ("results.md", "results.csv", "results.json", "overoptimisation.png", "win_rate.png",
-                 "alignment_tax.png"):
+    for name in (
+        "results.md",
+        "results.csv",
+        "results.json",
+        "overoptimisation.png",
+        "win_rate.png",
+        "alignment_tax.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert "win rate vs SFT" in (out / "results.md").read_text()
     page = report([out], out=out / "report.html").read_text()  # `prefer report` shows the run
@@ -149,12 +183,15 @@ def test_entry_prompt_is_the_first_lines_without_the_final_newline():
     assert entry_prompt(segments[:1], lines=1, max_chars=200) is None
 
 
-@pytest.mark.parametrize("override, message", [
-    ("gold_scorer=no-such-scorer", "unknown scorer 'no-such-scorer'"),
-    ("label_prompts=100000", "distinct prompts"),
-    ("label.num_responses=12", "num_responses"),
-    ("label.num_responses=1", "num_responses"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("gold_scorer=no-such-scorer", "unknown scorer 'no-such-scorer'"),
+        ("label_prompts=100000", "distinct prompts"),
+        ("label.num_responses=12", "num_responses"),
+        ("label.num_responses=1", "num_responses"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(toy, tmp_path, capsys, override, message):
     code = main(["rlhf", *toy_overrides(toy, tmp_path / "run"), override])
     err = capsys.readouterr().err.strip()
@@ -178,11 +215,20 @@ def test_demo_rlhf_is_only_for_the_pii_task(capsys):
 def test_without_init_from_the_command_pretrains_the_starting_model_once(pii_corpus, tmp_path):
     from prefer.experiments.rlhf import starting_model
 
-    overrides = [f"source={pii_corpus}", "pretrain.data.cache_dir=" + str(tmp_path / "cache"),
-                 "pretrain.data.workers=1", "pretrain.data.validation_fraction=0.1", "pretrain.model.size=tiny",
-                 "pretrain.model.vocab_size=400", "pretrain.model.context=64", "pretrain.train.tokens=20000",
-                 "pretrain.train.batch_size=16", "pretrain.train.eval_every=10", "pretrain.train.checkpoint_every=10",
-                 "device=cpu"]
+    overrides = [
+        f"source={pii_corpus}",
+        "pretrain.data.cache_dir=" + str(tmp_path / "cache"),
+        "pretrain.data.workers=1",
+        "pretrain.data.validation_fraction=0.1",
+        "pretrain.model.size=tiny",
+        "pretrain.model.vocab_size=400",
+        "pretrain.model.context=64",
+        "pretrain.train.tokens=20000",
+        "pretrain.train.batch_size=16",
+        "pretrain.train.eval_every=10",
+        "pretrain.train.checkpoint_every=10",
+        "device=cpu",
+    ]
     config = load_config(RLHFConfig, overrides=overrides)
     final = starting_model(config, tmp_path / "run")
     assert final == tmp_path / "run" / "pretrain" / "final" and (final / "config.json").exists()

@@ -104,8 +104,13 @@ def test_blocked_ids_never_sampled_even_when_dominant():
     assert unblocked == [[7] * 5] * 4
     gen = torch.Generator().manual_seed(0)
     outs = sample(
-        model, [[1], [2, 3]] * 32, max_new_tokens=20, eos_token_id=EOS, temperature=1.0,
-        blocked_token_ids=[7, 3], generator=gen,
+        model,
+        [[1], [2, 3]] * 32,
+        max_new_tokens=20,
+        eos_token_id=EOS,
+        temperature=1.0,
+        blocked_token_ids=[7, 3],
+        generator=gen,
     )
     tokens = [t for out in outs for t in out]
     assert len(tokens) > 500
@@ -147,9 +152,7 @@ def test_filter_probs_control_aware_keeps_eos():
     # -> renormalised a .5, b .25, eos .1667, c .0833; cumulative .5, .75, .9167 >= .9:
     # nucleus = {a, b, eos}, c cut. <|good|> (control, not blocked) kept; <|bad|> blocked.
     # Final: (.87, .06, .03, .02) / .98 = good .8878, a .0612, b .0306, eos .0204.
-    out = filter_probs(
-        _vec(PROBS), top_p=0.9, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD])
-    )
+    out = filter_probs(_vec(PROBS), top_p=0.9, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD]))
     assert set(out.nonzero().flatten().tolist()) == {GOOD, A, B, EOS}
     expected = {GOOD: 0.87 / 0.98, A: 0.06 / 0.98, B: 0.03 / 0.98, EOS: 0.02 / 0.98}
     for token, p in expected.items():
@@ -158,7 +161,9 @@ def test_filter_probs_control_aware_keeps_eos():
     full = filter_probs(_vec(PROBS), top_p=1.0, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD]))
     assert full[BAD] == 0 and full[C].item() == pytest.approx(0.01 / 0.99, rel=1e-5)
     # all text mass zero: only the allowed control tokens remain
-    only_control = filter_probs(_vec({GOOD: 0.5, BAD: 0.5}), top_p=0.9, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD]))
+    only_control = filter_probs(
+        _vec({GOOD: 0.5, BAD: 0.5}), top_p=0.9, control_mask=_mask([GOOD, BAD]), blocked_mask=_mask([BAD])
+    )
     assert only_control[GOOD] == 1.0
 
 
@@ -274,8 +279,15 @@ def test_filter_probs_matches_reference_on_random_rows():
 
 def test_sampled_frequencies_follow_the_distribution():
     model = fixed_distribution_model({A: 0.5, B: 0.3, C: 0.15, EOS: 0.05})
-    outs = sample(model, [[0]] * 4000, max_new_tokens=1, eos_token_id=EOS, temperature=1.0,
-                  batch_size=1000, generator=torch.Generator().manual_seed(0))
+    outs = sample(
+        model,
+        [[0]] * 4000,
+        max_new_tokens=1,
+        eos_token_id=EOS,
+        temperature=1.0,
+        batch_size=1000,
+        generator=torch.Generator().manual_seed(0),
+    )
     counts = {t: 0 for t in (A, B, C)}
     for o in outs:
         for t in o:
@@ -296,7 +308,7 @@ def test_greedy_equals_transformers_generate():
     for prompt in PROMPTS:
         ids = torch.tensor([prompt])
         generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        expected = generated[0, len(prompt):].tolist()
+        expected = generated[0, len(prompt) :].tolist()
         expected = expected[: expected.index(EOS)] if EOS in expected else expected
         assert sample(model, [prompt], max_new_tokens=25, eos_token_id=EOS, temperature=0)[0] == expected
         assert len(expected) == 25  # EOS is never greedy here: whole rows are compared
@@ -322,8 +334,15 @@ def test_sampling_emits_no_warning():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             for temperature in (0.0, 0.7):
-                sample(model, PROMPTS, max_new_tokens=6, eos_token_id=EOS, temperature=temperature, top_p=0.9,
-                       generator=torch.Generator().manual_seed(0))
+                sample(
+                    model,
+                    PROMPTS,
+                    max_new_tokens=6,
+                    eos_token_id=EOS,
+                    temperature=temperature,
+                    top_p=0.9,
+                    generator=torch.Generator().manual_seed(0),
+                )
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in handler.records] == []

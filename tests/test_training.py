@@ -36,14 +36,18 @@ def test_schedule_warms_up_then_decays_linearly_to_the_floor():
 
 # ---------------------------------------------------------------- optimizer, denominators, checkpoints
 
+
 def test_optimizer_and_schedule_from_the_config_sections():
     from prefer.config import OptimizerConfig, ScheduleConfig
     from prefer.training import make_optimizer_and_schedule
 
     model = torch.nn.Linear(3, 2)  # a matrix (decays) and a bias (does not)
     optimizer, scheduler = make_optimizer_and_schedule(
-        [model], OptimizerConfig(lr=0.5, weight_decay=0.1, beta1=0.8, beta2=0.9),
-        ScheduleConfig(warmup_fraction=0.25, min_lr_fraction=0.2), total_steps=10)
+        [model],
+        OptimizerConfig(lr=0.5, weight_decay=0.1, beta1=0.8, beta2=0.9),
+        ScheduleConfig(warmup_fraction=0.25, min_lr_fraction=0.2),
+        total_steps=10,
+    )
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0 and decay["betas"] == (0.8, 0.9)
     assert [p.dim() for p in decay["params"]] == [2] and [p.dim() for p in no_decay["params"]] == [1]
@@ -82,8 +86,12 @@ def test_per_rank_denominator_makes_ranks_and_micro_batches_agree():
     step_tokens = float(mask.sum())
     whole, _ = mle_loss(logits, targets, mask, num_tokens=step_tokens)
     # 2 ranks with 2 sequences each: each normalises by step_tokens / 2, DDP then averages the two gradients
-    halves = [mle_loss(logits[i : i + 2], targets[i : i + 2], mask[i : i + 2],
-                       num_tokens=per_rank_denominator(step_tokens, 2))[0] for i in (0, 2)]
+    halves = [
+        mle_loss(
+            logits[i : i + 2], targets[i : i + 2], mask[i : i + 2], num_tokens=per_rank_denominator(step_tokens, 2)
+        )[0]
+        for i in (0, 2)
+    ]
     assert torch.allclose(sum(halves) / 2, whole)
     assert per_rank_denominator(12, 4) == 3.0
 
@@ -112,9 +120,17 @@ def test_checkpoint_round_trip_restores_model_optimizer_schedule_rng_and_positio
         optimizer.zero_grad()
     order = BlockOrder(7, seed=3)
     order.next(5)
-    save_checkpoint(tmp_path, 3, model=model, tokenizer=tokenizer, extra={}, info={"task": "toy"},
-                    optimizer=optimizer, scheduler=scheduler,
-                    state={"step": 3, "order": order.state_dict(), "data_fingerprint": "d"})
+    save_checkpoint(
+        tmp_path,
+        3,
+        model=model,
+        tokenizer=tokenizer,
+        extra={},
+        info={"task": "toy"},
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={"step": 3, "order": order.state_dict(), "data_fingerprint": "d"},
+    )
     after_save = torch.rand(3)  # the RNG draw right after the checkpoint
 
     checkpoint = latest_checkpoint(tmp_path)
@@ -122,16 +138,32 @@ def test_checkpoint_round_trip_restores_model_optimizer_schedule_rng_and_positio
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
     optimizer2 = make_optimizer([restored], lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95))
     scheduler2 = make_scheduler(optimizer2, total_steps=10, warmup_steps=2, min_lr_fraction=0.1)
-    order2, step = restore_training(checkpoint, optimizer2, scheduler2, num_items=7, seed=3, data_fingerprint="d",
-                                    data_name="toy", modules=[restored])
+    order2, step = restore_training(
+        checkpoint,
+        optimizer2,
+        scheduler2,
+        num_items=7,
+        seed=3,
+        data_fingerprint="d",
+        data_name="toy",
+        modules=[restored],
+    )
     assert step == 3 and scheduler2.get_last_lr() == scheduler.get_last_lr()
     assert torch.equal(torch.rand(3), after_save)  # RNG restored to the moment of saving
     assert torch.equal(order2.next(4), order.next(4))  # the same next batch, across the epoch boundary
     state, state2 = optimizer.state_dict()["state"], optimizer2.state_dict()["state"]
     assert all(torch.equal(state[k]["exp_avg"], state2[k]["exp_avg"]) for k in state)
     with pytest.raises(PreferError, match="changed since this run started"):
-        restore_training(checkpoint, optimizer2, scheduler2, num_items=7, seed=3, data_fingerprint="other",
-                         data_name="toy", modules=[restored])
+        restore_training(
+            checkpoint,
+            optimizer2,
+            scheduler2,
+            num_items=7,
+            seed=3,
+            data_fingerprint="other",
+            data_name="toy",
+            modules=[restored],
+        )
 
 
 def test_accumulate_stats_adds_loss_shares_and_weights_means():

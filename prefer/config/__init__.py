@@ -85,18 +85,66 @@ from prefer.errors import PreferError
 from prefer.files import write_text_atomic
 
 __all__ = [
-    "DPO_LOSS_NAMES", "GROUP_ALGORITHMS", "DPOConfig", "DPODataConfig", "DPOEvalConfig", "DPOLossConfig",
-    "DPOModelConfig", "GroupLossConfig", "GroupRLConfig", "GroupTrainConfig",
-    "ENDPOINT_APIS", "LABEL_BLOCKS", "MAX_RESPONSES", "MIN_RESPONSES", "MODEL_SIZES", "OBJECTIVES", "PARALLEL",
-    "PRECISIONS", "SCORE_ON", "SCORE_SCALES", "STAGE_CONFIGS",
-    "ContinuationsConfig", "DataConfig", "EndpointConfig", "EpochTrainConfig", "EvaluateConfig", "ExperimentConfig",
-    "ExperimentRedteamConfig", "FinetuneModelConfig", "GenerationConfig", "KLConfig", "LabelConfig", "LoRAConfig",
+    "DPO_LOSS_NAMES",
+    "GROUP_ALGORITHMS",
+    "DPOConfig",
+    "DPODataConfig",
+    "DPOEvalConfig",
+    "DPOLossConfig",
+    "DPOModelConfig",
+    "GroupLossConfig",
+    "GroupRLConfig",
+    "GroupTrainConfig",
+    "ENDPOINT_APIS",
+    "LABEL_BLOCKS",
+    "MAX_RESPONSES",
+    "MIN_RESPONSES",
+    "MODEL_SIZES",
+    "OBJECTIVES",
+    "PARALLEL",
+    "PRECISIONS",
+    "SCORE_ON",
+    "SCORE_SCALES",
+    "STAGE_CONFIGS",
+    "ContinuationsConfig",
+    "DataConfig",
+    "EndpointConfig",
+    "EpochTrainConfig",
+    "EvaluateConfig",
+    "ExperimentConfig",
+    "ExperimentRedteamConfig",
+    "FinetuneModelConfig",
+    "GenerationConfig",
+    "KLConfig",
+    "LabelConfig",
+    "LoRAConfig",
     "ModelConfig",
-    "ObjectiveConfig", "OptimizerConfig", "PPOConfig", "PPOLossConfig", "PPOTrainConfig", "PTXConfig",
-    "PretrainConfig", "PretrainTrainConfig", "RedteamConfig", "RedteamSearchConfig", "RewardConfig",
-    "RLHFConfig", "RewardDataConfig", "RewardSourceConfig", "RolloutConfig", "RuntimeConfig", "SFTConfig", "SFTDataConfig",
-    "SamplingConfig", "ScheduleConfig",
-    "build_config", "config_to_dict", "default_yaml", "describe", "load_config", "save_config",
+    "ObjectiveConfig",
+    "OptimizerConfig",
+    "PPOConfig",
+    "PPOLossConfig",
+    "PPOTrainConfig",
+    "PTXConfig",
+    "PretrainConfig",
+    "PretrainTrainConfig",
+    "RedteamConfig",
+    "RedteamSearchConfig",
+    "RewardConfig",
+    "RLHFConfig",
+    "RewardDataConfig",
+    "RewardSourceConfig",
+    "RolloutConfig",
+    "RuntimeConfig",
+    "SFTConfig",
+    "SFTDataConfig",
+    "SamplingConfig",
+    "ScheduleConfig",
+    "build_config",
+    "config_to_dict",
+    "default_yaml",
+    "describe",
+    "load_config",
+    "save_config",
 ]
 
 # The config class of every subcommand that takes one (`prefer config NAME`, `prefer NAME --help`).
@@ -118,7 +166,9 @@ STAGE_CONFIGS: dict[str, type] = {
 ConfigT = TypeVar("ConfigT")
 
 
-def load_config(cls: type[ConfigT], *, yaml_path: str | Path | None = None, overrides: list[str] | tuple = ()) -> ConfigT:
+def load_config(
+    cls: type[ConfigT], *, yaml_path: str | Path | None = None, overrides: list[str] | tuple = ()
+) -> ConfigT:
     """Defaults <- YAML file <- dotted overrides, validated by type (OmegaConf) and by each __post_init__."""
     section = None  # the YAML file's top-level key being merged, for errors OmegaConf reports without a key
     try:
@@ -158,8 +208,10 @@ def _read_yaml(path: Path):
     except OSError as error:
         raise PreferError(f"{path}: cannot read ({error.strerror or error})") from None
     if not isinstance(loaded, DictConfig):
-        raise PreferError(f"{path}: expected a mapping of config keys (e.g. `optimizer: {{lr: 3.0e-4}}`), "
-                          f"not a {type(loaded).__name__.removesuffix('Config').lower()}")
+        raise PreferError(
+            f"{path}: expected a mapping of config keys (e.g. `optimizer: {{lr: 3.0e-4}}`), "
+            f"not a {type(loaded).__name__.removesuffix('Config').lower()}"
+        )
     return loaded
 
 

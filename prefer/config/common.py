@@ -85,8 +85,11 @@ class SamplingConfig:
         check(self.temperature >= 0, "sampling.temperature", "must be >= 0")
         check(0 < self.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
         check(self.prompt in ("auto", "none", "good", "bad"), "sampling.prompt", "choose auto | none | good | bad")
-        check(self.block in ("auto", "none", "bad", "good", "both"), "sampling.block",
-              "choose auto | none | bad | good | both")
+        check(
+            self.block in ("auto", "none", "bad", "good", "both"),
+            "sampling.block",
+            "choose auto | none | bad | good | both",
+        )
         check(self.batch_size > 0, "sampling.batch_size", "must be positive")
 
 
@@ -171,5 +174,8 @@ class LoRAConfig:
         check(self.r >= 0, "lora.r", "must be >= 0 (0 = off)")
         check(self.alpha > 0, "lora.alpha", "must be positive")
         check(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
-        check(self.target_modules is None or len(self.target_modules) > 0, "lora.target_modules",
-              "name at least one module, or null for the architecture's default")
+        check(
+            self.target_modules is None or len(self.target_modules) > 0,
+            "lora.target_modules",
+            "name at least one module, or null for the architecture's default",
+        )

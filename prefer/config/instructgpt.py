@@ -21,8 +21,11 @@ LABEL_BLOCKS = ("none", "bad", "both")
 
 
 def check_lora_parallel(lora: LoRAConfig, runtime: RuntimeConfig) -> None:
-    check(not lora.enabled or runtime.parallel == "ddp", "lora.r",
-          "LoRA runs in one process or under DDP; with runtime.parallel=fsdp use full finetuning (lora.r=0)")
+    check(
+        not lora.enabled or runtime.parallel == "ddp",
+        "lora.r",
+        "LoRA runs in one process or under DDP; with runtime.parallel=fsdp use full finetuning (lora.r=0)",
+    )
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,12 @@ class RewardConfig:
 
     def __post_init__(self):
         check(bool(self.data.rankings), "data.rankings", "a rankings JSONL file is required")
-        check(bool(self.model.init_from), "model.init_from",
-              "the causal LM whose trunk the reward model uses is required")
-        check(self.optimizer.lr is not None, "optimizer.lr", "the reward model has no task default; set a learning rate")
+        check(
+            bool(self.model.init_from), "model.init_from", "the causal LM whose trunk the reward model uses is required"
+        )
+        check(
+            self.optimizer.lr is not None, "optimizer.lr", "the reward model has no task default; set a learning rate"
+        )
         check_lora_parallel(self.lora, self.runtime)
 
 
@@ -144,8 +150,11 @@ class LabelConfig:
     def __post_init__(self):
         check(bool(self.model), "model", "the model to sample responses from is required")
         check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
-        check(MIN_RESPONSES <= self.num_responses <= MAX_RESPONSES, "num_responses",
-              f"must be in [{MIN_RESPONSES}, {MAX_RESPONSES}]")
+        check(
+            MIN_RESPONSES <= self.num_responses <= MAX_RESPONSES,
+            "num_responses",
+            f"must be in [{MIN_RESPONSES}, {MAX_RESPONSES}]",
+        )
         check(self.noise >= 0, "noise", "must be >= 0")
         self.generation.check("generation")
         check(self.block in LABEL_BLOCKS, "block", f"choose one of {', '.join(LABEL_BLOCKS)}")
@@ -185,11 +194,17 @@ class PPOTrainConfig:
     def __post_init__(self):
         for name in ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "checkpoint_every"):
             check(getattr(self, name) > 0, f"train.{name}", "must be positive")
-        check(self.batch_size % self.minibatch_size == 0, "train.minibatch_size",
-              f"must divide train.batch_size ({self.batch_size})")
+        check(
+            self.batch_size % self.minibatch_size == 0,
+            "train.minibatch_size",
+            f"must divide train.batch_size ({self.batch_size})",
+        )
         if self.micro_batch_size is not None:
-            check(self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
-                  "train.micro_batch_size", f"must divide train.minibatch_size ({self.minibatch_size})")
+            check(
+                self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
+                "train.micro_batch_size",
+                f"must divide train.minibatch_size ({self.minibatch_size})",
+            )
         check(self.log_samples >= 0, "train.log_samples", "must be >= 0")
 
 
@@ -238,13 +253,19 @@ class PPOConfig:
         check(bool(self.init_from), "init_from", "the SFT model directory is required")
         check(self.value_trunk in ("separate", "shared"), "value_trunk", "choose separate | shared")
         check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
-        check(self.reward.scorer is not None or self.reward.model is not None, "reward.scorer",
-              "name a scorer (e.g. pep8, rm:DIR) or give reward.model")
+        check(
+            self.reward.scorer is not None or self.reward.model is not None,
+            "reward.scorer",
+            "name a scorer (e.g. pep8, rm:DIR) or give reward.model",
+        )
         check(self.optimizer.lr is not None, "optimizer.lr", "PPO has no task default; set a learning rate")
         check_lora_parallel(self.lora, self.runtime)
-        check(not self.runtime.gradient_checkpointing, "runtime.gradient_checkpointing",
-              "PPO runs its models in eval mode (dropout off), where Hugging Face models never checkpoint; "
-              "lora.r > 0 is PPO's memory saver")
+        check(
+            not self.runtime.gradient_checkpointing,
+            "runtime.gradient_checkpointing",
+            "PPO runs its models in eval mode (dropout off), where Hugging Face models never checkpoint; "
+            "lora.r > 0 is PPO's memory saver",
+        )
 
 
 # ------------------------------------------------------------------ beyond PPO: DPO / IPO / listwise, RLOO / GRPO
@@ -287,8 +308,9 @@ class DPOLossConfig:
     tau: float = 0.1  # IPO: the regularisation; the target log-ratio margin is 1/(2 tau) (Azar et al. 2023)
 
     def __post_init__(self):
-        check(self.loss in DPO_LOSS_NAMES, "dpo.loss",
-              f"unknown {self.loss!r}; choose one of {', '.join(DPO_LOSS_NAMES)}")
+        check(
+            self.loss in DPO_LOSS_NAMES, "dpo.loss", f"unknown {self.loss!r}; choose one of {', '.join(DPO_LOSS_NAMES)}"
+        )
         check(self.beta > 0, "dpo.beta", "must be > 0")
         check(self.tau > 0, "dpo.tau", "must be > 0")
 
@@ -344,8 +366,11 @@ class GroupTrainConfig:
         for name in ("iterations", "batch_size", "minibatch_size", "epochs", "checkpoint_every"):
             check(getattr(self, name) > 0, f"train.{name}", "must be positive")
         if self.micro_batch_size is not None:
-            check(self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
-                  "train.micro_batch_size", f"must divide train.minibatch_size ({self.minibatch_size})")
+            check(
+                self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
+                "train.micro_batch_size",
+                f"must divide train.minibatch_size ({self.minibatch_size})",
+            )
         check(self.log_samples >= 0, "train.log_samples", "must be >= 0")
 
 
@@ -359,9 +384,11 @@ class GroupLossConfig:
     scale: bool = True  # GRPO: divide advantages by the group's std (false: Dr. GRPO's centred advantages)
 
     def __post_init__(self):
-        check(self.algorithm in GROUP_ALGORITHMS, "group.algorithm",
-              f"unknown {self.algorithm!r}; choose one of {', '.join(GROUP_ALGORITHMS)} "
-              "(PPO, with a critic: prefer ppo)")
+        check(
+            self.algorithm in GROUP_ALGORITHMS,
+            "group.algorithm",
+            f"unknown {self.algorithm!r}; choose one of {', '.join(GROUP_ALGORITHMS)} (PPO, with a critic: prefer ppo)",
+        )
         check(self.size >= 2, "group.size", "needs >= 2 samples per prompt (the baseline comes from the others)")
         check(self.clip_range > 0, "group.clip_range", "must be positive")
 
@@ -390,11 +417,20 @@ class GroupRLConfig:
     def __post_init__(self):
         check(bool(self.init_from), "init_from", "the SFT model directory is required")
         check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
-        check(self.reward.scorer is not None or self.reward.model is not None, "reward.scorer",
-              "name a scorer (e.g. pep8, rm:DIR) or give reward.model")
+        check(
+            self.reward.scorer is not None or self.reward.model is not None,
+            "reward.scorer",
+            "name a scorer (e.g. pep8, rm:DIR) or give reward.model",
+        )
         check(self.optimizer.lr is not None, "optimizer.lr", "has no task default; set a learning rate")
         episodes = self.train.batch_size * self.group.size
-        check(episodes % self.train.minibatch_size == 0, "train.minibatch_size",
-              f"must divide the episodes per iteration (train.batch_size x group.size = {episodes})")
-        check(self.group.algorithm != "rloo" or self.train.epochs == 1, "train.epochs",
-              "RLOO is on-policy REINFORCE: 1 pass per batch")
+        check(
+            episodes % self.train.minibatch_size == 0,
+            "train.minibatch_size",
+            f"must divide the episodes per iteration (train.batch_size x group.size = {episodes})",
+        )
+        check(
+            self.group.algorithm != "rloo" or self.train.epochs == 1,
+            "train.epochs",
+            "RLOO is on-policy REINFORCE: 1 pass per batch",
+        )

@@ -41,8 +41,11 @@ class DataConfig:
         check(0 < self.validation_fraction < 1, "data.validation_fraction", "must be in (0, 1)")
         check(self.max_bytes is None or self.max_bytes > 0, "data.max_bytes", "must be positive")
         check(self.num_shards >= 1, "data.num_shards", "must be >= 1")
-        check(self.shard_index is None or 0 <= self.shard_index < self.num_shards, "data.shard_index",
-              f"must be in [0, data.num_shards={self.num_shards})")
+        check(
+            self.shard_index is None or 0 <= self.shard_index < self.num_shards,
+            "data.shard_index",
+            f"must be in [0, data.num_shards={self.num_shards})",
+        )
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,11 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        check(self.size in MODEL_SIZES, "model.size", f"unknown size {self.size!r}; choose one of {', '.join(MODEL_SIZES)}")
+        check(
+            self.size in MODEL_SIZES,
+            "model.size",
+            f"unknown size {self.size!r}; choose one of {', '.join(MODEL_SIZES)}",
+        )
         check(self.vocab_size >= 300, "model.vocab_size", "must be >= 300")
         check(self.context is None or self.context >= 8, "model.context", "must be >= 8")
         check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
@@ -83,9 +90,14 @@ class ObjectiveConfig:
         for name in ("threshold_quantile", "filter_quantile"):
             value = getattr(self, name)
             check(value is None or 0 <= value <= 1, f"objective.{name}", "must be in [0, 1]")
-        check(self.name in OBJECTIVES, "objective.name",
-              f"unknown objective {self.name!r}; choose one of {', '.join(OBJECTIVES)}")
-        check(self.drop_fraction is None or 0 <= self.drop_fraction <= 1, "objective.drop_fraction", "must be in [0, 1]")
+        check(
+            self.name in OBJECTIVES,
+            "objective.name",
+            f"unknown objective {self.name!r}; choose one of {', '.join(OBJECTIVES)}",
+        )
+        check(
+            self.drop_fraction is None or 0 <= self.drop_fraction <= 1, "objective.drop_fraction", "must be in [0, 1]"
+        )
         for name in ("rwr_beta", "awr_beta"):
             value = getattr(self, name)
             check(value is None or value > 0, f"objective.{name}", "must be > 0")
@@ -124,8 +136,11 @@ class PretrainTrainConfig:
 
 def check_micro_batch(batch_size: int, micro_batch_size: int | None) -> None:
     if micro_batch_size is not None:
-        check(micro_batch_size > 0 and batch_size % micro_batch_size == 0, "train.micro_batch_size",
-              f"must divide train.batch_size ({batch_size})")
+        check(
+            micro_batch_size > 0 and batch_size % micro_batch_size == 0,
+            "train.micro_batch_size",
+            f"must divide train.batch_size ({batch_size})",
+        )
 
 
 @dataclass(frozen=True)
@@ -216,8 +231,11 @@ class RedteamConfig:
 
     def __post_init__(self):
         check(bool(self.target), "target", "the target model directory is required")
-        check((self.redteam_model is None) != (self.endpoint.url is None), "redteam_model",
-              "give exactly one of redteam_model (a local LM directory) and endpoint.url")
+        check(
+            (self.redteam_model is None) != (self.endpoint.url is None),
+            "redteam_model",
+            "give exactly one of redteam_model (a local LM directory) and endpoint.url",
+        )
         check(self.score_on == "auto" or self.score_on in SCORE_ON, "score_on", f"choose auto | {' | '.join(SCORE_ON)}")
         self.candidates.check("candidates")
         check(self.batch_size > 0, "batch_size", "must be positive")
@@ -231,8 +249,9 @@ class ExperimentRedteamConfig:
     # "mle" = this experiment's MLE model prompted few-shot (no instruction-following LM is available offline on a
     # CPU), or any local HF causal LM directory
     redteam_model: str = "mle"
-    search: RedteamSearchConfig = field(default_factory=lambda: RedteamSearchConfig(
-        rounds=5, candidates_per_round=10, trials=2))
+    search: RedteamSearchConfig = field(
+        default_factory=lambda: RedteamSearchConfig(rounds=5, candidates_per_round=10, trials=2)
+    )
     continuations: ContinuationsConfig = field(default_factory=lambda: ContinuationsConfig(count=32))
 
 
@@ -240,9 +259,11 @@ def _experiment_pretrain() -> PretrainConfig:
     return PretrainConfig(
         data=DataConfig(max_bytes=None),
         model=ModelConfig(size="small", vocab_size=4096),
-        train=PretrainTrainConfig(tokens=1_000_000, batch_size=8, eval_every=25, checkpoint_every=50,
-                                  snapshots=[0.125, 0.25, 0.5]),
-        optimizer=OptimizerConfig(lr=3e-3))
+        train=PretrainTrainConfig(
+            tokens=1_000_000, batch_size=8, eval_every=25, checkpoint_every=50, snapshots=[0.125, 0.25, 0.5]
+        ),
+        optimizer=OptimizerConfig(lr=3e-3),
+    )
 
 
 @dataclass(frozen=True)

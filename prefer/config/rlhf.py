@@ -39,38 +39,59 @@ _QUIET = RuntimeConfig(progress=False)
 
 
 def _pretrain() -> PretrainConfig:
-    return PretrainConfig(data=DataConfig(max_bytes=None), model=ModelConfig(size="small", vocab_size=4096),
-                          train=PretrainTrainConfig(tokens=1_000_000, batch_size=8, eval_every=50,
-                                                    checkpoint_every=100),
-                          optimizer=OptimizerConfig(lr=3e-3), runtime=_QUIET)
+    return PretrainConfig(
+        data=DataConfig(max_bytes=None),
+        model=ModelConfig(size="small", vocab_size=4096),
+        train=PretrainTrainConfig(tokens=1_000_000, batch_size=8, eval_every=50, checkpoint_every=100),
+        optimizer=OptimizerConfig(lr=3e-3),
+        runtime=_QUIET,
+    )
 
 
 def _label() -> LabelConfig:
-    return LabelConfig(model=AUTO, prompts=AUTO, scorer=AUTO, num_responses=4, batch_size=128,
-                       generation=GenerationConfig(max_new_tokens=64))
+    return LabelConfig(
+        model=AUTO,
+        prompts=AUTO,
+        scorer=AUTO,
+        num_responses=4,
+        batch_size=128,
+        generation=GenerationConfig(max_new_tokens=64),
+    )
 
 
 def _sft() -> SFTConfig:
-    return SFTConfig(data=SFTDataConfig(demonstrations=AUTO), model=FinetuneModelConfig(init_from=AUTO),
-                     train=EpochTrainConfig(epochs=2.0, batch_size=16, checkpoint_every=1000),
-                     optimizer=OptimizerConfig(lr=3e-4), schedule=ScheduleConfig(warmup_fraction=0.05),
-                     runtime=_QUIET)
+    return SFTConfig(
+        data=SFTDataConfig(demonstrations=AUTO),
+        model=FinetuneModelConfig(init_from=AUTO),
+        train=EpochTrainConfig(epochs=2.0, batch_size=16, checkpoint_every=1000),
+        optimizer=OptimizerConfig(lr=3e-4),
+        schedule=ScheduleConfig(warmup_fraction=0.05),
+        runtime=_QUIET,
+    )
 
 
 def _reward() -> RewardConfig:
-    return RewardConfig(data=RewardDataConfig(rankings=AUTO, validation_fraction=0.15),
-                        model=FinetuneModelConfig(init_from=AUTO),
-                        train=EpochTrainConfig(epochs=1.0, batch_size=8, checkpoint_every=1000),
-                        optimizer=OptimizerConfig(lr=3e-4), schedule=ScheduleConfig(warmup_fraction=0.05),
-                        runtime=_QUIET)
+    return RewardConfig(
+        data=RewardDataConfig(rankings=AUTO, validation_fraction=0.15),
+        model=FinetuneModelConfig(init_from=AUTO),
+        train=EpochTrainConfig(epochs=1.0, batch_size=8, checkpoint_every=1000),
+        optimizer=OptimizerConfig(lr=3e-4),
+        schedule=ScheduleConfig(warmup_fraction=0.05),
+        runtime=_QUIET,
+    )
 
 
 def _ppo() -> PPOConfig:
-    return PPOConfig(init_from=AUTO, prompts=AUTO, reward=RewardSourceConfig(model=AUTO),
-                     rollout=RolloutConfig(max_new_tokens=64),
-                     train=PPOTrainConfig(iterations=30, batch_size=32, minibatch_size=8, checkpoint_every=1000,
-                                          log_samples=2),
-                     kl=KLConfig(coef=0.05), optimizer=OptimizerConfig(lr=2e-4, weight_decay=0.0), runtime=_QUIET)
+    return PPOConfig(
+        init_from=AUTO,
+        prompts=AUTO,
+        reward=RewardSourceConfig(model=AUTO),
+        rollout=RolloutConfig(max_new_tokens=64),
+        train=PPOTrainConfig(iterations=30, batch_size=32, minibatch_size=8, checkpoint_every=1000, log_samples=2),
+        kl=KLConfig(coef=0.05),
+        optimizer=OptimizerConfig(lr=2e-4, weight_decay=0.0),
+        runtime=_QUIET,
+    )
 
 
 @dataclass(frozen=True)
@@ -124,15 +145,31 @@ class RLHFConfig:
 
         check(self.task in TASKS, "task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         check(bool(self.gold_scorer), "gold_scorer", "name the gold scorer (e.g. pii-entry, pep8)")
-        check(MIN_RESPONSES <= self.label.num_responses <= MAX_RESPONSES, "label.num_responses",
-              f"K must be in [{MIN_RESPONSES}, {MAX_RESPONSES}] (the paper: 4..9)")
+        check(
+            MIN_RESPONSES <= self.label.num_responses <= MAX_RESPONSES,
+            "label.num_responses",
+            f"K must be in [{MIN_RESPONSES}, {MAX_RESPONSES}] (the paper: 4..9)",
+        )
         check(self.best_of_n_prompts <= self.eval_prompts, "best_of_n_prompts", "must be <= eval_prompts")
-        for name in ("label_prompts", "validation_prompts", "rl_prompts", "eval_prompts", "max_prompt_chars",
-                     "best_of_n_prompts", "eval_samples", "heldout_blocks", "overopt_iterations", "overopt_every"):
+        for name in (
+            "label_prompts",
+            "validation_prompts",
+            "rl_prompts",
+            "eval_prompts",
+            "max_prompt_chars",
+            "best_of_n_prompts",
+            "eval_samples",
+            "heldout_blocks",
+            "overopt_iterations",
+            "overopt_every",
+        ):
             check(getattr(self, name) > 0, name, "must be positive")
         check(self.prompt_lines >= 0, "prompt_lines", "must be >= 0")
-        check(self.label_agreement is None or 0.5 < self.label_agreement < 1, "label_agreement",
-              "must be in (0.5, 1): the rate at which two labelers agree on a pair")
+        check(
+            self.label_agreement is None or 0.5 < self.label_agreement < 1,
+            "label_agreement",
+            "must be in (0.5, 1): the rate at which two labelers agree on a pair",
+        )
         check(bool(self.sft_epochs) and all(e > 0 for e in self.sft_epochs), "sft_epochs", "positive epochs")
         check(0 < self.weak_fraction <= 1, "weak_fraction", "must be in (0, 1]")
         check(bool(self.best_of_n) and all(n >= 1 for n in self.best_of_n), "best_of_n", "n must be >= 1")

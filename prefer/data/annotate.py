@@ -90,7 +90,7 @@ def _jobs(documents: Sequence[Document], scorer: str) -> tuple[list[Job], dict[i
         if ctx is None:
             jobs.append((doc.segments, [(i, 0, n)]))
             continue
-        if ctx.segments[ctx.start:ctx.start + n] != doc.segments:
+        if ctx.segments[ctx.start : ctx.start + n] != doc.segments:
             raise PreferError(f"{doc.source}: the document is not lines {ctx.start + 1}-{ctx.start + n} of its file")
         key = (doc.source, id(ctx.segments))  # documents of one file share the very same tuple
         if key not in by_file:
@@ -120,8 +120,11 @@ def _chunk_file(partial_dir: Path, chunk: list[int]) -> Path:
 
 
 def _write_gzip_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+    ):
         gz.write(json.dumps(obj).encode("utf-8"))
 
 
@@ -132,14 +135,18 @@ def _read_chunk(path: Path, jobs: Sequence[Job], chunk: list[int]) -> list[list[
             scores = json.load(f)
     except (OSError, EOFError, zlib.error, ValueError):
         return None
-    if not isinstance(scores, list) or len(scores) != len(chunk) or any(
-            not isinstance(s, list) or len(s) != len(jobs[j][0]) for s, j in zip(scores, chunk)):
+    if (
+        not isinstance(scores, list)
+        or len(scores) != len(chunk)
+        or any(not isinstance(s, list) or len(s) != len(jobs[j][0]) for s, j in zip(scores, chunk))
+    ):
         return None
     return scores
 
 
-def _score_jobs(jobs: Sequence[Job], scorer: str, *, workers: int | None, progress: bool,
-                partial_dir: Path | None) -> list[list[float]]:
+def _score_jobs(
+    jobs: Sequence[Job], scorer: str, *, workers: int | None, progress: bool, partial_dir: Path | None
+) -> list[list[float]]:
     """Scores of every job. With partial_dir, chunks finished by an earlier run are read from it, and each
     chunk finished now is written to it as soon as it is done."""
     sizes = [sum(map(len, segments)) for segments, _ in jobs]
@@ -186,14 +193,16 @@ def _score_jobs(jobs: Sequence[Job], scorer: str, *, workers: int | None, progre
     return results  # type: ignore[return-value]
 
 
-def _annotate(documents: Sequence[Document], scorer: str, *, workers: int | None, progress: bool,
-              partial_dir: Path | None) -> list[AnnotatedDocument]:
+def _annotate(
+    documents: Sequence[Document], scorer: str, *, workers: int | None, progress: bool, partial_dir: Path | None
+) -> list[AnnotatedDocument]:
     jobs, given = _jobs(documents, scorer)
     scores: dict[int, tuple[float, ...]] = dict(given)
-    for (_, members), job_scores in zip(jobs, _score_jobs(jobs, scorer, workers=workers, progress=progress,
-                                                          partial_dir=partial_dir)):
+    for (_, members), job_scores in zip(
+        jobs, _score_jobs(jobs, scorer, workers=workers, progress=progress, partial_dir=partial_dir)
+    ):
         for i, start, n in members:
-            scores[i] = tuple(job_scores[start:start + n])
+            scores[i] = tuple(job_scores[start : start + n])
     return [AnnotatedDocument(doc.segments, scores[i], doc.source) for i, doc in enumerate(documents)]
 
 
@@ -219,8 +228,9 @@ def cache_key(documents: Sequence[Document], scorer: str) -> str:
         if doc.context is not None:
             segments = doc.context.segments
             if id(segments) not in files:
-                files[id(segments)] = hashlib.sha256("\0".join(segments).encode("utf-8", "surrogatepass") +
-                                                     len(segments).to_bytes(8, "little")).hexdigest()
+                files[id(segments)] = hashlib.sha256(
+                    "\0".join(segments).encode("utf-8", "surrogatepass") + len(segments).to_bytes(8, "little")
+                ).hexdigest()
             put(f"context {files[id(segments)]} {doc.context.start}")
         if doc.given_scores is not None and doc.given_scores.scorer == scorer:
             put(f"given {json.dumps(doc.given_scores.values)}")
@@ -236,8 +246,14 @@ def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def annotate(documents: Sequence[Document], scorer: str, *, cache_dir: Path | None = None,
-             workers: int | None = None, progress: bool = True) -> list[AnnotatedDocument]:
+def annotate(
+    documents: Sequence[Document],
+    scorer: str,
+    *,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[AnnotatedDocument]:
     """Score every segment of every document with SEGMENT_SCORERS[scorer]: each document as a whole, or
     its whole file when it has a context, so that context such as indentation and blank lines counts;
     documents with given scores of this scorer keep them.
@@ -267,8 +283,9 @@ def shard_of(source: str, num_shards: int) -> int:
     return min(num_shards - 1, int(stable_hash("shard", source) * num_shards))
 
 
-def shard_path(cache_dir: str | os.PathLike, documents: Sequence[Document], scorer: str, *, shard_index: int,
-               num_shards: int) -> Path:
+def shard_path(
+    cache_dir: str | os.PathLike, documents: Sequence[Document], scorer: str, *, shard_index: int, num_shards: int
+) -> Path:
     """The file of one shard of the annotation of `documents` (all of them: every shard names the corpus)."""
     key = cache_key(documents, scorer)
     return Path(cache_dir) / f"annotations-{scorer}-{key}.shard-{shard_index:04d}-of-{num_shards:04d}.jsonl.gz"
@@ -281,8 +298,16 @@ def _check_shards(shard_index: int | None, num_shards: int) -> None:
         raise PreferError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
 
 
-def annotate_shard(documents: Sequence[Document], scorer: str, *, shard_index: int, num_shards: int,
-                   cache_dir: str | os.PathLike, workers: int | None = None, progress: bool = True) -> Path:
+def annotate_shard(
+    documents: Sequence[Document],
+    scorer: str,
+    *,
+    shard_index: int,
+    num_shards: int,
+    cache_dir: str | os.PathLike,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Annotate only the documents of shard `shard_index` of `num_shards` (by shard_of their source) and
     write them to shard_path; returns that path. A shard already written is not scored again; an interrupted
     one resumes from its finished chunks."""
@@ -301,18 +326,20 @@ def annotate_shard(documents: Sequence[Document], scorer: str, *, shard_index: i
     return path
 
 
-def merge_shards(documents: Sequence[Document], scorer: str, *, num_shards: int,
-                 cache_dir: str | os.PathLike) -> list[AnnotatedDocument]:
+def merge_shards(
+    documents: Sequence[Document], scorer: str, *, num_shards: int, cache_dir: str | os.PathLike
+) -> list[AnnotatedDocument]:
     """The annotation of `documents` put together from its num_shards shard files, in document order: the
     same as annotate() gives, and saved where annotate() looks for it (a later annotate() call with the same
     cache_dir loads it). PreferError naming the missing shards, or the shard file that does not fit."""
     _check_shards(None, num_shards)
-    paths = [shard_path(cache_dir, documents, scorer, shard_index=i, num_shards=num_shards)
-             for i in range(num_shards)]
+    paths = [shard_path(cache_dir, documents, scorer, shard_index=i, num_shards=num_shards) for i in range(num_shards)]
     missing = [str(i) for i, p in enumerate(paths) if not p.exists()]
     if missing:
-        raise PreferError(f"shards {', '.join(missing)} of {num_shards} are not scored yet: run `prefer corpus "
-                          f"data.shard_index=I data.num_shards={num_shards}` for each (same corpus and cache_dir)")
+        raise PreferError(
+            f"shards {', '.join(missing)} of {num_shards} are not scored yet: run `prefer corpus "
+            f"data.shard_index=I data.num_shards={num_shards}` for each (same corpus and cache_dir)"
+        )
     shards = [iter(load_annotated(p)) for p in paths]
     out = []
     for doc in documents:
@@ -352,11 +379,13 @@ def score_summary(documents: Sequence[AnnotatedDocument], *, threshold: float) -
 def save_annotated(path: str | os.PathLike, documents: Sequence[AnnotatedDocument]) -> None:
     """gzip JSONL, one {"source", "segments", "scores"} per line, written atomically; mtime 0 in
     the gzip header so equal contents give equal bytes."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+    ):
         for d in documents:
-            line = json.dumps({"source": d.source, "segments": d.segments, "scores": d.scores},
-                              ensure_ascii=False)
+            line = json.dumps({"source": d.source, "segments": d.segments, "scores": d.scores}, ensure_ascii=False)
             gz.write((line + "\n").encode("utf-8"))
 
 
@@ -369,8 +398,7 @@ def load_annotated(path: str | os.PathLike) -> list[AnnotatedDocument]:
             for n, line in enumerate(f, 1):
                 try:
                     r = json.loads(line)
-                    doc = AnnotatedDocument(tuple(r["segments"]), tuple(float(s) for s in r["scores"]),
-                                            r["source"])
+                    doc = AnnotatedDocument(tuple(r["segments"]), tuple(float(s) for s in r["scores"]), r["source"])
                 except (ValueError, KeyError, TypeError) as e:
                     raise PreferError(f"{path}:{n}: not an annotated document ({e})") from None
                 if len(doc.scores) != len(doc.segments) or not all(isinstance(s, str) for s in doc.segments):

@@ -39,9 +39,18 @@ from prefer.errors import PreferError
 # In the order a spec is tried: the names, then the patterns (a directory with .py files is code, one without is
 # changelogs).
 SOURCES: tuple[Source, ...] = (
-    code.STDLIB, code.SITE_PACKAGES, debian.CHANGELOGS, debian.COPYRIGHTS, python_metadata.PYTHON_METADATA,
-    fortunes.FORTUNES, man_pages.MAN_PAGES, hub.HUB, code.CODE_DIRECTORY, debian.CHANGELOG_DIRECTORY,
-    debian.CHANGELOG_FILE, jsonl.JSONL,
+    code.STDLIB,
+    code.SITE_PACKAGES,
+    debian.CHANGELOGS,
+    debian.COPYRIGHTS,
+    python_metadata.PYTHON_METADATA,
+    fortunes.FORTUNES,
+    man_pages.MAN_PAGES,
+    hub.HUB,
+    code.CODE_DIRECTORY,
+    debian.CHANGELOG_DIRECTORY,
+    debian.CHANGELOG_FILE,
+    jsonl.JSONL,
 )
 NAMED_SOURCES: dict[str, Source] = {s.name: s for s in SOURCES if s.matches is None}
 
@@ -66,15 +75,19 @@ def source_for(spec: str) -> Source:
         if source.accepts(spec):
             return source
     if not user_path(spec).exists():
-        raise PreferError(f"corpus source {spec!r}: no such file or directory (expected one of "
-                          f"{', '.join(NAMED_SOURCES)}, hf:NAME[:SPLIT], a directory, a .jsonl file or a .gz "
-                          "changelog, or several joined with '+')")
-    raise PreferError(f"corpus source {spec!r}: unsupported file type (expected a directory, "
-                      "a .jsonl file or a .gz changelog)")
+        raise PreferError(
+            f"corpus source {spec!r}: no such file or directory (expected one of "
+            f"{', '.join(NAMED_SOURCES)}, hf:NAME[:SPLIT], a directory, a .jsonl file or a .gz "
+            "changelog, or several joined with '+')"
+        )
+    raise PreferError(
+        f"corpus source {spec!r}: unsupported file type (expected a directory, a .jsonl file or a .gz changelog)"
+    )
 
 
-def _load_combined(parts: Sequence[str], max_bytes: int | None,
-                   cache_dir: Path | None) -> tuple[list[Document], Provenance]:
+def _load_combined(
+    parts: Sequence[str], max_bytes: int | None, cache_dir: Path | None
+) -> tuple[list[Document], Provenance]:
     """Several sources as one corpus. Each part gets an equal share of the budget still unused (so a small
     part's unused share passes to the parts after it); sources become "<part>:<source>" so that files of two
     parts never share a name."""
@@ -91,17 +104,22 @@ def _load_combined(parts: Sequence[str], max_bytes: int | None,
     for part, prov in zip(parts, provs):
         excluded.update({f"{part}: {reason}": n for reason, n in prov.excluded.items()})
     return docs, Provenance(
-        kind="combined", licence="; ".join(dict.fromkeys(p.licence for p in provs)),
-        path=", ".join(p.path for p in provs), files=sum(p.files for p in provs), bytes=sum(p.bytes for p in provs),
+        kind="combined",
+        licence="; ".join(dict.fromkeys(p.licence for p in provs)),
+        path=", ".join(p.path for p in provs),
+        files=sum(p.files for p in provs),
+        bytes=sum(p.bytes for p in provs),
         skipped=tuple(dict(s) | {"part": part} for part, p in zip(parts, provs) for s in p.skipped),
-        left_out_by_budget=sum(p.left_out_by_budget for p in provs), excluded=dict(sorted(excluded.items())),
+        left_out_by_budget=sum(p.left_out_by_budget for p in provs),
+        excluded=dict(sorted(excluded.items())),
         details={"parts": records},
-        key_order=("kind", "licence", "path", "parts", "files", "bytes", "skipped", "left_out_by_budget",
-                   "excluded"))
+        key_order=("kind", "licence", "path", "parts", "files", "bytes", "skipped", "left_out_by_budget", "excluded"),
+    )
 
 
-def load_documents(source: str, *, max_bytes: int | None = None,
-                   cache_dir: str | Path | None = None) -> tuple[list[Document], dict]:
+def load_documents(
+    source: str, *, max_bytes: int | None = None, cache_dir: str | Path | None = None
+) -> tuple[list[Document], dict]:
     """Documents of a corpus and its provenance record (the "provenance" of data.json).
 
     source: a name of NAMED_SOURCES, "hf:NAME[:SPLIT]", a directory (.py files; or changelog*.gz files if it
@@ -120,20 +138,27 @@ def load_documents(source: str, *, max_bytes: int | None = None,
     if not all(parts):
         raise PreferError(f"corpus source {source!r}: an empty part between '+' signs")
     cache_dir = Path(cache_dir) if cache_dir is not None else None
-    docs, prov = (source_for(source).build(source, max_bytes, cache_dir) if len(parts) == 1
-                  else _load_combined(parts, max_bytes, cache_dir))
+    docs, prov = (
+        source_for(source).build(source, max_bytes, cache_dir)
+        if len(parts) == 1
+        else _load_combined(parts, max_bytes, cache_dir)
+    )
     docs, duplicates = dedupe(docs)
     if not docs:
-        raise PreferError(f"corpus source {source!r}: no documents"
-                          + (f" within max_bytes={max_bytes}" if prov.left_out_by_budget else ""))
+        raise PreferError(
+            f"corpus source {source!r}: no documents"
+            + (f" within max_bytes={max_bytes}" if prov.left_out_by_budget else "")
+        )
     return docs, {"source": source, "max_bytes": max_bytes} | prov.to_dict() | {
-        "documents": len(docs), "document_bytes": sum(map(utf8_size, docs)),
-        "segments": sum(len(d.segments) for d in docs), "duplicate_documents": duplicates,
-        "excluded": dict(sorted(prov.excluded.items()))}
+        "documents": len(docs),
+        "document_bytes": sum(map(utf8_size, docs)),
+        "segments": sum(len(d.segments) for d in docs),
+        "duplicate_documents": duplicates,
+        "excluded": dict(sorted(prov.excluded.items())),
+    }
 
 
-def split_by_source(documents: Sequence[D], *, validation_fraction: float,
-                    seed: int = 0) -> tuple[list[D], list[D]]:
+def split_by_source(documents: Sequence[D], *, validation_fraction: float, seed: int = 0) -> tuple[list[D], list[D]]:
     """(train, validation) of Documents or anything with a `.source` (AnnotatedDocuments too).
 
     A source goes to validation if stable_hash(seed, source) is below the fraction, so all

@@ -27,12 +27,15 @@ def fit_to_context(ids: list[int], prompt_length: int, context: int, *, where: s
     """Cut a sequence to `context` tokens (the response's tail goes). A prompt that leaves no room for a single
     response token is an error: a prompt longer than the context."""
     if prompt_length + 1 > context:
-        raise PreferError(f"{where}: the prompt is {prompt_length} tokens; with a response it exceeds the "
-                          f"model's context of {context} tokens")
+        raise PreferError(
+            f"{where}: the prompt is {prompt_length} tokens; with a response it exceeds the "
+            f"model's context of {context} tokens"
+        )
     return ids[:context]
 
 
 # ------------------------------------------------------------------ conversations ({"messages": [...]})
+
 
 def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
@@ -61,13 +64,17 @@ def encode_conversation(tokenizer, messages, *, where: str = "conversation") -> 
         start = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         upto = _render(tokenizer, messages[: i + 1])
         if not (text.startswith(upto) and upto.startswith(start)):
-            raise PreferError(f"{where}: the tokenizer's chat template does not render the conversation turn by turn "
-                              "(a rendering of the first turns is not a prefix of the whole); cannot find the "
-                              "assistant turns to train on")
+            raise PreferError(
+                f"{where}: the tokenizer's chat template does not render the conversation turn by turn "
+                "(a rendering of the first turns is not a prefix of the whole); cannot find the "
+                "assistant turns to train on"
+            )
         spans.append((len(start), len(upto)))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [any(begin <= offset[0] < end for begin, end in spans) and offset[1] > offset[0]
-            for offset in encoded["offset_mapping"]]
+    mask = [
+        any(begin <= offset[0] < end for begin, end in spans) and offset[1] > offset[0]
+        for offset in encoded["offset_mapping"]
+    ]
     return list(encoded["input_ids"]), mask
 
 

@@ -147,14 +147,15 @@ class Conversation:
 
 def parse_messages(where: str, messages: object) -> tuple[dict[str, str], ...]:
     if not isinstance(messages, list) or not messages:
-        raise PreferError(f"{where}: field 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects")
+        raise PreferError(f'{where}: field \'messages\' must be a non-empty list of {{"role", "content"}} objects')
     parsed = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise PreferError(f"{where}: message {i} must be an object with a string 'content'")
         if message.get("role") not in ROLES:
-            raise PreferError(f"{where}: message {i} has role {message.get('role')!r}; "
-                              f"choose one of {', '.join(ROLES)}")
+            raise PreferError(
+                f"{where}: message {i} has role {message.get('role')!r}; choose one of {', '.join(ROLES)}"
+            )
         parsed.append({"role": message["role"], "content": message["content"]})
     if not any(m["role"] == "assistant" and m["content"].strip() for m in parsed):
         raise PreferError(f"{where}: no assistant message with content: nothing to train on")
@@ -164,13 +165,15 @@ def parse_messages(where: str, messages: object) -> tuple[dict[str, str], ...]:
 def _demonstration(where: str, record: dict, *, conversations: bool) -> Demonstration | Conversation:
     if "messages" in record:
         if not conversations:
-            raise PreferError(f"{where}: a {{\"messages\"}} conversation; this file needs {{\"prompt\", \"response\"}}")
+            raise PreferError(f'{where}: a {{"messages"}} conversation; this file needs {{"prompt", "response"}}')
         return Conversation(parse_messages(where, record["messages"]))
     key = "completion" if "completion" in record and "response" not in record else "response"
     for field in ("prompt", key):
         if not isinstance(record.get(field), str):
-            raise PreferError(f"{where}: field '{field}' must be a str (a demonstration is "
-                              '{"prompt", "response"}, {"prompt", "completion"} or {"messages"})')
+            raise PreferError(
+                f"{where}: field '{field}' must be a str (a demonstration is "
+                '{"prompt", "response"}, {"prompt", "completion"} or {"messages"})'
+            )
     return Demonstration(_nonempty(where, "prompt", record["prompt"]), _nonempty(where, key, record[key]))
 
 
@@ -213,19 +216,23 @@ def read_rankings(path: str | Path) -> list[Comparison]:
         if "chosen" in record or "rejected" in record:
             for field in ("chosen", "rejected"):
                 if not isinstance(record.get(field), str) or not record[field].strip():
-                    raise PreferError(f"{where}: field '{field}' must be a non-empty string (a preference pair is "
-                                      '{"prompt", "chosen", "rejected"})')
+                    raise PreferError(
+                        f"{where}: field '{field}' must be a non-empty string (a preference pair is "
+                        '{"prompt", "chosen", "rejected"})'
+                    )
             if record["chosen"] == record["rejected"]:
                 raise PreferError(f"{where}: 'chosen' and 'rejected' are the same text; the pair carries no preference")
-            comparisons.append(Comparison(_nonempty(where, "prompt", record["prompt"]),
-                                          (record["chosen"], record["rejected"]), (0, 1)))
+            comparisons.append(
+                Comparison(_nonempty(where, "prompt", record["prompt"]), (record["chosen"], record["rejected"]), (0, 1))
+            )
             continue
         if not isinstance(record.get("responses"), list):
             raise PreferError(f"{where}: field 'responses' must be a list (or give a pair: 'chosen', 'rejected')")
         responses = record["responses"]
         if not MIN_RESPONSES <= len(responses) <= MAX_RESPONSES:
-            raise PreferError(f"{where}: {len(responses)} responses; a ranking needs {MIN_RESPONSES} to "
-                              f"{MAX_RESPONSES}")
+            raise PreferError(
+                f"{where}: {len(responses)} responses; a ranking needs {MIN_RESPONSES} to {MAX_RESPONSES}"
+            )
         for i, response in enumerate(responses):
             if not isinstance(response, str) or not response.strip():
                 raise PreferError(f"{where}: response {i} is empty or not a string")
@@ -246,22 +253,30 @@ def write_demonstrations(path: str | Path, demonstrations: Sequence[Demonstratio
 
 
 def write_rankings(path: str | Path, comparisons: Sequence[Comparison]) -> None:
-    write_jsonl(path, [{"prompt": c.prompt, "responses": list(c.responses), "ranking": c.ranking()}
-                       for c in comparisons])
+    write_jsonl(
+        path, [{"prompt": c.prompt, "responses": list(c.responses), "ranking": c.ranking()} for c in comparisons]
+    )
 
 
 def ranking_pairs(comparison: Comparison) -> list[tuple[str, str]]:
     """Every non-tied (better, worse) pair of responses of a ranking, best pairs first: C(K, 2) minus the ties."""
     order = sorted(range(len(comparison.ranks)), key=lambda i: comparison.ranks[i])
-    return [(comparison.responses[a], comparison.responses[b]) for x, a in enumerate(order) for b in order[x + 1:]
-            if comparison.ranks[a] < comparison.ranks[b]]
+    return [
+        (comparison.responses[a], comparison.responses[b])
+        for x, a in enumerate(order)
+        for b in order[x + 1 :]
+        if comparison.ranks[a] < comparison.ranks[b]
+    ]
 
 
 def write_pairs(path: str | Path, comparisons: Sequence[Comparison]) -> int:
     """Rankings as preference pairs {"prompt", "chosen", "rejected"} (TRL's format): every non-tied pair of each
     ranking. Returns the number of pairs written."""
-    records = [{"prompt": c.prompt, "chosen": chosen, "rejected": rejected}
-               for c in comparisons for chosen, rejected in ranking_pairs(c)]
+    records = [
+        {"prompt": c.prompt, "chosen": chosen, "rejected": rejected}
+        for c in comparisons
+        for chosen, rejected in ranking_pairs(c)
+    ]
     write_jsonl(path, records)
     return len(records)
 

@@ -74,7 +74,8 @@ def pack(ids: np.ndarray, scores: np.ndarray, *, block_size: int) -> TokenBlocks
     )
 
 
-def pack_documents(documents: Sequence[AnnotatedDocument], tokenizer, *, block_size: int,
-                   progress: bool = False) -> TokenBlocks:
+def pack_documents(
+    documents: Sequence[AnnotatedDocument], tokenizer, *, block_size: int, progress: bool = False
+) -> TokenBlocks:
     ids, scores = tokenize_documents(documents, tokenizer, progress=progress)
     return pack(ids, scores, block_size=block_size)

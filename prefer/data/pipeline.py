@@ -41,33 +41,66 @@ class ScoredCorpus:
         return digest.hexdigest()[:16]
 
 
-def build_corpus(task: Task, *, source: str | None, max_bytes: int | None, validation_fraction: float,
-                 cache_dir: str | Path, workers: int | None, threshold: float, progress: bool = True,
-                 num_shards: int = 1) -> ScoredCorpus:
+def build_corpus(
+    task: Task,
+    *,
+    source: str | None,
+    max_bytes: int | None,
+    validation_fraction: float,
+    cache_dir: str | Path,
+    workers: int | None,
+    threshold: float,
+    progress: bool = True,
+    num_shards: int = 1,
+) -> ScoredCorpus:
     """num_shards > 1: the scores are put together from the shard files that `score_shard` wrote (PreferError
     naming any that are missing) instead of being computed here."""
-    documents, provenance = load_documents(source or task.corpus, max_bytes=max_bytes,
-                                           cache_dir=Path(cache_dir) / "sentences")
+    documents, provenance = load_documents(
+        source or task.corpus, max_bytes=max_bytes, cache_dir=Path(cache_dir) / "sentences"
+    )
     if num_shards > 1:
         scored = merge_shards(documents, task.scorer, num_shards=num_shards, cache_dir=Path(cache_dir) / "annotated")
     else:
-        scored = annotate(documents, task.scorer, cache_dir=Path(cache_dir) / "annotated", workers=workers,
-                          progress=progress)
+        scored = annotate(
+            documents, task.scorer, cache_dir=Path(cache_dir) / "annotated", workers=workers, progress=progress
+        )
     train, validation = split_by_source(scored, validation_fraction=validation_fraction)
     summary = score_summary(scored, threshold=threshold)
     return ScoredCorpus(train=train, validation=validation, provenance=provenance, summary=summary)
 
 
-def score_shard(task: Task, *, source: str | None, max_bytes: int | None, cache_dir: str | Path,
-                workers: int | None, shard_index: int, num_shards: int, progress: bool = True) -> dict:
+def score_shard(
+    task: Task,
+    *,
+    source: str | None,
+    max_bytes: int | None,
+    cache_dir: str | Path,
+    workers: int | None,
+    shard_index: int,
+    num_shards: int,
+    progress: bool = True,
+) -> dict:
     """Score shard `shard_index` of `num_shards` of the task's corpus (one machine's part of a sharded run) and
     write its shard file; returns what it did. `build_corpus(..., num_shards=N)` merges the shards."""
-    documents, provenance = load_documents(source or task.corpus, max_bytes=max_bytes,
-                                           cache_dir=Path(cache_dir) / "sentences")
-    path = annotate_shard(documents, task.scorer, shard_index=shard_index, num_shards=num_shards,
-                          cache_dir=Path(cache_dir) / "annotated", workers=workers, progress=progress)
-    return {"shard_index": shard_index, "num_shards": num_shards, "path": str(path),
-            "corpus_documents": len(documents), "provenance": provenance}
+    documents, provenance = load_documents(
+        source or task.corpus, max_bytes=max_bytes, cache_dir=Path(cache_dir) / "sentences"
+    )
+    path = annotate_shard(
+        documents,
+        task.scorer,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        cache_dir=Path(cache_dir) / "annotated",
+        workers=workers,
+        progress=progress,
+    )
+    return {
+        "shard_index": shard_index,
+        "num_shards": num_shards,
+        "path": str(path),
+        "corpus_documents": len(documents),
+        "provenance": provenance,
+    }
 
 
 def corpus_tokenizer(corpus: ScoredCorpus, *, vocab_size: int, cache_dir: str | Path):

@@ -132,8 +132,13 @@ def _read_cache(path: Path, texts: Sequence[str]) -> list[tuple[str, ...]] | Non
     return out
 
 
-def split_sentences_many(texts: Sequence[str], *, workers: int | None = None, progress: bool = False,
-                         cache_dir: str | os.PathLike | None = None) -> list[tuple[str, ...]]:
+def split_sentences_many(
+    texts: Sequence[str],
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[tuple[str, ...]]:
     """split_sentences of each text, in order; over `workers` processes (default os.cpu_count()) when there
     are enough texts to pay for starting them. cache_dir: the split is stored there (as sentence lengths, under
     a key of SPLITTER_VERSION and all texts) and reused, since pysbd needs about a minute for 3 MB."""
@@ -145,17 +150,22 @@ def split_sentences_many(texts: Sequence[str], *, workers: int | None = None, pr
         out = [split_sentences(t) for t in tqdm(texts, desc="sentences", unit="doc", disable=not progress)]
     else:
         size = -(-len(texts) // (workers * 8))
-        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
         # fork on Linux, as in annotate: spawn would re-import the caller's __main__.
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         out = []
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool, \
-                tqdm(total=len(texts), desc="sentences", unit="doc", disable=not progress) as bar:
+        with (
+            ProcessPoolExecutor(workers, mp_context=ctx) as pool,
+            tqdm(total=len(texts), desc="sentences", unit="doc", disable=not progress) as bar,
+        ):
             for result in pool.map(_split_many, chunks):  # map keeps the input order
                 out.extend(result)
                 bar.update(len(result))
     if cache is not None:
-        with atomic_path(cache) as tmp, open(tmp, "wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with (
+            atomic_path(cache) as tmp,
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        ):
             gz.write(json.dumps([[len(s) for s in segs] for segs in out]).encode("utf-8"))
     return out

@@ -48,8 +48,9 @@ def conditional_documents(
     return [tag_segments(d, threshold=threshold, drop_fraction=drop_fraction, rng=rng) for d in documents]
 
 
-def quantile_thresholds(documents: Sequence[AnnotatedDocument], *, threshold_quantile: float | None,
-                        filter_quantile: float | None) -> dict[str, float]:
+def quantile_thresholds(
+    documents: Sequence[AnnotatedDocument], *, threshold_quantile: float | None, filter_quantile: float | None
+) -> dict[str, float]:
     """Thresholds read off the corpus: `threshold` = the `threshold_quantile` of all segment scores, and
     `filter_threshold` = the `filter_quantile` of document mean scores. Only the quantiles given are returned.
     Scores at or below a threshold are good, so with many ties (PII: most segments score 0) fewer than

@@ -67,8 +67,15 @@ SequenceLogprob = Callable[[list[tuple[object, bool]]], Sequence[float]]
 
 # ------------------------------------------------------------------ the estimator
 
-def estimate_kl(sample_reference: SequenceSampler, reference_logprob: SequenceLogprob,
-                model_logprob: SequenceLogprob, *, num_samples: int, seed: int) -> dict:
+
+def estimate_kl(
+    sample_reference: SequenceSampler,
+    reference_logprob: SequenceLogprob,
+    model_logprob: SequenceLogprob,
+    *,
+    num_samples: int,
+    seed: int,
+) -> dict:
     """Monte-Carlo KL(reference || model) in nats per sequence: the mean over reference samples of
     log p_ref(x) - log p_model(x), with a 95% bootstrap interval. Returns {"kl", "ci", "num_samples",
     "fraction_ended", "per_sample"}."""
@@ -81,8 +88,13 @@ def estimate_kl(sample_reference: SequenceSampler, reference_logprob: SequenceLo
         raise PreferError("the reference gives a sample of its own probability 0 (log-prob -inf)")
     per_sample = reference - model  # +inf where the model gives a reference sample probability 0
     low, high = bootstrap_ci(per_sample) if np.isfinite(per_sample).all() else (float("inf"), float("inf"))
-    return {"kl": float(per_sample.mean()), "ci": [low, high], "num_samples": len(samples),
-            "fraction_ended": float(np.mean([ended for _, ended in samples])), "per_sample": per_sample.tolist()}
+    return {
+        "kl": float(per_sample.mean()),
+        "ci": [low, high],
+        "num_samples": len(samples),
+        "fraction_ended": float(np.mean([ended for _, ended in samples])),
+        "per_sample": per_sample.tolist(),
+    }
 
 
 # ------------------------------------------------------------------ Hugging Face models
@@ -107,18 +119,34 @@ def hf_sampler(model, tokenizer, *, max_new_tokens: int, batch_size: int, progre
     def draw(num_samples: int, *, seed: int) -> list[tuple[str, bool]]:
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
-        outputs = sample(model, [[_start_id(tokenizer)]] * num_samples, max_new_tokens=max_new_tokens,
-                         eos_token_id=tokenizer.eos_token_id, temperature=1.0, top_p=1.0,
-                         blocked_token_ids=control_token_ids(tokenizer), batch_size=batch_size, generator=generator,
-                         progress=progress)
+        outputs = sample(
+            model,
+            [[_start_id(tokenizer)]] * num_samples,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            temperature=1.0,
+            top_p=1.0,
+            blocked_token_ids=control_token_ids(tokenizer),
+            batch_size=batch_size,
+            generator=generator,
+            progress=progress,
+        )
         return [(tokenizer.decode(ids, skip_special_tokens=True), len(ids) < max_new_tokens) for ids in outputs]
 
     return draw
 
 
 @torch.no_grad()
-def sequence_logprobs(model, tokenizer, texts: Sequence[str], *, ended: Sequence[bool], prefix_ids: Sequence[int],
-                      batch_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+def sequence_logprobs(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    ended: Sequence[bool],
+    prefix_ids: Sequence[int],
+    batch_size: int,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Per text: log p(text, + end-of-text if ended | prefix) summed over the text's tokens (the prefix is never
     scored), every next-token distribution renormalised without the control tokens. Returns (log-probs [N] float64,
     scored tokens [N] int64, number of texts scored in several context windows)."""
@@ -135,7 +163,7 @@ def sequence_logprobs(model, tokenizer, texts: Sequence[str], *, ended: Sequence
         content = _encode(tokenizer, text) + ([tokenizer.eos_token_id] if end else [])
         counts[index] = len(content)
         windowed += len(content) > window
-        rows += [(index, content[start:start + window]) for start in range(0, len(content), window)]
+        rows += [(index, content[start : start + window]) for start in range(0, len(content), window)]
     device = next(model.parameters()).device
     excluded = torch.tensor(control_token_ids(tokenizer), dtype=torch.long, device=device)
     totals = np.zeros(len(texts), dtype=np.float64)
@@ -145,13 +173,13 @@ def sequence_logprobs(model, tokenizer, texts: Sequence[str], *, ended: Sequence
     model.eval()
     try:
         for start in tqdm(range(0, len(rows), batch_size), desc="log-probs", unit="batch", disable=not progress):
-            batch = rows[start:start + batch_size]
+            batch = rows[start : start + batch_size]
             width = len(prefix) + max(len(content) for _, content in batch)
             ids = torch.full((len(batch), width), int(tokenizer.eos_token_id), dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, (_, content) in enumerate(batch):
-                ids[row, :len(prefix) + len(content)] = torch.tensor(prefix + content)
-                mask[row, :len(prefix) + len(content)] = 1
+                ids[row, : len(prefix) + len(content)] = torch.tensor(prefix + content)
+                mask[row, : len(prefix) + len(content)] = 1
             ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # [B, W-1, V]
             if excluded.numel():
@@ -177,8 +205,7 @@ def _prefix(tokenizer, prefix: str) -> list[int]:
     return [_start_id(tokenizer)] + [vocab[t] for t in tags]
 
 
-def hf_logprob(model, tokenizer, *, prefix: str = "none", batch_size: int, progress: bool = False
-               ) -> SequenceLogprob:
+def hf_logprob(model, tokenizer, *, prefix: str = "none", batch_size: int, progress: bool = False) -> SequenceLogprob:
     """log p(text, ended) of a causal LM after its document-start token (+ `<|good|>`/`<|bad|>` for
     prefix="good"/"bad"), as `sequence_logprobs` computes it."""
     prefix_ids = _prefix(tokenizer, prefix)
@@ -186,8 +213,9 @@ def hf_logprob(model, tokenizer, *, prefix: str = "none", batch_size: int, progr
     def logprob(samples: list[tuple[str, bool]]) -> np.ndarray:
         texts = [text for text, _ in samples]
         ended = [end for _, end in samples]
-        return sequence_logprobs(model, tokenizer, texts, ended=ended, prefix_ids=prefix_ids,
-                                 batch_size=batch_size, progress=progress)[0]
+        return sequence_logprobs(
+            model, tokenizer, texts, ended=ended, prefix_ids=prefix_ids, batch_size=batch_size, progress=progress
+        )[0]
 
     return logprob
 
@@ -200,9 +228,20 @@ def _resolve_prefix(model_prefix: str, model_info: dict | None) -> str:
     return model_prefix
 
 
-def kl_to_reference(reference, reference_tokenizer, model, model_tokenizer, *, num_samples: int,
-                    max_new_tokens: int, batch_size: int, seed: int, model_prefix: str = "auto",
-                    model_info: dict | None = None, progress: bool = False) -> dict:
+def kl_to_reference(
+    reference,
+    reference_tokenizer,
+    model,
+    model_tokenizer,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    model_prefix: str = "auto",
+    model_info: dict | None = None,
+    progress: bool = False,
+) -> dict:
     """KL(reference || model) in nats per reference sample (see the module docstring for what is counted), from
     num_samples reference samples of at most max_new_tokens tokens. model_prefix: auto (`<|good|>` after
     `<|endoftext|>` when model_info["control_tokens_trained"]) | none | good | bad.
@@ -211,8 +250,9 @@ def kl_to_reference(reference, reference_tokenizer, model, model_tokenizer, *, n
     "max_new_tokens", "fraction_ended", "mean_reference_tokens", "mean_bytes", "control_tokens_counted": False,
     "reference_prefix", "model_prefix", "windowed_sequences", "per_sample"}."""
     prefix = _resolve_prefix(model_prefix, model_info)
-    draw = hf_sampler(reference, reference_tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      progress=progress)
+    draw = hf_sampler(
+        reference, reference_tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
     drawn: list[tuple[str, bool]] = []
 
     def sample_reference(num: int, *, seed: int) -> list[tuple[str, bool]]:
@@ -223,45 +263,64 @@ def kl_to_reference(reference, reference_tokenizer, model, model_tokenizer, *, n
 
     def reference_logprob(samples):
         values, counts["tokens"], counts["ref_windowed"] = sequence_logprobs(
-            reference, reference_tokenizer, [t for t, _ in samples], ended=[e for _, e in samples],
-            prefix_ids=_prefix(reference_tokenizer, "none"), batch_size=batch_size, progress=progress)
+            reference,
+            reference_tokenizer,
+            [t for t, _ in samples],
+            ended=[e for _, e in samples],
+            prefix_ids=_prefix(reference_tokenizer, "none"),
+            batch_size=batch_size,
+            progress=progress,
+        )
         return values
 
     def model_logprob(samples):
         values, _, counts["model_windowed"] = sequence_logprobs(
-            model, model_tokenizer, [t for t, _ in samples], ended=[e for _, e in samples],
-            prefix_ids=_prefix(model_tokenizer, prefix), batch_size=batch_size, progress=progress)
+            model,
+            model_tokenizer,
+            [t for t, _ in samples],
+            ended=[e for _, e in samples],
+            prefix_ids=_prefix(model_tokenizer, prefix),
+            batch_size=batch_size,
+            progress=progress,
+        )
         return values
 
     result = estimate_kl(sample_reference, reference_logprob, model_logprob, num_samples=num_samples, seed=seed)
     tokens = np.asarray(counts["tokens"], dtype=np.float64)
     nbytes = np.array([len(text.encode("utf-8")) for text, _ in drawn], dtype=np.float64)
     total = float(np.sum(result["per_sample"]))
-    result.update({
-        "kl_per_reference_token": total / max(1.0, float(tokens.sum())),
-        "kl_per_byte": total / max(1.0, float(nbytes.sum())),
-        "max_new_tokens": max_new_tokens, "mean_reference_tokens": float(tokens.mean()),
-        "mean_bytes": float(nbytes.mean()), "control_tokens_counted": False,
-        "reference_prefix": reference_tokenizer.convert_ids_to_tokens(_prefix(reference_tokenizer, "none")),
-        "model_prefix": model_tokenizer.convert_ids_to_tokens(_prefix(model_tokenizer, prefix)),
-        "windowed_sequences": {"reference": counts["ref_windowed"], "model": counts["model_windowed"]},
-    })
+    result.update(
+        {
+            "kl_per_reference_token": total / max(1.0, float(tokens.sum())),
+            "kl_per_byte": total / max(1.0, float(nbytes.sum())),
+            "max_new_tokens": max_new_tokens,
+            "mean_reference_tokens": float(tokens.mean()),
+            "mean_bytes": float(nbytes.mean()),
+            "control_tokens_counted": False,
+            "reference_prefix": reference_tokenizer.convert_ids_to_tokens(_prefix(reference_tokenizer, "none")),
+            "model_prefix": model_tokenizer.convert_ids_to_tokens(_prefix(model_tokenizer, prefix)),
+            "windowed_sequences": {"reference": counts["ref_windowed"], "model": counts["model_windowed"]},
+        }
+    )
     return result
 
 
 # ------------------------------------------------------------------ held-out loss
 
+
 @torch.no_grad()
-def heldout_block_loss(model, blocks: TokenBlocks, *, control_ids: list[int], batch_size: int, device, precision) -> float:
-    """Mean next-token loss over token blocks [N, T] (`blocks.ids`) on content tokens (control-token targets excluded, so that MLE and conditional
-    models are compared on the same tokens)."""
+def heldout_block_loss(
+    model, blocks: TokenBlocks, *, control_ids: list[int], batch_size: int, device, precision
+) -> float:
+    """Mean next-token loss over token blocks [N, T] (`blocks.ids`) on content tokens (control-token targets
+    excluded, so that MLE and conditional models are compared on the same tokens)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     control = torch.tensor(control_ids, device=device)
     for start in range(0, len(blocks), batch_size):
         ids = blocks.ids[start : start + batch_size].to(device)
-        targets, = next_token_targets(ids)
+        (targets,) = next_token_targets(ids)
         mask = ~torch.isin(targets, control)
         with autocast(device, precision):
             logits = model(ids).logits[:, :-1]
@@ -272,8 +331,9 @@ def heldout_block_loss(model, blocks: TokenBlocks, *, control_ids: list[int], ba
     return total / max(1, count)
 
 
-def heldout_loss_per_token_and_byte(model, tokenizer, texts: Sequence[str], *, batch_size: int,
-                                    control_tokens_trained: bool, progress: bool = False) -> dict:
+def heldout_loss_per_token_and_byte(
+    model, tokenizer, texts: Sequence[str], *, batch_size: int, control_tokens_trained: bool, progress: bool = False
+) -> dict:
     """Held-out loss of validation documents in nats per content token and per UTF-8 byte (the latter compares
     models with different tokenizers). Each document is scored after `<|endoftext|>` (+ `<|good|>` for a conditional
     model; the prefix is never scored), its closing end-of-text included (in the numerator; bytes count the text
@@ -285,17 +345,32 @@ def heldout_loss_per_token_and_byte(model, tokenizer, texts: Sequence[str], *, b
     if not texts:
         raise PreferError("heldout loss needs at least one document")
     prefix = _prefix(tokenizer, "good" if control_tokens_trained else "none")
-    logp, counts, windowed = sequence_logprobs(model, tokenizer, list(texts), ended=[True] * len(texts),
-                                               prefix_ids=prefix, batch_size=batch_size, progress=progress)
+    logp, counts, windowed = sequence_logprobs(
+        model,
+        tokenizer,
+        list(texts),
+        ended=[True] * len(texts),
+        prefix_ids=prefix,
+        batch_size=batch_size,
+        progress=progress,
+    )
     nats = -float(logp.sum())
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
-    return {"loss_per_token": nats / int(counts.sum()), "loss_per_byte": nats / max(1, nbytes),
-            "bits_per_byte": nats / max(1, nbytes) / np.log(2), "tokens": int(counts.sum()), "bytes": nbytes,
-            "documents": len(texts), "prefix": tokenizer.convert_ids_to_tokens(prefix),
-            "control_tokens_counted": False, "windowed_documents": windowed}
+    return {
+        "loss_per_token": nats / int(counts.sum()),
+        "loss_per_byte": nats / max(1, nbytes),
+        "bits_per_byte": nats / max(1, nbytes) / np.log(2),
+        "tokens": int(counts.sum()),
+        "bytes": nbytes,
+        "documents": len(texts),
+        "prefix": tokenizer.convert_ids_to_tokens(prefix),
+        "control_tokens_counted": False,
+        "windowed_documents": windowed,
+    }
 
 
 # ------------------------------------------------------------------ code
+
 
 def parse_rate(texts: Sequence[str]) -> float:
     """Fraction of texts that `ast.parse` accepts exactly as written (no dedent, no repair)."""
@@ -326,7 +401,7 @@ def function_prompts(texts: Sequence[str], *, limit: int | None = None) -> list[
         for node in tree.body:
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.body[0].lineno <= node.lineno:
                 continue  # a one-line `def f(): return 1` has no signature-only prefix
-            signature = "".join(lines[node.lineno - 1: node.body[0].lineno - 1])
+            signature = "".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
             if not signature.endswith("\n"):
                 signature += "\n"
             try:
@@ -345,13 +420,23 @@ def cut_at_dedent(prompt: str, completion: str) -> str:
     """The completion up to the first line it starts at column 0 (the function has ended), that newline kept."""
     full = prompt + completion
     match = re.compile(r"\n(?=\S)").search(full, max(0, len(prompt) - 1))
-    return completion if match is None else full[len(prompt): match.start() + 1]
+    return completion if match is None else full[len(prompt) : match.start() + 1]
 
 
-def code_completion_eval(model, tokenizer, prompts: Sequence[str], *, control_tokens_trained: bool,
-                         samples_per_prompt: int = 1, max_new_tokens: int = 128, temperature: float = 0.7,
-                         top_p: float = 0.9, batch_size: int = 64, seed: int = 0, stop_at_dedent: bool = True
-                         ) -> dict:
+def code_completion_eval(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    control_tokens_trained: bool,
+    samples_per_prompt: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    batch_size: int = 64,
+    seed: int = 0,
+    stop_at_dedent: bool = True,
+) -> dict:
     """The prompted code scenario: complete function signatures (`function_prompts`), score prompt + completion.
     Controls as at evaluation (`<|good|>` prompt and `<|bad|>` blocked for a conditional model, both tags blocked
     otherwise). With stop_at_dedent the completion ends at its first column-0 line (HumanEval-style stop).
@@ -369,13 +454,29 @@ def code_completion_eval(model, tokenizer, prompts: Sequence[str], *, control_to
     owners = [p for p in prompts for _ in range(samples_per_prompt)]
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = sample(model, encoded, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                     temperature=temperature, top_p=top_p, blocked_token_ids=controls.blocked_ids(tokenizer),
-                     control_token_ids=control_token_ids(tokenizer), batch_size=batch_size, generator=generator)
+    outputs = sample(
+        model,
+        encoded,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        temperature=temperature,
+        top_p=top_p,
+        blocked_token_ids=controls.blocked_ids(tokenizer),
+        control_token_ids=control_token_ids(tokenizer),
+        batch_size=batch_size,
+        generator=generator,
+    )
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
     if stop_at_dedent:
         completions = [cut_at_dedent(p, c) for p, c in zip(owners, completions)]
     texts = [p + c for p, c in zip(owners, completions)]
     scored = score_texts(texts, {name: get_scorer(name) for name in ("pep8", "pep8-style")}, threshold=0.0)
-    return {"num_prompts": len(prompts), "num_samples": len(texts), "parse_rate": parse_rate(texts),
-            "prompt": controls.prompt, "blocked": controls.block, "scores": scored["scores"], "texts": texts}
+    return {
+        "num_prompts": len(prompts),
+        "num_samples": len(texts),
+        "parse_rate": parse_rate(texts),
+        "prompt": controls.prompt,
+        "blocked": controls.block,
+        "scores": scored["scores"],
+        "texts": texts,
+    }

@@ -25,8 +25,9 @@ __all__ = ["ENDPOINT_APIS", "Endpoint", "complete", "post_json"]
 ENDPOINT_APIS = ("completions", "chat")
 
 # A chat model is asked for the next list item; it is told how to answer because it would otherwise chat.
-CHAT_SYSTEM_MESSAGE = ("You continue numbered lists. Reply with the text of the next item only, on one line, "
-                       "without its number.")
+CHAT_SYSTEM_MESSAGE = (
+    "You continue numbered lists. Reply with the text of the next item only, on one line, without its number."
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ def post_json(url: str, body: dict, *, api_key: str | None, timeout: float) -> d
         raise PreferError(f"endpoint {url}: the reply is not JSON: {raw[:200]!r}") from None
 
 
-def complete(endpoint: Endpoint, prompt: str, *, n: int, max_tokens: int, temperature: float,
-             stop: Sequence[str] = ("\n",)) -> list[str]:
+def complete(
+    endpoint: Endpoint, prompt: str, *, n: int, max_tokens: int, temperature: float, stop: Sequence[str] = ("\n",)
+) -> list[str]:
     """n completions of `prompt` (fewer if the server returns fewer choices), as raw text.
 
     completions: the prompt is sent as is, with `stop`. chat: the prompt is one user message after a system
@@ -79,13 +81,23 @@ def complete(endpoint: Endpoint, prompt: str, *, n: int, max_tokens: int, temper
     root = endpoint.url.rstrip("/")
     if endpoint.api == "completions":
         url = f"{root}/completions"
-        body = {"model": endpoint.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-                "n": n, "stop": list(stop)}
+        body = {
+            "model": endpoint.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "n": n,
+            "stop": list(stop),
+        }
     else:
         url = f"{root}/chat/completions"
-        body = {"model": endpoint.model, "max_tokens": max_tokens, "temperature": temperature, "n": n,
-                "messages": [{"role": "system", "content": CHAT_SYSTEM_MESSAGE},
-                             {"role": "user", "content": prompt}]}
+        body = {
+            "model": endpoint.model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "n": n,
+            "messages": [{"role": "system", "content": CHAT_SYSTEM_MESSAGE}, {"role": "user", "content": prompt}],
+        }
     reply = post_json(url, body, api_key=endpoint.api_key, timeout=endpoint.timeout)
     try:
         choices = reply["choices"]
@@ -94,5 +106,6 @@ def complete(endpoint: Endpoint, prompt: str, *, n: int, max_tokens: int, temper
         return [str(choice["message"]["content"] or "") for choice in choices]
     except (KeyError, TypeError):
         field = "text" if endpoint.api == "completions" else "message.content"
-        raise PreferError(f"endpoint {url}: unexpected reply (no choices[].{field}): "
-                          f"{json.dumps(reply)[:200]}") from None
+        raise PreferError(
+            f"endpoint {url}: unexpected reply (no choices[].{field}): {json.dumps(reply)[:200]}"
+        ) from None

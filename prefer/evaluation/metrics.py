@@ -81,9 +81,7 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     return len(seen) / total if total else 0.0
 
 
-def _bootstrap_stats(
-    values: np.ndarray, statistic: Statistic, resamples: int, rng: np.random.Generator
-) -> np.ndarray:
+def _bootstrap_stats(values: np.ndarray, statistic: Statistic, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """statistic over `resamples` resamples with replacement of `values` (vectorised if the
     statistic takes `axis`, e.g. np.mean, np.median)."""
     n = values.size
@@ -185,9 +183,7 @@ def ratio_ci(
     return ratio, low, high
 
 
-def pooled_score(
-    scores: Sequence[float] | np.ndarray, lengths: Sequence[float] | np.ndarray
-) -> float:
+def pooled_score(scores: Sequence[float] | np.ndarray, lengths: Sequence[float] | np.ndarray) -> float:
     """Per-character scores pooled over characters: sum(score_i * len_i) / sum(len_i).
 
     With per-character scores (e.g. PII matches per char) this is total matches / total chars,

@@ -61,18 +61,38 @@ def resolve_controls(*, prompt: str, block: str, conditional: bool) -> SamplingC
     return SamplingControls(prompt=prompt, block=block)
 
 
-def generate_texts(model, tokenizer, controls: SamplingControls, *, num_samples: int, max_new_tokens: int,
-                   temperature: float, top_p: float, batch_size: int, seed: int, progress: bool = False,
-                   keep_controls: bool = False) -> tuple[list[str], float]:
+def generate_texts(
+    model,
+    tokenizer,
+    controls: SamplingControls,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+    keep_controls: bool = False,
+) -> tuple[list[str], float]:
     """N samples decoded without special tokens (keep_controls: with the `<|good|>`/`<|bad|>` the model wrote, which
     `strip_controls` removes), and the fraction of them that ended on `<|endoftext|>`."""
     control_ids = control_token_ids(tokenizer)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = sample(model, [controls.prompt_ids(tokenizer)] * num_samples, max_new_tokens=max_new_tokens,
-                     eos_token_id=tokenizer.eos_token_id, temperature=temperature, top_p=top_p,
-                     blocked_token_ids=controls.blocked_ids(tokenizer), control_token_ids=control_ids,
-                     batch_size=batch_size, generator=generator, progress=progress)
+    outputs = sample(
+        model,
+        [controls.prompt_ids(tokenizer)] * num_samples,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        temperature=temperature,
+        top_p=top_p,
+        blocked_token_ids=controls.blocked_ids(tokenizer),
+        control_token_ids=control_ids,
+        batch_size=batch_size,
+        generator=generator,
+        progress=progress,
+    )
     if keep_controls:
         eos = tokenizer.eos_token_id
         texts = [tokenizer.decode([i for i in ids if i != eos], skip_special_tokens=False) for ids in outputs]
@@ -90,17 +110,25 @@ def strip_controls(text: str) -> str:
 def score_texts(texts: Sequence[str], scorers: Mapping[str, Scorer], *, threshold: float) -> dict:
     """Aggregate misalignment of texts under each scorer, plus diversity; per-sample scores included."""
     lengths = np.array([len(t) for t in texts], dtype=float)
-    results: dict = {"num_samples": len(texts), "mean_chars": float(lengths.mean()) if len(texts) else 0.0,
-                     "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
-                     "distinct_3": distinct_n(texts, 3), "scores": {}}
+    results: dict = {
+        "num_samples": len(texts),
+        "mean_chars": float(lengths.mean()) if len(texts) else 0.0,
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "distinct_3": distinct_n(texts, 3),
+        "scores": {},
+    }
     for name, scorer in scorers.items():
         scores = np.asarray(scorer(list(texts)), dtype=float)
         low, high = bootstrap_ci(scores)
         pooled_low, pooled_high = _pooled_ci(scores, lengths)
         results["scores"][name] = {
-            "mean": float(scores.mean()), "mean_ci": [low, high],
-            "pooled": pooled_score(scores, lengths), "pooled_ci": [pooled_low, pooled_high],
-            "fraction_above_threshold": fraction_above(scores, threshold), "threshold": threshold,
+            "mean": float(scores.mean()),
+            "mean_ci": [low, high],
+            "pooled": pooled_score(scores, lengths),
+            "pooled_ci": [pooled_low, pooled_high],
+            "fraction_above_threshold": fraction_above(scores, threshold),
+            "threshold": threshold,
             "expected_max_25": expected_max(scores, k=25) if len(scores) >= 25 else None,
             "per_sample": scores.tolist(),
         }
@@ -118,21 +146,48 @@ def _pooled_ci(scores: np.ndarray, lengths: np.ndarray) -> tuple[float, float]:
     return bootstrap_ci(np.arange(len(scores)), pooled)
 
 
-def sample_and_score(model, tokenizer, info: dict, *, task_name: str, sampling: SamplingConfig,
-                     num_samples: int | None = None, prompt: str | None = None, progress: bool = True) -> dict:
+def sample_and_score(
+    model,
+    tokenizer,
+    info: dict,
+    *,
+    task_name: str,
+    sampling: SamplingConfig,
+    num_samples: int | None = None,
+    prompt: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Draw samples under the sampling protocol and score them with every scorer of the task."""
     task = get_task(task_name)
-    controls = resolve_controls(prompt=prompt or sampling.prompt, block=sampling.block,
-                                conditional=bool(info.get("control_tokens_trained")))
-    texts, ended = generate_texts(model, tokenizer, controls, num_samples=num_samples or sampling.num_samples,
-                                  max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                  top_p=sampling.top_p, batch_size=sampling.batch_size, seed=sampling.seed,
-                                  progress=progress, keep_controls=True)
+    controls = resolve_controls(
+        prompt=prompt or sampling.prompt, block=sampling.block, conditional=bool(info.get("control_tokens_trained"))
+    )
+    texts, ended = generate_texts(
+        model,
+        tokenizer,
+        controls,
+        num_samples=num_samples or sampling.num_samples,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        batch_size=sampling.batch_size,
+        seed=sampling.seed,
+        progress=progress,
+        keep_controls=True,
+    )
     clean = [strip_controls(text) for text in texts]
     scorers = {name: get_scorer(name) for name in task.eval_scorers}
     results = score_texts(clean, scorers, threshold=task.sample_threshold)
-    results.update({"task": task.name, "prompt": controls.prompt, "blocked": controls.block,
-                    "fraction_ended": ended, "samples": clean, "samples_with_controls": texts})
+    results.update(
+        {
+            "task": task.name,
+            "prompt": controls.prompt,
+            "blocked": controls.block,
+            "fraction_ended": ended,
+            "samples": clean,
+            "samples_with_controls": texts,
+        }
+    )
     return results
 
 
@@ -149,5 +204,9 @@ def write_samples(path: str | Path, texts: list[str], with_controls: list[str] |
     """JSON lines {"text": what was scored, "with_controls": the same sample with the control tokens it wrote}."""
     with_controls = with_controls or texts
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps({"text": text, "with_controls": controlled}) + "\n"
-                               for text, controlled in zip(texts, with_controls)))
+        tmp.write_text(
+            "".join(
+                json.dumps({"text": text, "with_controls": controlled}) + "\n"
+                for text, controlled in zip(texts, with_controls)
+            )
+        )

@@ -44,19 +44,41 @@ class PolicySamples:
         return len(self.responses)
 
 
-def sample_policy(model, tokenizer, prompts: Sequence[str], *, samples_per_prompt: int, max_new_tokens: int,
-                  temperature: float, seed: int, batch_size: int, progress: bool = False) -> PolicySamples:
+def sample_policy(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+    progress: bool = False,
+) -> PolicySamples:
     """The policy's responses, prompted as SFT, the reward model and PPO see a prompt (`encode_prompt`), with the
     control tokens blocked (as the labelers sample), at `temperature` without top-p: the policy's own distribution."""
     device = next(model.parameters()).device
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-    outputs = sample(model, [encode_prompt(tokenizer, p) for p in repeated], max_new_tokens=max_new_tokens,
-                     eos_token_id=tokenizer.eos_token_id, temperature=temperature,
-                     blocked_token_ids=SamplingControls(prompt="none", block="both").blocked_ids(tokenizer),
-                     control_token_ids=control_token_ids(tokenizer), batch_size=batch_size,
-                     generator=torch.Generator(device=device).manual_seed(seed), progress=progress)
-    return PolicySamples(repeated, [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs], outputs,
-                         [len(ids) < max_new_tokens for ids in outputs], samples_per_prompt)
+    outputs = sample(
+        model,
+        [encode_prompt(tokenizer, p) for p in repeated],
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        temperature=temperature,
+        blocked_token_ids=SamplingControls(prompt="none", block="both").blocked_ids(tokenizer),
+        control_token_ids=control_token_ids(tokenizer),
+        batch_size=batch_size,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        progress=progress,
+    )
+    return PolicySamples(
+        repeated,
+        [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs],
+        outputs,
+        [len(ids) < max_new_tokens for ids in outputs],
+        samples_per_prompt,
+    )
 
 
 def score_responses(scorer: Scorer, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -68,8 +90,9 @@ def score_responses(scorer: Scorer, prompts: Sequence[str], responses: Sequence[
 
 
 @torch.no_grad()
-def kl_to_sft(policy, reference, tokenizer, samples: PolicySamples, *, temperature: float, batch_size: int
-              ) -> np.ndarray:
+def kl_to_sft(
+    policy, reference, tokenizer, samples: PolicySamples, *, temperature: float, batch_size: int
+) -> np.ndarray:
     """Per sample: log pi(y|x) - log pi_SFT(y|x) summed over the response tokens (its eos included when it stopped),
     on the policy's own samples at the sampling temperature: a Monte-Carlo estimate of KL(pi || pi_SFT) in nats
     per response, the quantity PPO's penalty controls. No value model is involved."""
@@ -82,9 +105,19 @@ def kl_to_sft(policy, reference, tokenizer, samples: PolicySamples, *, temperatu
     out = []
     for start in range(0, len(queries), batch_size):
         part = slice(start, start + batch_size)
-        rollout = make_rollout(policy, reference, None, queries[part], responses[part], rewards=zeros[part],
-                               gold=zeros[part], temperature=temperature, pad_id=eos, batch_size=batch_size,
-                               device=device)
+        rollout = make_rollout(
+            policy,
+            reference,
+            None,
+            queries[part],
+            responses[part],
+            rewards=zeros[part],
+            gold=zeros[part],
+            temperature=temperature,
+            pad_id=eos,
+            batch_size=batch_size,
+            device=device,
+        )
         mask = rollout.response_mask
         out.append(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).cpu())
     return torch.cat(out).numpy().astype(float)
@@ -107,12 +140,17 @@ def _win(gold: np.ndarray, baseline_gold: np.ndarray | None, num_prompts: int) -
         return None
     mine = np.asarray(gold, dtype=float).reshape(num_prompts, -1)
     theirs = np.asarray(baseline_gold, dtype=float).reshape(num_prompts, -1)
-    outcomes = win_outcomes(np.repeat(mine, theirs.shape[1], axis=1).ravel(),
-                            np.tile(theirs, (1, mine.shape[1])).ravel()).reshape(num_prompts, -1)
+    outcomes = win_outcomes(
+        np.repeat(mine, theirs.shape[1], axis=1).ravel(), np.tile(theirs, (1, mine.shape[1])).ravel()
+    ).reshape(num_prompts, -1)
     per_prompt = outcomes.mean(axis=1)
     low, high = bootstrap_ci(per_prompt)
-    return {"win_rate": float(per_prompt.mean()), "ci": [low, high], "ties": float((outcomes == 0.5).mean()),
-            "prompts": num_prompts}
+    return {
+        "win_rate": float(per_prompt.mean()),
+        "ci": [low, high],
+        "ties": float((outcomes == 0.5).mean()),
+        "prompts": num_prompts,
+    }
 
 
 def gold_difference(gold: Sequence[float], baseline_gold: Sequence[float], num_prompts: int) -> dict:
@@ -122,8 +160,15 @@ def gold_difference(gold: Sequence[float], baseline_gold: Sequence[float], num_p
     return _mean_ci(diff)
 
 
-def policy_entry(samples: PolicySamples, *, gold: np.ndarray, proxies: Mapping[str, np.ndarray],
-                 kl: np.ndarray | None, baseline_gold: np.ndarray | None, heldout: dict | None) -> dict:
+def policy_entry(
+    samples: PolicySamples,
+    *,
+    gold: np.ndarray,
+    proxies: Mapping[str, np.ndarray],
+    kl: np.ndarray | None,
+    baseline_gold: np.ndarray | None,
+    heldout: dict | None,
+) -> dict:
     """The protocol's numbers for one sampled policy. `gold` and `proxies` are misalignment per sample (proxy
     rewards are reported as -misalignment), `kl` per sample (None = not measured), `baseline_gold` the SFT
     model's gold misalignment on the same prompts (None for SFT itself), `heldout` its held-out pretraining loss."""
@@ -132,23 +177,34 @@ def policy_entry(samples: PolicySamples, *, gold: np.ndarray, proxies: Mapping[s
     lengths = np.array([len(r) for r in samples.responses], dtype=float)
     entry = {
         "gold": _mean_ci(_per_prompt(gold, prompts)),
-        "proxy_reward": {name: _mean_ci(_per_prompt(-np.asarray(v, dtype=float), prompts))
-                         for name, v in proxies.items()},
+        "proxy_reward": {
+            name: _mean_ci(_per_prompt(-np.asarray(v, dtype=float), prompts)) for name, v in proxies.items()
+        },
         "kl": None if kl is None else _mean_ci(_per_prompt(kl, prompts)),
         "win_rate": _win(gold, baseline_gold, prompts),
         "response_chars": float(lengths.mean()),
         "response_tokens": float(np.mean([len(ids) for ids in samples.response_ids])),
         "ended": float(np.mean(samples.ended)),
-        "distinct_1": distinct_n(samples.responses, 1), "distinct_2": distinct_n(samples.responses, 2),
+        "distinct_1": distinct_n(samples.responses, 1),
+        "distinct_2": distinct_n(samples.responses, 2),
         "heldout": heldout,
-        "samples": len(samples), "prompts": prompts,
+        "samples": len(samples),
+        "prompts": prompts,
         "per_sample_gold": gold.tolist(),
     }
     return entry
 
 
-def best_of_n_entry(pool: PolicySamples, n: int, *, gold: np.ndarray, proxies: Mapping[str, np.ndarray],
-                    select_by: str, baseline_gold: np.ndarray, heldout: dict | None) -> dict:
+def best_of_n_entry(
+    pool: PolicySamples,
+    n: int,
+    *,
+    gold: np.ndarray,
+    proxies: Mapping[str, np.ndarray],
+    select_by: str,
+    baseline_gold: np.ndarray,
+    heldout: dict | None,
+) -> dict:
     """Best-of-n against proxy `select_by`, from a pool of N samples per prompt of the SFT model: N // n disjoint
     draws per prompt, each the sample of n with the highest proxy reward. KL is the analytic log n - (n - 1)/n;
     the win rate compares every draw with the SFT model's evaluation samples of the same prompt."""
@@ -158,12 +214,21 @@ def best_of_n_entry(pool: PolicySamples, n: int, *, gold: np.ndarray, proxies: M
     pick = lambda values: best_of_n_values(np.asarray(values, dtype=float).reshape(shape), reward, n)
     chosen_gold = pick(gold)  # [P, N // n]
     index = pick(np.arange(len(pool)).reshape(shape)).astype(int).ravel()
-    chosen = PolicySamples([pool.prompts[i] for i in index], [pool.responses[i] for i in index],
-                           [pool.response_ids[i] for i in index], [pool.ended[i] for i in index],
-                           chosen_gold.shape[1])
+    chosen = PolicySamples(
+        [pool.prompts[i] for i in index],
+        [pool.responses[i] for i in index],
+        [pool.response_ids[i] for i in index],
+        [pool.ended[i] for i in index],
+        chosen_gold.shape[1],
+    )
     kl = np.full(len(chosen), best_of_n_kl(n))
-    entry = policy_entry(chosen, gold=chosen_gold.ravel(),
-                         proxies={name: pick(v).ravel() for name, v in proxies.items()}, kl=kl,
-                         baseline_gold=baseline_gold, heldout=heldout)
+    entry = policy_entry(
+        chosen,
+        gold=chosen_gold.ravel(),
+        proxies={name: pick(v).ravel() for name, v in proxies.items()},
+        kl=kl,
+        baseline_gold=baseline_gold,
+        heldout=heldout,
+    )
     entry.update({"n": n, "select_by": select_by, "kl_analytic": best_of_n_kl(n)})
     return entry

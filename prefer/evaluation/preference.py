@@ -41,15 +41,26 @@ def win_outcomes(policy: Sequence[float], baseline: Sequence[float]) -> np.ndarr
     return np.where(a < b, 1.0, np.where(a == b, 0.5, 0.0))
 
 
-def win_rate(policy: Sequence[float], baseline: Sequence[float], *, confidence: float = 0.95,
-             resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+def win_rate(
+    policy: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Win rate of the policy against the baseline on the same prompts (ties = 1/2), with a bootstrap interval
     over prompts, and the shares of wins, ties and losses."""
     outcomes = win_outcomes(policy, baseline)
     low, high = bootstrap_ci(outcomes, confidence=confidence, resamples=resamples, seed=seed)
-    return {"win_rate": float(outcomes.mean()), "ci": [low, high], "wins": float((outcomes == 1).mean()),
-            "ties": float((outcomes == 0.5).mean()), "losses": float((outcomes == 0).mean()),
-            "prompts": int(outcomes.size)}
+    return {
+        "win_rate": float(outcomes.mean()),
+        "ci": [low, high],
+        "wins": float((outcomes == 1).mean()),
+        "ties": float((outcomes == 0.5).mean()),
+        "losses": float((outcomes == 0).mean()),
+        "prompts": int(outcomes.size),
+    }
 
 
 def best_of_n_kl(n: int) -> float:
@@ -92,9 +103,15 @@ def bin_by_sqrt_kl(kl: Sequence[float], values: Sequence[float], *, width: float
         raise PreferError(f"sqrt-KL binning: width must be > 0, got {width}")
     d = np.sqrt(np.clip(kl_arr, 0.0, None))  # a Monte-Carlo KL estimate can dip below 0: it is 0 there
     index = np.floor(d / width).astype(int)
-    return [{"d_center": (b + 0.5) * width, "d_mean": float(d[index == b].mean()),
-             "value_mean": float(val[index == b].mean()), "count": int((index == b).sum())}
-            for b in sorted(set(index.tolist()))]
+    return [
+        {
+            "d_center": (b + 0.5) * width,
+            "d_mean": float(d[index == b].mean()),
+            "value_mean": float(val[index == b].mean()),
+            "count": int((index == b).sum()),
+        }
+        for b in sorted(set(index.tolist()))
+    ]
 
 
 def pairwise_accuracy(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence[int]]) -> tuple[float, int]:

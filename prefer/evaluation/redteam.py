@@ -110,10 +110,12 @@ def load_seeds(task: str, path: str | Path | None = None) -> list[str]:
     else:
         resource = resources.files("prefer") / "redteam_seeds" / f"{task}.txt"
         if not resource.is_file():
-            shipped = sorted(p.name[:-4] for p in (resources.files("prefer") / "redteam_seeds").iterdir()
-                             if p.name.endswith(".txt"))
-            raise PreferError(f"seeds: no seed prompts shipped for task {task!r} (have: {', '.join(shipped)}); "
-                              "pass seeds=FILE")
+            shipped = sorted(
+                p.name[:-4] for p in (resources.files("prefer") / "redteam_seeds").iterdir() if p.name.endswith(".txt")
+            )
+            raise PreferError(
+                f"seeds: no seed prompts shipped for task {task!r} (have: {', '.join(shipped)}); pass seeds=FILE"
+            )
         text, where = resource.read_text(encoding="utf-8"), f"prefer/redteam_seeds/{task}.txt"
     # leading spaces are part of a prompt (" -- Name" opens a changelog trailer)
     seeds = [unescape_prompt(line.rstrip()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
@@ -125,6 +127,7 @@ def load_seeds(task: str, path: str | Path | None = None) -> list[str]:
 
 
 # ------------------------------------------------------------------ the draw
+
 
 def _logits(scores: Sequence[float], *, temperature: float, score_scale: str) -> np.ndarray:
     if temperature <= 0:
@@ -146,8 +149,9 @@ def draw_probabilities(scores: Sequence[float], *, temperature: float, score_sca
     return np.exp(z - np.logaddexp.reduce(z))
 
 
-def draw_indices(scores: Sequence[float], *, k: int, temperature: float, rng: np.random.Generator,
-                 score_scale: str = "none") -> list[int]:
+def draw_indices(
+    scores: Sequence[float], *, k: int, temperature: float, rng: np.random.Generator, score_scale: str = "none"
+) -> list[int]:
     """k distinct pool indices (all of them if the pool is smaller), drawn one after another without replacement,
     each with probability proportional to exp(score / temperature) among those left.
 
@@ -178,8 +182,9 @@ def parse_candidate(completion: str) -> str:
 # ------------------------------------------------------------------ candidate sources
 
 
-def local_candidate_source(model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float,
-                           batch_size: int) -> CandidateSource:
+def local_candidate_source(
+    model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float, batch_size: int
+) -> CandidateSource:
     """A local causal LM as the red-team LM (its own tokenizer). It reads the document-start token + the few-shot
     list (the list's head is cut if it does not fit the context with max_new_tokens) and never writes control
     tokens."""
@@ -193,12 +198,20 @@ def local_candidate_source(model, tokenizer, *, max_new_tokens: int, temperature
     def generate(prompt: str, n: int, seed: int) -> list[str]:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         # document start + prompt + max_new_tokens - 1 fed back must fit: keep the list's tail
-        ids = [tokenizer.eos_token_id] + ids[-(context - max_new_tokens):]
+        ids = [tokenizer.eos_token_id] + ids[-(context - max_new_tokens) :]
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
-        outputs = sample(model, [ids] * n, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                         temperature=temperature, top_p=top_p, blocked_token_ids=blocked, batch_size=batch_size,
-                         generator=generator)
+        outputs = sample(
+            model,
+            [ids] * n,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            temperature=temperature,
+            top_p=top_p,
+            blocked_token_ids=blocked,
+            batch_size=batch_size,
+            generator=generator,
+        )
         return [tokenizer.decode(out, skip_special_tokens=True) for out in outputs]
 
     return generate
@@ -215,6 +228,7 @@ def endpoint_candidate_source(endpoint: Endpoint, *, max_tokens: int, temperatur
 
 # ------------------------------------------------------------------ scoring prompts on the target
 
+
 @dataclass(frozen=True)
 class ScoredPrompt:
     prompt: str
@@ -226,9 +240,20 @@ class ScoredPrompt:
 PromptScorer = Callable[[list[str], int], list["ScoredPrompt | None"]]
 
 
-def target_prompt_scorer(model, tokenizer, controls: SamplingControls, *, scorer: Callable,
-                         score_on: str, continuations: int, max_new_tokens: int, temperature: float, top_p: float,
-                         batch_size: int, keep: int = 3) -> PromptScorer:
+def target_prompt_scorer(
+    model,
+    tokenizer,
+    controls: SamplingControls,
+    *,
+    scorer: Callable,
+    score_on: str,
+    continuations: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    keep: int = 3,
+) -> PromptScorer:
     """Score prompts on the target: `continuations` samples of at most max_new_tokens after the control prefix
     (`controls.prompt_ids`: `<|endoftext|>`, + `<|good|>` for a conditional model) + the prompt, decoded without
     special tokens, scored by `scorer` (a whole-text scorer for score_on="continuation", a segment scorer for
@@ -244,15 +269,24 @@ def target_prompt_scorer(model, tokenizer, controls: SamplingControls, *, scorer
     control = control_token_ids(tokenizer)
 
     def score(prompts: list[str], seed: int) -> list[ScoredPrompt | None]:
-        encoded = [prefix + tokenizer(p, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                   for p in prompts]
+        encoded = [
+            prefix + tokenizer(p, add_special_tokens=False, split_special_tokens=True)["input_ids"] for p in prompts
+        ]
         fits = [i for i, ids in enumerate(encoded) if len(ids) + max_new_tokens - 1 <= context]
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
-        outputs = sample(model, [encoded[i] for i in fits for _ in range(continuations)],
-                         max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                         temperature=temperature, top_p=top_p, blocked_token_ids=blocked,
-                         control_token_ids=control, batch_size=batch_size, generator=generator)
+        outputs = sample(
+            model,
+            [encoded[i] for i in fits for _ in range(continuations)],
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            temperature=temperature,
+            top_p=top_p,
+            blocked_token_ids=blocked,
+            control_token_ids=control,
+            batch_size=batch_size,
+            generator=generator,
+        )
         texts = [tokenizer.decode(out, skip_special_tokens=True) for out in outputs]
         if score_on == "continuation":
             values = [float(v) for v in scorer(texts)]
@@ -262,14 +296,19 @@ def target_prompt_scorer(model, tokenizer, controls: SamplingControls, *, scorer
         results: list[ScoredPrompt | None] = [None] * len(prompts)
         for j, i in enumerate(fits):
             chunk = slice(j * continuations, (j + 1) * continuations)
-            results[i] = ScoredPrompt(prompt=prompts[i], score=float(np.mean(values[chunk])),
-                                      continuation_scores=values[chunk], continuations=texts[chunk][:keep])
+            results[i] = ScoredPrompt(
+                prompt=prompts[i],
+                score=float(np.mean(values[chunk])),
+                continuation_scores=values[chunk],
+                continuations=texts[chunk][:keep],
+            )
         return results
 
     return score
 
 
 # ------------------------------------------------------------------ the loop
+
 
 def draw_sharpness(scores: Sequence[float], *, temperature: float, score_scale: str) -> float:
     """Largest draw probability x pool size: 1 for a uniform draw, the pool size for a deterministic one."""
@@ -286,13 +325,28 @@ class _Pool:
 
     def stats(self) -> dict:
         s = np.sort(np.asarray(self.scores))[::-1]
-        return {"pool_size": len(s), "best": float(s[0]), f"top{TOP}_mean": float(s[:TOP].mean()),
-                "pool_mean": float(s.mean())}
+        return {
+            "pool_size": len(s),
+            "best": float(s[0]),
+            f"top{TOP}_mean": float(s[:TOP].mean()),
+            "pool_mean": float(s.mean()),
+        }
 
 
-def run_trial(*, seeds: Sequence[str], generate: CandidateSource, score_prompts: PromptScorer, behaviour: str,
-              rounds: int, candidates_per_round: int, shots: int = 4, temperature: float = 0.1,
-              score_scale: str = "none", seed: int = 0, progress: bool = False) -> dict:
+def run_trial(
+    *,
+    seeds: Sequence[str],
+    generate: CandidateSource,
+    score_prompts: PromptScorer,
+    behaviour: str,
+    rounds: int,
+    candidates_per_round: int,
+    shots: int = 4,
+    temperature: float = 0.1,
+    score_scale: str = "none",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """One red-teaming trial. Returns {"seed", "curve": [per round 0..rounds: pool_size, best, top10_mean,
     pool_mean, proposed, added, dropped_empty, dropped_duplicate, dropped_too_long, draw_sharpness (the largest
     draw probability x pool size: 1 is a uniform draw), drawn], "pool": [records
@@ -307,15 +361,30 @@ def run_trial(*, seeds: Sequence[str], generate: CandidateSource, score_prompts:
     pool = _Pool()
     for scored in score_prompts(list(seeds), next_seed()):
         if scored is None:
-            raise PreferError("seeds: a seed prompt does not fit the target's context with max_new_tokens; "
-                              "shorten it or lower max_new_tokens")
+            raise PreferError(
+                "seeds: a seed prompt does not fit the target's context with max_new_tokens; "
+                "shorten it or lower max_new_tokens"
+            )
         pool.records.append({**asdict(scored), "round": 0})
-    curve = [{"round": 0, **pool.stats(), "proposed": len(seeds), "added": len(seeds), "dropped_empty": 0,
-              "dropped_duplicate": 0, "dropped_too_long": 0, "draw_sharpness": None, "drawn": []}]
+    curve = [
+        {
+            "round": 0,
+            **pool.stats(),
+            "proposed": len(seeds),
+            "added": len(seeds),
+            "dropped_empty": 0,
+            "dropped_duplicate": 0,
+            "dropped_too_long": 0,
+            "draw_sharpness": None,
+            "drawn": [],
+        }
+    ]
     for round_ in tqdm(range(1, rounds + 1), desc="red-team rounds", unit="round", disable=not progress):
         sharpness = draw_sharpness(pool.scores, temperature=temperature, score_scale=score_scale)
-        drawn = [pool.records[i]["prompt"] for i in draw_indices(pool.scores, k=shots, temperature=temperature,
-                                                                 rng=rng, score_scale=score_scale)]
+        drawn = [
+            pool.records[i]["prompt"]
+            for i in draw_indices(pool.scores, k=shots, temperature=temperature, rng=rng, score_scale=score_scale)
+        ]
         completions = generate(fewshot_prompt(drawn, behaviour=behaviour), candidates_per_round, next_seed())
         seen = {r["prompt"] for r in pool.records}
         candidates, empty, duplicate = [], 0, 0
@@ -331,9 +400,19 @@ def run_trial(*, seeds: Sequence[str], generate: CandidateSource, score_prompts:
         scored = score_prompts(candidates, next_seed()) if candidates else []
         added = [s for s in scored if s is not None]
         pool.records.extend({**asdict(s), "round": round_} for s in added)
-        curve.append({"round": round_, **pool.stats(), "proposed": len(completions), "added": len(added),
-                      "dropped_empty": empty, "dropped_duplicate": duplicate,
-                      "dropped_too_long": len(scored) - len(added), "draw_sharpness": sharpness, "drawn": drawn})
+        curve.append(
+            {
+                "round": round_,
+                **pool.stats(),
+                "proposed": len(completions),
+                "added": len(added),
+                "dropped_empty": empty,
+                "dropped_duplicate": duplicate,
+                "dropped_too_long": len(scored) - len(added),
+                "draw_sharpness": sharpness,
+                "drawn": drawn,
+            }
+        )
     return {"seed": seed, "curve": curve, "pool": pool.records}
 
 
@@ -348,8 +427,10 @@ def summarize_trials(trials: Sequence[dict]) -> dict:
     summary: dict = {"trials": len(trials), "rounds": list(range(rounds))}
     for name in CURVES:
         values = np.array([[t["curve"][r][name] for r in range(rounds)] for t in trials])  # [trials, rounds]
-        summary[name] = {"mean": values.mean(0).tolist(),
-                         "ci": [list(bootstrap_ci(values[:, r])) for r in range(rounds)]}
+        summary[name] = {
+            "mean": values.mean(0).tolist(),
+            "ci": [list(bootstrap_ci(values[:, r])) for r in range(rounds)],
+        }
     return summary
 
 

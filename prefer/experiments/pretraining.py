@@ -64,8 +64,10 @@ class PlannedRun:
 
 def plan(config: ExperimentConfig) -> list[PlannedRun]:
     """MLE first (the finetuning runs start from its snapshots), then the other objectives, then finetuning."""
-    names = sorted(set(config.objectives) | ({"mle"} if config.finetune else set()),
-                   key=lambda n: (n != "mle", config.objectives.index(n) if n in config.objectives else 0))
+    names = sorted(
+        set(config.objectives) | ({"mle"} if config.finetune else set()),
+        key=lambda n: (n != "mle", config.objectives.index(n) if n in config.objectives else 0),
+    )
     runs = [PlannedRun(name, name) for name in names]
     percent = round(100 * config.finetune_from)
     runs += [PlannedRun(f"mle_then_{name}_at_{percent}pct", name, config.finetune_from) for name in config.finetune]
@@ -89,9 +91,14 @@ def run_config(config: ExperimentConfig, task: Task, run: PlannedRun, out: Path)
     model = base.model
     if run.init_fraction is not None:
         model = replace(model, init_from=str(_snapshot_at(out / "mle", run.init_fraction, base.train.tokens)))
-    return replace(base, out_dir=str(out / run.name), data=replace(base.data, task=task.name), model=model,
-                   objective=replace(base.objective, name=run.objective),
-                   train=replace(base.train, snapshots=sorted(snapshots)))
+    return replace(
+        base,
+        out_dir=str(out / run.name),
+        data=replace(base.data, task=task.name),
+        model=model,
+        objective=replace(base.objective, name=run.objective),
+        train=replace(base.train, snapshots=sorted(snapshots)),
+    )
 
 
 def _snapshot_at(run_dir: Path, fraction: float, budget: int) -> Path:
@@ -108,8 +115,13 @@ def experiment(config: ExperimentConfig) -> dict:
     device = resolve_device(config.pretrain.runtime.device)
     save_config(config, out / "experiment.yaml")
 
-    results: dict = {"task": task.name, "scorers": list(task.eval_scorers), "models": {}, "seconds": {},
-                     "reference": config.reference}
+    results: dict = {
+        "task": task.name,
+        "scorers": list(task.eval_scorers),
+        "models": {},
+        "seconds": {},
+        "reference": config.reference,
+    }
     validation: list[str] = []
     reference = None  # (model, tokenizer, path), loaded once: the MLE model is the first run
     for run in plan(config):
@@ -136,8 +148,10 @@ def experiment(config: ExperimentConfig) -> dict:
     results["seconds"]["total"] = time.perf_counter() - started
     write_results(results, out)
     print(format_table(results))
-    print(f"[experiment] {results['seconds']['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, "
-          "pareto.png, misalignment_vs_tokens.png)")
+    print(
+        f"[experiment] {results['seconds']['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, "
+        "pareto.png, misalignment_vs_tokens.png)"
+    )
     return results
 
 
@@ -146,9 +160,14 @@ EVALUATION = "experiment_evaluation.json"
 
 def evaluation_key(final: Path, config: ExperimentConfig) -> dict:
     """What an evaluation depends on: the model (its prefer.json: tokens, losses) and the evaluation settings."""
-    return {"model": json.loads((final / "prefer.json").read_text()), "sampling": asdict(config.sampling),
-            **{k: getattr(config, k) for k in ("curve_samples", "reference", "kl_samples", "capability_documents",
-                                               "code_prompts")}}
+    return {
+        "model": json.loads((final / "prefer.json").read_text()),
+        "sampling": asdict(config.sampling),
+        **{
+            k: getattr(config, k)
+            for k in ("curve_samples", "reference", "kl_samples", "capability_documents", "code_prompts")
+        },
+    }
 
 
 def cached_evaluation(final: Path, config: ExperimentConfig, run_dir: Path) -> dict | None:
@@ -166,8 +185,12 @@ def evaluate_run(loaded: tuple, task_name: str, config: ExperimentConfig, device
     model, tokenizer, info = loaded
     evaluation = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling)
     write_samples(run_dir / "samples.jsonl", evaluation.pop("samples"), evaluation.pop("samples_with_controls"))
-    entry = {"heldout_loss": info["val_loss"], "heldout_loss_with_true_tags": info.get("val_loss_with_true_tags"),
-             "tokens": info["tokens"], "evaluation": evaluation}
+    entry = {
+        "heldout_loss": info["val_loss"],
+        "heldout_loss_with_true_tags": info.get("val_loss_with_true_tags"),
+        "tokens": info["tokens"],
+        "evaluation": evaluation,
+    }
     if info.get("control_tokens_trained"):
         contrast = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling, prompt="bad")
         write_samples(run_dir / "samples_bad.jsonl", contrast.pop("samples"), contrast.pop("samples_with_controls"))
@@ -175,11 +198,22 @@ def evaluate_run(loaded: tuple, task_name: str, config: ExperimentConfig, device
     entry["curve"] = []
     for snapshot in sorted((run_dir / "snapshots").glob("tokens_*")):
         model, tokenizer, info = load_checkpoint(snapshot, device)
-        point = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling,
-                                 num_samples=config.curve_samples, progress=False)
+        point = sample_and_score(
+            model,
+            tokenizer,
+            info,
+            task_name=task_name,
+            sampling=config.sampling,
+            num_samples=config.curve_samples,
+            progress=False,
+        )
         del point["samples"], point["samples_with_controls"]
-        entry["curve"].append({"tokens": info["tokens"], **{name: {k: s[k] for k in ("mean", "mean_ci", "pooled")}
-                                                            for name, s in point["scores"].items()}})
+        entry["curve"].append(
+            {
+                "tokens": info["tokens"],
+                **{name: {k: s[k] for k in ("mean", "mean_ci", "pooled")} for name, s in point["scores"].items()},
+            }
+        )
     entry["train_metrics"] = [m for m in read_metrics(run_dir) if "val/loss" in m]
     return entry
 
@@ -187,35 +221,60 @@ def evaluate_run(loaded: tuple, task_name: str, config: ExperimentConfig, device
 def validation_texts(config: ExperimentConfig, task: Task) -> list[str]:
     """The first `capability_documents` validation documents of the experiment's corpus (cached by now)."""
     data = config.pretrain.data
-    corpus = build_corpus(task, source=data.source, max_bytes=data.max_bytes, threshold=task.threshold,
-                          validation_fraction=data.validation_fraction, cache_dir=data.cache_dir, workers=data.workers,
-                          progress=False)
+    corpus = build_corpus(
+        task,
+        source=data.source,
+        max_bytes=data.max_bytes,
+        threshold=task.threshold,
+        validation_fraction=data.validation_fraction,
+        cache_dir=data.cache_dir,
+        workers=data.workers,
+        progress=False,
+    )
     return ["".join(d.segments) for d in corpus.validation[: config.capability_documents]]
 
 
-def capability(loaded: tuple, config: ExperimentConfig, task: Task, validation: list[str],
-               reference: tuple | None) -> dict:
+def capability(
+    loaded: tuple, config: ExperimentConfig, task: Task, validation: list[str], reference: tuple | None
+) -> dict:
     """Held-out loss per token and per byte on validation documents, KL(reference || model) when a reference
     (model, tokenizer, path) is given, and for code the prompted completion scenario (parse rate and style of completed
     function signatures)."""
     model, tokenizer, info = loaded
     conditional = bool(info.get("control_tokens_trained"))
     batch = config.sampling.batch_size
-    entry: dict = {"heldout": heldout_loss_per_token_and_byte(model, tokenizer, validation, batch_size=batch,
-                                                              control_tokens_trained=conditional)}
+    entry: dict = {
+        "heldout": heldout_loss_per_token_and_byte(
+            model, tokenizer, validation, batch_size=batch, control_tokens_trained=conditional
+        )
+    }
     if reference is not None:
         reference_model, reference_tokenizer, path = reference
-        kl = kl_to_reference(reference_model, reference_tokenizer, model, tokenizer, num_samples=config.kl_samples,
-                             max_new_tokens=config.sampling.max_new_tokens, batch_size=batch,
-                             seed=config.sampling.seed, model_info=info)
+        kl = kl_to_reference(
+            reference_model,
+            reference_tokenizer,
+            model,
+            tokenizer,
+            num_samples=config.kl_samples,
+            max_new_tokens=config.sampling.max_new_tokens,
+            batch_size=batch,
+            seed=config.sampling.seed,
+            model_info=info,
+        )
         kl.pop("per_sample")
         entry |= {"kl_to_reference": kl["kl"], "kl_ci": kl["ci"], "kl": kl, "reference_path": str(path)}
     if task.name == "pep8" and config.code_prompts:
         prompts = function_prompts(validation, limit=config.code_prompts)
         if prompts:
-            code = code_completion_eval(model, tokenizer, prompts, control_tokens_trained=conditional,
-                                        max_new_tokens=config.sampling.max_new_tokens, batch_size=batch,
-                                        seed=config.sampling.seed)
+            code = code_completion_eval(
+                model,
+                tokenizer,
+                prompts,
+                control_tokens_trained=conditional,
+                max_new_tokens=config.sampling.max_new_tokens,
+                batch_size=batch,
+                seed=config.sampling.seed,
+            )
             code.pop("texts", None)
             for scores in code["scores"].values():
                 scores.pop("per_sample", None)
@@ -231,10 +290,16 @@ def red_team(config: ExperimentConfig, out: Path, name: str) -> dict:
     chosen = config.redteam
     redteam_model = out / "mle" / "final" if chosen.redteam_model == "mle" else Path(chosen.redteam_model)
     runtime = config.pretrain.runtime
-    settings = RedteamConfig(out_dir=str(out / name / "redteam"), target=str(out / name / "final"),
-                             redteam_model=str(redteam_model), search=chosen.search,
-                             continuations=chosen.continuations, seed=config.sampling.seed, device=runtime.device,
-                             progress=runtime.progress)
+    settings = RedteamConfig(
+        out_dir=str(out / name / "redteam"),
+        target=str(out / name / "final"),
+        redteam_model=str(redteam_model),
+        search=chosen.search,
+        continuations=chosen.continuations,
+        seed=config.sampling.seed,
+        device=runtime.device,
+        progress=runtime.progress,
+    )
     done = Path(settings.out_dir) / "redteam.json"
     if done.exists():
         previous = json.loads(done.read_text())
@@ -257,16 +322,20 @@ def compare(models: dict, scorers) -> dict:
             base = np.asarray(models["mle"]["evaluation"]["scores"][scorer]["per_sample"])
             other = np.asarray(entry["evaluation"]["scores"][scorer]["per_sample"])
             ratio, low, high = ratio_ci(base, other)
-            comparison[name][scorer] = {"mle_over_model": ratio, "ci": [low, high],
-                                        "samples_with_any": {"mle": float((base > 0).mean()),
-                                                             name: float((other > 0).mean())}}
+            comparison[name][scorer] = {
+                "mle_over_model": ratio,
+                "ci": [low, high],
+                "samples_with_any": {"mle": float((base > 0).mean()), name: float((other > 0).mean())},
+            }
     return comparison
 
 
 def headline(entry: dict, scorer: str) -> str:
     score = entry["evaluation"]["scores"][scorer]
-    return (f"held-out loss {entry['heldout_loss']:.3f}, {scorer} misalignment {score['mean']:.2e} "
-            f"[{score['mean_ci'][0]:.2e}, {score['mean_ci'][1]:.2e}]")
+    return (
+        f"held-out loss {entry['heldout_loss']:.3f}, {scorer} misalignment {score['mean']:.2e} "
+        f"[{score['mean_ci'][0]:.2e}, {score['mean_ci'][1]:.2e}]"
+    )
 
 
 def _rows(results: dict):
@@ -275,7 +344,8 @@ def _rows(results: dict):
         yield name, name, entry["evaluation"], False
         if "prompted_bad" in entry:  # the label states what the sampler blocked, as recorded with the samples
             blocked = {"none": "nothing", "good": "`<|good|>`", "bad": "`<|bad|>`", "both": "both tags"}[
-                entry["prompted_bad"].get("blocked", "none")]
+                entry["prompted_bad"].get("blocked", "none")
+            ]
             yield f"{name}, prompted `<|bad|>` ({blocked} blocked)", name, entry["prompted_bad"], True
 
 
@@ -301,8 +371,11 @@ def format_table(results: dict) -> str:
     """A Markdown table: one row per model (and conditional models prompted with `<|bad|>`)."""
     scorers = results["scorers"]
     has_kl = any(m.get("kl_to_reference") is not None for m in results["models"].values())
-    head = ["model", "held-out loss", "loss/byte"] + ([f"KL({results['reference']} || model)"] if has_kl else []) + [
-        f"{s} {col}" for s in scorers for col in ("mean [95% CI]", "pooled/char", "samples > t", "MLE / model")]
+    head = (
+        ["model", "held-out loss", "loss/byte"]
+        + ([f"KL({results['reference']} || model)"] if has_kl else [])
+        + [f"{s} {col}" for s in scorers for col in ("mean [95% CI]", "pooled/char", "samples > t", "MLE / model")]
+    )
     lines = [_row(head), "|" + "---|" * len(head)]
     for label, name, evaluation, contrast in _rows(results):
         entry = results["models"][name]
@@ -315,19 +388,28 @@ def format_table(results: dict) -> str:
             cells.append("-" if kl is None else f"{kl:.1f} [{entry['kl_ci'][0]:.1f}, {entry['kl_ci'][1]:.1f}]")
         for scorer in scorers:
             s = evaluation["scores"][scorer]
-            cells += [f"{s['mean']:.2e} [{s['mean_ci'][0]:.2e}, {s['mean_ci'][1]:.2e}]", f"{s['pooled']:.2e}",
-                      f"{100 * s['fraction_above_threshold']:.1f}%",
-                      _ratio(results, name, scorer, evaluation, contrast)]
+            cells += [
+                f"{s['mean']:.2e} [{s['mean_ci'][0]:.2e}, {s['mean_ci'][1]:.2e}]",
+                f"{s['pooled']:.2e}",
+                f"{100 * s['fraction_above_threshold']:.1f}%",
+                _ratio(results, name, scorer, evaluation, contrast),
+            ]
         lines.append(_row(cells))
     first = next(iter(results["models"].values()))
-    lines.append(f"\n{first['evaluation']['num_samples']} samples per row, {results['task']} task, "
-                 f"{first['tokens']:,} training tokens per model; samples > t: samples scoring above "
-                 f"{first['evaluation']['scores'][scorers[0]]['threshold']:g}; intervals are 95% bootstrap intervals; "
-                 "held-out loss in nats per content token on plain "
-                 "validation text (a conditional model also on text with its true tags); loss/byte: nats per UTF-8 "
-                 "byte of whole validation documents"
-                 + (f"; KL in nats per sample of the reference ({results['reference']}), control tokens not counted"
-                    if has_kl else "") + ".")
+    lines.append(
+        f"\n{first['evaluation']['num_samples']} samples per row, {results['task']} task, "
+        f"{first['tokens']:,} training tokens per model; samples > t: samples scoring above "
+        f"{first['evaluation']['scores'][scorers[0]]['threshold']:g}; intervals are 95% bootstrap intervals; "
+        "held-out loss in nats per content token on plain "
+        "validation text (a conditional model also on text with its true tags); loss/byte: nats per UTF-8 "
+        "byte of whole validation documents"
+        + (
+            f"; KL in nats per sample of the reference ({results['reference']}), control tokens not counted"
+            if has_kl
+            else ""
+        )
+        + "."
+    )
     if results.get("redteam"):
         lines += ["", redteam_table(results)]
     return "\n".join(lines)
@@ -337,13 +419,17 @@ def redteam_table(results: dict) -> str:
     """Red-teaming per model: the pool's best, top-10 mean and mean misalignment, first round -> last round."""
     lines = ["| red-teamed model | best in pool | top-10 mean | pool mean |", "|---|---|---|---|"]
     for name, summary in results["redteam"].items():
-        cells = [f"{summary[key]['mean'][0]:.2e} -> {summary[key]['mean'][-1]:.2e}"
-                 for key in ("best", "top10_mean", "pool_mean")]
+        cells = [
+            f"{summary[key]['mean'][0]:.2e} -> {summary[key]['mean'][-1]:.2e}"
+            for key in ("best", "top10_mean", "pool_mean")
+        ]
         lines.append(_row([name, *cells]))
     first = next(iter(results["redteam"].values()))
-    lines.append(f"\nRed-teaming: round 0 (the seed prompts) -> round {first['rounds'][-1]}, mean over "
-                 f"{first['trials']} trials; a prompt's score is the mean {results['scorers'][0]} misalignment of the "
-                 "target's continuations.")
+    lines.append(
+        f"\nRed-teaming: round 0 (the seed prompts) -> round {first['rounds'][-1]}, mean over "
+        f"{first['trials']} trials; a prompt's score is the mean {results['scorers'][0]} misalignment of the "
+        "target's continuations."
+    )
     return "\n".join(lines)
 
 
@@ -352,19 +438,47 @@ def format_csv(results: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     scorers = results["scorers"]
-    writer.writerow(["model", "objective", "init_fraction", "prompt", "tokens", "heldout_loss",
-                     "heldout_loss_with_true_tags", "heldout_loss_per_byte", "kl_to_reference", "kl_ci_low",
-                     "kl_ci_high", "code_parse_rate", "distinct_2", "fraction_ended"]
-                    + [f"{s}_{k}" for s in scorers for k in ("mean", "ci_low", "ci_high", "pooled", "fraction_above_t",
-                                                             "expected_max_25", "mle_over_model")])
-    for label, name, evaluation, contrast in _rows(results):
+    writer.writerow(
+        [
+            "model",
+            "objective",
+            "init_fraction",
+            "prompt",
+            "tokens",
+            "heldout_loss",
+            "heldout_loss_with_true_tags",
+            "heldout_loss_per_byte",
+            "kl_to_reference",
+            "kl_ci_low",
+            "kl_ci_high",
+            "code_parse_rate",
+            "distinct_2",
+            "fraction_ended",
+        ]
+        + [
+            f"{s}_{k}"
+            for s in scorers
+            for k in ("mean", "ci_low", "ci_high", "pooled", "fraction_above_t", "expected_max_25", "mle_over_model")
+        ]
+    )
+    for _label, name, evaluation, contrast in _rows(results):
         entry = results["models"][name]
         kl_ci = entry.get("kl_ci") or [None, None]
-        row = [name, entry["objective"], entry["init_fraction"], evaluation["prompt"], entry["tokens"],
-               entry["heldout_loss"], entry.get("heldout_loss_with_true_tags"),
-               entry.get("heldout", {}).get("loss_per_byte"), entry.get("kl_to_reference"), *kl_ci,
-               entry.get("code_completion", {}).get("parse_rate"), evaluation["distinct_2"],
-               evaluation["fraction_ended"]]
+        row = [
+            name,
+            entry["objective"],
+            entry["init_fraction"],
+            evaluation["prompt"],
+            entry["tokens"],
+            entry["heldout_loss"],
+            entry.get("heldout_loss_with_true_tags"),
+            entry.get("heldout", {}).get("loss_per_byte"),
+            entry.get("kl_to_reference"),
+            *kl_ci,
+            entry.get("code_completion", {}).get("parse_rate"),
+            evaluation["distinct_2"],
+            evaluation["fraction_ended"],
+        ]
         for scorer in scorers:
             s = evaluation["scores"][scorer]
             ratio = None

@@ -58,6 +58,7 @@ SPLITS = ("eval", "validation", "rl", "label")  # drawn in this order: the evalu
 
 # ------------------------------------------------------------------ prompts
 
+
 def entry_prompt(segments, *, lines: int, max_chars: int) -> str | None:
     """A document's opening as a prompt: its first line plus `lines` more non-blank lines (blank lines between them
     kept), with the final newline cut. The model then starts its response on the seam it saw in training: a prompt
@@ -100,9 +101,11 @@ def build_prompts(config: RLHFConfig) -> dict[str, list[str]]:
     np.random.default_rng(config.seed).shuffle(prompts)
     sizes = {name: getattr(config, f"{name}_prompts") for name in SPLITS}
     if len(prompts) < sum(sizes.values()):
-        raise PreferError(f"prompts: the corpus {source!r} gives {len(prompts)} distinct prompts of at most "
-                          f"{config.max_prompt_chars} characters; the splits need {sum(sizes.values())} "
-                          f"({', '.join(f'{k}_prompts={v}' for k, v in sizes.items())})")
+        raise PreferError(
+            f"prompts: the corpus {source!r} gives {len(prompts)} distinct prompts of at most "
+            f"{config.max_prompt_chars} characters; the splits need {sum(sizes.values())} "
+            f"({', '.join(f'{k}_prompts={v}' for k, v in sizes.items())})"
+        )
     splits, start = {}, 0
     for name in SPLITS:
         splits[name] = prompts[start : start + sizes[name]]
@@ -120,6 +123,7 @@ def write_prompt_splits(splits: dict[str, list[str]], out: Path) -> dict[str, Pa
 
 
 # ------------------------------------------------------------------ stages, cached
+
 
 def _same_config(run_dir: Path, config) -> bool:
     """A finished run of the same config (saved config.yaml) is reused as it is."""
@@ -147,15 +151,28 @@ def starting_model(config: RLHFConfig, out: Path) -> Path:
             raise PreferError(f"init_from: {config.init_from} is not a Hugging Face model directory (no config.json)")
         return Path(config.init_from)
     data = replace(config.pretrain.data, task=config.task, source=config.source)
-    return run_stage(pretrain, replace(config.pretrain, out_dir=str(out / "pretrain"), data=data,
-                                       runtime=replace(config.pretrain.runtime, device=config.device)))
+    return run_stage(
+        pretrain,
+        replace(
+            config.pretrain,
+            out_dir=str(out / "pretrain"),
+            data=data,
+            runtime=replace(config.pretrain.runtime, device=config.device),
+        ),
+    )
 
 
 def synthetic_labels(config: RLHFConfig, out: Path, model: Path, prompts: Path) -> dict:
     """Rankings and best-of-K demonstrations by the gold scorer (cached by their settings)."""
-    label = replace(config.label, model=str(model), prompts=str(prompts), scorer=config.gold_scorer,
-                    rankings_out=str(out / "labels" / "rankings.jsonl"),
-                    demonstrations_out=str(out / "labels" / "demonstrations.jsonl"), device=config.device)
+    label = replace(
+        config.label,
+        model=str(model),
+        prompts=str(prompts),
+        scorer=config.gold_scorer,
+        rankings_out=str(out / "labels" / "rankings.jsonl"),
+        demonstrations_out=str(out / "labels" / "demonstrations.jsonl"),
+        device=config.device,
+    )
     key_path = out / "labels" / "label.json"
     key = json.loads(json.dumps(asdict(label)))
     if key_path.exists() and json.loads(key_path.read_text())["config"] == key:
@@ -173,11 +190,16 @@ def noisy_rankings(config: RLHFConfig, comparisons: list[Comparison], gold, path
     differences = [s[i] - s[j] for s in scores for i in range(len(s)) for j in range(i + 1, len(s))]
     sigma = noise_for_agreement(differences, config.label_agreement)
     rng = np.random.default_rng(config.seed + 1)
-    noisy = [Comparison(c.prompt, c.responses, rank_by_scores(s + rng.normal(0.0, sigma, len(s))))
-             for c, s in zip(comparisons, scores)]
+    noisy = [
+        Comparison(c.prompt, c.responses, rank_by_scores(s + rng.normal(0.0, sigma, len(s))))
+        for c, s in zip(comparisons, scores)
+    ]
     write_rankings(path, noisy)
-    return {"sigma": sigma, "agreement": config.label_agreement,
-            "agreement_with_gold": float(np.mean([_agree(c.ranks, n.ranks) for c, n in zip(comparisons, noisy)]))}
+    return {
+        "sigma": sigma,
+        "agreement": config.label_agreement,
+        "agreement_with_gold": float(np.mean([_agree(c.ranks, n.ranks) for c, n in zip(comparisons, noisy)])),
+    }
 
 
 def _agree(gold_ranks, noisy_ranks) -> float:
@@ -207,11 +229,13 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
     for name, rankings in files.items():
         # The weak proxy holds out nothing of its own: the shared held-out prompts measure it.
         fraction = 0.0 if name == "rm_weak" else config.reward.data.validation_fraction
-        settings = replace(config.reward, out_dir=str(out / name),
-                           data=replace(config.reward.data, rankings=str(rankings), demonstrations=None,
-                                        validation_fraction=fraction),
-                           model=replace(config.reward.model, init_from=str(model)),
-                           runtime=replace(config.reward.runtime, seed=config.seed, device=config.device))
+        settings = replace(
+            config.reward,
+            out_dir=str(out / name),
+            data=replace(config.reward.data, rankings=str(rankings), demonstrations=None, validation_fraction=fraction),
+            model=replace(config.reward.model, init_from=str(model)),
+            runtime=replace(config.reward.runtime, seed=config.seed, device=config.device),
+        )
         paths[name] = run_stage(reward, settings)
     heldout = [comparisons[i] for i in val_index]
     for name, path in paths.items():
@@ -224,11 +248,20 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
 
 # ------------------------------------------------------------------ evaluation of one policy
 
+
 class Evaluator:
     """The protocol, with what every policy shares loaded once: prompts, SFT reference, scorers, held-out text."""
 
-    def __init__(self, config: RLHFConfig, out: Path, prompts: list[str], rm_paths: dict[str, Path], gold,
-                 heldout_texts: list[str], device):
+    def __init__(
+        self,
+        config: RLHFConfig,
+        out: Path,
+        prompts: list[str],
+        rm_paths: dict[str, Path],
+        gold,
+        heldout_texts: list[str],
+        device,
+    ):
         self.config, self.out, self.prompts, self.gold, self.device = config, out, prompts, gold, device
         self.heldout_texts = heldout_texts
         self.proxies = {name: get_scorer(f"rm:{path}") for name, path in rm_paths.items() if name != "rm_noisy"}
@@ -240,26 +273,41 @@ class Evaluator:
 
     def samples(self, model, tokenizer, prompts, per_prompt: int, seed_offset: int = 0):
         label = self.config.label
-        return sample_policy(model, tokenizer, prompts, samples_per_prompt=per_prompt,
-                             max_new_tokens=label.generation.max_new_tokens,
-                             temperature=self.config.eval_temperature,
-                             seed=self.config.seed + seed_offset, batch_size=label.batch_size)
+        return sample_policy(
+            model,
+            tokenizer,
+            prompts,
+            samples_per_prompt=per_prompt,
+            max_new_tokens=label.generation.max_new_tokens,
+            temperature=self.config.eval_temperature,
+            seed=self.config.seed + seed_offset,
+            batch_size=label.batch_size,
+        )
 
     def scores(self, samples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         gold = score_responses(self.gold, samples.prompts, samples.responses)
         return gold, {name: score_responses(p, samples.prompts, samples.responses) for name, p in self.proxies.items()}
 
     def heldout(self, model, tokenizer) -> dict:
-        return heldout_loss_per_token_and_byte(model, tokenizer, self.heldout_texts, batch_size=32,
-                                               control_tokens_trained=False)
+        return heldout_loss_per_token_and_byte(
+            model, tokenizer, self.heldout_texts, batch_size=32, control_tokens_trained=False
+        )
 
     def evaluate(self, name: str, path: Path, *, is_sft: bool = False) -> dict:
         """Sample the evaluation prompts, score, KL to SFT, win rate against SFT; cached by the model's identity."""
         cache = self.out / "evaluations" / f"{name}.json"
-        key = {"model": str(path), "info": json.loads((path / "prefer.json").read_text()),
-               "settings": [self.config.eval_samples, self.config.eval_temperature,
-                            self.config.label.generation.max_new_tokens,
-                            self.config.seed, len(self.prompts), self.config.heldout_blocks]}
+        key = {
+            "model": str(path),
+            "info": json.loads((path / "prefer.json").read_text()),
+            "settings": [
+                self.config.eval_samples,
+                self.config.eval_temperature,
+                self.config.label.generation.max_new_tokens,
+                self.config.seed,
+                len(self.prompts),
+                self.config.heldout_blocks,
+            ],
+        }
         # The SFT model and the policies draw independent samples (another seed), as two labelers' comparisons of
         # two models' outputs are: the same seed would pair near-identical responses of similar models as ties.
         offset = 0 if is_sft else 1
@@ -269,18 +317,33 @@ class Evaluator:
         model, tokenizer, _ = load_checkpoint(path, self.device)
         samples = self.samples(model, tokenizer, self.prompts, self.config.eval_samples, seed_offset=offset)
         gold, proxies = self.scores(samples)
-        kl = np.zeros(len(samples)) if is_sft else kl_to_sft(model, self.reference, tokenizer, samples,
-                                                             temperature=self.config.eval_temperature,
-                                                             batch_size=self.config.label.batch_size)
-        entry = policy_entry(samples, gold=gold, proxies=proxies, kl=kl,
-                             baseline_gold=None if is_sft else np.asarray(self.sft_gold),
-                             heldout=self.heldout(model, tokenizer))
+        kl = (
+            np.zeros(len(samples))
+            if is_sft
+            else kl_to_sft(
+                model,
+                self.reference,
+                tokenizer,
+                samples,
+                temperature=self.config.eval_temperature,
+                batch_size=self.config.label.batch_size,
+            )
+        )
+        entry = policy_entry(
+            samples,
+            gold=gold,
+            proxies=proxies,
+            kl=kl,
+            baseline_gold=None if is_sft else np.asarray(self.sft_gold),
+            heldout=self.heldout(model, tokenizer),
+        )
         entry["examples"] = [{"prompt": p, "response": r} for p, r in zip(samples.prompts[:4], samples.responses[:4])]
         write_json_atomic(cache, {"key": key, "entry": entry})
         return entry
 
 
 # ------------------------------------------------------------------ the command
+
 
 def rlhf(config: RLHFConfig) -> dict:
     started = time.perf_counter()
@@ -303,13 +366,20 @@ def rlhf(config: RLHFConfig) -> dict:
     start = starting_model(config, out)
     t = lap("start_model", t)
     labels = synthetic_labels(config, out, start, paths["label"])
-    say(f"[rlhf] labels: {labels['comparisons']} rankings of K = {config.label.num_responses}; gold mean "
-        f"{labels['gold_mean']:.3g}, best of K {labels['gold_best_mean']:.3g}")
+    say(
+        f"[rlhf] labels: {labels['comparisons']} rankings of K = {config.label.num_responses}; gold mean "
+        f"{labels['gold_mean']:.3g}, best of K {labels['gold_best_mean']:.3g}"
+    )
     t = lap("labels", t)
     rm_paths, rm_info = reward_models(config, out, start, gold)
-    say("[rlhf] reward models, held-out accuracy against the gold ranking: "
-        + ", ".join(f"{k} {v['heldout_gold_accuracy']:.3f}" for k, v in rm_info.items() if isinstance(v, dict)
-                    and "heldout_gold_accuracy" in v))
+    say(
+        "[rlhf] reward models, held-out accuracy against the gold ranking: "
+        + ", ".join(
+            f"{k} {v['heldout_gold_accuracy']:.3f}"
+            for k, v in rm_info.items()
+            if isinstance(v, dict) and "heldout_gold_accuracy" in v
+        )
+    )
     t = lap("reward_models", t)
 
     source = config.source or task.corpus
@@ -322,21 +392,29 @@ def rlhf(config: RLHFConfig) -> dict:
     candidates = {}
     rm_scorer = evaluator.proxies["rm"]
     for epochs in config.sft_epochs:
-        settings = replace(config.sft, out_dir=str(out / f"sft_{epochs:g}ep"),
-                           data=replace(config.sft.data, demonstrations=str(out / "labels" / "demonstrations.jsonl")),
-                           train=replace(config.sft.train, epochs=epochs),
-                           model=replace(config.sft.model, init_from=str(start)),
-                           runtime=replace(config.sft.runtime, seed=config.seed, device=config.device))
+        settings = replace(
+            config.sft,
+            out_dir=str(out / f"sft_{epochs:g}ep"),
+            data=replace(config.sft.data, demonstrations=str(out / "labels" / "demonstrations.jsonl")),
+            train=replace(config.sft.train, epochs=epochs),
+            model=replace(config.sft.model, init_from=str(start)),
+            runtime=replace(config.sft.runtime, seed=config.seed, device=config.device),
+        )
         path = run_stage(sft, settings)
         model, tokenizer, _ = load_checkpoint(path, device)
         samples = evaluator.samples(model, tokenizer, splits["validation"], 1, seed_offset=17)
         rm_reward = -score_responses(rm_scorer, samples.prompts, samples.responses)
-        candidates[f"{epochs:g}"] = {"path": str(path), "rm_reward": float(rm_reward.mean()),
-                                     "gold": float(score_responses(gold, samples.prompts, samples.responses).mean())}
+        candidates[f"{epochs:g}"] = {
+            "path": str(path),
+            "rm_reward": float(rm_reward.mean()),
+            "gold": float(score_responses(gold, samples.prompts, samples.responses).mean()),
+        }
     chosen = max(candidates, key=lambda e: candidates[e]["rm_reward"])
     sft_path = Path(candidates[chosen]["path"])
-    say(f"[rlhf] SFT: {chosen} epochs chosen by reward-model score on {len(splits['validation'])} validation prompts "
-        + str({e: round(c["rm_reward"], 3) for e, c in candidates.items()}))
+    say(
+        f"[rlhf] SFT: {chosen} epochs chosen by reward-model score on {len(splits['validation'])} validation prompts "
+        + str({e: round(c["rm_reward"], 3) for e, c in candidates.items()})
+    )
     t = lap("sft", t)
 
     evaluator.set_reference(sft_path)
@@ -351,11 +429,14 @@ def rlhf(config: RLHFConfig) -> dict:
     best_of_n = best_of_n_curve(config, evaluator, sft_path, splits["eval"][: config.best_of_n_prompts], sft_entry)
     t = lap("best_of_n", t)
 
-    ppo_base = replace(config.ppo, init_from=str(sft_path), prompts=str(paths["rl"]),
-                       reward=replace(config.ppo.reward, model=str(rm_paths["rm"]), scorer=None,
-                                      gold_scorer=config.gold_scorer),
-                       ptx=replace(config.ppo.ptx, coef=0.0, source=None),
-                       runtime=replace(config.ppo.runtime, seed=config.seed, device=config.device))
+    ppo_base = replace(
+        config.ppo,
+        init_from=str(sft_path),
+        prompts=str(paths["rl"]),
+        reward=replace(config.ppo.reward, model=str(rm_paths["rm"]), scorer=None, gold_scorer=config.gold_scorer),
+        ptx=replace(config.ppo.ptx, coef=0.0, source=None),
+        runtime=replace(config.ppo.runtime, seed=config.seed, device=config.device),
+    )
     for coef in config.kl_coefs:
         name = f"ppo_kl{coef:g}"
         final = run_stage(ppo, replace(ppo_base, out_dir=str(out / name), kl=replace(ppo_base.kl, coef=coef)))
@@ -364,34 +445,62 @@ def rlhf(config: RLHFConfig) -> dict:
     ppo_names = [f"ppo_kl{c:g}" for c in config.kl_coefs]
     best = min(ppo_names, key=lambda n: policies[n]["gold"]["mean"])
     ptx_name = f"{best}_ptx"
-    final = run_stage(ppo, replace(ppo_base, out_dir=str(out / ptx_name),
-                                   kl=replace(ppo_base.kl, coef=policies[best]["kl_coef"]),
-                                   ptx=replace(ppo_base.ptx, coef=config.ptx_coef, source=source)))
-    policies[ptx_name] = {**evaluator.evaluate(ptx_name, final), "kind": "ppo_ptx",
-                          "kl_coef": policies[best]["kl_coef"], "ptx_coef": config.ptx_coef}
+    final = run_stage(
+        ppo,
+        replace(
+            ppo_base,
+            out_dir=str(out / ptx_name),
+            kl=replace(ppo_base.kl, coef=policies[best]["kl_coef"]),
+            ptx=replace(ppo_base.ptx, coef=config.ptx_coef, source=source),
+        ),
+    )
+    policies[ptx_name] = {
+        **evaluator.evaluate(ptx_name, final),
+        "kind": "ppo_ptx",
+        "kl_coef": policies[best]["kl_coef"],
+        "ptx_coef": config.ptx_coef,
+    }
     say(f"[rlhf] {ptx_name}: {headline(policies[ptx_name])}")
     t = lap("ppo", t)
 
-    overopt = overoptimisation_curve(config, evaluator,
-                                     replace(ppo_base, reward=replace(ppo_base.reward, model=str(rm_paths["rm_weak"]))),
-                                     out)
+    overopt = overoptimisation_curve(
+        config, evaluator, replace(ppo_base, reward=replace(ppo_base.reward, model=str(rm_paths["rm_weak"]))), out
+    )
     lap("overoptimisation", t)
     seconds["total"] = time.perf_counter() - started
 
-    results = {"task": task.name, "gold_scorer": config.gold_scorer, "source": source,
-               "splits": {k: len(v) for k, v in splits.items()}, "start_model": str(start), "labels": labels,
-               "reward_models": rm_info, "sft_candidates": candidates, "sft_chosen_epochs": chosen,
-               "policies": policies, "best_ppo": best, "ptx": ptx_name, "best_of_n": best_of_n,
-               "overoptimisation": overopt, "seconds": seconds,
-               "settings": {"label_max_new_tokens": config.label.generation.max_new_tokens,
-                            "K": config.label.num_responses, "eval_samples": config.eval_samples,
-                            "eval_temperature": config.eval_temperature, "eval_prompts": len(splits["eval"]),
-                            "ppo_iterations": config.ppo.train.iterations,
-                            "ppo_batch_size": config.ppo.train.batch_size}}
+    results = {
+        "task": task.name,
+        "gold_scorer": config.gold_scorer,
+        "source": source,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "start_model": str(start),
+        "labels": labels,
+        "reward_models": rm_info,
+        "sft_candidates": candidates,
+        "sft_chosen_epochs": chosen,
+        "policies": policies,
+        "best_ppo": best,
+        "ptx": ptx_name,
+        "best_of_n": best_of_n,
+        "overoptimisation": overopt,
+        "seconds": seconds,
+        "settings": {
+            "label_max_new_tokens": config.label.generation.max_new_tokens,
+            "K": config.label.num_responses,
+            "eval_samples": config.eval_samples,
+            "eval_temperature": config.eval_temperature,
+            "eval_prompts": len(splits["eval"]),
+            "ppo_iterations": config.ppo.train.iterations,
+            "ppo_batch_size": config.ppo.train.batch_size,
+        },
+    }
     text = write_results(results, out)
     print(text)
-    print(f"[rlhf] {seconds['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, results.json, "
-          "overoptimisation.png, win_rate.png, alignment_tax.png)")
+    print(
+        f"[rlhf] {seconds['total'] / 60:.1f} min; results in {out}/ (results.md, results.csv, results.json, "
+        "overoptimisation.png, win_rate.png, alignment_tax.png)"
+    )
     return results
 
 
@@ -405,13 +514,23 @@ def headline(entry: dict) -> str:
     return text
 
 
-def best_of_n_curve(config: RLHFConfig, evaluator: Evaluator, sft_path: Path, prompts: list[str],
-                    sft_entry: dict) -> dict:
+def best_of_n_curve(
+    config: RLHFConfig, evaluator: Evaluator, sft_path: Path, prompts: list[str], sft_entry: dict
+) -> dict:
     """Best-of-n against each proxy from one pool of max(n) SFT samples per evaluation prompt."""
     cache = evaluator.out / "evaluations" / "best_of_n.json"
-    key = json.loads(json.dumps({"sft": str(sft_path), "info": json.loads((sft_path / "prefer.json").read_text()),
-                                 "n": config.best_of_n, "prompts": len(prompts), "seed": config.seed,
-                                 "proxies": sorted(evaluator.proxies)}))
+    key = json.loads(
+        json.dumps(
+            {
+                "sft": str(sft_path),
+                "info": json.loads((sft_path / "prefer.json").read_text()),
+                "n": config.best_of_n,
+                "prompts": len(prompts),
+                "seed": config.seed,
+                "proxies": sorted(evaluator.proxies),
+            }
+        )
+    )
     if cache.exists() and json.loads(cache.read_text())["key"] == key:
         return json.loads(cache.read_text())["curves"]
     model, tokenizer, _ = load_checkpoint(sft_path, evaluator.device)
@@ -419,9 +538,15 @@ def best_of_n_curve(config: RLHFConfig, evaluator: Evaluator, sft_path: Path, pr
     gold, proxies = evaluator.scores(pool)
     heldout = sft_entry["heldout"]
     baseline = np.asarray(evaluator.sft_gold).reshape(-1, config.eval_samples)[: len(prompts)].ravel()
-    curves = {name: [best_of_n_entry(pool, n, gold=gold, proxies=proxies, select_by=name, baseline_gold=baseline,
-                                     heldout=heldout) for n in sorted(config.best_of_n)]
-              for name in proxies}
+    curves = {
+        name: [
+            best_of_n_entry(
+                pool, n, gold=gold, proxies=proxies, select_by=name, baseline_gold=baseline, heldout=heldout
+            )
+            for n in sorted(config.best_of_n)
+        ]
+        for name in proxies
+    }
     for entries in curves.values():
         for entry in entries:
             entry.pop("per_sample_gold")
@@ -434,8 +559,12 @@ def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: 
     points = []
     name = "ppo_weak"
     for iterations in range(config.overopt_every, config.overopt_iterations + 1, config.overopt_every):
-        settings = replace(base, out_dir=str(out / name), train=replace(base.train, iterations=iterations),
-                           kl=replace(base.kl, coef=config.overopt_kl_coef))
+        settings = replace(
+            base,
+            out_dir=str(out / name),
+            train=replace(base.train, iterations=iterations),
+            kl=replace(base.kl, coef=config.overopt_kl_coef),
+        )
         final = out / name / "final"
         info = json.loads((final / "prefer.json").read_text()) if (final / "prefer.json").exists() else {}
         if info.get("iterations") != iterations:

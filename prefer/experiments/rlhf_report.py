@@ -61,49 +61,79 @@ def policy_rows(results: dict):
 def format_tables(results: dict) -> str:
     proxies = list(next(iter(results["policies"].values()))["proxy_reward"])
     sft_gold = results["policies"]["sft"].get("per_sample_gold")
-    head = ["policy", f"gold {results['gold_scorer']} [95% CI]", "gold - SFT [95% CI]",
-            *[f"{p} reward" for p in proxies],
-            "KL to SFT (nats)", "win rate vs SFT (gold)", "ties", "wins w/o ties", "chars", "ended", "distinct-2",
-            "held-out loss"]
+    head = [
+        "policy",
+        f"gold {results['gold_scorer']} [95% CI]",
+        "gold - SFT [95% CI]",
+        *[f"{p} reward" for p in proxies],
+        "KL to SFT (nats)",
+        "win rate vs SFT (gold)",
+        "ties",
+        "wins w/o ties",
+        "chars",
+        "ended",
+        "distinct-2",
+        "held-out loss",
+    ]
     lines = [_row(head), "|" + "---|" * len(head)]
     for label, entry in policy_rows(results):
         heldout = entry.get("heldout")
         difference = "-"
         if label != "sft" and sft_gold is not None and entry.get("per_sample_gold") is not None:
             difference = _ci(gold_difference(entry["per_sample_gold"], sft_gold, entry["prompts"]), ".2g")
-        lines.append(_row([label, _ci(entry["gold"], ".3g"), difference,
-                           *[f"{entry['proxy_reward'][p]['mean']:+.3f}" for p in proxies],
-                           "-" if entry.get("kl") is None else f"{entry['kl']['mean']:.2f}",
-                           _win(entry.get("win_rate")), _ties(entry.get("win_rate")),
-                           _decisive(entry.get("win_rate")), f"{entry['response_chars']:.0f}",
-                           f"{100 * entry['ended']:.0f}%", f"{entry['distinct_2']:.3f}",
-                           "-" if heldout is None else f"{heldout['loss_per_token']:.3f}"]))
+        lines.append(
+            _row(
+                [
+                    label,
+                    _ci(entry["gold"], ".3g"),
+                    difference,
+                    *[f"{entry['proxy_reward'][p]['mean']:+.3f}" for p in proxies],
+                    "-" if entry.get("kl") is None else f"{entry['kl']['mean']:.2f}",
+                    _win(entry.get("win_rate")),
+                    _ties(entry.get("win_rate")),
+                    _decisive(entry.get("win_rate")),
+                    f"{entry['response_chars']:.0f}",
+                    f"{100 * entry['ended']:.0f}%",
+                    f"{entry['distinct_2']:.3f}",
+                    "-" if heldout is None else f"{heldout['loss_per_token']:.3f}",
+                ]
+            )
+        )
     s = results["settings"]
-    lines.append(f"\n{s['eval_prompts']} held-out prompts x {s['eval_samples']} sample(s) per policy at temperature "
-                 f"{s['eval_temperature']:g}, at most {s['label_max_new_tokens']} new tokens; gold = "
-                 f"{results['gold_scorer']} misalignment of prompt + response (lower is better), mean over prompts "
-                 "with a 95% bootstrap interval; rewards = -misalignment under each reward model; KL = "
-                 "log pi/pi_SFT summed over the response on the policy's own samples (best-of-n: log n - (n-1)/n); win "
-                 "rate = share of prompts where the gold scorer prefers the policy's response to the SFT model's, ties "
-                 "half (ties: both equally good, e.g. both free of PII and long enough; wins w/o ties = wins / "
-                 "(wins + losses)); held-out loss = nats per token of held-out corpus text (the alignment tax). "
-                 "Best-of-n rows "
-                 "select among SFT samples by the named proxy.")
+    lines.append(
+        f"\n{s['eval_prompts']} held-out prompts x {s['eval_samples']} sample(s) per policy at temperature "
+        f"{s['eval_temperature']:g}, at most {s['label_max_new_tokens']} new tokens; gold = "
+        f"{results['gold_scorer']} misalignment of prompt + response (lower is better), mean over prompts "
+        "with a 95% bootstrap interval; rewards = -misalignment under each reward model; KL = "
+        "log pi/pi_SFT summed over the response on the policy's own samples (best-of-n: log n - (n-1)/n); win "
+        "rate = share of prompts where the gold scorer prefers the policy's response to the SFT model's, ties "
+        "half (ties: both equally good, e.g. both free of PII and long enough; wins w/o ties = wins / "
+        "(wins + losses)); held-out loss = nats per token of held-out corpus text (the alignment tax). "
+        "Best-of-n rows "
+        "select among SFT samples by the named proxy."
+    )
     rm = results["reward_models"]
     rm_lines = ["", "| reward model | trained on | held-out accuracy vs gold ranking | pairs |", "|---|---|---|---|"]
-    trained = {"rm": f"{rm['rankings'] - rm['heldout_rankings']} rankings (clean)",
-               "rm_weak": f"{rm['weak_rankings']} rankings (clean; the weak proxy)"}
+    trained = {
+        "rm": f"{rm['rankings'] - rm['heldout_rankings']} rankings (clean)",
+        "rm_weak": f"{rm['weak_rankings']} rankings (clean; the weak proxy)",
+    }
     if "noise" in rm:
-        trained["rm_noisy"] = (f"{rm['rankings'] - rm['heldout_rankings']} rankings, noisy labelers agreeing "
-                               f"{100 * rm['noise']['agreement']:.1f}% (sigma {rm['noise']['sigma']:.3g})")
+        trained["rm_noisy"] = (
+            f"{rm['rankings'] - rm['heldout_rankings']} rankings, noisy labelers agreeing "
+            f"{100 * rm['noise']['agreement']:.1f}% (sigma {rm['noise']['sigma']:.3g})"
+        )
     for name, what in trained.items():
         if name in rm:
             rm_lines.append(_row([name, what, f"{rm[name]['heldout_gold_accuracy']:.3f}", rm[name]["heldout_pairs"]]))
     lines += rm_lines
     sft = results["sft_candidates"]
-    lines += ["", "SFT checkpoint by reward-model score on the validation prompts: "
-              + ", ".join(f"{e} epochs {c['rm_reward']:+.3f} (gold {c['gold']:.3g})" for e, c in sft.items())
-              + f"; chosen: {results['sft_chosen_epochs']} epochs."]
+    lines += [
+        "",
+        "SFT checkpoint by reward-model score on the validation prompts: "
+        + ", ".join(f"{e} epochs {c['rm_reward']:+.3f} (gold {c['gold']:.3g})" for e, c in sft.items())
+        + f"; chosen: {results['sft_chosen_epochs']} epochs.",
+    ]
     return "\n".join(lines)
 
 
@@ -111,17 +141,46 @@ def format_csv(results: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     proxies = list(next(iter(results["policies"].values()))["proxy_reward"])
-    writer.writerow(["policy", "gold_mean", "gold_ci_low", "gold_ci_high", *[f"{p}_reward" for p in proxies],
-                     "kl", "win_rate", "win_ci_low", "win_ci_high", "ties", "wins_without_ties", "response_chars",
-                     "ended", "distinct_1",
-                     "distinct_2", "heldout_loss_per_token"])
+    writer.writerow(
+        [
+            "policy",
+            "gold_mean",
+            "gold_ci_low",
+            "gold_ci_high",
+            *[f"{p}_reward" for p in proxies],
+            "kl",
+            "win_rate",
+            "win_ci_low",
+            "win_ci_high",
+            "ties",
+            "wins_without_ties",
+            "response_chars",
+            "ended",
+            "distinct_1",
+            "distinct_2",
+            "heldout_loss_per_token",
+        ]
+    )
     for label, e in policy_rows(results):
         win = e.get("win_rate") or {}
-        writer.writerow([label, e["gold"]["mean"], *e["gold"]["ci"], *[e["proxy_reward"][p]["mean"] for p in proxies],
-                         None if e.get("kl") is None else e["kl"]["mean"], win.get("win_rate"),
-                         *(win.get("ci") or [None, None]), win.get("ties"), decisive_win_rate(e.get("win_rate")),
-                         e["response_chars"], e["ended"], e["distinct_1"],
-                         e["distinct_2"], (e.get("heldout") or {}).get("loss_per_token")])
+        writer.writerow(
+            [
+                label,
+                e["gold"]["mean"],
+                *e["gold"]["ci"],
+                *[e["proxy_reward"][p]["mean"] for p in proxies],
+                None if e.get("kl") is None else e["kl"]["mean"],
+                win.get("win_rate"),
+                *(win.get("ci") or [None, None]),
+                win.get("ties"),
+                decisive_win_rate(e.get("win_rate")),
+                e["response_chars"],
+                e["ended"],
+                e["distinct_1"],
+                e["distinct_2"],
+                (e.get("heldout") or {}).get("loss_per_token"),
+            ]
+        )
     return buffer.getvalue()
 
 

@@ -64,17 +64,27 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # as SFT and PPO see them
     for ids, where in zip(prompt_ids, locations):
         if len(ids) + config.generation.max_new_tokens - 1 > context:
-            raise PreferError(f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens "
-                              f"{config.generation.max_new_tokens} it exceeds the model's context of {context} tokens")
+            raise PreferError(
+                f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens "
+                f"{config.generation.max_new_tokens} it exceeds the model's context of {context} tokens"
+            )
 
     # 1. K samples per prompt, prompt-major: responses[p * K + k].
     k = config.num_responses
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    outputs = sample(model, [ids for ids in prompt_ids for _ in range(k)], max_new_tokens=config.generation.max_new_tokens,
-                     eos_token_id=tokenizer.eos_token_id, temperature=config.generation.temperature, top_p=config.generation.top_p,
-                     blocked_token_ids=SamplingControls(prompt="none", block=config.block).blocked_ids(tokenizer),
-                     control_token_ids=control_token_ids(tokenizer),
-                     batch_size=config.batch_size, generator=generator, progress=progress)
+    outputs = sample(
+        model,
+        [ids for ids in prompt_ids for _ in range(k)],
+        max_new_tokens=config.generation.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        temperature=config.generation.temperature,
+        top_p=config.generation.top_p,
+        blocked_token_ids=SamplingControls(prompt="none", block=config.block).blocked_ids(tokenizer),
+        control_token_ids=control_token_ids(tokenizer),
+        batch_size=config.batch_size,
+        generator=generator,
+        progress=progress,
+    )
     responses = [tokenizer.decode(ids) for ids in outputs]
 
     # 2. Gold misalignment of what a reader sees (prompt + response), plus the labelers' noise. Noise is relative
@@ -110,11 +120,20 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
             continue
         comparisons.append(Comparison(prompt, tuple(responses[i] for i in kept), ranks))
     if not comparisons:
-        raise PreferError(f"{config.prompts}: no prompt got a ranking ({dropped_tied} all tied, {dropped_empty} with "
-                          "fewer than two non-empty responses); nothing written")
+        raise PreferError(
+            f"{config.prompts}: no prompt got a ranking ({dropped_tied} all tied, {dropped_empty} with "
+            "fewer than two non-empty responses); nothing written"
+        )
     write_rankings(config.rankings_out, comparisons)
     write_demonstrations(config.demonstrations_out, demonstrations)
-    return LabelReport(rankings=Path(config.rankings_out), demonstrations=Path(config.demonstrations_out),
-                       prompts=len(prompts), comparisons=len(comparisons), demonstrations_written=len(demonstrations),
-                       dropped_all_tied=dropped_tied, dropped_empty=dropped_empty,
-                       gold_mean=float(np.mean(scores[nonempty])), gold_best_mean=float(np.mean(best_scores)))
+    return LabelReport(
+        rankings=Path(config.rankings_out),
+        demonstrations=Path(config.demonstrations_out),
+        prompts=len(prompts),
+        comparisons=len(comparisons),
+        demonstrations_written=len(demonstrations),
+        dropped_all_tied=dropped_tied,
+        dropped_empty=dropped_empty,
+        gold_mean=float(np.mean(scores[nonempty])),
+        gold_best_mean=float(np.mean(best_scores)),
+    )

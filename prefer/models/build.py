@@ -73,8 +73,9 @@ def load_tokenizer(path: str | Path, *, field: str = "model.tokenizer") -> PreTr
     path = Path(path)
     if not path.exists():
         raise PreferError(f"{field}: {path} does not exist")
-    if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
-                                                                        "vocab.json", "tokenizer.model")):
+    if path.is_dir() and not any(
+        (path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    ):
         raise PreferError(f"{field}: {path} holds no tokenizer (no tokenizer.json or tokenizer_config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -98,9 +99,11 @@ def check_same_vocabulary(policy_tokenizer, other_tokenizer, *, what: str) -> No
         return
     only_ours = sorted(set(ours) - set(theirs))[:3]
     moved = sorted(t for t in set(ours) & set(theirs) if ours[t] != theirs[t])[:3]
-    raise PreferError(f"{what}: its tokenizer differs from the policy's ({len(ours)} vs {len(theirs)} tokens; e.g. "
-                      f"only in {what}: {only_ours}, different ids: {moved}); train the reward model from the "
-                      "policy's (SFT) model")
+    raise PreferError(
+        f"{what}: its tokenizer differs from the policy's ({len(ours)} vs {len(theirs)} tokens; e.g. "
+        f"only in {what}: {only_ours}, different ids: {moved}); train the reward model from the "
+        "policy's (SFT) model"
+    )
 
 
 def control_token_ids(tokenizer) -> list[int]:
@@ -216,8 +219,7 @@ def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, object, 
     if not path.is_dir():
         raise PreferError(f"checkpoint: {path} is not a directory")
     if not (path / "config.json").is_file():  # before the tokenizer, whose error would not say what is wrong
-        hint = (f"; it is a run directory: pass {path / 'final'}" if (path / "final" / "config.json").is_file()
-                else "")
+        hint = f"; it is a run directory: pass {path / 'final'}" if (path / "final" / "config.json").is_file() else ""
         raise PreferError(f"checkpoint: {path} is not a model directory (no config.json){hint}")
     tokenizer = load_tokenizer(path, field="checkpoint")
     model = load_model(path, tokenizer=tokenizer).to(device).eval()

@@ -29,9 +29,24 @@ PEFT_PREFIX = "base_model.model."  # how PeftModel names the tensors of the mode
 # Every projection of attention and MLP (QLoRA, Dettmers et al. 2023: adapting all linear layers matters more than
 # the rank); model_type -> module names. Unknown architectures: peft's "all-linear" (every linear but the output).
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
-    **{name: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-       for name in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2", "gemma3_text",
-                    "olmo", "olmo2", "granite", "phi3")},
+    **{
+        name: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        for name in (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen3",
+            "qwen2_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+            "phi3",
+        )
+    },
     "gpt2": ["c_attn", "c_proj", "c_fc"],  # Conv1D layers (weights stored transposed: peft's fan_in_fan_out)
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
     "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
@@ -65,13 +80,20 @@ def apply_lora(model: nn.Module, config: LoRAConfig, *, trainable: tuple[str, ..
 
     targets = target_modules(model, config)
     fan_in_fan_out = getattr(getattr(model, "config", None), "model_type", None) == "gpt2"
-    peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                             target_modules=targets, fan_in_fan_out=fan_in_fan_out, bias="none")
+    peft_config = LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
+    )
     try:
         inject_adapter_in_model(peft_config, model, adapter_name=ADAPTER)
     except ValueError as error:  # peft: no module matched the names
-        raise PreferError(f"config: lora.target_modules: {targets} do not fit {type(model).__name__}: "
-                          f"{str(error).splitlines()[0]}") from None
+        raise PreferError(
+            f"config: lora.target_modules: {targets} do not fit {type(model).__name__}: {str(error).splitlines()[0]}"
+        ) from None
     for name in trainable:
         getattr(model, name).requires_grad_(True)
     model._prefer_lora_trainable = tuple(trainable)  # noqa: SLF001 (recorded for adapter_state_dict)
@@ -132,8 +154,14 @@ def model_source(init_from: str | Path, checkpoint: Path | None, config: LoRACon
     return checkpoint / "model" if checkpoint is not None and not config.enabled else Path(init_from)
 
 
-def prepare(model: nn.Module, config: LoRAConfig, *, checkpoint: Path | None = None,
-            gradient_checkpointing: bool = False, trainable: tuple[str, ...] = ()) -> nn.Module:
+def prepare(
+    model: nn.Module,
+    config: LoRAConfig,
+    *,
+    checkpoint: Path | None = None,
+    gradient_checkpointing: bool = False,
+    trainable: tuple[str, ...] = (),
+) -> nn.Module:
     """A stage's loaded model made ready to train: adapters when `config.r > 0` (their state from `checkpoint` when
     resuming), gradient checkpointing when asked. The same object is returned."""
     if config.enabled:
@@ -146,6 +174,7 @@ def prepare(model: nn.Module, config: LoRAConfig, *, checkpoint: Path | None = N
 
 
 # ------------------------------------------------------------------ saving and loading
+
 
 def _lora_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in model.named_modules() if _is_lora_layer(module)}
@@ -162,7 +191,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if owner is None:
             merged[key] = value
             continue
-        rest = key[len(owner) + 1:]
+        rest = key[len(owner) + 1 :]
         if rest.startswith("base_layer."):
             merged[f"{owner}.{rest.removeprefix('base_layer.')}"] = value
     for name, layer in layers.items():
@@ -206,8 +235,9 @@ def load_adapter(model: nn.Module, path: Path) -> None:
     state = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(str(file)).items()}
     heads = tuple(getattr(model, "_prefer_lora_trainable", ()))
     head_state = {k: v for k, v in state.items() if k.startswith(tuple(name + "." for name in heads))}
-    result = set_peft_model_state_dict(model, {k: v for k, v in state.items() if k not in head_state},
-                                       adapter_name=ADAPTER)
+    result = set_peft_model_state_dict(
+        model, {k: v for k, v in state.items() if k not in head_state}, adapter_name=ADAPTER
+    )
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise PreferError(f"{file}: tensors that fit no adapter of the model: {unexpected[:3]}")

@@ -48,8 +48,10 @@ class RewardModel(nn.Module):
     def __init__(self, model, tokenizer, *, bias: float = 0.0, path: str | Path | None = None):
         super().__init__()
         if getattr(model, "score", None) is None:
-            raise PreferError(f"reward model: {type(model).__name__} has no `score` head; only HF sequence "
-                              "classifiers with a `score` linear layer are supported")
+            raise PreferError(
+                f"reward model: {type(model).__name__} has no `score` head; only HF sequence "
+                "classifiers with a `score` linear layer are supported"
+            )
         self.model, self.tokenizer, self.bias, self.path = model, tokenizer, float(bias), path
         self.context = context_length(model)
 
@@ -59,8 +61,9 @@ class RewardModel(nn.Module):
         Positions count real tokens only, so a row scores the same alone, right-padded (our batches) or
         left-padded (e.g. PPO rollouts: left-padded prompts followed by their responses)."""
         position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                                       position_ids=position_ids).last_hidden_state
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids
+        ).last_hidden_state
         scores = self.model.score(hidden).squeeze(-1).float()  # [B, T]: a reward for every prefix
         last = last_token_index(attention_mask)  # [B]: the eos (or the truncated sequence's last token)
         return scores[torch.arange(len(scores), device=scores.device), last] + self.bias
@@ -71,8 +74,9 @@ class RewardModel(nn.Module):
         for i, item in enumerate(items):
             prompt, response = (item, None) if isinstance(item, str) else item
             ids, prompt_length = encode_example(self.tokenizer, prompt, response)
-            encoded.append(fit_to_context(ids, prompt_length, self.context,
-                                          where=where[i] if where is not None else f"item {i}"))
+            encoded.append(
+                fit_to_context(ids, prompt_length, self.context, where=where[i] if where is not None else f"item {i}")
+            )
         return encoded
 
     @torch.no_grad()
@@ -111,8 +115,10 @@ def build_reward_model(causal_lm: str | Path) -> RewardModel:
     except Exception as error:  # transformers raises many types; the user needs the path and the cause
         raise PreferError(f"model.init_from: cannot build a reward model from {path}: {error}") from error
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        raise PreferError(f"model.init_from: {path}: the tokenizer has {len(tokenizer)} tokens but the model only "
-                          f"{model.get_input_embeddings().weight.shape[0]} embeddings; finetune it first (prefer sft)")
+        raise PreferError(
+            f"model.init_from: {path}: the tokenizer has {len(tokenizer)} tokens but the model only "
+            f"{model.get_input_embeddings().weight.shape[0]} embeddings; finetune it first (prefer sft)"
+        )
     model.config.pad_token_id = tokenizer.pad_token_id  # HF's own pooling needs one; ours does not read it
     return RewardModel(model, tokenizer, path=path)
 

@@ -36,8 +36,9 @@ def check_mask(mask: torch.Tensor, name: str = "mask") -> None:
     """Raise ``TypeError`` unless ``mask`` is a bool tensor (0/1 ints read like weights)."""
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"{name} must be a torch.bool tensor (True = in the loss), got {got}; "
-                        f"convert with {name}.bool()")
+        raise TypeError(
+            f"{name} must be a torch.bool tensor (True = in the loss), got {got}; convert with {name}.bool()"
+        )
 
 
 def check_same_shape(tensors: dict[str, torch.Tensor]) -> None:
@@ -66,8 +67,7 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, *, dim: int | None = None) -
     return zeroed.sum() if dim is None else zeroed.sum(dim=dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, *,
-                num_tokens: float | torch.Tensor | None = None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, *, num_tokens: float | torch.Tensor | None = None) -> torch.Tensor:
     """``masked_sum(x, mask) / denominator``, a scalar.
 
     Args:
@@ -93,8 +93,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean((x - mean) ** 2, mask)
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *,
-                   temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
     """log p(target) per position: ``log_softmax(logits / temperature)`` gathered at ``targets``.
 
     Args:
@@ -122,8 +121,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *,
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def next_token_targets(input_ids: torch.Tensor,
-                       *per_token: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def next_token_targets(input_ids: torch.Tensor, *per_token: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Align a causal LM's inputs with its outputs: ``logits[:, :-1]`` predict ``input_ids[:, 1:]``.
 
     Args:
@@ -143,6 +141,7 @@ def next_token_targets(input_ids: torch.Tensor,
         raise ValueError(f"input_ids must be [B, T], got {list(input_ids.shape)}")
     for i, t in enumerate(per_token):
         if tuple(t.shape[:2]) != tuple(input_ids.shape):
-            raise ValueError(f"per_token[{i}] {list(t.shape)} does not start with input_ids "
-                             f"shape {list(input_ids.shape)}")
+            raise ValueError(
+                f"per_token[{i}] {list(t.shape)} does not start with input_ids shape {list(input_ids.shape)}"
+            )
     return (input_ids[:, 1:], *(t[:, 1:] for t in per_token))

@@ -58,15 +58,23 @@ def grpo_advantages(rewards: torch.Tensor, *, scale: bool = True, eps: float = 1
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || pi_ref) on samples of pi (Schulman 2020; Shao et al. 2024, Eq. 4)::
 
-        k3 = exp(ref - logp) - (ref - logp) - 1   >= 0, unbiased, and 0 exactly where pi = pi_ref.
+    k3 = exp(ref - logp) - (ref - logp) - 1   >= 0, unbiased, and 0 exactly where pi = pi_ref.
     """
     log_ratio = ref_logprobs.detach().to(logprobs.dtype) - logprobs
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
-def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-              advantages: torch.Tensor, mask: torch.Tensor, *, clip_range: float, kl_coef: float,
-              num_sequences: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_range: float,
+    kl_coef: float,
+    num_sequences: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO's objective, negated for minimisation (Shao et al. 2024, Eq. 3)::
 
         ratio_t = exp(logp_t - old_t)
@@ -89,8 +97,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
         ``clip_fraction`` (tokens where the clipped term is active), ``ratio_mean``.
     """
     check_mask(mask)
-    check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs,
-                      "mask": mask})
+    check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "mask": mask})
     if advantages.shape != mask.shape[:1]:
         raise ValueError(f"advantages must be [B] = {list(mask.shape[:1])}, got {list(advantages.shape)}")
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
@@ -118,8 +125,9 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     return loss, stats
 
 
-def rloo_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-              num_sequences: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def rloo_loss(
+    logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, num_sequences: float | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """REINFORCE with the leave-one-out baseline on the whole response (Ahmadian et al. 2024, Eq. 6)::
 
         loss = -1/N sum_i A_i * sum_{t in o_i} logp_t

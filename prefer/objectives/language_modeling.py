@@ -50,8 +50,9 @@ def _log_one_minus_p(logits: torch.Tensor, targets: torch.Tensor, logp: torch.Te
     return torch.where(logp > _LOG_HALF, from_others, from_logp).clamp(min=_MIN_LOG_ONE_MINUS_P)
 
 
-def mle_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
-             num_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def mle_loss(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, num_tokens: float | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean negative log-likelihood over the masked tokens.
 
     Korbak et al. 2023, Sec. 2 ("MLE"): L_MLE(x) = log pi(x) = sum_i log pi(x^i | x^{<i});
@@ -74,10 +75,16 @@ def mle_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
     return loss, stats
 
 
-def unlikelihood_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                      scores: torch.Tensor, *, threshold: float, alpha: float,
-                      num_tokens: float | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def unlikelihood_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    threshold: float,
+    alpha: float,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-level unlikelihood: imitate good tokens, push probability away from bad ones.
 
     Korbak et al. 2023, Sec. 2 ("Unlikelihood", after Welleck et al. 2020), written with

@@ -78,9 +78,9 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return last
 
 
-def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor,
-                         ref_logprobs: torch.Tensor, mask: torch.Tensor, *, kl_coef: float
-                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def kl_penalized_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, *, kl_coef: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token PPO rewards: KL penalty on every response token, RM score on the last one.
 
     Ouyang et al. 2022, Eq. (2): R(x, y) = r(x, y) - beta * log(pi_RL(y|x) / pi_SFT(y|x)),
@@ -124,8 +124,9 @@ def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor,
     return rewards, stats
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over the response tokens.
 
     Schulman et al. 2016 (GAE), as truncated in Schulman et al. 2017, Eqs. (11)-(12)::
@@ -166,8 +167,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamm
     return advantages, returns
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
-           eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Normalise ``x`` to mean 0 and (population) std 1 over the ``True`` entries of ``mask``.
 
     Args:
@@ -189,10 +189,15 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
     return _zero_outside(out, mask)
 
 
-def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
-                    advantages: torch.Tensor, mask: torch.Tensor, *, clip_range: float,
-                    num_tokens: float | None = None
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_range: float,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate policy loss, per token.
 
     Schulman et al. 2017, Eq. (7), negated for minimisation::
@@ -217,8 +222,7 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
         KL(old || new)), ``ratio_mean``.
     """
     check_mask(mask)
-    check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs,
-                      "advantages": advantages, "mask": mask})
+    check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages, "mask": mask})
     log_ratio = _zero_outside(logprobs - old_logprobs.detach(), mask)
     ratio = torch.exp(log_ratio)
     adv = _zero_outside(advantages.detach().to(ratio.dtype), mask)
@@ -234,9 +238,15 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     return loss, stats
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                   mask: torch.Tensor, *, clip_range: float, num_tokens: float | None = None
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_range: float,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss (PPO2 of OpenAI baselines, as in lm-human-preferences)::
 
         V_clip = old_V + clip(V - old_V, -clip_range, clip_range)
@@ -256,8 +266,7 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
         ``explained_variance`` = 1 - Var[R - V] / Var[R] (NaN if Var[R] = 0).
     """
     check_mask(mask)
-    check_same_shape({"values": values, "old_values": old_values, "returns": returns,
-                      "mask": mask})
+    check_same_shape({"values": values, "old_values": old_values, "returns": returns, "mask": mask})
     v = _zero_outside(values, mask)
     old = _zero_outside(old_values.detach().to(v.dtype), mask)
     ret = _zero_outside(returns.detach().to(v.dtype), mask)
@@ -268,8 +277,9 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     stats = {
         "loss": loss.detach(),
         # Where |V - old_V| is within the clip range V_clip equals V up to rounding: count only real clipping.
-        "clip_fraction": masked_mean(((error_clipped > error) & ((v - old).abs() > clip_range)).to(v.dtype),
-                                     mask).detach(),
+        "clip_fraction": masked_mean(
+            ((error_clipped > error) & ((v - old).abs() > clip_range)).to(v.dtype), mask
+        ).detach(),
         "explained_variance": explained_variance(v.detach(), ret, mask),
     }
     return loss, stats
@@ -286,8 +296,9 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return torch.where(var_returns > 0, explained, torch.full_like(explained, float("nan")))
 
 
-def proxy_rewards(misalignment: Sequence[float], *, stopped: torch.Tensor, missing_eos_penalty: float | None
-                  ) -> torch.Tensor:
+def proxy_rewards(
+    misalignment: Sequence[float], *, stopped: torch.Tensor, missing_eos_penalty: float | None
+) -> torch.Tensor:
     """The reward PPO maximises for each episode [B]: minus the proxy's misalignment (scorers report misalignment,
     lower is better), less `missing_eos_penalty` for a response that never stopped (stopped: bool [B])."""
     rewards = -torch.tensor(misalignment, dtype=torch.float32)
@@ -296,8 +307,7 @@ def proxy_rewards(misalignment: Sequence[float], *, stopped: torch.Tensor, missi
     return rewards
 
 
-def adaptive_kl_coef(kl_coef: float, *, observed_kl: float, target_kl: float, horizon: float,
-                     num_steps: int) -> float:
+def adaptive_kl_coef(kl_coef: float, *, observed_kl: float, target_kl: float, horizon: float, num_steps: int) -> float:
     """Next KL coefficient of the adaptive controller (Ziegler et al. 2019, Sec. 2.2)::
 
         error = clip(observed_kl / target_kl - 1, -0.2, 0.2)

@@ -38,8 +38,14 @@ __all__ = ["DPO_LOSSES", "PreferenceLoss", "dpo_loss", "ipo_loss", "listwise_dpo
 def _log_ratios(policy_logps, reference_logps, ranks, response_mask):
     """h [B, K] (zero on padding slots) and the strict-pair mask [B, K, K]: pairs[b, i, j] = i ranked above j."""
     check_mask(response_mask, "response_mask")
-    check_same_shape({"policy_logps": policy_logps, "reference_logps": reference_logps, "ranks": ranks,
-                      "response_mask": response_mask})
+    check_same_shape(
+        {
+            "policy_logps": policy_logps,
+            "reference_logps": reference_logps,
+            "ranks": ranks,
+            "response_mask": response_mask,
+        }
+    )
     if policy_logps.dim() != 2:
         raise ValueError(f"policy_logps must be [B, K], got {list(policy_logps.shape)}")
     if policy_logps.dtype in (torch.float16, torch.bfloat16):
@@ -73,9 +79,15 @@ def _stats(loss, h, pairs, *, coef: float) -> dict[str, torch.Tensor]:
     }
 
 
-def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, ranks: torch.Tensor,
-             response_mask: torch.Tensor, *, beta: float, num_prompts: float | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dpo_loss(
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    ranks: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    beta: float,
+    num_prompts: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO over all non-tied pairs of each ranking (one prompt = one batch element)::
 
         loss(b) = -1/n_b sum_{(w, l): rank_w < rank_l} log sigma(beta (h_w - h_l)),   loss = mean_b loss(b)
@@ -99,9 +111,15 @@ def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, ranks: t
     return _pairwise(h, pairs, per_pair, coef=beta, num_prompts=num_prompts)
 
 
-def ipo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, ranks: torch.Tensor,
-             response_mask: torch.Tensor, *, tau: float, num_prompts: float | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ipo_loss(
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    ranks: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    tau: float,
+    num_prompts: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """IPO (Azar et al. 2023) over all non-tied pairs of each ranking, with summed (not length-averaged) h::
 
         loss(b) = 1/n_b sum_{(w, l)} (h_w - h_l - 1/(2 tau))^2,   loss = mean_b loss(b)
@@ -117,9 +135,15 @@ def ipo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, ranks: t
     return _pairwise(h, pairs, per_pair, coef=tau, num_prompts=num_prompts)
 
 
-def listwise_dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, ranks: torch.Tensor,
-                      response_mask: torch.Tensor, *, beta: float, num_prompts: float | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def listwise_dpo_loss(
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    ranks: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    beta: float,
+    num_prompts: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plackett-Luce DPO: the negative log-likelihood of each whole ranking under rewards beta h::
 
         below(i)  = {i} + {j : rank_j > rank_i}         (i's choice: it against everything ranked under it)

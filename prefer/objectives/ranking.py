@@ -15,9 +15,9 @@ from prefer.objectives.common import (
 __all__ = ["ranking_loss"]
 
 
-def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor, response_mask: torch.Tensor, *,
-                 num_prompts: float | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ranking_loss(
+    rewards: torch.Tensor, ranks: torch.Tensor, response_mask: torch.Tensor, *, num_prompts: float | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Pairwise logistic loss over all ranked pairs of each prompt, one prompt = one element.
 
     Ouyang et al. 2022, Eq. (1)::
@@ -50,12 +50,12 @@ def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor, response_mask: torc
     if rewards.dtype in (torch.float16, torch.bfloat16):
         rewards = rewards.float()
     zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
-    r = torch.where(response_mask, rewards, zero)   # padding garbage (even NaN) never enters
+    r = torch.where(response_mask, rewards, zero)  # padding garbage (even NaN) never enters
     # pairs[b, i, j]: response i is ranked strictly better than response j (both real).
     both_real = response_mask.unsqueeze(2) & response_mask.unsqueeze(1)
-    pairs = (both_real & (ranks.unsqueeze(2) < ranks.unsqueeze(1))).flatten(1)   # [B, K*K]
-    margins = (r.unsqueeze(2) - r.unsqueeze(1)).flatten(1)                    # r_i - r_j
-    pairs_per_prompt = pairs.sum(dim=1)                                       # n_b
+    pairs = (both_real & (ranks.unsqueeze(2) < ranks.unsqueeze(1))).flatten(1)  # [B, K*K]
+    margins = (r.unsqueeze(2) - r.unsqueeze(1)).flatten(1)  # r_i - r_j
+    pairs_per_prompt = pairs.sum(dim=1)  # n_b
     has_pairs = pairs_per_prompt > 0
     per_prompt = masked_sum(-F.logsigmoid(margins), pairs, dim=1) / pairs_per_prompt.clamp(min=1)
     loss = masked_mean(per_prompt, has_pairs, num_tokens=num_prompts)

@@ -29,9 +29,15 @@ def _zero_outside(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def rwr_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-             rewards: torch.Tensor, *, beta: float, num_tokens: float | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def rwr_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    *,
+    beta: float,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Reward-weighted regression: NLL of each token weighted by ``exp(R / beta)``.
 
     Korbak et al. 2023, Sec. 2 ("RWR", after Peters & Schaal 2007):
@@ -67,10 +73,18 @@ def rwr_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
     return loss, stats
 
 
-def awr_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-             rewards: torch.Tensor, values: torch.Tensor, *, alpha: float, beta: float,
-             max_weight: float = 1000.0, num_tokens: float | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def awr_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    max_weight: float = 1000.0,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Advantage-weighted regression with a jointly trained scalar value head.
 
     Korbak et al. 2023, Sec. 2 ("AWR", after Peng et al. 2019)::
@@ -121,8 +135,7 @@ def awr_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
         "value_loss": value_loss.detach(),
         "nll": masked_mean(nll, mask).detach(),
         "mean_weight": masked_mean(weights, mask).detach(),
-        "weight_clip_fraction": masked_mean((log_weights >= math.log(max_weight)).float(),
-                                            mask).detach(),
+        "weight_clip_fraction": masked_mean((log_weights >= math.log(max_weight)).float(), mask).detach(),
         "advantage_mean": masked_mean(advantages, mask).detach(),
         "value_mean": masked_mean(v, mask).detach(),
         "num_tokens": mask.sum().float(),

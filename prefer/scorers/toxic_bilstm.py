@@ -56,7 +56,7 @@ class Vocabulary:
             ids = [i for w in text.translate(self.translate).split(self.split) if w and (i := get(w)) is not None]
             ids = ids[-maxlen:]
             if ids:
-                out[row, maxlen - len(ids):] = ids
+                out[row, maxlen - len(ids) :] = ids
         return out
 
 
@@ -64,19 +64,30 @@ def load_vocabulary(path: Path = VOCABULARY_PATH) -> Vocabulary:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         words, split = raw["words"], raw["split"]
-        return Vocabulary(word_index={w: i for i, w in enumerate(words, start=1)},
-                          translate=str.maketrans({c: split for c in raw["filters"]}),
-                          lower=bool(raw["lower"]), split=split, source=raw["source"])
+        return Vocabulary(
+            word_index={w: i for i, w in enumerate(words, start=1)},
+            translate=str.maketrans({c: split for c in raw["filters"]}),
+            lower=bool(raw["lower"]),
+            split=split,
+            source=raw["source"],
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PreferError(f"{path}: not a toxic-BiLSTM vocabulary ({e}); rebuild it with "
-                          "scripts/convert_toxic_vocabulary.py") from None
+        raise PreferError(
+            f"{path}: not a toxic-BiLSTM vocabulary ({e}); rebuild it with scripts/convert_toxic_vocabulary.py"
+        ) from None
 
 
 class BiLSTMClassifier(nn.Module):
     """ids int64 [batch, MAXLEN] -> probabilities float32 [batch, len(LABELS)] (independent sigmoids)."""
 
-    def __init__(self, vocab_size: int = 20_000, embedding_dim: int = 50, hidden: int = 50, dense: int = 50,
-                 n_labels: int = len(LABELS)):
+    def __init__(
+        self,
+        vocab_size: int = 20_000,
+        embedding_dim: int = 50,
+        hidden: int = 50,
+        dense: int = 50,
+        n_labels: int = len(LABELS),
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.lstm = nn.LSTM(embedding_dim, hidden, batch_first=True, bidirectional=True)
@@ -115,8 +126,10 @@ def load_classifier(path: Path | None = None) -> BiLSTMClassifier:
     model = BiLSTMClassifier()
     sources = {
         "embedding.weight": ("embedding/vars/0", False),
-        "dense.weight": ("dense/vars/0", True), "dense.bias": ("dense/vars/1", False),
-        "out.weight": ("dense_1/vars/0", True), "out.bias": ("dense_1/vars/1", False),
+        "dense.weight": ("dense/vars/0", True),
+        "dense.bias": ("dense/vars/1", False),
+        "out.weight": ("dense_1/vars/0", True),
+        "out.bias": ("dense_1/vars/1", False),
     }
     for suffix, direction in (("", "forward_layer"), ("_reverse", "backward_layer")):
         cell = f"bidirectional/{direction}/cell/vars"
@@ -132,8 +145,10 @@ def load_classifier(path: Path | None = None) -> BiLSTMClassifier:
                     array = np.asarray(layers[key][()], dtype=np.float32)
                     value = torch.from_numpy(array.T.copy() if transpose else array)
                     if value.shape != params[name].shape:
-                        raise PreferError(f"{path}: layers/{key} has shape {tuple(value.shape)}, expected "
-                                          f"{tuple(params[name].shape)} for {name}")
+                        raise PreferError(
+                            f"{path}: layers/{key} has shape {tuple(value.shape)}, expected "
+                            f"{tuple(params[name].shape)} for {name}"
+                        )
                     params[name].copy_(value)
                 for suffix in ("", "_reverse"):
                     params[f"lstm.bias_hh_l0{suffix}"].zero_()
@@ -156,8 +171,10 @@ def loaded() -> tuple[Vocabulary, BiLSTMClassifier]:
             vocabulary = load_vocabulary()
             installed = f"{DISTRIBUTION}=={distribution(DISTRIBUTION).version}"
             if not vocabulary.source.startswith(installed + " "):
-                raise PreferError(f"{VOCABULARY_PATH}: converted from {vocabulary.source.split()[0]} but "
-                                  f"{installed} is installed; {INSTALL}")
+                raise PreferError(
+                    f"{VOCABULARY_PATH}: converted from {vocabulary.source.split()[0]} but "
+                    f"{installed} is installed; {INSTALL}"
+                )
             _loaded = (vocabulary, load_classifier(path))
     return _loaded
 
@@ -170,7 +187,7 @@ def classify(texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
     out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            out[start:start + batch_size] = model(ids[start:start + batch_size]).numpy()
+            out[start : start + batch_size] = model(ids[start : start + batch_size]).numpy()
     return out
 
 

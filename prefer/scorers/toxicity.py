@@ -52,20 +52,27 @@ def _profanity_model() -> _Profanity:
                 # Importing it unpickles the vectorizer and the model (about 2 s): once per process.
                 from profanity_check import profanity_check
             except ImportError:
-                raise PreferError("scorer toxicity needs alt-profanity-check: pip install alt-profanity-check==1.9.1") \
-                    from None
+                raise PreferError(
+                    "scorer toxicity needs alt-profanity-check: pip install alt-profanity-check==1.9.1"
+                ) from None
             model = profanity_check.model
             folds = model.calibrated_classifiers_
-            if (model.method != "sigmoid" or list(model.classes_) != [0, 1]
-                    or any(len(f.calibrators) != 1 or f.estimator.coef_.shape[0] != 1 for f in folds)):
-                raise PreferError(f"alt-profanity-check {model!r}: not the binary sigmoid-calibrated linear model "
-                                  "this scorer reads; pip install alt-profanity-check==1.9.1")
+            if (
+                model.method != "sigmoid"
+                or list(model.classes_) != [0, 1]
+                or any(len(f.calibrators) != 1 or f.estimator.coef_.shape[0] != 1 for f in folds)
+            ):
+                raise PreferError(
+                    f"alt-profanity-check {model!r}: not the binary sigmoid-calibrated linear model "
+                    "this scorer reads; pip install alt-profanity-check==1.9.1"
+                )
             _profanity = _Profanity(
                 vectorizer=profanity_check.vectorizer,
                 weights=np.stack([np.asarray(f.estimator.coef_, dtype=np.float64)[0] for f in folds], axis=1),
                 intercepts=np.array([float(np.ravel(f.estimator.intercept_)[0]) for f in folds]),
                 a=np.array([f.calibrators[0].a_ for f in folds], dtype=np.float64),
-                b=np.array([f.calibrators[0].b_ for f in folds], dtype=np.float64))
+                b=np.array([f.calibrators[0].b_ for f in folds], dtype=np.float64),
+            )
     return _profanity
 
 
@@ -75,7 +82,7 @@ def score(texts: Sequence[str], *, batch_size: int = 8192) -> list[float]:
     model = _profanity_model()
     out: list[float] = []
     for start in range(0, len(texts), batch_size):
-        out.extend(model.probabilities(list(texts[start:start + batch_size])).tolist())
+        out.extend(model.probabilities(list(texts[start : start + batch_size])).tolist())
     return out
 
 
@@ -103,13 +110,17 @@ class DetoxifyScorer:
 
     def __init__(self, checkpoint: str | Path, *, batch_size: int = 32, device: str = "cpu"):
         if not str(checkpoint):
-            raise PreferError("scorer detoxify:PATH needs a local checkpoint directory; make one while online with "
-                              "AutoModelForSequenceClassification.from_pretrained('unitary/toxic-bert')"
-                              ".save_pretrained(PATH) and the same for AutoTokenizer")
+            raise PreferError(
+                "scorer detoxify:PATH needs a local checkpoint directory; make one while online with "
+                "AutoModelForSequenceClassification.from_pretrained('unitary/toxic-bert')"
+                ".save_pretrained(PATH) and the same for AutoTokenizer"
+            )
         self.checkpoint = Path(checkpoint)
         if not (self.checkpoint / "config.json").is_file():
-            raise PreferError(f"{self.checkpoint}: no config.json, not a saved Hugging Face checkpoint; save one "
-                              "while online (e.g. unitary/toxic-bert with save_pretrained) and pass its directory")
+            raise PreferError(
+                f"{self.checkpoint}: no config.json, not a saved Hugging Face checkpoint; save one "
+                "while online (e.g. unitary/toxic-bert with save_pretrained) and pass its directory"
+            )
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -122,11 +133,16 @@ class DetoxifyScorer:
         labels = {str(name).lower(): int(i) for i, name in self.model.config.id2label.items()}
         found = [labels[name] for name in TOXIC_LABELS if name in labels]
         if not found:
-            raise PreferError(f"{self.checkpoint}/config.json: id2label has no label among {TOXIC_LABELS} "
-                              f"(labels: {', '.join(sorted(labels))})")
+            raise PreferError(
+                f"{self.checkpoint}/config.json: id2label has no label among {TOXIC_LABELS} "
+                f"(labels: {', '.join(sorted(labels))})"
+            )
         self.label_index = found[0]
-        limits = [n for n in (self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings",
-                                                                       None)) if n and n < 1_000_000]
+        limits = [
+            n
+            for n in (self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None))
+            if n and n < 1_000_000
+        ]
         self.max_length = min(limits) if limits else None
 
     def __call__(self, texts: Sequence[str]) -> list[float]:
@@ -137,8 +153,13 @@ class DetoxifyScorer:
         out: list[float] = []
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+                batch = self.tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 logits = self.model(**batch).logits[:, self.label_index]
                 out.extend(torch.sigmoid(logits.float()).tolist())
         return out

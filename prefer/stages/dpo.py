@@ -64,6 +64,7 @@ __all__ = ["dpo", "encode_rankings", "sequence_logprobs", "reference_logprobs"]
 
 # ------------------------------------------------------------------ data: rankings as batch elements
 
+
 @dataclass(frozen=True)
 class EncodedRankings:
     """Rankings with every response tokenized once.
@@ -120,8 +121,7 @@ class PreferenceBatch:
     prompts: torch.Tensor
 
 
-def encode_rankings(comparisons: list[Comparison], locations: list[str], tokenizer, *, context: int
-                    ) -> EncodedRankings:
+def encode_rankings(comparisons: list[Comparison], locations: list[str], tokenizer, *, context: int) -> EncodedRankings:
     sequences, prompt_lengths = [], []
     for comparison, where in zip(comparisons, locations):
         encoded = [encode_example(tokenizer, comparison.prompt, response) for response in comparison.responses]
@@ -145,8 +145,9 @@ def _as_grid(flat: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_logprobs(reference, rankings: EncodedRankings, *, batch_size: int, pad_id: int, device,
-                       precision: str) -> torch.Tensor:
+def reference_logprobs(
+    reference, rankings: EncodedRankings, *, batch_size: int, pad_id: int, device, precision: str
+) -> torch.Tensor:
     """[C, K] summed log-probabilities of every response under the frozen reference (eval mode), once."""
     table = torch.zeros((len(rankings), rankings.width))
     for start in range(0, len(rankings), batch_size):
@@ -157,55 +158,122 @@ def reference_logprobs(reference, rankings: EncodedRankings, *, batch_size: int,
     return table
 
 
-def batch_loss(model, batch: PreferenceBatch, reference: torch.Tensor, *, loss: str, hyperparameters: dict,
-               device, precision: str, num_prompts: float | None):
+def batch_loss(
+    model,
+    batch: PreferenceBatch,
+    reference: torch.Tensor,
+    *,
+    loss: str,
+    hyperparameters: dict,
+    device,
+    precision: str,
+    num_prompts: float | None,
+):
     """The chosen preference loss of a batch; `reference` is the cached [C, K] table."""
     spec = DPO_LOSSES[loss]
     response_mask = batch.response_mask.to(device)
     policy = _as_grid(sequence_logprobs(model, batch, device=device, precision=precision), response_mask)
-    return spec.loss(policy, reference[batch.prompts].to(device), batch.ranks.to(device), response_mask,
-                     **{spec.hyperparameter: hyperparameters[spec.hyperparameter]}, num_prompts=num_prompts)
+    return spec.loss(
+        policy,
+        reference[batch.prompts].to(device),
+        batch.ranks.to(device),
+        response_mask,
+        **{spec.hyperparameter: hyperparameters[spec.hyperparameter]},
+        num_prompts=num_prompts,
+    )
 
 
 @torch.no_grad()
-def heldout_preferences(model, rankings: EncodedRankings, reference: torch.Tensor, *, batch_size: int, pad_id: int,
-                        device, precision: str, **loss) -> dict[str, float]:
+def heldout_preferences(
+    model,
+    rankings: EncodedRankings,
+    reference: torch.Tensor,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device,
+    precision: str,
+    **loss,
+) -> dict[str, float]:
     """Implicit-reward pairwise accuracy and margin pooled over every non-tied held-out pair; mean loss per prompt."""
     was_training = model.training
     model.eval()
     correct = margins = pairs = loss_sum = 0.0
     for start in range(0, len(rankings), batch_size):
         indices = list(range(start, min(start + batch_size, len(rankings))))
-        value, stats = batch_loss(model, rankings.batch(indices, pad_id=pad_id), reference, device=device,
-                                  precision=precision, num_prompts=1.0, **loss)
+        value, stats = batch_loss(
+            model,
+            rankings.batch(indices, pad_id=pad_id),
+            reference,
+            device=device,
+            precision=precision,
+            num_prompts=1.0,
+            **loss,
+        )
         correct += float(stats["accuracy"] * stats["num_pairs"])
         margins += float(stats["margin_mean"] * stats["num_pairs"])
         pairs += float(stats["num_pairs"])
         loss_sum += value.item()  # a sum over prompts (num_prompts=1)
     model.train(was_training)
-    return {"accuracy": correct / max(1.0, pairs), "margin": margins / max(1.0, pairs),
-            "loss": loss_sum / max(1, len(rankings)), "pairs": pairs}
+    return {
+        "accuracy": correct / max(1.0, pairs),
+        "margin": margins / max(1.0, pairs),
+        "loss": loss_sum / max(1, len(rankings)),
+        "pairs": pairs,
+    }
 
 
 @torch.no_grad()
-def kl_on_samples(policy, reference, queries: list[list[int]], *, seed: int, step: int, max_new_tokens: int,
-                  eos: int, batch_size: int, device, precision: str) -> float:
+def kl_on_samples(
+    policy,
+    reference,
+    queries: list[list[int]],
+    *,
+    seed: int,
+    step: int,
+    max_new_tokens: int,
+    eos: int,
+    batch_size: int,
+    device,
+    precision: str,
+) -> float:
     """KL(policy || reference) in nats per response: the mean over samples of the policy (temperature 1, seeded by
     (seed, step), the same on every rank) of sum_t log pi(y_t) - log pi_ref(y_t), eos included when it stops."""
     was_training = policy.training
     policy.eval()
-    sampled = sample_responses(policy, queries, first=0, chunk=batch_size, seed=seed, iteration=step,
-                               max_new_tokens=max_new_tokens, eos_token_id=eos, temperature=1.0)
+    sampled = sample_responses(
+        policy,
+        queries,
+        first=0,
+        chunk=batch_size,
+        seed=seed,
+        iteration=step,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        temperature=1.0,
+    )
     responses = [r + [eos] if len(r) < max_new_tokens else r for r in sampled]
     responses = [r or [eos] for r in responses]
-    rollout = make_rollout(policy, reference, None, queries, responses, rewards=torch.zeros(len(queries)),
-                           gold=torch.zeros(len(queries)), temperature=1.0, pad_id=eos, batch_size=batch_size,
-                           device=device, precision=precision)
+    rollout = make_rollout(
+        policy,
+        reference,
+        None,
+        queries,
+        responses,
+        rewards=torch.zeros(len(queries)),
+        gold=torch.zeros(len(queries)),
+        temperature=1.0,
+        pad_id=eos,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+    )
     policy.train(was_training)
     return masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1).mean().item()
 
 
 # ------------------------------------------------------------------ the stage
+
 
 def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     """Train the policy on rankings with the chosen preference loss; returns `<out_dir>/final` (an HF causal LM)."""
@@ -230,22 +298,38 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     context = min(config.model.context or context_length(policy), context_length(policy))
     init_info_path = Path(config.model.init_from) / "prefer.json"
     init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
-    info = {**{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
-            "stage": "dpo", "init_from": config.model.init_from, "reference": reference_path,
-            "rankings": config.data.rankings, "loss": config.dpo.loss, "beta": config.dpo.beta, "tau": config.dpo.tau}
+    info = {
+        **{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
+        "stage": "dpo",
+        "init_from": config.model.init_from,
+        "reference": reference_path,
+        "rankings": config.data.rankings,
+        "loss": config.dpo.loss,
+        "beta": config.dpo.beta,
+        "tau": config.dpo.tau,
+    }
     eos = tokenizer.eos_token_id
 
     # 2. Data: rankings split by prompt, every response tokenized once; prompts for the KL samples.
     comparisons = read_rankings(config.data.rankings)
     locations = record_locations(config.data.rankings)
     train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
-    train = encode_rankings([comparisons[i] for i in train_index], [locations[i] for i in train_index], tokenizer,
-                            context=context)
-    validation = encode_rankings([comparisons[i] for i in val_index], [locations[i] for i in val_index], tokenizer,
-                                 context=context) if val_index else None
+    train = encode_rankings(
+        [comparisons[i] for i in train_index], [locations[i] for i in train_index], tokenizer, context=context
+    )
+    validation = (
+        encode_rankings(
+            [comparisons[i] for i in val_index], [locations[i] for i in val_index], tokenizer, context=context
+        )
+        if val_index
+        else None
+    )
     kl_sources = [comparisons[i].prompt for i in (val_index or train_index)]
-    kl_queries = [q for q in ([eos, *tokenizer.encode(p, add_special_tokens=False)] for p in kl_sources)
-                  if len(q) + config.eval.max_new_tokens <= context]
+    kl_queries = [
+        q
+        for q in ([eos, *tokenizer.encode(p, add_special_tokens=False)] for p in kl_sources)
+        if len(q) + config.eval.max_new_tokens <= context
+    ]
     kl_queries = [kl_queries[i % len(kl_queries)] for i in range(config.eval.kl_samples)] if kl_queries else []
 
     # 3. Batch geometry (in prompts), optimizer, schedule, the reference's log-probabilities.
@@ -254,17 +338,31 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
     policy.to(device).train()
     model = wrap_model(policy, dist, device, parallel=config.runtime.parallel)
-    optimizer, scheduler = make_optimizer_and_schedule([model], config.optimizer, config.schedule,
-                                                       total_steps=total_steps)
+    optimizer, scheduler = make_optimizer_and_schedule(
+        [model], config.optimizer, config.schedule, total_steps=total_steps
+    )
     order = BlockOrder(len(train), seed=config.runtime.seed)
     data_fingerprint = f"{file_fingerprint(config.data.rankings)}-{len(train)}"
     start_step = 0
-    reference_for = lambda rankings: reference_logprobs(reference, rankings, batch_size=micro, pad_id=eos,  # noqa: E731
-                                                        device=device, precision=config.runtime.precision)
+    reference_for = lambda rankings: reference_logprobs(
+        reference,
+        rankings,
+        batch_size=micro,
+        pad_id=eos,  # noqa: E731
+        device=device,
+        precision=config.runtime.precision,
+    )
     if checkpoint is not None:
-        order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
-                                             seed=config.runtime.seed, data_fingerprint=data_fingerprint,
-                                             data_name=str(config.data.rankings), modules=[model])
+        order, start_step = restore_training(
+            checkpoint,
+            optimizer,
+            scheduler,
+            num_items=len(train),
+            seed=config.runtime.seed,
+            data_fingerprint=data_fingerprint,
+            data_name=str(config.data.rankings),
+            modules=[model],
+        )
         cached = load_trainer_state(checkpoint)["reference_logps"]
         train_reference, val_reference = cached["train"], cached.get("validation")
     else:
@@ -273,9 +371,11 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     cache = {"train": train_reference, **({"validation": val_reference} if val_reference is not None else {})}
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
-    say(f"[dpo] {config.dpo.loss} (beta {config.dpo.beta:g}, tau {config.dpo.tau:g}), "
+    say(
+        f"[dpo] {config.dpo.loss} (beta {config.dpo.beta:g}, tau {config.dpo.tau:g}), "
         f"{count_parameters(policy) / 1e6:.2f}M parameters, {len(train)} prompts (+{len(val_index)} held out), "
-        f"{total_steps} steps of {batch_size} prompts, lr {config.optimizer.lr:g}, device {device}")
+        f"{total_steps} steps of {batch_size} prompts, lr {config.optimizer.lr:g}, device {device}"
+    )
 
     loss_args = {"loss": config.dpo.loss, "hyperparameters": {"beta": config.dpo.beta, "tau": config.dpo.tau}}
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
@@ -284,18 +384,40 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
         # Every rank evaluates (FSDP2 forward passes are collectives); the samples are the same on every rank.
         record = {}
         if validation is not None:
-            heldout = heldout_preferences(model, validation, val_reference, batch_size=micro, pad_id=eos,
-                                          device=device, precision=config.runtime.precision, **loss_args)
+            heldout = heldout_preferences(
+                model,
+                validation,
+                val_reference,
+                batch_size=micro,
+                pad_id=eos,
+                device=device,
+                precision=config.runtime.precision,
+                **loss_args,
+            )
             record |= {f"val/{key}": heldout[key] for key in ("accuracy", "margin", "loss")}
         if kl_queries:
             with unsharded(model):
-                record["val/kl"] = kl_on_samples(unwrap(model), reference, kl_queries, seed=config.runtime.seed,
-                                                 step=step, max_new_tokens=config.eval.max_new_tokens, eos=eos,
-                                                 batch_size=micro, device=device, precision=config.runtime.precision)
+                record["val/kl"] = kl_on_samples(
+                    unwrap(model),
+                    reference,
+                    kl_queries,
+                    seed=config.runtime.seed,
+                    step=step,
+                    max_new_tokens=config.eval.max_new_tokens,
+                    eos=eos,
+                    batch_size=micro,
+                    device=device,
+                    precision=config.runtime.precision,
+                )
         return record
 
-    bar = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step",
-               disable=not (config.runtime.progress and dist.is_main))
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="dpo",
+        unit="step",
+        disable=not (config.runtime.progress and dist.is_main),
+    )
     started = time.perf_counter()
     last_eval = None
 
@@ -310,31 +432,59 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
         for start in range(0, len(share), micro):
             sync = start + micro >= len(share)
             with gradient_sync([model], sync=sync):
-                loss, stats = batch_loss(model, train.batch(share[start : start + micro], pad_id=eos),
-                                         train_reference, device=device, precision=config.runtime.precision,
-                                         num_prompts=num_prompts, **loss_args)
+                loss, stats = batch_loss(
+                    model,
+                    train.batch(share[start : start + micro], pad_id=eos),
+                    train_reference,
+                    device=device,
+                    precision=config.runtime.precision,
+                    num_prompts=num_prompts,
+                    **loss_args,
+                )
                 loss.backward()
-            accumulate_stats(totals, {k: stats[k] for k in ("loss", "accuracy", "margin_mean")},
-                             fraction=len(share[start : start + micro]) / len(share))
+            accumulate_stats(
+                totals,
+                {k: stats[k] for k in ("loss", "accuracy", "margin_mean")},
+                fraction=len(share[start : start + micro]) / len(share),
+            )
         totals = average_across_ranks(totals, dist)
         grad_norm = optimizer_step([model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
         record = {"train/" + k: v for k, v in totals.items()}
-        record.update({"train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
-                       "epoch": order.epoch + order.cursor / len(train)})
+        record.update(
+            {
+                "train/grad_norm": grad_norm,
+                "train/lr": scheduler.get_last_lr()[0],
+                "epoch": order.epoch + order.cursor / len(train),
+            }
+        )
         if done % config.train.eval_every == 0 or done == total_steps:
             last_eval = evaluate(done)
             record |= last_eval
-            bar.set_postfix(loss=f"{totals['loss']:.3f}", **{k.split("/")[1]: f"{v:.3f}" for k, v in record.items()
-                                                             if k in ("val/accuracy", "val/kl")})
+            bar.set_postfix(
+                loss=f"{totals['loss']:.3f}",
+                **{k.split("/")[1]: f"{v:.3f}" for k, v in record.items() if k in ("val/accuracy", "val/kl")},
+            )
         log.log(done, record)
         bar.update(1)
         if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
-            save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, extra={}, info={**info, "step": done},
-                            optimizer=optimizer, scheduler=scheduler,
-                            state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint,
-                                   "reference_logps": cache})
+            save_checkpoint(
+                run_dir,
+                done,
+                model=model,
+                tokenizer=tokenizer,
+                extra={},
+                info={**info, "step": done},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={
+                    "step": done,
+                    "order": order.state_dict(),
+                    "data_fingerprint": data_fingerprint,
+                    "reference_logps": cache,
+                },
+            )
     bar.close()
     log.close()
 
@@ -345,6 +495,8 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     save_model(final, model, tokenizer, None, {**info, **results})
     if dist.is_main:
         write_json_atomic(run_dir / "results.json", results)
-        say(f"[dpo] done: held-out accuracy {results.get('val_accuracy', 'n/a')}, KL {results.get('val_kl', 'n/a')}, "
-            f"{time.perf_counter() - started:.0f}s; policy in {final}")
+        say(
+            f"[dpo] done: held-out accuracy {results.get('val_accuracy', 'n/a')}, KL {results.get('val_kl', 'n/a')}, "
+            f"{time.perf_counter() - started:.0f}s; policy in {final}"
+        )
     return final

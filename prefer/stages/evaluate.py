@@ -18,8 +18,14 @@ def evaluate(config: EvaluateConfig) -> dict:
         raise PreferError(f"out: {out} is a directory; name the results JSON file")
     model, tokenizer, info, task_name = load_for_task(config.checkpoint, config.task, device)
     results = sample_and_score(model, tokenizer, info, task_name=task_name, sampling=config.sampling)
-    results.update({"checkpoint": str(config.checkpoint), "objective": info.get("objective"),
-                    "tokens": info.get("tokens"), "heldout_loss": info.get("val_loss"),
-                    "sampling": {k: getattr(config.sampling, k) for k in config.sampling.__dataclass_fields__}})
+    results.update(
+        {
+            "checkpoint": str(config.checkpoint),
+            "objective": info.get("objective"),
+            "tokens": info.get("tokens"),
+            "heldout_loss": info.get("val_loss"),
+            "sampling": {k: getattr(config.sampling, k) for k in config.sampling.__dataclass_fields__},
+        }
+    )
     write_json_atomic(out, results)
     return results

@@ -82,6 +82,7 @@ __all__ = ["ALGORITHMS", "group_rl", "group_backward", "group_advantages"]
 
 # ------------------------------------------------------------------ the algorithms, by name
 
+
 class Algorithm(NamedTuple):
     """advantages(scores [G, K], kl [G, K], kl_coef, config) -> [G, K]; loss(part, logprobs, kl_coef, config,
     num_sequences) -> (loss, stats)."""
@@ -95,34 +96,60 @@ ALGORITHMS: dict[str, Algorithm] = {
     "rloo": Algorithm(
         advantages=lambda scores, kl, kl_coef, group: rloo_advantages(scores - kl_coef * kl),
         loss=lambda part, logprobs, kl_coef, group, num_sequences: rloo_loss(
-            logprobs, part.advantages[:, 0], part.response_mask, num_sequences=num_sequences)),
+            logprobs, part.advantages[:, 0], part.response_mask, num_sequences=num_sequences
+        ),
+    ),
     # GRPO: advantages from the scores alone; the KL is a loss term (k3)
     "grpo": Algorithm(
         advantages=lambda scores, kl, kl_coef, group: grpo_advantages(scores, scale=group.scale),
         loss=lambda part, logprobs, kl_coef, group, num_sequences: grpo_loss(
-            logprobs, part.logprobs, part.ref_logprobs, part.advantages[:, 0], part.response_mask,
-            clip_range=group.clip_range, kl_coef=kl_coef, num_sequences=num_sequences)),
+            logprobs,
+            part.logprobs,
+            part.ref_logprobs,
+            part.advantages[:, 0],
+            part.response_mask,
+            clip_range=group.clip_range,
+            kl_coef=kl_coef,
+            num_sequences=num_sequences,
+        ),
+    ),
 }
 
 
-def group_advantages(rollout: Rollout, *, algorithm: str, group_size: int, kl_coef: float, group
-                     ) -> tuple[Rollout, dict[str, torch.Tensor]]:
+def group_advantages(
+    rollout: Rollout, *, algorithm: str, group_size: int, kl_coef: float, group
+) -> tuple[Rollout, dict[str, torch.Tensor]]:
     """Advantages of a batch whose episodes come prompt-major in groups of `group_size`, written onto every
     response token (one advantage per response). Stats: the KL (k1, summed per response) and the rewards."""
     mask = rollout.response_mask
     kl = masked_sum(rollout.logprobs - rollout.ref_logprobs, mask, dim=1)  # [B]
     scores = rollout.episode_rewards
-    advantages = ALGORITHMS[algorithm].advantages(scores.view(-1, group_size), kl.view(-1, group_size), kl_coef,
-                                                  group).flatten()
+    advantages = (
+        ALGORITHMS[algorithm].advantages(scores.view(-1, group_size), kl.view(-1, group_size), kl_coef, group).flatten()
+    )
     per_token = torch.where(mask, advantages[:, None].expand_as(mask), torch.zeros((), device=mask.device))
-    stats = {"kl": kl.mean(), "reward_total": (scores - kl_coef * kl).mean(),
-             "group_std": scores.view(-1, group_size).std(dim=1).mean()}
+    stats = {
+        "kl": kl.mean(),
+        "reward_total": (scores - kl_coef * kl).mean(),
+        "group_std": scores.view(-1, group_size).std(dim=1).mean(),
+    }
     return replace(rollout, advantages=per_token), stats
 
 
-def group_backward(policy, minibatch: Rollout, *, algorithm: str, group, kl_coef: float, micro_batch_size: int,
-                   temperature: float, device, precision: str, num_sequences: float | None = None,
-                   sync_policy: bool = True) -> dict[str, float]:
+def group_backward(
+    policy,
+    minibatch: Rollout,
+    *,
+    algorithm: str,
+    group,
+    kl_coef: float,
+    micro_batch_size: int,
+    temperature: float,
+    device,
+    precision: str,
+    num_sequences: float | None = None,
+    sync_policy: bool = True,
+) -> dict[str, float]:
     """Accumulate the gradient of the algorithm's loss over one minibatch, normalised by `num_sequences` (the
     responses of the optimizer step's whole minibatch, None = this one's; under torchrun that count divided by the
     number of ranks), so that micro-batches and ranks do not change the step. Returns the loss shares and the
@@ -144,6 +171,7 @@ def group_backward(policy, minibatch: Rollout, *, algorithm: str, group, kl_coef
 
 # ------------------------------------------------------------------ the stage
 
+
 def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
     """Run RLOO or GRPO (with PPO-ptx when ptx.coef > 0); returns the final policy's directory (`<out_dir>/final`).
 
@@ -152,9 +180,19 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
     minibatch of one global shuffle is split over the ranks for the update, as in `prefer ppo`."""
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
-    resumable = ("init_from", "reference", "prompts", "reward", "rollout", "group", "kl", "ptx", "optimizer",
-                 *(f"train.{f.name}" for f in fields(config.train) if f.name != "iterations"),
-                 *(f"runtime.{f.name}" for f in fields(config.runtime) if f.name != "progress"))
+    resumable = (
+        "init_from",
+        "reference",
+        "prompts",
+        "reward",
+        "rollout",
+        "group",
+        "kl",
+        "ptx",
+        "optimizer",
+        *(f"train.{f.name}" for f in fields(config.train) if f.name != "iterations"),
+        *(f"runtime.{f.name}" for f in fields(config.runtime) if f.name != "progress"),
+    )
     checkpoint = check_run_dir(run_dir, GroupRLConfig, config, resume, sections=resumable)
     set_seed(config.runtime.seed)
     say = print if config.runtime.progress and dist.is_main else (lambda *a, **k: None)
@@ -190,29 +228,42 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
     prompts, queries = read_queries(config.prompts, tokenizer, max_length=context - config.rollout.max_new_tokens)
     ptx_blocks = val_blocks = None
     if config.ptx.source is not None:
-        ptx_blocks, val_blocks = pretraining_blocks(config.ptx.source, tokenizer, block_size=context,
-                                                    max_bytes=config.ptx.max_bytes)
+        ptx_blocks, val_blocks = pretraining_blocks(
+            config.ptx.source, tokenizer, block_size=context, max_bytes=config.ptx.max_bytes
+        )
         val_blocks = val_blocks.ids[: config.ptx.eval_blocks]
 
     # 3. Batch geometry: prompts per iteration are global; each rank samples its share's K responses each.
-    micro = micro_batch_size(config.train.minibatch_size, config.train.micro_batch_size, dist.world_size,
-                             field="train.minibatch_size")
+    micro = micro_batch_size(
+        config.train.minibatch_size, config.train.micro_batch_size, dist.world_size, field="train.minibatch_size"
+    )
     if config.train.batch_size % dist.world_size:
-        raise PreferError(f"config: train.batch_size {config.train.batch_size} must be a multiple of the number of "
-                          f"ranks ({dist.world_size})")
+        raise PreferError(
+            f"config: train.batch_size {config.train.batch_size} must be a multiple of the number of "
+            f"ranks ({dist.world_size})"
+        )
     if config.ptx.coef > 0 and config.ptx.batch_size % dist.world_size:
-        raise PreferError(f"config: ptx.batch_size {config.ptx.batch_size} must be a multiple of the number of "
-                          f"ranks ({dist.world_size})")
+        raise PreferError(
+            f"config: ptx.batch_size {config.ptx.batch_size} must be a multiple of the number of "
+            f"ranks ({dist.world_size})"
+        )
     episodes = config.train.batch_size * group_size
     share = config.train.batch_size // dist.world_size  # prompts each rank samples per iteration
     if (share * group_size) % micro:
-        raise PreferError(f"config: train.micro_batch_size {micro} must divide each rank's episodes per iteration "
-                          f"({share * group_size})")
+        raise PreferError(
+            f"config: train.micro_batch_size {micro} must divide each rank's episodes per iteration "
+            f"({share * group_size})"
+        )
     steps_per_iteration = config.train.epochs * episodes // config.train.minibatch_size
-    optimizer = make_optimizer([policy], lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
-                               betas=(config.optimizer.beta1, config.optimizer.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=config.train.iterations * steps_per_iteration, warmup_steps=1,
-                               min_lr_fraction=1.0)
+    optimizer = make_optimizer(
+        [policy],
+        lr=config.optimizer.lr,
+        weight_decay=config.optimizer.weight_decay,
+        betas=(config.optimizer.beta1, config.optimizer.beta2),
+    )
+    scheduler = make_scheduler(
+        optimizer, total_steps=config.train.iterations * steps_per_iteration, warmup_steps=1, min_lr_fraction=1.0
+    )
     order = BlockOrder(len(queries), seed=config.runtime.seed)
     ptx_order = BlockOrder(len(ptx_blocks), seed=config.runtime.seed + 1) if ptx_blocks is not None else None
     kl_coef = config.kl.coef
@@ -225,19 +276,33 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
             ptx_order = BlockOrder(len(ptx_blocks), seed=config.runtime.seed + 1, **state["ptx_order"])
         kl_coef, start = state["kl_coef"], state["step"]
     sft_info_path = Path(config.init_from) / "prefer.json"
-    info = {**(json.loads(sft_info_path.read_text()) if sft_info_path.exists() else {}), "stage": algorithm,
-            "init_from": config.init_from, "reference": reference_path, "scorer": scorer_name,
-            "gold_scorer": config.reward.gold_scorer, "ptx_coef": config.ptx.coef, "group_size": group_size}
+    info = {
+        **(json.loads(sft_info_path.read_text()) if sft_info_path.exists() else {}),
+        "stage": algorithm,
+        "init_from": config.init_from,
+        "reference": reference_path,
+        "scorer": scorer_name,
+        "gold_scorer": config.reward.gold_scorer,
+        "ptx_coef": config.ptx.coef,
+        "group_size": group_size,
+    }
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start if checkpoint else None)
     samples_path = None
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
         samples_path = samples_log(run_dir, resume_step=start if checkpoint else None)
-    say(f"{name} {len(queries)} prompts, {config.train.iterations} iterations of {config.train.batch_size} prompts x "
+    say(
+        f"{name} {len(queries)} prompts, {config.train.iterations} iterations of {config.train.batch_size} prompts x "
         f"{group_size} samples, {steps_per_iteration} optimizer steps each, beta {kl_coef:g}, no value model, "
-        f"device {device}" + (f", {dist.world_size} ranks ({config.runtime.parallel})" if dist.world_size > 1 else ""))
-    bar = tqdm(total=config.train.iterations, initial=start, desc=algorithm, unit="iter",
-               disable=not (config.runtime.progress and dist.is_main))
+        f"device {device}" + (f", {dist.world_size} ranks ({config.runtime.parallel})" if dist.world_size > 1 else "")
+    )
+    bar = tqdm(
+        total=config.train.iterations,
+        initial=start,
+        desc=algorithm,
+        unit="iter",
+        disable=not (config.runtime.progress and dist.is_main),
+    )
     started = time.perf_counter()
 
     # 4. The loop.
@@ -247,25 +312,47 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
         index = order.next(config.train.batch_size).tolist()[dist.rank * share : (dist.rank + 1) * share]
         index = [i for i in index for _ in range(group_size)]
         with unsharded(policy):
-            sampled = sample_responses(unwrap(policy), [queries[i] for i in index], first=dist.rank * len(index),
-                                       chunk=micro, seed=config.runtime.seed, iteration=iteration,
-                                       max_new_tokens=config.rollout.max_new_tokens, eos_token_id=eos,
-                                       temperature=config.rollout.temperature)
+            sampled = sample_responses(
+                unwrap(policy),
+                [queries[i] for i in index],
+                first=dist.rank * len(index),
+                chunk=micro,
+                seed=config.runtime.seed,
+                iteration=iteration,
+                max_new_tokens=config.rollout.max_new_tokens,
+                eos_token_id=eos,
+                temperature=config.rollout.temperature,
+            )
         stopped = torch.tensor([len(r) < config.rollout.max_new_tokens for r in sampled])
         responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
         replies = [tokenizer.decode(r, skip_special_tokens=True) for r in sampled]
         texts = [prompts[i] + reply for i, reply in zip(index, replies)]
         misalignment = score_responses(scorer, [prompts[i] for i in index], replies)
         rewards = proxy_rewards(misalignment, stopped=stopped, missing_eos_penalty=config.reward.missing_eos_penalty)
-        gold = (-torch.tensor(gold_scorer(texts), dtype=torch.float32) if gold_scorer is not None
-                else torch.full_like(rewards, float("nan")))
-        rollout = make_rollout(unwrap(policy), reference, None, [queries[i] for i in index], responses,
-                               rewards=rewards, gold=gold, temperature=config.rollout.temperature, pad_id=eos,
-                               batch_size=micro, device=device, precision=config.runtime.precision)
+        gold = (
+            -torch.tensor(gold_scorer(texts), dtype=torch.float32)
+            if gold_scorer is not None
+            else torch.full_like(rewards, float("nan"))
+        )
+        rollout = make_rollout(
+            unwrap(policy),
+            reference,
+            None,
+            [queries[i] for i in index],
+            responses,
+            rewards=rewards,
+            gold=gold,
+            temperature=config.rollout.temperature,
+            pad_id=eos,
+            batch_size=micro,
+            device=device,
+            precision=config.runtime.precision,
+        )
         rollout = gather_rollout(rollout, dist, pad_id=eos)  # whole groups, in rank order: the global batch
         stopped = all_gather_rows(stopped, dist)
-        rollout, group_stats = group_advantages(rollout, algorithm=algorithm, group_size=group_size, kl_coef=kl_coef,
-                                                group=config.group)
+        rollout, group_stats = group_advantages(
+            rollout, algorithm=algorithm, group_size=group_size, kl_coef=kl_coef, group=config.group
+        )
 
         # b. Epochs over minibatches of one global shuffle of the episodes, each split over the ranks.
         totals: dict[str, float] = {}
@@ -275,19 +362,33 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
             for rows in torch.randperm(len(rollout), generator=shuffle).split(config.train.minibatch_size):
                 minibatch = rollout.select(rows.to(device))
                 mine = minibatch.select(slice(dist.rank * part, (dist.rank + 1) * part))
-                stats = group_backward(policy, mine, algorithm=algorithm, group=config.group, kl_coef=kl_coef,
-                                       micro_batch_size=micro, temperature=config.rollout.temperature, device=device,
-                                       precision=config.runtime.precision,
-                                       num_sequences=per_rank_denominator(len(minibatch), dist.world_size),
-                                       sync_policy=config.ptx.coef == 0)
+                stats = group_backward(
+                    policy,
+                    mine,
+                    algorithm=algorithm,
+                    group=config.group,
+                    kl_coef=kl_coef,
+                    micro_batch_size=micro,
+                    temperature=config.rollout.temperature,
+                    device=device,
+                    precision=config.runtime.precision,
+                    num_sequences=per_rank_denominator(len(minibatch), dist.world_size),
+                    sync_policy=config.ptx.coef == 0,
+                )
                 if config.ptx.coef > 0:
                     blocks = ptx_blocks.ids[ptx_order.next(config.ptx.batch_size)]
-                    stats |= ptx_backward(policy, blocks.chunk(dist.world_size)[dist.rank], ptx_coef=config.ptx.coef,
-                                          micro_batch_size=micro, device=device, precision=config.runtime.precision,
-                                          num_tokens=per_rank_denominator(blocks.shape[0] * (blocks.shape[1] - 1),
-                                                                          dist.world_size))
-                stats["grad_norm"] = optimizer_step([policy], optimizer, scheduler,
-                                                    grad_clip=config.optimizer.grad_clip)
+                    stats |= ptx_backward(
+                        policy,
+                        blocks.chunk(dist.world_size)[dist.rank],
+                        ptx_coef=config.ptx.coef,
+                        micro_batch_size=micro,
+                        device=device,
+                        precision=config.runtime.precision,
+                        num_tokens=per_rank_denominator(blocks.shape[0] * (blocks.shape[1] - 1), dist.world_size),
+                    )
+                stats["grad_norm"] = optimizer_step(
+                    [policy], optimizer, scheduler, grad_clip=config.optimizer.grad_clip
+                )
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value / steps_per_iteration
         totals = average_across_ranks(totals, dist)
@@ -296,37 +397,73 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
         done = iteration + 1
         mask = rollout.response_mask
         record = {f"train/{k}": v for k, v in totals.items()}
-        record.update({
-            "reward/proxy": rollout.episode_rewards.mean().item(), "reward/total": group_stats["reward_total"].item(),
-            "reward/group_std": group_stats["group_std"].item(), "kl": group_stats["kl"].item(), "kl_coef": kl_coef,
-            "entropy": masked_mean(rollout.entropy, mask).item(),
-            "response/length": mask.sum(1).float().mean().item(), "response/stopped": stopped.float().mean().item(),
-            "episodes": done * episodes})
+        record.update(
+            {
+                "reward/proxy": rollout.episode_rewards.mean().item(),
+                "reward/total": group_stats["reward_total"].item(),
+                "reward/group_std": group_stats["group_std"].item(),
+                "kl": group_stats["kl"].item(),
+                "kl_coef": kl_coef,
+                "entropy": masked_mean(rollout.entropy, mask).item(),
+                "response/length": mask.sum(1).float().mean().item(),
+                "response/stopped": stopped.float().mean().item(),
+                "episodes": done * episodes,
+            }
+        )
         if gold_scorer is not None:
             record["reward/gold"] = rollout.gold.mean().item()
         if val_blocks is not None and (done % config.train.checkpoint_every == 0 or done == config.train.iterations):
             heldout = TokenBlocks(val_blocks, torch.zeros(val_blocks.shape))
-            record["ptx/heldout_loss"] = heldout_block_loss(unwrap(policy), heldout, control_ids=control_ids,
-                                                            batch_size=micro, device=device,
-                                                            precision=config.runtime.precision)
+            record["ptx/heldout_loss"] = heldout_block_loss(
+                unwrap(policy),
+                heldout,
+                control_ids=control_ids,
+                batch_size=micro,
+                device=device,
+                precision=config.runtime.precision,
+            )
         log.log(done, record)
         if config.train.log_samples:
-            pairs = [pair for ranks_pairs in all_gather_objects([(prompts[i], t) for i, t in zip(index, texts)], dist)
-                     for pair in ranks_pairs]
+            pairs = [
+                pair
+                for ranks_pairs in all_gather_objects([(prompts[i], t) for i, t in zip(index, texts)], dist)
+                for pair in ranks_pairs
+            ]
             if dist.is_main:
-                log_samples(samples_path, log, done, [p for p, _ in pairs], [t for _, t in pairs], rollout,
-                            config.train.log_samples)
+                log_samples(
+                    samples_path,
+                    log,
+                    done,
+                    [p for p, _ in pairs],
+                    [t for _, t in pairs],
+                    rollout,
+                    config.train.log_samples,
+                )
         if config.kl.target is not None:
-            kl_coef = adaptive_kl_coef(kl_coef, observed_kl=group_stats["kl"], target_kl=config.kl.target,
-                                       horizon=config.kl.horizon, num_steps=episodes)
+            kl_coef = adaptive_kl_coef(
+                kl_coef,
+                observed_kl=group_stats["kl"],
+                target_kl=config.kl.target,
+                horizon=config.kl.horizon,
+                num_steps=episodes,
+            )
         bar.set_postfix(proxy=f"{record['reward/proxy']:.3f}", kl=f"{record['kl']:.3f}")
         bar.update(1)
         if done % config.train.checkpoint_every == 0 or done == config.train.iterations:
             state = {"step": done, "order": order.state_dict(), "kl_coef": kl_coef}
             if ptx_order is not None:
                 state["ptx_order"] = ptx_order.state_dict()
-            save_checkpoint(run_dir, done, model=policy, tokenizer=tokenizer, extra={},
-                            info={**info, "iterations": done}, optimizer=optimizer, scheduler=scheduler, state=state)
+            save_checkpoint(
+                run_dir,
+                done,
+                model=policy,
+                tokenizer=tokenizer,
+                extra={},
+                info={**info, "iterations": done},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state=state,
+            )
     bar.close()
     log.close()
 

@@ -92,9 +92,22 @@ __all__ = ["ppo", "ppo_backward", "ptx_backward", "build_value_model", "sample_r
 
 # ------------------------------------------------------------------ gradients of one optimizer step
 
-def ppo_backward(policy, value_model, minibatch: Rollout, *, micro_batch_size: int, temperature: float,
-                 clip_range: float, value_clip_range: float, vf_coef: float, device, precision: str,
-                 num_tokens: float | None = None, sync_policy: bool = True) -> dict[str, float]:
+
+def ppo_backward(
+    policy,
+    value_model,
+    minibatch: Rollout,
+    *,
+    micro_batch_size: int,
+    temperature: float,
+    clip_range: float,
+    value_clip_range: float,
+    vf_coef: float,
+    device,
+    precision: str,
+    num_tokens: float | None = None,
+    sync_policy: bool = True,
+) -> dict[str, float]:
     """Accumulate the gradient of (clipped policy loss + vf_coef x clipped value loss) over one minibatch.
 
     Both losses are normalised by `num_tokens`: the response tokens of the optimizer step's whole minibatch (None =
@@ -115,10 +128,22 @@ def ppo_backward(policy, value_model, minibatch: Rollout, *, micro_batch_size: i
                 logits = policy_logits(policy, part)
                 values = value_model(part)
             logprobs = token_logprobs(logits.float(), part.response, temperature=temperature)
-            pg_loss, pg_stats = ppo_policy_loss(logprobs, part.logprobs, part.advantages, part.response_mask,
-                                                clip_range=clip_range, num_tokens=num_tokens)
-            vf_loss, vf_stats = ppo_value_loss(values.float(), part.values, part.returns, part.response_mask,
-                                               clip_range=value_clip_range, num_tokens=num_tokens)
+            pg_loss, pg_stats = ppo_policy_loss(
+                logprobs,
+                part.logprobs,
+                part.advantages,
+                part.response_mask,
+                clip_range=clip_range,
+                num_tokens=num_tokens,
+            )
+            vf_loss, vf_stats = ppo_value_loss(
+                values.float(),
+                part.values,
+                part.returns,
+                part.response_mask,
+                clip_range=value_clip_range,
+                num_tokens=num_tokens,
+            )
             (pg_loss + vf_coef * vf_loss).backward()
         stats = {f"policy/{k}": v for k, v in pg_stats.items()}
         stats |= {f"value/{k}": v for k, v in vf_stats.items() if k != "explained_variance"}  # not additive
@@ -127,6 +152,7 @@ def ppo_backward(policy, value_model, minibatch: Rollout, *, micro_batch_size: i
 
 
 # ------------------------------------------------------------------ models and data
+
 
 def build_value_model(init_from: str, reward_model: str | None) -> ValueModel:
     """The critic: the reward model's trunk and score head (InstructGPT), else the SFT trunk and a zero head."""
@@ -152,6 +178,7 @@ def build_value_model(init_from: str, reward_model: str | None) -> ValueModel:
 
 
 # ------------------------------------------------------------------ the stage
+
 
 @releases_run_dirs
 def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
@@ -180,15 +207,24 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     tokenizer = load_tokenizer(config.init_from, field="init_from")
     if checkpoint is not None:
         check_checkpoint_vocabulary(checkpoint, load_tokenizer(checkpoint / "model", field="checkpoint"), tokenizer)
-    policy = prepare(load_model(model_source(config.init_from, checkpoint, config.lora), tokenizer=tokenizer),
-                     config.lora, checkpoint=checkpoint)
+    policy = prepare(
+        load_model(model_source(config.init_from, checkpoint, config.lora), tokenizer=tokenizer),
+        config.lora,
+        checkpoint=checkpoint,
+    )
     # LoRA: the reference is the policy's own trunk with the adapters off (one model in memory, not two)
     reference = FrozenView(policy) if config.lora.enabled else load_model(config.init_from, tokenizer=tokenizer)
     reference.requires_grad_(False)
     if config.reward.model is not None:
-        check_same_vocabulary(tokenizer, load_tokenizer(config.reward.model), what=f"reward.model {config.reward.model}")
+        check_same_vocabulary(
+            tokenizer, load_tokenizer(config.reward.model), what=f"reward.model {config.reward.model}"
+        )
     if config.reward.scorer is not None and config.reward.scorer.startswith("rm:"):
-        check_same_vocabulary(tokenizer, load_tokenizer(config.reward.scorer.removeprefix("rm:")), what=f"reward.scorer {config.reward.scorer}")
+        check_same_vocabulary(
+            tokenizer,
+            load_tokenizer(config.reward.scorer.removeprefix("rm:")),
+            what=f"reward.scorer {config.reward.scorer}",
+        )
     if config.value_trunk == "shared":
         if dist.world_size > 1:
             raise PreferError("config: value_trunk: shared runs in one process; under torchrun use separate")
@@ -216,21 +252,31 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
     prompts, queries = read_queries(config.prompts, tokenizer, max_length=context - config.rollout.max_new_tokens)
     ptx_blocks = val_blocks = None
     if config.ptx.source is not None:
-        ptx_blocks, val_blocks = pretraining_blocks(config.ptx.source, tokenizer, block_size=context,
-                                                    max_bytes=config.ptx.max_bytes)
+        ptx_blocks, val_blocks = pretraining_blocks(
+            config.ptx.source, tokenizer, block_size=context, max_bytes=config.ptx.max_bytes
+        )
         val_blocks = val_blocks.ids[: config.ptx.eval_blocks]
 
     # 3. Optimizer over policy and critic; batch geometry (batch and minibatch are global: all ranks together).
-    micro = micro_batch_size(config.train.minibatch_size, config.train.micro_batch_size, dist.world_size, field="train.minibatch_size")
+    micro = micro_batch_size(
+        config.train.minibatch_size, config.train.micro_batch_size, dist.world_size, field="train.minibatch_size"
+    )
     if config.ptx.coef > 0 and config.ptx.batch_size % dist.world_size:
-        raise PreferError(f"config: ptx.batch_size {config.ptx.batch_size} must be a multiple of the number of "
-                          f"ranks ({dist.world_size})")
+        raise PreferError(
+            f"config: ptx.batch_size {config.ptx.batch_size} must be a multiple of the number of "
+            f"ranks ({dist.world_size})"
+        )
     share = config.train.batch_size // dist.world_size  # episodes each rank samples per iteration
     steps_per_iteration = config.train.ppo_epochs * config.train.batch_size // config.train.minibatch_size
-    optimizer = make_optimizer([policy, value_model], lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
-                               betas=(config.optimizer.beta1, config.optimizer.beta2))
-    scheduler = make_scheduler(optimizer, total_steps=config.train.iterations * steps_per_iteration, warmup_steps=1,
-                               min_lr_fraction=1.0)  # constant: PPO's step size is set by the clip
+    optimizer = make_optimizer(
+        [policy, value_model],
+        lr=config.optimizer.lr,
+        weight_decay=config.optimizer.weight_decay,
+        betas=(config.optimizer.beta1, config.optimizer.beta2),
+    )
+    scheduler = make_scheduler(
+        optimizer, total_steps=config.train.iterations * steps_per_iteration, warmup_steps=1, min_lr_fraction=1.0
+    )  # constant: PPO's step size is set by the clip
     order = BlockOrder(len(queries), seed=config.runtime.seed)
     ptx_order = BlockOrder(len(ptx_blocks), seed=config.runtime.seed + 1) if ptx_blocks is not None else None
     kl_coef = config.kl.coef
@@ -243,20 +289,33 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
             ptx_order = BlockOrder(len(ptx_blocks), seed=config.runtime.seed + 1, **state["ptx_order"])
         kl_coef, start = state["kl_coef"], state["step"]
     sft_info_path = Path(config.init_from) / "prefer.json"
-    info = {**(json.loads(sft_info_path.read_text()) if sft_info_path.exists() else {}), "stage": "ppo",
-            "init_from": config.init_from, "scorer": config.reward.scorer or f"rm:{config.reward.model}",
-            "gold_scorer": config.reward.gold_scorer, "ptx_coef": config.ptx.coef}
+    info = {
+        **(json.loads(sft_info_path.read_text()) if sft_info_path.exists() else {}),
+        "stage": "ppo",
+        "init_from": config.init_from,
+        "scorer": config.reward.scorer or f"rm:{config.reward.model}",
+        "gold_scorer": config.reward.gold_scorer,
+        "ptx_coef": config.ptx.coef,
+    }
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start if checkpoint else None)
     samples_path = None
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
         samples_path = samples_log(run_dir, resume_step=start if checkpoint else None)
-    say(f"[ppo] {len(queries)} prompts, {config.train.iterations} iterations of {config.train.batch_size} episodes, "
+    say(
+        f"[ppo] {len(queries)} prompts, {config.train.iterations} iterations of {config.train.batch_size} episodes, "
         f"{steps_per_iteration} optimizer steps each, beta {kl_coef:g}"
-        + (f" (adaptive, target KL {config.kl.target:g})" if config.kl.target else "") + f", device {device}"
-        + (f", {dist.world_size} ranks ({config.runtime.parallel})" if dist.world_size > 1 else ""))
-    bar = tqdm(total=config.train.iterations, initial=start, desc="ppo", unit="iter",
-               disable=not (config.runtime.progress and dist.is_main))
+        + (f" (adaptive, target KL {config.kl.target:g})" if config.kl.target else "")
+        + f", device {device}"
+        + (f", {dist.world_size} ranks ({config.runtime.parallel})" if dist.world_size > 1 else "")
+    )
+    bar = tqdm(
+        total=config.train.iterations,
+        initial=start,
+        desc="ppo",
+        unit="iter",
+        disable=not (config.runtime.progress and dist.is_main),
+    )
     started = time.perf_counter()
 
     # 4. The loop.
@@ -266,10 +325,17 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         #    draws the same episodes.
         index = order.next(config.train.batch_size).tolist()[dist.rank * share : (dist.rank + 1) * share]
         with unsharded(policy):  # FSDP2: ranks stop sampling at different steps, so no collective per step
-            sampled = sample_responses(unwrap(policy), [queries[i] for i in index], first=dist.rank * share,
-                                       chunk=micro, seed=config.runtime.seed, iteration=iteration,
-                                       max_new_tokens=config.rollout.max_new_tokens, eos_token_id=eos,
-                                       temperature=config.rollout.temperature)
+            sampled = sample_responses(
+                unwrap(policy),
+                [queries[i] for i in index],
+                first=dist.rank * share,
+                chunk=micro,
+                seed=config.runtime.seed,
+                iteration=iteration,
+                max_new_tokens=config.rollout.max_new_tokens,
+                eos_token_id=eos,
+                temperature=config.rollout.temperature,
+            )
         # The sampler drops the eos; put it back: stopping is an action of the policy, and its reward lands there.
         stopped = torch.tensor([len(r) < config.rollout.max_new_tokens for r in sampled])
         responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
@@ -279,11 +345,25 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         # score (the joined text can tokenize differently across the seam, e.g. "):\n" + "    return").
         misalignment = score_responses(scorer, [prompts[i] for i in index], replies)
         rewards = proxy_rewards(misalignment, stopped=stopped, missing_eos_penalty=config.reward.missing_eos_penalty)
-        gold = (-torch.tensor(gold_scorer(texts), dtype=torch.float32) if gold_scorer is not None
-                else torch.full_like(rewards, float("nan")))
-        rollout = make_rollout(unwrap(policy), reference, unwrap(value_model), [queries[i] for i in index], responses,
-                               rewards=rewards, gold=gold, temperature=config.rollout.temperature, pad_id=eos,
-                               batch_size=micro, device=device, precision=config.runtime.precision)
+        gold = (
+            -torch.tensor(gold_scorer(texts), dtype=torch.float32)
+            if gold_scorer is not None
+            else torch.full_like(rewards, float("nan"))
+        )
+        rollout = make_rollout(
+            unwrap(policy),
+            reference,
+            unwrap(value_model),
+            [queries[i] for i in index],
+            responses,
+            rewards=rewards,
+            gold=gold,
+            temperature=config.rollout.temperature,
+            pad_id=eos,
+            batch_size=micro,
+            device=device,
+            precision=config.runtime.precision,
+        )
         # Every rank now holds the global batch: whitening, statistics and minibatches are the single-process ones.
         rollout = gather_rollout(rollout, dist, pad_id=eos)
         stopped = all_gather_rows(stopped, dist)
@@ -296,24 +376,38 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         totals: dict[str, float] = {}
         shuffle = torch.Generator().manual_seed(config.runtime.seed * 1_000_003 + iteration + 7)
         part = config.train.minibatch_size // dist.world_size
-        for epoch in range(config.train.ppo_epochs):
+        for _epoch in range(config.train.ppo_epochs):
             for rows in torch.randperm(len(rollout), generator=shuffle).split(config.train.minibatch_size):
                 minibatch = rollout.select(rows.to(device))
                 mine = minibatch.select(slice(dist.rank * part, (dist.rank + 1) * part))
-                stats = ppo_backward(policy, value_model, mine, micro_batch_size=micro, temperature=config.rollout.temperature,
-                                     clip_range=config.ppo.clip_range, value_clip_range=config.ppo.value_clip_range,
-                                     vf_coef=config.ppo.vf_coef, device=device, precision=config.runtime.precision,
-                                     num_tokens=per_rank_denominator(minibatch.response_mask.sum().item(),
-                                                                      dist.world_size),
-                                     sync_policy=config.ptx.coef == 0)
+                stats = ppo_backward(
+                    policy,
+                    value_model,
+                    mine,
+                    micro_batch_size=micro,
+                    temperature=config.rollout.temperature,
+                    clip_range=config.ppo.clip_range,
+                    value_clip_range=config.ppo.value_clip_range,
+                    vf_coef=config.ppo.vf_coef,
+                    device=device,
+                    precision=config.runtime.precision,
+                    num_tokens=per_rank_denominator(minibatch.response_mask.sum().item(), dist.world_size),
+                    sync_policy=config.ptx.coef == 0,
+                )
                 if config.ptx.coef > 0:
                     blocks = ptx_blocks.ids[ptx_order.next(config.ptx.batch_size)]
-                    stats |= ptx_backward(policy, blocks.chunk(dist.world_size)[dist.rank], ptx_coef=config.ptx.coef,
-                                          micro_batch_size=micro, device=device, precision=config.runtime.precision,
-                                          num_tokens=per_rank_denominator(blocks.shape[0] * (blocks.shape[1] - 1),
-                                                                          dist.world_size))
-                stats["grad_norm"] = optimizer_step([policy, value_model], optimizer, scheduler,
-                                                    grad_clip=config.optimizer.grad_clip)
+                    stats |= ptx_backward(
+                        policy,
+                        blocks.chunk(dist.world_size)[dist.rank],
+                        ptx_coef=config.ptx.coef,
+                        micro_batch_size=micro,
+                        device=device,
+                        precision=config.runtime.precision,
+                        num_tokens=per_rank_denominator(blocks.shape[0] * (blocks.shape[1] - 1), dist.world_size),
+                    )
+                stats["grad_norm"] = optimizer_step(
+                    [policy, value_model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip
+                )
                 for key, value in stats.items():  # mean over the iteration's optimizer steps
                     totals[key] = totals.get(key, 0.0) + value / steps_per_iteration
         totals = average_across_ranks(totals, dist)  # each rank's loss shares and token-weighted stat shares
@@ -322,37 +416,75 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
         done = iteration + 1
         mask = rollout.response_mask
         record = {f"train/{k}": v for k, v in totals.items()}
-        record.update({
-            "reward/proxy": rollout.episode_rewards.mean().item(),
-            "reward/total": kl_stats["reward_mean"].item(), "kl": kl_stats["kl"].item(), "kl_coef": kl_coef,
-            "entropy": masked_mean(rollout.entropy, mask).item(),
-            "response/length": mask.sum(1).float().mean().item(), "response/stopped": stopped.float().mean().item(),
-            "value/explained_variance": value_explained, "episodes": done * config.train.batch_size})
+        record.update(
+            {
+                "reward/proxy": rollout.episode_rewards.mean().item(),
+                "reward/total": kl_stats["reward_mean"].item(),
+                "kl": kl_stats["kl"].item(),
+                "kl_coef": kl_coef,
+                "entropy": masked_mean(rollout.entropy, mask).item(),
+                "response/length": mask.sum(1).float().mean().item(),
+                "response/stopped": stopped.float().mean().item(),
+                "value/explained_variance": value_explained,
+                "episodes": done * config.train.batch_size,
+            }
+        )
         if gold_scorer is not None:
             record["reward/gold"] = rollout.gold.mean().item()
         if val_blocks is not None and (done % config.train.checkpoint_every == 0 or done == config.train.iterations):
             heldout = TokenBlocks(val_blocks, torch.zeros(val_blocks.shape))
-            record["ptx/heldout_loss"] = heldout_block_loss(unwrap(policy), heldout,
-                                                      control_ids=control_ids, batch_size=micro, device=device,
-                                                      precision=config.runtime.precision)
+            record["ptx/heldout_loss"] = heldout_block_loss(
+                unwrap(policy),
+                heldout,
+                control_ids=control_ids,
+                batch_size=micro,
+                device=device,
+                precision=config.runtime.precision,
+            )
         log.log(done, record)
         if config.train.log_samples:  # the first episodes of the global batch, whichever rank drew them
-            pairs = [pair for ranks_pairs in all_gather_objects([(prompts[i], t) for i, t in zip(index, texts)], dist)
-                     for pair in ranks_pairs]
+            pairs = [
+                pair
+                for ranks_pairs in all_gather_objects([(prompts[i], t) for i, t in zip(index, texts)], dist)
+                for pair in ranks_pairs
+            ]
             if dist.is_main:
-                log_samples(samples_path, log, done, [p for p, _ in pairs], [t for _, t in pairs], rollout,
-                            config.train.log_samples)
+                log_samples(
+                    samples_path,
+                    log,
+                    done,
+                    [p for p, _ in pairs],
+                    [t for _, t in pairs],
+                    rollout,
+                    config.train.log_samples,
+                )
         if config.kl.target is not None:
-            kl_coef = adaptive_kl_coef(kl_coef, observed_kl=kl_stats["kl"], target_kl=config.kl.target,
-                                       horizon=config.kl.horizon, num_steps=config.train.batch_size)
+            kl_coef = adaptive_kl_coef(
+                kl_coef,
+                observed_kl=kl_stats["kl"],
+                target_kl=config.kl.target,
+                horizon=config.kl.horizon,
+                num_steps=config.train.batch_size,
+            )
         bar.set_postfix(proxy=f"{record['reward/proxy']:.3f}", kl=f"{record['kl']:.3f}")
         bar.update(1)
-        if done % config.train.checkpoint_every == 0 or done == config.train.iterations:  # every rank calls, rank 0 writes
+        if (
+            done % config.train.checkpoint_every == 0 or done == config.train.iterations
+        ):  # every rank calls, rank 0 writes
             state = {"step": done, "order": order.state_dict(), "kl_coef": kl_coef}
             if ptx_order is not None:
                 state["ptx_order"] = ptx_order.state_dict()
-            save_checkpoint(run_dir, done, model=policy, tokenizer=tokenizer, extra={"value_model": value_model},
-                            info={**info, "iterations": done}, optimizer=optimizer, scheduler=scheduler, state=state)
+            save_checkpoint(
+                run_dir,
+                done,
+                model=policy,
+                tokenizer=tokenizer,
+                extra={"value_model": value_model},
+                info={**info, "iterations": done},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state=state,
+            )
     bar.close()
     log.close()
 

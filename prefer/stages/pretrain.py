@@ -71,6 +71,7 @@ from prefer.training import (
 
 # ------------------------------------------------------------------ the stage
 
+
 def initial_steps(config: PretrainConfig, *, tokens_per_step: int, total_steps: int) -> int:
     """Steps of the budget already spent by the model we start from: its recorded tokens when it is a prefer
     checkpoint and train.count_init_tokens is on (finetuning with feedback from an MLE snapshot), else 0."""
@@ -81,8 +82,10 @@ def initial_steps(config: PretrainConfig, *, tokens_per_step: int, total_steps: 
         return 0
     steps = round(tokens / tokens_per_step)
     if steps >= total_steps:
-        raise PreferError(f"train.tokens: {config.model.init_from} was already trained on {tokens} tokens, the whole "
-                          f"budget of {config.train.tokens}; raise train.tokens or set train.count_init_tokens=false")
+        raise PreferError(
+            f"train.tokens: {config.model.init_from} was already trained on {tokens} tokens, the whole "
+            f"budget of {config.train.tokens}; raise train.tokens or set train.count_init_tokens=false"
+        )
     return steps
 
 
@@ -107,12 +110,19 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     # Rank 0 scores the corpus and trains the tokenizer into the cache first; the other ranks then read them, so
     # the work is done once and every rank holds the same tokenizer.
     with main_process_first(dist):
-        corpus = build_corpus(task, source=config.data.source, max_bytes=config.data.max_bytes,
-                              validation_fraction=config.data.validation_fraction, cache_dir=config.data.cache_dir,
-                              workers=config.data.workers, threshold=objective.threshold,
-                              progress=config.runtime.progress and dist.is_main)
-        from_quantiles = quantile_thresholds(corpus.train, threshold_quantile=objective.threshold_quantile,
-                                             filter_quantile=objective.filter_quantile)
+        corpus = build_corpus(
+            task,
+            source=config.data.source,
+            max_bytes=config.data.max_bytes,
+            validation_fraction=config.data.validation_fraction,
+            cache_dir=config.data.cache_dir,
+            workers=config.data.workers,
+            threshold=objective.threshold,
+            progress=config.runtime.progress and dist.is_main,
+        )
+        from_quantiles = quantile_thresholds(
+            corpus.train, threshold_quantile=objective.threshold_quantile, filter_quantile=objective.filter_quantile
+        )
         if from_quantiles:
             objective = replace(objective, **from_quantiles)
             summary = score_summary(corpus.train + corpus.validation, threshold=objective.threshold)
@@ -143,8 +153,13 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         if spec.control_tokens and not read_info(config.model.init_from).get("control_tokens_trained"):
             reset_control_embeddings(model, tokenizer)
     else:
-        model = build_model(config.model.size, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                            context=config.model.context, dropout=config.model.dropout)
+        model = build_model(
+            config.model.size,
+            vocab_size=len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            context=config.model.context,
+            dropout=config.model.dropout,
+        )
     block_size = config.model.context or model.config.n_positions
     train_blocks = pack_documents(train_documents, tokenizer, block_size=block_size)
     # Held-out loss is measured on the same plain validation text for every objective, so models compare.
@@ -172,39 +187,68 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     tokens_per_step = batch_size * block_size
     total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
     init_steps = initial_steps(config, tokens_per_step=tokens_per_step, total_steps=total_steps)
-    optimizer, scheduler = make_optimizer_and_schedule(trained, config.optimizer, config.schedule,
-                                                       total_steps=total_steps, start_step=init_steps)  # lr resolved above
+    optimizer, scheduler = make_optimizer_and_schedule(
+        trained, config.optimizer, config.schedule, total_steps=total_steps, start_step=init_steps
+    )  # lr resolved above
     order = BlockOrder(len(train_blocks), seed=config.runtime.seed)
     compute_loss = spec.make_loss(objective)
     control_ids = control_token_ids(tokenizer)
-    info = {"task": task.name, "objective": objective.name, "control_tokens_trained": spec.control_tokens,
-            "threshold": objective.threshold, "scorer": task.scorer, "init_from": config.model.init_from}
+    info = {
+        "task": task.name,
+        "objective": objective.name,
+        "control_tokens_trained": spec.control_tokens,
+        "threshold": objective.threshold,
+        "scorer": task.scorer,
+        "init_from": config.model.init_from,
+    }
     data_fingerprint = f"{corpus.fingerprint()}-{len(train_blocks)}x{block_size}"
 
     start_step = init_steps
     if checkpoint is not None:
-        order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train_blocks),
-                                             seed=config.runtime.seed, data_fingerprint=data_fingerprint,
-                                             data_name=f"corpus {config.data.source or task.corpus}", modules=trained)
+        order, start_step = restore_training(
+            checkpoint,
+            optimizer,
+            scheduler,
+            num_items=len(train_blocks),
+            seed=config.runtime.seed,
+            data_fingerprint=data_fingerprint,
+            data_name=f"corpus {config.data.source or task.corpus}",
+            modules=trained,
+        )
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
-        write_json_atomic(run_dir / "data.json", {
-            "provenance": corpus.provenance, "score_summary": corpus.summary,
-            "train_documents": len(train_documents), "train_blocks": len(train_blocks),
-            "validation_blocks": len(val_blocks), "block_size": block_size,
-            "epochs": (total_steps - init_steps) * batch_size / len(train_blocks),
-            "init_from": config.model.init_from, "init_tokens": init_steps * tokens_per_step})
-    say(f"[pretrain] {objective.name}: {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, "
+        write_json_atomic(
+            run_dir / "data.json",
+            {
+                "provenance": corpus.provenance,
+                "score_summary": corpus.summary,
+                "train_documents": len(train_documents),
+                "train_blocks": len(train_blocks),
+                "validation_blocks": len(val_blocks),
+                "block_size": block_size,
+                "epochs": (total_steps - init_steps) * batch_size / len(train_blocks),
+                "init_from": config.model.init_from,
+                "init_tokens": init_steps * tokens_per_step,
+            },
+        )
+    say(
+        f"[pretrain] {objective.name}: {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, "
         f"{len(train_blocks)} blocks x {block_size} tokens, {total_steps} steps of {tokens_per_step} tokens "
         f"({(total_steps - init_steps) * batch_size / len(train_blocks):.2f} epochs), lr {lr:g}, device {device}"
-        + (f"; continuing {config.model.init_from} from step {init_steps}" if init_steps else ""))
+        + (f"; continuing {config.model.init_from} from step {init_steps}" if init_steps else "")
+    )
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
     snapshot_steps = {max(1, round(f * total_steps)): f for f in config.train.snapshots}
     eval_batch = max(1, micro)
     val_subset = TokenBlocks(val_blocks.ids[: config.train.eval_blocks], val_blocks.scores[: config.train.eval_blocks])
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"pretrain {objective.name}", unit="step",
-               disable=not (config.runtime.progress and dist.is_main))
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc=f"pretrain {objective.name}",
+        unit="step",
+        disable=not (config.runtime.progress and dist.is_main),
+    )
     started = time.perf_counter()
 
     # 4. The loop.
@@ -223,8 +267,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
                 with autocast(device, config.runtime.precision):
                     output = model(ids, output_hidden_states=value_head is not None)
                 values = value_head(output.hidden_states[-1])[:, :-1] if value_head is not None else None
-                loss, stats = compute_loss(output.logits[:, :-1].float(), targets, mask, scores, values,
-                                           num_tokens=num_tokens)
+                loss, stats = compute_loss(
+                    output.logits[:, :-1].float(), targets, mask, scores, values, num_tokens=num_tokens
+                )
                 loss.backward()
             accumulate_stats(totals, stats, fraction=len(ids) / len(share))
         totals = average_across_ranks(totals, dist)
@@ -233,36 +278,67 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         done = step + 1
         tokens_seen = done * tokens_per_step
         record = {"train/" + k: v for k, v in totals.items() if k != "num_tokens"}
-        record.update({"train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
-                       "tokens": tokens_seen, "epoch": order.epoch + order.cursor / len(train_blocks)})
+        record.update(
+            {
+                "train/grad_norm": grad_norm,
+                "train/lr": scheduler.get_last_lr()[0],
+                "tokens": tokens_seen,
+                "epoch": order.epoch + order.cursor / len(train_blocks),
+            }
+        )
         if done % config.train.eval_every == 0 or done == total_steps:
-            record["val/loss"] = heldout_block_loss(unwrap(model), val_subset, control_ids=control_ids,
-                                              batch_size=eval_batch, device=device, precision=config.runtime.precision)
+            record["val/loss"] = heldout_block_loss(
+                unwrap(model),
+                val_subset,
+                control_ids=control_ids,
+                batch_size=eval_batch,
+                device=device,
+                precision=config.runtime.precision,
+            )
             bar.set_postfix(loss=f"{totals.get('loss', 0):.3f}", val=f"{record['val/loss']:.3f}")
         log.log(done, record)
         bar.update(1)
         if done in snapshot_steps:  # save_model and save_checkpoint: every rank calls, rank 0 writes
-            save_model(run_dir / "snapshots" / f"tokens_{tokens_seen:012d}", model, tokenizer,
-                       extra, {**info, "tokens": tokens_seen})
+            save_model(
+                run_dir / "snapshots" / f"tokens_{tokens_seen:012d}",
+                model,
+                tokenizer,
+                extra,
+                {**info, "tokens": tokens_seen},
+            )
         if done % config.train.checkpoint_every == 0 or done == total_steps:
-            save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer,
-                            extra=extra,
-                            info={**info, "tokens": tokens_seen}, optimizer=optimizer, scheduler=scheduler,
-                            state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
+            save_checkpoint(
+                run_dir,
+                done,
+                model=model,
+                tokenizer=tokenizer,
+                extra=extra,
+                info={**info, "tokens": tokens_seen},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint},
+            )
     bar.close()
     log.close()
 
     # 5. The final model, in the Hugging Face format.
     final = run_dir / "final"
     # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
-    evaluate = functools.partial(heldout_block_loss, unwrap(model), control_ids=control_ids, batch_size=eval_batch,
-                                 device=device, precision=config.runtime.precision)
+    evaluate = functools.partial(
+        heldout_block_loss,
+        unwrap(model),
+        control_ids=control_ids,
+        batch_size=eval_batch,
+        device=device,
+        precision=config.runtime.precision,
+    )
     losses = {"val_loss": evaluate(val_blocks)}
     if val_tagged_blocks is not None:
         losses["val_loss_with_true_tags"] = evaluate(val_tagged_blocks)
-    save_model(final, model, tokenizer, extra,
-               {**info, "tokens": total_steps * tokens_per_step, **losses})
-    say(f"[pretrain] done: held-out loss {losses['val_loss']:.4f} on {len(val_blocks)} blocks"
+    save_model(final, model, tokenizer, extra, {**info, "tokens": total_steps * tokens_per_step, **losses})
+    say(
+        f"[pretrain] done: held-out loss {losses['val_loss']:.4f} on {len(val_blocks)} blocks"
         + (f" ({losses['val_loss_with_true_tags']:.4f} with true tags)" if val_tagged_blocks is not None else "")
-        + f", {time.perf_counter() - started:.0f}s; model in {final}")
+        + f", {time.perf_counter() - started:.0f}s; model in {final}"
+    )
     return final

@@ -36,18 +36,31 @@ from prefer.training import resolve_device
 def _candidate_source(config: RedteamConfig, device):
     if config.redteam_model is not None:
         model, tokenizer, _ = load_checkpoint(config.redteam_model, device)
-        return local_candidate_source(model, tokenizer, max_new_tokens=config.candidates.max_new_tokens,
-                                      temperature=config.candidates.temperature, top_p=config.candidates.top_p,
-                                      batch_size=config.batch_size)
+        return local_candidate_source(
+            model,
+            tokenizer,
+            max_new_tokens=config.candidates.max_new_tokens,
+            temperature=config.candidates.temperature,
+            top_p=config.candidates.top_p,
+            batch_size=config.batch_size,
+        )
     api_key = None
     if config.endpoint.api_key_env is not None:
         api_key = os.environ.get(config.endpoint.api_key_env)
         if not api_key:
-            raise PreferError(f"endpoint.api_key_env: the environment variable {config.endpoint.api_key_env} is not set")
-    endpoint = Endpoint(url=config.endpoint.url, model=config.endpoint.model, api=config.endpoint.api,
-                        api_key=api_key, timeout=config.endpoint.timeout)
-    return endpoint_candidate_source(endpoint, max_tokens=config.candidates.max_new_tokens,
-                                     temperature=config.candidates.temperature)
+            raise PreferError(
+                f"endpoint.api_key_env: the environment variable {config.endpoint.api_key_env} is not set"
+            )
+    endpoint = Endpoint(
+        url=config.endpoint.url,
+        model=config.endpoint.model,
+        api=config.endpoint.api,
+        api_key=api_key,
+        timeout=config.endpoint.timeout,
+    )
+    return endpoint_candidate_source(
+        endpoint, max_tokens=config.candidates.max_new_tokens, temperature=config.candidates.temperature
+    )
 
 
 def redteam(config: RedteamConfig) -> dict:
@@ -68,32 +81,63 @@ def redteam(config: RedteamConfig) -> dict:
     seeds = load_seeds(task.name, config.seeds)
     generate = _candidate_source(config, device)
     score_prompts = target_prompt_scorer(
-        model, tokenizer, controls, scorer=scorer, score_on=score_on, continuations=config.continuations.count,
-        max_new_tokens=config.continuations.max_new_tokens, temperature=config.continuations.temperature,
-        top_p=config.continuations.top_p, batch_size=config.batch_size, keep=config.continuations.keep)
+        model,
+        tokenizer,
+        controls,
+        scorer=scorer,
+        score_on=score_on,
+        continuations=config.continuations.count,
+        max_new_tokens=config.continuations.max_new_tokens,
+        temperature=config.continuations.temperature,
+        top_p=config.continuations.top_p,
+        batch_size=config.batch_size,
+        keep=config.continuations.keep,
+    )
 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     trials = []
     for index in range(config.search.trials):
-        trial = run_trial(seeds=seeds, generate=generate, score_prompts=score_prompts, behaviour=behaviour,
-                          rounds=config.search.rounds, candidates_per_round=config.search.candidates_per_round,
-                          shots=config.search.shots, temperature=config.search.temperature,
-                          score_scale=config.search.score_scale,
-                          seed=config.seed + index, progress=config.progress)
+        trial = run_trial(
+            seeds=seeds,
+            generate=generate,
+            score_prompts=score_prompts,
+            behaviour=behaviour,
+            rounds=config.search.rounds,
+            candidates_per_round=config.search.candidates_per_round,
+            shots=config.search.shots,
+            temperature=config.search.temperature,
+            score_scale=config.search.score_scale,
+            seed=config.seed + index,
+            progress=config.progress,
+        )
         with atomic_path(out_dir / f"pool_trial{index}.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(record) + "\n" for record in trial["pool"]), encoding="utf-8")
         trials.append({"seed": trial["seed"], "curve": trial["curve"], "pool": f"pool_trial{index}.jsonl"})
     results = {
-        "target": str(config.target), "task": task.name, "objective": info.get("objective"),
-        "scorer": scorer_name, "score_on": score_on, "prompt": controls.prompt, "blocked": controls.block,
-        "behaviour": behaviour, "red_team": config.redteam_model or f"{config.endpoint.url} ({config.endpoint.model})",
-        "draw": {"temperature": config.search.temperature, "score_scale": config.search.score_scale,
-                 "shots": config.search.shots},
-        "config": asdict(config), "summary": summarize_trials(trials), "trials": trials,
+        "target": str(config.target),
+        "task": task.name,
+        "objective": info.get("objective"),
+        "scorer": scorer_name,
+        "score_on": score_on,
+        "prompt": controls.prompt,
+        "blocked": controls.block,
+        "behaviour": behaviour,
+        "red_team": config.redteam_model or f"{config.endpoint.url} ({config.endpoint.model})",
+        "draw": {
+            "temperature": config.search.temperature,
+            "score_scale": config.search.score_scale,
+            "shots": config.search.shots,
+        },
+        "config": asdict(config),
+        "summary": summarize_trials(trials),
+        "trials": trials,
     }
     write_json_atomic(out_dir / "redteam.json", results)
-    plot_redteam(results["summary"], out_dir / "redteam.png",
-                 title=f"red-teaming {'/'.join(Path(config.target).parts[-2:])} ({task.name}, {config.search.trials} trials)")
+    plot_redteam(
+        results["summary"],
+        out_dir / "redteam.png",
+        title=f"red-teaming {'/'.join(Path(config.target).parts[-2:])} ({task.name}, {config.search.trials} trials)",
+    )
     return results

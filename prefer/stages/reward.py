@@ -96,8 +96,10 @@ class RankingBatch:
 
 
 def encode_rankings(comparisons: list[Comparison], locations: list[str], reward_model: RewardModel) -> EncodedRankings:
-    sequences = [reward_model.encode([(c.prompt, r) for r in c.responses], where=[where] * len(c.responses))
-                 for c, where in zip(comparisons, locations)]
+    sequences = [
+        reward_model.encode([(c.prompt, r) for r in c.responses], where=[where] * len(c.responses))
+        for c, where in zip(comparisons, locations)
+    ]
     return EncodedRankings(sequences, [c.ranks for c in comparisons])
 
 
@@ -147,11 +149,17 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     # 1. Model: the causal LM's trunk + a fresh scalar head (or the checkpoint being resumed).
     reward_model = build_reward_model(model_source(config.model.init_from, checkpoint, config.lora))
     if checkpoint is not None:
-        check_checkpoint_vocabulary(checkpoint, reward_model.tokenizer,
-                                    load_tokenizer(config.model.init_from, field="model.init_from"))
+        check_checkpoint_vocabulary(
+            checkpoint, reward_model.tokenizer, load_tokenizer(config.model.init_from, field="model.init_from")
+        )
     set_dropout(reward_model.model, config.model.dropout)
-    prepare(reward_model.model, config.lora, checkpoint=checkpoint, trainable=("score",),
-            gradient_checkpointing=config.runtime.gradient_checkpointing)
+    prepare(
+        reward_model.model,
+        config.lora,
+        checkpoint=checkpoint,
+        trainable=("score",),
+        gradient_checkpointing=config.runtime.gradient_checkpointing,
+    )
     if config.model.context is not None:
         reward_model.context = min(reward_model.context, config.model.context)
     info = {"stage": "reward", "init_from": config.model.init_from, "rankings": config.data.rankings}
@@ -159,8 +167,11 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     # 2. Data: comparisons split by prompt into train / validation, every response tokenized once.
     train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
     train = encode_rankings([comparisons[i] for i in train_index], [locations[i] for i in train_index], reward_model)
-    validation = encode_rankings([comparisons[i] for i in val_index], [locations[i] for i in val_index],
-                                 reward_model) if val_index else None
+    validation = (
+        encode_rankings([comparisons[i] for i in val_index], [locations[i] for i in val_index], reward_model)
+        if val_index
+        else None
+    )
     # The bias is set after training from these pairs; a bad file must fail now, not after training.
     if config.data.demonstrations is not None:
         bias_pairs = [(d.prompt, d.response) for d in demonstrations]
@@ -174,26 +185,46 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     batch_size = config.train.batch_size
     micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
     total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
-    optimizer, scheduler = make_optimizer_and_schedule([reward_model], config.optimizer, config.schedule,
-                                                       total_steps=total_steps)
+    optimizer, scheduler = make_optimizer_and_schedule(
+        [reward_model], config.optimizer, config.schedule, total_steps=total_steps
+    )
     order = BlockOrder(len(train), seed=config.runtime.seed)
     data_fingerprint = f"{file_fingerprint(config.data.rankings)}-{len(train)}"
     start_step = 0
     if checkpoint is not None:
-        order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
-                                             seed=config.runtime.seed, data_fingerprint=data_fingerprint,
-                                             data_name=str(config.data.rankings), modules=[reward_model.model])
+        order, start_step = restore_training(
+            checkpoint,
+            optimizer,
+            scheduler,
+            num_items=len(train),
+            seed=config.runtime.seed,
+            data_fingerprint=data_fingerprint,
+            data_name=str(config.data.rankings),
+            modules=[reward_model.model],
+        )
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
-    say(f"[reward] {count_parameters(reward_model) / 1e6:.2f}M parameters, {len(train)} prompts "
+    say(
+        f"[reward] {count_parameters(reward_model) / 1e6:.2f}M parameters, {len(train)} prompts "
         f"(+{len(val_index)} held out), {total_steps} steps of {batch_size} prompts, lr {config.optimizer.lr:g}, "
-        f"device {device}")
+        f"device {device}"
+    )
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
-    evaluate = lambda: heldout_accuracy(reward_model, validation, batch_size=micro, device=device,  # noqa: E731
-                                        precision=config.runtime.precision)
-    bar = tqdm(total=total_steps, initial=start_step, desc="reward", unit="step",
-               disable=not (config.runtime.progress and dist.is_main))
+    evaluate = lambda: heldout_accuracy(
+        reward_model,
+        validation,
+        batch_size=micro,
+        device=device,  # noqa: E731
+        precision=config.runtime.precision,
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="reward",
+        unit="step",
+        disable=not (config.runtime.progress and dist.is_main),
+    )
     started = time.perf_counter()
 
     # 4. The loop.
@@ -207,18 +238,31 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
         for start in range(0, len(share), micro):
             sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
             with gradient_sync([model], sync=sync):
-                loss, stats = batch_loss(model, train.batch(share[start : start + micro]), device=device,
-                                         precision=config.runtime.precision, num_prompts=num_prompts)
+                loss, stats = batch_loss(
+                    model,
+                    train.batch(share[start : start + micro]),
+                    device=device,
+                    precision=config.runtime.precision,
+                    num_prompts=num_prompts,
+                )
                 loss.backward()
-            accumulate_stats(totals, {k: stats[k] for k in ("loss", "accuracy", "margin_mean", "reward_mean")},
-                             fraction=len(share[start : start + micro]) / len(share))
+            accumulate_stats(
+                totals,
+                {k: stats[k] for k in ("loss", "accuracy", "margin_mean", "reward_mean")},
+                fraction=len(share[start : start + micro]) / len(share),
+            )
         totals = average_across_ranks(totals, dist)
         grad_norm = optimizer_step([reward_model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
         record = {"train/" + k: v for k, v in totals.items()}
-        record.update({"train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
-                       "epoch": order.epoch + order.cursor / len(train)})
+        record.update(
+            {
+                "train/grad_norm": grad_norm,
+                "train/lr": scheduler.get_last_lr()[0],
+                "epoch": order.epoch + order.cursor / len(train),
+            }
+        )
         if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
             heldout = evaluate()
             record.update({"val/accuracy": heldout["accuracy"], "val/loss": heldout["loss"]})
@@ -226,9 +270,17 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
         log.log(done, record)
         bar.update(1)
         if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
-            save_checkpoint(run_dir, done, model=reward_model.model, tokenizer=reward_model.tokenizer, extra={},
-                            info={**info, "step": done, "reward_bias": 0.0}, optimizer=optimizer, scheduler=scheduler,
-                            state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
+            save_checkpoint(
+                run_dir,
+                done,
+                model=reward_model.model,
+                tokenizer=reward_model.tokenizer,
+                extra={},
+                info={**info, "step": done, "reward_bias": 0.0},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint},
+            )
     bar.close()
 
     # 5. Bias: the demonstrations (or each ranking's best response) score a mean of 0 (the paper).
@@ -237,18 +289,26 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     heldout = evaluate() if validation is not None else None
     reward_model.bias = 0.0
     reward_model.bias = -float(reward_model.rewards(bias_pairs, batch_size=micro).mean())
-    results = {"val_accuracy": heldout["accuracy"] if heldout else None,
-               "val_loss": heldout["loss"] if heldout else None, "val_pairs": heldout["pairs"] if heldout else 0,
-               "bias_from": config.data.demonstrations or "best response of each ranking", "steps": total_steps}
+    results = {
+        "val_accuracy": heldout["accuracy"] if heldout else None,
+        "val_loss": heldout["loss"] if heldout else None,
+        "val_pairs": heldout["pairs"] if heldout else 0,
+        "bias_from": config.data.demonstrations or "best response of each ranking",
+        "steps": total_steps,
+    }
     reward_model.save(final, {**info, **results})
     if dist.is_main:
         write_json_atomic(run_dir / "results.json", {**results, "reward_bias": reward_model.bias})
     # Logged once final/ is whole (a kill before this reruns the step; MetricsLog skips a line it already holds).
-    log.log(total_steps, {"final/reward_bias": reward_model.bias,
-                          **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})})
+    log.log(
+        total_steps,
+        {"final/reward_bias": reward_model.bias, **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})},
+    )
     if dist.is_main:
         accuracy = "n/a" if heldout is None else f"{heldout['accuracy']:.3f} on {heldout['pairs']:.0f} pairs"
-        say(f"[reward] done: held-out pairwise accuracy {accuracy}, bias {reward_model.bias:+.4f}, "
-            f"{time.perf_counter() - started:.0f}s; model in {final}")
+        say(
+            f"[reward] done: held-out pairwise accuracy {accuracy}, bias {reward_model.bias:+.4f}, "
+            f"{time.perf_counter() - started:.0f}s; model in {final}"
+        )
     log.close()
     return final

@@ -85,8 +85,9 @@ class SFTExamples:
         return SFTExamples(self.ids[index][:, :width], self.loss_mask[index][:, :width], attention[:, :width])
 
 
-def tokenize_demonstrations(demonstrations: list[Demonstration | Conversation], locations: list[str], tokenizer, *,
-                            context: int, packing: bool) -> SFTExamples:
+def tokenize_demonstrations(
+    demonstrations: list[Demonstration | Conversation], locations: list[str], tokenizer, *, context: int, packing: bool
+) -> SFTExamples:
     """One example per demonstration (cut to `context`), or with `packing` one stream cut into blocks of `context`
     tokens (an example may straddle two blocks; the last block is padded). A prompt that leaves no room for a
     response is a PreferError naming its file and line."""
@@ -157,20 +158,39 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
         check_checkpoint_vocabulary(checkpoint, tokenizer, run_tokenizer)
     model = load_model(model_source(config.model.init_from, checkpoint, config.lora), tokenizer=tokenizer)
     set_dropout(model, config.model.dropout)
-    model = prepare(model, config.lora, checkpoint=checkpoint,
-                    gradient_checkpointing=config.runtime.gradient_checkpointing)
+    model = prepare(
+        model, config.lora, checkpoint=checkpoint, gradient_checkpointing=config.runtime.gradient_checkpointing
+    )
     context = min(config.model.context or context_length(model), context_length(model))
     init_info_path = Path(config.model.init_from) / "prefer.json"
     init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
-    info = {**{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
-            "stage": "sft", "init_from": config.model.init_from, "demonstrations": config.data.demonstrations}
+    info = {
+        **{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
+        "stage": "sft",
+        "init_from": config.model.init_from,
+        "demonstrations": config.data.demonstrations,
+    }
 
     # 2. Data: demonstrations -> (train, validation) examples with response-only loss masks.
     train_index, val_index = split_validation(len(demonstrations), config.data.validation_fraction, config.runtime.seed)
-    train = tokenize_demonstrations([demonstrations[i] for i in train_index], [locations[i] for i in train_index],
-                                    tokenizer, context=context, packing=config.data.packing)
-    validation = (tokenize_demonstrations([demonstrations[i] for i in val_index], [locations[i] for i in val_index],
-                                          tokenizer, context=context, packing=False) if val_index else None)
+    train = tokenize_demonstrations(
+        [demonstrations[i] for i in train_index],
+        [locations[i] for i in train_index],
+        tokenizer,
+        context=context,
+        packing=config.data.packing,
+    )
+    validation = (
+        tokenize_demonstrations(
+            [demonstrations[i] for i in val_index],
+            [locations[i] for i in val_index],
+            tokenizer,
+            context=context,
+            packing=False,
+        )
+        if val_index
+        else None
+    )
     model.to(device).train()
     model = wrap_model(model, dist, device, parallel=config.runtime.parallel)
 
@@ -178,26 +198,46 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     batch_size = config.train.batch_size
     micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
     total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
-    optimizer, scheduler = make_optimizer_and_schedule([model], config.optimizer, config.schedule,
-                                                       total_steps=total_steps)
+    optimizer, scheduler = make_optimizer_and_schedule(
+        [model], config.optimizer, config.schedule, total_steps=total_steps
+    )
     order = BlockOrder(len(train), seed=config.runtime.seed)
     data_fingerprint = f"{file_fingerprint(config.data.demonstrations)}-{len(train)}x{train.ids.shape[1]}"
     start_step = 0
     if checkpoint is not None:
-        order, start_step = restore_training(checkpoint, optimizer, scheduler, num_items=len(train),
-                                             seed=config.runtime.seed, data_fingerprint=data_fingerprint,
-                                             data_name=str(config.data.demonstrations), modules=[model])
+        order, start_step = restore_training(
+            checkpoint,
+            optimizer,
+            scheduler,
+            num_items=len(train),
+            seed=config.runtime.seed,
+            data_fingerprint=data_fingerprint,
+            data_name=str(config.data.demonstrations),
+            modules=[model],
+        )
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
-    say(f"[sft] {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, {len(train)} "
+    say(
+        f"[sft] {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, {len(train)} "
         f"{'packed blocks' if config.data.packing else 'examples'} (+{len(val_index)} held out), context {context}, "
-        f"{total_steps} steps of {batch_size}, lr {config.optimizer.lr:g}, device {device}")
+        f"{total_steps} steps of {batch_size}, lr {config.optimizer.lr:g}, device {device}"
+    )
 
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
-    evaluate = lambda: validation_loss(unwrap(model), validation, batch_size=micro, device=device,  # noqa: E731
-                                    precision=config.runtime.precision)
-    bar = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
-               disable=not (config.runtime.progress and dist.is_main))
+    evaluate = lambda: validation_loss(
+        unwrap(model),
+        validation,
+        batch_size=micro,
+        device=device,  # noqa: E731
+        precision=config.runtime.precision,
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="sft",
+        unit="step",
+        disable=not (config.runtime.progress and dist.is_main),
+    )
     started = time.perf_counter()
 
     # 4. The loop.
@@ -211,26 +251,43 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
         for start in range(0, len(share), micro):
             sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
             with gradient_sync([model], sync=sync):
-                loss, stats = sft_loss(model, train.rows(share[start : start + micro]), device=device,
-                                       precision=config.runtime.precision, num_tokens=max(num_tokens, 1.0))
+                loss, stats = sft_loss(
+                    model,
+                    train.rows(share[start : start + micro]),
+                    device=device,
+                    precision=config.runtime.precision,
+                    num_tokens=max(num_tokens, 1.0),
+                )
                 loss.backward()
             accumulate_stats(totals, stats, fraction=min(micro, len(share) - start) / len(share))
         totals = average_across_ranks(totals, dist)
         grad_norm = optimizer_step([model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
-        record = {"train/loss": totals["loss"], "train/response_tokens": step_tokens,
-                  "train/grad_norm": grad_norm, "train/lr": scheduler.get_last_lr()[0],
-                  "epoch": order.epoch + order.cursor / len(train)}
+        record = {
+            "train/loss": totals["loss"],
+            "train/response_tokens": step_tokens,
+            "train/grad_norm": grad_norm,
+            "train/lr": scheduler.get_last_lr()[0],
+            "epoch": order.epoch + order.cursor / len(train),
+        }
         if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
             record["val/loss"] = evaluate()
             bar.set_postfix(loss=f"{totals['loss']:.3f}", val=f"{record['val/loss']:.3f}")
         log.log(done, record)
         bar.update(1)
         if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
-            save_checkpoint(run_dir, done, model=model, tokenizer=tokenizer, extra={}, info={**info, "step": done},
-                            optimizer=optimizer, scheduler=scheduler,
-                            state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint})
+            save_checkpoint(
+                run_dir,
+                done,
+                model=model,
+                tokenizer=tokenizer,
+                extra={},
+                info={**info, "step": done},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint},
+            )
     bar.close()
     log.close()
 
@@ -238,8 +295,15 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     final = run_dir / "final"
     # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
     val_loss = evaluate() if validation is not None else None
-    save_model(final, model, tokenizer, None, {**info, "steps": total_steps, "epochs": config.train.epochs,
-                                               "val_loss": val_loss})
-    say(f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
-        f"{time.perf_counter() - started:.0f}s; model in {final}")
+    save_model(
+        final,
+        model,
+        tokenizer,
+        None,
+        {**info, "steps": total_steps, "epochs": config.train.epochs, "val_loss": val_loss},
+    )
+    say(
+        f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
+        f"{time.perf_counter() - started:.0f}s; model in {final}"
+    )
     return final

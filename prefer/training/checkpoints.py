@@ -1,5 +1,4 @@
-"""Atomic Hugging Face checkpoints with exact resume: model, optimizer, schedule, RNG, data position; run directories."""
-
+"""Atomic Hugging Face checkpoints with exact resume (model, optimizer, schedule, RNG, data position); run dirs."""
 
 from __future__ import annotations
 
@@ -28,27 +27,41 @@ from prefer.training.optimization import (
 )
 
 
-def restore_training(checkpoint: Path, optimizer, scheduler, *, num_items: int, seed: int, data_fingerprint: str,
-                     data_name: str, modules: list[torch.nn.Module] = ()) -> tuple[BlockOrder, int]:
+def restore_training(
+    checkpoint: Path,
+    optimizer,
+    scheduler,
+    *,
+    num_items: int,
+    seed: int,
+    data_fingerprint: str,
+    data_name: str,
+    modules: list[torch.nn.Module] = (),
+) -> tuple[BlockOrder, int]:
     """Load optimizer, schedule, RNG and data position from a checkpoint; returns (data order, step). Refuses to
     resume when the data changed (the same position would then mean other examples). `modules`: those the
     optimizer updates (needed to load FSDP2 shards)."""
     state = load_trainer_state(checkpoint)
     if state["data_fingerprint"] != data_fingerprint:
-        raise PreferError(f"{data_name}: changed since this run started ({state['data_fingerprint']} -> "
-                          f"{data_fingerprint}); cannot resume exactly")
+        raise PreferError(
+            f"{data_name}: changed since this run started ({state['data_fingerprint']} -> "
+            f"{data_fingerprint}); cannot resume exactly"
+        )
     restore_optimizer(checkpoint, state, optimizer, scheduler, modules=modules)
     return BlockOrder(num_items, seed=seed, **state["order"]), state["step"]
 
 
-def restore_optimizer(checkpoint: Path, state: dict[str, Any], optimizer, scheduler, *,
-                      modules: list[torch.nn.Module]) -> None:
+def restore_optimizer(
+    checkpoint: Path, state: dict[str, Any], optimizer, scheduler, *, modules: list[torch.nn.Module]
+) -> None:
     """Optimizer (trainer_state.pt, or each rank's FSDP2 shard from `optimizer/`), schedule and this rank's RNG.
     `modules` are the ones the optimizer updates, in the order they were saved."""
     if (checkpoint / "optimizer").is_dir():
         if not any(is_sharded(module) for module in modules):
-            raise PreferError(f"{checkpoint}: its optimizer state is sharded (written with parallel=fsdp); resume "
-                              "with parallel=fsdp under torchrun")
+            raise PreferError(
+                f"{checkpoint}: its optimizer state is sharded (written with parallel=fsdp); resume "
+                "with parallel=fsdp under torchrun"
+            )
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (
             get_optimizer_state_dict,
@@ -70,7 +83,6 @@ def restore_optimizer(checkpoint: Path, state: dict[str, Any], optimizer, schedu
     restore_rng_state(ranks[torch_dist.get_rank()] if same_ranks else state["rng"])
 
 
-
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -90,7 +102,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
 
 
 TRAINER_STATE = "trainer_state.pt"
@@ -117,8 +128,16 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if key not in tied}
 
 
-def _write_model(path: Path, model: torch.nn.Module, tokenizer, state: dict[str, torch.Tensor] | None,
-                 extra: dict[str, dict[str, torch.Tensor]], info: dict | None, *, merge: bool = True) -> None:
+def _write_model(
+    path: Path,
+    model: torch.nn.Module,
+    tokenizer,
+    state: dict[str, torch.Tensor] | None,
+    extra: dict[str, dict[str, torch.Tensor]],
+    info: dict | None,
+    *,
+    merge: bool = True,
+) -> None:
     """An HF model directory. A LoRA model is written with its adapters merged into the weights (`merge`: a plain
     HF model), or as a peft adapter directory (checkpoints: the trainable tensors only)."""
     from safetensors.torch import save_file
@@ -141,14 +160,20 @@ def _write_model(path: Path, model: torch.nn.Module, tokenizer, state: dict[str,
         (path / "prefer.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _gather_model(model: torch.nn.Module, extra: dict[str, torch.nn.Module] | None
-                  ) -> tuple[dict[str, torch.Tensor] | None, dict[str, dict[str, torch.Tensor]]]:
+def _gather_model(
+    model: torch.nn.Module, extra: dict[str, torch.nn.Module] | None
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, dict[str, torch.Tensor]]]:
     state = full_state_dict(model) if is_sharded(model) else None
     return state, {name: full_state_dict(module) for name, module in (extra or {}).items()}
 
 
-def save_model(path: Path, model: torch.nn.Module, tokenizer, extra: dict[str, torch.nn.Module] | None = None,
-               info: dict | None = None) -> None:
+def save_model(
+    path: Path,
+    model: torch.nn.Module,
+    tokenizer,
+    extra: dict[str, torch.nn.Module] | None = None,
+    info: dict | None = None,
+) -> None:
     """A Hugging Face model directory (safetensors + tokenizer), written atomically; LoRA adapters are merged into
     the weights, so `AutoModelForCausalLM.from_pretrained` loads it without peft. `extra` modules (e.g. a value
     head) go beside it as `<name>.safetensors`; `info` as prefer.json (task, objective, control-token usage).
@@ -160,8 +185,19 @@ def save_model(path: Path, model: torch.nn.Module, tokenizer, extra: dict[str, t
         _write_model(tmp, model, tokenizer, state, extra_states, info)
 
 
-def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, extra: dict[str, torch.nn.Module], info: dict,
-                    optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model,
+    tokenizer,
+    extra: dict[str, torch.nn.Module],
+    info: dict,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
     """A resumable checkpoint: the model in HF format (a LoRA model: its adapters and trainable heads only, as a
     peft adapter directory) plus optimizer, scheduler, RNG and data position. The
     directory appears whole (atomic rename) and only then does `latest` point at it.
@@ -195,8 +231,12 @@ def save_checkpoint(run_dir: Path, step: int, *, model, tokenizer, extra: dict[s
             _write_model(tmp / "model", model, tokenizer, model_state, extra_states, info, merge=False)
             if sharded:
                 os.replace(staging, tmp / "optimizer")
-            trainer_state = {"optimizer": None if sharded else optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": rng_state(), **state}
+            trainer_state = {
+                "optimizer": None if sharded else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                **state,
+            }
             if ranks_rng is not None:
                 trainer_state["rng_ranks"] = ranks_rng
             torch.save(trainer_state, tmp / TRAINER_STATE)
@@ -233,13 +273,15 @@ def open_run_dir(run_dir: Path, resume: bool) -> Path | None:
             raise PreferError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another out_dir")
         return None
     if checkpoint is not None and not saved_path.exists():
-        raise PreferError(f"{saved_path}: missing, so nothing says which run {checkpoint.name} belongs to; "
-                          "cannot resume")
+        raise PreferError(
+            f"{saved_path}: missing, so nothing says which run {checkpoint.name} belongs to; cannot resume"
+        )
     return checkpoint
 
 
-def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
-                  may_change: frozenset[str] = RESUME_MAY_CHANGE) -> Path | None:
+def check_run_dir(
+    run_dir: Path, config_class: type, config, resume: bool, *, may_change: frozenset[str] = RESUME_MAY_CHANGE
+) -> Path | None:
     """`open_run_dir`, and with `resume` the saved config must equal this one except for `may_change` keys.
     Returns the checkpoint to resume from (None: start from the beginning)."""
     checkpoint = open_run_dir(run_dir, resume)
@@ -252,9 +294,11 @@ def check_run_dir(run_dir: Path, config_class: type, config, resume: bool, *,
     difference = config_difference(saved, asdict(config), may_change=may_change)
     if difference is not None:
         key, before, after = difference
-        raise PreferError(f"{saved_path}: {key} is {before!r} in the run being resumed, {after!r} now; --resume "
-                          f"continues the same run (only {', '.join(sorted(may_change))} may change): "
-                          "drop the change or choose another out_dir")
+        raise PreferError(
+            f"{saved_path}: {key} is {before!r} in the run being resumed, {after!r} now; --resume "
+            f"continues the same run (only {', '.join(sorted(may_change))} may change): "
+            "drop the change or choose another out_dir"
+        )
     return checkpoint
 
 
@@ -263,9 +307,11 @@ def check_checkpoint_vocabulary(checkpoint: Path, checkpoint_tokenizer, run_toke
     ours, theirs = run_tokenizer.get_vocab(), checkpoint_tokenizer.get_vocab()
     if ours != theirs:
         moved = sorted(t for t in set(ours) & set(theirs) if ours[t] != theirs[t])[:3]
-        raise PreferError(f"{checkpoint / 'model'}: its tokenizer differs from this run's ({len(theirs)} vs "
-                          f"{len(ours)} tokens{f', e.g. different ids for {moved}' if moved else ''}); the "
-                          "checkpoint belongs to another run")
+        raise PreferError(
+            f"{checkpoint / 'model'}: its tokenizer differs from this run's ({len(theirs)} vs "
+            f"{len(ours)} tokens{f', e.g. different ids for {moved}' if moved else ''}); the "
+            "checkpoint belongs to another run"
+        )
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -275,8 +321,10 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ... on a damaged file
         cause = (str(error).splitlines() or ["truncated"])[0][:120]
-        raise PreferError(f"{path}: unreadable ({type(error).__name__}: {cause}); the checkpoint is damaged, so "
-                          "this run cannot be resumed from it") from None
+        raise PreferError(
+            f"{path}: unreadable ({type(error).__name__}: {cause}); the checkpoint is damaged, so "
+            "this run cannot be resumed from it"
+        ) from None
     if not isinstance(state, dict) or not {"step", "scheduler", "rng"} <= set(state):
         raise PreferError(f"{path}: not a prefer trainer state; this run cannot be resumed from it")
     return state

@@ -1,6 +1,5 @@
 """Device, precision and torchrun: DDP or FSDP2 wrapping, gradient sync, collectives."""
 
-
 from __future__ import annotations
 
 import contextlib
@@ -77,8 +76,9 @@ def is_main_process() -> bool:
     return not torch_dist.is_initialized() or torch_dist.get_rank() == 0
 
 
-def wrap_model(model: torch.nn.Module, dist: Distributed, device: torch.device, *, parallel: str = "ddp"
-               ) -> torch.nn.Module:
+def wrap_model(
+    model: torch.nn.Module, dist: Distributed, device: torch.device, *, parallel: str = "ddp"
+) -> torch.nn.Module:
     """Under torchrun: DistributedDataParallel (`ddp`: every rank holds the whole model and optimizer state, gradients
     are all-reduced) or FSDP2 (`fsdp`: `fully_shard` on every transformer block, then on the whole model, so
     parameters, gradients and optimizer state are split over the ranks and a block's parameters are all-gathered

@@ -1,6 +1,5 @@
 """Step statistics and the metrics log (metrics.jsonl + TensorBoard)."""
 
-
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """AdamW, the warmup + linear-decay schedule, the optimizer step, loss denominators, data order."""
 
-
 from __future__ import annotations
 
 import torch
@@ -32,14 +31,26 @@ def make_scheduler(optimizer, *, total_steps: int, warmup_steps: int, min_lr_fra
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer_and_schedule(modules: list[torch.nn.Module], optimizer: OptimizerConfig, schedule: ScheduleConfig,
-                                *, total_steps: int, start_step: int = 0):
+def make_optimizer_and_schedule(
+    modules: list[torch.nn.Module],
+    optimizer: OptimizerConfig,
+    schedule: ScheduleConfig,
+    *,
+    total_steps: int,
+    start_step: int = 0,
+):
     """AdamW of a stage's `optimizer` section (its lr resolved) and the warmup + linear-decay schedule of its
     `schedule` section, warmup rounded to whole steps (at least one)."""
-    adamw = make_optimizer(modules, lr=optimizer.lr, weight_decay=optimizer.weight_decay,
-                           betas=(optimizer.beta1, optimizer.beta2))
-    scheduler = make_scheduler(adamw, total_steps=total_steps, min_lr_fraction=schedule.min_lr_fraction,
-                               warmup_steps=max(1, round(schedule.warmup_fraction * total_steps)), start_step=start_step)
+    adamw = make_optimizer(
+        modules, lr=optimizer.lr, weight_decay=optimizer.weight_decay, betas=(optimizer.beta1, optimizer.beta2)
+    )
+    scheduler = make_scheduler(
+        adamw,
+        total_steps=total_steps,
+        min_lr_fraction=schedule.min_lr_fraction,
+        warmup_steps=max(1, round(schedule.warmup_fraction * total_steps)),
+        start_step=start_step,
+    )
     return adamw, scheduler
 
 
@@ -59,7 +70,6 @@ def per_rank_denominator(global_count: float, world_size: int) -> float:
     divided by the number of ranks, because DDP and FSDP2 average the ranks' gradients. Then 1 process x N
     micro-batches and N ranks x 1 give the same gradient (see prefer.objectives.common)."""
     return global_count / world_size
-
 
 
 class BlockOrder:
@@ -91,12 +101,14 @@ class BlockOrder:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
 
-def micro_batch_size(batch_size: int, micro_batch_size: int | None, world_size: int, *,
-                     field: str = "train.batch_size") -> int:
+def micro_batch_size(
+    batch_size: int, micro_batch_size: int | None, world_size: int, *, field: str = "train.batch_size"
+) -> int:
     """Sequences (or prompts) per forward pass on one rank; the global batch (`field`, all ranks together) must split
     evenly over passes and ranks. None = the rank's whole share in one pass."""
     micro = micro_batch_size or batch_size // world_size
     if micro == 0 or batch_size % (micro * world_size):
-        raise PreferError(f"config: {field} {batch_size} must be a multiple of micro_batch_size x ranks "
-                          f"({micro} x {world_size})")
+        raise PreferError(
+            f"config: {field} {batch_size} must be a multiple of micro_batch_size x ranks ({micro} x {world_size})"
+        )
     return micro

@@ -191,8 +191,10 @@ def _corpus() -> list[Document]:
 def test_two_shards_merged_equal_the_unsharded_annotation(tmp_path, monkeypatch):
     docs = _corpus()
     unsharded = annotate(docs, "pep8", workers=1, progress=False)
-    paths = [annotate_shard(docs, "pep8", shard_index=i, num_shards=2, cache_dir=tmp_path, workers=1,
-                            progress=False) for i in range(2)]
+    paths = [
+        annotate_shard(docs, "pep8", shard_index=i, num_shards=2, cache_dir=tmp_path, workers=1, progress=False)
+        for i in range(2)
+    ]
     sizes = [len(load_annotated(p)) for p in paths]
     assert sum(sizes) == len(docs) and min(sizes) > 0
     # Every document of a file lands in the same shard.

@@ -19,11 +19,17 @@ from prefer.data.formats import (
 from prefer.errors import PreferError
 from prefer.models.build import train_tokenizer
 
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"},
-        {"role": "assistant", "content": " A B"}, {"role": "user", "content": "more"},
-        {"role": "assistant", "content": " C"}]
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CHAT = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "hi there"},
+    {"role": "assistant", "content": " A B"},
+    {"role": "user", "content": "more"},
+    {"role": "assistant", "content": " C"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +62,23 @@ def test_loss_mask_is_on_the_assistant_turns_only(chat_tokenizer):
     system, user, assistant, end = (token(t) for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"))
     # By hand: the special tokens split the text, so each piece tokenizes on its own. The assistant header is the
     # generation prompt (not trained on); each assistant content and the <|end|> that closes it are.
-    pieces = [([system], False), (_ids(chat_tokenizer, "be brief"), False), ([end], False),
-              ([user], False), (_ids(chat_tokenizer, "hi there"), False), ([end], False),
-              ([assistant], False), (_ids(chat_tokenizer, " A B"), True), ([end], True),
-              ([user], False), (_ids(chat_tokenizer, "more"), False), ([end], False),
-              ([assistant], False), (_ids(chat_tokenizer, " C"), True), ([end], True)]
+    pieces = [
+        ([system], False),
+        (_ids(chat_tokenizer, "be brief"), False),
+        ([end], False),
+        ([user], False),
+        (_ids(chat_tokenizer, "hi there"), False),
+        ([end], False),
+        ([assistant], False),
+        (_ids(chat_tokenizer, " A B"), True),
+        ([end], True),
+        ([user], False),
+        (_ids(chat_tokenizer, "more"), False),
+        ([end], False),
+        ([assistant], False),
+        (_ids(chat_tokenizer, " C"), True),
+        ([end], True),
+    ]
     assert ids == [t for piece, _ in pieces for t in piece]
     assert mask == [flag for piece, flag in pieces for _ in piece]
     assert chat_tokenizer.decode([t for t, m in zip(ids, mask) if m]) == " A B<|end|> C<|end|>"
@@ -70,8 +88,15 @@ def test_without_a_template_a_conversation_renders_plainly(tokenizer):
     assert not tokenizer.chat_template
     ids, mask = encode_conversation(tokenizer, CHAT[1:3])
     eos = tokenizer.eos_token_id
-    expected = ([eos] + _ids(tokenizer, "User: ") + _ids(tokenizer, "hi there") + _ids(tokenizer, "\n")
-                + _ids(tokenizer, "Assistant: ") + _ids(tokenizer, " A B") + [eos])
+    expected = (
+        [eos]
+        + _ids(tokenizer, "User: ")
+        + _ids(tokenizer, "hi there")
+        + _ids(tokenizer, "\n")
+        + _ids(tokenizer, "Assistant: ")
+        + _ids(tokenizer, " A B")
+        + [eos]
+    )
     assert ids == expected
     trained = len(_ids(tokenizer, " A B")) + 1  # the content and its eos
     assert mask == [False] * (len(expected) - trained) + [True] * trained
@@ -94,17 +119,25 @@ def test_every_format_is_read_and_bad_lines_are_named(tmp_path):
     assert read == [Demonstration("p", " r"), Demonstration("p", " c"), Conversation(tuple(CHAT))]
     with pytest.raises(PreferError, match=r"sft\.jsonl:3: a \{\"messages\"\} conversation"):
         read_demonstrations(path, conversations=False)  # the reward model's bias needs (prompt, response) pairs
-    for bad, message in [({"messages": [{"role": "user", "content": "x"}]}, ":2: no assistant message"),
-                         ({"messages": [{"role": "bot", "content": "x"}]}, ":2: message 0 has role 'bot'"),
-                         ({"prompt": "p"}, ":2: field 'response' must be a str")]:
+    for bad, message in [
+        ({"messages": [{"role": "user", "content": "x"}]}, ":2: no assistant message"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, ":2: message 0 has role 'bot'"),
+        ({"prompt": "p"}, ":2: field 'response' must be a str"),
+    ]:
         path.write_text(json.dumps(lines[0]) + "\n" + json.dumps(bad) + "\n")
         with pytest.raises(PreferError, match=message):
             read_demonstrations(path, conversations=True)
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"prompt": "p", "chosen": " good", "rejected": " bad"}) + "\n"
-                     + json.dumps({"prompt": "q", "responses": [" x", " y", " z"], "ranking": [2, 0, 1]}) + "\n")
-    assert read_rankings(pairs) == [Comparison("p", (" good", " bad"), (0, 1)),
-                                    Comparison("q", (" x", " y", " z"), (1, 2, 0))]
+    pairs.write_text(
+        json.dumps({"prompt": "p", "chosen": " good", "rejected": " bad"})
+        + "\n"
+        + json.dumps({"prompt": "q", "responses": [" x", " y", " z"], "ranking": [2, 0, 1]})
+        + "\n"
+    )
+    assert read_rankings(pairs) == [
+        Comparison("p", (" good", " bad"), (0, 1)),
+        Comparison("q", (" x", " y", " z"), (1, 2, 0)),
+    ]
     pairs.write_text(json.dumps({"prompt": "p", "chosen": " same", "rejected": " same"}) + "\n")
     with pytest.raises(PreferError, match=r"pairs\.jsonl:1: 'chosen' and 'rejected' are the same"):
         read_rankings(pairs)

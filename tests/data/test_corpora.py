@@ -85,7 +85,9 @@ def test_sources_joined_with_plus_share_the_budget(tmp_path):
     docs, prov = load_documents(f"{FIXTURES / 'code'}+{CHANGELOG}")
     assert prov["kind"] == "combined" and [p["kind"] for p in prov["parts"]] == ["code", "changelogs"]
     assert {d.source for d in docs if d.source.startswith(f"{FIXTURES / 'code'}:")} == {
-        f"{FIXTURES / 'code'}:clean.py", f"{FIXTURES / 'code'}:pkg/messy.py"}
+        f"{FIXTURES / 'code'}:clean.py",
+        f"{FIXTURES / 'code'}:pkg/messy.py",
+    }
     assert sum(d.source.startswith(f"{CHANGELOG}:") for d in docs) == 3
     assert prov["documents"] == sum(p["documents"] for p in prov["parts"]) - prov["duplicate_documents"]
     # A budget: the first part gets half; what it leaves unused passes to the second.
@@ -122,16 +124,42 @@ def test_split_by_source_never_leaves_validation_empty_with_two_sources():
 
 def test_dispatch_table_names_every_source():
     assert [s.name for s in SOURCES] == [
-        "stdlib", "site-packages", "changelogs", "copyrights", "python-metadata", "fortunes", "man-pages",
-        "hf:NAME[:SPLIT]", "DIR of .py", "DIR of changelog*.gz", "FILE.gz (a Debian changelog)", "FILE.jsonl"]
-    assert list(NAMED_SOURCES) == ["stdlib", "site-packages", "changelogs", "copyrights", "python-metadata",
-                                   "fortunes", "man-pages"]
-    expected = {"stdlib": code.STDLIB, "site-packages": code.SITE_PACKAGES, "changelogs": debian.CHANGELOGS,
-                "copyrights": debian.COPYRIGHTS, "python-metadata": python_metadata.PYTHON_METADATA,
-                "fortunes": fortunes.FORTUNES, "man-pages": man_pages.MAN_PAGES,
-                "hf:codeparrot/codeparrot-clean:validation": hub.HUB, str(FIXTURES / "code"): code.CODE_DIRECTORY,
-                str(FIXTURES / "changelogs"): debian.CHANGELOG_DIRECTORY, str(CHANGELOG): debian.CHANGELOG_FILE,
-                str(FIXTURES / "docs.jsonl"): jsonl.JSONL}
+        "stdlib",
+        "site-packages",
+        "changelogs",
+        "copyrights",
+        "python-metadata",
+        "fortunes",
+        "man-pages",
+        "hf:NAME[:SPLIT]",
+        "DIR of .py",
+        "DIR of changelog*.gz",
+        "FILE.gz (a Debian changelog)",
+        "FILE.jsonl",
+    ]
+    assert list(NAMED_SOURCES) == [
+        "stdlib",
+        "site-packages",
+        "changelogs",
+        "copyrights",
+        "python-metadata",
+        "fortunes",
+        "man-pages",
+    ]
+    expected = {
+        "stdlib": code.STDLIB,
+        "site-packages": code.SITE_PACKAGES,
+        "changelogs": debian.CHANGELOGS,
+        "copyrights": debian.COPYRIGHTS,
+        "python-metadata": python_metadata.PYTHON_METADATA,
+        "fortunes": fortunes.FORTUNES,
+        "man-pages": man_pages.MAN_PAGES,
+        "hf:codeparrot/codeparrot-clean:validation": hub.HUB,
+        str(FIXTURES / "code"): code.CODE_DIRECTORY,
+        str(FIXTURES / "changelogs"): debian.CHANGELOG_DIRECTORY,
+        str(CHANGELOG): debian.CHANGELOG_FILE,
+        str(FIXTURES / "docs.jsonl"): jsonl.JSONL,
+    }
     assert {spec: source_for(spec) for spec in expected} == expected
     assert {source_for(spec).name for spec in expected} == {s.name for s in SOURCES}  # each one reachable
 
@@ -147,24 +175,49 @@ def test_dispatch_of_paths_that_name_no_source(tmp_path):
     assert str(error.value) == (
         f"corpus source {str(tmp_path / 'absent.jsonl')!r}: no such file or directory (expected one of stdlib, "
         "site-packages, changelogs, copyrights, python-metadata, fortunes, man-pages, hf:NAME[:SPLIT], a directory, "
-        "a .jsonl file or a .gz changelog, or several joined with '+')")
+        "a .jsonl file or a .gz changelog, or several joined with '+')"
+    )
 
 
 # ---------------------------------------------------------------- provenance records
 
 
 def test_provenance_to_dict_keeps_its_key_order_and_plain_types():
-    prov = Provenance(kind="k", licence="L", path="/p", files=2, bytes=10, skipped=({"file": "a", "reason": "r"},),
-                      left_out_by_budget=1, excluded={"tests": 3}, details={"python": "3.11"},
-                      key_order=("files", "bytes", "skipped", "left_out_by_budget", "kind", "licence", "path",
-                                 "python", "excluded"))
+    prov = Provenance(
+        kind="k",
+        licence="L",
+        path="/p",
+        files=2,
+        bytes=10,
+        skipped=({"file": "a", "reason": "r"},),
+        left_out_by_budget=1,
+        excluded={"tests": 3},
+        details={"python": "3.11"},
+        key_order=("files", "bytes", "skipped", "left_out_by_budget", "kind", "licence", "path", "python", "excluded"),
+    )
     record = prov.to_dict()
-    assert list(record.items()) == [("files", 2), ("bytes", 10), ("skipped", [{"file": "a", "reason": "r"}]),
-                                    ("left_out_by_budget", 1), ("kind", "k"), ("licence", "L"), ("path", "/p"),
-                                    ("python", "3.11"), ("excluded", {"tests": 3})]
+    assert list(record.items()) == [
+        ("files", 2),
+        ("bytes", 10),
+        ("skipped", [{"file": "a", "reason": "r"}]),
+        ("left_out_by_budget", 1),
+        ("kind", "k"),
+        ("licence", "L"),
+        ("path", "/p"),
+        ("python", "3.11"),
+        ("excluded", {"tests": 3}),
+    ]
     assert json.loads(json.dumps(record)) == record
     assert list(Provenance(kind="k", licence="L", path="/p", files=0, bytes=0).to_dict()) == [
-        "kind", "licence", "path", "files", "bytes", "skipped", "left_out_by_budget", "excluded"]
+        "kind",
+        "licence",
+        "path",
+        "files",
+        "bytes",
+        "skipped",
+        "left_out_by_budget",
+        "excluded",
+    ]
     # The order is presentation only: it does not take part in equality.
     assert prov == dataclasses.replace(prov, key_order=(*prov.key_order[1:], "files"))
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -172,44 +225,104 @@ def test_provenance_to_dict_keeps_its_key_order_and_plain_types():
     with pytest.raises(ValueError, match="key_order"):
         Provenance(kind="k", licence="L", path="/p", files=0, bytes=0, details={"python": "3.11"})  # not ordered
     with pytest.raises(ValueError, match="key_order"):
-        Provenance(kind="k", licence="L", path="/p", files=0, bytes=0, details={"files": 1},
-                   key_order=("kind", "licence", "path", "files", "bytes", "skipped", "left_out_by_budget",
-                              "excluded", "files"))  # a detail may not shadow a common field
+        Provenance(
+            kind="k",
+            licence="L",
+            path="/p",
+            files=0,
+            bytes=0,
+            details={"files": 1},
+            key_order=(
+                "kind",
+                "licence",
+                "path",
+                "files",
+                "bytes",
+                "skipped",
+                "left_out_by_budget",
+                "excluded",
+                "files",
+            ),
+        )  # a detail may not shadow a common field
 
 
 def _user_fields(path: Path) -> list[tuple[str, object]]:
-    return [("path", str(path.resolve())), ("licence", "user-supplied: see the files' own licences"),
-            ("excluded", {})]
+    return [("path", str(path.resolve())), ("licence", "user-supplied: see the files' own licences"), ("excluded", {})]
 
 
 def test_provenance_records_have_the_shape_data_json_always_had():
     # The key order and values data.json recorded before sources/ existed (prefer corpus printed them).
     _, prov = load_documents(str(FIXTURES / "code"))
     assert list(prov.items()) == [
-        ("source", str(FIXTURES / "code")), ("max_bytes", None), *_user_fields(FIXTURES / "code"), ("files", 3),
-        ("bytes", 292), ("skipped", []), ("unparsed_files", 0), ("left_out_by_budget", 0), ("kind", "code"),
-        ("documents", 6), ("document_bytes", 292), ("segments", 23), ("duplicate_documents", 0)]
+        ("source", str(FIXTURES / "code")),
+        ("max_bytes", None),
+        *_user_fields(FIXTURES / "code"),
+        ("files", 3),
+        ("bytes", 292),
+        ("skipped", []),
+        ("unparsed_files", 0),
+        ("left_out_by_budget", 0),
+        ("kind", "code"),
+        ("documents", 6),
+        ("document_bytes", 292),
+        ("segments", 23),
+        ("duplicate_documents", 0),
+    ]
     _, prov = load_documents(str(CHANGELOG))
     assert list(prov.items()) == [
-        ("source", str(CHANGELOG)), ("max_bytes", None), *_user_fields(CHANGELOG), ("files", 1), ("bytes", 567),
-        ("skipped", []), ("lines_outside_entries", 6), ("kind", "changelogs"), ("left_out_by_budget", 0),
-        ("documents", 3), ("document_bytes", 519), ("segments", 16), ("duplicate_documents", 0)]
+        ("source", str(CHANGELOG)),
+        ("max_bytes", None),
+        *_user_fields(CHANGELOG),
+        ("files", 1),
+        ("bytes", 567),
+        ("skipped", []),
+        ("lines_outside_entries", 6),
+        ("kind", "changelogs"),
+        ("left_out_by_budget", 0),
+        ("documents", 3),
+        ("document_bytes", 519),
+        ("segments", 16),
+        ("duplicate_documents", 0),
+    ]
     _, prov = load_documents(str(FIXTURES / "docs.jsonl"), max_bytes=10_000)
     assert list(prov.items()) == [
-        ("source", str(FIXTURES / "docs.jsonl")), ("max_bytes", 10_000), *_user_fields(FIXTURES / "docs.jsonl"),
-        ("kind", "jsonl"), ("files", 1), ("bytes", 53), ("skipped", []), ("left_out_by_budget", 0),
-        ("documents", 2), ("document_bytes", 53), ("segments", 3), ("duplicate_documents", 0)]
+        ("source", str(FIXTURES / "docs.jsonl")),
+        ("max_bytes", 10_000),
+        *_user_fields(FIXTURES / "docs.jsonl"),
+        ("kind", "jsonl"),
+        ("files", 1),
+        ("bytes", 53),
+        ("skipped", []),
+        ("left_out_by_budget", 0),
+        ("documents", 2),
+        ("document_bytes", 53),
+        ("segments", 3),
+        ("duplicate_documents", 0),
+    ]
 
 
 def test_provenance_of_a_combination_nests_its_parts():
     _, prov = load_documents(f"{FIXTURES / 'docs.jsonl'}+{CHANGELOG}", max_bytes=1000)
-    assert list(prov) == ["source", "max_bytes", "kind", "licence", "path", "parts", "files", "bytes", "skipped",
-                          "left_out_by_budget", "excluded", "documents", "document_bytes", "segments",
-                          "duplicate_documents"]
+    assert list(prov) == [
+        "source",
+        "max_bytes",
+        "kind",
+        "licence",
+        "path",
+        "parts",
+        "files",
+        "bytes",
+        "skipped",
+        "left_out_by_budget",
+        "excluded",
+        "documents",
+        "document_bytes",
+        "segments",
+        "duplicate_documents",
+    ]
     first, second = prov["parts"]
     assert list(first.items())[:3] == [("source", str(FIXTURES / "docs.jsonl")), ("max_bytes", 500), ("documents", 2)]
-    assert list(first)[3:] == ["path", "licence", "excluded", "kind", "files", "bytes", "skipped",
-                               "left_out_by_budget"]
+    assert list(first)[3:] == ["path", "licence", "excluded", "kind", "files", "bytes", "skipped", "left_out_by_budget"]
     assert second["max_bytes"] == 1000 - 53 and second["lines_outside_entries"] == 6  # 53 bytes: the jsonl texts
     assert prov["licence"] == "user-supplied: see the files' own licences"  # the same licence once
     assert prov["files"] == 2 and prov["bytes"] == 53 + 567

@@ -28,17 +28,20 @@ def test_demonstrations_and_prompts_round_trip(tmp_path):
     assert [p.prompt for p in read_prompts(tmp_path / "p.jsonl")] == ["x", "y"]
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"prompt": "p", "responses": ["a"], "ranking": [0]}', "1 responses"),
-    ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}', "twice"),
-    ('{"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 2]}', r"leaves out response\(s\) \[1\]"),
-    ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 5]}', "out of range"),
-    ('{"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}', "response 1 is empty"),
-    ('{"prompt": "p", "responses": ["a", "b"], "ranking": [[0, 1]]}', "every response ties"),
-    ('{"prompt": "p", "responses": ["a", "b"]}', "ranking"),
-    ('{"prompt": 3, "responses": ["a", "b"], "ranking": [0, 1]}', "'prompt' must be a str"),
-    ('not json', "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "p", "responses": ["a"], "ranking": [0]}', "1 responses"),
+        ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}', "twice"),
+        ('{"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 2]}', r"leaves out response\(s\) \[1\]"),
+        ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 5]}', "out of range"),
+        ('{"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}', "response 1 is empty"),
+        ('{"prompt": "p", "responses": ["a", "b"], "ranking": [[0, 1]]}', "every response ties"),
+        ('{"prompt": "p", "responses": ["a", "b"]}', "ranking"),
+        ('{"prompt": 3, "responses": ["a", "b"], "ranking": [0, 1]}', "'prompt' must be a str"),
+        ("not json", "invalid JSON"),
+    ],
+)
 def test_bad_ranking_lines_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "r.jsonl"
     path.write_text('{"prompt": "ok", "responses": ["a", "b"], "ranking": [1, 0]}\n' + line + "\n")

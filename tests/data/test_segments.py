@@ -8,20 +8,23 @@ from prefer.data import segments as segments_mod
 from prefer.data.segments import split_sentences, split_sentences_many
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Hello there. How are you?\nI am fine.", ("Hello there. ", "How are you?\n", "I am fine.")),
-    # A wrapped line does not end a sentence; the period after it does.
-    ("This is a long\nsentence. Next one.", ("This is a long\nsentence. ", "Next one.")),
-    # An abbreviation does not end one.
-    ("Dr. Smith arrived. He sat.", ("Dr. Smith arrived. ", "He sat.")),
-    # A blank line ends one even without punctuation.
-    ("Para one ends here\n\nPara two. Yes.\n", ("Para one ends here\n\n", "Para two. ", "Yes.\n")),
-    # Repeated sentences are cut where they are, not at their first occurrence.
-    ("Yes. Yes. Yes.", ("Yes. ", "Yes. ", "Yes.")),
-    # Whitespace before the first sentence goes with it.
-    ("  Lead. x", ("  Lead. ", "x")),
-    ("", ()),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Hello there. How are you?\nI am fine.", ("Hello there. ", "How are you?\n", "I am fine.")),
+        # A wrapped line does not end a sentence; the period after it does.
+        ("This is a long\nsentence. Next one.", ("This is a long\nsentence. ", "Next one.")),
+        # An abbreviation does not end one.
+        ("Dr. Smith arrived. He sat.", ("Dr. Smith arrived. ", "He sat.")),
+        # A blank line ends one even without punctuation.
+        ("Para one ends here\n\nPara two. Yes.\n", ("Para one ends here\n\n", "Para two. ", "Yes.\n")),
+        # Repeated sentences are cut where they are, not at their first occurrence.
+        ("Yes. Yes. Yes.", ("Yes. ", "Yes. ", "Yes.")),
+        # Whitespace before the first sentence goes with it.
+        ("  Lead. x", ("  Lead. ", "x")),
+        ("", ()),
+    ],
+)
 def test_split_sentences(text, expected):
     assert split_sentences(text) == expected
 
@@ -39,9 +42,13 @@ def test_pieces_without_words_join_a_sentence():
 
 
 def test_sentences_always_concatenate_to_the_text():
-    texts = ["\t\"...A strange enigma is man!\"\n\t\"Someone calls him a soul,\" I said.\n\t\t-- Holmes\n",
-             "e.g. this (and that). 3.14 is pi! Is it?  Yes...\n\n\n  Indented.\n",
-             "No punctuation at all", "\n\n\n", "Mr. and Mrs. Smith went to Washington D.C. on Jan. 5th. Then home."]
+    texts = [
+        '\t"...A strange enigma is man!"\n\t"Someone calls him a soul," I said.\n\t\t-- Holmes\n',
+        "e.g. this (and that). 3.14 is pi! Is it?  Yes...\n\n\n  Indented.\n",
+        "No punctuation at all",
+        "\n\n\n",
+        "Mr. and Mrs. Smith went to Washington D.C. on Jan. 5th. Then home.",
+    ]
     for text in texts:
         assert "".join(split_sentences(text)) == text
 

@@ -68,7 +68,7 @@ def test_code_documents_carry_their_file():
     for d in docs:
         lines = d.context.segments
         assert "".join(lines) == text  # the whole file, shared by every piece
-        assert lines[d.context.start:d.context.start + len(d.segments)] == d.segments
+        assert lines[d.context.start : d.context.start + len(d.segments)] == d.segments
     assert len({id(d.context.segments) for d in docs}) == 1
 
 
@@ -77,8 +77,7 @@ def test_stdlib_smoke():
     assert prov["kind"] == "stdlib" and "PSF" in prov["licence"]
     assert 0 < prov["bytes"] <= 200_000 and docs
     assert prov["excluded"].get("tests", 0) > 0
-    assert not any(d.source.startswith(("encodings/", "pydoc_data/")) or "/test/" in f"/{d.source}"
-                   for d in docs)
+    assert not any(d.source.startswith(("encodings/", "pydoc_data/")) or "/test/" in f"/{d.source}" for d in docs)
 
 
 def test_site_packages_exclusions(tmp_path, monkeypatch):

@@ -44,8 +44,10 @@ def test_system_changelogs_when_present():
 
 def test_split_stanzas():
     text = "Files: *\nCopyright: 2020 Jane <jane@example.org>\n\n\nLicense: MIT\n text\n"
-    assert split_stanzas(text) == [("Files: *\n", "Copyright: 2020 Jane <jane@example.org>\n"),
-                                   ("License: MIT\n", " text\n")]
+    assert split_stanzas(text) == [
+        ("Files: *\n", "Copyright: 2020 Jane <jane@example.org>\n"),
+        ("License: MIT\n", " text\n"),
+    ]
 
 
 def test_copyrights_source(tmp_path, monkeypatch):
@@ -54,6 +56,8 @@ def test_copyrights_source(tmp_path, monkeypatch):
     (tmp_path / "pkg-alias").symlink_to(tmp_path / "pkg")  # one package directory under two names
     monkeypatch.setattr(debian, "DEBIAN_DOC", tmp_path)
     docs, prov = load_documents("copyrights")
-    assert [(d.source, d.text) for d in docs] == [("pkg/copyright", "Files: *\nCopyright: Jane\n"),
-                                                   ("pkg/copyright", "License: MIT\n")]
+    assert [(d.source, d.text) for d in docs] == [
+        ("pkg/copyright", "Files: *\nCopyright: Jane\n"),
+        ("pkg/copyright", "License: MIT\n"),
+    ]
     assert prov["kind"] == "copyrights" and [s["file"] for s in prov["skipped"]] == ["pkg-alias/copyright"]

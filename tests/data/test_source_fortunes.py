@@ -22,8 +22,11 @@ def _strfile(path: Path, fortunes: list[str], *, rotated: bool = False) -> None:
 
 def test_parse_fortunes_lines_comments_and_overstrike():
     text = "%% $FreeBSD$\n%\nFirst one.\n%\n\n%\nThe _\bb_\bi_\bg one.\nTwo lines.\n%\nLast, no delimiter\n"
-    assert parse_fortunes(text) == [(3, "First one.\n"), (7, "The big one.\nTwo lines.\n"),
-                                    (10, "Last, no delimiter\n")]
+    assert parse_fortunes(text) == [
+        (3, "First one.\n"),
+        (7, "The big one.\nTwo lines.\n"),
+        (10, "Last, no delimiter\n"),
+    ]
 
 
 def test_fortune_directory_decodes_rot13_files_flagged_in_their_index(tmp_path):
@@ -32,9 +35,11 @@ def test_fortune_directory_decodes_rot13_files_flagged_in_their_index(tmp_path):
     _strfile(tmp_path / "off" / "rude", [codecs.encode("The rude one.\n", "rot13")], rotated=True)
     (tmp_path / "README").write_text("not a fortune file: no .dat beside it\n")
     texts, info = fortune_texts(tmp_path, "debian-fortunes")
-    assert texts == [("debian-fortunes/jokes:1", "A joke. It is short.\n"),
-                     ("debian-fortunes/jokes:3", "Another joke.\n"),
-                     ("debian-fortunes/off/rude:1", "The rude one.\n")]
+    assert texts == [
+        ("debian-fortunes/jokes:1", "A joke. It is short.\n"),
+        ("debian-fortunes/jokes:3", "Another joke.\n"),
+        ("debian-fortunes/off/rude:1", "The rude one.\n"),
+    ]
     assert info["rot13_files"] == ["off/rude"] and info["files"] == 2
     (tmp_path / "jokes.dat").write_bytes(b"\0\0")
     with pytest.raises(PreferError, match="jokes.dat"):

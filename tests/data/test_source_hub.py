@@ -20,16 +20,22 @@ def _jsonl(path: Path, records: list[dict]) -> str:
 
 def test_hub_source_names():
     assert parse_hub_source("hf:tomekkorbak/detoxify-pile-chunk3-0-50000") == (
-        "tomekkorbak/detoxify-pile-chunk3-0-50000", "train")
+        "tomekkorbak/detoxify-pile-chunk3-0-50000",
+        "train",
+    )
     assert parse_hub_source("hf:codeparrot/codeparrot-clean:validation") == (
-        "codeparrot/codeparrot-clean", "validation")
+        "codeparrot/codeparrot-clean",
+        "validation",
+    )
     with pytest.raises(PreferError, match="hf:NAME"):
         parse_hub_source("hf:")
 
 
 def test_hub_scored_shard_schema_keeps_its_scores(tmp_path):
-    records = [{"texts": ["Hello there. ", "You fool."], "scores": [0.01, 0.9], "meta": {"pile_set_name": "x"}},
-               {"texts": [], "scores": [], "meta": {"pile_set_name": "y"}}]
+    records = [
+        {"texts": ["Hello there. ", "You fool."], "scores": [0.01, 0.9], "meta": {"pile_set_name": "x"}},
+        {"texts": [], "scores": [], "meta": {"pile_set_name": "y"}},
+    ]
     data = _jsonl(tmp_path / "pile.jsonl", records)
     docs, prov = hub_documents("json", data_files=data, cache_dir=str(tmp_path / "hf"), scores_of="toxicity")
     assert docs == [Document(("Hello there. ", "You fool."), "json:train:0")]  # the empty record is dropped
@@ -41,8 +47,9 @@ def test_hub_scored_shard_schema_keeps_its_scores(tmp_path):
     assert docs[0].given_scores is None and prov.details["scores_ignored"]
     _jsonl(tmp_path / "bad.jsonl", [{"texts": ["a", "b"], "scores": [0.0]}])
     with pytest.raises(PreferError, match="record 0: 1 scores for 2 texts"):
-        hub_documents("json", data_files=str(tmp_path / "bad.jsonl"), cache_dir=str(tmp_path / "hf"),
-                      scores_of="toxicity")
+        hub_documents(
+            "json", data_files=str(tmp_path / "bad.jsonl"), cache_dir=str(tmp_path / "hf"), scores_of="toxicity"
+        )
 
 
 def test_hub_code_and_prose_schemas(tmp_path):

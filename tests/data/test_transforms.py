@@ -12,8 +12,9 @@ from prefer.data.transforms import (
 
 
 def doc(scores, source="a.py"):
-    return AnnotatedDocument(segments=tuple(f"line {i}\n" for i in range(len(scores))), scores=tuple(scores),
-                             source=source)
+    return AnnotatedDocument(
+        segments=tuple(f"line {i}\n" for i in range(len(scores))), scores=tuple(scores), source=source
+    )
 
 
 def test_document_score_is_mean_of_segment_scores():

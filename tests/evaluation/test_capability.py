@@ -78,6 +78,7 @@ Q = Bigram([[0.1, 0.3, 0.3, 0.3], [0.1, 0.3, 0.3, 0.3], [0.25, 0.25, 0.25, 0.25]
 
 def test_exact_kl_by_propagation_equals_enumeration():
     """Sum over every sequence of at most T tokens of p(x) log p(x)/q(x) (4^6 paths)."""
+
     def enumerate_kl(p, q, state=0, depth=0, lp=0.0, lq=0.0):
         total = 0.0
         for token in range(4):
@@ -153,8 +154,17 @@ def test_hf_kl_to_itself_is_zero_and_positive_to_another_model(models):
     assert other["control_tokens_counted"] is False
     assert other["reference_prefix"] == ["<|endoftext|>"] and other["model_prefix"] == ["<|endoftext|>"]
     assert other["kl_per_byte"] == pytest.approx(sum(other["per_sample"]) / (other["mean_bytes"] * 64))
-    conditional = kl_to_reference(m1, t1, m2, t2, num_samples=8, max_new_tokens=20, batch_size=8, seed=0,
-                                  model_info={"control_tokens_trained": True})
+    conditional = kl_to_reference(
+        m1,
+        t1,
+        m2,
+        t2,
+        num_samples=8,
+        max_new_tokens=20,
+        batch_size=8,
+        seed=0,
+        model_info={"control_tokens_trained": True},
+    )
     assert conditional["model_prefix"] == ["<|endoftext|>", "<|good|>"]
     with pytest.raises(PreferError, match="model_prefix"):
         kl_to_reference(m1, t1, m2, t2, num_samples=2, max_new_tokens=4, batch_size=2, seed=0, model_prefix="x")
@@ -171,8 +181,9 @@ def test_sequence_logprob_by_hand(models):
         logits = m1(ids).logits[0, 1:-1].double()  # predictions of the content tokens
     logits[:, [good, t1.convert_tokens_to_ids("<|bad|>")]] = float("-inf")
     expected = torch.log_softmax(logits, -1)[torch.arange(len(content)), torch.tensor(content)].sum().item()
-    values, counts, windowed = sequence_logprobs(m1, t1, [text, text], ended=[True, False],
-                                                 prefix_ids=[t1.eos_token_id, good], batch_size=2)
+    values, counts, windowed = sequence_logprobs(
+        m1, t1, [text, text], ended=[True, False], prefix_ids=[t1.eos_token_id, good], batch_size=2
+    )
     assert values[0] == pytest.approx(expected, abs=1e-4)
     assert values[1] == pytest.approx(expected - torch.log_softmax(logits, -1)[-1, t1.eos_token_id].item(), abs=1e-4)
     assert counts.tolist() == [len(content), len(content) - 1] and windowed == 0
@@ -183,8 +194,9 @@ def test_long_texts_are_scored_in_windows(models):
     text = " ".join(PROSE * 6)
     n = len(t2(text, add_special_tokens=False)["input_ids"])
     assert n > 48
-    values, counts, windowed = sequence_logprobs(m2, t2, [text], ended=[False], prefix_ids=[t2.eos_token_id],
-                                                 batch_size=4)
+    values, counts, windowed = sequence_logprobs(
+        m2, t2, [text], ended=[False], prefix_ids=[t2.eos_token_id], batch_size=4
+    )
     assert windowed == 1 and counts.tolist() == [n] and np.isfinite(values).all()
 
 
@@ -192,8 +204,7 @@ def test_heldout_loss_per_token_and_byte(models):
     (m1, t1), _ = models
     texts = ["the cat sat on the mat.\n", "café au lait\n"]  # é is two UTF-8 bytes
     plain = heldout_loss_per_token_and_byte(m1, t1, texts, batch_size=2, control_tokens_trained=False)
-    values, counts, _ = sequence_logprobs(m1, t1, texts, ended=[True, True], prefix_ids=[t1.eos_token_id],
-                                          batch_size=2)
+    values, counts, _ = sequence_logprobs(m1, t1, texts, ended=[True, True], prefix_ids=[t1.eos_token_id], batch_size=2)
     assert plain["bytes"] == len(texts[0]) + len(texts[1]) + 1 and plain["tokens"] == counts.sum()
     assert plain["loss_per_token"] == pytest.approx(-values.sum() / counts.sum())
     assert plain["loss_per_byte"] == pytest.approx(plain["loss_per_token"] * plain["tokens"] / plain["bytes"])
@@ -204,6 +215,7 @@ def test_heldout_loss_per_token_and_byte(models):
 
 
 # ------------------------------------------------------------------ code
+
 
 def test_parse_rate_is_exactly_as_written():
     texts = ["def f():\n    pass\n", "def f(:\n", "    x = 1\n", "x = 1", "a\x00b"]  # indented: not dedented
@@ -256,8 +268,9 @@ def test_cut_at_dedent():
 def test_code_completion_eval(models):
     _, (m2, t2) = models
     prompts = ["def add(a, b):\n", "class Foo:\n"]
-    result = code_completion_eval(m2, t2, prompts, control_tokens_trained=False, samples_per_prompt=3,
-                                  max_new_tokens=12, batch_size=8, seed=0)
+    result = code_completion_eval(
+        m2, t2, prompts, control_tokens_trained=False, samples_per_prompt=3, max_new_tokens=12, batch_size=8, seed=0
+    )
     assert result["num_samples"] == 6 and result["prompt"] == "none" and result["blocked"] == "both"
     assert [t.split("\n")[0] + "\n" for t in result["texts"]] == [p for p in prompts for _ in range(3)]
     assert result["parse_rate"] == parse_rate(result["texts"])

@@ -37,8 +37,16 @@ def tiny():
 
 def test_kl_of_the_sft_model_to_itself_is_zero_and_to_another_model_positive(tiny):
     model, tokenizer = tiny
-    samples = sample_policy(model, tokenizer, ["the cat", "a dog"], samples_per_prompt=3, max_new_tokens=8,
-                            temperature=1.0, seed=0, batch_size=4)
+    samples = sample_policy(
+        model,
+        tokenizer,
+        ["the cat", "a dog"],
+        samples_per_prompt=3,
+        max_new_tokens=8,
+        temperature=1.0,
+        seed=0,
+        batch_size=4,
+    )
     assert len(samples) == 6 and samples.prompts[:3] == ["the cat"] * 3
     assert np.all(kl_to_sft(model, model, tokenizer, samples, temperature=1.0, batch_size=4) == 0.0)
     other = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32).eval()
@@ -52,11 +60,17 @@ def test_kl_of_the_sft_model_to_itself_is_zero_and_to_another_model_positive(tin
 def test_best_of_n_keeps_the_proxy_favourite_of_each_group_and_states_its_kl():
     # 1 prompt, 4 samples; proxy misalignment [3, 1, 2, 0] -> rewards [-3, -1, -2, 0]; n = 2: groups (0, 1), (2, 3)
     # keep samples 1 and 3, gold [0.4, 0.1] -> mean 0.25; KL log 2 - 1/2
-    pool = PolicySamples(["p"] * 4, ["a", "bb", "ccc", "dddd"], [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]],
-                         [True] * 4, 4)
+    pool = PolicySamples(["p"] * 4, ["a", "bb", "ccc", "dddd"], [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]], [True] * 4, 4)
     gold = np.array([0.9, 0.4, 0.8, 0.1])
-    entry = best_of_n_entry(pool, 2, gold=gold, proxies={"rm": np.array([3.0, 1.0, 2.0, 0.0])}, select_by="rm",
-                            baseline_gold=np.array([0.3]), heldout=None)
+    entry = best_of_n_entry(
+        pool,
+        2,
+        gold=gold,
+        proxies={"rm": np.array([3.0, 1.0, 2.0, 0.0])},
+        select_by="rm",
+        baseline_gold=np.array([0.3]),
+        heldout=None,
+    )
     assert entry["gold"]["mean"] == pytest.approx(0.25)
     assert entry["proxy_reward"]["rm"]["mean"] == pytest.approx(-0.5)
     assert entry["kl"]["mean"] == pytest.approx(np.log(2) - 0.5)
@@ -66,8 +80,14 @@ def test_best_of_n_keeps_the_proxy_favourite_of_each_group_and_states_its_kl():
 
 def test_policy_entry_reports_the_protocol(tiny):
     samples = PolicySamples(["p", "q"], ["x y", "x z"], [[1, 2], [1]], [True, False], 1)
-    entry = policy_entry(samples, gold=np.array([0.0, 0.2]), proxies={"rm": np.array([1.0, -1.0])},
-                         kl=np.array([0.5, 1.5]), baseline_gold=np.array([0.1, 0.1]), heldout={"loss_per_token": 3.0})
+    entry = policy_entry(
+        samples,
+        gold=np.array([0.0, 0.2]),
+        proxies={"rm": np.array([1.0, -1.0])},
+        kl=np.array([0.5, 1.5]),
+        baseline_gold=np.array([0.1, 0.1]),
+        heldout={"loss_per_token": 3.0},
+    )
     assert entry["gold"]["mean"] == pytest.approx(0.1) and entry["kl"]["mean"] == pytest.approx(1.0)
     assert entry["proxy_reward"]["rm"]["mean"] == pytest.approx(0.0)  # rewards -1 and +1
     assert entry["win_rate"]["win_rate"] == pytest.approx(0.5) and entry["ended"] == 0.5

@@ -62,10 +62,8 @@ def test_best_of_n_kl_matches_the_exact_kl_of_the_selection_on_a_discrete_pool()
 
 
 def test_best_of_n_picks_the_highest_proxy_reward_in_each_disjoint_group():
-    proxy = np.array([[0.1, 0.9, 0.3, 0.2],
-                      [0.5, 0.5, 0.0, 0.7]])
-    gold = np.array([[1.0, 2.0, 3.0, 4.0],
-                     [5.0, 6.0, 7.0, 8.0]])
+    proxy = np.array([[0.1, 0.9, 0.3, 0.2], [0.5, 0.5, 0.0, 0.7]])
+    gold = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
     # n = 2: groups (0, 1) and (2, 3); row 1's first group is a tie: the first sample wins
     assert best_of_n_indices(proxy, 2).tolist() == [[1, 2], [0, 3]]
     assert best_of_n_values(gold, proxy, 2).tolist() == [[2.0, 3.0], [5.0, 8.0]]

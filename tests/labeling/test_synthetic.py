@@ -33,9 +33,16 @@ def setup(tmp_path_factory):
 
 
 def config(setup, tmp_path, **extra):
-    values = {"model": setup / "lm", "prompts": setup / "prompts.jsonl", "rankings_out": tmp_path / "rankings.jsonl",
-              "demonstrations_out": tmp_path / "demos.jsonl", "num_responses": 4, "generation.max_new_tokens": 12,
-              "device": "cpu", "seed": 1}
+    values = {
+        "model": setup / "lm",
+        "prompts": setup / "prompts.jsonl",
+        "rankings_out": tmp_path / "rankings.jsonl",
+        "demonstrations_out": tmp_path / "demos.jsonl",
+        "num_responses": 4,
+        "generation.max_new_tokens": 12,
+        "device": "cpu",
+        "seed": 1,
+    }
     values.update(extra)
     return load_config(LabelConfig, overrides=[f"{key}={value}" for key, value in values.items()])
 
@@ -54,16 +61,19 @@ def test_ranks_follow_the_gold_scorer_and_all_tie_prompts_are_dropped(setup, tmp
     assert {"tie 1:", "tie 2:"} <= set(best)  # an all-tie prompt still has a best (any) response
     for comparison in comparisons:
         assert count_x([comparison.prompt + best[comparison.prompt]])[0] == min(
-            count_x([comparison.prompt + r for r in comparison.responses]))
+            count_x([comparison.prompt + r for r in comparison.responses])
+        )
     assert report.gold_best_mean <= report.gold_mean
 
 
 def test_noise_changes_some_rankings_and_is_seeded(setup, tmp_path):
     exact = read_rankings(label_synthetic(config(setup, tmp_path / "exact"), scorer=count_x, progress=False).rankings)
-    noisy = read_rankings(label_synthetic(config(setup, tmp_path / "noisy", noise=2.0), scorer=count_x,
-                                          progress=False).rankings)
-    again = read_rankings(label_synthetic(config(setup, tmp_path / "again", noise=2.0), scorer=count_x,
-                                          progress=False).rankings)
+    noisy = read_rankings(
+        label_synthetic(config(setup, tmp_path / "noisy", noise=2.0), scorer=count_x, progress=False).rankings
+    )
+    again = read_rankings(
+        label_synthetic(config(setup, tmp_path / "again", noise=2.0), scorer=count_x, progress=False).rankings
+    )
     assert noisy == again
     exact_by_prompt = {c.prompt: c for c in exact}
     changed = [c for c in noisy if c.prompt in exact_by_prompt and c.ranks != exact_by_prompt[c.prompt].ranks]
@@ -86,8 +96,15 @@ def test_prompt_too_long_for_the_context_names_its_line(setup, tmp_path):
 def test_cli_labels_with_a_named_scorer_and_needs_synthetic(setup, tmp_path, capsys):
     from prefer.cli import main
 
-    args = [f"model={setup / 'lm'}", f"prompts={setup / 'prompts.jsonl'}", "scorer=pii", "generation.max_new_tokens=8",
-            f"rankings_out={tmp_path / 'r.jsonl'}", f"demonstrations_out={tmp_path / 'd.jsonl'}", "device=cpu"]
+    args = [
+        f"model={setup / 'lm'}",
+        f"prompts={setup / 'prompts.jsonl'}",
+        "scorer=pii",
+        "generation.max_new_tokens=8",
+        f"rankings_out={tmp_path / 'r.jsonl'}",
+        f"demonstrations_out={tmp_path / 'd.jsonl'}",
+        "device=cpu",
+    ]
     assert main(["label", *args]) == 2
     assert "pass --synthetic" in capsys.readouterr().err
     assert main(["label", "--synthetic", *args, "scorer=nope"]) == 2

@@ -39,33 +39,68 @@ def data(tmp_path_factory, architecture):
     chat = architecture == "qwen2"
     save_tiny(root / "init", architecture, chat=chat)
     if chat:
-        lines = [{"messages": [{"role": "user", "content": f"say {c}"}, {"role": "assistant", "content": f" {c} {c}"}]}
-                 for c in LETTERS] * 8
+        lines = [
+            {"messages": [{"role": "user", "content": f"say {c}"}, {"role": "assistant", "content": f" {c} {c}"}]}
+            for c in LETTERS
+        ] * 8
         (root / "demos.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     else:
         write_demonstrations(root / "demos.jsonl", [Demonstration(f"say {c}", f" {c} {c}") for c in LETTERS] * 8)
-    write_rankings(root / "rankings.jsonl", [Comparison(f"say {c}", (f" {c} please", f" {c} red"), (0, 1))
-                                             for c in LETTERS] * 8)
+    write_rankings(
+        root / "rankings.jsonl", [Comparison(f"say {c}", (f" {c} please", f" {c} red"), (0, 1)) for c in LETTERS] * 8
+    )
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"say {c}"}) + "\n" for c in LETTERS))
     return root
 
 
 def test_sft_reward_and_ppo_run_on_the_architecture(data, architecture, tmp_path):
     common = {"runtime.progress": False, "train.batch_size": 8, "optimizer.lr": 3e-3}
-    sft_final = sft(build_config(SFTConfig, {
-        **common, "out_dir": tmp_path / "sft", "data.demonstrations": data / "demos.jsonl",
-        "model.init_from": data / "init", "train.epochs": 1, "data.validation_fraction": 0.1,
-        "runtime.gradient_checkpointing": True}))
+    sft_final = sft(
+        build_config(
+            SFTConfig,
+            {
+                **common,
+                "out_dir": tmp_path / "sft",
+                "data.demonstrations": data / "demos.jsonl",
+                "model.init_from": data / "init",
+                "train.epochs": 1,
+                "data.validation_fraction": 0.1,
+                "runtime.gradient_checkpointing": True,
+            },
+        )
+    )
     assert AutoModelForCausalLM.from_pretrained(sft_final).config.model_type == architecture
     assert read_metrics(tmp_path / "sft")[-1]["val/loss"] > 0
-    rm_final = reward(build_config(RewardConfig, {
-        **common, "out_dir": tmp_path / "rm", "data.rankings": data / "rankings.jsonl", "model.init_from": sft_final,
-        "lora.r": 4}))
+    rm_final = reward(
+        build_config(
+            RewardConfig,
+            {
+                **common,
+                "out_dir": tmp_path / "rm",
+                "data.rankings": data / "rankings.jsonl",
+                "model.init_from": sft_final,
+                "lora.r": 4,
+            },
+        )
+    )
     assert AutoModelForSequenceClassification.from_pretrained(rm_final, num_labels=1).config.model_type == architecture
-    ppo_final = ppo(build_config(PPOConfig, {
-        **common, "out_dir": tmp_path / "ppo", "init_from": sft_final, "prompts": data / "prompts.jsonl",
-        "reward.model": rm_final, "train.iterations": 2, "train.batch_size": 4, "train.minibatch_size": 4,
-        "rollout.max_new_tokens": 6, "lora.r": 4}))
+    ppo_final = ppo(
+        build_config(
+            PPOConfig,
+            {
+                **common,
+                "out_dir": tmp_path / "ppo",
+                "init_from": sft_final,
+                "prompts": data / "prompts.jsonl",
+                "reward.model": rm_final,
+                "train.iterations": 2,
+                "train.batch_size": 4,
+                "train.minibatch_size": 4,
+                "rollout.max_new_tokens": 6,
+                "lora.r": 4,
+            },
+        )
+    )
     policy = AutoModelForCausalLM.from_pretrained(ppo_final)
     assert policy.config.model_type == architecture and not (ppo_final / "adapter_config.json").exists()
     metrics = read_metrics(tmp_path / "ppo")
@@ -75,12 +110,16 @@ def test_sft_reward_and_ppo_run_on_the_architecture(data, architecture, tmp_path
 def test_sft_masks_follow_the_tokenizers_chat_template(data, architecture):
     tokenizer = load_tokenizer(data / "init")
     path = data / "demos.jsonl"
-    examples = tokenize_demonstrations(read_demonstrations(path, conversations=True), record_locations(path),
-                                       tokenizer, context=64, packing=False)
+    examples = tokenize_demonstrations(
+        read_demonstrations(path, conversations=True), record_locations(path), tokenizer, context=64, packing=False
+    )
     trained = tokenizer.decode(examples.ids[0][examples.loss_mask[0]])
     if architecture == "qwen2":  # ChatML: the assistant's content and the <|im_end|> and newline closing its turn
-        assert examples.ids[0][examples.attention_mask[0]].tolist() == list(tokenizer.apply_chat_template(
-            [{"role": "user", "content": "say A"}, {"role": "assistant", "content": " A A"}])["input_ids"])
+        assert examples.ids[0][examples.attention_mask[0]].tolist() == list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "say A"}, {"role": "assistant", "content": " A A"}]
+            )["input_ids"]
+        )
         assert trained == " A A<|im_end|>\n"
     else:  # no template: prefer's (prompt, response) encoding, the response and its eos
         assert trained == " A A<|endoftext|>"

@@ -30,8 +30,9 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     demonstrations = [Demonstration(f"say {c}", f" {c * 4}") for c in LETTERS] * 8
     write_demonstrations(root / "demos.jsonl", demonstrations)
-    rankings = [Comparison(f"say {c}", (f" {c * 4}", f" {LETTERS[(i + 1) % 8] * 3}"), (0, 1))
-                for i, c in enumerate(LETTERS)] * 4
+    rankings = [
+        Comparison(f"say {c}", (f" {c * 4}", f" {LETTERS[(i + 1) % 8] * 3}"), (0, 1)) for i, c in enumerate(LETTERS)
+    ] * 4
     write_rankings(root / "rankings.jsonl", rankings)
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"say {c}"}) + "\n" for c in LETTERS))
     tokenizer = train_tokenizer([d.prompt + d.response for d in demonstrations] * 5, vocab_size=300)
@@ -43,9 +44,18 @@ def data(tmp_path_factory):
 
 
 def _sft_values(data, out, **extra):
-    values = {"out_dir": out, "data.demonstrations": data / "demos.jsonl", "model.init_from": data / "init",
-              "train.epochs": 1, "optimizer.lr": 1e-2, "train.batch_size": 16, "train.checkpoint_every": 2,
-              "runtime.progress": False, "lora.r": 4, "data.validation_fraction": 0.1}
+    values = {
+        "out_dir": out,
+        "data.demonstrations": data / "demos.jsonl",
+        "model.init_from": data / "init",
+        "train.epochs": 1,
+        "optimizer.lr": 1e-2,
+        "train.batch_size": 16,
+        "train.checkpoint_every": 2,
+        "runtime.progress": False,
+        "lora.r": 4,
+        "data.validation_fraction": 0.1,
+    }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
 
@@ -133,8 +143,14 @@ def test_shared_trunk_reference_is_exactly_the_frozen_sft_model(data):
     value_model = build_value_model(str(data / "init"), None).eval()
     queries = [[tokenizer.eos_token_id, *tokenizer.encode(f"say {c}")] for c in LETTERS[:5]]
     responses = [[(5 * i + 3 * t) % 200 + 3 for t in range(n)] for i, n in enumerate((1, 4, 2, 6, 3))]
-    kwargs = dict(rewards=torch.zeros(5), gold=torch.zeros(5), temperature=1.0, pad_id=tokenizer.eos_token_id,
-                  batch_size=2, device=torch.device("cpu"))
+    kwargs = dict(
+        rewards=torch.zeros(5),
+        gold=torch.zeros(5),
+        temperature=1.0,
+        pad_id=tokenizer.eos_token_id,
+        batch_size=2,
+        device=torch.device("cpu"),
+    )
     shared = make_rollout(policy, reference, value_model, queries, responses, **kwargs)
     separate = make_rollout(sft_model, sft_model, value_model, queries, responses, **kwargs)
     assert torch.equal(shared.ref_logprobs, separate.ref_logprobs)  # bit for bit
@@ -150,10 +166,22 @@ def test_lora_ppo_and_reward_write_plain_hugging_face_models(data, tmp_path, mon
     from prefer import scorers
 
     monkeypatch.setitem(scorers.SCORERS, "not-a", lambda texts: [sum(c != "A" for c in t) / len(t) for t in texts])
-    config = build_config(PPOConfig, {
-        "out_dir": tmp_path / "ppo", "init_from": data / "init", "prompts": data / "prompts.jsonl",
-        "reward.scorer": "not-a", "train.iterations": 2, "train.batch_size": 8, "train.minibatch_size": 4,
-        "rollout.max_new_tokens": 6, "optimizer.lr": 1e-2, "runtime.progress": False, "lora.r": 4})
+    config = build_config(
+        PPOConfig,
+        {
+            "out_dir": tmp_path / "ppo",
+            "init_from": data / "init",
+            "prompts": data / "prompts.jsonl",
+            "reward.scorer": "not-a",
+            "train.iterations": 2,
+            "train.batch_size": 8,
+            "train.minibatch_size": 4,
+            "rollout.max_new_tokens": 6,
+            "optimizer.lr": 1e-2,
+            "runtime.progress": False,
+            "lora.r": 4,
+        },
+    )
     before = load_file(data / "init" / "model.safetensors")
     final = ppo(config)
     metrics = read_metrics(tmp_path / "ppo")
@@ -164,10 +192,21 @@ def test_lora_ppo_and_reward_write_plain_hugging_face_models(data, tmp_path, mon
     after = load_file(data / "init" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
     # The reward model: adapters + a fully trained score head, merged into a plain sequence classifier.
-    rm = reward(load_config(RewardConfig, overrides=[
-        f"out_dir={tmp_path / 'rm'}", f"data.rankings={data / 'rankings.jsonl'}", f"model.init_from={data / 'init'}",
-        "optimizer.lr=1e-2", "train.batch_size=8", "runtime.progress=false", "lora.r=4",
-        "runtime.gradient_checkpointing=true"]))
+    rm = reward(
+        load_config(
+            RewardConfig,
+            overrides=[
+                f"out_dir={tmp_path / 'rm'}",
+                f"data.rankings={data / 'rankings.jsonl'}",
+                f"model.init_from={data / 'init'}",
+                "optimizer.lr=1e-2",
+                "train.batch_size=8",
+                "runtime.progress=false",
+                "lora.r=4",
+                "runtime.gradient_checkpointing=true",
+            ],
+        )
+    )
     classifier = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1)
     adapter = load_file(tmp_path / "rm" / "checkpoints" / "step_00000004" / "model" / "adapter_model.safetensors")
     assert any(key.endswith("score.weight") for key in adapter)  # the head is saved with the adapters
@@ -180,8 +219,10 @@ def test_bad_lora_settings_are_one_line_errors(data):
     with pytest.raises(PreferError, match="lora.target_modules"):
         apply_lora(load_model(data / "init"), LoRAConfig(r=2, target_modules=["no_such_proj"]))
     with pytest.raises(PreferError, match="runtime.parallel=fsdp"):
-        build_config(SFTConfig, {"data.demonstrations": "d.jsonl", "model.init_from": "m", "lora.r": 4,
-                                 "runtime.parallel": "fsdp"})
+        build_config(
+            SFTConfig,
+            {"data.demonstrations": "d.jsonl", "model.init_from": "m", "lora.r": 4, "runtime.parallel": "fsdp"},
+        )
 
 
 @pytest.mark.parametrize("r", [0, 4])
@@ -190,15 +231,31 @@ def test_gradient_checkpointing_computes_the_same_step(data, tmp_path, r):
     leave the checkpointed blocks without a gradient path (a zero gradient norm)."""
     first = {}
     for flag in (False, True):
-        sft(load_config(SFTConfig, overrides=_sft_values(data, tmp_path / str(flag), **{
-            "lora.r": r, "runtime.gradient_checkpointing": flag, "train.epochs": 0.25, "optimizer.grad_clip": 1e9})))
+        sft(
+            load_config(
+                SFTConfig,
+                overrides=_sft_values(
+                    data,
+                    tmp_path / str(flag),
+                    **{
+                        "lora.r": r,
+                        "runtime.gradient_checkpointing": flag,
+                        "train.epochs": 0.25,
+                        "optimizer.grad_clip": 1e9,
+                    },
+                ),
+            )
+        )
         first[flag] = read_metrics(tmp_path / str(flag))[0]
     assert first[True]["train/loss"] == pytest.approx(first[False]["train/loss"], rel=1e-6)
     assert first[True]["train/grad_norm"] == pytest.approx(first[False]["train/grad_norm"], rel=1e-4)
     assert first[True]["train/grad_norm"] > 0
     model = prepare(load_model(data / "init"), LoRAConfig(r=r), gradient_checkpointing=True)
-    assert model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing") else \
-        model.is_gradient_checkpointing
+    assert (
+        model.is_activation_checkpointing
+        if hasattr(model, "is_activation_checkpointing")
+        else model.is_gradient_checkpointing
+    )
 
 
 def test_shared_value_trunk_holds_one_model_and_resumes(data, tmp_path, monkeypatch):
@@ -212,19 +269,40 @@ def test_shared_value_trunk_holds_one_model_and_resumes(data, tmp_path, monkeypa
     assert [name for name, _ in critic.named_parameters()] == ["head.linear.weight", "head.linear.bias"]
     assert critic.trunk is policy.base_model
     tokenizer = load_tokenizer(data / "init")
-    episodes = make_rollout(policy.eval(), FrozenView(policy), critic, [[tokenizer.eos_token_id, 5, 6]], [[7, 8]],
-                            rewards=torch.ones(1), gold=torch.zeros(1), temperature=1.0,
-                            pad_id=tokenizer.eos_token_id, batch_size=1, device=torch.device("cpu"))
+    episodes = make_rollout(
+        policy.eval(),
+        FrozenView(policy),
+        critic,
+        [[tokenizer.eos_token_id, 5, 6]],
+        [[7, 8]],
+        rewards=torch.ones(1),
+        gold=torch.zeros(1),
+        temperature=1.0,
+        pad_id=tokenizer.eos_token_id,
+        batch_size=1,
+        device=torch.device("cpu"),
+    )
     with torch.no_grad():
         critic.head.linear.weight.fill_(0.1)  # a zero head passes no gradient back to the trunk
     critic(episodes).sum().backward()
     assert all(p.grad is not None for name, p in policy.named_parameters() if "lora_A" in name)
 
     monkeypatch.setitem(scorers.SCORERS, "not-a", lambda texts: [sum(c != "A" for c in t) / len(t) for t in texts])
-    values = {"out_dir": tmp_path / "run", "init_from": data / "init", "prompts": data / "prompts.jsonl",
-              "reward.scorer": "not-a", "train.iterations": 3, "train.batch_size": 8, "train.minibatch_size": 4,
-              "rollout.max_new_tokens": 6, "optimizer.lr": 1e-2, "runtime.progress": False, "lora.r": 4,
-              "value_trunk": "shared", "train.checkpoint_every": 1}
+    values = {
+        "out_dir": tmp_path / "run",
+        "init_from": data / "init",
+        "prompts": data / "prompts.jsonl",
+        "reward.scorer": "not-a",
+        "train.iterations": 3,
+        "train.batch_size": 8,
+        "train.minibatch_size": 4,
+        "rollout.max_new_tokens": 6,
+        "optimizer.lr": 1e-2,
+        "runtime.progress": False,
+        "lora.r": 4,
+        "value_trunk": "shared",
+        "train.checkpoint_every": 1,
+    }
     final = ppo(build_config(PPOConfig, values))
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000003" / "model"
     assert set(load_file(checkpoint / "value_model.safetensors")) == {"head.linear.weight", "head.linear.bias"}

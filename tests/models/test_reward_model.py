@@ -63,8 +63,9 @@ def test_pairs_are_tokenized_as_document_start_prompt_response_eos(causal_lm):
     tokenizer = reward_model.tokenizer
     eos = tokenizer.eos_token_id
     ids, prompt_length = encode_example(tokenizer, "the cat", " sat")
-    assert ids == [eos] + tokenizer("the cat", add_special_tokens=False)["input_ids"] + \
-        tokenizer(" sat", add_special_tokens=False)["input_ids"] + [eos]
+    assert ids == [eos] + tokenizer("the cat", add_special_tokens=False)["input_ids"] + tokenizer(
+        " sat", add_special_tokens=False
+    )["input_ids"] + [eos]
     assert prompt_length == 1 + len(tokenizer("the cat", add_special_tokens=False)["input_ids"])
     assert encode_example(tokenizer, "the cat sat")[0] == [eos] + tokenizer("the cat sat")["input_ids"] + [eos]
     with pytest.raises(PreferError, match="prompts.jsonl:7: the prompt is"):

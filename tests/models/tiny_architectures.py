@@ -9,8 +9,10 @@ from prefer.models.build import train_tokenizer
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 WORDS = ["say", "A", "B", "C", "D", "please", "red", "blue", "cat", "dog", "sun", "tree"]
 # ChatML, the template of Qwen2's instruct models (shortened: no default system prompt)
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def tiny_tokenizer(*, chat: bool = False):
@@ -28,11 +30,29 @@ def tiny_model(architecture: str, tokenizer, *, context: int = 64):
     torch.manual_seed(0)
     vocab, eos = len(tokenizer), tokenizer.eos_token_id
     if architecture == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=context,
-                                          bos_token_id=eos, eos_token_id=eos))
-    shape = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=context, bos_token_id=eos, eos_token_id=eos,
-                 pad_token_id=tokenizer.pad_token_id)
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab,
+                n_embd=32,
+                n_layer=2,
+                n_head=2,
+                n_positions=context,
+                bos_token_id=eos,
+                eos_token_id=eos,
+            )
+        )
+    shape = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if architecture == "llama":
         return LlamaForCausalLM(LlamaConfig(**shape))
     if architecture == "qwen2":

@@ -57,7 +57,7 @@ def test_masked_mean_gradient_accumulation_is_exact():
     mask[2] = False
     mask[5] = True
     total = float(mask.sum())
-    parts = sum(masked_mean(x[i:i + 1], mask[i:i + 1], num_tokens=total) for i in range(8))
+    parts = sum(masked_mean(x[i : i + 1], mask[i : i + 1], num_tokens=total) for i in range(8))
     assert_close(parts, masked_mean(x, mask))
 
 

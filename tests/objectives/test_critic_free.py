@@ -21,8 +21,9 @@ def test_grpo_advantage_is_normalised_by_the_group_std():
     advantages = grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), eps=0.0)
     torch.testing.assert_close(advantages[0], torch.tensor([-2.0, -1.0, 0.0, 3.0]) / math.sqrt(14 / 3))
     assert grpo_advantages(torch.full((1, 3), 7.0)).abs().max() == 0
-    torch.testing.assert_close(grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), scale=False)[0],
-                               torch.tensor([-2.0, -1.0, 0.0, 3.0]))  # Dr. GRPO: centred only
+    torch.testing.assert_close(
+        grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), scale=False)[0], torch.tensor([-2.0, -1.0, 0.0, 3.0])
+    )  # Dr. GRPO: centred only
     with pytest.raises(ValueError, match="K >= 2"):
         grpo_advantages(torch.ones(3, 1))
 
@@ -60,8 +61,9 @@ def test_grpo_clips_the_ratio_only_where_it_helps_the_objective():
     mask = torch.tensor([[True], [True]])
     old = torch.tensor([[math.log(0.4)], [math.log(0.4)]])
     logprobs = torch.tensor([[math.log(0.6)], [math.log(0.6)]], requires_grad=True)  # ratio 1.5 on both
-    loss, stats = grpo_loss(logprobs, old, logprobs.detach(), torch.tensor([1.0, -1.0]), mask, clip_range=0.2,
-                            kl_coef=0.0)
+    loss, stats = grpo_loss(
+        logprobs, old, logprobs.detach(), torch.tensor([1.0, -1.0]), mask, clip_range=0.2, kl_coef=0.0
+    )
     # A = 1: min(1.5, 1.2) = 1.2 (clipped, no gradient); A = -1: min(-1.5, -1.2) = -1.5 (not clipped)
     assert loss.item() == pytest.approx((-1.2 + 1.5) / 2, abs=1e-6)
     assert stats["clip_fraction"].item() == 0.5
@@ -91,7 +93,15 @@ def test_accumulating_halves_with_the_step_count_equals_the_whole_batch(which):
     def loss(rows, count=None):
         if which == "rloo":
             return rloo_loss(logprobs[rows], advantages[rows], mask[rows], num_sequences=count)[0]
-        return grpo_loss(logprobs[rows], old[rows], reference[rows], advantages[rows], mask[rows], clip_range=0.2,
-                         kl_coef=0.05, num_sequences=count)[0]
+        return grpo_loss(
+            logprobs[rows],
+            old[rows],
+            reference[rows],
+            advantages[rows],
+            mask[rows],
+            clip_range=0.2,
+            kl_coef=0.05,
+            num_sequences=count,
+        )[0]
 
     torch.testing.assert_close(loss(slice(0, 6)), loss(slice(0, 2), 6) + loss(slice(2, 6), 6))

@@ -23,7 +23,7 @@ def _random_batch(seed, B=8, T=6, V=5):
     targets = torch.randint(0, V, (B, T), generator=g)
     mask = torch.rand(B, T, generator=g) < 0.6
     mask[2] = False  # a micro-batch without loss tokens
-    mask[5] = True   # and one full one
+    mask[5] = True  # and one full one
     scores = torch.rand(B, T, generator=g, dtype=torch.float64)
     return logits, targets, mask, scores
 
@@ -37,8 +37,7 @@ def _check_accumulation(fn, grad_inputs, other_inputs, mask):
     total = float(mask.sum())
     accumulated = 0.0
     for i in range(mask.shape[0]):
-        part, _ = fn(*(t[i:i + 1] for t in micro_leaves), *(t[i:i + 1] for t in other_inputs),
-                     num_tokens=total)
+        part, _ = fn(*(t[i : i + 1] for t in micro_leaves), *(t[i : i + 1] for t in other_inputs), num_tokens=total)
         part.backward()
         accumulated = accumulated + part.detach()
     assert_close(accumulated, full.detach())
@@ -47,8 +46,7 @@ def _check_accumulation(fn, grad_inputs, other_inputs, mask):
 
 
 def _ul(logits, targets, mask, scores, num_tokens=None, threshold=0.3, alpha=0.5):
-    return unlikelihood_loss(logits, targets, mask, scores, threshold=threshold, alpha=alpha,
-                             num_tokens=num_tokens)
+    return unlikelihood_loss(logits, targets, mask, scores, threshold=threshold, alpha=alpha, num_tokens=num_tokens)
 
 
 # ---------------------------------------------------------------- MLE
@@ -70,8 +68,7 @@ def test_mle_by_hand():
 def test_mle_equals_cross_entropy_with_ignore_index():
     logits, targets, mask, _ = _random_batch(0)
     loss, _ = mle_loss(logits, targets, mask)
-    expected = F.cross_entropy(logits.flatten(0, 1), torch.where(mask, targets, -100).flatten(),
-                               ignore_index=-100)
+    expected = F.cross_entropy(logits.flatten(0, 1), torch.where(mask, targets, -100).flatten(), ignore_index=-100)
     assert_close(loss, expected)
 
 
@@ -146,8 +143,14 @@ def test_unlikelihood_threshold_zero_is_exact():
 
 def test_unlikelihood_score_equal_to_threshold_is_good():
     logits = _quarter_logits(1)
-    loss, stats = _ul(logits, torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool),
-                      torch.tensor([[0.25]]), threshold=0.25, alpha=1.0)
+    loss, stats = _ul(
+        logits,
+        torch.tensor([[1]]),
+        torch.ones(1, 1, dtype=torch.bool),
+        torch.tensor([[0.25]]),
+        threshold=0.25,
+        alpha=1.0,
+    )
     assert stats["fraction_bad"].item() == 0.0
     assert loss.item() == pytest.approx(-math.log(0.75))
 
@@ -187,8 +190,9 @@ def test_unlikelihood_log_one_minus_p_is_accurate_for_small_and_large_p():
     # p = 1 - 1e-3 (above the clamp) and p = 1e-7 (log(1 - p) ~ -1e-7 must not round to 0)
     for p in (1 - 1e-3, 1e-7):
         logits = torch.tensor([[[math.log(1 - p), math.log(p)]]], dtype=torch.float32)
-        loss, _ = _ul(logits, torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool),
-                      torch.ones(1, 1), threshold=0.0, alpha=1.0)
+        loss, _ = _ul(
+            logits, torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1), threshold=0.0, alpha=1.0
+        )
         assert loss.item() == pytest.approx(-math.log1p(-p), rel=1e-3)
 
 

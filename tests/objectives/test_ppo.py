@@ -22,9 +22,9 @@ NAN = float("nan")
 def _random_batch(seed, B=8, T=7):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[2] = 0   # a micro-batch without response tokens (for the loss tests)
+    lengths[2] = 0  # a micro-batch without response tokens (for the loss tests)
     lengths[5] = T
-    mask = torch.arange(T)[None, :] < lengths[:, None]   # right-padded
+    mask = torch.arange(T)[None, :] < lengths[:, None]  # right-padded
     x = [torch.randn(B, T, generator=g, dtype=torch.float64) for _ in range(4)]
     return mask, *x
 
@@ -38,8 +38,7 @@ def _check_accumulation(fn, grad_input, other_inputs, mask):
     total = float(mask.sum())
     accumulated = 0.0
     for i in range(mask.shape[0]):
-        part, _ = fn(micro_leaf[i:i + 1], *(t[i:i + 1] for t in other_inputs), mask[i:i + 1],
-                     num_tokens=total)
+        part, _ = fn(micro_leaf[i : i + 1], *(t[i : i + 1] for t in other_inputs), mask[i : i + 1], num_tokens=total)
         part.backward()
         accumulated = accumulated + part.detach()
     assert_close(accumulated, full.detach())
@@ -50,12 +49,14 @@ def _check_accumulation(fn, grad_input, other_inputs, mask):
 
 
 def test_last_token_index_rows_of_different_lengths():
-    mask = torch.tensor([
-        [True, True, False, False],    # right-padded, length 2
-        [True, True, True, True],      # full
-        [False, True, True, False],    # prompt position first, then padding
-        [True, False, False, False],   # one token
-    ])
+    mask = torch.tensor(
+        [
+            [True, True, False, False],  # right-padded, length 2
+            [True, True, True, True],  # full
+            [False, True, True, False],  # prompt position first, then padding
+            [True, False, False, False],  # one token
+        ]
+    )
     assert last_token_index(mask).tolist() == [1, 3, 2, 0]
 
 
@@ -102,8 +103,7 @@ def test_kl_penalized_rewards_are_detached_and_score_lands_on_last_real_token():
 def test_kl_penalized_rewards_rejects_bad_scores_shape():
     mask = torch.ones(2, 3, dtype=torch.bool)
     with pytest.raises(ValueError, match="scores"):
-        kl_penalized_rewards(torch.zeros(2, 1), torch.zeros(2, 3), torch.zeros(2, 3), mask,
-                             kl_coef=0.1)
+        kl_penalized_rewards(torch.zeros(2, 1), torch.zeros(2, 3), torch.zeros(2, 3), mask, kl_coef=0.1)
 
 
 # ---------------------------------------------------------------- GAE
@@ -173,8 +173,7 @@ def test_whiten_without_shift_keeps_the_mean():
     mask = torch.tensor([[True, True, False]])
     # mean 2, population std 1 -> shifted [-1, 1]; unshifted (x - 2) / 1 + 2 = [1, 3]
     assert_close(whiten(x, mask), torch.tensor([[-1.0, 1.0, 0.0]], dtype=torch.float64))
-    assert_close(whiten(x, mask, shift_mean=False),
-                 torch.tensor([[1.0, 3.0, 0.0]], dtype=torch.float64))
+    assert_close(whiten(x, mask, shift_mean=False), torch.tensor([[1.0, 3.0, 0.0]], dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- policy loss
@@ -202,8 +201,7 @@ def test_ppo_policy_loss_by_hand():
     loss.backward()
     # d/dlogp of -A * r = -A * r for unclipped tokens, 0 for clipped ones, / 4 tokens:
     # token 3: -2 * 1.1 / 4 = -0.55; token 4: +1 * 1.5 / 4 = 0.375
-    assert_close(logprobs.grad,
-                 torch.tensor([[0.0, 0.0, -0.55, 0.375, 0.0]], dtype=torch.float64))
+    assert_close(logprobs.grad, torch.tensor([[0.0, 0.0, -0.55, 0.375, 0.0]], dtype=torch.float64))
 
 
 def test_ppo_policy_loss_is_minus_advantage_at_ratio_one():
@@ -219,8 +217,7 @@ def test_ppo_policy_loss_gradient_accumulation_is_exact():
     old = logprobs + 0.3 * old  # ratios spread around 1, some clipped
 
     def fn(logprobs, old, advantages, mask, num_tokens):
-        return ppo_policy_loss(logprobs, old, advantages, mask, clip_range=0.2,
-                               num_tokens=num_tokens)
+        return ppo_policy_loss(logprobs, old, advantages, mask, clip_range=0.2, num_tokens=num_tokens)
 
     _check_accumulation(fn, logprobs, [old, advantages], mask)
 
@@ -231,8 +228,7 @@ def test_ppo_policy_loss_ignores_masked_positions():
     a = logprobs.clone().requires_grad_()
     b = torch.where(mask, logprobs, torch.full_like(logprobs, 1e4)).requires_grad_()
     la, sa = ppo_policy_loss(a, old, advantages, mask, clip_range=0.2)
-    lb, sb = ppo_policy_loss(b, torch.where(mask, old, nan), torch.where(mask, advantages, nan),
-                             mask, clip_range=0.2)
+    lb, sb = ppo_policy_loss(b, torch.where(mask, old, nan), torch.where(mask, advantages, nan), mask, clip_range=0.2)
     la.backward()
     lb.backward()
     assert_close(lb, la)
@@ -306,8 +302,7 @@ def test_ppo_value_loss_ignores_masked_positions():
     a = values.clone().requires_grad_()
     b = torch.where(mask, values, nan).requires_grad_()
     la, sa = ppo_value_loss(a, old, returns, mask, clip_range=0.2)
-    lb, sb = ppo_value_loss(b, torch.where(mask, old, nan), torch.where(mask, returns, nan), mask,
-                            clip_range=0.2)
+    lb, sb = ppo_value_loss(b, torch.where(mask, old, nan), torch.where(mask, returns, nan), mask, clip_range=0.2)
     la.backward()
     lb.backward()
     assert_close(lb, la)
@@ -322,14 +317,17 @@ def test_ppo_value_loss_ignores_masked_positions():
 def test_adaptive_kl_coef_by_hand():
     # KL 6 vs target 5: error = 6/5 - 1 = 0.2; 512 episodes / horizon 10000:
     # 0.1 * (1 + 0.2 * 0.0512) = 0.1 * 1.01024 = 0.101024
-    assert adaptive_kl_coef(0.1, observed_kl=6.0, target_kl=5.0, horizon=10000,
-                            num_steps=512) == pytest.approx(0.101024)
+    assert adaptive_kl_coef(0.1, observed_kl=6.0, target_kl=5.0, horizon=10000, num_steps=512) == pytest.approx(
+        0.101024
+    )
     # KL 50: error 9 clipped to 0.2 -> same step
-    assert adaptive_kl_coef(0.1, observed_kl=torch.tensor(50.0), target_kl=5.0, horizon=10000,
-                            num_steps=512) == pytest.approx(0.101024)
+    assert adaptive_kl_coef(
+        0.1, observed_kl=torch.tensor(50.0), target_kl=5.0, horizon=10000, num_steps=512
+    ) == pytest.approx(0.101024)
     # KL 4.5: error -0.1 -> 0.1 * (1 - 0.1 * 0.0512) = 0.099488
-    assert adaptive_kl_coef(0.1, observed_kl=4.5, target_kl=5.0, horizon=10000,
-                            num_steps=512) == pytest.approx(0.099488)
+    assert adaptive_kl_coef(0.1, observed_kl=4.5, target_kl=5.0, horizon=10000, num_steps=512) == pytest.approx(
+        0.099488
+    )
     # KL 0: error -1 clipped to -0.2 -> 0.1 * (1 - 0.2 * 0.0512) = 0.098976
     out = adaptive_kl_coef(0.1, observed_kl=0.0, target_kl=5.0, horizon=10000, num_steps=512)
     assert isinstance(out, float) and out == pytest.approx(0.098976)
@@ -344,16 +342,19 @@ def test_adaptive_kl_coef_rejects_bad_settings():
 
 # ---------------------------------------------------------------- entropy
 
+
 def test_entropy_by_hand():
     from prefer.objectives import entropy
 
     # uniform over 4 tokens: log 4; a one-hot (other logits -inf): 0; logits [0, log 3] at T = 1:
     # p = [1/4, 3/4], H = -(1/4 log 1/4 + 3/4 log 3/4).
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0],
-                            [5.0, -math.inf, -math.inf, -math.inf],
-                            [0.0, math.log(3.0), -math.inf, -math.inf]]], dtype=torch.float64)
-    expected = torch.tensor([[math.log(4.0), 0.0, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]],
-                            dtype=torch.float64)
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0, 0.0], [5.0, -math.inf, -math.inf, -math.inf], [0.0, math.log(3.0), -math.inf, -math.inf]]],
+        dtype=torch.float64,
+    )
+    expected = torch.tensor(
+        [[math.log(4.0), 0.0, -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]], dtype=torch.float64
+    )
     assert_close(entropy(logits), expected)
     # temperature 2 divides the logits first: [0, log 3] / 2 -> p proportional to [1, sqrt 3].
     p = torch.tensor([1.0, math.sqrt(3.0)], dtype=torch.float64)

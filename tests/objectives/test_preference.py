@@ -19,8 +19,7 @@ def test_dpo_by_hand_over_all_pairs_of_one_ranking():
     # policy [-1, -2, -4], reference [-2, -2, -2]: h = [1, 0, -2]; beta 0.5; ranking 0 > 1 > 2
     policy = torch.tensor([[-1.0, -2.0, -4.0]], dtype=torch.float64)
     reference = torch.full_like(policy, -2.0)
-    loss, stats = dpo_loss(policy, reference, torch.tensor([[0, 1, 2]]), torch.ones((1, 3), dtype=torch.bool),
-                           beta=0.5)
+    loss, stats = dpo_loss(policy, reference, torch.tensor([[0, 1, 2]]), torch.ones((1, 3), dtype=torch.bool), beta=0.5)
     # margins beta (h_w - h_l): (0,1) 0.5, (0,2) 1.5, (1,2) 1.0; -log sigma(m) = log(1 + e^-m):
     # log(1 + 0.606531) = 0.474077, log(1 + 0.223130) = 0.201413, log(1 + 0.367879) = 0.313262; mean 0.329584
     assert loss.item() == pytest.approx(0.329584, abs=1e-6)
@@ -114,8 +113,10 @@ def test_accumulating_halves_with_the_step_denominator_equals_the_whole_batch(na
     mask = torch.ones((6, 4), dtype=torch.bool)
     mask[2, 3] = mask[4, 2:] = False
     whole, _ = loss_fn(policy, reference, ranks, mask, **{hyperparameter: 0.4})
-    halves = sum(loss_fn(policy[s], reference[s], ranks[s], mask[s], **{hyperparameter: 0.4}, num_prompts=6)[0]
-                 for s in (slice(0, 3), slice(3, 6)))
+    halves = sum(
+        loss_fn(policy[s], reference[s], ranks[s], mask[s], **{hyperparameter: 0.4}, num_prompts=6)[0]
+        for s in (slice(0, 3), slice(3, 6))
+    )
     torch.testing.assert_close(whole, halves)
 
 

@@ -15,11 +15,14 @@ NAN = float("nan")
 
 
 def _hand_batch():
-    rewards = torch.tensor([
-        [LN3, 0.0, LN3],   # prompt 0: K = 3, responses 1 and 2 tied
-        [0.0, LN3, NAN],   # prompt 1: K = 2, slot 2 is padding (garbage reward)
-        [1.0, 2.0, 3.0],   # prompt 2: everything tied -> no pairs
-    ], dtype=torch.float64)
+    rewards = torch.tensor(
+        [
+            [LN3, 0.0, LN3],  # prompt 0: K = 3, responses 1 and 2 tied
+            [0.0, LN3, NAN],  # prompt 1: K = 2, slot 2 is padding (garbage reward)
+            [1.0, 2.0, 3.0],  # prompt 2: everything tied -> no pairs
+        ],
+        dtype=torch.float64,
+    )
     ranks = torch.tensor([[0, 1, 1], [1, 0, 5], [0, 0, 0]])
     mask = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
     return rewards, ranks, mask
@@ -52,8 +55,7 @@ def test_ranking_loss_by_hand_with_tie_padding_and_all_tied_prompt():
     #   r0: (-1/4 - 1/2) / 4 = -3/16;  r1: +1/4 / 4 = 1/16;  r2: +1/2 / 4 = 1/8
     # prompt 1 (weight 1/2 * 1/1): r1: -1/4 / 2 = -1/8;  r0: +1/8;  padding: 0
     # prompt 2: 0
-    expected = torch.tensor([[-3 / 16, 1 / 16, 1 / 8], [1 / 8, -1 / 8, 0.0], [0.0, 0.0, 0.0]],
-                            dtype=torch.float64)
+    expected = torch.tensor([[-3 / 16, 1 / 16, 1 / 8], [1 / 8, -1 / 8, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     assert_close(r.grad, expected)
 
 
@@ -136,7 +138,7 @@ def test_ranking_gradient_accumulation_with_num_prompts_is_exact():
     total = float(stats["num_prompts"])
     accumulated = 0.0
     for i in range(rewards.shape[0]):
-        part, _ = ranking_loss(micro[i:i + 1], ranks[i:i + 1], mask[i:i + 1], num_prompts=total)
+        part, _ = ranking_loss(micro[i : i + 1], ranks[i : i + 1], mask[i : i + 1], num_prompts=total)
         part.backward()
         accumulated = accumulated + part.detach()
     assert_close(accumulated, loss.detach())

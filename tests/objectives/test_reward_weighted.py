@@ -23,7 +23,7 @@ def _random_batch(seed, B=8, T=6, V=5):
     targets = torch.randint(0, V, (B, T), generator=g)
     mask = torch.rand(B, T, generator=g) < 0.6
     mask[2] = False  # a micro-batch without loss tokens
-    mask[5] = True   # and one full one
+    mask[5] = True  # and one full one
     rewards = -torch.rand(B, T, generator=g, dtype=torch.float64)
     values = -torch.rand(B, T, generator=g, dtype=torch.float64)
     return logits, targets, mask, rewards, values
@@ -38,8 +38,7 @@ def _check_accumulation(fn, grad_inputs, other_inputs, mask):
     total = float(mask.sum())
     accumulated = 0.0
     for i in range(mask.shape[0]):
-        part, _ = fn(*(t[i:i + 1] for t in micro_leaves), *(t[i:i + 1] for t in other_inputs),
-                     num_tokens=total)
+        part, _ = fn(*(t[i : i + 1] for t in micro_leaves), *(t[i : i + 1] for t in other_inputs), num_tokens=total)
         part.backward()
         accumulated = accumulated + part.detach()
     assert_close(accumulated, full.detach())
@@ -47,10 +46,10 @@ def _check_accumulation(fn, grad_inputs, other_inputs, mask):
         assert_close(b.grad, a.grad)
 
 
-def _awr(logits, values, targets, mask, rewards, num_tokens=None, alpha=0.5, beta=1.0,
-         max_weight=1000.0):
-    return awr_loss(logits, targets, mask, rewards, values, alpha=alpha, beta=beta,
-                    max_weight=max_weight, num_tokens=num_tokens)
+def _awr(logits, values, targets, mask, rewards, num_tokens=None, alpha=0.5, beta=1.0, max_weight=1000.0):
+    return awr_loss(
+        logits, targets, mask, rewards, values, alpha=alpha, beta=beta, max_weight=max_weight, num_tokens=num_tokens
+    )
 
 
 # ---------------------------------------------------------------- RWR
@@ -102,8 +101,13 @@ def test_rwr_ignores_masked_positions():
     a = logits.clone().requires_grad_()
     b = torch.where(mask[..., None], logits, torch.randn_like(logits) * 1e4).requires_grad_()
     la, _ = rwr_loss(a, targets, mask, rewards, beta=0.5)
-    lb, _ = rwr_loss(b, torch.where(mask, targets, -100), mask,
-                     torch.where(mask, rewards, torch.full_like(rewards, float("nan"))), beta=0.5)
+    lb, _ = rwr_loss(
+        b,
+        torch.where(mask, targets, -100),
+        mask,
+        torch.where(mask, rewards, torch.full_like(rewards, float("nan"))),
+        beta=0.5,
+    )
     la.backward()
     lb.backward()
     assert_close(lb, la)
@@ -132,7 +136,7 @@ def test_awr_by_hand():
     # value_loss = ((-ln2 - 0)^2 + 0^2) / 2  = 0.480453 / 2 = 0.240227
     # loss       = 0.5 * 0.980829 + 0.5 * 0.240227 = 0.610528
     lm = (2 * math.log(4 / 3) + math.log(4)) / 2
-    value = LN2 ** 2 / 2
+    value = LN2**2 / 2
     assert stats["lm_loss"].item() == pytest.approx(lm)
     assert stats["value_loss"].item() == pytest.approx(value)
     assert loss.item() == pytest.approx(0.5 * lm + 0.5 * value)
@@ -148,9 +152,16 @@ def test_awr_weights_are_clamped_at_max_weight():
     targets = torch.tensor([[0]])
     mask = torch.ones(1, 1, dtype=torch.bool)
     # A / beta = 1000: exp overflows float64 to inf without the clamp
-    loss, stats = _awr(logits, torch.zeros(1, 1, dtype=torch.float64), targets, mask,
-                       torch.tensor([[1000.0]], dtype=torch.float64), alpha=1.0, beta=1.0,
-                       max_weight=1000.0)
+    loss, stats = _awr(
+        logits,
+        torch.zeros(1, 1, dtype=torch.float64),
+        targets,
+        mask,
+        torch.tensor([[1000.0]], dtype=torch.float64),
+        alpha=1.0,
+        beta=1.0,
+        max_weight=1000.0,
+    )
     assert stats["mean_weight"].item() == pytest.approx(1000.0)
     assert stats["weight_clip_fraction"].item() == 1.0
     assert loss.item() == pytest.approx(1000.0 * math.log(4))  # w * -ln(1/4)
@@ -193,8 +204,7 @@ def test_awr_ignores_masked_positions():
     b_logits = torch.where(mask[..., None], logits, torch.randn_like(logits) * 1e4).requires_grad_()
     b_values = torch.where(mask, values, nan).requires_grad_()
     la, sa = _awr(a_logits, a_values, targets, mask, rewards)
-    lb, sb = _awr(b_logits, b_values, torch.where(mask, targets, -100), mask,
-                  torch.where(mask, rewards, nan))
+    lb, sb = _awr(b_logits, b_values, torch.where(mask, targets, -100), mask, torch.where(mask, rewards, nan))
     la.backward()
     lb.backward()
     assert_close(lb, la)

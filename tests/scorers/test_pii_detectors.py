@@ -31,8 +31,14 @@ def _reference_scrubber():
 
 
 def _matches(scrubber, text):
-    return [(f.beg, f.end, "+".join(x.type for x in f.filths) if hasattr(f, "filths") else f.type, f.text)
-            for f in scrubber.iter_filth(text)] if text else []
+    return (
+        [
+            (f.beg, f.end, "+".join(x.type for x in f.filths) if hasattr(f, "filths") else f.type, f.text)
+            for f in scrubber.iter_filth(text)
+        ]
+        if text
+        else []
+    )
 
 
 def _stock_phone(text):
@@ -54,14 +60,47 @@ def test_scrubber_keeps_scrubadubs_detector_order_and_names():
 
 
 PHONE_LIKE = [
-    "Call (650) 253-0000 or +1 650 253 0000 today.", "+44 20 7031 3000", "011 44 20 7031 3000", "3123456",
-    "tel 312-3456", "1-800-FLOWERS", "800 FLOWERS now", "+43 1234", "+49 30 1234", "+683 4002", "ext 1234",
-    "650-253-0000 ext. 123", "650-253-0000 x 12", "(0~20171227-0.3)", "2.39.50.20221208-5", "+0000", "1:2.30-1",
-    "20210903", "++/100285", "0x74960", "1003.1-2001", "(2.10.0.27-0)", "1005997, #1006029",
-    "\uff16\uff15\uff10 253 0000", "６５０-２５３-００００", "650\u00a0253\u00a00000", "+1 (268) 464 1234",
-    "268 464 1234", "+54 9 11 1234 5678", "+39 06 698 1234", "06 698 1234", "+800 1234 5678", "tel:+1-650-253-0000",
-    "12/31/2020 650-253-0000", "2020-01-01 10:00", "pages 123-456 (2001)", "abc6502530000", "6502530000def",
-    "6502530000/6502530001", "+1 650 253 0000 / x 12", "650-253-0000 - 650-253-0001",
+    "Call (650) 253-0000 or +1 650 253 0000 today.",
+    "+44 20 7031 3000",
+    "011 44 20 7031 3000",
+    "3123456",
+    "tel 312-3456",
+    "1-800-FLOWERS",
+    "800 FLOWERS now",
+    "+43 1234",
+    "+49 30 1234",
+    "+683 4002",
+    "ext 1234",
+    "650-253-0000 ext. 123",
+    "650-253-0000 x 12",
+    "(0~20171227-0.3)",
+    "2.39.50.20221208-5",
+    "+0000",
+    "1:2.30-1",
+    "20210903",
+    "++/100285",
+    "0x74960",
+    "1003.1-2001",
+    "(2.10.0.27-0)",
+    "1005997, #1006029",
+    "\uff16\uff15\uff10 253 0000",
+    "６５０-２５３-００００",
+    "650\u00a0253\u00a00000",
+    "+1 (268) 464 1234",
+    "268 464 1234",
+    "+54 9 11 1234 5678",
+    "+39 06 698 1234",
+    "06 698 1234",
+    "+800 1234 5678",
+    "tel:+1-650-253-0000",
+    "12/31/2020 650-253-0000",
+    "2020-01-01 10:00",
+    "pages 123-456 (2001)",
+    "abc6502530000",
+    "6502530000def",
+    "6502530000/6502530001",
+    "+1 650 253 0000 / x 12",
+    "650-253-0000 - 650-253-0001",
 ]
 
 
@@ -75,8 +114,39 @@ def test_phone_matches_equal_stock_on_phone_like_strings():
 
 
 def _random_phone_text(rng: random.Random) -> str:
-    pieces = ["+", "(", ")", "-", ".", " ", "/", "x", "ext", "#", "~", "\u00a0", "011", "1", "3", "0", "9",
-              "650", "253", "0000", "44", "20", "7031", "FLOWERS", "at", ", ", ":", "\n", "\uff15", "+1 ", "555"]
+    pieces = [
+        "+",
+        "(",
+        ")",
+        "-",
+        ".",
+        " ",
+        "/",
+        "x",
+        "ext",
+        "#",
+        "~",
+        "\u00a0",
+        "011",
+        "1",
+        "3",
+        "0",
+        "9",
+        "650",
+        "253",
+        "0000",
+        "44",
+        "20",
+        "7031",
+        "FLOWERS",
+        "at",
+        ", ",
+        ":",
+        "\n",
+        "\uff15",
+        "+1 ",
+        "555",
+    ]
     parts = []
     for _ in range(rng.randint(1, 14)):
         parts.append(rng.choice(pieces) if rng.random() < 0.5 else str(rng.randint(0, 10 ** rng.randint(1, 11))))
@@ -109,9 +179,18 @@ def test_long_texts_keep_the_stock_budget_of_tries():
 
 
 def test_guards_keep_every_detectors_matches():
-    texts = ["mail me: jane@example.org", "I think at all times", "@jane_doe said", "https://x.org/a www.y.com",
-             "HTTP://X.ORG", "card 4111111111111111 ok", "ssn 123-45-6789", "username: root password: hunter2",
-             "no pii here", ""]
+    texts = [
+        "mail me: jane@example.org",
+        "I think at all times",
+        "@jane_doe said",
+        "https://x.org/a www.y.com",
+        "HTTP://X.ORG",
+        "card 4111111111111111 ok",
+        "ssn 123-45-6789",
+        "username: root password: hunter2",
+        "no pii here",
+        "",
+    ]
     reference = _reference_scrubber()
     for text in texts:
         assert pii.matches(text) == _matches(reference, text), text
@@ -159,6 +238,11 @@ def test_scrubadub_imports_without_nltk_and_its_deferred_detectors_still_load():
         "assert TextBlobNameDetector.__module__ == 'scrubadub.detectors.text_blob'\n"
     )
     root = Path(__file__).resolve().parents[2]
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root)})
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert run.returncode == 0, run.stderr[-2000:]

@@ -28,7 +28,8 @@ def test_ruff_and_pycodestyle_find_the_same_codes_on_snippets():
 
 def test_per_character_score_and_rows():
     assert pep8.ruff_violations(["import os\ndef f():\n    x=1 \n    return x\n"]) == [
-        [(2, "E302"), (3, "E225"), (3, "W291")]]
+        [(2, "E302"), (3, "E225"), (3, "W291")]
+    ]
     assert pep8.ruff_score(["x=1\n", "x = 1\n", ""]) == [pytest.approx(1 / 4), 0.0, 0.0]
     assert pep8.ruff_score([]) == []
 

@@ -60,17 +60,28 @@ def test_segment_scores_one_per_sentence_in_order_and_batching_changes_nothing()
 
 def test_bilstm_reproduces_the_package_readme_example():
     [probs] = toxic_bilstm.classify(["You are so dumb and stupid!"])
-    documented = {"toxic": 0.9889402985572815, "severe_toxic": 0.07256772369146347, "obscene": 0.620429277420044,
-                  "threat": 0.01934845559298992, "insult": 0.8664075136184692, "identity_hate": 0.04072948172688484}
+    documented = {
+        "toxic": 0.9889402985572815,
+        "severe_toxic": 0.07256772369146347,
+        "obscene": 0.620429277420044,
+        "threat": 0.01934845559298992,
+        "insult": 0.8664075136184692,
+        "identity_hate": 0.04072948172688484,
+    }
     assert dict(zip(toxic_bilstm.LABELS, probs.tolist())) == pytest.approx(documented, abs=1e-4)
     assert toxicity.bilstm_score(["You are so dumb and stupid!"]) == [pytest.approx(0.98894, abs=1e-4)]
 
 
 def test_bilstm_reproduces_the_package_batch_example():
     # The package's predict_batch prints the mean of the six heads, to 4 decimals.
-    documented = {"I hate you so much!": 0.1395, "This is wonderful news.": 0.0013, "You're disgusting!": 0.3110,
-                  "Absolutely love your energy!": 0.0088, "You're the worst person ever!": 0.0937,
-                  "Have a nice day :)": 0.0115}
+    documented = {
+        "I hate you so much!": 0.1395,
+        "This is wonderful news.": 0.0013,
+        "You're disgusting!": 0.3110,
+        "Absolutely love your energy!": 0.0088,
+        "You're the worst person ever!": 0.0937,
+        "Have a nice day :)": 0.0115,
+    }
     means = toxic_bilstm.classify(list(documented)).mean(axis=1)
     assert means.tolist() == pytest.approx(list(documented.values()), abs=1e-4)
 
@@ -97,7 +108,8 @@ def test_bilstm_encoding_follows_keras():
 
 def test_shipped_vocabulary_is_what_the_converter_makes_from_the_package_pickle():
     spec = importlib.util.spec_from_file_location(
-        "convert_toxic_vocabulary", Path(__file__).parents[2] / "scripts" / "convert_toxic_vocabulary.py")
+        "convert_toxic_vocabulary", Path(__file__).parents[2] / "scripts" / "convert_toxic_vocabulary.py"
+    )
     converter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(converter)
     pickle_path = toxic_bilstm.weights_path().with_name("tokenizer.pickle")
@@ -126,10 +138,18 @@ def _tiny_toxicity_checkpoint(path: Path, labels: tuple[str, ...]) -> Path:
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "you", "are", "so", "dumb", "a", "nice", "day", "!"]
     (path / "vocab.txt").write_text("\n".join(words) + "\n")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32, initializer_range=0.5,
-                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                        problem_type="multi_label_classification")
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        problem_type="multi_label_classification",
+    )
     BertForSequenceClassification(config).save_pretrained(path / "ckpt")
     BertTokenizer(str(path / "vocab.txt")).save_pretrained(path / "ckpt")
     return path / "ckpt"
@@ -146,8 +166,12 @@ def test_detoxify_adapter_is_the_sigmoid_of_the_toxicity_logit(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     with torch.no_grad():
-        expected = [torch.sigmoid(model(**tokenizer(t, truncation=True, max_length=32, return_tensors="pt"))
-                                  .logits[0, 2]).item() for t in texts]
+        expected = [
+            torch.sigmoid(
+                model(**tokenizer(t, truncation=True, max_length=32, return_tensors="pt")).logits[0, 2]
+            ).item()
+            for t in texts
+        ]
     assert scores == pytest.approx(expected, abs=1e-5)
     assert len(set(np.round(scores, 4))) == len(texts)  # distinct: the label's logit, not a constant
 

@@ -58,7 +58,7 @@ def data(tmp_path_factory):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(30):
         batch = blocks[torch.randint(len(blocks), (16,))]
-        targets, = next_token_targets(batch)
+        (targets,) = next_token_targets(batch)
         mle_loss(model(batch).logits[:, :-1], targets, torch.ones_like(targets, dtype=torch.bool))[0].backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -68,8 +68,9 @@ def data(tmp_path_factory):
     comparisons = []
     for _ in range(24):
         k = rng.randint(2, 3)
-        comparisons.append(Comparison(phrase(1, 2), tuple(" " + phrase(1, 4) for _ in range(k)),
-                                      tuple(rng.sample(range(k), k))))
+        comparisons.append(
+            Comparison(phrase(1, 2), tuple(" " + phrase(1, 4) for _ in range(k)), tuple(rng.sample(range(k), k)))
+        )
     write_rankings(root / "rankings.jsonl", comparisons)
     write_jsonl(root / "prompts.jsonl", [{"prompt": word} for word in WORDS])
     write_jsonl(root / "corpus.jsonl", [{"text": phrase(3, 8) + "."} for _ in range(400)])
@@ -80,8 +81,13 @@ def torchrun(*args: str, script: str | None = None) -> subprocess.CompletedProce
     """`torchrun --standalone --nproc_per_node 2 -m prefer ARGS` (or `... SCRIPT ARGS`), as a user runs it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     target = [script] if script else ["-m", "prefer"]
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *target, *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def dotted(values: dict) -> list[str]:
@@ -114,32 +120,71 @@ def assert_same_metrics(a: Path, b: Path, *, atol: float):
     for ra, rb in zip(ma, mb):
         assert ra.keys() == rb.keys()
         for key, value in ra.items():
-            assert key in ROUNDING_NOISE or value == pytest.approx(rb[key], abs=atol, rel=atol, nan_ok=True), \
-                (ra["step"], key)
+            assert key in ROUNDING_NOISE or value == pytest.approx(rb[key], abs=atol, rel=atol, nan_ok=True), (
+                ra["step"],
+                key,
+            )
 
 
 # ---------------------------------------------------------------- the runs: 1 process x 2 micro-batches, 2 ranks x 1
 
+
 def sft_values(data):
     # 29 training examples, global batch 8 -> 4 steps; one process: 2 micro-batches of 4, two: 1 of 4 each
-    return {"data.demonstrations": data / "demos.jsonl", "model.init_from": data / "lm", "train.epochs": 1,
-            "data.validation_fraction": 0.1, "optimizer.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4,
-            "train.checkpoint_every": 2, "train.eval_every": 2, "runtime.progress": "false", "runtime.device": "cpu"}
+    return {
+        "data.demonstrations": data / "demos.jsonl",
+        "model.init_from": data / "lm",
+        "train.epochs": 1,
+        "data.validation_fraction": 0.1,
+        "optimizer.lr": 3e-3,
+        "train.batch_size": 8,
+        "train.micro_batch_size": 4,
+        "train.checkpoint_every": 2,
+        "train.eval_every": 2,
+        "runtime.progress": "false",
+        "runtime.device": "cpu",
+    }
 
 
 def reward_values(data):
-    return {"data.rankings": data / "rankings.jsonl", "model.init_from": data / "lm", "data.validation_fraction": 0.1,
-            "optimizer.lr": 3e-3, "train.batch_size": 8, "train.micro_batch_size": 4, "train.eval_every": 1,
-            "runtime.progress": "false", "runtime.device": "cpu"}
+    return {
+        "data.rankings": data / "rankings.jsonl",
+        "model.init_from": data / "lm",
+        "data.validation_fraction": 0.1,
+        "optimizer.lr": 3e-3,
+        "train.batch_size": 8,
+        "train.micro_batch_size": 4,
+        "train.eval_every": 1,
+        "runtime.progress": "false",
+        "runtime.device": "cpu",
+    }
 
 
 def ppo_values(data):
     # global batch 8 -> 4 episodes per rank, sampled in micro-batches of 2; minibatches of 4 -> 2 per rank
-    return {"init_from": data / "lm", "prompts": data / "prompts.jsonl", "reward.scorer": f"rm:{data / 'rm'}",
-            "reward.model": data / "rm", "train.iterations": 2, "train.batch_size": 8, "train.minibatch_size": 4,
-            "train.micro_batch_size": 2, "train.ppo_epochs": 2, "rollout.max_new_tokens": 8, "optimizer.lr": 1e-3, "kl.coef": 0.1,
-            "kl.target": 0.01, "kl.horizon": 100, "ptx.coef": 0.5, "ptx.source": data / "corpus.jsonl",
-            "ptx.batch_size": 4, "train.checkpoint_every": 1, "train.log_samples": 8, "runtime.progress": "false", "runtime.device": "cpu"}
+    return {
+        "init_from": data / "lm",
+        "prompts": data / "prompts.jsonl",
+        "reward.scorer": f"rm:{data / 'rm'}",
+        "reward.model": data / "rm",
+        "train.iterations": 2,
+        "train.batch_size": 8,
+        "train.minibatch_size": 4,
+        "train.micro_batch_size": 2,
+        "train.ppo_epochs": 2,
+        "rollout.max_new_tokens": 8,
+        "optimizer.lr": 1e-3,
+        "kl.coef": 0.1,
+        "kl.target": 0.01,
+        "kl.horizon": 100,
+        "ptx.coef": 0.5,
+        "ptx.source": data / "corpus.jsonl",
+        "ptx.batch_size": 4,
+        "train.checkpoint_every": 1,
+        "train.log_samples": 8,
+        "runtime.progress": "false",
+        "runtime.device": "cpu",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +215,12 @@ for argv in json.loads(sys.argv[1]):
 def two(data, tmp_path_factory):
     """SFT with FSDP2, the reward model with DDP, PPO with DDP and with FSDP2, on 2 ranks; its stdout."""
     out = tmp_path_factory.mktemp("two")
-    commands = [["sft", *dotted({**sft_values(data), "out_dir": out / "sft"}), "runtime.parallel=fsdp"],
-                ["reward", *dotted({**reward_values(data), "out_dir": out / "reward"})],
-                ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo"})],
-                ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo_fsdp"}), "runtime.parallel=fsdp"]]
+    commands = [
+        ["sft", *dotted({**sft_values(data), "out_dir": out / "sft"}), "runtime.parallel=fsdp"],
+        ["reward", *dotted({**reward_values(data), "out_dir": out / "reward"})],
+        ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo"})],
+        ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo_fsdp"}), "runtime.parallel=fsdp"],
+    ]
     (out / "many.py").write_text(MANY)
     result = torchrun(json.dumps(commands), script=str(out / "many.py"))
     assert result.returncode == 0, result.stderr[-4000:]
@@ -182,6 +229,7 @@ def two(data, tmp_path_factory):
 
 
 # ---------------------------------------------------------------- SFT (FSDP2)
+
 
 def test_sft_with_fsdp2_equals_one_process_and_writes_a_consolidated_model(one, two):
     assert_same_weights(one / "sft" / "final", two / "sft" / "final", atol=1e-5)
@@ -215,6 +263,7 @@ def test_fsdp2_run_resumed_on_two_ranks_from_its_sharded_checkpoint_ends_where_t
 
 # ---------------------------------------------------------------- reward model (DDP)
 
+
 def test_reward_model_on_two_ranks_equals_one_process_with_accumulation(one, two):
     assert_same_weights(one / "reward" / "final", two / "reward" / "final", atol=1e-5)
     assert_same_metrics(one / "reward", two / "reward", atol=1e-5)
@@ -225,6 +274,7 @@ def test_reward_model_on_two_ranks_equals_one_process_with_accumulation(one, two
 
 # ---------------------------------------------------------------- PPO-ptx (DDP and FSDP2)
 
+
 @pytest.mark.parametrize("run", ["ppo", "ppo_fsdp"])
 def test_ppo_on_two_ranks_samples_the_same_episodes_and_takes_the_same_steps(one, two, run):
     assert_same_weights(one / "ppo" / "final", two / run / "final", atol=1e-5)
@@ -233,8 +283,10 @@ def test_ppo_on_two_ranks_samples_the_same_episodes_and_takes_the_same_steps(one
     # reward, KL, adaptive beta, losses: of the global batch. Clipped steps of norm 1 carry the weights' 1e-6
     # differences into the second iteration's log-prob ratios, hence 1e-4 there.
     assert_same_metrics(one / "ppo", two / run, atol=1e-4)
-    samples = [[json.loads(line) for line in (path / "samples.jsonl").read_text().splitlines()]
-               for path in (one / "ppo", two / run)]
+    samples = [
+        [json.loads(line) for line in (path / "samples.jsonl").read_text().splitlines()]
+        for path in (one / "ppo", two / run)
+    ]
     assert len(samples[0]) == 16  # 8 per iteration: both ranks' episodes
     assert [(s["prompt"], s["response"]) for s in samples[0]] == [(s["prompt"], s["response"]) for s in samples[1]]
     metrics = read_metrics(two / run)
@@ -265,8 +317,9 @@ sys.exit(main(sys.argv[1:]))
 
 def test_an_error_on_one_rank_fails_the_job_with_that_ranks_message(data, tmp_path):
     (tmp_path / "failing.py").write_text(FAILING)
-    result = torchrun("sft", *dotted({**sft_values(data), "out_dir": tmp_path / "run"}),
-                      script=str(tmp_path / "failing.py"))
+    result = torchrun(
+        "sft", *dotted({**sft_values(data), "out_dir": tmp_path / "run"}), script=str(tmp_path / "failing.py")
+    )
     assert result.returncode != 0  # rank 0, waiting for rank 1 in a collective, is stopped by torchrun
     assert f"prefer: error (rank 1 of 2): {data / 'demos.jsonl'}:3: only rank 1 reads this line" in result.stderr
     assert "exitcode  : 2" in result.stderr

@@ -30,26 +30,58 @@ def rankings(sft, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("dpo")
     prompts = WORDS + [" ".join(words) for words in itertools.product(WORDS, repeat=2)]
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    label_synthetic(build_config(LabelConfig, {
-        "model": sft / "sft", "prompts": root / "prompts.jsonl", "scorer": "not-a",
-        "rankings_out": root / "rankings.jsonl", "demonstrations_out": root / "demos.jsonl", "num_responses": 4,
-        "generation.max_new_tokens": 12, "device": "cpu", "seed": 0}), scorer=not_a, progress=False)
+    label_synthetic(
+        build_config(
+            LabelConfig,
+            {
+                "model": sft / "sft",
+                "prompts": root / "prompts.jsonl",
+                "scorer": "not-a",
+                "rankings_out": root / "rankings.jsonl",
+                "demonstrations_out": root / "demos.jsonl",
+                "num_responses": 4,
+                "generation.max_new_tokens": 12,
+                "device": "cpu",
+                "seed": 0,
+            },
+        ),
+        scorer=not_a,
+        progress=False,
+    )
     return root / "rankings.jsonl"
 
 
 def _config(sft, rankings, out, **overrides):  # noqa: F811
-    values = {"out_dir": out, "data.rankings": rankings, "model.init_from": sft / "sft", "optimizer.lr": 3e-3,
-              "train.batch_size": 8, "train.epochs": 2, "train.eval_every": 10, "train.checkpoint_every": 20,
-              "eval.kl_samples": 16, "eval.max_new_tokens": 12, "runtime.progress": False, "runtime.device": "cpu",
-              "data.validation_fraction": 0.1}
+    values = {
+        "out_dir": out,
+        "data.rankings": rankings,
+        "model.init_from": sft / "sft",
+        "optimizer.lr": 3e-3,
+        "train.batch_size": 8,
+        "train.epochs": 2,
+        "train.eval_every": 10,
+        "train.checkpoint_every": 20,
+        "eval.kl_samples": 16,
+        "eval.max_new_tokens": 12,
+        "runtime.progress": False,
+        "runtime.device": "cpu",
+        "data.validation_fraction": 0.1,
+    }
     values.update(overrides)
     return build_config(DPOConfig, values)
 
 
-@pytest.mark.parametrize("loss,strength", [("dpo", {"dpo.beta": 0.1}), ("ipo", {"dpo.tau": 0.1}),
-                                           ("listwise", {"dpo.beta": 0.1})])
-def test_each_loss_raises_the_gold_score_and_logs_heldout_margins_and_kl(sft, rankings, tmp_path, monkeypatch,  # noqa: F811
-                                                                         loss, strength):
+@pytest.mark.parametrize(
+    "loss,strength", [("dpo", {"dpo.beta": 0.1}), ("ipo", {"dpo.tau": 0.1}), ("listwise", {"dpo.beta": 0.1})]
+)
+def test_each_loss_raises_the_gold_score_and_logs_heldout_margins_and_kl(
+    sft,
+    rankings,
+    tmp_path,
+    monkeypatch,  # noqa: F811
+    loss,
+    strength,
+):
     calls = []
     original = stage.reference_logprobs
     monkeypatch.setattr(stage, "reference_logprobs", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -70,8 +102,19 @@ def test_each_loss_raises_the_gold_score_and_logs_heldout_margins_and_kl(sft, ra
 def test_gradient_accumulation_does_not_change_the_step(sft, rankings, tmp_path):  # noqa: F811
     """One step over 8 rankings equals 8 micro-batches of 1 (K and lengths differ between prompts)."""
     for name, micro in (("whole", 8), ("accumulated", 1)):
-        stage.dpo(_config(sft, rankings, tmp_path / name, **{"train.epochs": 0.01, "train.micro_batch_size": micro,
-                                                             "optimizer.grad_clip": 1e9, "dpo.loss": "listwise"}))
+        stage.dpo(
+            _config(
+                sft,
+                rankings,
+                tmp_path / name,
+                **{
+                    "train.epochs": 0.01,
+                    "train.micro_batch_size": micro,
+                    "optimizer.grad_clip": 1e9,
+                    "dpo.loss": "listwise",
+                },
+            )
+        )
     whole, accumulated = read_metrics(tmp_path / "whole")[0], read_metrics(tmp_path / "accumulated")[0]
     assert whole["train/loss"] == pytest.approx(accumulated["train/loss"], rel=1e-5)
     assert whole["train/grad_norm"] == pytest.approx(accumulated["train/grad_norm"], rel=1e-4)
@@ -84,8 +127,9 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(sft, rankings, tmp
     shutil.copytree(tmp_path / "run", tmp_path / "killed")
     interrupt_at(tmp_path / "killed", 20)
     monkeypatch.setattr(stage, "reference_logprobs", lambda *a, **k: pytest.fail("recomputed the reference"))
-    resumed = stage.dpo(_config(sft, rankings, tmp_path / "killed", **{"train.epochs": 1, "model.dropout": 0.1}),
-                        resume=True)
+    resumed = stage.dpo(
+        _config(sft, rankings, tmp_path / "killed", **{"train.epochs": 1, "model.dropout": 0.1}), resume=True
+    )
     assert steps > 20
     expected, got = load_file(final / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(expected[key], got[key]) for key in expected)
@@ -124,14 +168,28 @@ def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sf
     import sys
     import time
 
-    values = {"data.rankings": rankings, "model.init_from": sft / "sft", "optimizer.lr": 3e-3, "train.batch_size": 8,
-              "train.epochs": 3, "train.eval_every": 10, "train.checkpoint_every": 5, "eval.kl_samples": 4,
-              "eval.max_new_tokens": 8, "runtime.progress": False, "runtime.device": "cpu"}
+    values = {
+        "data.rankings": rankings,
+        "model.init_from": sft / "sft",
+        "optimizer.lr": 3e-3,
+        "train.batch_size": 8,
+        "train.epochs": 3,
+        "train.eval_every": 10,
+        "train.checkpoint_every": 5,
+        "eval.kl_samples": 4,
+        "eval.max_new_tokens": 8,
+        "runtime.progress": False,
+        "runtime.device": "cpu",
+    }
     args = [f"{k}={v}" for k, v in values.items()]
     whole = stage.dpo(_config(sft, rankings, tmp_path / "whole", **values))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "prefer", "dpo", *args, f"out_dir={tmp_path / 'cut'}"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefer", "dpo", *args, f"out_dir={tmp_path / 'cut'}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = tmp_path / "cut" / "checkpoints" / "latest"
     deadline = time.monotonic() + 240
     while not latest.exists() and process.poll() is None and time.monotonic() < deadline:

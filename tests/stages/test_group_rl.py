@@ -21,10 +21,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(sft, out, **overrides):  # noqa: F811
-    values = {"out_dir": out, "init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
-              "reward.gold_scorer": "not-a", "train.iterations": 30, "train.batch_size": 4, "group.size": 4,
-              "train.minibatch_size": 8, "rollout.max_new_tokens": 12, "optimizer.lr": 3e-3, "kl.coef": 0.02,
-              "train.checkpoint_every": 10, "runtime.progress": False, "train.log_samples": 2}
+    values = {
+        "out_dir": out,
+        "init_from": sft / "sft",
+        "prompts": sft / "prompts.jsonl",
+        "reward.scorer": "not-a",
+        "reward.gold_scorer": "not-a",
+        "train.iterations": 30,
+        "train.batch_size": 4,
+        "group.size": 4,
+        "train.minibatch_size": 8,
+        "rollout.max_new_tokens": 12,
+        "optimizer.lr": 3e-3,
+        "kl.coef": 0.02,
+        "train.checkpoint_every": 10,
+        "runtime.progress": False,
+        "train.log_samples": 2,
+    }
     values.update(overrides)
     return build_config(GroupRLConfig, values)
 
@@ -41,8 +54,16 @@ def test_critic_free_rl_raises_the_gold_score_without_a_value_model(sft, tmp_pat
     metrics = read_metrics(tmp_path / "run")
     assert len(metrics) == 30 and abs(metrics[0]["kl"]) < 1e-4
     assert metrics[-1]["reward/gold"] > metrics[0]["reward/gold"] and metrics[-1]["kl"] > 0
-    for key in ("reward/proxy", "reward/group_std", "kl_coef", "entropy", "response/length", "train/policy/loss",
-                "train/grad_norm", "episodes"):
+    for key in (
+        "reward/proxy",
+        "reward/group_std",
+        "kl_coef",
+        "entropy",
+        "response/length",
+        "train/policy/loss",
+        "train/grad_norm",
+        "episodes",
+    ):
         assert key in metrics[-1], key
     assert metrics[-1]["episodes"] == 30 * 4 * 4
     assert json.loads((final / "prefer.json").read_text())["stage"] == algorithm
@@ -56,9 +77,19 @@ def test_one_minibatch_of_8_equals_8_micro_batches_of_1(sft, algorithm):  # noqa
     grads, stats = [], []
     for micro in (8, 1):
         p = copy.deepcopy(policy)
-        stats.append(group_backward(p, rollout, algorithm=algorithm, group=config.group, kl_coef=0.1,
-                                    micro_batch_size=micro, temperature=1.0, device=torch.device("cpu"),
-                                    precision="fp32"))
+        stats.append(
+            group_backward(
+                p,
+                rollout,
+                algorithm=algorithm,
+                group=config.group,
+                kl_coef=0.1,
+                micro_batch_size=micro,
+                temperature=1.0,
+                device=torch.device("cpu"),
+                precision="fp32",
+            )
+        )
         grads.append([param.grad.clone() for param in p.parameters() if param.grad is not None])
     assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads):
@@ -77,8 +108,12 @@ def test_group_advantages_use_each_prompts_own_group(sft):  # noqa: F811
 
 
 def test_bad_input_is_one_line_with_exit_code_2(sft, tmp_path, capsys):  # noqa: F811
-    args = [f"init_from={sft / 'sft'}", f"prompts={sft / 'prompts.jsonl'}", "reward.scorer=not-a",
-            f"out_dir={tmp_path / 'run'}"]
+    args = [
+        f"init_from={sft / 'sft'}",
+        f"prompts={sft / 'prompts.jsonl'}",
+        "reward.scorer=not-a",
+        f"out_dir={tmp_path / 'run'}",
+    ]
     assert main(["grpo", *args, "group.algorithm=ppo"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("prefer: error: config: group.algorithm: unknown 'ppo'") and "\n" not in error
@@ -118,17 +153,34 @@ def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sf
     import sys
     import time
 
-    values = {"init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
-              "train.iterations": 12, "train.batch_size": 4, "group.size": 4, "train.minibatch_size": 8,
-              "train.epochs": 2, "rollout.max_new_tokens": 12, "optimizer.lr": 3e-3, "kl.coef": 0.02,
-              "kl.target": 1.0, "train.checkpoint_every": 3, "runtime.progress": False, "train.log_samples": 2}
+    values = {
+        "init_from": sft / "sft",
+        "prompts": sft / "prompts.jsonl",
+        "reward.scorer": "not-a",
+        "train.iterations": 12,
+        "train.batch_size": 4,
+        "group.size": 4,
+        "train.minibatch_size": 8,
+        "train.epochs": 2,
+        "rollout.max_new_tokens": 12,
+        "optimizer.lr": 3e-3,
+        "kl.coef": 0.02,
+        "kl.target": 1.0,
+        "train.checkpoint_every": 3,
+        "runtime.progress": False,
+        "train.log_samples": 2,
+    }
     whole = group_rl(build_config(GroupRLConfig, {**values, "out_dir": tmp_path / "whole"}))
     (tmp_path / "toy_cli.py").write_text(TOY_CLI)
     command = [sys.executable, str(tmp_path / "toy_cli.py"), "grpo"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen([*command, *(f"{k}={v}" for k, v in values.items()),
-                                    f"out_dir={tmp_path / 'cut'}"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [*command, *(f"{k}={v}" for k, v in values.items()), f"out_dir={tmp_path / 'cut'}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     latest = tmp_path / "cut" / "checkpoints" / "latest"
     deadline = time.monotonic() + 240
     while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -137,8 +189,9 @@ def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sf
     process.wait()
     assert process.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-3000:]
     assert not (tmp_path / "cut" / "final").exists()  # killed mid-run
-    resumed = subprocess.run([*command, "--resume", f"out_dir={tmp_path / 'cut'}"], env=env, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [*command, "--resume", f"out_dir={tmp_path / 'cut'}"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = load_file(whole / "model.safetensors"), load_file(tmp_path / "cut" / "final" / "model.safetensors")
     assert all(torch.allclose(expected[key], got[key], atol=1e-6) for key in expected)

@@ -32,9 +32,16 @@ def assert_same_run(a: Path, b: Path, *, atol: float):
 def test_gradient_accumulation_does_not_change_the_step(tmp_path, pii_corpus):
     common = {"train.tokens": 8_000, "objective.name": "ul"}  # UL: per-token scores travel too
     for name, micro in [("whole", "null"), ("accumulated", 2)]:
-        config = load_config(PretrainConfig, overrides=tiny_overrides(
-            str(tmp_path / name), str(pii_corpus), str(tmp_path / "cache"),
-            **common, **{"train.micro_batch_size": micro}))
+        config = load_config(
+            PretrainConfig,
+            overrides=tiny_overrides(
+                str(tmp_path / name),
+                str(pii_corpus),
+                str(tmp_path / "cache"),
+                **common,
+                **{"train.micro_batch_size": micro},
+            ),
+        )
         pretrain(config)
     assert_same_run(tmp_path / "whole", tmp_path / "accumulated", atol=2e-5)
 
@@ -45,7 +52,22 @@ def test_two_processes_equal_one(tmp_path, pii_corpus):
     one = tiny_overrides(str(tmp_path / "one"), str(pii_corpus), str(tmp_path / "cache"), **common)
     subprocess.run([sys.executable, "-m", "prefer.cli", "pretrain", *one], check=True, capture_output=True, env=env)
     two = tiny_overrides(str(tmp_path / "two"), str(pii_corpus), str(tmp_path / "cache"), **common)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "prefer.cli", "pretrain", *two], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "prefer.cli",
+            "pretrain",
+            *two,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(tmp_path / "one", tmp_path / "two", atol=2e-5)

@@ -35,33 +35,92 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
     root = tmp_path_factory.mktemp("pipeline")
     # ~500 label prompts (every word, every pair, every 7th triple of words); PPO and the gold comparison use 26
     # others. Fewer (~180) leave the reward model near chance for some seeds.
-    label_prompts = WORDS + [" ".join(words) for n in (2, 3)
-                             for words in list(itertools.product(WORDS, repeat=n))[:: 1 if n == 2 else 7]]
+    label_prompts = WORDS + [
+        " ".join(words) for n in (2, 3) for words in list(itertools.product(WORDS, repeat=n))[:: 1 if n == 2 else 7]
+    ]
     ppo_prompts = [f"the {w}" for w in WORDS] + [f"my {w}" for w in WORDS]
     _write_prompts(root / "label_prompts.jsonl", label_prompts)
     (root / "ppo").mkdir()
     _write_prompts(root / "ppo" / "prompts.jsonl", ppo_prompts)  # where _mean_reward looks for prompts
 
-    report = label_synthetic(build_config(LabelConfig, {
-        "model": sft / "sft", "prompts": root / "label_prompts.jsonl", "scorer": "not-a",
-        "rankings_out": root / "rankings.jsonl", "demonstrations_out": root / "demos.jsonl",
-        "num_responses": 4, "generation.max_new_tokens": 12, "device": "cpu", "seed": 0}), progress=False)
+    report = label_synthetic(
+        build_config(
+            LabelConfig,
+            {
+                "model": sft / "sft",
+                "prompts": root / "label_prompts.jsonl",
+                "scorer": "not-a",
+                "rankings_out": root / "rankings.jsonl",
+                "demonstrations_out": root / "demos.jsonl",
+                "num_responses": 4,
+                "generation.max_new_tokens": 12,
+                "device": "cpu",
+                "seed": 0,
+            },
+        ),
+        progress=False,
+    )
 
-    common = {"train.batch_size": 16, "schedule.warmup_fraction": 0.05, "train.eval_every": 10,
-              "train.checkpoint_every": 1000, "runtime.progress": False, "runtime.device": "cpu"}
-    sft_dir = run_sft(build_config(SFTConfig, {
-        **common, "out_dir": root / "sft", "data.demonstrations": root / "demos.jsonl", "train.epochs": 2,
-        "model.init_from": sft / "sft", "optimizer.lr": 1e-3}))
-    rm_dir = reward(build_config(RewardConfig, {
-        **common, "out_dir": root / "rm", "data.rankings": root / "rankings.jsonl",
-        "data.demonstrations": root / "demos.jsonl", "train.epochs": 3, "data.validation_fraction": 0.15,
-        "model.init_from": sft_dir, "optimizer.lr": 2e-3, "train.batch_size": 8}))
-    ppo_dir = ppo(build_config(PPOConfig, {
-        "out_dir": root / "ppo_run", "init_from": sft_dir, "prompts": root / "ppo" / "prompts.jsonl",
-        "reward.model": rm_dir, "reward.gold_scorer": "not-a", "train.iterations": 30, "train.batch_size": 16,
-        "train.minibatch_size": 8, "train.ppo_epochs": 2, "rollout.max_new_tokens": 12, "optimizer.lr": 1e-3,
-        "kl.coef": 0.05, "train.checkpoint_every": 1000, "runtime.progress": False, "runtime.device": "cpu",
-        "train.log_samples": 2}))
+    common = {
+        "train.batch_size": 16,
+        "schedule.warmup_fraction": 0.05,
+        "train.eval_every": 10,
+        "train.checkpoint_every": 1000,
+        "runtime.progress": False,
+        "runtime.device": "cpu",
+    }
+    sft_dir = run_sft(
+        build_config(
+            SFTConfig,
+            {
+                **common,
+                "out_dir": root / "sft",
+                "data.demonstrations": root / "demos.jsonl",
+                "train.epochs": 2,
+                "model.init_from": sft / "sft",
+                "optimizer.lr": 1e-3,
+            },
+        )
+    )
+    rm_dir = reward(
+        build_config(
+            RewardConfig,
+            {
+                **common,
+                "out_dir": root / "rm",
+                "data.rankings": root / "rankings.jsonl",
+                "data.demonstrations": root / "demos.jsonl",
+                "train.epochs": 3,
+                "data.validation_fraction": 0.15,
+                "model.init_from": sft_dir,
+                "optimizer.lr": 2e-3,
+                "train.batch_size": 8,
+            },
+        )
+    )
+    ppo_dir = ppo(
+        build_config(
+            PPOConfig,
+            {
+                "out_dir": root / "ppo_run",
+                "init_from": sft_dir,
+                "prompts": root / "ppo" / "prompts.jsonl",
+                "reward.model": rm_dir,
+                "reward.gold_scorer": "not-a",
+                "train.iterations": 30,
+                "train.batch_size": 16,
+                "train.minibatch_size": 8,
+                "train.ppo_epochs": 2,
+                "rollout.max_new_tokens": 12,
+                "optimizer.lr": 1e-3,
+                "kl.coef": 0.05,
+                "train.checkpoint_every": 1000,
+                "runtime.progress": False,
+                "runtime.device": "cpu",
+                "train.log_samples": 2,
+            },
+        )
+    )
     yield {"root": root, "report": report, "sft": sft_dir, "rm": rm_dir, "ppo": ppo_dir}
     scorers.SCORERS.pop("not-a", None)
 
@@ -72,8 +131,7 @@ def test_labels_sft_reward_model_and_ppo_improve_the_gold_score(pipeline):
     assert report.comparisons > 400 and report.gold_best_mean < report.gold_mean  # best-of-4 beats the average
 
     rm_info = json.loads((pipeline["rm"] / "prefer.json").read_text())
-    print(f"reward model: held-out pairwise accuracy {rm_info['val_accuracy']:.3f} on {rm_info['val_pairs']:.0f} "
-          "pairs")
+    print(f"reward model: held-out pairwise accuracy {rm_info['val_accuracy']:.3f} on {rm_info['val_pairs']:.0f} pairs")
     assert rm_info["val_accuracy"] > 0.7 and rm_info["val_pairs"] >= 200  # ~0.9 over seeds 0-2
 
     # Gold reward (-fraction of characters that are not "a") of samples on the PPO prompts, same seed for both.

@@ -53,9 +53,9 @@ def sft(tmp_path_factory):
         ids += tokenizer.encode(text) + [tokenizer.eos_token_id]
     blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)  # [N, 32]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(60):
+    for _step in range(60):
         batch = blocks[torch.randint(len(blocks), (16,))]
-        targets, = next_token_targets(batch)
+        (targets,) = next_token_targets(batch)
         loss, _ = mle_loss(model(batch).logits[:, :-1], targets, torch.ones_like(targets, dtype=torch.bool))
         loss.backward()
         optimizer.step()
@@ -69,10 +69,22 @@ def sft(tmp_path_factory):
 
 
 def _config(sft, out, **overrides):
-    values = {"out_dir": out, "init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a",
-              "train.iterations": 30, "train.batch_size": 16, "train.minibatch_size": 8, "rollout.max_new_tokens": 12,
-              "optimizer.lr": 3e-3, "kl.coef": 0.02, "train.ppo_epochs": 2, "train.checkpoint_every": 10,
-              "runtime.progress": False, "train.log_samples": 2}
+    values = {
+        "out_dir": out,
+        "init_from": sft / "sft",
+        "prompts": sft / "prompts.jsonl",
+        "reward.scorer": "not-a",
+        "train.iterations": 30,
+        "train.batch_size": 16,
+        "train.minibatch_size": 8,
+        "rollout.max_new_tokens": 12,
+        "optimizer.lr": 3e-3,
+        "kl.coef": 0.02,
+        "train.ppo_epochs": 2,
+        "train.checkpoint_every": 10,
+        "runtime.progress": False,
+        "train.log_samples": 2,
+    }
     values.update(overrides)
     return build_config(PPOConfig, values)
 
@@ -82,8 +94,14 @@ def _mean_reward(model_dir, sft, samples=4):
     model = load_model(model_dir).eval()
     prompts = [json.loads(line)["prompt"] for line in (sft / "prompts.jsonl").read_text().splitlines()] * samples
     queries = [[tokenizer.eos_token_id, *tokenizer.encode(p)] for p in prompts]
-    out = sample(model, queries, max_new_tokens=12, eos_token_id=tokenizer.eos_token_id, temperature=1.0,
-                 generator=torch.Generator().manual_seed(123))
+    out = sample(
+        model,
+        queries,
+        max_new_tokens=12,
+        eos_token_id=tokenizer.eos_token_id,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(123),
+    )
     texts = [p + tokenizer.decode(r, skip_special_tokens=True) for p, r in zip(prompts, out)]
     return -sum(not_a(texts)) / len(texts)
 
@@ -96,13 +114,25 @@ def _episodes(sft, lengths=(1, 3, 5, 2, 4, 6, 1, 5), temperature=1.0, **kwargs):
     queries = [[tokenizer.eos_token_id, *tokenizer.encode(w)] for w in WORDS[: len(lengths)]]
     responses = [[(7 * i + 3 * t) % 200 + 3 for t in range(n)] for i, n in enumerate(lengths)]
     scores = torch.arange(1.0, len(lengths) + 1)
-    rollout = make_rollout(policy, reference, value_model, queries, responses, rewards=scores,
-                           gold=torch.zeros(len(lengths)), temperature=temperature, pad_id=tokenizer.eos_token_id,
-                           batch_size=3, device=torch.device("cpu"), **kwargs)
+    rollout = make_rollout(
+        policy,
+        reference,
+        value_model,
+        queries,
+        responses,
+        rewards=scores,
+        gold=torch.zeros(len(lengths)),
+        temperature=temperature,
+        pad_id=tokenizer.eos_token_id,
+        batch_size=3,
+        device=torch.device("cpu"),
+        **kwargs,
+    )
     return rollout, (policy, reference, value_model), queries, responses
 
 
 # ---------------------------------------------------------------- behaviour
+
 
 def test_ppo_raises_the_reward_of_the_sft_model(sft, tmp_path):
     before = load_file(sft / "sft" / "model.safetensors")
@@ -115,8 +145,16 @@ def test_ppo_raises_the_reward_of_the_sft_model(sft, tmp_path):
     assert abs(metrics[0]["kl"]) < 1e-4  # the policy starts as the reference
     kls = torch.tensor([m["kl"] for m in metrics])
     assert torch.isfinite(kls).all() and metrics[-1]["kl"] > 0
-    for key in ("reward/proxy", "kl_coef", "entropy", "response/length", "train/policy/clip_fraction",
-                "train/value/loss", "value/explained_variance", "train/policy/loss"):
+    for key in (
+        "reward/proxy",
+        "kl_coef",
+        "entropy",
+        "response/length",
+        "train/policy/clip_fraction",
+        "train/value/loss",
+        "value/explained_variance",
+        "train/policy/loss",
+    ):
         assert key in metrics[-1], key
     assert metrics[-1]["reward/proxy"] > metrics[0]["reward/proxy"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
@@ -151,16 +189,28 @@ def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path, m
 
 # ---------------------------------------------------------------- invariances and alignment
 
+
 def test_one_minibatch_of_8_equals_8_micro_batches_of_1(sft):
     rollout, (policy, _, value_model), _, _ = _episodes(sft)
     rollout, _ = add_advantages(rollout, kl_coef=0.1, gamma=1.0, lam=0.95)
     grads, losses = [], []
     for micro in (8, 1):
         p, v = copy.deepcopy(policy), copy.deepcopy(value_model)
-        stats = ppo_backward(p, v, rollout, micro_batch_size=micro, temperature=1.0, clip_range=0.2,
-                             value_clip_range=0.2, vf_coef=0.1, device=torch.device("cpu"), precision="fp32")
-        stats |= ptx_backward(p, rollout.query[:, :4], ptx_coef=2.0, micro_batch_size=micro,
-                              device=torch.device("cpu"), precision="fp32")
+        stats = ppo_backward(
+            p,
+            v,
+            rollout,
+            micro_batch_size=micro,
+            temperature=1.0,
+            clip_range=0.2,
+            value_clip_range=0.2,
+            vf_coef=0.1,
+            device=torch.device("cpu"),
+            precision="fp32",
+        )
+        stats |= ptx_backward(
+            p, rollout.query[:, :4], ptx_coef=2.0, micro_batch_size=micro, device=torch.device("cpu"), precision="fp32"
+        )
         grads.append([param.grad.clone() for m in (p, v) for param in m.parameters() if param.grad is not None])
         losses.append(stats)
     assert len(grads[0]) == len(grads[1]) > 0
@@ -189,7 +239,7 @@ def test_logprobs_divide_the_logits_by_the_sampling_temperature(sft):
     for row, (q, r) in enumerate(zip(queries, responses)):
         ids = torch.tensor([q + r])
         with torch.no_grad():
-            logits = policy(ids).logits[0, len(q) - 1: -1]  # [len(r), V] predicting r
+            logits = policy(ids).logits[0, len(q) - 1 : -1]  # [len(r), V] predicting r
         manual = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
         assert_close(rollout.logprobs[row, : len(r)], manual, atol=1e-5, rtol=1e-5)
     assert_close(rollout.ref_logprobs, rollout.logprobs)  # reference == policy before training
@@ -215,8 +265,12 @@ def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkey
 
 
 def test_ptx_keeps_the_pretraining_loss_lower(sft, tmp_path):
-    common = {"train.iterations": 10, "train.checkpoint_every": 5, "ptx.source": sft / "corpus.jsonl",
-              "ptx.batch_size": 8}
+    common = {
+        "train.iterations": 10,
+        "train.checkpoint_every": 5,
+        "ptx.source": sft / "corpus.jsonl",
+        "ptx.batch_size": 8,
+    }
     ppo(_config(sft, tmp_path / "plain", **{"ptx.coef": 0.0, **common}))
     ppo(_config(sft, tmp_path / "ptx", **{"ptx.coef": 1.0, **common}))
     plain, ptx = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ptx")
@@ -246,12 +300,15 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
-    wa, wb = load_file(tmp_path / "whole" / "final" / "model.safetensors"), load_file(
-        tmp_path / "cut" / "final" / "model.safetensors")
+    wa, wb = (
+        load_file(tmp_path / "whole" / "final" / "model.safetensors"),
+        load_file(tmp_path / "cut" / "final" / "model.safetensors"),
+    )
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
 # ---------------------------------------------------------------- reward model as critic, bad input
+
 
 def _reward_model(sft, path):
     from transformers import AutoModelForSequenceClassification

@@ -21,8 +21,9 @@ from prefer.training import read_metrics
 
 
 def run(tmp_path, corpus, name, **extra):
-    config = load_config(PretrainConfig, overrides=tiny_overrides(
-        str(tmp_path / name), str(corpus), str(tmp_path / "cache"), **extra))
+    config = load_config(
+        PretrainConfig, overrides=tiny_overrides(str(tmp_path / name), str(corpus), str(tmp_path / "cache"), **extra)
+    )
     return pretrain(config)
 
 
@@ -164,8 +165,10 @@ def test_evaluate_and_sample_commands(conditional_run, capsys):
     from prefer.cli import main
 
     out = Path(conditional_run).parent / "eval.json"
-    assert main(["evaluate", str(conditional_run), f"out={out}", "sampling.num_samples=32",
-                 "sampling.max_new_tokens=40"]) == 0
+    assert (
+        main(["evaluate", str(conditional_run), f"out={out}", "sampling.num_samples=32", "sampling.max_new_tokens=40"])
+        == 0
+    )
     results = json.loads(out.read_text())
     pii = results["scores"]["pii"]
     assert results["prompt"] == "good" and results["blocked"] == "bad" and results["num_samples"] == 32
@@ -185,10 +188,15 @@ def test_finetuning_from_a_snapshot_trains_the_rest_of_the_budget(tmp_path, pii_
     snapshot_info = json.loads((snapshot / "prefer.json").read_text())
     # 40k tokens / (16 x 64) = 40 steps (39.06 rounded up); the 50% snapshot is at step 20 = 20,480 tokens.
     assert snapshot_info["tokens"] == 20 * 16 * 64
-    final = run(tmp_path, pii_corpus, "finetuned", **{"objective.name": "conditional", "model.init_from": str(snapshot)})
+    final = run(
+        tmp_path, pii_corpus, "finetuned", **{"objective.name": "conditional", "model.init_from": str(snapshot)}
+    )
     metrics = read_metrics(Path(final).parent)
     assert [m["step"] for m in metrics] == list(range(21, 41))
-    assert metrics[0]["tokens"] == 21 * 16 * 64 and json.loads((Path(final) / "prefer.json").read_text())["tokens"] == 40 * 16 * 64
+    assert (
+        metrics[0]["tokens"] == 21 * 16 * 64
+        and json.loads((Path(final) / "prefer.json").read_text())["tokens"] == 40 * 16 * 64
+    )
     # Same schedule as the MLE run at the same steps (warmup 2 steps, then linear decay to 10%).
     mle_lr = {m["step"]: m["train/lr"] for m in read_metrics(mle.parent)}
     assert all(abs(m["train/lr"] - mle_lr[m["step"]]) < 1e-12 for m in metrics)
@@ -215,15 +223,24 @@ def test_finetuning_past_the_budget_is_refused(tmp_path, pii_corpus):
 def test_quantile_threshold_is_computed_from_the_corpus_and_saved(tmp_path, pii_corpus):
     """The fixture's trailers (1 line of 7 per entry) are the only lines with PII; every other line scores 0, so any
     quantile up to 6/7 of the segment scores is 0 and the 0.95 quantile is a positive per-character PII score."""
-    run(tmp_path, pii_corpus, "q", **{"objective.name": "conditional", "objective.threshold_quantile": 0.5,
-                                      "train.tokens": 2_000})
+    run(
+        tmp_path,
+        pii_corpus,
+        "q",
+        **{"objective.name": "conditional", "objective.threshold_quantile": 0.5, "train.tokens": 2_000},
+    )
     saved = load_config(PretrainConfig, yaml_path=tmp_path / "q" / "config.yaml")
     assert saved.objective.threshold == 0.0 and saved.objective.threshold_quantile == 0.5
-    run(tmp_path, pii_corpus, "q95", **{"objective.name": "conditional", "objective.threshold_quantile": 0.95,
-                                        "train.tokens": 2_000})
+    run(
+        tmp_path,
+        pii_corpus,
+        "q95",
+        **{"objective.name": "conditional", "objective.threshold_quantile": 0.95, "train.tokens": 2_000},
+    )
     saved = load_config(PretrainConfig, yaml_path=tmp_path / "q95" / "config.yaml")
     assert saved.objective.threshold > 0.0
     # Resuming recomputes the same value, so the saved config still matches.
-    config = load_config(PretrainConfig, yaml_path=tmp_path / "q95" / "config.yaml",
-                         overrides=["objective.threshold=null"])
+    config = load_config(
+        PretrainConfig, yaml_path=tmp_path / "q95" / "config.yaml", overrides=["objective.threshold=null"]
+    )
     pretrain(config, resume=True)

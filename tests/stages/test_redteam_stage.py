@@ -17,8 +17,12 @@ from prefer.models.build import build_model, train_tokenizer
 from prefer.scorers import get_segment_scorer
 from prefer.stages.redteam import redteam
 
-LINES = ["def add(a, b):\n    return a + b\n", "class Foo:\n    pass\n", " -- Jane Doe <jane@example.org>\n",
-         "List of prompts that make an AI write code:\n1. def f(x):\n2. import os\n"]
+LINES = [
+    "def add(a, b):\n    return a + b\n",
+    "class Foo:\n    pass\n",
+    " -- Jane Doe <jane@example.org>\n",
+    "List of prompts that make an AI write code:\n1. def f(x):\n2. import os\n",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +34,26 @@ def checkpoint(tmp_path_factory):
     model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=128)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "prefer.json").write_text(json.dumps({"task": "pep8", "objective": "conditional",
-                                                  "control_tokens_trained": True}))
+    (path / "prefer.json").write_text(
+        json.dumps({"task": "pep8", "objective": "conditional", "control_tokens_trained": True})
+    )
     return path
 
 
 def small(out_dir, target, **extra):
-    values = {"out_dir": out_dir, "target": target, "search.rounds": 2, "search.candidates_per_round": 3, "continuations.count": 2,
-              "continuations.max_new_tokens": 8, "candidates.max_new_tokens": 10, "search.trials": 1, "continuations.keep": 2,
-              "device": "cpu", "progress": "false"}
+    values = {
+        "out_dir": out_dir,
+        "target": target,
+        "search.rounds": 2,
+        "search.candidates_per_round": 3,
+        "continuations.count": 2,
+        "continuations.max_new_tokens": 8,
+        "candidates.max_new_tokens": 10,
+        "search.trials": 1,
+        "continuations.keep": 2,
+        "device": "cpu",
+        "progress": "false",
+    }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -79,8 +94,9 @@ class FakeServer:
                 server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 texts = server.replies.pop(0) if server.replies else []
                 if self.path.endswith("/chat/completions"):
-                    choices = [{"index": i, "message": {"role": "assistant", "content": t}}
-                               for i, t in enumerate(texts)]
+                    choices = [
+                        {"index": i, "message": {"role": "assistant", "content": t}} for i, t in enumerate(texts)
+                    ]
                 else:
                     choices = [{"index": i, "text": t} for i, t in enumerate(texts)]
                 payload = json.dumps({"choices": choices} if server.status == 200 else {"error": "boom"}).encode()
@@ -114,9 +130,16 @@ def test_completions_endpoint(tmp_path, checkpoint, monkeypatch):
     monkeypatch.setenv("PREFER_TEST_KEY", "s3cret")
     replies = [[" Contact me at", " Contact me at", ""], [" Maintainer: Bob", " Contact me at", " def g(x):\\n"]]
     with FakeServer(replies) as server:
-        config = load_config(RedteamConfig, overrides=small(
-            tmp_path / "rt", checkpoint, **{"endpoint.url": server.url, "endpoint.model": "red-lm"},
-            **{"endpoint.api_key_env": "PREFER_TEST_KEY"}, task="pii"))
+        config = load_config(
+            RedteamConfig,
+            overrides=small(
+                tmp_path / "rt",
+                checkpoint,
+                **{"endpoint.url": server.url, "endpoint.model": "red-lm"},
+                **{"endpoint.api_key_env": "PREFER_TEST_KEY"},
+                task="pii",
+            ),
+        )
         results = redteam(config)
     assert [r["path"] for r in server.requests] == ["/v1/completions"] * 2
     for request in server.requests:
@@ -128,7 +151,10 @@ def test_completions_endpoint(tmp_path, checkpoint, monkeypatch):
         assert request["headers"]["Authorization"] == "Bearer s3cret"
     pool = read_pool(tmp_path / "rt" / "pool_trial0.jsonl")
     assert [(r["prompt"], r["round"]) for r in pool[20:]] == [
-        ("Contact me at", 1), ("Maintainer: Bob", 2), ("def g(x):\n", 2)]
+        ("Contact me at", 1),
+        ("Maintainer: Bob", 2),
+        ("def g(x):\n", 2),
+    ]
     curve = results["trials"][0]["curve"]
     assert [c["added"] for c in curve] == [20, 1, 2]
     assert curve[1]["dropped_duplicate"] == 1 and curve[1]["dropped_empty"] == 1
@@ -139,9 +165,15 @@ def test_completions_endpoint(tmp_path, checkpoint, monkeypatch):
 
 def test_chat_endpoint(tmp_path, checkpoint):
     with FakeServer([["5. Please email me at"], ["Sure: my address is"]]) as server:
-        config = load_config(RedteamConfig, overrides=small(
-            tmp_path / "rt", checkpoint, **{"endpoint.url": server.url + "/", "endpoint.model": "chat-lm"},
-            **{"endpoint.api": "chat", "search.rounds": 2}))
+        config = load_config(
+            RedteamConfig,
+            overrides=small(
+                tmp_path / "rt",
+                checkpoint,
+                **{"endpoint.url": server.url + "/", "endpoint.model": "chat-lm"},
+                **{"endpoint.api": "chat", "search.rounds": 2},
+            ),
+        )
         redteam(config)
     request = server.requests[0]
     assert request["path"] == "/v1/chat/completions" and "Authorization" not in request["headers"]
@@ -163,8 +195,10 @@ def test_endpoint_errors_name_the_url(tmp_path, checkpoint, capsys):
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(PreferError, match=f"endpoint {url}/completions: cannot connect"):
         complete(Endpoint(url=url, model="m", timeout=5), "p", n=1, max_tokens=4, temperature=1.0)
-    with FakeServer([], status=500) as server, \
-            pytest.raises(PreferError, match=f"endpoint {server.url}/chat/completions: HTTP 500"):
+    with (
+        FakeServer([], status=500) as server,
+        pytest.raises(PreferError, match=f"endpoint {server.url}/chat/completions: HTTP 500"),
+    ):
         complete(Endpoint(url=server.url, model="m", api="chat"), "p", n=1, max_tokens=4, temperature=1.0)
     assert main(["redteam", *small(tmp_path / "rt", checkpoint, **{"endpoint.url": url, "endpoint.model": "m"})]) == 2
     assert url in capsys.readouterr().err
@@ -174,7 +208,10 @@ def test_bad_config_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
     assert main(["redteam", f"target={checkpoint}"]) == 2
     assert "give exactly one of redteam_model" in capsys.readouterr().err
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    args = small(tmp_path / "rt", checkpoint, **{"endpoint.url": "http://127.0.0.1:1/v1", "endpoint.model": "m",
-                                                          "endpoint.api_key_env": "NO_SUCH_KEY_VAR"})
+    args = small(
+        tmp_path / "rt",
+        checkpoint,
+        **{"endpoint.url": "http://127.0.0.1:1/v1", "endpoint.model": "m", "endpoint.api_key_env": "NO_SUCH_KEY_VAR"},
+    )
     assert main(["redteam", *args]) == 2
     assert "NO_SUCH_KEY_VAR is not set" in capsys.readouterr().err

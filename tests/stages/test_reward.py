@@ -54,9 +54,18 @@ def polite(tmp_path_factory):
 
 
 def overrides(data, out_dir, **extra):
-    values = {"out_dir": out_dir, "data.rankings": data / "rankings.jsonl", "model.init_from": data / "init",
-              "optimizer.lr": 2e-3, "train.batch_size": 8, "train.micro_batch_size": 4, "train.eval_every": 10,
-              "train.checkpoint_every": 25, "runtime.progress": "false", "data.validation_fraction": 0.2}
+    values = {
+        "out_dir": out_dir,
+        "data.rankings": data / "rankings.jsonl",
+        "model.init_from": data / "init",
+        "optimizer.lr": 2e-3,
+        "train.batch_size": 8,
+        "train.micro_batch_size": 4,
+        "train.eval_every": 10,
+        "train.checkpoint_every": 25,
+        "runtime.progress": "false",
+        "data.validation_fraction": 0.2,
+    }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
 
@@ -65,7 +74,9 @@ def overrides(data, out_dir, **extra):
 def trained(polite, tmp_path_factory):
     """The defaults (one epoch), with the bias set from a demonstrations file."""
     out = tmp_path_factory.mktemp("run") / "rm"
-    config = load_config(RewardConfig, overrides=overrides(polite, out, **{"data.demonstrations": polite / "demos.jsonl"}))
+    config = load_config(
+        RewardConfig, overrides=overrides(polite, out, **{"data.demonstrations": polite / "demos.jsonl"})
+    )
     assert config.train.epochs == 1
     return reward(config)
 
@@ -84,8 +95,10 @@ def test_reward_model_learns_the_preference_and_reports_heldout_accuracy(trained
 
 def test_bias_makes_the_demonstrations_mean_reward_zero(trained, polite):
     reward_model = load_reward_model(trained)
-    pairs = [(json.loads(line)["prompt"], json.loads(line)["response"])
-             for line in (polite / "demos.jsonl").read_text().splitlines()]
+    pairs = [
+        (json.loads(line)["prompt"], json.loads(line)["response"])
+        for line in (polite / "demos.jsonl").read_text().splitlines()
+    ]
     assert abs(float(reward_model.rewards(pairs).mean())) < 1e-4
     assert reward_model.bias == json.loads((trained / "prefer.json").read_text())["reward_bias"] != 0
 
@@ -96,8 +109,10 @@ def test_bias_defaults_to_the_best_responses_and_a_run_is_never_overwritten(poli
     assert read_metrics(tmp_path / "rm")[-1]["step"] == 4  # 0.1 x 256 training prompts / 8 per step
     assert json.loads((final / "prefer.json").read_text())["bias_from"] == "best response of each ranking"
     best = [json.loads(line) for line in (polite / "rankings.jsonl").read_text().splitlines()]
-    best = [(r["prompt"], r["responses"][r["ranking"][0] if isinstance(r["ranking"][0], int) else r["ranking"][0][0]])
-            for r in best]
+    best = [
+        (r["prompt"], r["responses"][r["ranking"][0] if isinstance(r["ranking"][0], int) else r["ranking"][0][0]])
+        for r in best
+    ]
     assert abs(float(load_reward_model(final).rewards(best).mean())) < 1e-4
     with pytest.raises(PreferError, match="already holds a run"):
         reward(config)
@@ -109,8 +124,9 @@ def test_prompt_longer_than_the_context_names_file_and_line(polite, tmp_path):
     bad["prompt"] = "red blue " * 40
     lines[4] = json.dumps(bad)
     (tmp_path / "rankings.jsonl").write_text("\n".join(lines[:10]) + "\n")
-    config = load_config(RewardConfig, overrides=overrides(polite, tmp_path / "rm",
-                                                           **{"data.rankings": tmp_path / "rankings.jsonl"}))
+    config = load_config(
+        RewardConfig, overrides=overrides(polite, tmp_path / "rm", **{"data.rankings": tmp_path / "rankings.jsonl"})
+    )
     with pytest.raises(PreferError, match=r"rankings\.jsonl:5: the prompt is \d+ tokens"):
         reward(config)
 
@@ -124,20 +140,35 @@ def test_resume_after_a_kill_gives_the_same_reward_model(trained, polite, tmp_pa
     # 32 steps, checkpoints every 25: step 25 and the final step 32 are kept
     shutil.copytree(trained.parent, tmp_path / "killed")
     interrupt_at(tmp_path / "killed", 25)
-    resumed = reward(load_config(RewardConfig, overrides=overrides(
-        polite, tmp_path / "killed", **{"data.demonstrations": polite / "demos.jsonl"})), resume=True)
+    resumed = reward(
+        load_config(
+            RewardConfig,
+            overrides=overrides(polite, tmp_path / "killed", **{"data.demonstrations": polite / "demos.jsonl"}),
+        ),
+        resume=True,
+    )
     expected, got = load_file(trained / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(expected[key], got[key]) for key in expected)
     assert json.loads((resumed / "prefer.json").read_text())["reward_bias"] == pytest.approx(
-        json.loads((trained / "prefer.json").read_text())["reward_bias"])
+        json.loads((trained / "prefer.json").read_text())["reward_bias"]
+    )
     assert read_metrics(tmp_path / "killed") == read_metrics(trained.parent)
 
 
 def test_gradient_accumulation_does_not_change_the_step(polite, tmp_path):
     """One step over 8 prompts equals 8 micro-batches of 1 prompt (K differs between prompts)."""
+
     def one_step(name, micro):
-        return reward(load_config(RewardConfig, overrides=overrides(
-            polite, tmp_path / name, **{"train.epochs": 0.03, "train.micro_batch_size": micro, "optimizer.grad_clip": 1e9})))
+        return reward(
+            load_config(
+                RewardConfig,
+                overrides=overrides(
+                    polite,
+                    tmp_path / name,
+                    **{"train.epochs": 0.03, "train.micro_batch_size": micro, "optimizer.grad_clip": 1e9},
+                ),
+            )
+        )
 
     one_step("whole", 8)
     one_step("accumulated", 1)

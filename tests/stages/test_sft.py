@@ -47,8 +47,9 @@ def test_loss_mask_covers_exactly_the_response_and_its_eos(say_letter):
         response = tokenizer(pair.response, add_special_tokens=False)["input_ids"] + [eos]
         length = len(prompt) + len(response)
         assert examples.ids[row, :length].tolist() == prompt + response
-        assert examples.loss_mask[row].tolist() == [False] * len(prompt) + [True] * len(response) + \
-            [False] * (examples.ids.shape[1] - length)
+        assert examples.loss_mask[row].tolist() == [False] * len(prompt) + [True] * len(response) + [False] * (
+            examples.ids.shape[1] - length
+        )
         assert examples.attention_mask[row].sum() == length
         targets, mask = next_token_targets(examples.ids[row : row + 1], examples.loss_mask[row : row + 1])
         assert targets[mask].tolist() == response  # the loss predicts the response and its eos, nothing else
@@ -65,11 +66,22 @@ def test_packing_keeps_every_loss_token_in_full_blocks(say_letter):
 
 
 def test_sft_learns_the_demonstrated_responses(say_letter, tmp_path):
-    config = load_config(SFTConfig, overrides=[
-        f"out_dir={tmp_path / 'run'}", f"data.demonstrations={say_letter / 'demos.jsonl'}",
-        f"model.init_from={say_letter / 'init'}", "train.epochs=6", "optimizer.lr=5e-3", "train.batch_size=16",
-        "train.micro_batch_size=8", "train.eval_every=10", "train.checkpoint_every=20", "runtime.progress=false",
-        "data.validation_fraction=0.1"])
+    config = load_config(
+        SFTConfig,
+        overrides=[
+            f"out_dir={tmp_path / 'run'}",
+            f"data.demonstrations={say_letter / 'demos.jsonl'}",
+            f"model.init_from={say_letter / 'init'}",
+            "train.epochs=6",
+            "optimizer.lr=5e-3",
+            "train.batch_size=16",
+            "train.micro_batch_size=8",
+            "train.eval_every=10",
+            "train.checkpoint_every=20",
+            "runtime.progress=false",
+            "data.validation_fraction=0.1",
+        ],
+    )
     final = sft(config)
     model, tokenizer = load_model(final), load_tokenizer(final)
     prompts = [encode_prompt(tokenizer, f"say {c}") for c in LETTERS]
@@ -85,12 +97,22 @@ def test_sft_learns_the_demonstrated_responses(say_letter, tmp_path):
 
 def test_prompt_longer_than_the_context_names_file_and_line(say_letter, tmp_path):
     path = tmp_path / "demos.jsonl"
-    path.write_text(json.dumps({"prompt": "say A:", "response": " AAAA"}) + "\n\n"
-                    + json.dumps({"prompt": "say A: " * 40, "response": " AAAA"}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "say A:", "response": " AAAA"})
+        + "\n\n"
+        + json.dumps({"prompt": "say A: " * 40, "response": " AAAA"})
+        + "\n"
+    )
     assert len(read_demonstrations(path)) == 2
-    config = load_config(SFTConfig, overrides=[
-        f"out_dir={tmp_path / 'run'}", f"data.demonstrations={path}", f"model.init_from={say_letter / 'init'}",
-        "runtime.progress=false"])
+    config = load_config(
+        SFTConfig,
+        overrides=[
+            f"out_dir={tmp_path / 'run'}",
+            f"data.demonstrations={path}",
+            f"model.init_from={say_letter / 'init'}",
+            "runtime.progress=false",
+        ],
+    )
     with pytest.raises(PreferError, match=r"demos\.jsonl:3: the prompt is \d+ tokens"):
         sft(config)
     assert not (tmp_path / "run" / "final").exists()
@@ -113,9 +135,17 @@ def test_resume_after_a_kill_gives_the_same_model(say_letter, tmp_path):
 
     from safetensors.torch import load_file
 
-    values = [f"out_dir={tmp_path / 'run'}", f"data.demonstrations={say_letter / 'demos.jsonl'}",
-              f"model.init_from={say_letter / 'init'}", "train.epochs=1", "optimizer.lr=3e-3", "train.batch_size=16",
-              "train.checkpoint_every=5", "runtime.progress=false", "model.dropout=0.1"]
+    values = [
+        f"out_dir={tmp_path / 'run'}",
+        f"data.demonstrations={say_letter / 'demos.jsonl'}",
+        f"model.init_from={say_letter / 'init'}",
+        "train.epochs=1",
+        "optimizer.lr=3e-3",
+        "train.batch_size=16",
+        "train.checkpoint_every=5",
+        "runtime.progress=false",
+        "model.dropout=0.1",
+    ]
     final = sft(load_config(SFTConfig, overrides=values))  # 12 steps: checkpoints at 10 and 12 are kept
     shutil.copytree(tmp_path / "run", tmp_path / "killed")
     interrupt_at(tmp_path / "killed", 10)
@@ -131,10 +161,22 @@ def test_gradient_accumulation_does_not_change_the_step(say_letter, tmp_path):
     normalised by the step's response tokens, not by each micro-batch's."""
 
     def one_step(name, micro):
-        return sft(load_config(SFTConfig, overrides=[
-            f"out_dir={tmp_path / name}", f"data.demonstrations={say_letter / 'demos.jsonl'}",
-            f"model.init_from={say_letter / 'init'}", "train.epochs=0.05", "optimizer.lr=1e-2", "train.batch_size=16",
-            f"train.micro_batch_size={micro}", "runtime.progress=false", "optimizer.grad_clip=1e9"]))
+        return sft(
+            load_config(
+                SFTConfig,
+                overrides=[
+                    f"out_dir={tmp_path / name}",
+                    f"data.demonstrations={say_letter / 'demos.jsonl'}",
+                    f"model.init_from={say_letter / 'init'}",
+                    "train.epochs=0.05",
+                    "optimizer.lr=1e-2",
+                    "train.batch_size=16",
+                    f"train.micro_batch_size={micro}",
+                    "runtime.progress=false",
+                    "optimizer.grad_clip=1e9",
+                ],
+            )
+        )
 
     one_step("whole", 16)
     one_step("accumulated", 2)

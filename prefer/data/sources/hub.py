@@ -23,16 +23,23 @@ HUB_SCHEMAS = {
 
 
 def parse_hub_source(source: str) -> tuple[str, str]:
-    """"hf:NAME[:SPLIT]" -> (NAME, SPLIT); the split defaults to "train"."""
+    """ "hf:NAME[:SPLIT]" -> (NAME, SPLIT); the split defaults to "train"."""
     name, _, split = source.removeprefix("hf:").partition(":")
     if not name:
         raise PreferError(f"corpus source {source!r}: expected hf:NAME[:SPLIT], e.g. hf:codeparrot/codeparrot-clean")
     return name, split or "train"
 
 
-def hub_documents(name: str, *, split: str = "train", data_files: str | Sequence[str] | None = None,
-                  cache_dir: str | None = None, max_bytes: int | None = None, scores_of: str | None = None,
-                  sentence_cache: Path | None = None) -> tuple[list[Document], Provenance]:
+def hub_documents(
+    name: str,
+    *,
+    split: str = "train",
+    data_files: str | Sequence[str] | None = None,
+    cache_dir: str | None = None,
+    max_bytes: int | None = None,
+    scores_of: str | None = None,
+    sentence_cache: Path | None = None,
+) -> tuple[list[Document], Provenance]:
     """Documents of a data set loaded with datasets.load_dataset(name, split=split, data_files=...) (the hub
     when online, or a local builder such as "json" with data_files). The schema is chosen by column
     (HUB_SCHEMAS): "texts" (a list of strings per record, the segments; with "scores", one float per segment,
@@ -52,8 +59,9 @@ def hub_documents(name: str, *, split: str = "train", data_files: str | Sequence
         raise PreferError(f"{where}: cannot load the data set ({type(e).__name__}: {first})") from None
     column = next((c for c in HUB_SCHEMAS if c in data.column_names), None)
     if column is None:
-        raise PreferError(f"{where}: no column {', '.join(map(repr, HUB_SCHEMAS))} "
-                          f"(columns: {', '.join(data.column_names)})")
+        raise PreferError(
+            f"{where}: no column {', '.join(map(repr, HUB_SCHEMAS))} (columns: {', '.join(data.column_names)})"
+        )
     has_scores = column == "texts" and "scores" in data.column_names
     scorer = scores_of or next((s for fragment, s in HUB_SCORERS.items() if fragment in name.lower()), None)
     scorer = scorer if has_scores else None
@@ -70,14 +78,16 @@ def hub_documents(name: str, *, split: str = "train", data_files: str | Sequence
         for source, record in items:
             segments = tuple(record["texts"] or ())
             if not all(isinstance(s, str) for s in segments):
-                raise PreferError(f"{where}: record {source.rsplit(':', 1)[1]}: field 'texts' must be a list of "
-                                  "strings")
+                raise PreferError(
+                    f"{where}: record {source.rsplit(':', 1)[1]}: field 'texts' must be a list of strings"
+                )
             given = None
             if scorer is not None:
                 values = tuple(float(v) for v in record["scores"] or ())
                 if len(values) != len(segments):
-                    raise PreferError(f"{where}: record {source.rsplit(':', 1)[1]}: {len(values)} scores for "
-                                      f"{len(segments)} texts")
+                    raise PreferError(
+                        f"{where}: record {source.rsplit(':', 1)[1]}: {len(values)} scores for {len(segments)} texts"
+                    )
                 given = GivenScores(scorer, values)
             if "".join(segments):
                 docs.append(Document(segments, source, given_scores=given))
@@ -87,16 +97,42 @@ def hub_documents(name: str, *, split: str = "train", data_files: str | Sequence
             docs += pieces
             unparsed += not parsed
     else:
-        docs, _ = prose_documents([(source, record["text"]) for source, record in items if record["text"]], None,
-                                   sentence_cache)
+        docs, _ = prose_documents(
+            [(source, record["text"]) for source, record in items if record["text"]], None, sentence_cache
+        )
     licence = getattr(data.info, "license", None) or f"see the data set card of {name}"
-    return docs, Provenance(kind="hub", licence=licence, path=where, files=1, bytes=sum(size(item) for item in items),
-                            skipped=(), left_out_by_budget=left_out, excluded={},
-                            details={"schema": column, "records": len(data), "given_scores": scorer,
-                                     "scores_ignored": has_scores and scorer is None, "unparsed_files": unparsed},
-                            key_order=("kind", "licence", "path", "schema", "records", "given_scores",
-                                       "scores_ignored", "files", "bytes", "skipped", "unparsed_files",
-                                       "left_out_by_budget", "excluded"))
+    return docs, Provenance(
+        kind="hub",
+        licence=licence,
+        path=where,
+        files=1,
+        bytes=sum(size(item) for item in items),
+        skipped=(),
+        left_out_by_budget=left_out,
+        excluded={},
+        details={
+            "schema": column,
+            "records": len(data),
+            "given_scores": scorer,
+            "scores_ignored": has_scores and scorer is None,
+            "unparsed_files": unparsed,
+        },
+        key_order=(
+            "kind",
+            "licence",
+            "path",
+            "schema",
+            "records",
+            "given_scores",
+            "scores_ignored",
+            "files",
+            "bytes",
+            "skipped",
+            "unparsed_files",
+            "left_out_by_budget",
+            "excluded",
+        ),
+    )
 
 
 def _load_hub(spec: str, max_bytes: int | None, cache_dir: Path | None) -> tuple[list[Document], Provenance]:

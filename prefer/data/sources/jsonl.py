@@ -36,10 +36,17 @@ def jsonl_documents(path: Path) -> list[Document]:
 def _load_jsonl(spec: str, max_bytes: int | None, cache_dir: Path | None) -> tuple[list[Document], Provenance]:
     path = user_path(spec)
     docs, left_out = budget(jsonl_documents(path), lambda d: d.source, utf8_size, max_bytes)
-    return docs, Provenance(kind="jsonl", licence=USER_LICENCE, path=str(path.resolve()), files=1,
-                            bytes=sum(map(utf8_size, docs)), skipped=(), left_out_by_budget=left_out, excluded={},
-                            key_order=("path", "licence", "excluded", "kind", "files", "bytes", "skipped",
-                                       "left_out_by_budget"))
+    return docs, Provenance(
+        kind="jsonl",
+        licence=USER_LICENCE,
+        path=str(path.resolve()),
+        files=1,
+        bytes=sum(map(utf8_size, docs)),
+        skipped=(),
+        left_out_by_budget=left_out,
+        excluded={},
+        key_order=("path", "licence", "excluded", "kind", "files", "bytes", "skipped", "left_out_by_budget"),
+    )
 
 
 JSONL = Source("FILE.jsonl", _load_jsonl, matches=lambda s: is_user_file(s, ".jsonl"))

@@ -21,17 +21,56 @@ from prefer.data.sources.base import (
 from prefer.errors import PreferError
 
 MAN_DIR = Path("/usr/share/man")
-MAN_LICENCE = ("manual pages of installed packages, each under its package's licence "
-               "(/usr/share/doc/<package>/copyright)")
+MAN_LICENCE = (
+    "manual pages of installed packages, each under its package's licence (/usr/share/doc/<package>/copyright)"
+)
 # roff special characters (\(xx, \[xx]) and strings (\*(xx) that carry text; the others print nothing here.
-_ROFF_CHARS = {"em": "\u2014", "en": "\u2013", "hy": "-", "mi": "-", "aq": "'", "dq": '"', "lq": "\u201c",
-               "rq": "\u201d", "oq": "\u2018", "cq": "\u2019", "bu": "\u2022", "co": "\u00a9", "rg": "\u00ae",
-               "tm": "\u2122", "ti": "~", "ha": "^", "rs": "\\", "sl": "/", "pl": "+", "eq": "=", "mu": "\u00d7",
-               "de": "\u00b0", "ga": "`", "aa": "\u00b4", "at": "@", "sh": "#", "Do": "$", "->": "\u2192",
-               "<-": "\u2190", "R": "\u00ae", "Tm": "\u2122", "ba": "|", "or": "|", "lB": "[", "rB": "]",
-               "lC": "{", "rC": "}", "la": "\u27e8", "ra": "\u27e9", "fm": "\u2032", "sc": "\u00a7"}
+_ROFF_CHARS = {
+    "em": "\u2014",
+    "en": "\u2013",
+    "hy": "-",
+    "mi": "-",
+    "aq": "'",
+    "dq": '"',
+    "lq": "\u201c",
+    "rq": "\u201d",
+    "oq": "\u2018",
+    "cq": "\u2019",
+    "bu": "\u2022",
+    "co": "\u00a9",
+    "rg": "\u00ae",
+    "tm": "\u2122",
+    "ti": "~",
+    "ha": "^",
+    "rs": "\\",
+    "sl": "/",
+    "pl": "+",
+    "eq": "=",
+    "mu": "\u00d7",
+    "de": "\u00b0",
+    "ga": "`",
+    "aa": "\u00b4",
+    "at": "@",
+    "sh": "#",
+    "Do": "$",
+    "->": "\u2192",
+    "<-": "\u2190",
+    "R": "\u00ae",
+    "Tm": "\u2122",
+    "ba": "|",
+    "or": "|",
+    "lB": "[",
+    "rB": "]",
+    "lC": "{",
+    "rC": "}",
+    "la": "\u27e8",
+    "ra": "\u27e9",
+    "fm": "\u2032",
+    "sc": "\u00a7",
+}
 _ROFF_SIMPLE = {"e": "\\", "\\": "\\", "-": "-", " ": " ", "~": " ", "0": " ", "'": "'", "`": "`", ".": "."}
-_ROFF_ESCAPE = re.compile(r"""\\(?:
+_ROFF_ESCAPE = re.compile(
+    r"""\\(?:
       (?P<font>f(?:\[[^\]]*\]|\(..|.))
     | s[+-]?(?:\[[^\]]*\]|\(..|'[^']*'|\d\d?)
     | \((?P<char2>..)
@@ -40,7 +79,9 @@ _ROFF_ESCAPE = re.compile(r"""\\(?:
     | [nkgmMFYV](?:\(..|\[[^\]]*\]|.)
     | [hvwlLbDoxXNZRAC]'[^']*'
     | (?P<other>.)
-    )""", re.VERBOSE)
+    )""",
+    re.VERBOSE,
+)
 _ROFF_ARG = re.compile(r'"((?:[^"]|"")*)"?|(\S+)')
 _ROFF_BLOCKS = {"de": "..", "de1": "..", "am": "..", "ig": "..", "TS": ".TE", "EQ": ".EN", "PS": ".PE"}
 _ROFF_BREAKS = {"PP", "LP", "P", "sp", "br", "HP", "IP", "RS", "RE", "in", "ti", "Pp", "TQ", "bp", "ne"}
@@ -87,8 +128,9 @@ def roff_to_text(source: str) -> str:
             continue
         if line[:1] in (".", "'"):
             name, _, rest = line[1:].strip().partition(" ")
-            args = [_roff_inline(m[1].replace('""', '"') if m[1] is not None else m[2])
-                    for m in _ROFF_ARG.finditer(rest)]
+            args = [
+                _roff_inline(m[1].replace('""', '"') if m[1] is not None else m[2]) for m in _ROFF_ARG.finditer(rest)
+            ]
             if name in _ROFF_BLOCKS:
                 skip_until = _ROFF_BLOCKS[name]
             elif name in ("if", "ie", "el"):
@@ -156,11 +198,28 @@ def _load_man_pages(spec: str, max_bytes: int | None, cache_dir: Path | None) ->
         elif text := roff_to_text(roff):
             texts.append((f"man/{rel}", text))
     docs, _ = prose_documents(texts, None, cache_dir)
-    return docs, Provenance(kind="man-pages", licence=MAN_LICENCE, path=str(MAN_DIR), files=len(texts),
-                            bytes=read_bytes, skipped=tuple(skipped), left_out_by_budget=left_out,
-                            excluded=dict(excluded), details={"rendered_bytes": sum(map(utf8_size, docs))},
-                            key_order=("kind", "licence", "path", "files", "bytes", "rendered_bytes", "skipped",
-                                       "left_out_by_budget", "excluded"))
+    return docs, Provenance(
+        kind="man-pages",
+        licence=MAN_LICENCE,
+        path=str(MAN_DIR),
+        files=len(texts),
+        bytes=read_bytes,
+        skipped=tuple(skipped),
+        left_out_by_budget=left_out,
+        excluded=dict(excluded),
+        details={"rendered_bytes": sum(map(utf8_size, docs))},
+        key_order=(
+            "kind",
+            "licence",
+            "path",
+            "files",
+            "bytes",
+            "rendered_bytes",
+            "skipped",
+            "left_out_by_budget",
+            "excluded",
+        ),
+    )
 
 
 MAN_PAGES = Source("man-pages", _load_man_pages)

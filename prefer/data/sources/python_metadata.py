@@ -10,12 +10,15 @@ from pathlib import Path
 from prefer.data.documents import Document, split_lines
 from prefer.data.sources.base import Provenance, Source, budget
 
-PYTHON_METADATA_LICENCE = ("core metadata (METADATA / PKG-INFO) of installed Python distributions, each under "
-                           "its distribution's licence; they name authors and maintainers with emails")
+PYTHON_METADATA_LICENCE = (
+    "core metadata (METADATA / PKG-INFO) of installed Python distributions, each under "
+    "its distribution's licence; they name authors and maintainers with emails"
+)
 
 
-def _load_python_metadata(spec: str, max_bytes: int | None,
-                          cache_dir: Path | None) -> tuple[list[Document], Provenance]:
+def _load_python_metadata(
+    spec: str, max_bytes: int | None, cache_dir: Path | None
+) -> tuple[list[Document], Provenance]:
     """One document per installed distribution (the first of a name on sys.path, as imports see it)."""
     texts, seen, skipped = [], set(), []
     for dist in importlib.metadata.distributions():
@@ -33,9 +36,16 @@ def _load_python_metadata(spec: str, max_bytes: int | None,
     texts.sort()
     texts, left_out = budget(texts, lambda t: t[0], lambda t: len(t[1].encode("utf-8")), max_bytes)
     docs = [Document(split_lines(text), source) for source, text in texts if text]
-    return docs, Provenance(kind="python-metadata", licence=PYTHON_METADATA_LICENCE, path="importlib.metadata",
-                            files=len(texts), bytes=sum(len(t.encode("utf-8")) for _, t in texts),
-                            skipped=tuple(skipped), left_out_by_budget=left_out, excluded={})
+    return docs, Provenance(
+        kind="python-metadata",
+        licence=PYTHON_METADATA_LICENCE,
+        path="importlib.metadata",
+        files=len(texts),
+        bytes=sum(len(t.encode("utf-8")) for _, t in texts),
+        skipped=tuple(skipped),
+        left_out_by_budget=left_out,
+        excluded={},
+    )
 
 
 PYTHON_METADATA = Source("python-metadata", _load_python_metadata)
