@@ -29,8 +29,18 @@ from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.errors import PreferError
 from prefer.files import atomic_path
 from prefer.models.heads import ValueHead
-from prefer.objectives import entropy, gae, kl_penalized_rewards, mle_loss, next_token_targets, token_logprobs, whiten
+from prefer.objectives import (
+    entropy,
+    gae,
+    kl_penalized_rewards,
+    mle_loss,
+    next_token_targets,
+    proxy_rewards,
+    token_logprobs,
+    whiten,
+)
 from prefer.sampling import sample
+from prefer.scorers import score_responses
 from prefer.training import Distributed, MetricsLog, accumulate_stats, all_gather_rows, autocast, gradient_sync
 
 __all__ = [
@@ -297,6 +307,53 @@ def sample_responses(
             generator=torch.Generator().manual_seed(int(entropy)),
         )
     return responses
+
+
+@dataclass(frozen=True)
+class ScoredEpisodes:
+    """Sampled responses made into episodes and scored (N episodes).
+
+    responses: N token lists, eos appended where the policy stopped (stopping is an action; its reward lands there)
+    texts:     N strings, prompt + decoded response (what a text scorer and the gold scorer read)
+    stopped:   [N] bool, the response ended before max_new_tokens
+    rewards:   [N] float, proxy reward: -misalignment, less the missing-eos penalty
+    gold:      [N] float, -gold misalignment (logged, never rewarded); NaN without a gold scorer
+    """
+
+    responses: list[list[int]]
+    texts: list[str]
+    stopped: torch.Tensor
+    rewards: torch.Tensor
+    gold: torch.Tensor
+
+
+def score_episodes(
+    sampled: list[list[int]],
+    prompts: list[str],
+    tokenizer,
+    *,
+    scorer,
+    gold_scorer,
+    max_new_tokens: int,
+    missing_eos_penalty: float | None,
+) -> ScoredEpisodes:
+    """The step between sampling and the rollout, shared by PPO and the critic-free stages. A reward model reads
+    (prompt, response) tokenized apart, exactly as it was trained and as the labelers score (the joined text can
+    tokenize differently across the seam, e.g. "):\n" + "    return"): `score_responses`."""
+    eos = tokenizer.eos_token_id
+    stopped = torch.tensor([len(r) < max_new_tokens for r in sampled])
+    responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
+    replies = [tokenizer.decode(r, skip_special_tokens=True) for r in sampled]
+    texts = [prompt + reply for prompt, reply in zip(prompts, replies)]
+    rewards = proxy_rewards(
+        score_responses(scorer, prompts, replies), stopped=stopped, missing_eos_penalty=missing_eos_penalty
+    )
+    gold = (
+        -torch.tensor(gold_scorer(texts), dtype=torch.float32)
+        if gold_scorer is not None
+        else torch.full_like(rewards, float("nan"))
+    )
+    return ScoredEpisodes(responses, texts, stopped, rewards, gold)
 
 
 def gather_rollout(rollout: Rollout, dist: Distributed, *, pad_id: int) -> Rollout:

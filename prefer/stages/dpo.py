@@ -36,6 +36,7 @@ from prefer.models.build import (
 )
 from prefer.objectives import DPO_LOSSES, masked_sum, next_token_targets, token_logprobs
 from prefer.rollouts import make_rollout, sample_responses
+from prefer.run_dir import releases_run_dirs
 from prefer.training import (
     BlockOrder,
     MetricsLog,
@@ -275,11 +276,12 @@ def kl_on_samples(
 # ------------------------------------------------------------------ the stage
 
 
+@releases_run_dirs
 def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     """Train the policy on rankings with the chosen preference loss; returns `<out_dir>/final` (an HF causal LM)."""
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, DPOConfig, config, resume, sections=("data", "model", "dpo"))
+    checkpoint = check_run_dir(run_dir, DPOConfig, config, resume)
     set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,7 +33,6 @@ from prefer.objectives import (
     grpo_loss,
     masked_mean,
     masked_sum,
-    proxy_rewards,
     rloo_advantages,
     rloo_loss,
     token_logprobs,
@@ -49,8 +48,10 @@ from prefer.rollouts import (
     read_queries,
     sample_responses,
     samples_log,
+    score_episodes,
 )
-from prefer.scorers import get_scorer, score_responses
+from prefer.run_dir import RESUME_MAY_CHANGE, releases_run_dirs
+from prefer.scorers import get_scorer
 from prefer.training import (
     BlockOrder,
     MetricsLog,
@@ -172,6 +173,7 @@ def group_backward(
 # ------------------------------------------------------------------ the stage
 
 
+@releases_run_dirs
 def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
     """Run RLOO or GRPO (with PPO-ptx when ptx.coef > 0); returns the final policy's directory (`<out_dir>/final`).
 
@@ -180,20 +182,8 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
     minibatch of one global shuffle is split over the ranks for the update, as in `prefer ppo`."""
     dist, device = init_distributed(config.runtime.device)
     run_dir = Path(config.out_dir)
-    resumable = (
-        "init_from",
-        "reference",
-        "prompts",
-        "reward",
-        "rollout",
-        "group",
-        "kl",
-        "ptx",
-        "optimizer",
-        *(f"train.{f.name}" for f in fields(config.train) if f.name != "iterations"),
-        *(f"runtime.{f.name}" for f in fields(config.runtime) if f.name != "progress"),
-    )
-    checkpoint = check_run_dir(run_dir, GroupRLConfig, config, resume, sections=resumable)
+    # the schedule is constant, so a run may also be extended: train.iterations may change on resume
+    checkpoint = check_run_dir(run_dir, GroupRLConfig, config, resume, may_change=RESUME_MAY_CHANGE | {"iterations"})
     set_seed(config.runtime.seed)
     say = print if config.runtime.progress and dist.is_main else (lambda *a, **k: None)
     algorithm, group_size = config.group.algorithm, config.group.size
@@ -323,25 +313,25 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
                 eos_token_id=eos,
                 temperature=config.rollout.temperature,
             )
-        stopped = torch.tensor([len(r) < config.rollout.max_new_tokens for r in sampled])
-        responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
-        replies = [tokenizer.decode(r, skip_special_tokens=True) for r in sampled]
-        texts = [prompts[i] + reply for i, reply in zip(index, replies)]
-        misalignment = score_responses(scorer, [prompts[i] for i in index], replies)
-        rewards = proxy_rewards(misalignment, stopped=stopped, missing_eos_penalty=config.reward.missing_eos_penalty)
-        gold = (
-            -torch.tensor(gold_scorer(texts), dtype=torch.float32)
-            if gold_scorer is not None
-            else torch.full_like(rewards, float("nan"))
+        # The sampler drops the eos; score_episodes puts it back: stopping is an action of the policy.
+        scored = score_episodes(
+            sampled,
+            [prompts[i] for i in index],
+            tokenizer,
+            scorer=scorer,
+            gold_scorer=gold_scorer,
+            max_new_tokens=config.rollout.max_new_tokens,
+            missing_eos_penalty=config.reward.missing_eos_penalty,
         )
+        stopped, texts = scored.stopped, scored.texts
         rollout = make_rollout(
             unwrap(policy),
             reference,
             None,
             [queries[i] for i in index],
-            responses,
-            rewards=rewards,
-            gold=gold,
+            scored.responses,
+            rewards=scored.rewards,
+            gold=scored.gold,
             temperature=config.rollout.temperature,
             pad_id=eos,
             batch_size=micro,

@@ -40,7 +40,6 @@ from prefer.objectives import (
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
-    proxy_rewards,
     token_logprobs,
 )
 from prefer.rollouts import (
@@ -57,9 +56,10 @@ from prefer.rollouts import (
     read_queries,
     sample_responses,
     samples_log,
+    score_episodes,
 )
 from prefer.run_dir import RESUME_MAY_CHANGE, releases_run_dirs
-from prefer.scorers import get_scorer, score_responses
+from prefer.scorers import get_scorer
 from prefer.training import (
     BlockOrder,
     MetricsLog,
@@ -336,28 +336,25 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
                 eos_token_id=eos,
                 temperature=config.rollout.temperature,
             )
-        # The sampler drops the eos; put it back: stopping is an action of the policy, and its reward lands there.
-        stopped = torch.tensor([len(r) < config.rollout.max_new_tokens for r in sampled])
-        responses = [r + [eos] if s else r for r, s in zip(sampled, stopped.tolist())]
-        replies = [tokenizer.decode(r, skip_special_tokens=True) for r in sampled]
-        texts = [prompts[i] + reply for i, reply in zip(index, replies)]
-        # A reward model reads (prompt, response) tokenized apart, exactly as it was trained and as the labelers
-        # score (the joined text can tokenize differently across the seam, e.g. "):\n" + "    return").
-        misalignment = score_responses(scorer, [prompts[i] for i in index], replies)
-        rewards = proxy_rewards(misalignment, stopped=stopped, missing_eos_penalty=config.reward.missing_eos_penalty)
-        gold = (
-            -torch.tensor(gold_scorer(texts), dtype=torch.float32)
-            if gold_scorer is not None
-            else torch.full_like(rewards, float("nan"))
+        # The sampler drops the eos; score_episodes puts it back: stopping is an action of the policy.
+        scored = score_episodes(
+            sampled,
+            [prompts[i] for i in index],
+            tokenizer,
+            scorer=scorer,
+            gold_scorer=gold_scorer,
+            max_new_tokens=config.rollout.max_new_tokens,
+            missing_eos_penalty=config.reward.missing_eos_penalty,
         )
+        stopped, texts = scored.stopped, scored.texts
         rollout = make_rollout(
             unwrap(policy),
             reference,
             unwrap(value_model),
             [queries[i] for i in index],
-            responses,
-            rewards=rewards,
-            gold=gold,
+            scored.responses,
+            rewards=scored.rewards,
+            gold=scored.gold,
             temperature=config.rollout.temperature,
             pad_id=eos,
             batch_size=micro,
