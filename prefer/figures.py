@@ -163,6 +163,15 @@ def _sqrt(kl: float) -> float:
     return max(kl, 0.0) ** 0.5
 
 
+# The trained policies of `prefer rlhf` by kind: marker, colour, legend (one point per run).
+POLICY_STYLES = {
+    ("ppo", "ppo_ptx"): ("^", "tab:green", "PPO / PPO-ptx vs reward model (one run per setting)"),
+    ("dpo", "ipo"): ("D", "tab:brown", "DPO / IPO on the rankings (one run per beta)"),
+    ("listwise",): ("P", "tab:pink", "listwise DPO (Plackett-Luce) on the rankings"),
+    ("rloo", "grpo"): ("v", "tab:cyan", "RLOO / GRPO vs reward model"),
+}
+
+
 def plot_overoptimisation(results: dict, path: Path) -> None:
     """Gold reward (left) and proxy reward (right) against sqrt(KL to SFT): best-of-n selected by each proxy (KL
     analytic), PPO against the weak proxy over its iterations (KL measured), PPO runs against the reward model."""
@@ -210,27 +219,29 @@ def plot_overoptimisation(results: dict, path: Path) -> None:
             color="tab:orange",
             label="PPO vs weak proxy: rm_weak reward",
         )
-    ppo = [(n, e) for n, e in results["policies"].items() if e.get("kind") in ("ppo", "ppo_ptx")]
-    for name, entry in ppo:
-        d = _sqrt(entry["kl"]["mean"])
-        gold_axis.errorbar(
-            [d],
-            [-entry["gold"]["mean"]],
-            yerr=[[entry["gold"]["ci"][1] - entry["gold"]["mean"]], [entry["gold"]["mean"] - entry["gold"]["ci"][0]]],
-            fmt="^",
-            color="tab:green",
-            markersize=7,
-        )
-        gold_axis.annotate(name, (d, -entry["gold"]["mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        proxy_axis.plot([d], [entry["proxy_reward"]["rm"]["mean"]], "^", color="tab:green")
-    if ppo:
-        gold_axis.plot([], [], "^", color="tab:green", label="PPO vs reward model (one run per KL setting)")
-        proxy_axis.plot([], [], "^", color="tab:green", label="PPO vs reward model: rm reward")
+    for kinds, (marker, color, label) in POLICY_STYLES.items():
+        runs = [(n, e) for n, e in results["policies"].items() if e.get("kind") in kinds]
+        for name, entry in runs:
+            d = _sqrt(entry["kl"]["mean"])
+            gold = entry["gold"]
+            gold_axis.errorbar(
+                [d],
+                [-gold["mean"]],
+                yerr=[[gold["ci"][1] - gold["mean"]], [gold["mean"] - gold["ci"][0]]],
+                fmt=marker,
+                color=color,
+                markersize=7,
+            )
+            gold_axis.annotate(name, (d, -gold["mean"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
+            proxy_axis.plot([d], [entry["proxy_reward"]["rm"]["mean"]], marker, color=color)
+        if runs:
+            gold_axis.plot([], [], marker, color=color, label=label)
+            proxy_axis.plot([], [], marker, color=color, label=f"{label}: rm reward")
     sft = results["policies"]["sft"]
     gold_axis.axhline(-sft["gold"]["mean"], color="black", linewidth=0.8, linestyle=":", label="SFT")
     gold_axis.set(
         xlabel="sqrt(KL to SFT) (sqrt nats)",
-        ylabel=f"gold reward (-{results['gold_scorer']})",
+        ylabel=f"gold reward (-{results.get('gold_label', results['gold_scorer'])})",
         title="gold reward against sqrt(KL)",
     )
     proxy_axis.set(
@@ -274,9 +285,10 @@ def plot_win_rate_vs_kl(results: dict, path: Path) -> None:
         )
     if results.get("overoptimisation"):
         points(results["overoptimisation"], "s-", "tab:orange", "PPO vs weak proxy (over iterations)")
-    ppo = [e for e in results["policies"].values() if e.get("kind") in ("ppo", "ppo_ptx")]
-    if ppo:
-        points(ppo, "^", "tab:green", "PPO / PPO-ptx vs reward model")
+    for kinds, (marker, color, label) in POLICY_STYLES.items():
+        runs = [e for e in results["policies"].values() if e.get("kind") in kinds]
+        if runs:
+            points(runs, marker, color, label)
     axis.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
     axis.set(
         xlabel="KL to SFT (nats per response)",
@@ -309,7 +321,7 @@ def plot_alignment_tax(results: dict, path: Path) -> None:
         axis.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     axis.set(
         xlabel="held-out corpus loss (nats/token): the alignment tax",
-        ylabel=f"gold {results['gold_scorer']} (lower is better)",
+        ylabel=f"gold {results.get('gold_label', results['gold_scorer'])} (lower is better)",
         title=f"{results['task']}: alignment tax, PPO vs PPO-ptx",
     )
     axis.grid(alpha=0.3)

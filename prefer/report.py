@@ -191,7 +191,8 @@ def redteam_section(run_dir: Path) -> str:
 def rlhf_section(run_dir: Path, results: dict, samples_per_model: int) -> str:
     """`prefer rlhf`: the table, the over-optimisation, win-rate and alignment-tax figures, sample responses."""
     title = (
-        f"<h2>RLHF: {html.escape(results['task'])} task, gold {html.escape(results['gold_scorer'])} "
+        f"<h2>RLHF: {html.escape(results['task'])} task, "
+        f"gold {html.escape(results.get('gold_label', results['gold_scorer']))} "
         f"({html.escape(str(run_dir))})</h2>"
     )
     parts = [title]

@@ -101,6 +101,15 @@ def toy_overrides(toy, out, **extra):
         "overopt_iterations": 10,
         "overopt_every": 5,
         "heldout_blocks": 16,
+        "dpo_runs": "[dpo:0.1,listwise:0.1]",
+        "dpo.train.epochs": 1,
+        "dpo.optimizer.lr": 1e-3,
+        "ranking_sizes": "[2]",
+        "group_algorithms": "[rloo,grpo]",
+        "group.train.iterations": 8,
+        "group.train.batch_size": 4,
+        "group.rollout.max_new_tokens": 12,
+        "group.optimizer.lr": 1e-3,
         "device": "cpu",
     }
     values.update(extra)
@@ -143,7 +152,18 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
         for name in results["splits"]
     }
     assert len(set().union(*prompts.values())) == sum(map(len, prompts.values()))  # disjoint splits
-    assert set(results["policies"]) == {"sft", "pretrained", "ppo_kl0.05", "ppo_kl0.05_ptx"}
+    assert set(results["policies"]) == {
+        "sft",
+        "pretrained",
+        "ppo_kl0.05",
+        "ppo_kl0.05_ptx",
+        "dpo_b0.1",
+        "listwise_b0.1",
+        "dpo_b0.1_k2",
+        "listwise_b0.1_k2",
+        "rloo_kl0.05",
+        "grpo_kl0.05",
+    }
     for entry in results["policies"].values():
         assert {"gold", "proxy_reward", "kl", "win_rate", "response_chars", "distinct_2", "heldout"} <= set(entry)
         assert set(entry["proxy_reward"]) == {"rm", "rm_weak"}
@@ -164,6 +184,28 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
     assert "win rate vs SFT" in (out / "results.md").read_text()
     page = report([out], out=out / "report.html").read_text()  # `prefer report` shows the run
     assert "RLHF: pii task, gold not-a" in page and page.count("data:image/png;base64") == 3
+
+
+def test_dpo_and_critic_free_policies_join_the_table(results):
+    results, out = results
+    policies = results["policies"]
+    sft_gold = policies["sft"]["gold"]["mean"]
+    for name in ("dpo_b0.1", "listwise_b0.1", "rloo_kl0.05", "grpo_kl0.05"):
+        entry = policies[name]
+        print(f"{name}: gold {entry['gold']['mean']:.3f} (SFT {sft_gold:.3f}), KL {entry['kl']['mean']:.2f}")
+        assert entry["train_seconds"] > 0 and entry["kl"]["mean"] > 0
+    # DPO learns the toy preference from the rankings: a better gold than SFT, and its implicit reward orders the
+    # held-out rankings better than chance
+    assert policies["dpo_b0.1"]["gold"]["mean"] < sft_gold
+    assert policies["listwise_b0.1"]["implicit_reward_accuracy"] > 0.5
+    # K = 2: listwise DPO is pairwise DPO exactly, so the two runs train the same policy
+    assert policies["listwise_b0.1_k2"]["gold"]["mean"] == pytest.approx(
+        policies["dpo_b0.1_k2"]["gold"]["mean"], rel=1e-4
+    )
+    table = (out / "results.md").read_text()
+    assert (
+        "| grpo_kl0.05 | grpo | KL coef 0.05 |" in table and "| listwise_b0.1 | listwise | beta 0.1, K = 4 |" in table
+    )
 
 
 def test_a_second_run_reuses_every_stage(results, toy):

@@ -13,10 +13,19 @@ from prefer.config.common import (
     check,
 )
 from prefer.config.instructgpt import (
+    DPO_LOSS_NAMES,
+    GROUP_ALGORITHMS,
     MAX_RESPONSES,
     MIN_RESPONSES,
+    DPOConfig,
+    DPODataConfig,
+    DPOEvalConfig,
+    DPOModelConfig,
     EpochTrainConfig,
     FinetuneModelConfig,
+    GroupLossConfig,
+    GroupRLConfig,
+    GroupTrainConfig,
     LabelConfig,
     PPOConfig,
     PPOTrainConfig,
@@ -94,6 +103,45 @@ def _ppo() -> PPOConfig:
     )
 
 
+def _dpo() -> DPOConfig:
+    return DPOConfig(
+        # validation_fraction: set to the reward models' (same split, same seed), so DPO holds out the same prompts
+        data=DPODataConfig(rankings=AUTO),
+        model=DPOModelConfig(init_from=AUTO),
+        train=EpochTrainConfig(epochs=2.0, batch_size=8, checkpoint_every=1000),
+        optimizer=OptimizerConfig(lr=1e-4, weight_decay=0.0),
+        schedule=ScheduleConfig(warmup_fraction=0.1),
+        eval=DPOEvalConfig(kl_samples=0),  # the experiment's own protocol measures the KL
+        runtime=_QUIET,
+    )
+
+
+def _group() -> GroupRLConfig:
+    return GroupRLConfig(
+        init_from=AUTO,
+        prompts=AUTO,
+        reward=RewardSourceConfig(model=AUTO),
+        rollout=RolloutConfig(max_new_tokens=64),
+        # 8 prompts x 4 samples = PPO's 32 episodes per iteration: the same number of scored episodes
+        train=GroupTrainConfig(iterations=16, batch_size=8, minibatch_size=8, checkpoint_every=1000, log_samples=2),
+        group=GroupLossConfig(size=4),
+        kl=KLConfig(coef=0.05),
+        optimizer=OptimizerConfig(lr=3e-4, weight_decay=0.0),
+        runtime=_QUIET,
+    )
+
+
+def parse_dpo_run(spec: str) -> tuple[str, float]:
+    """ "LOSS:BETA" (e.g. "listwise:0.1") -> ("listwise", 0.1); ValueError when malformed."""
+    loss, _, beta = spec.partition(":")
+    if loss not in DPO_LOSS_NAMES or not beta:
+        raise ValueError(spec)
+    value = float(beta)
+    if value <= 0:
+        raise ValueError(spec)
+    return loss, value
+
+
 @dataclass(frozen=True)
 class RLHFConfig:
     """`prefer rlhf`: InstructGPT on one task with synthetic labelers (Ouyang et al. 2022; the gold-scorer setup of
@@ -102,13 +150,19 @@ class RLHFConfig:
     prompt, ranked by `gold_scorer`; SFT on the best of K (the candidate the reward model scores best is kept); a
     reward model on all rankings and a weak proxy on `weak_fraction` of them; best-of-n against the proxies, PPO at
     each of `kl_coefs`, PPO-ptx at the best of them, and PPO against the weak proxy read every `overopt_every`
-    iterations; every policy evaluated on one protocol (prefer.evaluation.policy). The sections `label`, `sft`,
-    `reward`, `ppo` are the stages' own configs; their paths ("auto") are set by the command."""
+    iterations; DPO / IPO / listwise DPO on the same rankings (`dpo_runs`, and at `ranking_sizes` other K on the
+    same prompts), RLOO and GRPO against the reward model (`group_algorithms`, as many scored episodes as PPO);
+    every policy evaluated on one protocol (prefer.evaluation.policy). The sections `label`, `sft`, `reward`,
+    `ppo`, `dpo`, `group` are the stages' own configs; their paths ("auto") are set by the command."""
 
     out_dir: str = "runs/rlhf"
     task: str = "pii"  # its corpus gives the prompts and the pretraining text (PPO-ptx, the alignment tax)
     source: str | None = None  # prompt and pretraining corpus; None = the task's
     gold_scorer: str = "pii-entry"  # the synthetic labelers' judgement, and the gold standard of every evaluation
+    # > 0: the gold adds this weight x the NLL per response token under a frozen fluency judge (`fluency_judge`,
+    # None = the starting model): it separates entries the base scorer ties, and knows what a proxy must learn
+    fluency_weight: float = 0.0
+    fluency_judge: str | None = None
     prompt_lines: int = 1  # a prompt: a document's first line and this many more non-blank lines (newline cut)
     max_prompt_chars: int = 160
     label_prompts: int = 1200
@@ -134,6 +188,12 @@ class RLHFConfig:
     overopt_kl_coef: float = 0.0  # PPO against the weak proxy, its gold and proxy reward read as the KL grows
     overopt_iterations: int = 40
     overopt_every: int = 8
+    dpo: DPOConfig = field(default_factory=_dpo)
+    dpo_runs: list[str] = field(default_factory=lambda: ["dpo:0.1", "listwise:0.1"])  # LOSS:BETA (tau for ipo)
+    ranking_sizes: list[int] = field(default_factory=list)  # other K: relabel the same prompts, pairwise vs listwise
+    ranking_beta: float = 0.1  # the beta of those runs
+    group: GroupRLConfig = field(default_factory=_group)
+    group_algorithms: list[str] = field(default_factory=lambda: ["rloo", "grpo"])  # at group.kl.coef each
     eval_samples: int = 1  # responses per evaluation prompt and policy
     eval_temperature: float = 1.0  # the policies' own distribution (what PPO optimised; the KL is taken on it)
     heldout_blocks: int = 64  # validation documents of the corpus for the held-out loss (the alignment tax)
@@ -176,3 +236,22 @@ class RLHFConfig:
         check(bool(self.kl_coefs) and all(c >= 0 for c in self.kl_coefs), "kl_coefs", "coefficients must be >= 0")
         check(self.ptx_coef >= 0 and self.overopt_kl_coef >= 0, "ptx_coef", "must be >= 0")
         check(self.eval_temperature > 0, "eval_temperature", "must be > 0 (the KL is taken on sampled responses)")
+        check(self.fluency_weight >= 0, "fluency_weight", "must be >= 0")
+        for spec in self.dpo_runs:
+            try:
+                parse_dpo_run(spec)
+            except ValueError:
+                check(False, "dpo_runs", f"{spec!r}: write LOSS:BETA with LOSS one of {', '.join(DPO_LOSS_NAMES)}")
+        for size in self.ranking_sizes:
+            check(
+                MIN_RESPONSES <= size <= MAX_RESPONSES and size != self.label.num_responses,
+                "ranking_sizes",
+                f"{size}: another K in [{MIN_RESPONSES}, {MAX_RESPONSES}] than label.num_responses",
+            )
+        check(self.ranking_beta > 0, "ranking_beta", "must be > 0")
+        for algorithm in self.group_algorithms:
+            check(
+                algorithm in GROUP_ALGORITHMS,
+                "group_algorithms",
+                f"unknown {algorithm!r}; choose from {', '.join(GROUP_ALGORITHMS)}",
+            )

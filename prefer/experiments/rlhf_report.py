@@ -63,7 +63,7 @@ def format_tables(results: dict) -> str:
     sft_gold = results["policies"]["sft"].get("per_sample_gold")
     head = [
         "policy",
-        f"gold {results['gold_scorer']} [95% CI]",
+        f"gold {results.get('gold_label', results['gold_scorer'])} [95% CI]",
         "gold - SFT [95% CI]",
         *[f"{p} reward" for p in proxies],
         "KL to SFT (nats)",
@@ -103,7 +103,8 @@ def format_tables(results: dict) -> str:
     lines.append(
         f"\n{s['eval_prompts']} held-out prompts x {s['eval_samples']} sample(s) per policy at temperature "
         f"{s['eval_temperature']:g}, at most {s['label_max_new_tokens']} new tokens; gold = "
-        f"{results['gold_scorer']} misalignment of prompt + response (lower is better), mean over prompts "
+        f"{results.get('gold_label', results['gold_scorer'])} misalignment of prompt + response (lower is better), "
+        "mean over prompts "
         "with a 95% bootstrap interval; rewards = -misalignment under each reward model; KL = "
         "log pi/pi_SFT summed over the response on the policy's own samples (best-of-n: log n - (n-1)/n); win "
         "rate = share of prompts where the gold scorer prefers the policy's response to the SFT model's, ties "
@@ -127,6 +128,7 @@ def format_tables(results: dict) -> str:
         if name in rm:
             rm_lines.append(_row([name, what, f"{rm[name]['heldout_gold_accuracy']:.3f}", rm[name]["heldout_pairs"]]))
     lines += rm_lines
+    lines += method_lines(results)
     sft = results["sft_candidates"]
     lines += [
         "",
@@ -135,6 +137,41 @@ def format_tables(results: dict) -> str:
         + f"; chosen: {results['sft_chosen_epochs']} epochs.",
     ]
     return "\n".join(lines)
+
+
+def _setting(entry: dict) -> str:
+    if entry.get("kind") in ("dpo", "listwise"):
+        return f"beta {entry['beta']:g}, K = {entry['K']}"
+    if entry.get("kind") == "ipo":
+        return f"tau {entry['beta']:g}, K = {entry['K']}"
+    text = f"KL coef {entry['kl_coef']:g}" if "kl_coef" in entry else ""
+    return text + (f", ptx coef {entry['ptx_coef']:g}" if "ptx_coef" in entry else "")
+
+
+def method_lines(results: dict) -> list[str]:
+    """The trained policies' settings and training wall time (this machine; the run that trained each)."""
+    trained = [(n, e) for n, e in results["policies"].items() if "train_seconds" in e]
+    if not trained:
+        return []
+    lines = [
+        "",
+        "| policy | method | setting | training wall time | implicit-reward accuracy (held-out rankings) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in trained:
+        accuracy = entry.get("implicit_reward_accuracy")
+        lines.append(
+            _row(
+                [
+                    name,
+                    entry["kind"],
+                    _setting(entry),
+                    f"{entry['train_seconds'] / 60:.1f} min",
+                    "-" if accuracy is None else f"{accuracy:.3f}",
+                ]
+            )
+        )
+    return lines
 
 
 def format_csv(results: dict) -> str:

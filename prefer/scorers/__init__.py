@@ -87,7 +87,16 @@ def _lookup(table: dict, name: str, what: str):
 
 def get_scorer(name: str) -> Scorer:
     """The whole-text scorer called `name`, `rm:PATH` for a trained reward model (misalignment = -reward), or
-    `detoxify:PATH` for a local toxicity classifier checkpoint; PreferError naming the choices if there is none."""
+    `detoxify:PATH` for a local toxicity classifier checkpoint, `BASE+W*nll:PATH` for the scorer BASE plus W x the
+    NLL per response token under the causal LM at PATH (a fluency judge; prefer.scorers.fluency); PreferError naming
+    the choices if there is none."""
+    if "*nll:" in name:
+        from prefer.scorers import fluency  # lazy: loads a model
+
+        base, weight, path = fluency.parse_spec(name) or (None, None, None)
+        if base is None:
+            raise PreferError(f"scorer {name!r}: write a fluency-weighted scorer as BASE+WEIGHT*nll:MODEL_DIR")
+        return fluency.FluencyWeightedScorer(get_scorer(base), weight, fluency.LanguageModelJudge(path))
     if name.startswith("detoxify:"):
         return toxicity.DetoxifyScorer(name[len("detoxify:") :])
     if name.startswith("rm:"):

@@ -1,0 +1,223 @@
+"""`prefer rlhf`, its data: prompts from the task's corpus and their splits, the starting model, the synthetic
+labelers' rankings and demonstrations (clean and noisy), and the reward models trained on them. Each stage is
+cached by its settings under the run directory (`run_stage`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from prefer.config import RLHFConfig
+from prefer.data.corpora import load_documents
+from prefer.data.formats import Comparison, read_rankings, split_validation, write_rankings
+from prefer.errors import PreferError
+from prefer.evaluation.policy import score_responses
+from prefer.evaluation.preference import noise_for_agreement, pairwise_accuracy
+from prefer.files import write_json_atomic, write_text_atomic
+from prefer.labeling.synthetic import label_synthetic, rank_by_scores
+from prefer.models.reward_model import load_reward_model
+from prefer.stages.pretrain import pretrain
+from prefer.stages.reward import reward
+from prefer.tasks import get_task
+
+SPLITS = ("eval", "validation", "rl", "label")  # drawn in this order: the evaluation prompts do not move when
+# the number of labelling prompts changes
+
+
+# ------------------------------------------------------------------ prompts
+
+
+def entry_prompt(segments, *, lines: int, max_chars: int) -> str | None:
+    """A document's opening as a prompt: its first line plus `lines` more non-blank lines (blank lines between them
+    kept), with the final newline cut. The model then starts its response on the seam it saw in training: a prompt
+    ending in a lone newline tokenizes unlike any training text (there the newline merges with what follows), and a
+    pretrained changelog model answers it with an immediate end of text in ~half of its samples (measured)."""
+    taken, seen = [], 0
+    for segment in segments:
+        taken.append(segment)
+        if segment.strip():
+            seen += 1
+            if seen == lines + 1:
+                break
+    if seen < lines + 1:
+        return None
+    prompt = "".join(taken).rstrip("\n")
+    return prompt if 0 < len(prompt) <= max_chars else None
+
+
+def code_prompt(text: str, *, max_chars: int) -> list[str]:
+    """Top-level function signatures of a module ("def f(x):", the newline cut as in `entry_prompt`)."""
+    from prefer.evaluation.capability import function_prompts
+
+    return [p.rstrip("\n") for p in function_prompts([text]) if len(p) <= max_chars]
+
+
+def build_prompts(config: RLHFConfig) -> dict[str, list[str]]:
+    """Distinct prompts of the task's corpus, shuffled with the seed and split; PreferError if there are too few."""
+    task = get_task(config.task)
+    source = config.source or task.corpus
+    documents, _ = load_documents(source)
+    found: set[str] = set()
+    for document in documents:
+        if task.name == "pep8":
+            found.update(code_prompt("".join(document.segments), max_chars=config.max_prompt_chars))
+        else:
+            prompt = entry_prompt(document.segments, lines=config.prompt_lines, max_chars=config.max_prompt_chars)
+            if prompt is not None:
+                found.add(prompt)
+    prompts = sorted(found)
+    np.random.default_rng(config.seed).shuffle(prompts)
+    sizes = {name: getattr(config, f"{name}_prompts") for name in SPLITS}
+    if len(prompts) < sum(sizes.values()):
+        raise PreferError(
+            f"prompts: the corpus {source!r} gives {len(prompts)} distinct prompts of at most "
+            f"{config.max_prompt_chars} characters; the splits need {sum(sizes.values())} "
+            f"({', '.join(f'{k}_prompts={v}' for k, v in sizes.items())})"
+        )
+    splits, start = {}, 0
+    for name in SPLITS:
+        splits[name] = prompts[start : start + sizes[name]]
+        start += sizes[name]
+    return splits
+
+
+def write_prompt_splits(splits: dict[str, list[str]], out: Path) -> dict[str, Path]:
+    paths = {}
+    for name, prompts in splits.items():
+        paths[name] = out / "prompts" / f"{name}.jsonl"
+        write_text_atomic(paths[name], "".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    write_json_atomic(out / "prompts" / "splits.json", {name: len(p) for name, p in splits.items()})
+    return paths
+
+
+# ------------------------------------------------------------------ stages, cached
+
+
+def _same_config(run_dir: Path, config) -> bool:
+    """A finished run of the same config (saved config.yaml) is reused as it is."""
+    from prefer.config import load_config
+
+    saved = run_dir / "config.yaml"
+    if not (run_dir / "final").exists() or not saved.exists():
+        return False
+    try:
+        return asdict(load_config(type(config), yaml_path=saved)) == json.loads(json.dumps(asdict(config)))
+    except PreferError:  # written by another version of the config: not the same run
+        return False
+
+
+def run_stage(stage, config) -> Path:
+    run_dir = Path(config.out_dir)
+    if _same_config(run_dir, config):
+        return run_dir / "final"
+    return stage(config, resume=True)
+
+
+def starting_model(config: RLHFConfig, out: Path) -> Path:
+    if config.init_from is not None:
+        if not (Path(config.init_from) / "config.json").exists():
+            raise PreferError(f"init_from: {config.init_from} is not a Hugging Face model directory (no config.json)")
+        return Path(config.init_from)
+    data = replace(config.pretrain.data, task=config.task, source=config.source)
+    return run_stage(
+        pretrain,
+        replace(
+            config.pretrain,
+            out_dir=str(out / "pretrain"),
+            data=data,
+            runtime=replace(config.pretrain.runtime, device=config.device),
+        ),
+    )
+
+
+def synthetic_labels(
+    config: RLHFConfig, out: Path, model: Path, prompts: Path, *, gold: str, num_responses: int | None = None
+) -> dict:
+    """Rankings and best-of-K demonstrations by the gold scorer `gold` (a `get_scorer` name), in `labels/` (or
+    `labels_k{K}/` for another K than the config's, on the same prompts); cached by their settings."""
+    k = num_responses or config.label.num_responses
+    folder = out / ("labels" if k == config.label.num_responses else f"labels_k{k}")
+    label = replace(
+        config.label,
+        model=str(model),
+        prompts=str(prompts),
+        scorer=gold,
+        num_responses=k,
+        rankings_out=str(folder / "rankings.jsonl"),
+        demonstrations_out=str(folder / "demonstrations.jsonl"),
+        device=config.device,
+    )
+    key_path = folder / "label.json"
+    key = json.loads(json.dumps(asdict(label)))
+    if key_path.exists() and json.loads(key_path.read_text())["config"] == key:
+        return json.loads(key_path.read_text())["report"]
+    report = label_synthetic(label, progress=config.ppo.runtime.progress)
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}
+    write_json_atomic(key_path, {"config": key, "report": summary})
+    return summary
+
+
+def noisy_rankings(config: RLHFConfig, comparisons: list[Comparison], gold, path: Path) -> dict:
+    """The same responses re-ranked by labelers who see the gold scores through Gaussian noise, its std set so
+    that two such labelers agree on `label_agreement` of the non-tied pairs (labeler_agreement)."""
+    scores = [score_responses(gold, [c.prompt] * len(c.responses), list(c.responses)) for c in comparisons]
+    differences = [s[i] - s[j] for s in scores for i in range(len(s)) for j in range(i + 1, len(s))]
+    sigma = noise_for_agreement(differences, config.label_agreement)
+    rng = np.random.default_rng(config.seed + 1)
+    noisy = [
+        Comparison(c.prompt, c.responses, rank_by_scores(s + rng.normal(0.0, sigma, len(s))))
+        for c, s in zip(comparisons, scores)
+    ]
+    write_rankings(path, noisy)
+    return {
+        "sigma": sigma,
+        "agreement": config.label_agreement,
+        "agreement_with_gold": float(np.mean([_agree(c.ranks, n.ranks) for c, n in zip(comparisons, noisy)])),
+    }
+
+
+def _agree(gold_ranks, noisy_ranks) -> float:
+    """Share of a prompt's gold-ordered pairs that the noisy ranking orders the same way."""
+    g, n = np.asarray(gold_ranks), np.asarray(noisy_ranks)
+    pairs = g[:, None] < g[None, :]
+    return float((pairs & (n[:, None] < n[None, :])).sum() / max(1, pairs.sum()))
+
+
+def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dict[str, Path], dict]:
+    """The reward model (all rankings), the weak proxy (`weak_fraction` of the training prompts) and, with
+    `label_agreement`, one on noisy rankings; each one's pairwise accuracy against the GOLD ranking of the same
+    held-out prompts, none of which any of them trained on."""
+    rankings_path = out / "labels" / "rankings.jsonl"
+    comparisons = read_rankings(rankings_path)
+    train_index, val_index = split_validation(len(comparisons), config.reward.data.validation_fraction, config.seed)
+    files = {"rm": rankings_path}
+    weak = [comparisons[i] for i in train_index[: max(2, round(config.weak_fraction * len(train_index)))]]
+    files["rm_weak"] = out / "labels" / f"rankings_weak_{len(weak)}.jsonl"  # its size in the name: a stage's cache
+    # key is its config, and a different subset is a different run
+    write_rankings(files["rm_weak"], weak)
+    info: dict = {"rankings": len(comparisons), "heldout_rankings": len(val_index), "weak_rankings": len(weak)}
+    if config.label_agreement is not None:
+        files["rm_noisy"] = out / "labels" / "rankings_noisy.jsonl"
+        info["noise"] = noisy_rankings(config, comparisons, gold, files["rm_noisy"])
+    paths = {}
+    for name, rankings in files.items():
+        # The weak proxy holds out nothing of its own: the shared held-out prompts measure it.
+        fraction = 0.0 if name == "rm_weak" else config.reward.data.validation_fraction
+        settings = replace(
+            config.reward,
+            out_dir=str(out / name),
+            data=replace(config.reward.data, rankings=str(rankings), demonstrations=None, validation_fraction=fraction),
+            model=replace(config.reward.model, init_from=str(model)),
+            runtime=replace(config.reward.runtime, seed=config.seed, device=config.device),
+        )
+        paths[name] = run_stage(reward, settings)
+    heldout = [comparisons[i] for i in val_index]
+    for name, path in paths.items():
+        scorer = load_reward_model(path)
+        rewards = [scorer.rewards([(c.prompt, r) for r in c.responses]).tolist() for c in heldout]
+        accuracy, pairs = pairwise_accuracy(rewards, [c.ranks for c in heldout])
+        info[name] = {"heldout_gold_accuracy": accuracy, "heldout_pairs": pairs}
+    return paths, info
