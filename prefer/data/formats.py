@@ -47,6 +47,10 @@ class Comparison:
     prompt: str
     responses: tuple[str, ...]
     ranks: tuple[int, ...]
+    # a conversational pair: the prompt's messages and each response's (its assistant turn); prompt and responses
+    # then hold their plain renderings, for logs (the encoders render the messages: prefer.data.encoding)
+    prompt_messages: tuple[dict[str, str], ...] | None = None
+    response_messages: tuple[tuple[dict[str, str], ...], ...] | None = None
 
     def ranking(self) -> list[int | list[int]]:
         """The file form: indices best to worst, ties grouped in lists."""
