@@ -79,6 +79,10 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
+    # The rankings are read (and a bad line reported) before any model is loaded.
+    comparisons = read_rankings(config.data.rankings)
+    locations = record_locations(config.data.rankings)
+
     # 1. Models: the policy (from the SFT model, or the checkpoint being resumed) and the frozen reference.
     reference_path = config.model.reference or config.model.init_from
     for field, path in (("model.init_from", config.model.init_from), ("model.reference", reference_path)):
@@ -110,8 +114,6 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     eos = tokenizer.eos_token_id
 
     # 2. Data: rankings split by prompt, every response tokenized once; prompts for the KL samples.
-    comparisons = read_rankings(config.data.rankings)
-    locations = record_locations(config.data.rankings)
     train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
     train = encode_rankings(
         [comparisons[i] for i in train_index], [locations[i] for i in train_index], tokenizer, context=context

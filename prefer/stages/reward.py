@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import RewardConfig, save_config
+from prefer.data.encoding import encode_comparison, fit_to_context
 from prefer.data.formats import (
     Comparison,
     read_demonstrations,
@@ -96,8 +97,13 @@ class RankingBatch:
 
 
 def encode_rankings(comparisons: list[Comparison], locations: list[str], reward_model: RewardModel) -> EncodedRankings:
+    """Text as the reward model scores it (eos + prompt + response + eos); a conversational pair as its chat
+    rendering (prefer.data.encoding.encode_comparison)."""
     sequences = [
-        reward_model.encode([(c.prompt, r) for r in c.responses], where=[where] * len(c.responses))
+        [
+            fit_to_context(ids, prompt_length, reward_model.context, where=where)
+            for ids, prompt_length in encode_comparison(reward_model.tokenizer, c, where=where)
+        ]
         for c, where in zip(comparisons, locations)
     ]
     return EncodedRankings(sequences, [c.ranks for c in comparisons])
