@@ -232,7 +232,7 @@ class PPOConfig:
 
     out_dir: str = "runs/ppo"
     init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
-    prompts: str = ""  # prompts JSONL ({"prompt": str} per line)
+    prompts: str = ""  # prompts JSONL ({"prompt": str}, or {"messages": [...]} chats, per line)
     reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
@@ -278,7 +278,7 @@ GROUP_ALGORITHMS = ("rloo", "grpo")  # critic-free; PPO (with a critic) is `pref
 class DPODataConfig:
     """Rankings, as `prefer reward` reads them (demonstrations go to `prefer sft`, whose model DPO starts from)."""
 
-    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} (required)
+    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} or pairs (chosen/rejected) (required)
     validation_fraction: float = 0.1  # of the prompts, held out for implicit-reward accuracy, margins and the KL
 
     def __post_init__(self):
@@ -408,7 +408,7 @@ class GroupRLConfig:
     out_dir: str = "runs/grpo"
     init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
     reference: str | None = None  # another frozen reference (same tokenizer); None = init_from
-    prompts: str = ""  # prompts JSONL ({"prompt": str} per line)
+    prompts: str = ""  # prompts JSONL ({"prompt": str}, or {"messages": [...]} chats, per line)
     reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: GroupTrainConfig = field(default_factory=GroupTrainConfig)

@@ -207,7 +207,7 @@ def _prompt(where: str, record: dict) -> Prompt:
         messages = parse_messages(where, record[field], field=field, need_assistant=False)
         return Prompt(plain_text(messages, add_generation_prompt=True), messages)
     if not isinstance(record.get("prompt"), str):
-        raise PreferError(f"{where}: field 'prompt' must be a str (or a list of messages, or give 'messages')")
+        raise PreferError(f"{where}: field 'prompt' must be a str")  # or a list of messages, or 'messages'
     return Prompt(_nonempty(where, "prompt", record["prompt"]))
 
 

@@ -326,6 +326,11 @@ def test_reward_and_dpo_train_on_conversational_pairs_through_the_template(token
     # one step on 6 pairs: the policy is its reference, so each margin is 0 and the loss -log sigmoid(0) = log 2
     assert read_metrics(tmp_path / "dpo")[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
     reward_stage.reward(build_config(RewardConfig, {**common, "out_dir": tmp_path / "rm"}))
-    for encoded in seen:  # dpo train, dpo held out, reward train, reward held out: K = 2 chat renderings
+    # The bias is set on the best responses as they were trained on (the chat rendering): the 8 pairs are one
+    # pair, so after it the chosen conversation scores exactly 0.
+    from prefer.models.reward_model import load_reward_model
+
+    assert load_reward_model(tmp_path / "rm" / "final").rewards_of_ids([expected]).item() == pytest.approx(0, abs=1e-5)
+    for encoded in seen:  # dpo train and held out; reward train, held out and the bias's: K = 2 chat renderings
         assert all(len(responses) == 2 for responses in encoded.sequences)
         assert encoded.sequences[0][0] == expected
