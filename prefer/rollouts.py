@@ -24,6 +24,7 @@ from torch import nn
 
 from prefer.data.annotate import AnnotatedDocument
 from prefer.data.corpora import load_documents, split_by_source
+from prefer.data.encoding import encode_query, render_generation_prompt
 from prefer.data.formats import read_prompts, record_locations
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.errors import PreferError
@@ -382,16 +383,20 @@ def gather_rollout(rollout: Rollout, dist: Distributed, *, pad_id: int) -> Rollo
 
 
 def read_queries(path: str, tokenizer, *, max_length: int) -> tuple[list[str], list[list[int]]]:
-    """Prompts and their token ids, each starting with eos (the document start the model was trained with)."""
-    prompts = [p.prompt for p in read_prompts(path)]
-    queries = []
-    for prompt, where in zip(prompts, record_locations(path)):
-        ids = [tokenizer.eos_token_id, *tokenizer.encode(prompt, add_special_tokens=False)]
+    """Prompts and their token ids: eos (the document start the model was trained with) + the prompt's tokens, or
+    for a conversation its rendering with the chat template and the generation prompt (plainly without a template;
+    prefer.data.encoding.encode_query). The returned texts are what the scorers see as the prompt."""
+    prompts, queries = [], []
+    for prompt, where in zip(read_prompts(path), record_locations(path)):
+        ids = encode_query(tokenizer, prompt.prompt, prompt.messages)
         if len(ids) > max_length:
             raise PreferError(
                 f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens it must fit "
                 f"the model's context (at most {max_length} prompt tokens)"
             )
+        prompts.append(
+            prompt.prompt if prompt.messages is None else render_generation_prompt(tokenizer, prompt.messages)
+        )
         queries.append(ids)
     return prompts, queries
 

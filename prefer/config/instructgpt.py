@@ -232,7 +232,7 @@ class PPOConfig:
 
     out_dir: str = "runs/ppo"
     init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
-    prompts: str = ""  # prompts JSONL ({"prompt": str} per line)
+    prompts: str = ""  # prompts JSONL ({"prompt": str}, or {"messages": [...]} chats, per line)
     reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
@@ -278,7 +278,7 @@ GROUP_ALGORITHMS = ("rloo", "grpo")  # critic-free; PPO (with a critic) is `pref
 class DPODataConfig:
     """Rankings, as `prefer reward` reads them (demonstrations go to `prefer sft`, whose model DPO starts from)."""
 
-    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} (required)
+    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} or pairs (chosen/rejected) (required)
     validation_fraction: float = 0.1  # of the prompts, held out for implicit-reward accuracy, margins and the KL
 
     def __post_init__(self):
@@ -345,11 +345,15 @@ class DPOConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.1))
     eval: DPOEvalConfig = field(default_factory=DPOEvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # r > 0: the policy trains adapters; with model.reference unset the frozen reference is the same trunk with
+    # them disabled (one model in memory, not two)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
         check(bool(self.data.rankings), "data.rankings", "a rankings JSONL file is required")
         check(bool(self.model.init_from), "model.init_from", "the SFT model directory is required")
         check(self.optimizer.lr is not None, "optimizer.lr", "DPO has no task default; set a learning rate")
+        check_lora_parallel(self.lora, self.runtime)
 
 
 @dataclass(frozen=True)
@@ -404,7 +408,7 @@ class GroupRLConfig:
     out_dir: str = "runs/grpo"
     init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
     reference: str | None = None  # another frozen reference (same tokenizer); None = init_from
-    prompts: str = ""  # prompts JSONL ({"prompt": str} per line)
+    prompts: str = ""  # prompts JSONL ({"prompt": str}, or {"messages": [...]} chats, per line)
     reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: GroupTrainConfig = field(default_factory=GroupTrainConfig)
@@ -413,10 +417,20 @@ class GroupRLConfig:
     ptx: PTXConfig = field(default_factory=PTXConfig)
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, weight_decay=0.0))
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # r > 0: the policy trains adapters; with `reference` unset the frozen reference is the same trunk with them
+    # disabled (one model in memory, not two)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
         check(bool(self.init_from), "init_from", "the SFT model directory is required")
         check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
+        check_lora_parallel(self.lora, self.runtime)
+        check(
+            not self.runtime.gradient_checkpointing,
+            "runtime.gradient_checkpointing",
+            "RLOO / GRPO run the policy in eval mode (dropout off), where Hugging Face models never checkpoint; "
+            "lora.r > 0 is their memory saver",
+        )
         check(
             self.reward.scorer is not None or self.reward.model is not None,
             "reward.scorer",

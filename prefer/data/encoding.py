@@ -106,3 +106,77 @@ def encode_sft_example(tokenizer, example, *, context: int, where: str) -> tuple
     if not any(mask[:context]):
         raise PreferError(f"{where}: no assistant token within the model's context of {context} tokens")
     return ids[:context], mask[:context]
+
+
+# ------------------------------------------------------------------ conversational prompts and preference pairs
+
+
+def _role_header(tokenizer, role: str) -> list[int]:
+    return tokenizer(f"{role.capitalize()}: ", add_special_tokens=False)["input_ids"]
+
+
+def plain_text(messages, *, add_generation_prompt: bool = False) -> str:
+    """The plain rendering of messages as text (`Role: content` lines), for logs and files; `encode_*` tokenizes the
+    same pieces one by one."""
+    text = "".join(
+        f"{m['role'].capitalize()}: {m['content']}" + ("" if m["role"] == "assistant" else "\n") for m in messages
+    )
+    return text + ("Assistant: " if add_generation_prompt else "")
+
+
+def render_generation_prompt(tokenizer, messages) -> str:
+    """The text a policy is prompted with for a conversation's next assistant turn: the chat template's rendering
+    with the generation prompt, or plainly (`Role: content` lines, then `Assistant: `)."""
+    if has_chat_template(tokenizer):
+        return _render(tokenizer, messages, add_generation_prompt=True)
+    return plain_text(messages, add_generation_prompt=True)
+
+
+def encode_generation_prompt(tokenizer, messages) -> list[int]:
+    """Token ids of `render_generation_prompt`: with a template exactly the tokenizer's own ids of that text (the
+    template brings its own begin-of-text, if any); plainly the document start (eos), each message as SFT encodes it
+    (prefer.data.encoding.encode_conversation) and the `Assistant: ` header."""
+    if has_chat_template(tokenizer):
+        return list(tokenizer(render_generation_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+    return _encode_plain_conversation(tokenizer, messages)[0] + _role_header(tokenizer, "assistant")
+
+
+def encode_query(tokenizer, prompt: str, messages=None) -> list[int]:
+    """What a policy is prompted with: a conversation's generation prompt when `messages` is given, else
+    `encode_prompt(prompt)` (eos + the prompt's tokens)."""
+    return encode_generation_prompt(tokenizer, messages) if messages is not None else encode_prompt(tokenizer, prompt)
+
+
+def encode_chat_example(tokenizer, prompt, response, *, where: str = "conversation") -> tuple[list[int], int]:
+    """(ids, prompt length) of a conversational preference response: the prompt's messages followed by the
+    response's (its assistant turn), as `encode_example` does for text. With a chat template the ids are exactly the
+    tokenizer's rendering of the whole conversation and the prompt is the rendering of the prompt's messages with
+    the generation prompt (the response's tokens, and what the template closes its turn with, follow); plainly, as
+    SFT encodes a conversation, the prompt ending with the response's `Role: ` header."""
+    messages = [*prompt, *response]
+    if not has_chat_template(tokenizer):
+        ids = _encode_plain_conversation(tokenizer, messages)[0]
+        prompt_length = len(_encode_plain_conversation(tokenizer, prompt)[0]) + len(
+            _role_header(tokenizer, response[0]["role"])
+        )
+        return ids, prompt_length
+    start, text = _render(tokenizer, prompt, add_generation_prompt=True), _render(tokenizer, messages)
+    if not text.startswith(start):
+        raise PreferError(
+            f"{where}: the tokenizer's chat template does not render the prompt (with the generation prompt) as a "
+            "prefix of the whole conversation; cannot tell the response's tokens from the prompt's"
+        )
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    prompt_length = sum(1 for begin, _ in encoded["offset_mapping"] if begin < len(start))
+    return list(encoded["input_ids"]), prompt_length
+
+
+def encode_comparison(tokenizer, comparison, *, where: str = "comparison") -> list[tuple[list[int], int]]:
+    """(ids, prompt length) of every response of a ranking (prefer.data.formats.Comparison): `encode_example` for
+    text, `encode_chat_example` for a conversational pair (one that carries `prompt_messages`)."""
+    if getattr(comparison, "prompt_messages", None) is None:
+        return [encode_example(tokenizer, comparison.prompt, response) for response in comparison.responses]
+    return [
+        encode_chat_example(tokenizer, comparison.prompt_messages, response, where=where)
+        for response in comparison.response_messages
+    ]

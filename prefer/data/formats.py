@@ -10,6 +10,10 @@ and beside them the formats of the rest of the ecosystem (TRL, the hub's chat an
     {"messages": [{"role", "content"}, ...]}    a conversation for SFT: the loss on the assistant turns only,
                                                 rendered with the tokenizer's chat template (prefer.data.encoding)
     {"prompt": str, "chosen": str, "rejected": str}   a preference pair: a ranking of K = 2
+    {"prompt": [messages], "chosen": [messages], "rejected": [messages]}   a conversational pair (TRL): the
+                                                responses start with the assistant's turn; without "prompt" the
+                                                conversations' shared first messages are the prompt
+    {"messages": [...]} or {"prompt": [messages]}   a prompt as a conversation (PPO, GRPO): the next assistant turn
 
 Records come from a JSONL file, from a Hugging Face data set saved with `save_to_disk` (a directory), or from the
 hub (`hf:NAME[:SPLIT]`, when online); `where` is then `<name>[row N]`.
@@ -47,6 +51,10 @@ class Comparison:
     prompt: str
     responses: tuple[str, ...]
     ranks: tuple[int, ...]
+    # a conversational pair: the prompt's messages and each response's (its assistant turn); prompt and responses
+    # then hold their plain renderings, for logs (the encoders render the messages: prefer.data.encoding)
+    prompt_messages: tuple[dict[str, str], ...] | None = None
+    response_messages: tuple[tuple[dict[str, str], ...], ...] | None = None
 
     def ranking(self) -> list[int | list[int]]:
         """The file form: indices best to worst, ties grouped in lists."""
@@ -58,7 +66,11 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Prompt:
+    """A prompt for the policy; `messages`: a conversation whose next assistant turn the policy writes (`prompt` is
+    then its plain rendering; prefer.data.encoding.encode_query renders it with the chat template)."""
+
     prompt: str
+    messages: tuple[dict[str, str], ...] | None = None
 
 
 def _jsonl_records(path: Path) -> Iterable[tuple[str, object]]:
@@ -145,20 +157,24 @@ class Conversation:
     messages: tuple[dict[str, str], ...]
 
 
-def parse_messages(where: str, messages: object) -> tuple[dict[str, str], ...]:
+def parse_messages(
+    where: str, messages: object, *, field: str = "messages", need_assistant: bool = True
+) -> tuple[dict[str, str], ...]:
+    """A list of {"role", "content"} messages, checked; errors name the field unless it is `messages`."""
     if not isinstance(messages, list) or not messages:
-        raise PreferError(f'{where}: field \'messages\' must be a non-empty list of {{"role", "content"}} objects')
+        raise PreferError(f'{where}: field \'{field}\' must be a non-empty list of {{"role", "content"}} objects')
+    inside = "" if field == "messages" else f"field '{field}': "
     parsed = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise PreferError(f"{where}: message {i} must be an object with a string 'content'")
+            raise PreferError(f"{where}: {inside}message {i} must be an object with a string 'content'")
         if message.get("role") not in ROLES:
             raise PreferError(
-                f"{where}: message {i} has role {message.get('role')!r}; choose one of {', '.join(ROLES)}"
+                f"{where}: {inside}message {i} has role {message.get('role')!r}; choose one of {', '.join(ROLES)}"
             )
         parsed.append({"role": message["role"], "content": message["content"]})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in parsed):
-        raise PreferError(f"{where}: no assistant message with content: nothing to train on")
+    if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in parsed):
+        raise PreferError(f"{where}: {inside}no assistant message with content: nothing to train on")
     return tuple(parsed)
 
 
@@ -183,8 +199,21 @@ def read_demonstrations(path: str | Path, *, conversations: bool = True) -> list
     return [_demonstration(w, r, conversations=conversations) for w, r in read_records(path, {})]
 
 
+def _prompt(where: str, record: dict) -> Prompt:
+    field = "messages" if "messages" in record else "prompt"
+    if field == "messages" or isinstance(record.get("prompt"), list):
+        from prefer.data.encoding import plain_text
+
+        messages = parse_messages(where, record[field], field=field, need_assistant=False)
+        return Prompt(plain_text(messages, add_generation_prompt=True), messages)
+    if not isinstance(record.get("prompt"), str):
+        raise PreferError(f"{where}: field 'prompt' must be a str")  # or a list of messages, or 'messages'
+    return Prompt(_nonempty(where, "prompt", record["prompt"]))
+
+
 def read_prompts(path: str | Path) -> list[Prompt]:
-    return [Prompt(_nonempty(w, "prompt", r["prompt"])) for w, r in read_records(path, {"prompt": str})]
+    """Prompts {"prompt": str}, or conversations {"messages": [...]} / {"prompt": [messages]} to answer."""
+    return [_prompt(where, record) for where, record in read_records(path, {})]
 
 
 def parse_ranking(where: str, ranking: object, k: int) -> tuple[int, ...]:
@@ -208,24 +237,67 @@ def parse_ranking(where: str, ranking: object, k: int) -> tuple[int, ...]:
     return tuple(ranks[i] for i in range(k))
 
 
-def read_rankings(path: str | Path) -> list[Comparison]:
-    """Rankings {"prompt", "responses", "ranking"}, or preference pairs {"prompt", "chosen", "rejected"} (a ranking
-    of K = 2: chosen best), in one file alike."""
-    comparisons = []
-    for where, record in read_records(path, {"prompt": str}):
-        if "chosen" in record or "rejected" in record:
-            for field in ("chosen", "rejected"):
-                if not isinstance(record.get(field), str) or not record[field].strip():
-                    raise PreferError(
-                        f"{where}: field '{field}' must be a non-empty string (a preference pair is "
-                        '{"prompt", "chosen", "rejected"})'
-                    )
-            if record["chosen"] == record["rejected"]:
-                raise PreferError(f"{where}: 'chosen' and 'rejected' are the same text; the pair carries no preference")
-            comparisons.append(
-                Comparison(_nonempty(where, "prompt", record["prompt"]), (record["chosen"], record["rejected"]), (0, 1))
+PAIR_FORMATS = (
+    'a preference pair is {"prompt", "chosen", "rejected"} of strings, or conversational: {"prompt": [messages], '
+    '"chosen": [messages], "rejected": [messages]}, or {"chosen": [messages], "rejected": [messages]} that share '
+    "their first turns (the prompt)"
+)
+
+
+def _text_pair(where: str, record: dict) -> Comparison:
+    if not isinstance(record.get("prompt"), str):
+        raise PreferError(f"{where}: field 'prompt' must be a str ({PAIR_FORMATS})")
+    for field in ("chosen", "rejected"):
+        if not isinstance(record.get(field), str) or not record[field].strip():
+            raise PreferError(f"{where}: field '{field}' must be a non-empty string ({PAIR_FORMATS})")
+    if record["chosen"] == record["rejected"]:
+        raise PreferError(f"{where}: 'chosen' and 'rejected' are the same text; the pair carries no preference")
+    return Comparison(_nonempty(where, "prompt", record["prompt"]), (record["chosen"], record["rejected"]), (0, 1))
+
+
+def _conversational_pair(where: str, record: dict) -> Comparison:
+    """TRL's conversational preference formats: an explicit prompt (a list of messages) and the responses as lists
+    of messages (the assistant turn), or whole conversations whose shared first messages are the prompt."""
+    from prefer.data.encoding import plain_text
+
+    chosen, rejected = (parse_messages(where, record.get(f), field=f) for f in ("chosen", "rejected"))
+    if "prompt" in record:
+        prompt = parse_messages(where, record["prompt"], field="prompt", need_assistant=False)
+    else:
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        if shared == 0:
+            raise PreferError(
+                f"{where}: fields 'chosen' and 'rejected' share no first message, so there is no prompt; "
+                "give 'prompt' as a list of messages"
             )
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if chosen == rejected:
+        raise PreferError(f"{where}: 'chosen' and 'rejected' are the same conversation; the pair carries no preference")
+    for field, response in (("chosen", chosen), ("rejected", rejected)):
+        if not response or response[0]["role"] != "assistant" or not response[0]["content"].strip():
+            raise PreferError(f"{where}: field '{field}' must start with the assistant's turn after the prompt")
+    return Comparison(
+        plain_text(prompt, add_generation_prompt=True),
+        (plain_text(chosen), plain_text(rejected)),
+        (0, 1),
+        prompt_messages=prompt,
+        response_messages=(chosen, rejected),
+    )
+
+
+def read_rankings(path: str | Path) -> list[Comparison]:
+    """Rankings {"prompt", "responses", "ranking"}, or preference pairs (a ranking of K = 2: chosen best) of text,
+    {"prompt", "chosen", "rejected"}, or conversational (lists of messages, TRL's format), in one file alike."""
+    comparisons = []
+    for where, record in read_records(path, {}):
+        if "chosen" in record or "rejected" in record:
+            conversational = any(isinstance(record.get(f), list) for f in ("prompt", "chosen", "rejected"))
+            comparisons.append((_conversational_pair if conversational else _text_pair)(where, record))
             continue
+        if not isinstance(record.get("prompt"), str):
+            raise PreferError(f"{where}: field 'prompt' must be a str")
         if not isinstance(record.get("responses"), list):
             raise PreferError(f"{where}: field 'responses' must be a list (or give a pair: 'chosen', 'rejected')")
         responses = record["responses"]
@@ -252,31 +324,47 @@ def write_demonstrations(path: str | Path, demonstrations: Sequence[Demonstratio
     write_jsonl(path, [asdict(d) for d in demonstrations])
 
 
+def _pair_indices(comparison: Comparison) -> list[tuple[int, int]]:
+    order = sorted(range(len(comparison.ranks)), key=lambda i: comparison.ranks[i])
+    return [(a, b) for x, a in enumerate(order) for b in order[x + 1 :] if comparison.ranks[a] < comparison.ranks[b]]
+
+
+def _pair_records(comparison: Comparison) -> list[dict]:
+    """{"prompt", "chosen", "rejected"} for every non-tied pair; a conversational pair keeps its messages."""
+    if comparison.prompt_messages is None:
+        return [
+            {"prompt": comparison.prompt, "chosen": comparison.responses[a], "rejected": comparison.responses[b]}
+            for a, b in _pair_indices(comparison)
+        ]
+    messages = comparison.response_messages
+    return [
+        {"prompt": list(comparison.prompt_messages), "chosen": list(messages[a]), "rejected": list(messages[b])}
+        for a, b in _pair_indices(comparison)
+    ]
+
+
 def write_rankings(path: str | Path, comparisons: Sequence[Comparison]) -> None:
+    """Rankings JSONL; a conversational pair is written as one (the rankings readers take pairs too)."""
     write_jsonl(
-        path, [{"prompt": c.prompt, "responses": list(c.responses), "ranking": c.ranking()} for c in comparisons]
+        path,
+        [
+            {"prompt": c.prompt, "responses": list(c.responses), "ranking": c.ranking()}
+            if c.prompt_messages is None
+            else _pair_records(c)[0]
+            for c in comparisons
+        ],
     )
 
 
 def ranking_pairs(comparison: Comparison) -> list[tuple[str, str]]:
     """Every non-tied (better, worse) pair of responses of a ranking, best pairs first: C(K, 2) minus the ties."""
-    order = sorted(range(len(comparison.ranks)), key=lambda i: comparison.ranks[i])
-    return [
-        (comparison.responses[a], comparison.responses[b])
-        for x, a in enumerate(order)
-        for b in order[x + 1 :]
-        if comparison.ranks[a] < comparison.ranks[b]
-    ]
+    return [(comparison.responses[a], comparison.responses[b]) for a, b in _pair_indices(comparison)]
 
 
 def write_pairs(path: str | Path, comparisons: Sequence[Comparison]) -> int:
     """Rankings as preference pairs {"prompt", "chosen", "rejected"} (TRL's format): every non-tied pair of each
-    ranking. Returns the number of pairs written."""
-    records = [
-        {"prompt": c.prompt, "chosen": chosen, "rejected": rejected}
-        for c in comparisons
-        for chosen, rejected in ranking_pairs(c)
-    ]
+    ranking (conversational pairs as messages). Returns the number of pairs written."""
+    records = [record for c in comparisons for record in _pair_records(c)]
     write_jsonl(path, records)
     return len(records)
 

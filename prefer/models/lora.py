@@ -2,7 +2,7 @@
 it loaded (same class, same `base_model`, same `score` head), and every forward pass goes through the adapters.
 
     apply_lora(model, config)      adapters on the architecture's projections; everything else frozen
-    disabled_adapters(model)       the frozen model the adapters started from (PPO's reference, one trunk for both)
+    disabled_adapters(model)       the frozen model the adapters started from (the RL and DPO reference: one trunk)
     merged_state_dict(model)       the weights with the adapters folded in: what `final/` holds (a plain HF model)
     adapter_state_dict(model)      the trainable tensors only: what a resumable checkpoint holds
     save_adapter / load_adapter    a peft adapter directory (adapter_config.json + adapter_model.safetensors)
@@ -132,8 +132,9 @@ def disabled_adapters(model: nn.Module):
 
 
 class FrozenView(nn.Module):
-    """The model a LoRA-wrapped model started from, as a module of its own: PPO's frozen reference on the policy's
-    trunk. It holds no weights of its own (the policy is kept outside the module tree) and never builds a graph."""
+    """The model a LoRA-wrapped model started from, as a module of its own: the frozen reference of PPO, GRPO and
+    DPO on the policy's trunk. It holds no weights of its own (the policy is kept outside the module tree), never
+    builds a graph and always runs in eval mode (no dropout), whatever mode the policy is training in."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -144,8 +145,14 @@ class FrozenView(nn.Module):
         return self._wrapped[0].config
 
     def forward(self, *args, **kwargs):
-        with torch.no_grad(), disabled_adapters(self._wrapped[0]):
-            return self._wrapped[0](*args, **kwargs)
+        model = self._wrapped[0]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), disabled_adapters(model):
+                return model(*args, **kwargs)
+        finally:
+            model.train(was_training)
 
 
 def model_source(init_from: str | Path, checkpoint: Path | None, config: LoRAConfig) -> Path:

@@ -79,15 +79,18 @@ class RewardModel(nn.Module):
             )
         return encoded
 
-    @torch.no_grad()
     def rewards(self, items: Sequence[TextOrPair], *, batch_size: int = 32) -> torch.Tensor:
         """Rewards [B] (on the CPU) of texts or (prompt, response) pairs, in eval mode (dropout off)."""
+        return self.rewards_of_ids(self.encode(items), batch_size=batch_size)
+
+    @torch.no_grad()
+    def rewards_of_ids(self, encoded: Sequence[list[int]], *, batch_size: int = 32) -> torch.Tensor:
+        """Rewards [B] (on the CPU) of sequences already encoded (e.g. a chat rendering), in eval mode."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         results = []
         try:
-            encoded = self.encode(items)
             for start in range(0, len(encoded), batch_size):
                 ids, mask = right_pad(encoded[start : start + batch_size], self.tokenizer.pad_token_id)
                 results.append(self(ids.to(device), mask.to(device)).cpu())

@@ -15,16 +15,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from prefer.config import DPOConfig, save_config
-from prefer.data.encoding import encode_example, fit_to_context
-from prefer.data.formats import Comparison, read_rankings, record_locations, split_validation
+from prefer.data.encoding import encode_query
+from prefer.data.formats import read_rankings, record_locations, split_validation
 from prefer.errors import PreferError
+from prefer.evaluation.direct_preference import (
+    batch_loss,
+    encode_rankings,
+    heldout_preferences,
+    kl_on_samples,
+    reference_logprobs,
+    sequence_logprobs,
+)
 from prefer.files import file_fingerprint, write_json_atomic
 from prefer.models.build import (
     check_same_vocabulary,
@@ -34,14 +40,12 @@ from prefer.models.build import (
     load_tokenizer,
     set_dropout,
 )
-from prefer.objectives import DPO_LOSSES, masked_sum, next_token_targets, token_logprobs
-from prefer.rollouts import make_rollout, sample_responses
+from prefer.models.lora import FrozenView, model_source, prepare
 from prefer.run_dir import releases_run_dirs
 from prefer.training import (
     BlockOrder,
     MetricsLog,
     accumulate_stats,
-    autocast,
     average_across_ranks,
     check_run_dir,
     gradient_sync,
@@ -63,216 +67,6 @@ from prefer.training import (
 __all__ = ["dpo", "encode_rankings", "sequence_logprobs", "reference_logprobs"]
 
 
-# ------------------------------------------------------------------ data: rankings as batch elements
-
-
-@dataclass(frozen=True)
-class EncodedRankings:
-    """Rankings with every response tokenized once.
-
-    sequences:      sequences[c][k] = eos + prompt c + response k + eos (cut to the context)
-    prompt_lengths: prompt_lengths[c] = tokens of eos + prompt c (the response starts there)
-    ranks:          ranks[c][k] = place of response k (0 = best; equal = tie)
-    """
-
-    sequences: list[list[list[int]]]
-    prompt_lengths: list[int]
-    ranks: list[tuple[int, ...]]
-
-    def __len__(self) -> int:
-        return len(self.ranks)
-
-    @property
-    def width(self) -> int:
-        return max(len(r) for r in self.ranks)
-
-    def batch(self, indices: list[int], *, pad_id: int) -> PreferenceBatch:
-        rows = [(c, k) for c in indices for k in range(len(self.ranks[c]))]
-        width = max(len(self.sequences[c][k]) for c, k in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.bool)
-        response = torch.zeros((len(rows), width), dtype=torch.bool)
-        for row, (c, k) in enumerate(rows):
-            sequence = self.sequences[c][k]
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention[row, : len(sequence)] = True
-            response[row, self.prompt_lengths[c] : len(sequence)] = True
-        ranks = torch.zeros((len(indices), self.width), dtype=torch.long)
-        response_mask = torch.zeros((len(indices), self.width), dtype=torch.bool)
-        for b, c in enumerate(indices):
-            ranks[b, : len(self.ranks[c])] = torch.tensor(self.ranks[c])
-            response_mask[b, : len(self.ranks[c])] = True
-        return PreferenceBatch(ids, attention, response, ranks, response_mask, torch.tensor(indices))
-
-
-@dataclass(frozen=True)
-class PreferenceBatch:
-    """B prompts with K_b responses each, every response one row of `ids` (so it is forwarded once).
-
-    ids, attention_mask, response_tokens: [N, T] (N = sum K_b, prompt-major, right-padded); response_tokens marks
-        the response and its eos, the tokens whose log-probabilities are summed
-    ranks, response_mask: [B, K] (as ranking_loss); prompts: [B] indices into the EncodedRankings
-    """
-
-    ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_tokens: torch.Tensor
-    ranks: torch.Tensor
-    response_mask: torch.Tensor
-    prompts: torch.Tensor
-
-
-def encode_rankings(comparisons: list[Comparison], locations: list[str], tokenizer, *, context: int) -> EncodedRankings:
-    sequences, prompt_lengths = [], []
-    for comparison, where in zip(comparisons, locations):
-        encoded = [encode_example(tokenizer, comparison.prompt, response) for response in comparison.responses]
-        sequences.append([fit_to_context(ids, length, context, where=where) for ids, length in encoded])
-        prompt_lengths.append(encoded[0][1])
-    return EncodedRankings(sequences, prompt_lengths, [c.ranks for c in comparisons])
-
-
-def sequence_logprobs(model, batch: PreferenceBatch, *, device, precision: str) -> torch.Tensor:
-    """[N] log pi(response | prompt) of every row, summed over the response tokens (and its eos)."""
-    ids = batch.ids.to(device)
-    targets, mask = next_token_targets(ids, batch.response_tokens.to(device))  # mask[t]: token t + 1 is scored
-    with autocast(device, precision):
-        logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device).long()).logits[:, :-1]
-    return masked_sum(token_logprobs(logits.float(), targets), mask, dim=1)
-
-
-def _as_grid(flat: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """[N] per-response values -> [B, K] (padding slots 0)."""
-    return torch.zeros(response_mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(response_mask, flat)
-
-
-@torch.no_grad()
-def reference_logprobs(
-    reference, rankings: EncodedRankings, *, batch_size: int, pad_id: int, device, precision: str
-) -> torch.Tensor:
-    """[C, K] summed log-probabilities of every response under the frozen reference (eval mode), once."""
-    table = torch.zeros((len(rankings), rankings.width))
-    for start in range(0, len(rankings), batch_size):
-        indices = list(range(start, min(start + batch_size, len(rankings))))
-        batch = rankings.batch(indices, pad_id=pad_id)
-        flat = sequence_logprobs(reference, batch, device=device, precision=precision)
-        table[indices] = _as_grid(flat, batch.response_mask.to(device)).cpu()
-    return table
-
-
-def batch_loss(
-    model,
-    batch: PreferenceBatch,
-    reference: torch.Tensor,
-    *,
-    loss: str,
-    hyperparameters: dict,
-    device,
-    precision: str,
-    num_prompts: float | None,
-):
-    """The chosen preference loss of a batch; `reference` is the cached [C, K] table."""
-    spec = DPO_LOSSES[loss]
-    response_mask = batch.response_mask.to(device)
-    policy = _as_grid(sequence_logprobs(model, batch, device=device, precision=precision), response_mask)
-    return spec.loss(
-        policy,
-        reference[batch.prompts].to(device),
-        batch.ranks.to(device),
-        response_mask,
-        **{spec.hyperparameter: hyperparameters[spec.hyperparameter]},
-        num_prompts=num_prompts,
-    )
-
-
-@torch.no_grad()
-def heldout_preferences(
-    model,
-    rankings: EncodedRankings,
-    reference: torch.Tensor,
-    *,
-    batch_size: int,
-    pad_id: int,
-    device,
-    precision: str,
-    **loss,
-) -> dict[str, float]:
-    """Implicit-reward pairwise accuracy and margin pooled over every non-tied held-out pair; mean loss per prompt."""
-    was_training = model.training
-    model.eval()
-    correct = margins = pairs = loss_sum = 0.0
-    for start in range(0, len(rankings), batch_size):
-        indices = list(range(start, min(start + batch_size, len(rankings))))
-        value, stats = batch_loss(
-            model,
-            rankings.batch(indices, pad_id=pad_id),
-            reference,
-            device=device,
-            precision=precision,
-            num_prompts=1.0,
-            **loss,
-        )
-        correct += float(stats["accuracy"] * stats["num_pairs"])
-        margins += float(stats["margin_mean"] * stats["num_pairs"])
-        pairs += float(stats["num_pairs"])
-        loss_sum += value.item()  # a sum over prompts (num_prompts=1)
-    model.train(was_training)
-    return {
-        "accuracy": correct / max(1.0, pairs),
-        "margin": margins / max(1.0, pairs),
-        "loss": loss_sum / max(1, len(rankings)),
-        "pairs": pairs,
-    }
-
-
-@torch.no_grad()
-def kl_on_samples(
-    policy,
-    reference,
-    queries: list[list[int]],
-    *,
-    seed: int,
-    step: int,
-    max_new_tokens: int,
-    eos: int,
-    batch_size: int,
-    device,
-    precision: str,
-) -> float:
-    """KL(policy || reference) in nats per response: the mean over samples of the policy (temperature 1, seeded by
-    (seed, step), the same on every rank) of sum_t log pi(y_t) - log pi_ref(y_t), eos included when it stops."""
-    was_training = policy.training
-    policy.eval()
-    sampled = sample_responses(
-        policy,
-        queries,
-        first=0,
-        chunk=batch_size,
-        seed=seed,
-        iteration=step,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        temperature=1.0,
-    )
-    responses = [r + [eos] if len(r) < max_new_tokens else r for r in sampled]
-    responses = [r or [eos] for r in responses]
-    rollout = make_rollout(
-        policy,
-        reference,
-        None,
-        queries,
-        responses,
-        rewards=torch.zeros(len(queries)),
-        gold=torch.zeros(len(queries)),
-        temperature=1.0,
-        pad_id=eos,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-    )
-    policy.train(was_training)
-    return masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1).mean().item()
-
-
 # ------------------------------------------------------------------ the stage
 
 
@@ -285,6 +79,10 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     set_seed(config.runtime.seed)
     say = print if dist.is_main else (lambda *a, **k: None)
 
+    # The rankings are read (and a bad line reported) before any model is loaded.
+    comparisons = read_rankings(config.data.rankings)
+    locations = record_locations(config.data.rankings)
+
     # 1. Models: the policy (from the SFT model, or the checkpoint being resumed) and the frozen reference.
     reference_path = config.model.reference or config.model.init_from
     for field, path in (("model.init_from", config.model.init_from), ("model.reference", reference_path)):
@@ -293,10 +91,13 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     tokenizer = load_tokenizer(config.model.init_from)
     if config.model.reference is not None:
         check_same_vocabulary(tokenizer, load_tokenizer(reference_path), what=f"model.reference {reference_path}")
-    policy = load_model(checkpoint / "model" if checkpoint is not None else config.model.init_from, tokenizer=tokenizer)
-    reference = load_model(reference_path, tokenizer=tokenizer).to(device).eval()
-    reference.requires_grad_(False)
+    policy = load_model(model_source(config.model.init_from, checkpoint, config.lora), tokenizer=tokenizer)
     set_dropout(policy, config.model.dropout)
+    prepare(policy, config.lora, checkpoint=checkpoint, gradient_checkpointing=config.runtime.gradient_checkpointing)
+    # LoRA against the SFT model: the reference is the policy's own trunk with the adapters off (one model, not two)
+    shared = config.lora.enabled and config.model.reference is None
+    reference = FrozenView(policy) if shared else load_model(reference_path, tokenizer=tokenizer).to(device).eval()
+    reference.requires_grad_(False)
     context = min(config.model.context or context_length(policy), context_length(policy))
     init_info_path = Path(config.model.init_from) / "prefer.json"
     init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
@@ -313,8 +114,6 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     eos = tokenizer.eos_token_id
 
     # 2. Data: rankings split by prompt, every response tokenized once; prompts for the KL samples.
-    comparisons = read_rankings(config.data.rankings)
-    locations = record_locations(config.data.rankings)
     train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
     train = encode_rankings(
         [comparisons[i] for i in train_index], [locations[i] for i in train_index], tokenizer, context=context
@@ -326,10 +125,10 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
         if val_index
         else None
     )
-    kl_sources = [comparisons[i].prompt for i in (val_index or train_index)]
+    kl_sources = [comparisons[i] for i in (val_index or train_index)]
     kl_queries = [
         q
-        for q in ([eos, *tokenizer.encode(p, add_special_tokens=False)] for p in kl_sources)
+        for q in (encode_query(tokenizer, c.prompt, c.prompt_messages) for c in kl_sources)
         if len(q) + config.eval.max_new_tokens <= context
     ]
     kl_queries = [kl_queries[i % len(kl_queries)] for i in range(config.eval.kl_samples)] if kl_queries else []

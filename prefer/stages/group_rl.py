@@ -27,6 +27,7 @@ from prefer.data.packing import TokenBlocks
 from prefer.errors import PreferError
 from prefer.evaluation.capability import heldout_block_loss
 from prefer.models.build import check_same_vocabulary, context_length, control_token_ids, load_model, load_tokenizer
+from prefer.models.lora import FrozenView, model_source, prepare
 from prefer.objectives import (
     adaptive_kl_coef,
     grpo_advantages,
@@ -200,8 +201,14 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
     scorer_name = config.reward.scorer or f"rm:{config.reward.model}"
     if scorer_name.startswith("rm:"):
         check_same_vocabulary(tokenizer, load_tokenizer(scorer_name.removeprefix("rm:")), what=f"reward {scorer_name}")
-    policy = load_model(checkpoint / "model" if checkpoint else config.init_from, tokenizer=tokenizer)
-    reference = load_model(reference_path, tokenizer=tokenizer)
+    policy = prepare(
+        load_model(model_source(config.init_from, checkpoint, config.lora), tokenizer=tokenizer),
+        config.lora,
+        checkpoint=checkpoint,
+    )
+    # LoRA against the SFT model: the reference is the policy's own trunk with the adapters off (one model, not two)
+    shared = config.lora.enabled and config.reference is None
+    reference = FrozenView(policy) if shared else load_model(reference_path, tokenizer=tokenizer)
     reference.requires_grad_(False)
     for model in (policy, reference):  # dropout off: the first ratio is exactly 1, the KL measures the policy
         model.to(device).eval()

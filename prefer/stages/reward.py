@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import RewardConfig, save_config
+from prefer.data.encoding import encode_comparison, fit_to_context
 from prefer.data.formats import (
     Comparison,
     read_demonstrations,
@@ -96,8 +97,13 @@ class RankingBatch:
 
 
 def encode_rankings(comparisons: list[Comparison], locations: list[str], reward_model: RewardModel) -> EncodedRankings:
+    """Text as the reward model scores it (eos + prompt + response + eos); a conversational pair as its chat
+    rendering (prefer.data.encoding.encode_comparison)."""
     sequences = [
-        reward_model.encode([(c.prompt, r) for r in c.responses], where=[where] * len(c.responses))
+        [
+            fit_to_context(ids, prompt_length, reward_model.context, where=where)
+            for ids, prompt_length in encode_comparison(reward_model.tokenizer, c, where=where)
+        ]
         for c, where in zip(comparisons, locations)
     ]
     return EncodedRankings(sequences, [c.ranks for c in comparisons])
@@ -175,9 +181,10 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     # The bias is set after training from these pairs; a bad file must fail now, not after training.
     if config.data.demonstrations is not None:
         bias_pairs = [(d.prompt, d.response) for d in demonstrations]
-        reward_model.encode(bias_pairs, where=record_locations(config.data.demonstrations))
-    else:
-        bias_pairs = [(c.prompt, c.responses[c.ranks.index(0)]) for c in comparisons]
+        bias_ids = reward_model.encode(bias_pairs, where=record_locations(config.data.demonstrations))
+    else:  # each ranking's best response, encoded as for training (a conversational pair: its chat rendering)
+        best = encode_rankings(comparisons, locations, reward_model)
+        bias_ids = [responses[ranks.index(0)] for responses, ranks in zip(best.sequences, best.ranks)]
     reward_model.to(device).train()
     model = wrap_model(reward_model, dist, device, parallel=config.runtime.parallel)
 
@@ -288,7 +295,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     # Every rank evaluates, scores and calls save (FSDP2 forward passes and gathering are collectives); rank 0 writes.
     heldout = evaluate() if validation is not None else None
     reward_model.bias = 0.0
-    reward_model.bias = -float(reward_model.rewards(bias_pairs, batch_size=micro).mean())
+    reward_model.bias = -float(reward_model.rewards_of_ids(bias_ids, batch_size=micro).mean())
     results = {
         "val_accuracy": heldout["accuracy"] if heldout else None,
         "val_loss": heldout["loss"] if heldout else None,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from prefer.data.encoding import encode_conversation, encode_sft_example
+from prefer.data.encoding import encode_comparison, encode_conversation, encode_sft_example
 from prefer.data.formats import (
     Comparison,
     Conversation,
@@ -167,3 +167,170 @@ def test_rankings_convert_to_pairs_for_other_tools(tmp_path):
 
     assert main(["convert", str(tmp_path / "rankings.jsonl"), "--to", "pairs", "-o", str(tmp_path / "cli.jsonl")]) == 0
     assert (tmp_path / "cli.jsonl").read_text() == (tmp_path / "pairs.jsonl").read_text()
+
+
+# ------------------------------------------------------------------ conversational preference pairs and prompts
+
+USER = [{"role": "user", "content": "hi there"}]
+GOOD, BAD = [{"role": "assistant", "content": " A B"}], [{"role": "assistant", "content": " C"}]
+
+
+def _write(path, *records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def test_conversational_pairs_read_as_one_ranking_of_two(tmp_path):
+    explicit = {"prompt": USER, "chosen": GOOD, "rejected": BAD}
+    implicit = {"chosen": USER + GOOD, "rejected": USER + BAD}  # the shared first turn is the prompt
+    read = read_rankings(
+        _write(tmp_path / "pairs.jsonl", explicit, implicit, {"prompt": "p", "chosen": " x", "rejected": " y"})
+    )
+    assert (
+        read[0]
+        == read[1]
+        == Comparison(
+            "User: hi there\nAssistant: ",
+            ("Assistant:  A B", "Assistant:  C"),
+            (0, 1),
+            prompt_messages=tuple(USER),
+            response_messages=(tuple(GOOD), tuple(BAD)),
+        )
+    )
+    assert read[2] == Comparison("p", (" x", " y"), (0, 1))
+    assert write_pairs(tmp_path / "back.jsonl", read) == 3  # the messages survive the round trip
+    assert read_rankings(tmp_path / "back.jsonl") == read
+    write_rankings(tmp_path / "rankings.jsonl", read)
+    assert read_rankings(tmp_path / "rankings.jsonl") == read
+
+
+def test_conversational_pairs_render_with_the_template_or_plainly(tokenizer):
+    comparison = read_rankings_from({"prompt": USER, "chosen": GOOD, "rejected": BAD})
+    eos = tokenizer.eos_token_id
+    # No template: as SFT renders a conversation; the prompt ends with the response's "Assistant: " header.
+    (ids, prompt_length), _ = encode_comparison(tokenizer, comparison)
+    prompt = [eos] + _ids(tokenizer, "User: ") + _ids(tokenizer, "hi there") + _ids(tokenizer, "\n")
+    prompt += _ids(tokenizer, "Assistant: ")
+    assert ids == prompt + _ids(tokenizer, " A B") + [eos] and prompt_length == len(prompt)
+    assert ids == encode_conversation(tokenizer, USER + GOOD)[0]
+    # A template: exactly the tokenizer's own ids; the prompt is its rendering with the generation prompt.
+    tokenizer.chat_template = TEMPLATE
+    try:
+        (ids, prompt_length), (rejected, rejected_prompt) = encode_comparison(tokenizer, comparison)
+        assert ids == list(tokenizer.apply_chat_template(USER + GOOD, tokenize=True)["input_ids"])
+        assert rejected == list(tokenizer.apply_chat_template(USER + BAD, tokenize=True)["input_ids"])
+        with_header = tokenizer.apply_chat_template(USER, add_generation_prompt=True, tokenize=True)["input_ids"]
+        assert prompt_length == rejected_prompt == len(with_header)  # "<|user|>hi there<|end|><|assistant|>"
+        assert ids[prompt_length:] == _ids(tokenizer, " A B<|end|>")
+    finally:
+        tokenizer.chat_template = None
+
+
+def read_rankings_from(record):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as directory:
+        return read_rankings(_write(Path(directory) / "pairs.jsonl", record))[0]
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (
+            {"prompt": USER, "chosen": [{"role": "bot", "content": "x"}], "rejected": BAD},
+            "field 'chosen': message 0 has role 'bot'",
+        ),
+        ({"prompt": USER, "chosen": GOOD, "rejected": " C"}, "field 'rejected' must be a non-empty list"),
+        (
+            {"prompt": [{"role": "user"}], "chosen": GOOD, "rejected": BAD},
+            "field 'prompt': message 0 must be an object",
+        ),
+        (
+            {"prompt": USER, "chosen": USER + GOOD, "rejected": BAD},
+            "field 'chosen' must start with the assistant's turn",
+        ),
+        ({"chosen": GOOD, "rejected": BAD}, "share no first message, so there is no prompt"),
+        ({"prompt": USER, "chosen": GOOD, "rejected": GOOD}, "the same conversation"),
+    ],
+)
+def test_a_bad_conversational_pair_is_one_line_naming_file_line_and_field(tmp_path, capsys, bad, message):
+    from prefer.cli import main
+
+    path = _write(tmp_path / "pairs.jsonl", {"prompt": USER, "chosen": GOOD, "rejected": BAD}, bad)
+    with pytest.raises(PreferError, match=rf"pairs\.jsonl:2: .*{__import__('re').escape(message)}"):
+        read_rankings(path)
+    for stage in ("reward", "dpo"):  # both read the rankings before loading a model
+        args = [stage, f"data.rankings={path}", f"model.init_from={tmp_path}", f"out_dir={tmp_path / stage}"]
+        assert main([*args, "optimizer.lr=0.1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pairs.jsonl:2: " in err[0] and message in err[0]
+
+
+def test_chat_prompts_are_rendered_with_the_generation_prompt(tokenizer, tmp_path):
+    from prefer.rollouts import read_queries
+
+    chat = [{"role": "system", "content": "be brief"}, *USER]
+    path = _write(tmp_path / "prompts.jsonl", {"messages": chat}, {"prompt": USER}, {"prompt": "plain"})
+    eos = tokenizer.eos_token_id
+    prompts, queries = read_queries(str(path), tokenizer, max_length=64)  # no template: plainly
+    assert prompts[1] == "User: hi there\nAssistant: "
+    assert queries[1] == encode_conversation(tokenizer, USER + GOOD)[0][: len(queries[1])]  # SFT's prefix
+    assert queries[1][-len(_ids(tokenizer, "Assistant: ")) :] == _ids(tokenizer, "Assistant: ")
+    assert queries[2] == [eos] + _ids(tokenizer, "plain")
+    tokenizer.chat_template = TEMPLATE
+    try:
+        prompts, queries = read_queries(str(path), tokenizer, max_length=64)
+        for messages, text, ids in zip((chat, USER), prompts, queries):
+            assert text == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            assert ids == _ids(tokenizer, text)
+        assert prompts[0] == "<|system|>be brief<|end|><|user|>hi there<|end|><|assistant|>"
+        assert queries[2] == [eos] + _ids(tokenizer, "plain")  # a text prompt stays as it was
+    finally:
+        tokenizer.chat_template = None
+    _write(path, {"prompt": "ok"}, {"messages": [{"role": "robot", "content": "x"}]})
+    with pytest.raises(PreferError, match=r"prompts\.jsonl:2: message 0 has role 'robot'"):
+        read_queries(str(path), tokenizer, max_length=64)
+
+
+def test_reward_and_dpo_train_on_conversational_pairs_through_the_template(tokenizer, tmp_path, monkeypatch):
+    import math
+
+    import torch
+
+    import prefer.stages.dpo as dpo_stage
+    import prefer.stages.reward as reward_stage
+    from prefer.config import DPOConfig, RewardConfig, build_config
+    from prefer.models.build import build_model
+    from prefer.training import read_metrics
+
+    tokenizer.chat_template = TEMPLATE
+    try:
+        torch.manual_seed(0)
+        model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32)
+        model.save_pretrained(tmp_path / "init")
+        tokenizer.save_pretrained(tmp_path / "init")
+        expected = list(tokenizer.apply_chat_template(USER + GOOD, tokenize=True)["input_ids"])
+    finally:
+        tokenizer.chat_template = None
+    pairs = _write(tmp_path / "pairs.jsonl", *[{"prompt": USER, "chosen": GOOD, "rejected": BAD}] * 8)
+    seen = []
+    for stage in (dpo_stage, reward_stage):
+        original = stage.encode_rankings
+        monkeypatch.setattr(stage, "encode_rankings", lambda *a, _f=original, **k: seen.append(_f(*a, **k)) or seen[-1])
+    common = {"data.rankings": pairs, "model.init_from": tmp_path / "init", "train.batch_size": 4}
+    common |= {"train.epochs": 0.5, "runtime.progress": False, "optimizer.lr": 1e-3, "data.validation_fraction": 0.25}
+    dpo_stage.dpo(
+        build_config(DPOConfig, {**common, "out_dir": tmp_path / "dpo", "eval.kl_samples": 2, "eval.max_new_tokens": 4})
+    )
+    # one step on 6 pairs: the policy is its reference, so each margin is 0 and the loss -log sigmoid(0) = log 2
+    assert read_metrics(tmp_path / "dpo")[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    reward_stage.reward(build_config(RewardConfig, {**common, "out_dir": tmp_path / "rm"}))
+    # The bias is set on the best responses as they were trained on (the chat rendering): the 8 pairs are one
+    # pair, so after it the chosen conversation scores exactly 0.
+    from prefer.models.reward_model import load_reward_model
+
+    assert load_reward_model(tmp_path / "rm" / "final").rewards_of_ids([expected]).item() == pytest.approx(0, abs=1e-5)
+    for encoded in seen:  # dpo train and held out; reward train, held out and the bias's: K = 2 chat renderings
+        assert all(len(responses) == 2 for responses in encoded.sequences)
+        assert encoded.sequences[0][0] == expected
