@@ -194,8 +194,9 @@ def main() -> None:
         bare, ours = times[name]["bare"], times[name]["prefer"]
         ratios = [b / p for b, p in zip(bare, ours)]
         line = (
-            f"  {name:<12} prefer {tokens / statistics.median(ours):7.0f} tok/s, bare {tokens / statistics.median(bare):7.0f}"
-            f" tok/s; prefer/bare min {min(ratios):.3f} median {statistics.median(ratios):.3f}"
+            f"  {name:<12} prefer {tokens / statistics.median(ours):7.0f} tok/s, "
+            f"bare {tokens / statistics.median(bare):7.0f} tok/s; "
+            f"prefer/bare min {min(ratios):.3f} median {statistics.median(ratios):.3f}"
         )
         if mle is not None and name != "mle":
             against = [p / m for p, m in zip(ours, mle)]

@@ -244,7 +244,6 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     model = wrap_model(model, dist, device, parallel=config.runtime.parallel)
     if value_head is not None:  # trained on every rank's share too: its gradients are reduced like the model's
         value_head = wrap_model(value_head, dist, device, parallel=config.runtime.parallel)
-    wrapped = [model] + ([value_head] if value_head is not None else [])
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
@@ -326,8 +325,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
             model,
             value_head,
             compute_loss,
-            train_blocks.ids[share],
-            train_blocks.scores[share],
+            ids_all,
+            scores_all,
             trained=trained,
             optimizer=optimizer,
             scheduler=scheduler,

@@ -14,7 +14,6 @@ import torch.distributed as torch_dist
 from prefer.config import PARALLEL
 from prefer.errors import PreferError
 
-
 # glibc's mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
