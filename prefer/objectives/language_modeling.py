@@ -15,6 +15,8 @@ import math
 import torch
 
 from prefer.objectives.common import (
+    _logsumexp_into,
+    _slabs,
     check_mask,
     check_same_shape,
     masked_mean,
@@ -44,10 +46,43 @@ def _log_one_minus_p(logits: torch.Tensor, targets: torch.Tensor, logp: torch.Te
     directly to float rounding. The clamp gives a finite loss and a zero gradient when p ~ 1 on a bad token.
     """
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    others = logits.scatter(-1, targets.unsqueeze(-1), float("-inf"))
-    from_others = torch.logsumexp(others, dim=-1) - torch.logsumexp(logits, dim=-1)
+    from_others = _OthersLogShare.apply(logits, targets.long())
     from_logp = torch.log1p(-torch.exp(logp.clamp(max=_LOG_HALF)))  # clamped: this branch is unused above 1/2
     return torch.where(logp > _LOG_HALF, from_others, from_logp).clamp(min=_MIN_LOG_ONE_MINUS_P)
+
+
+class _OthersLogShare(torch.autograd.Function):
+    """``logsumexp(logits.scatter(-1, targets, -inf)) - logsumexp(logits)``, the log of the other tokens' share,
+    with autograd's numbers for that expression in value and gradient, computed slab by slab (no [B, T, V]
+    copy with the target masked, no [B, T, V] temporaries; one [B, T, V] gradient)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        index = targets.unsqueeze(-1)
+        lse_others = torch.empty(targets.shape, dtype=logits.dtype, device=logits.device)
+        lse_all = torch.empty_like(lse_others)
+        for rows in _slabs(logits):
+            others = logits[rows].scatter(-1, index[rows], float("-inf"))
+            _logsumexp_into(lse_others[rows], others)
+            _logsumexp_into(lse_all[rows], logits[rows])
+        ctx.save_for_backward(logits, targets, lse_others, lse_all)
+        return lse_others - lse_all
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse_others, lse_all = ctx.saved_tensors
+        index = targets.unsqueeze(-1)
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        plus, minus = grad.unsqueeze(-1), (-grad).unsqueeze(-1)
+        lse_others, lse_all = lse_others.unsqueeze(-1), lse_all.unsqueeze(-1)
+        for rows in _slabs(logits):
+            x = logits[rows]
+            from_others = x.scatter(-1, index[rows], float("-inf")).sub_(lse_others[rows]).exp_().mul_(plus[rows])
+            from_others.scatter_(-1, index[rows], 0.0)  # the masked-out target gets no gradient through `others`
+            out = grad_logits[rows]
+            torch.sub(x, lse_all[rows], out=out)
+            out.exp_().mul_(minus[rows]).add_(from_others)
+        return grad_logits, None
 
 
 def mle_loss(
