@@ -37,18 +37,30 @@ def _safe_targets(targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, targets, torch.zeros((), dtype=targets.dtype, device=targets.device))
 
 
-def _log_one_minus_p(logits: torch.Tensor, targets: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+def _log_one_minus_p(
+    logits: torch.Tensor, targets: torch.Tensor, logp: torch.Tensor, needed: torch.Tensor | None = None
+) -> torch.Tensor:
     """log(1 - p_target), clamped to >= log(1e-5).
 
     For p <= 1/2, ``log1p(-exp(log p))`` (accurate when p is tiny). For p > 1/2, the other tokens' logsumexp minus
     the total logsumexp: 1 - exp(log p) cancels catastrophically there (in float32 log p = -1e-3 carries ~1e-4
     relative error, so log(1 - p) was off by up to 3e-2 nats at 1 - p ~ 1e-3), while the others' mass is computed
     directly to float rounding. The clamp gives a finite loss and a zero gradient when p ~ 1 on a bad token.
+
+    The others' logsumexp is a pass over the vocabulary; it is computed only for the positions that take that
+    branch (p > 1/2) and, given `needed` (bool, like `logp`), are needed: elsewhere the result is the first
+    branch's, which the caller must not read where `needed` is False.
     """
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    from_others = _OthersLogShare.apply(logits, targets.long())
     from_logp = torch.log1p(-torch.exp(logp.clamp(max=_LOG_HALF)))  # clamped: this branch is unused above 1/2
-    return torch.where(logp > _LOG_HALF, from_others, from_logp).clamp(min=_MIN_LOG_ONE_MINUS_P)
+    near_one = logp > _LOG_HALF
+    if needed is not None:
+        near_one = near_one & needed
+    rows = near_one.nonzero(as_tuple=True)
+    if rows[0].numel() == 0:
+        return from_logp.clamp(min=_MIN_LOG_ONE_MINUS_P)
+    from_others = _OthersLogShare.apply(logits[rows], targets[rows].long())
+    return from_logp.index_put(rows, from_others).clamp(min=_MIN_LOG_ONE_MINUS_P)
 
 
 class _OthersLogShare(torch.autograd.Function):
@@ -156,7 +168,7 @@ def unlikelihood_loss(
     logp = token_logprobs(logits, safe)
     bad = mask & (scores > threshold)  # NaN scores compare False; only masked ones may be NaN
     good = mask & ~bad
-    neg_log_one_minus_p = -_log_one_minus_p(logits, safe, logp)
+    neg_log_one_minus_p = -_log_one_minus_p(logits, safe, logp, needed=bad)  # read at bad tokens only
     per_token = torch.where(bad, alpha * neg_log_one_minus_p, -logp)
     loss = masked_mean(per_token, mask, num_tokens=num_tokens)
     stats = {
