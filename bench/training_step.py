@@ -1,8 +1,9 @@
 """Training-step speed: prefer's pretraining step against a bare PyTorch loop over the same HF model, same run.
 
-Both train the model `prefer pretrain model.size=small` builds (GPT-2, 4 layers, 128 wide, an 8192-token
-vocabulary, 256 positions), from the same initial weights, on the same fixed random-token batches
-(`--batch` x 256), with the same AdamW settings (lr 5e-4, betas 0.9/0.95, weight decay 0.1) and clipping at 1.0:
+Both train the model `prefer pretrain --config configs/pretrain-pii-small.yaml` (the demo's) builds (GPT-2
+`small`: 4 layers, 128 wide, 256 positions; a `--vocab`-token vocabulary, the demo's 4096 by default, 8192 is
+`model.vocab_size`'s default), from the same initial weights, on the same fixed random-token batches (`--batch` x
+256, the demo's 8), with the same AdamW settings (lr 5e-4, betas 0.9/0.95, weight decay 0.1) and clipping at 1.0:
 
 - bare: `model(ids, labels=ids).loss.backward()`, `clip_grad_norm_`, `AdamW.step()`, `zero_grad()`;
 - prefer: `prefer.stages.pretrain.train_step`, the function `prefer pretrain` calls for every optimizer step, with
@@ -29,7 +30,7 @@ import time
 import warnings
 
 OBJECTIVE_NAMES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
-VOCAB, SIZE, EOS = 8192, "small", 0
+SIZE, EOS = "small", 0
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 5e-4, (0.9, 0.95), 0.1, 1.0
 
 
@@ -38,26 +39,26 @@ def _batches(args):
 
     generator = torch.Generator().manual_seed(0)
     count = args.warmup + args.steps
-    ids = torch.randint(3, VOCAB, (count, args.batch, 256), generator=generator)
+    ids = torch.randint(3, args.vocab, (count, args.batch, 256), generator=generator)
     bad = torch.rand(ids.shape, generator=generator) < 0.1
     scores = torch.where(bad, torch.rand(ids.shape, generator=generator) * 0.05, torch.zeros(()))
     return ids, scores
 
 
-def _model():
+def _model(args):
     import torch
 
     from prefer.models.build import build_model
 
     torch.manual_seed(0)
-    return build_model(SIZE, vocab_size=VOCAB, eos_token_id=EOS).train()
+    return build_model(SIZE, vocab_size=args.vocab, eos_token_id=EOS).train()
 
 
 class Bare:
     def __init__(self, args, name):
         import torch
 
-        self.model = _model()
+        self.model = _model(args)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
 
     def step(self, ids, scores):
@@ -82,7 +83,7 @@ class Prefer:
 
         objective = ObjectiveConfig(name=name).resolved(args.task)
         spec = OBJECTIVES[name]
-        self.model = _model()
+        self.model = _model(args)
         self.value_head = ValueHead(self.model.config.hidden_size) if spec.value_head else None
         self.trained = [self.model] + ([self.value_head] if self.value_head is not None else [])
         self.optimizer, self.scheduler = make_optimizer_and_schedule(
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--objectives", default=",".join(OBJECTIVE_NAMES))
     parser.add_argument("--task", default="pii", help="whose objective hyperparameters (threshold, alpha, beta)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before a learner's first measurement")
@@ -172,8 +174,8 @@ def main() -> None:
         connections[kind], processes = ours, processes + [process]
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s); "
-        f"GPT-2 {SIZE}, batch {args.batch} x 256 tokens; {args.repeats} alternating pairs of {args.steps} steps "
-        f"per objective after {args.warmup} warm-up steps"
+        f"GPT-2 {SIZE}, vocabulary {args.vocab}, batch {args.batch} x 256 tokens; "
+        f"{args.repeats} alternating pairs of {args.steps} steps per objective after {args.warmup} warm-up steps"
     )
     times = {name: {"bare": [], "prefer": []} for name in names}
     for repeat in range(args.repeats):
