@@ -123,7 +123,7 @@ def worker(kind: str, args, connection) -> None:
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
-    if kind == "prefer" and not args.no_keep_freed_memory:
+    if (kind == "prefer" and not args.no_keep_freed_memory) or (kind == "bare" and args.bare_keep_freed_memory):
         from prefer.training import keep_freed_memory
 
         keep_freed_memory()
@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating pairs per objective")
     parser.add_argument(
         "--no-keep-freed-memory", action="store_true", help="prefer worker: runtime.keep_freed_memory=false"
+    )
+    parser.add_argument(
+        "--bare-keep-freed-memory", action="store_true", help="bare worker: the same allocator setting as prefer's"
     )
     args = parser.parse_args()
     names = args.objectives.split(",")
