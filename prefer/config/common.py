@@ -58,6 +58,8 @@ class RuntimeConfig:
     progress: bool = True  # progress bars
     # recompute each block's activations in the backward pass (HF models): less memory, one more forward per step
     gradient_checkpointing: bool = False
+    # pretrain on CPU: freed memory stays in the process for the next step's tensors (glibc; see keep_freed_memory)
+    keep_freed_memory: bool = True
 
     def __post_init__(self):
         check(self.precision in PRECISIONS, "runtime.precision", f"choose one of {', '.join(PRECISIONS)}")

@@ -117,8 +117,61 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: 
         logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    picked = logits.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    if logits.numel() == 0 or logits.dim() < 2:
+        picked = logits.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+        return picked - torch.logsumexp(logits, dim=-1)
+    return _TokenLogprobs.apply(logits, targets.long())
+
+
+# Elements of one [rows, V] slab of the vocabulary work in `_TokenLogprobs` (8 MB of float32): its temporaries stay
+# in cache and are reused by the allocator instead of three fresh [B, T, V] tensors per call.
+_SLAB_ELEMENTS = 1 << 21
+
+
+def _slabs(logits: torch.Tensor):
+    """Views of `logits` [..., V] split along dim 0 into slabs of about `_SLAB_ELEMENTS` elements."""
+    per_row = max(1, logits[0].numel())
+    step = max(1, _SLAB_ELEMENTS // per_row)
+    return [slice(start, start + step) for start in range(0, logits.shape[0], step)]
+
+
+def _logsumexp_into(lse: torch.Tensor, logits: torch.Tensor) -> None:
+    """`lse[...] = torch.logsumexp(logits, -1)` slab by slab, with torch's own operations in torch's own order
+    (amax, the infinite maxima set to 0, sum of exp(x - max), log, + max), so the numbers are torch's bit for bit."""
+    for rows in _slabs(logits):
+        x = logits[rows]
+        maxes = torch.amax(x, dim=-1, keepdim=True)
+        maxes.masked_fill_(maxes.abs() == float("inf"), 0)
+        total = torch.sub(x, maxes).exp_().sum(dim=-1)
+        lse[rows] = total.log_().add_(maxes.squeeze(-1))
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """``gather(logits, targets) - logsumexp(logits)`` with the same numbers as autograd gives that expression, in
+    value and in gradient (``g * onehot - g * exp(logits - lse)``), computed slab by slab: no [B, T, V] temporaries
+    in the forward pass and one [B, T, V] tensor (the gradient itself) in the backward pass, where autograd made
+    five (tests/objectives/test_common.py compares both bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        lse = torch.empty_like(picked)
+        _logsumexp_into(lse, logits)
+        ctx.save_for_backward(logits, targets, lse)
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        minus = (-grad).unsqueeze(-1)
+        lse = lse.unsqueeze(-1)
+        for rows in _slabs(logits):
+            out = grad_logits[rows]
+            torch.sub(logits[rows], lse[rows], out=out)
+            out.exp_().mul_(minus[rows])
+        grad_logits.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1).to(grad_logits.dtype))
+        return grad_logits, None
 
 
 def next_token_targets(input_ids: torch.Tensor, *per_token: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -15,6 +15,8 @@ import math
 import torch
 
 from prefer.objectives.common import (
+    _logsumexp_into,
+    _slabs,
     check_mask,
     check_same_shape,
     masked_mean,
@@ -35,19 +37,64 @@ def _safe_targets(targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, targets, torch.zeros((), dtype=targets.dtype, device=targets.device))
 
 
-def _log_one_minus_p(logits: torch.Tensor, targets: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+def _log_one_minus_p(
+    logits: torch.Tensor, targets: torch.Tensor, logp: torch.Tensor, needed: torch.Tensor | None = None
+) -> torch.Tensor:
     """log(1 - p_target), clamped to >= log(1e-5).
 
     For p <= 1/2, ``log1p(-exp(log p))`` (accurate when p is tiny). For p > 1/2, the other tokens' logsumexp minus
     the total logsumexp: 1 - exp(log p) cancels catastrophically there (in float32 log p = -1e-3 carries ~1e-4
     relative error, so log(1 - p) was off by up to 3e-2 nats at 1 - p ~ 1e-3), while the others' mass is computed
     directly to float rounding. The clamp gives a finite loss and a zero gradient when p ~ 1 on a bad token.
+
+    The others' logsumexp is a pass over the vocabulary; it is computed only for the positions that take that
+    branch (p > 1/2) and, given `needed` (bool, like `logp`), are needed: elsewhere the result is the first
+    branch's, which the caller must not read where `needed` is False.
     """
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    others = logits.scatter(-1, targets.unsqueeze(-1), float("-inf"))
-    from_others = torch.logsumexp(others, dim=-1) - torch.logsumexp(logits, dim=-1)
     from_logp = torch.log1p(-torch.exp(logp.clamp(max=_LOG_HALF)))  # clamped: this branch is unused above 1/2
-    return torch.where(logp > _LOG_HALF, from_others, from_logp).clamp(min=_MIN_LOG_ONE_MINUS_P)
+    near_one = logp > _LOG_HALF
+    if needed is not None:
+        near_one = near_one & needed
+    rows = near_one.nonzero(as_tuple=True)
+    if rows[0].numel() == 0:
+        return from_logp.clamp(min=_MIN_LOG_ONE_MINUS_P)
+    from_others = _OthersLogShare.apply(logits[rows], targets[rows].long())
+    return from_logp.index_put(rows, from_others).clamp(min=_MIN_LOG_ONE_MINUS_P)
+
+
+class _OthersLogShare(torch.autograd.Function):
+    """``logsumexp(logits.scatter(-1, targets, -inf)) - logsumexp(logits)``, the log of the other tokens' share,
+    with autograd's numbers for that expression in value and gradient, computed slab by slab (no [B, T, V]
+    copy with the target masked, no [B, T, V] temporaries; one [B, T, V] gradient)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        index = targets.unsqueeze(-1)
+        lse_others = torch.empty(targets.shape, dtype=logits.dtype, device=logits.device)
+        lse_all = torch.empty_like(lse_others)
+        for rows in _slabs(logits):
+            others = logits[rows].scatter(-1, index[rows], float("-inf"))
+            _logsumexp_into(lse_others[rows], others)
+            _logsumexp_into(lse_all[rows], logits[rows])
+        ctx.save_for_backward(logits, targets, lse_others, lse_all)
+        return lse_others - lse_all
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse_others, lse_all = ctx.saved_tensors
+        index = targets.unsqueeze(-1)
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        plus, minus = grad.unsqueeze(-1), (-grad).unsqueeze(-1)
+        lse_others, lse_all = lse_others.unsqueeze(-1), lse_all.unsqueeze(-1)
+        for rows in _slabs(logits):
+            x = logits[rows]
+            from_others = x.scatter(-1, index[rows], float("-inf")).sub_(lse_others[rows]).exp_().mul_(plus[rows])
+            from_others.scatter_(-1, index[rows], 0.0)  # the masked-out target gets no gradient through `others`
+            out = grad_logits[rows]
+            torch.sub(x, lse_all[rows], out=out)
+            out.exp_().mul_(minus[rows]).add_(from_others)
+        return grad_logits, None
 
 
 def mle_loss(
@@ -121,7 +168,7 @@ def unlikelihood_loss(
     logp = token_logprobs(logits, safe)
     bad = mask & (scores > threshold)  # NaN scores compare False; only masked ones may be NaN
     good = mask & ~bad
-    neg_log_one_minus_p = -_log_one_minus_p(logits, safe, logp)
+    neg_log_one_minus_p = -_log_one_minus_p(logits, safe, logp, needed=bad)  # read at bad tokens only
     per_token = torch.where(bad, alpha * neg_log_one_minus_p, -logp)
     loss = masked_mean(per_token, mask, num_tokens=num_tokens)
     stats = {

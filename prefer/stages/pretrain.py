@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import time
 from dataclasses import replace
@@ -55,6 +56,7 @@ from prefer.training import (
     check_run_dir,
     gradient_sync,
     init_distributed,
+    keep_freed_memory,
     main_process_first,
     make_optimizer_and_schedule,
     micro_batch_size,
@@ -68,6 +70,67 @@ from prefer.training import (
     unwrap,
     wrap_model,
 )
+
+# ------------------------------------------------------------------ one optimizer step
+
+
+def train_step(
+    model,
+    value_head,
+    compute_loss,
+    ids_all: torch.Tensor,
+    scores_all: torch.Tensor,
+    *,
+    trained: list[torch.nn.Module],
+    optimizer,
+    scheduler,
+    micro: int,
+    num_tokens: float,
+    device,
+    precision: str,
+    grad_clip: float,
+    dist,
+) -> tuple[dict[str, float], float]:
+    """One optimizer step on this rank's share of the batch (blocks [N, T] and their per-token scores), in
+    micro-batches of `micro` blocks: forward, the objective's loss, backward, then clip, AdamW and the schedule.
+    `model` and `value_head` are as wrapped for the ranks, `trained` the plain modules. Returns the step's stats
+    (averaged over the ranks) and the gradient norm before clipping; bench/training_step.py times this function."""
+    keep = _logits_to_keep(unwrap(model), ids_all.shape[1], device)
+    wrapped = [model] + ([value_head] if value_head is not None else [])
+    totals: dict[str, float] = {}
+    for start in range(0, len(ids_all), micro):
+        ids = ids_all[start : start + micro].to(device)
+        targets, scores = next_token_targets(ids, scores_all[start : start + micro].to(device))
+        mask = torch.ones_like(targets, dtype=torch.bool)
+        sync = start + micro >= len(ids_all)  # reduce gradients over the ranks only on the last micro-batch
+        with gradient_sync(wrapped, sync=sync):
+            with autocast(device, precision):
+                if keep is None:
+                    output = model(ids, output_hidden_states=value_head is not None)
+                    logits = output.logits[:, :-1]
+                else:  # the last position predicts nothing: its logits are never computed (nor their gradient)
+                    output = model(ids, output_hidden_states=value_head is not None, logits_to_keep=keep)
+                    logits = output.logits
+            values = value_head(output.hidden_states[-1])[:, :-1] if value_head is not None else None
+            loss, stats = compute_loss(logits.float(), targets, mask, scores, values, num_tokens=num_tokens)
+            loss.backward()
+        accumulate_stats(totals, stats, fraction=len(ids) / len(ids_all))
+    totals = average_across_ranks(totals, dist)
+    grad_norm = optimizer_step(trained, optimizer, scheduler, grad_clip=grad_clip)
+    return totals, grad_norm
+
+
+@functools.cache
+def _positions(length: int, device) -> torch.Tensor:
+    return torch.arange(length - 1, device=device)
+
+
+def _logits_to_keep(model, length: int, device) -> torch.Tensor | None:
+    """Positions 0..T-2 as the model's `logits_to_keep` (Hugging Face causal LMs that take it: the logits of the
+    last position, which predicts nothing, are then never computed nor sliced off), else None."""
+    forward = inspect.signature(type(model).forward).parameters
+    return _positions(length, torch.device(device)) if "logits_to_keep" in forward else None
+
 
 # ------------------------------------------------------------------ the stage
 
@@ -167,6 +230,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     tagged = tagged_validation(corpus.validation, objective)
     val_tagged_blocks = pack_documents(tagged, tokenizer, block_size=block_size) if tagged is not None else None
     model.to(device).train()
+    if config.runtime.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     if config.runtime.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     value_head = ValueHead(model.config.hidden_size).to(device) if spec.value_head else None
@@ -179,7 +244,6 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     model = wrap_model(model, dist, device, parallel=config.runtime.parallel)
     if value_head is not None:  # trained on every rank's share too: its gradients are reduced like the model's
         value_head = wrap_model(value_head, dist, device, parallel=config.runtime.parallel)
-    wrapped = [model] + ([value_head] if value_head is not None else [])
 
     # 3. Batch geometry, optimizer, schedule.
     batch_size = config.train.batch_size
@@ -257,23 +321,22 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
         share = indices.view(dist.world_size, -1)[dist.rank]
         ids_all, scores_all = train_blocks.ids[share], train_blocks.scores[share]
         num_tokens = per_rank_denominator(batch_size * (block_size - 1), dist.world_size)
-        totals: dict[str, float] = {}
-        for start in range(0, len(share), micro):
-            ids = ids_all[start : start + micro].to(device)
-            targets, scores = next_token_targets(ids, scores_all[start : start + micro].to(device))
-            mask = torch.ones_like(targets, dtype=torch.bool)
-            sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
-            with gradient_sync(wrapped, sync=sync):
-                with autocast(device, config.runtime.precision):
-                    output = model(ids, output_hidden_states=value_head is not None)
-                values = value_head(output.hidden_states[-1])[:, :-1] if value_head is not None else None
-                loss, stats = compute_loss(
-                    output.logits[:, :-1].float(), targets, mask, scores, values, num_tokens=num_tokens
-                )
-                loss.backward()
-            accumulate_stats(totals, stats, fraction=len(ids) / len(share))
-        totals = average_across_ranks(totals, dist)
-        grad_norm = optimizer_step(trained, optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
+        totals, grad_norm = train_step(
+            model,
+            value_head,
+            compute_loss,
+            ids_all,
+            scores_all,
+            trained=trained,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            micro=micro,
+            num_tokens=num_tokens,
+            device=device,
+            precision=config.runtime.precision,
+            grad_clip=config.optimizer.grad_clip,
+            dist=dist,
+        )
 
         done = step + 1
         tokens_seen = done * tokens_per_step

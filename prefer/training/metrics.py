@@ -20,8 +20,13 @@ def accumulate_stats(totals: dict[str, float], stats: dict[str, torch.Tensor], *
     """Fold one micro-batch's stats into the optimizer step's. Loss terms (keys ending in `loss`) were normalised
     by the whole step's token count, so they are shares that add up; every other stat is a mean over its own
     micro-batch, weighted by that micro-batch's `fraction` of the step."""
-    for key, value in stats.items():
-        share = value.item() if key.endswith("loss") else value.item() * fraction
+    if not stats:
+        return
+    # One read of all the stats (one device sync per micro-batch, not one per stat), the same floats as .item().
+    # float64 holds every float32 and integer stat exactly.
+    values = torch.stack([torch.as_tensor(v).detach().reshape(()).double() for v in stats.values()]).tolist()
+    for key, value in zip(stats, values):
+        share = value if key.endswith("loss") else value * fraction
         totals[key] = totals.get(key, 0.0) + share
 
 

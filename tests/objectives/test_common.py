@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from prefer.objectives import common
 from prefer.objectives.common import (
     check_mask,
     masked_mean,
@@ -113,6 +114,39 @@ def test_token_logprobs_upcasts_half_precision():
     out = token_logprobs(logits, torch.tensor([[0]]))
     assert out.dtype == torch.float32
     assert out.item() == pytest.approx(math.log(0.25), abs=1e-2)
+
+
+def _autograd_token_logprobs(logits, targets):
+    """The expression token_logprobs computes, left to autograd (what it did before it worked slab by slab)."""
+    return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "sliced"),
+    [((5, 9, 1000), torch.float32, True), ((2, 5, 7), torch.float64, False), ((2, 3, 4, 11), torch.float32, False)],
+)
+def test_token_logprobs_matches_autograd_bit_for_bit(monkeypatch, shape, dtype, sliced):
+    # Slabs of 20_000 elements: (5, 8, 1000) splits into slabs of 2 rows of 8 x 1000 (the last one short), the others
+    # are one slab. A -inf logit and a row that is -inf but for one entry included; values and gradients must be
+    # equal, not close.
+    monkeypatch.setattr(common, "_SLAB_ELEMENTS", 20_000)
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(shape, generator=g) * 5).to(dtype)
+    base[0, 0, ..., 1] = float("-inf")
+    base[1, 1, ..., :] = float("-inf")
+    base[1, 1, ..., 0] = 2.0
+    results = []
+    for fn in (_autograd_token_logprobs, token_logprobs):
+        x = base.clone().requires_grad_()
+        view = x[:, :-1] if sliced else x
+        targets = torch.randint(0, shape[-1], view.shape[:-1], generator=torch.Generator().manual_seed(4))
+        targets[0, 0] = 0
+        weights = torch.randn(targets.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        out = fn(view, targets)
+        (out * weights).sum().backward()
+        results.append((out.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
 
 
 def test_token_logprobs_rejects_bad_input():

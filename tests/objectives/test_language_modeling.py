@@ -238,3 +238,58 @@ def test_unlikelihood_float32_matches_float64_when_p_is_near_one(scale):
     # float32 rounding of 1e4-sized logits: ~1e-6 absolute; the old log p route was off by up to 3e-2 (0.24 at x20)
     assert abs(results[torch.float32][0] - results[torch.float64][0]).item() < 1e-5
     assert_close(results[torch.float32][1], results[torch.float64][1], atol=1e-6, rtol=1e-4)
+
+
+def test_unlikelihood_log_share_of_the_others_matches_autograd_bit_for_bit(monkeypatch):
+    # log(1 - p) above p = 1/2 is logsumexp(logits with the target at -inf) - logsumexp(logits); prefer computes it
+    # slab by slab (slabs of 2 x 9 x 1000 here: 3 slabs) and must give autograd's numbers exactly, value and gradient.
+    from prefer.objectives import common, language_modeling
+
+    monkeypatch.setattr(common, "_SLAB_ELEMENTS", 20_000)
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(5, 10, 1000, generator=g) * 6
+    base[0, 0, 3] = 40.0  # p ~ 1 on the target: the branch that reads the others' share
+    targets = torch.randint(0, 1000, (5, 9), generator=g)
+    targets[0, 0] = 3
+    weights = torch.randn(5, 9, generator=g)
+    results = []
+    for share in (
+        lambda x, t: torch.logsumexp(x.scatter(-1, t[..., None], float("-inf")), -1) - torch.logsumexp(x, -1),
+        language_modeling._OthersLogShare.apply,
+    ):
+        x = base.clone().requires_grad_()
+        out = share(x[:, :-1], targets)
+        (out * weights).sum().backward()
+        results.append((out.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    assert results[1][0][0, 0] < -10  # p ~ 1 on the target (logit 40, the others at most ~25): a tiny share
+
+
+def test_unlikelihood_loss_stats_and_gradient_match_the_full_vocabulary_expression(monkeypatch):
+    # prefer reads the others' share only at bad tokens with p > 1/2; the loss, its stats and the gradient must be
+    # exactly those of computing it everywhere, as autograd would (`everywhere` is that expression).
+    from prefer.objectives import language_modeling
+
+    def everywhere(logits, targets, logp, needed=None):
+        others = logits.scatter(-1, targets.unsqueeze(-1), float("-inf"))
+        from_others = torch.logsumexp(others, dim=-1) - torch.logsumexp(logits, dim=-1)
+        from_logp = torch.log1p(-torch.exp(logp.clamp(max=-math.log(2.0))))
+        return torch.where(logp > -math.log(2.0), from_others, from_logp).clamp(min=math.log(1e-5))
+
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(4, 33, 300, generator=g) * 3
+    base[:, :, 5] += 15  # p ~ 1 on token 5, the target of every third position
+    targets = torch.randint(0, 300, (4, 32), generator=g)
+    targets[:, ::3] = 5
+    scores, mask = torch.rand(4, 32, generator=g), torch.rand(4, 32, generator=g) < 0.9
+    results = []
+    for log_one_minus_p in (everywhere, language_modeling._log_one_minus_p):
+        monkeypatch.setattr(language_modeling, "_log_one_minus_p", log_one_minus_p)
+        x = base.clone().requires_grad_()
+        loss, stats = unlikelihood_loss(x[:, :-1], targets, mask, scores, threshold=0.5, alpha=1.0, num_tokens=100)
+        loss.backward()
+        results.append((loss.item(), {k: v.item() for k, v in stats.items()}, x.grad))
+    assert results[0][:2] == results[1][:2]
+    assert torch.equal(results[0][2], results[1][2])
+    assert 0.2 < results[1][1]["fraction_bad"] < 0.8 and results[1][1]["bad_unlikelihood"] > 0
