@@ -188,6 +188,9 @@ class RLHFConfig:
     overopt_kl_coef: float = 0.0  # PPO against the weak proxy, its gold and proxy reward read as the KL grows
     overopt_iterations: int = 40
     overopt_every: int = 8
+    # the iteration counts at which the weak-proxy run is evaluated (e.g. [1, 2, 4, 8, 16, 32]: its KL grows
+    # fast at first); None = every `overopt_every` up to `overopt_iterations`
+    overopt_points: list[int] | None = None
     dpo: DPOConfig = field(default_factory=_dpo)
     dpo_runs: list[str] = field(default_factory=lambda: ["dpo:0.1", "listwise:0.1"])  # LOSS:BETA (tau for ipo)
     ranking_sizes: list[int] = field(default_factory=list)  # other K: relabel the same prompts, pairwise vs listwise
@@ -235,6 +238,11 @@ class RLHFConfig:
         check(bool(self.best_of_n) and all(n >= 1 for n in self.best_of_n), "best_of_n", "n must be >= 1")
         check(bool(self.kl_coefs) and all(c >= 0 for c in self.kl_coefs), "kl_coefs", "coefficients must be >= 0")
         check(self.ptx_coef >= 0 and self.overopt_kl_coef >= 0, "ptx_coef", "must be >= 0")
+        check(
+            self.overopt_points is None or (bool(self.overopt_points) and all(n > 0 for n in self.overopt_points)),
+            "overopt_points",
+            "positive iteration counts",
+        )
         check(self.eval_temperature > 0, "eval_temperature", "must be > 0 (the KL is taken on sampled responses)")
         check(self.fluency_weight >= 0, "fluency_weight", "must be >= 0")
         for spec in self.dpo_runs:

@@ -13,6 +13,7 @@ import numpy as np
 
 from prefer.config import RLHFConfig
 from prefer.config.rlhf import parse_dpo_run
+from prefer.errors import PreferError
 from prefer.evaluation.capability import heldout_loss_per_token_and_byte
 from prefer.evaluation.policy import (
     best_of_n_entry,
@@ -174,10 +175,13 @@ def best_of_n_curve(
 
 
 def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: Path) -> list[dict]:
-    """PPO against the weak proxy, evaluated every `overopt_every` iterations (a resumed run continues exactly)."""
+    """PPO against the weak proxy, evaluated after each of `overopt_points` iterations (or every `overopt_every`);
+    the run continues from one point to the next (a resumed run continues exactly)."""
     points = []
     name = "ppo_weak"
-    for iterations in range(config.overopt_every, config.overopt_iterations + 1, config.overopt_every):
+    every = config.overopt_every
+    points_at = config.overopt_points or range(every, config.overopt_iterations + 1, every)
+    for iterations in sorted(set(points_at)):
         settings = replace(
             base,
             out_dir=str(out / name),
@@ -186,6 +190,11 @@ def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: 
         )
         final = out / name / "final"
         info = json.loads((final / "prefer.json").read_text()) if (final / "prefer.json").exists() else {}
+        if info.get("iterations", 0) > iterations:  # a run of other points: its earlier models are gone
+            raise PreferError(
+                f"overopt_points: {out / name} has run {info['iterations']} iterations, past the point {iterations}; "
+                "remove it (or use another out_dir) to evaluate these points"
+            )
         if info.get("iterations") != iterations:
             final = ppo(settings, resume=True)
         entry = evaluator.evaluate(f"{name}_{iterations:04d}", final)
