@@ -232,6 +232,10 @@ def test_entry_prompt_is_the_first_lines_without_the_final_newline():
         ("label_prompts=100000", "distinct prompts"),
         ("label.num_responses=12", "num_responses"),
         ("label.num_responses=1", "num_responses"),
+        ("overopt_points=[0,4]", "overopt_points"),
+        ("dpo_runs=[dpo:0]", "dpo_runs"),
+        ("group_algorithms=[ppo]", "group_algorithms"),
+        ("ranking_sizes=[4]", "ranking_sizes"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(toy, tmp_path, capsys, override, message):
