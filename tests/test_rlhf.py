@@ -172,6 +172,8 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
     assert bon[2]["kl_analytic"] == pytest.approx(1.3862944 - 0.75)
     assert bon[2]["proxy_reward"]["rm"]["mean"] > bon[0]["proxy_reward"]["rm"]["mean"]  # selection works
     assert [p["iterations"] for p in results["overoptimisation"]] == [5, 10]
+    # the policy at each point is kept, a plain model directory, so a rerun evaluates it without the run
+    assert all((out / "ppo_weak_points" / f"{n:04d}" / "config.json").exists() for n in (5, 10))
     for name in (
         "results.md",
         "results.csv",

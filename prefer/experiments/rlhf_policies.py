@@ -5,6 +5,7 @@ rankings; RLOO and GRPO against the reward model."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from prefer.evaluation.policy import (
     score_responses,
 )
 from prefer.experiments.rlhf_data import run_stage
-from prefer.files import write_json_atomic
+from prefer.files import atomic_path, write_json_atomic
 from prefer.models.build import load_checkpoint
 from prefer.scorers import get_scorer
 from prefer.stages.dpo import dpo
@@ -175,29 +176,34 @@ def best_of_n_curve(
 
 
 def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: Path) -> list[dict]:
-    """PPO against the weak proxy, evaluated after each of `overopt_points` iterations (or every `overopt_every`);
-    the run continues from one point to the next (a resumed run continues exactly)."""
+    """PPO against the weak proxy, evaluated after each of `overopt_points` iterations (or every `overopt_every`).
+    One run continues from point to point (a resumed run continues exactly); the policy at each point is kept in
+    `ppo_weak_points/NNNN/`, so a later invocation evaluates every point again without rerunning the policy."""
     points = []
     name = "ppo_weak"
     every = config.overopt_every
     points_at = config.overopt_points or range(every, config.overopt_iterations + 1, every)
     for iterations in sorted(set(points_at)):
-        settings = replace(
-            base,
-            out_dir=str(out / name),
-            train=replace(base.train, iterations=iterations),
-            kl=replace(base.kl, coef=config.overopt_kl_coef),
-        )
-        final = out / name / "final"
-        info = json.loads((final / "prefer.json").read_text()) if (final / "prefer.json").exists() else {}
-        if info.get("iterations", 0) > iterations:  # a run of other points: its earlier models are gone
-            raise PreferError(
-                f"overopt_points: {out / name} has run {info['iterations']} iterations, past the point {iterations}; "
-                "remove it (or use another out_dir) to evaluate these points"
+        kept = out / f"{name}_points" / f"{iterations:04d}"
+        if not (kept / "prefer.json").exists():
+            settings = replace(
+                base,
+                out_dir=str(out / name),
+                train=replace(base.train, iterations=iterations),
+                kl=replace(base.kl, coef=config.overopt_kl_coef),
             )
-        if info.get("iterations") != iterations:
-            final = ppo(settings, resume=True)
-        entry = evaluator.evaluate(f"{name}_{iterations:04d}", final)
+            final = out / name / "final"
+            info = json.loads((final / "prefer.json").read_text()) if (final / "prefer.json").exists() else {}
+            if info.get("iterations", 0) > iterations:  # a run of other points: its earlier policies are gone
+                raise PreferError(
+                    f"overopt_points: {out / name} has run {info['iterations']} iterations, past the point "
+                    f"{iterations}; remove it (or use another out_dir) to evaluate these points"
+                )
+            if info.get("iterations") != iterations:
+                final = ppo(settings, resume=True)
+            with atomic_path(kept) as staging:
+                shutil.copytree(final, staging)
+        entry = evaluator.evaluate(f"{name}_{iterations:04d}", kept)
         entry.pop("per_sample_gold", None)
         points.append({"iterations": iterations, **entry})
         print(f"[rlhf] {name} after {iterations} iterations: {headline(entry)}")
