@@ -263,12 +263,12 @@ def plot_overoptimisation(results: dict, path: Path) -> None:
 
 
 def plot_win_rate_vs_kl(results: dict, path: Path) -> None:
-    """Gold win rate against SFT (95% interval) against KL to SFT, for every policy."""
+    """Gold win rate against SFT (95% interval) against sqrt(KL to SFT), for every policy."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
 
     def points(entries, style, color, label):
-        x = [e["kl"]["mean"] for e in entries]
+        x = [_sqrt(e["kl"]["mean"]) for e in entries]  # sqrt(KL), as Gao et al. plot it: one axis for 1 to 300 nats
         y = [e["win_rate"]["win_rate"] for e in entries]
         err = [
             [v - e["win_rate"]["ci"][0] for v, e in zip(y, entries)],
@@ -291,7 +291,7 @@ def plot_win_rate_vs_kl(results: dict, path: Path) -> None:
             points(runs, marker, color, label)
     axis.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
     axis.set(
-        xlabel="KL to SFT (nats per response)",
+        xlabel="sqrt(KL to SFT) (sqrt nats per response)",
         ylabel="win rate against SFT (gold judge, ties half)",
         title=f"{results['task']}: gold win rate against SFT",
     )
