@@ -1,0 +1,347 @@
+"""PPO against TRL's PPOTrainer: episodes/s of `prefer ppo` and of TRL on the same models and batch, with prefer's
+iteration time broken down (generation, scoring, policy / reference / value forwards, training).
+
+    python bench/ppo_vs_trl.py [--iterations 4] [--episodes 64] [--new-tokens 32] [--repeats 3]
+                               [--size tiny] [--micro N] [--trl-python /work/trl-venv/bin/python]
+
+One random GPT-2 policy (`--size`), a BPE trained on word lists and a reward model (GPT2ForSequenceClassification,
+1 label: the policy's trunk and a random head) are written once to a temporary directory (nothing is downloaded). Each run is its own
+process at OMP_NUM_THREADS=1 (unless set): prefer's stage `ppo` with this interpreter (the critic starts from the
+reward model, as TRL's value model does), and TRL's `PPOTrainer` with `--trl-python`, TRL in its own virtual
+environment. If that interpreter is missing or cannot import TRL's PPOTrainer, one line "TRL not available: ..."
+is printed and prefer is reported alone (exit 0). Both sample `--episodes` responses of exactly up to
+`--new-tokens` tokens per iteration at temperature 1, take minibatches of 16 episodes, one PPO epoch. Each
+library keeps its own default generation chunk (prefer: the micro-batch, = minibatch 16; TRL:
+local_rollout_forward_batch_size 64) unless `--micro` sets prefer's (train.micro_batch_size, also its sampling
+chunk) and `--trl-rollout-chunk` TRL's. Episodes/s are steady state: the iterations after the first, timed from
+the start of one iteration's sampling to the next (TRL: between `on_step_end` callbacks). Runs alternate
+prefer, TRL, prefer, ... `--repeats` times; min and median are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
+MINIBATCH = 16
+
+
+def prepare(root: Path, size: str) -> None:
+    """Policy (= SFT = reference), reward model and prompts, written once for both libraries."""
+    import torch
+
+    from prefer.data.formats import write_jsonl
+    from prefer.models.build import build_model, train_tokenizer
+    from prefer.models.reward_model import build_reward_model
+    from prefer.training import save_model
+
+    rng = random.Random(0)
+    phrases = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + "." for _ in range(400)]
+    tokenizer = train_tokenizer(phrases, vocab_size=400)
+    torch.manual_seed(0)
+    policy = build_model(size, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    save_model(root / "sft", policy, tokenizer)
+    torch.manual_seed(1)  # the reward model as `prefer reward` writes one: the SFT trunk and a fresh scalar head
+    build_reward_model(root / "sft").save(root / "rm", info={})
+    prompts = [f"the {a} {b}" for a in WORDS for b in WORDS][:128]
+    write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in prompts])
+
+
+# ------------------------------------------------------------------ prefer (this interpreter)
+
+
+def run_prefer(root: Path, args) -> dict:
+    """prefer's stage `ppo`, with each phase of the loop timed by wrapping the functions it calls."""
+    import prefer.rollouts as rollouts
+    import prefer.stages.ppo as stage
+    from prefer.config import PPOConfig, build_config
+
+    phases: dict[str, list[float]] = {}
+    starts: list[float] = []
+    state = {"in_rollout": False, "calls": 0}
+
+    def timed(name, function, mark_start=False):
+        def wrapper(*a, **k):
+            began = time.perf_counter()
+            if mark_start:
+                starts.append(began)
+            try:
+                return function(*a, **k)
+            finally:
+                phases.setdefault(name, []).append(time.perf_counter() - began)
+
+        return wrapper
+
+    # make_rollout calls policy_logits for the policy, then the reference, then the value model, per chunk
+    logits = rollouts.policy_logits
+
+    def policy_logits(model, part):
+        name = "old log-probs (policy fwd)" if state["calls"] % 2 == 0 else "reference fwd"
+        state["calls"] += 1
+        return timed(name, logits)(model, part)
+
+    value_forward = rollouts.ValueModel.forward
+    rollouts.policy_logits = policy_logits
+    rollouts.ValueModel.forward = lambda self, part: (
+        timed("value fwd", value_forward)(self, part) if state["in_rollout"] else value_forward(self, part)
+    )
+    make_rollout = stage.make_rollout
+
+    def rollout(*a, **k):
+        state["in_rollout"], state["calls"] = True, 0
+        try:
+            return make_rollout(*a, **k)
+        finally:
+            state["in_rollout"] = False
+
+    stage.make_rollout = timed("rollout forwards (total)", rollout)
+    stage.sample_responses = timed("generation", stage.sample_responses, mark_start=True)
+    stage.score_episodes = timed("scoring (reward model)", stage.score_episodes)
+    stage.add_advantages = timed("advantages (KL, GAE)", stage.add_advantages)
+    stage.ppo_backward = timed("training: fwd+bwd", stage.ppo_backward)
+    stage.optimizer_step = timed("training: optimizer step", stage.optimizer_step)
+    stage.save_checkpoint = timed("checkpoint", stage.save_checkpoint)
+    log = stage.MetricsLog.log
+    ends: list[float] = []
+
+    lengths: list[float] = []
+
+    def log_and_mark(self, step, record, *a, **k):
+        ends.append(time.perf_counter())
+        lengths.append(record["response/length"])
+        return log(self, step, record, *a, **k)
+
+    stage.MetricsLog.log = log_and_mark
+    overrides = {
+        "out_dir": root / f"prefer-{os.getpid()}",
+        "init_from": root / "sft",
+        "prompts": root / "prompts.jsonl",
+        "reward.model": root / "rm",
+        "runtime.progress": False,
+        "train.iterations": args.iterations,
+        "train.batch_size": args.episodes,
+        "train.minibatch_size": MINIBATCH,
+        "train.ppo_epochs": 1,
+        "rollout.max_new_tokens": args.new_tokens,
+        "rollout.temperature": 1.0,
+        "train.checkpoint_every": args.iterations,
+        "train.log_samples": 0,
+    }
+    if args.micro:
+        overrides["train.micro_batch_size"] = args.micro
+    began = time.perf_counter()
+    stage.ppo(build_config(PPOConfig, overrides))
+    wall = time.perf_counter() - began
+    iteration_s = [b - a for a, b in zip(starts, [*starts[1:], ends[-1]])]
+    # per-iteration phase times, steady state (without the first iteration), summed per iteration
+    steady = {}
+    for name, times in phases.items():
+        per_iteration = len(times) // args.iterations
+        if name == "checkpoint" or per_iteration == 0:
+            continue
+        steady[name] = sum(times[per_iteration:]) / (args.iterations - 1)
+    return {"iteration_s": iteration_s, "wall_s": wall, "phases_s": steady, "response_length": statistics.mean(lengths)}
+
+
+# ------------------------------------------------------------------ TRL (its own interpreter)
+
+TRL_PROBE = "from trl.experimental.ppo import PPOTrainer; import trl, transformers; print(trl.__version__, transformers.__version__)"
+
+
+def run_trl(root: Path, args) -> dict:
+    """TRL's PPOTrainer on the same models and batch: iteration times from the `on_step_end` callback."""
+    import torch  # noqa: F401  (before TRL: its import order)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as module
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "sft", padding_side="left")
+    prompts = [json.loads(line)["prompt"] for line in (root / "prompts.jsonl").read_text().splitlines()]
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(p)["input_ids"] for p in prompts]})
+    generation: list[float] = []
+    batch_generation = module.batch_generation
+
+    lengths: list[int] = []
+
+    def timed_generation(model, queries, *a, **k):
+        began = time.perf_counter()
+        query_responses, logits = batch_generation(model, queries, *a, **k)
+        generation.append(time.perf_counter() - began)
+        lengths.append(query_responses.shape[1] - queries.shape[1])
+        return query_responses, logits
+
+    module.batch_generation = timed_generation
+    marks: list[float] = []
+
+    class Marks(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+    config = PPOConfig(
+        output_dir=str(root / f"trl-{os.getpid()}"),
+        per_device_train_batch_size=args.micro or MINIBATCH,
+        gradient_accumulation_steps=args.episodes // (args.micro or MINIBATCH),
+        num_mini_batches=args.episodes // MINIBATCH,
+        num_ppo_epochs=1,
+        total_episodes=args.iterations * args.episodes,
+        response_length=args.new_tokens,
+        temperature=1.0,
+        local_rollout_forward_batch_size=args.trl_rollout_chunk or 64,
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1000,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = PPOTrainer(
+        args=config,
+        processing_class=tokenizer,
+        model=AutoModelForCausalLM.from_pretrained(root / "sft"),
+        ref_model=AutoModelForCausalLM.from_pretrained(root / "sft"),
+        reward_model=AutoModelForSequenceClassification.from_pretrained(root / "rm", num_labels=1),
+        value_model=AutoModelForSequenceClassification.from_pretrained(root / "rm", num_labels=1),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        callbacks=[Marks()],
+    )
+    began = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - began
+    generation_s = sum(generation[len(generation) // args.iterations :]) / (args.iterations - 1)
+    return {
+        "iteration_s": [b - a for a, b in zip(marks, marks[1:])],
+        "wall_s": wall,
+        "phases_s": {"generation": generation_s},
+        "response_length": statistics.mean(lengths),  # tokens sampled per episode (before truncation at eos)
+    }
+
+
+# ------------------------------------------------------------------ driver
+
+
+def child(kind: str, root: Path, args, python: str) -> dict:
+    command = [
+        python,
+        __file__,
+        "--child",
+        kind,
+        "--root",
+        str(root),
+        f"--iterations={args.iterations}",
+        f"--episodes={args.episodes}",
+        f"--new-tokens={args.new_tokens}",
+        f"--micro={args.micro or 0}",
+        f"--trl-rollout-chunk={args.trl_rollout_chunk or 0}",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    if kind == "trl":
+        env.pop("PYTHONPATH", None)  # TRL's environment does not need prefer
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def trl_versions(python: str) -> str | None:
+    """'trl X, transformers Y', or None after printing why TRL cannot run."""
+    if not Path(python).exists():
+        print(f"TRL not available: no interpreter at {python} (make one: see docs/benchmarks.md, PPO against TRL)")
+        return None
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TRL_EXPERIMENTAL_SILENCE": "1"}
+    done = subprocess.run([python, "-c", TRL_PROBE], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"TRL not available: {python} cannot import trl.experimental.ppo.PPOTrainer: {last}")
+        return None
+    trl, transformers = done.stdout.split()
+    return f"trl {trl}, transformers {transformers}"
+
+
+def steady_rate(result: dict, episodes: int) -> float:
+    steady = result["iteration_s"][1:]
+    return episodes * len(steady) / sum(steady)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=4, help="per run; the first is left out (>= 2)")
+    parser.add_argument("--episodes", type=int, default=64, help="episodes per iteration (a multiple of 16)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--micro", type=int, default=0, help="prefer's micro-batch and sampling chunk (0: default)")
+    parser.add_argument("--trl-rollout-chunk", type=int, default=0, help="TRL's rollout chunk (0: its default 64)")
+    parser.add_argument("--trl-python", default="/work/trl-venv/bin/python")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run = run_prefer if args.child == "prefer" else run_trl
+        print(json.dumps(run(Path(args.root), args)))
+        return
+    if args.iterations < 2 or args.episodes % MINIBATCH:
+        parser.error("--iterations must be >= 2 and --episodes a multiple of 16")
+    versions = trl_versions(args.trl_python)
+    results: dict[str, list[dict]] = {"prefer": [], "trl": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepare(root, args.size)
+        for _ in range(args.repeats):
+            results["prefer"].append(child("prefer", root, args, sys.executable))
+            if versions:
+                results["trl"].append(child("trl", root, args, args.trl_python))
+    rates = {kind: [steady_rate(r, args.episodes) for r in runs] for kind, runs in results.items()}
+    print(
+        f"{args.repeats} runs each of {args.iterations} iterations x {args.episodes} episodes of <= {args.new_tokens} "
+        f"new tokens, GPT-2 {args.size}, minibatch {MINIBATCH}, 1 epoch, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', '1')}, {os.cpu_count()} CPUs"
+        + (f"; TRL: {versions}" if versions else "")
+    )
+    print("| library | episodes/s min | median | max | mean response tokens |\n|---|---|---|---|---|")
+    for kind, values in rates.items():
+        if values:
+            length = statistics.mean(r["response_length"] for r in results[kind])
+            print(
+                f"| {kind} | {min(values):.1f} | {statistics.median(values):.1f} | {max(values):.1f} | {length:.1f} |"
+            )
+    if versions:
+        pairs = [p / t for p, t in zip(rates["prefer"], rates["trl"])]
+        print(
+            f"prefer / TRL (alternating pairs): min {min(pairs):.2f}x, median {statistics.median(pairs):.2f}x, "
+            f"max {max(pairs):.2f}x"
+        )
+    # prefer's breakdown: median over runs of each phase's seconds per steady iteration
+    names = list(results["prefer"][0]["phases_s"])
+    iteration = statistics.median(statistics.mean(r["iteration_s"][1:]) for r in results["prefer"])
+    print(f"\nprefer, seconds per steady iteration (median of {args.repeats} runs): {iteration:.3f}")
+    print("| phase | s | share |\n|---|---|---|")
+    for name in names:
+        seconds = statistics.median(r["phases_s"][name] for r in results["prefer"])
+        print(f"| {name} | {seconds:.3f} | {seconds / iteration:.0%} |")
+    if versions:
+        trl_iteration = statistics.median(statistics.mean(r["iteration_s"][1:]) for r in results["trl"])
+        trl_generation = statistics.median(r["phases_s"]["generation"] for r in results["trl"])
+        print(
+            f"TRL, seconds per steady iteration: {trl_iteration:.3f}, of which generation (batch_generation) "
+            f"{trl_generation:.3f} ({trl_generation / trl_iteration:.0%})"
+        )
+
+
+if __name__ == "__main__":
+    main()
