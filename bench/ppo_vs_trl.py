@@ -4,18 +4,20 @@ iteration time broken down (generation, scoring, policy / reference / value forw
     python bench/ppo_vs_trl.py [--iterations 4] [--episodes 64] [--new-tokens 32] [--repeats 3]
                                [--size tiny] [--micro N] [--trl-python /work/trl-venv/bin/python]
 
-One random GPT-2 policy (`--size`), a BPE trained on word lists and a reward model (GPT2ForSequenceClassification,
-1 label: the policy's trunk and a random head) are written once to a temporary directory (nothing is downloaded). Each run is its own
-process at OMP_NUM_THREADS=1 (unless set): prefer's stage `ppo` with this interpreter (the critic starts from the
-reward model, as TRL's value model does), and TRL's `PPOTrainer` with `--trl-python`, TRL in its own virtual
-environment. If that interpreter is missing or cannot import TRL's PPOTrainer, one line "TRL not available: ..."
-is printed and prefer is reported alone (exit 0). Both sample `--episodes` responses of exactly up to
-`--new-tokens` tokens per iteration at temperature 1, take minibatches of 16 episodes, one PPO epoch. Each
-library keeps its own default generation chunk (prefer: the micro-batch, = minibatch 16; TRL:
+One random GPT-2 policy (`--size`), a BPE trained on word lists and a reward model (GPT2ForSequenceClassification, 1
+label: the policy's trunk and a random head) are written once to a temporary directory (nothing is downloaded). Each
+run is its own process at OMP_NUM_THREADS=1 (unless set): prefer's stage `ppo` with this interpreter (the critic
+starts from the reward model, as TRL's value model does), and TRL's `PPOTrainer` with `--trl-python`, TRL in its own
+virtual environment. If that interpreter is missing or cannot import TRL's PPOTrainer, one line "TRL not available:
+..." is printed and prefer is reported alone (exit 0). Both sample `--episodes` responses of up to
+`--new-tokens` tokens per iteration at temperature 1, take minibatches of 16 episodes, one PPO epoch. Each library
+keeps its own default generation chunk (prefer: the micro-batch, = minibatch 16; TRL:
 local_rollout_forward_batch_size 64) unless `--micro` sets prefer's (train.micro_batch_size, also its sampling
-chunk) and `--trl-rollout-chunk` TRL's. Episodes/s are steady state: the iterations after the first, timed from
-the start of one iteration's sampling to the next (TRL: between `on_step_end` callbacks). Runs alternate
-prefer, TRL, prefer, ... `--repeats` times; min and median are reported.
+chunk) and `--trl-rollout-chunk` TRL's. Episodes/s are steady state: the iterations after the first, timed from the
+start of one iteration's sampling to the next (TRL: between `on_step_end` callbacks). Runs come in `--repeats`
+pairs, the order flipping every pair; min and median are reported. (TRL, whose batch is per_device_train_batch_size
+x gradient_accumulation_steps, accumulates the gradient over all the minibatches: one optimizer step per iteration
+where prefer takes one per minibatch; ~4% of prefer's iteration.)
 """
 
 from __future__ import annotations
@@ -154,12 +156,15 @@ def run_prefer(root: Path, args) -> dict:
 
 # ------------------------------------------------------------------ TRL (its own interpreter)
 
-TRL_PROBE = "from trl.experimental.ppo import PPOTrainer; import trl, transformers; print(trl.__version__, transformers.__version__)"
+TRL_PROBE = (
+    "from trl.experimental.ppo import PPOTrainer; import trl, transformers; "
+    "print(trl.__version__, transformers.__version__)"
+)
 
 
 def run_trl(root: Path, args) -> dict:
     """TRL's PPOTrainer on the same models and batch: iteration times from the `on_step_end` callback."""
-    import torch  # noqa: F401  (before TRL: its import order)
+    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -181,6 +186,34 @@ def run_trl(root: Path, args) -> dict:
         return query_responses, logits
 
     module.batch_generation = timed_generation
+    collect_s: list[float] = []  # TRL calls gc.collect() several times per iteration
+    collect = module.gc.collect
+
+    class TimedGC:
+        @staticmethod
+        def collect(*a, **k):
+            began = time.perf_counter()
+            try:
+                return collect(*a, **k)
+            finally:
+                collect_s.append(time.perf_counter() - began)
+
+    module.gc = TimedGC
+    forwards: dict[str, float] = {}  # summed over the run; per iteration below
+
+    def timed_forward(name, function):
+        def wrapper(*a, **k):
+            began = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                key = name if not torch.is_grad_enabled() else "training fwd (policy+value)"
+                forwards[key] = forwards.get(key, 0.0) + time.perf_counter() - began
+
+        return wrapper
+
+    module.forward = timed_forward("reference fwd", module.forward)
+    module.get_reward = timed_forward("value + reward model fwd", module.get_reward)
     marks: list[float] = []
 
     class Marks(TrainerCallback):
@@ -223,10 +256,15 @@ def run_trl(root: Path, args) -> dict:
     trainer.train()
     wall = time.perf_counter() - began
     generation_s = sum(generation[len(generation) // args.iterations :]) / (args.iterations - 1)
+    collect_per_iteration = sum(collect_s) / args.iterations
     return {
         "iteration_s": [b - a for a, b in zip(marks, marks[1:])],
         "wall_s": wall,
-        "phases_s": {"generation": generation_s},
+        "phases_s": {
+            "generation": generation_s,
+            "gc.collect": collect_per_iteration,
+            **{name: seconds / args.iterations for name, seconds in forwards.items()},
+        },
         "response_length": statistics.mean(lengths),  # tokens sampled per episode (before truncation at eos)
     }
 
@@ -302,16 +340,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         prepare(root, args.size)
-        for _ in range(args.repeats):
-            results["prefer"].append(child("prefer", root, args, sys.executable))
-            if versions:
-                results["trl"].append(child("trl", root, args, args.trl_python))
+        for repeat in range(args.repeats):  # alternating pairs, the order flipping every pair
+            kinds = ["prefer", "trl"] if versions else ["prefer"]
+            for kind in kinds if repeat % 2 == 0 else kinds[::-1]:
+                python = sys.executable if kind == "prefer" else args.trl_python
+                results[kind].append(child(kind, root, args, python))
     rates = {kind: [steady_rate(r, args.episodes) for r in runs] for kind, runs in results.items()}
     print(
         f"{args.repeats} runs each of {args.iterations} iterations x {args.episodes} episodes of <= {args.new_tokens} "
         f"new tokens, GPT-2 {args.size}, minibatch {MINIBATCH}, 1 epoch, OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', '1')}, {os.cpu_count()} CPUs"
-        + (f"; TRL: {versions}" if versions else "")
+        f"{os.environ.get('OMP_NUM_THREADS', '1')}, {os.cpu_count()} CPUs" + (f"; TRL: {versions}" if versions else "")
     )
     print("| library | episodes/s min | median | max | mean response tokens |\n|---|---|---|---|---|")
     for kind, values in rates.items():
@@ -336,11 +374,12 @@ def main() -> None:
         print(f"| {name} | {seconds:.3f} | {seconds / iteration:.0%} |")
     if versions:
         trl_iteration = statistics.median(statistics.mean(r["iteration_s"][1:]) for r in results["trl"])
-        trl_generation = statistics.median(r["phases_s"]["generation"] for r in results["trl"])
-        print(
-            f"TRL, seconds per steady iteration: {trl_iteration:.3f}, of which generation (batch_generation) "
-            f"{trl_generation:.3f} ({trl_generation / trl_iteration:.0%})"
-        )
+        print(f"TRL, seconds per steady iteration (median of {args.repeats} runs): {trl_iteration:.3f}")
+        print("| phase | s | share |\n|---|---|---|")
+        for name in results["trl"][0]["phases_s"]:
+            seconds = statistics.median(r["phases_s"][name] for r in results["trl"])
+            print(f"| {name} | {seconds:.3f} | {seconds / trl_iteration:.0%} |")
+        print("(TRL: generation over the steady iterations; the other phases are means over all iterations)")
 
 
 if __name__ == "__main__":
