@@ -2,15 +2,15 @@
 iteration time broken down (generation, scoring, policy / reference / value forwards, training).
 
     python bench/ppo_vs_trl.py [--iterations 4] [--episodes 64] [--new-tokens 32] [--repeats 3]
-                               [--size tiny] [--micro N] [--trl-python /work/trl-venv/bin/python]
+                               [--minibatch 16] [--size tiny] [--micro N] [--trl-python /work/trl-venv/bin/python]
 
 One random GPT-2 policy (`--size`), a BPE trained on word lists and a reward model (GPT2ForSequenceClassification, 1
 label: the policy's trunk and a random head) are written once to a temporary directory (nothing is downloaded). Each
 run is its own process at OMP_NUM_THREADS=1 (unless set): prefer's stage `ppo` with this interpreter (the critic
 starts from the reward model, as TRL's value model does), and TRL's `PPOTrainer` with `--trl-python`, TRL in its own
 virtual environment. If that interpreter is missing or cannot import TRL's PPOTrainer, one line "TRL not available:
-..." is printed and prefer is reported alone (exit 0). Both sample `--episodes` responses of up to
-`--new-tokens` tokens per iteration at temperature 1, take minibatches of 16 episodes, one PPO epoch. Each library
+..." is printed and prefer is reported alone (exit 0). Both sample `--episodes` responses of up to `--new-tokens`
+tokens per iteration at temperature 1, take minibatches of `--minibatch` (16) episodes, one PPO epoch. Each library
 keeps its own default generation chunk (prefer: the micro-batch, = minibatch 16; TRL:
 local_rollout_forward_batch_size 64) unless `--micro` sets prefer's (train.micro_batch_size, also its sampling
 chunk) and `--trl-rollout-chunk` TRL's. Episodes/s are steady state: the iterations after the first, timed from the
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
-MINIBATCH = 16
 
 
 def prepare(root: Path, size: str) -> None:
@@ -131,7 +130,7 @@ def run_prefer(root: Path, args) -> dict:
         "runtime.progress": False,
         "train.iterations": args.iterations,
         "train.batch_size": args.episodes,
-        "train.minibatch_size": MINIBATCH,
+        "train.minibatch_size": args.minibatch,
         "train.ppo_epochs": 1,
         "rollout.max_new_tokens": args.new_tokens,
         "rollout.temperature": 1.0,
@@ -225,9 +224,9 @@ def run_trl(root: Path, args) -> dict:
 
     config = PPOConfig(
         output_dir=str(root / f"trl-{os.getpid()}"),
-        per_device_train_batch_size=args.micro or MINIBATCH,
-        gradient_accumulation_steps=args.episodes // (args.micro or MINIBATCH),
-        num_mini_batches=args.episodes // MINIBATCH,
+        per_device_train_batch_size=args.micro or args.minibatch,
+        gradient_accumulation_steps=args.episodes // (args.micro or args.minibatch),
+        num_mini_batches=args.episodes // args.minibatch,
         num_ppo_epochs=1,
         total_episodes=args.iterations * args.episodes,
         response_length=args.new_tokens,
@@ -283,6 +282,7 @@ def child(kind: str, root: Path, args, python: str) -> dict:
         f"--iterations={args.iterations}",
         f"--episodes={args.episodes}",
         f"--new-tokens={args.new_tokens}",
+        f"--minibatch={args.minibatch}",
         f"--micro={args.micro or 0}",
         f"--trl-rollout-chunk={args.trl_rollout_chunk or 0}",
     ]
@@ -319,7 +319,8 @@ def steady_rate(result: dict, episodes: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=4, help="per run; the first is left out (>= 2)")
-    parser.add_argument("--episodes", type=int, default=64, help="episodes per iteration (a multiple of 16)")
+    parser.add_argument("--episodes", type=int, default=64, help="episodes per iteration")
+    parser.add_argument("--minibatch", type=int, default=16, help="episodes per minibatch (divides --episodes)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", default="tiny")
@@ -333,8 +334,8 @@ def main() -> None:
         run = run_prefer if args.child == "prefer" else run_trl
         print(json.dumps(run(Path(args.root), args)))
         return
-    if args.iterations < 2 or args.episodes % MINIBATCH:
-        parser.error("--iterations must be >= 2 and --episodes a multiple of 16")
+    if args.iterations < 2 or args.episodes % args.minibatch:
+        parser.error("--iterations must be >= 2 and --episodes a multiple of --minibatch")
     versions = trl_versions(args.trl_python)
     results: dict[str, list[dict]] = {"prefer": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -348,7 +349,7 @@ def main() -> None:
     rates = {kind: [steady_rate(r, args.episodes) for r in runs] for kind, runs in results.items()}
     print(
         f"{args.repeats} runs each of {args.iterations} iterations x {args.episodes} episodes of <= {args.new_tokens} "
-        f"new tokens, GPT-2 {args.size}, minibatch {MINIBATCH}, 1 epoch, OMP_NUM_THREADS="
+        f"new tokens, GPT-2 {args.size}, minibatch {args.minibatch}, 1 epoch, OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', '1')}, {os.cpu_count()} CPUs" + (f"; TRL: {versions}" if versions else "")
     )
     print("| library | episodes/s min | median | max | mean response tokens |\n|---|---|---|---|---|")
