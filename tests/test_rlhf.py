@@ -218,6 +218,30 @@ def test_a_second_run_reuses_every_stage(results, toy):
     assert again["seconds"]["total"] < results["seconds"]["total"] / 3
 
 
+def test_a_cached_evaluation_is_not_reused_under_another_gold(results, toy, tmp_path):
+    import shutil
+
+    from prefer.experiments.rlhf_policies import Evaluator
+
+    results, out = results
+    run = tmp_path / "rlhf"
+    shutil.copytree(out, run)  # the module's run stays as it is for the other tests
+    config = load_config(RLHFConfig, overrides=toy_overrides(toy, run))
+    rm_paths = {name: run / name / "final" for name in ("rm", "rm_weak")}
+    prompts = [json.loads(line)["prompt"] for line in (run / "prompts" / "eval.jsonl").read_text().splitlines()]
+
+    def evaluator(gold, name):
+        made = Evaluator(config, run, prompts, rm_paths, gold, ["cat sky.\n"] * 4, "cpu", gold_name=name)
+        made.set_reference(run / "sft_2ep" / "final")
+        made.sft_gold = results["policies"]["sft"]["per_sample_gold"]
+        return made
+
+    cached = evaluator(not_a, "not-a").evaluate("pretrained", toy / "lm")
+    assert cached["gold"] == results["policies"]["pretrained"]["gold"]  # same gold: the cached entry
+    zero = evaluator(lambda texts: [0.0] * len(texts), "zero").evaluate("pretrained", toy / "lm")
+    assert zero["gold"]["mean"] == 0.0 and cached["gold"]["mean"] > 0  # another gold: measured again
+
+
 def test_entry_prompt_is_the_first_lines_without_the_final_newline():
     segments = ["pkg (1.0-1) unstable; urgency=medium\n", "\n", "  * New upstream release.\n", "\n", " -- A <a@b>\n"]
     first = "pkg (1.0-1) unstable; urgency=medium"

@@ -103,7 +103,7 @@ def rlhf(config: RLHFConfig) -> dict:
     documents, _ = load_documents(source)
     _, validation = split_by_source(documents, validation_fraction=0.05)
     heldout_texts = ["".join(d.segments) for d in validation[: config.heldout_blocks]]
-    evaluator = Evaluator(config, out, splits["eval"], rm_paths, gold, heldout_texts, device)
+    evaluator = Evaluator(config, out, splits["eval"], rm_paths, gold, heldout_texts, device, gold_name=gold_name)
 
     # SFT: one run per candidate length; the reward model's mean score on the validation prompts picks one.
     candidates = {}

@@ -44,10 +44,19 @@ class Evaluator:
         gold,
         heldout_texts: list[str],
         device,
+        *,
+        gold_name: str,
     ):
         self.config, self.out, self.prompts, self.gold, self.device = config, out, prompts, gold, device
         self.heldout_texts = heldout_texts
-        self.proxies = {name: get_scorer(f"rm:{path}") for name, path in rm_paths.items() if name != "rm_noisy"}
+        scored = {name: path for name, path in rm_paths.items() if name != "rm_noisy"}
+        self.proxies = {name: get_scorer(f"rm:{path}") for name, path in scored.items()}
+        # What the scores depend on besides the policy: part of every cached evaluation's key, so that a rerun with
+        # another gold (e.g. fluency_weight) or retrained reward models does not reuse stale numbers.
+        self.judges = {
+            "gold": gold_name,
+            "proxies": {name: json.loads((path / "prefer.json").read_text()) for name, path in scored.items()},
+        }
         self.reference = None
         self.sft_gold = None
 
@@ -90,6 +99,7 @@ class Evaluator:
                 len(self.prompts),
                 self.config.heldout_blocks,
             ],
+            "judges": self.judges,
         }
         # The SFT model and the policies draw independent samples (another seed), as two labelers' comparisons of
         # two models' outputs are: the same seed would pair near-identical responses of similar models as ties.
@@ -148,7 +158,7 @@ def best_of_n_curve(
                 "n": config.best_of_n,
                 "prompts": len(prompts),
                 "seed": config.seed,
-                "proxies": sorted(evaluator.proxies),
+                "judges": evaluator.judges,
             }
         )
     )
