@@ -138,14 +138,14 @@ def synthetic_labels(
 ) -> dict:
     """Rankings and best-of-K demonstrations by the gold scorer `gold` (a `get_scorer` name), in `labels/` (or
     `labels_k{K}/` for another K than the config's, on the same prompts); cached by their settings."""
-    k = num_responses or config.label.num_responses
-    folder = out / ("labels" if k == config.label.num_responses else f"labels_k{k}")
+    size = num_responses or config.label.num_responses
+    folder = out / ("labels" if size == config.label.num_responses else f"labels_k{size}")
     label = replace(
         config.label,
         model=str(model),
         prompts=str(prompts),
         scorer=gold,
-        num_responses=k,
+        num_responses=size,
         rankings_out=str(folder / "rankings.jsonl"),
         demonstrations_out=str(folder / "demonstrations.jsonl"),
         device=config.device,

@@ -220,13 +220,19 @@ def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: 
     return points
 
 
-def timed_stage(stage, settings) -> tuple[Path, float]:
-    """run_stage, and the wall seconds of the run that trained it (kept beside it: a reused run reports them)."""
+def timed_stage(stage, settings) -> tuple[Path, float | None]:
+    """run_stage, and the wall seconds of the invocation that finished training it (kept beside it, so a reused
+    run reports them; a run resumed after a kill reports its last part only). None for a finished run reused from
+    before timings were kept: its time is not known."""
     timing = Path(settings.out_dir) / "timing.json"
+    final_dir = Path(settings.out_dir) / "final"
+    before = final_dir.stat().st_mtime_ns if final_dir.exists() else None
     started = time.perf_counter()
     final = run_stage(stage, settings)
-    if not timing.exists() or json.loads(timing.read_text())["final"] != str(final.stat().st_mtime_ns):
-        write_json_atomic(timing, {"seconds": time.perf_counter() - started, "final": str(final.stat().st_mtime_ns)})
+    stamp = str(final.stat().st_mtime_ns)
+    if not timing.exists() or json.loads(timing.read_text())["final"] != stamp:
+        trained = before is None or str(before) != stamp
+        write_json_atomic(timing, {"seconds": time.perf_counter() - started if trained else None, "final": stamp})
     return final, json.loads(timing.read_text())["seconds"]
 
 

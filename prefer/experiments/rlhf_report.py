@@ -166,7 +166,7 @@ def method_lines(results: dict) -> list[str]:
                     name,
                     entry["kind"],
                     _setting(entry),
-                    f"{entry['train_seconds'] / 60:.1f} min",
+                    "-" if entry["train_seconds"] is None else f"{entry['train_seconds'] / 60:.1f} min",
                     "-" if accuracy is None else f"{accuracy:.3f}",
                 ]
             )

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from prefer.data.encoding import encode_example
 from prefer.errors import PreferError
-from prefer.models.build import load_checkpoint
+from prefer.models.build import context_length, load_checkpoint
 from prefer.training import resolve_device
 
 SPEC = re.compile(r"^(?P<base>[^+]+)\+(?P<weight>[0-9.eE+-]+)\*nll:(?P<path>.+)$")
@@ -34,9 +34,7 @@ class LanguageModelJudge:
         self.model, self.tokenizer, _ = load_checkpoint(self.path, resolve_device(device))
         self.device = next(self.model.parameters()).device
         self.batch_size = batch_size
-        self.context = getattr(self.model.config, "max_position_embeddings", None) or getattr(
-            self.model.config, "n_positions", 1024
-        )
+        self.context = context_length(self.model)
 
     @torch.no_grad()
     def nll_pairs(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
