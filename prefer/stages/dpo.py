@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -145,13 +146,8 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     order = BlockOrder(len(train), seed=config.runtime.seed)
     data_fingerprint = f"{file_fingerprint(config.data.rankings)}-{len(train)}"
     start_step = 0
-    reference_for = lambda rankings: reference_logprobs(
-        reference,
-        rankings,
-        batch_size=micro,
-        pad_id=eos,  # noqa: E731
-        device=device,
-        precision=config.runtime.precision,
+    reference_for = partial(  # reference_for(rankings): the frozen reference's table, computed once
+        reference_logprobs, reference, batch_size=micro, pad_id=eos, device=device, precision=config.runtime.precision
     )
     if checkpoint is not None:
         order, start_step = restore_training(
