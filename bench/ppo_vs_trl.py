@@ -2,7 +2,8 @@
 iteration time broken down (generation, scoring, policy / reference / value forwards, training).
 
     python bench/ppo_vs_trl.py [--iterations 4] [--episodes 64] [--new-tokens 32] [--repeats 3]
-                               [--minibatch 16] [--size tiny] [--micro N] [--trl-python /work/trl-venv/bin/python]
+                               [--minibatch 16] [--size tiny] [--micro N] [--sample-batch N]
+                               [--trl-python /work/trl-venv/bin/python]
 
 One random GPT-2 policy (`--size`), a BPE trained on word lists and a reward model (GPT2ForSequenceClassification, 1
 label: the policy's trunk and a random head) are written once to a temporary directory (nothing is downloaded). Each
@@ -13,7 +14,8 @@ virtual environment. If that interpreter is missing or cannot import TRL's PPOTr
 tokens per iteration at temperature 1, take minibatches of `--minibatch` (16) episodes, one PPO epoch. Each library
 keeps its own default generation chunk (prefer: the micro-batch, = minibatch 16; TRL:
 local_rollout_forward_batch_size 64) unless `--micro` sets prefer's (train.micro_batch_size, also its sampling
-chunk) and `--trl-rollout-chunk` TRL's. Episodes/s are steady state: the iterations after the first, timed from the
+chunk), `--sample-batch` prefer's sampling chunk alone (rollout.sample_batch_size, the update unchanged) and
+`--trl-rollout-chunk` TRL's. Episodes/s are steady state: the iterations after the first, timed from the
 start of one iteration's sampling to the next (TRL: between `on_step_end` callbacks). Runs come in `--repeats`
 pairs, the order flipping every pair; min and median are reported. (TRL, whose batch is per_device_train_batch_size
 x gradient_accumulation_steps, accumulates the gradient over all the minibatches: one optimizer step per iteration
@@ -139,6 +141,8 @@ def run_prefer(root: Path, args) -> dict:
     }
     if args.micro:
         overrides["train.micro_batch_size"] = args.micro
+    if args.sample_batch:
+        overrides["rollout.sample_batch_size"] = args.sample_batch
     began = time.perf_counter()
     stage.ppo(build_config(PPOConfig, overrides))
     wall = time.perf_counter() - began
@@ -284,6 +288,7 @@ def child(kind: str, root: Path, args, python: str) -> dict:
         f"--new-tokens={args.new_tokens}",
         f"--minibatch={args.minibatch}",
         f"--micro={args.micro or 0}",
+        f"--sample-batch={args.sample_batch or 0}",
         f"--trl-rollout-chunk={args.trl_rollout_chunk or 0}",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -325,6 +330,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--micro", type=int, default=0, help="prefer's micro-batch and sampling chunk (0: default)")
+    parser.add_argument(
+        "--sample-batch", type=int, default=0, help="prefer's rollout.sample_batch_size alone (0: the micro-batch)"
+    )
     parser.add_argument("--trl-rollout-chunk", type=int, default=0, help="TRL's rollout chunk (0: its default 64)")
     parser.add_argument("--trl-python", default="/work/trl-venv/bin/python")
     parser.add_argument("--child", help=argparse.SUPPRESS)

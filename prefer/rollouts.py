@@ -54,6 +54,7 @@ __all__ = [
     "add_advantages",
     "ptx_backward",
     "sample_responses",
+    "sampling_chunk",
     "gather_rollout",
     "read_queries",
     "pretraining_blocks",
@@ -275,6 +276,18 @@ def ptx_backward(
             (ptx_coef * loss).backward()
         accumulate_stats(totals, {"ptx/loss": loss.detach()}, fraction=1.0)
     return totals
+
+
+def sampling_chunk(sample_batch_size: int | None, *, micro_batch_size: int, episodes_per_rank: int) -> int:
+    """Episodes per KV-cached sampling loop: `rollout.sample_batch_size`, or the micro-batch when unset. It must
+    divide each rank's episodes, so that every chunk (and its generator's seed) is the same on any number of ranks."""
+    chunk = sample_batch_size or micro_batch_size
+    if episodes_per_rank % chunk:
+        raise PreferError(
+            f"config: rollout.sample_batch_size {chunk} must divide each rank's episodes per iteration "
+            f"({episodes_per_rank})"
+        )
+    return chunk
 
 
 def sample_responses(

@@ -175,10 +175,16 @@ class RewardSourceConfig:
 class RolloutConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0  # sampling temperature; log-probs for the ratio and the KL use the same one
+    # Episodes sampled together in one KV-cached loop (each such chunk draws from its own seeded generator, so
+    # this sets which random numbers an episode gets); None = train.micro_batch_size. Larger is faster (fewer
+    # sequential decoding loops; bench/ppo_vs_trl.py) and does not change the update, only the draws.
+    sample_batch_size: int | None = None
 
     def __post_init__(self):
         check(self.max_new_tokens > 0, "rollout.max_new_tokens", "must be positive")
         check(self.temperature > 0, "rollout.temperature", "must be > 0 (PPO needs a stochastic policy)")
+        if self.sample_batch_size is not None:
+            check(self.sample_batch_size > 0, "rollout.sample_batch_size", "must be positive (or null)")
 
 
 @dataclass(frozen=True)

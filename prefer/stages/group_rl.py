@@ -49,6 +49,7 @@ from prefer.rollouts import (
     read_queries,
     sample_responses,
     samples_log,
+    sampling_chunk,
     score_episodes,
 )
 from prefer.run_dir import RESUME_MAY_CHANGE, releases_run_dirs
@@ -251,6 +252,9 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
             f"config: train.micro_batch_size {micro} must divide each rank's episodes per iteration "
             f"({share * group_size})"
         )
+    chunk = sampling_chunk(
+        config.rollout.sample_batch_size, micro_batch_size=micro, episodes_per_rank=share * group_size
+    )
     steps_per_iteration = config.train.epochs * episodes // config.train.minibatch_size
     optimizer = make_optimizer(
         [policy],
@@ -313,7 +317,7 @@ def group_rl(config: GroupRLConfig, *, resume: bool = False) -> Path:
                 unwrap(policy),
                 [queries[i] for i in index],
                 first=dist.rank * len(index),
-                chunk=micro,
+                chunk=chunk,
                 seed=config.runtime.seed,
                 iteration=iteration,
                 max_new_tokens=config.rollout.max_new_tokens,

@@ -56,6 +56,7 @@ from prefer.rollouts import (
     read_queries,
     sample_responses,
     samples_log,
+    sampling_chunk,
     score_episodes,
 )
 from prefer.run_dir import RESUME_MAY_CHANGE, releases_run_dirs
@@ -267,6 +268,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
             f"ranks ({dist.world_size})"
         )
     share = config.train.batch_size // dist.world_size  # episodes each rank samples per iteration
+    chunk = sampling_chunk(config.rollout.sample_batch_size, micro_batch_size=micro, episodes_per_rank=share)
     steps_per_iteration = config.train.ppo_epochs * config.train.batch_size // config.train.minibatch_size
     optimizer = make_optimizer(
         [policy, value_model],
@@ -329,7 +331,7 @@ def ppo(config: PPOConfig, *, resume: bool = False) -> Path:
                 unwrap(policy),
                 [queries[i] for i in index],
                 first=dist.rank * share,
-                chunk=micro,
+                chunk=chunk,
                 seed=config.runtime.seed,
                 iteration=iteration,
                 max_new_tokens=config.rollout.max_new_tokens,

@@ -343,3 +343,27 @@ def test_a_prompt_longer_than_the_context_names_its_line(sft, tmp_path):
     prompts.write_text(json.dumps({"prompt": "cat"}) + "\n\n" + json.dumps({"prompt": "banana " * 60}) + "\n")
     with pytest.raises(PreferError, match=rf"{prompts}:3: .*context"):
         ppo(_config(sft, tmp_path / "run", prompts=str(prompts)))
+
+
+def test_sample_batch_size_samples_the_batch_in_fewer_loops_and_must_divide_it(sft, tmp_path, monkeypatch):
+    import prefer.rollouts
+
+    calls = []
+    real = prefer.rollouts.sample
+
+    def counting(policy, queries, **kwargs):
+        calls.append(len(queries))
+        return real(policy, queries, **kwargs)
+
+    monkeypatch.setattr(prefer.rollouts, "sample", counting)
+    ppo(_config(sft, tmp_path / "default", **{"train.iterations": 2}))
+    assert calls == [8, 8, 8, 8]  # the micro-batch (= minibatch 8): two loops per batch of 16
+    calls.clear()
+    ppo(_config(sft, tmp_path / "whole", **{"train.iterations": 2, "rollout.sample_batch_size": 16}))
+    assert calls == [16, 16]
+    metrics = read_metrics(tmp_path / "whole")
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["episodes"] == 16 * m["step"] for m in metrics)
+    with pytest.raises(PreferError, match=r"rollout.sample_batch_size 12 must divide .* \(16\)"):
+        ppo(_config(sft, tmp_path / "bad", **{"rollout.sample_batch_size": 12}))
+    with pytest.raises(PreferError, match="rollout.sample_batch_size"):
+        _config(sft, tmp_path / "bad", **{"rollout.sample_batch_size": 0})
