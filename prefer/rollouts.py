@@ -304,8 +304,8 @@ def sample_responses(
 ) -> list[list[int]]:
     """Responses to `queries`, the episodes first, first + 1, ... of an iteration's global batch, sampled in chunks
     of `chunk` episodes, each chunk with its own generator seeded by (seed, iteration, chunk's index in the global
-    batch). An episode's response therefore depends on the run's seed and micro-batch size, not on how many ranks
-    share the batch nor which one draws it; `first` must be a multiple of `chunk`."""
+    batch). An episode's response therefore depends on the run's seed and sampling chunk (`sampling_chunk`), not on
+    how many ranks share the batch nor which one draws it; `first` must be a multiple of `chunk`."""
     responses: list[list[int]] = []
     for start in range(0, len(queries), chunk):
         index = (first + start) // chunk

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
+import prefer.rollouts
 from prefer import scorers
 from prefer.config import PPOConfig, build_config
 from prefer.errors import PreferError
@@ -346,8 +347,6 @@ def test_a_prompt_longer_than_the_context_names_its_line(sft, tmp_path):
 
 
 def test_sample_batch_size_samples_the_batch_in_fewer_loops_and_must_divide_it(sft, tmp_path, monkeypatch):
-    import prefer.rollouts
-
     calls = []
     real = prefer.rollouts.sample
 
