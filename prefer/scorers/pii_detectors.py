@@ -76,6 +76,7 @@ from phonenumbers.phonenumberutil import (  # noqa: E402
 )
 from scrubadub import Scrubber  # noqa: E402
 from scrubadub.detectors import (  # noqa: E402
+    CredentialDetector,
     CreditCardDetector,
     EmailDetector,
     PhoneDetector,
@@ -303,9 +304,29 @@ def _has_at(text: str) -> bool:
     return "@" in text
 
 
+# Credit card numbers: every alternative of scrubadub's pattern is 13 to 16 consecutive digits ([0-9], or \d in
+# its JCB branch), so text without a run of 13 \d (a superset of [0-9]) cannot match.
+_THIRTEEN_DIGITS = re.compile(r"\d{13}")
+# Credentials: a match holds one of the pattern's own username keywords and one of its password
+# keywords. The same alternations with the same flags (re.IGNORECASE, Unicode) find every text that can match;
+# for ASCII text, where IGNORECASE is plain ASCII case folding, substring tests on the lowered text do the same
+# ~7x faster.
+_USER_WORDS, _PASSWORD_WORDS = ("username", "login", "u:"), ("password", "pw", "p:")
+_USER_KEYWORD = re.compile("|".join(map(re.escape, _USER_WORDS)), re.IGNORECASE)
+_PASSWORD_KEYWORD = re.compile("|".join(map(re.escape, _PASSWORD_WORDS)), re.IGNORECASE)
+
+
+def _may_hold_credential(text: str) -> bool:
+    if text.isascii():
+        lowered = text.lower()
+        return any(w in lowered for w in _USER_WORDS) and any(w in lowered for w in _PASSWORD_WORDS)
+    return _USER_KEYWORD.search(text) is not None and _PASSWORD_KEYWORD.search(text) is not None
+
+
+GuardedCredentialDetector = _guarded(CredentialDetector, _may_hold_credential)
 GuardedTwitterDetector = _guarded(TwitterDetector, _has_at)
 GuardedUrlDetector = _guarded(UrlDetector, lambda text: "http" in text or "www." in text)
-GuardedCreditCardDetector = _guarded(CreditCardDetector, _DIGIT.search)
+GuardedCreditCardDetector = _guarded(CreditCardDetector, _THIRTEEN_DIGITS.search)
 GuardedSocialSecurityNumberDetector = _guarded(SocialSecurityNumberDetector, _DIGIT.search)
 
 
@@ -323,6 +344,7 @@ class AtSignEmailDetector(EmailDetector):
 
 # scrubadub's detector name -> the faster detector with the same matches
 FASTER = {
+    "credential": GuardedCredentialDetector,
     "phone": SkippingPhoneDetector,
     "twitter": GuardedTwitterDetector,
     "url": GuardedUrlDetector,

@@ -7,7 +7,7 @@ Three classifiers, all offline:
   (prefer.scorers.toxic_bilstm), probability of its `toxic` head.
 - "detoxify:PATH": a local Hugging Face sequence-classification checkpoint such as a saved `unitary/toxic-bert`;
   sigmoid of its `toxic`/`toxicity` logit.
-Heavy imports (scikit-learn, torch, transformers) happen on first use, so `import prefer.scorers` stays cheap.
+Heavy imports (numpy, scikit-learn, torch, transformers) happen on first use, so `import prefer.scorers` stays cheap.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from prefer.errors import PreferError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class _Profanity:
     b: np.ndarray  # [k]
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
         decision = np.asarray(self.vectorizer.transform(texts) @ self.weights) + self.intercepts  # [n, k]
         return (1.0 / (1.0 + np.exp(self.a * decision + self.b))).mean(axis=1)
 
@@ -55,6 +59,8 @@ def _profanity_model() -> _Profanity:
                 raise PreferError(
                     "scorer toxicity needs alt-profanity-check: pip install alt-profanity-check==1.9.1"
                 ) from None
+            import numpy as np
+
             model = profanity_check.model
             folds = model.calibrated_classifiers_
             if (

@@ -185,15 +185,29 @@ def test_guards_keep_every_detectors_matches():
         "@jane_doe said",
         "https://x.org/a www.y.com",
         "HTTP://X.ORG",
+        "see https://example.com/page for it",
         "card 4111111111111111 ok",
         "ssn 123-45-6789",
         "username: root password: hunter2",
+        "LOGIN: bob\nPW: secret",  # ASCII: the lowered-substring guard
+        "u: joe p: x",
+        "u\u017fername: root pa\u017f\u017fword: hunter2 (\u00fcber)",  # long s folds to s under re.IGNORECASE
+        "Login: r\u00f6ot password: x",  # non-ASCII text: the regex guard
+        "card 4111111111111 ok",  # 13 digits, the shortest card number
+        # JCB's \d branch: no match (not a valid number), but the guard must let it through
+        "card 35\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660\u0661\u0662\u0663\u0664 x",
+        "twelve 411111111111 only",
         "no pii here",
         "",
     ]
     reference = _reference_scrubber()
+    found = {}
     for text in texts:
-        assert pii.matches(text) == _matches(reference, text), text
+        expected = _matches(reference, text)
+        assert pii.matches(text) == expected, text
+        found.update((kind, text) for _, _, kind, _ in expected)
+    # the guarded detectors are each exercised by a text they must let through
+    assert {"credential", "credit_card", "email", "twitter", "url", "social_security_number"} <= set(found), found
 
 
 def _changelog_texts(limit: int) -> list[str]:
