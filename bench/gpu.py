@@ -15,9 +15,10 @@
    prompts of 1 and 64 tokens, 128 new tokens, temperature 0.7, top-p 0.9 (generate: top_k=0), end-of-text
    suppressed in both, in alternating pairs; and greedy decoding of both, compared token for token.
 
-Prepared on the CPU (`python bench/gpu.py --device cpu --tiny` runs every path on a 2-layer model in a minute);
-on the device machine, whose image has no omegaconf, pycodestyle or pysbd and another transformers, the wheels
-that `bench/gpu_wheels.sh` downloads travel in `.whl` (docs/benchmarks.md, "On a GPU", has the whole call).
+Prepared on the CPU (`python bench/gpu.py --device cpu --tiny` runs every path on a 2-layer model with a 512-token
+vocabulary); on the device machine, whose image has no omegaconf, pycodestyle or pysbd and another transformers,
+the wheels that `bench/gpu_wheels.sh` downloads travel in `.whl` (docs/benchmarks.md, "On a GPU", has the whole
+call).
 Writes the figures as JSON to `--out` as well as printing them.
 """
 
@@ -40,13 +41,14 @@ from prefer.sampling import sample
 from prefer.stages.pretrain import train_step
 from prefer.training import Distributed, make_optimizer_and_schedule
 
-EOS = 50256
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 0.1, 1.0
 
 
 def _config(args) -> GPT2Config:
     if args.tiny:  # every path of the script on the CPU in about a minute
-        return GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=EOS + 1)
+        return GPT2Config(
+            n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=512, bos_token_id=511, eos_token_id=511
+        )
     return GPT2Config()  # GPT-2 small: 12 x 768, 1024 positions, 50257 tokens
 
 
@@ -167,8 +169,8 @@ def _generate(model, prompts, new_tokens: int, seed: int, *, greedy: bool = Fals
         top_k=None if greedy else 0,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
+        eos_token_id=model.config.eos_token_id,
+        pad_token_id=model.config.eos_token_id,
     )
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
     return out[:, ids.shape[1] :].tolist()
@@ -180,8 +182,8 @@ def _prefer(model, prompts, new_tokens: int, seed: int, *, greedy: bool = False)
         model,
         prompts,
         max_new_tokens=new_tokens,
-        eos_token_id=EOS,
-        blocked_token_ids=[EOS],
+        eos_token_id=model.config.eos_token_id,
+        blocked_token_ids=[model.config.eos_token_id],
         temperature=0.0 if greedy else 0.7,
         top_p=1.0 if greedy else 0.9,
         batch_size=len(prompts),
@@ -196,7 +198,9 @@ def sampling(args, device) -> dict:
     result: dict = {}
     for prompt_tokens in (1, 64):
         generator = torch.Generator().manual_seed(prompt_tokens)
-        prompts = torch.randint(0, EOS, (args.sample_batch, prompt_tokens), generator=generator).tolist()
+        prompts = torch.randint(
+            0, config.eos_token_id, (args.sample_batch, prompt_tokens), generator=generator
+        ).tolist()
         runners = {"generate": _generate, "prefer": _prefer}
         for run in runners.values():  # warm-up
             run(model, prompts, 4, 0)
@@ -233,7 +237,11 @@ def sampling(args, device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer model, for a check of the script on the CPU")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a 2-layer model and a 512-token vocabulary, for a check of the script on the CPU",
+    )
     parser.add_argument("--loops", default="hf eager,hf compiled,prefer eager,prefer compiled")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
