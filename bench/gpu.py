@@ -45,7 +45,7 @@ LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 0.1, 1.0
 
 
 def _config(args) -> GPT2Config:
-    if args.tiny:  # every path of the script on the CPU in about a minute
+    if args.tiny:  # every path of the script on the CPU (39 s with compilation, docs/benchmarks.md)
         return GPT2Config(
             n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=512, bos_token_id=511, eos_token_id=511
         )
@@ -64,7 +64,8 @@ class BareLoop:
         self.model, self.device = model, device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
 
-    def step(self, ids: torch.Tensor) -> float:
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """One step; the loss stays a tensor (reading it would sync the GPU in every step)."""
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
             loss = self.model(ids, labels=ids).loss
         loss.backward()
