@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import warnings
@@ -89,15 +88,7 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     if not torch_dist.is_initialized():
         # On GPUs NCCL carries CUDA tensors and gloo CPU ones (logged stats, RNG states, sampled ids)
         torch_dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
-        # Leave the group before the interpreter tears down: a process group left to its C++ destructor at exit can
-        # abort the rank ("terminate called without an active exception", seen once on a 2-rank FSDP2 test).
-        atexit.register(_leave_process_group)
     return dist, device
-
-
-def _leave_process_group() -> None:
-    if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
