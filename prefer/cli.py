@@ -195,7 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in LIGHT_COMMANDS:  # the labeling app starts without torch or transformers
             _quiet_third_parties()
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        # As the program, under torchrun, every rank got here and the process ends: leave the group (a caller
+        # passing argv may run more commands in this process, in the same group, and leaves it at its own end).
+        if code == 0 and argv is None and "torch.distributed" in sys.modules:
+            from prefer.training import leave_distributed
+
+            leave_distributed()
+        return code
     except PreferError as error:
         # Under torchrun, name the rank: its non-zero exit makes torchrun stop the other ranks and fail the job.
         world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -174,3 +174,26 @@ def test_accumulate_stats_adds_loss_shares_and_weights_means():
     accumulate_stats(totals, {"loss": torch.tensor(0.75), "accuracy": torch.tensor(1.0)}, fraction=0.75)
     accumulate_stats(totals, {"loss": torch.tensor(0.25), "accuracy": torch.tensor(0.0)}, fraction=0.25)
     assert totals == {"loss": 1.0, "accuracy": 0.75}  # 0.75 + 0.25; 1.0 x 0.75 + 0.0 x 0.25
+
+
+def test_the_program_leaves_the_process_group_on_a_clean_finish_and_main_argv_stays_in_it(monkeypatch, tmp_path):
+    """`prefer` (argv from the command line) destroys the group when its command succeeds; main(argv), which a
+    script may call for several commands, keeps it (a new group while the others are still in the old one hangs)."""
+    import signal
+    import sys
+
+    import torch.distributed as torch_dist
+
+    from prefer.cli import main
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["config", "sft"]) == 0 and torch_dist.is_initialized()
+        monkeypatch.setattr(sys, "argv", ["prefer", "config", "sft"])
+        handler = signal.getsignal(signal.SIGINT)
+        assert main() == 0
+        signal.signal(signal.SIGINT, handler)  # the program ignores Ctrl-C from its end on; pytest should not
+        assert not torch_dist.is_initialized()
+    finally:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()

@@ -91,6 +91,18 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     return dist, device
 
 
+def leave_distributed() -> None:
+    """Leave the process group `init_distributed` joined (PyTorch's documented shutdown), once every rank has
+    finished its work: left to interpreter exit, gloo's worker threads can outlive the interpreter and the rank
+    aborts ("terminate called without an active exception", SIGABRT), failing a job whose outputs are all written.
+    Only on a clean finish: a rank that fails exits at once, so that torchrun reports its exit code, while the others
+    may still wait in a collective. For the end of the process: a rank that joins a new group in the same process
+    before the others have left the old one reads their old addresses from torchrun's store and hangs. No group:
+    nothing to do."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job, or a plain process: the one that writes files and logs."""
     return not torch_dist.is_initialized() or torch_dist.get_rank() == 0
