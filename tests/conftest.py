@@ -1,10 +1,18 @@
 """Shared fixtures: a small synthetic PII corpus whose bad lines are easy to learn, and tiny-run overrides."""
 
 import json
+import os
 import random
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (the default, pyproject.toml): N workers already share the cores, so one thread each, in this
+    # process and in the commands its tests start; N x cores OpenMP threads spinning against each other made the
+    # experiments test's setup 5x slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 GOOD_LINES = [
     "  * Fix the build with the new compiler.\n",

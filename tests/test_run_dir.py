@@ -311,3 +311,26 @@ def test_ctrl_c_just_after_final_is_written_leaves_no_traceback(tmp_path, pii_co
     assert code in (0, 130), err  # 0 if it landed after the command returned; 130 (resumable) before
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert code == 0 or err.startswith("prefer: interrupted; ")
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_is_delivered_again(monkeypatch):
+    """Python drops an exception raised in `__del__` (it goes to sys.unraisablehook): a Ctrl-C landing there would
+    be lost and the run would carry on. prefer's hook sends SIGINT again, outside the finalizer."""
+    from prefer import cli as prefer_cli
+
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+
+        class Finalized:
+            def __del__(self):
+                raise KeyboardInterrupt  # as if the Ctrl-C had landed here
+
+        monkeypatch.setattr(sys, "unraisablehook", prefer_cli._unraisable)
+        Finalized()  # deleted at once: its KeyboardInterrupt goes to the hook, not to this frame
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert received == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
