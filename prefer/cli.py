@@ -197,8 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in LIGHT_COMMANDS:  # the labeling app starts without torch or transformers
             _quiet_third_parties()
         code = COMMANDS[args.command](args)
-        # As the program, under torchrun, every rank got here and the process ends: leave the group (a caller
-        # passing argv may run more commands in this process, in the same group, and leaves it at its own end).
+        # As the program under torchrun, every rank got here and the process ends: leave the group and exit now
+        # (end_rank). A caller passing argv may run more commands in this process, in the same group, and ends
+        # the rank itself.
+        if code == 0 and argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from prefer.training import end_rank
+
+            end_rank()
         if code == 0 and argv is None and "torch.distributed" in sys.modules:
             from prefer.training import leave_distributed
 

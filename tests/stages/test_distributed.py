@@ -204,12 +204,12 @@ import json
 import sys
 
 from prefer.cli import main
-from prefer.training import leave_distributed
+from prefer.training import end_rank
 
 for argv in json.loads(sys.argv[1]):
     if main(argv):
         sys.exit(2)
-leave_distributed()  # what `prefer` does at its end; main(argv) stays in the group for the next command
+end_rank()  # what `prefer` does at its end; main(argv) stays in the group for the next command
 """
 
 
