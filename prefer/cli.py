@@ -204,10 +204,6 @@ def main(argv: list[str] | None = None) -> int:
             from prefer.training import end_rank
 
             end_rank()
-        if code == 0 and argv is None and "torch.distributed" in sys.modules:
-            from prefer.training import leave_distributed
-
-            leave_distributed()
         return code
     except PreferError as error:
         # Under torchrun, name the rank: its non-zero exit makes torchrun stop the other ranks and fail the job.

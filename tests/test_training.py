@@ -176,24 +176,26 @@ def test_accumulate_stats_adds_loss_shares_and_weights_means():
     assert totals == {"loss": 1.0, "accuracy": 0.75}  # 0.75 + 0.25; 1.0 x 0.75 + 0.0 x 0.25
 
 
-def test_the_program_leaves_the_process_group_on_a_clean_finish_and_main_argv_stays_in_it(monkeypatch, tmp_path):
-    """`prefer` (argv from the command line) destroys the group when its command succeeds; main(argv), which a
-    script may call for several commands, keeps it (a new group while the others are still in the old one hangs)."""
+def test_the_program_ends_its_torchrun_rank_on_a_clean_finish_and_main_argv_does_not(monkeypatch):
+    """`prefer` under torchrun (argv from the command line) ends its rank when its command succeeds (end_rank:
+    barrier, destroy_process_group, os._exit(0)); main(argv), which a script may call for several commands, keeps
+    the group (a new group while the others are still in the old one hangs), and a failed command exits with its
+    code. The two-rank tests in tests/stages/test_distributed.py run end_rank itself."""
     import signal
     import sys
 
-    import torch.distributed as torch_dist
-
+    import prefer.training
     from prefer.cli import main
 
-    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ended = []
+    monkeypatch.setattr(prefer.training, "end_rank", lambda: ended.append(True))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["config", "sft"]) == 0 and ended == []
+    handler = signal.getsignal(signal.SIGINT)
     try:
-        assert main(["config", "sft"]) == 0 and torch_dist.is_initialized()
+        monkeypatch.setattr(sys, "argv", ["prefer", "sft", "train.lx=1"])  # a config error: code 2
+        assert main() == 2 and ended == []
         monkeypatch.setattr(sys, "argv", ["prefer", "config", "sft"])
-        handler = signal.getsignal(signal.SIGINT)
-        assert main() == 0
-        signal.signal(signal.SIGINT, handler)  # the program ignores Ctrl-C from its end on; pytest should not
-        assert not torch_dist.is_initialized()
+        assert main() == 0 and ended == [True]
     finally:
-        if torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+        signal.signal(signal.SIGINT, handler)  # the program ignores Ctrl-C from its end on; pytest should not

@@ -109,8 +109,8 @@ def end_rank() -> NoReturn:
     exit with code 0 at once (`os._exit`), skipping interpreter finalization and C++ static destructors. A gloo rank
     aborted there ("terminate called without an active exception", SIGABRT) in 3 of about 8 full test suites, always
     after every output was written (its last files 0.2 s before the abort), and once after `destroy_process_group`;
-    torchrun then failed the whole job. Every stage closes its files and logs before
-    returning, so nothing is left for finalization to do."""
+    torchrun then failed the whole job. Every stage closes its files and logs before returning, so nothing is left
+    for finalization to do."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
         leave_distributed()
