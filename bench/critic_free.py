@@ -81,12 +81,12 @@ def child(method: str, root: Path, args) -> dict:
     }
     started = time.perf_counter()
     if method == "ppo":
-        from prefer.stages.ppo import ppo
+        from prefer.stages.policy_gradient import ppo
 
         ppo(build_config(PPOConfig, {**rl, "train.batch_size": args.episodes, "train.ppo_epochs": 1}))
         episodes = args.iterations * args.episodes
     elif method in ("rloo", "grpo"):
-        from prefer.stages.group_rl import group_rl
+        from prefer.stages.policy_gradient import group_rl
 
         group_rl(
             build_config(

@@ -67,7 +67,7 @@ def run_variant(directory: Path, variant: str, *, iterations: int, device: str) 
 
     from prefer import scorers
     from prefer.config import PPOConfig, build_config
-    from prefer.stages.ppo import ppo
+    from prefer.stages.policy_gradient import ppo
 
     scorers.SCORERS["length"] = lambda texts: [len(t) / 100 for t in texts]  # any cheap reward: memory is the point
     values = {

@@ -156,7 +156,7 @@ def command(method: str, root: Path, args) -> list[str]:
 BASELINE = [
     sys.executable,
     "-c",
-    "import prefer.cli, prefer.stages.ppo, prefer.stages.group_rl, prefer.stages.dpo, prefer.scorers.reward_model",
+    "import prefer.cli, prefer.stages.policy_gradient, prefer.stages.dpo, prefer.scorers.reward_model",
 ]
 
 

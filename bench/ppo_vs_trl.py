@@ -65,7 +65,7 @@ def prepare(root: Path, size: str) -> None:
 def run_prefer(root: Path, args) -> dict:
     """prefer's stage `ppo`, with each phase of the loop timed by wrapping the functions it calls."""
     import prefer.rollouts as rollouts
-    import prefer.stages.ppo as stage
+    import prefer.stages.policy_gradient as stage
     from prefer.config import PPOConfig, build_config
 
     phases: dict[str, list[float]] = {}

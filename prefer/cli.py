@@ -458,7 +458,7 @@ def _run_label(args) -> int:
 
 def _run_ppo(args) -> int:
     from prefer.config import PPOConfig
-    from prefer.stages.ppo import ppo
+    from prefer.stages.policy_gradient import ppo
 
     ppo(_stage_config(PPOConfig, args), resume=args.resume)
     return 0
@@ -474,7 +474,7 @@ def _run_dpo(args) -> int:
 
 def _run_grpo(args) -> int:
     from prefer.config import GroupRLConfig
-    from prefer.stages.group_rl import group_rl
+    from prefer.stages.policy_gradient import group_rl
 
     group_rl(_stage_config(GroupRLConfig, args), resume=args.resume)
     return 0

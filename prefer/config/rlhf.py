@@ -131,6 +131,78 @@ def _group() -> GroupRLConfig:
     )
 
 
+# Keys of the stage sections that `prefer rlhf` sets for every run it makes: setting one is refused, naming the key
+# that says it instead (a value the command would overwrite must not look as if it took effect).
+SET_BY_THE_COMMAND: dict[str, str] = {
+    **{f"{stage}.runtime.seed": "seed" for stage in ("sft", "reward", "ppo", "dpo", "group")},
+    **{f"{stage}.runtime.device": "device" for stage in ("pretrain", "sft", "reward", "ppo", "dpo", "group")},
+    "label.device": "device",
+    "sft.train.epochs": "sft_epochs",
+    "ppo.kl.coef": "kl_coefs",
+    "ppo.ptx.coef": "ptx_coef",
+    "ppo.ptx.source": "source (the task's corpus is PPO-ptx's)",
+    "ppo.reward.scorer": "the reward models trained here (proxy) and gold_scorer",
+    "ppo.reward.gold_scorer": "gold_scorer",
+    "dpo.dpo.loss": "dpo_runs (LOSS:BETA)",
+    "dpo.dpo.beta": "dpo_runs (LOSS:BETA) or ranking_beta",
+    "dpo.dpo.tau": "dpo_runs (ipo:TAU)",
+    "dpo.data.validation_fraction": "reward.data.validation_fraction (DPO holds out the reward models' prompts)",
+    "group.group.algorithm": "group_algorithms",
+    "group.reward.scorer": "the reward model trained here",
+    "group.reward.gold_scorer": "gold_scorer",
+    "pretrain.data.task": "task",
+    "pretrain.data.source": "source",
+    "label.scorer": "gold_scorer",
+}
+# Paths the command fills in ("auto"); any other value is refused.
+AUTO_PATHS = (
+    "label.model",
+    "label.prompts",
+    "sft.data.demonstrations",
+    "sft.model.init_from",
+    "reward.data.rankings",
+    "reward.model.init_from",
+    "ppo.init_from",
+    "ppo.prompts",
+    "ppo.reward.model",
+    "dpo.data.rankings",
+    "dpo.model.init_from",
+    "group.init_from",
+    "group.prompts",
+    "group.reward.model",
+)
+_TEMPLATES = {
+    "pretrain": _pretrain,
+    "label": _label,
+    "sft": _sft,
+    "reward": _reward,
+    "ppo": _ppo,
+    "dpo": _dpo,
+    "group": _group,
+}
+
+
+def _dotted(config, key: str):
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def check_no_overwritten_keys(config) -> None:
+    """PreferError (via `check`) for a stage key that `prefer rlhf` would overwrite, naming the key to use."""
+    for key, instead in SET_BY_THE_COMMAND.items():
+        stage, _, rest = key.partition(".")
+        default = _dotted(_TEMPLATES[stage](), rest)
+        check(
+            _dotted(getattr(config, stage), rest) == default,
+            key,
+            f"prefer rlhf sets it for each run it makes; use {instead}",
+        )
+    for key in AUTO_PATHS:
+        stage, _, rest = key.partition(".")
+        check(_dotted(getattr(config, stage), rest) == AUTO, key, "prefer rlhf fills this path in; leave it out")
+
+
 def parse_dpo_run(spec: str) -> tuple[str, float]:
     """ "LOSS:BETA" (e.g. "listwise:0.1") -> ("listwise", 0.1); ValueError when malformed."""
     loss, _, beta = spec.partition(":")
@@ -206,6 +278,7 @@ class RLHFConfig:
     def __post_init__(self):
         from prefer.tasks import TASKS
 
+        check_no_overwritten_keys(self)
         check(self.task in TASKS, "task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         check(bool(self.gold_scorer), "gold_scorer", "name the gold scorer (e.g. pii-entry, pep8)")
         check(

@@ -45,7 +45,7 @@ from prefer.experiments.rlhf_policies import (
 from prefer.experiments.rlhf_report import write_results
 from prefer.models.build import load_checkpoint
 from prefer.scorers import get_scorer
-from prefer.stages.ppo import ppo
+from prefer.stages.policy_gradient import ppo
 from prefer.stages.sft import sft
 from prefer.tasks import get_task
 from prefer.training import resolve_device

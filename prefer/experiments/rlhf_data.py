@@ -96,15 +96,24 @@ def write_prompt_splits(splits: dict[str, list[str]], out: Path) -> dict[str, Pa
 # ------------------------------------------------------------------ stages, cached
 
 
+REQUEST = "requested_config.json"  # the config a finished stage was asked to run, as this command built it
+
+
 def _same_config(run_dir: Path, config) -> bool:
-    """A finished run of the same config (saved config.yaml) is reused as it is."""
+    """A finished run of the same config is reused as it is. A stage may save a resolved config (pretraining fills
+    in its task's objective defaults), so the request this command made is kept beside it and compared first."""
     from prefer.config import load_config
 
+    requested = json.loads(json.dumps(asdict(config)))
+    if not (run_dir / "final").exists():
+        return False
+    if (run_dir / REQUEST).exists():
+        return json.loads((run_dir / REQUEST).read_text()) == requested
     saved = run_dir / "config.yaml"
-    if not (run_dir / "final").exists() or not saved.exists():
+    if not saved.exists():
         return False
     try:
-        return asdict(load_config(type(config), yaml_path=saved)) == json.loads(json.dumps(asdict(config)))
+        return asdict(load_config(type(config), yaml_path=saved)) == requested
     except PreferError:  # written by another version of the config: not the same run
         return False
 
@@ -113,7 +122,9 @@ def run_stage(stage, config) -> Path:
     run_dir = Path(config.out_dir)
     if _same_config(run_dir, config):
         return run_dir / "final"
-    return stage(config, resume=True)
+    final = stage(config, resume=True)
+    write_json_atomic(run_dir / REQUEST, json.loads(json.dumps(asdict(config))))
+    return final
 
 
 def starting_model(config: RLHFConfig, out: Path) -> Path:

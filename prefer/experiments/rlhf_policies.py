@@ -28,8 +28,7 @@ from prefer.files import atomic_path, write_json_atomic
 from prefer.models.build import load_checkpoint
 from prefer.scorers import get_scorer
 from prefer.stages.dpo import dpo
-from prefer.stages.group_rl import group_rl
-from prefer.stages.ppo import ppo
+from prefer.stages.policy_gradient import group_rl, ppo
 
 
 class Evaluator:

@@ -126,20 +126,36 @@ def grpo_loss(
 
 
 def rloo_loss(
-    logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, num_sequences: float | None = None
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_sequences: float | None = None,
+    old_logprobs: torch.Tensor | None = None,
+    clip_range: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """REINFORCE with the leave-one-out baseline on the whole response (Ahmadian et al. 2024, Eq. 6)::
 
-        loss = -1/N sum_i A_i * sum_{t in o_i} logp_t
+        loss = -1/N sum_i w_i A_i * sum_{t in o_i} logp_t
+
+    On-policy (the first optimizer step after sampling, `old_logprobs` None) w_i = 1: plain REINFORCE. A later
+    minibatch of the same batch was sampled by an older policy: with `old_logprobs` and `clip_range`, w_i is the
+    sequence-level importance ratio rho_i = exp(sum_t logp_t - old_logp_t), detached, and 0 where PPO's clip stops
+    the gradient (A_i > 0 and rho_i > 1 + eps, or A_i < 0 and rho_i < 1 - eps). The gradient is then exactly that of
+    the clipped surrogate -min(rho_i A_i, clip(rho_i, 1 - eps, 1 + eps) A_i) (Schulman et al. 2017, Eq. 7, with the
+    ratio of whole responses, as RLOO's reward is per response), while the loss keeps REINFORCE's value.
 
     Args:
         logprobs: [B, T] current policy log-probs of the response tokens, with gradient.
         advantages: [B] (``rloo_advantages``, flattened); detached.
         mask: [B, T] bool, response tokens.
         num_sequences: N, responses in the whole optimizer step; None = B.
+        old_logprobs: [B, T] the sampling policy's log-probs; None = on-policy (w = 1).
+        clip_range: eps of the ratio clip (required with `old_logprobs`).
 
     Returns:
-        ``(loss, stats)``; stats: ``loss``, ``logprob_mean`` (mean summed log-prob of a response).
+        ``(loss, stats)``; stats: ``loss``, ``logprob_mean`` (mean summed log-prob of a response), and with
+        `old_logprobs` ``ratio_mean`` (of rho) and ``clip_fraction`` (responses whose gradient the clip stops).
     """
     check_mask(mask)
     check_same_shape({"logprobs": logprobs, "mask": mask})
@@ -149,5 +165,16 @@ def rloo_loss(
     denominator = len(mask) if num_sequences is None else num_sequences
     if float(denominator) <= 0:
         raise ValueError(f"num_sequences must be > 0, got {float(denominator)}")
-    loss = -(advantages.detach().to(sequence_logprobs.dtype) * sequence_logprobs).sum() / denominator
-    return loss, {"loss": loss.detach(), "logprob_mean": sequence_logprobs.detach().mean()}
+    adv = advantages.detach().to(sequence_logprobs.dtype)
+    stats: dict[str, torch.Tensor] = {}
+    if old_logprobs is not None:
+        if clip_range is None or clip_range <= 0:
+            raise ValueError("rloo_loss: old_logprobs needs a clip_range > 0")
+        check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs})
+        old = masked_sum(old_logprobs.detach().to(sequence_logprobs.dtype), mask, dim=1)
+        ratio = torch.exp(sequence_logprobs.detach() - old)  # [B]
+        stopped = ((adv > 0) & (ratio > 1 + clip_range)) | ((adv < 0) & (ratio < 1 - clip_range))
+        adv = adv * torch.where(stopped, torch.zeros_like(ratio), ratio)
+        stats = {"ratio_mean": ratio.mean(), "clip_fraction": stopped.to(ratio.dtype).mean()}
+    loss = -(adv * sequence_logprobs).sum() / denominator
+    return loss, {"loss": loss.detach(), "logprob_mean": sequence_logprobs.detach().mean(), **stats}

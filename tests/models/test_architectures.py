@@ -19,7 +19,7 @@ from prefer.data.formats import (
     write_rankings,
 )
 from prefer.models.build import load_tokenizer
-from prefer.stages.ppo import ppo
+from prefer.stages.policy_gradient import ppo
 from prefer.stages.reward import reward
 from prefer.stages.sft import sft, tokenize_demonstrations
 from prefer.training import read_metrics

@@ -16,7 +16,7 @@ from prefer.errors import PreferError
 from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
 from prefer.models.lora import FrozenView, apply_lora, disabled_adapters, merged_state_dict, prepare
 from prefer.rollouts import make_rollout
-from prefer.stages.ppo import build_value_model, ppo
+from prefer.stages.policy_gradient import build_value_model, ppo
 from prefer.stages.reward import reward
 from prefer.stages.sft import sft
 from prefer.training import make_optimizer, read_metrics

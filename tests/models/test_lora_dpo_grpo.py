@@ -12,7 +12,7 @@ from test_lora import LETTERS, _random_adapters, data  # noqa: F401 (fixture)
 from transformers import AutoModelForCausalLM
 
 import prefer.stages.dpo as dpo_stage
-import prefer.stages.group_rl as group_stage
+import prefer.stages.policy_gradient as group_stage
 from prefer.config import DPOConfig, GroupRLConfig, LoRAConfig, build_config
 from prefer.data.formats import read_rankings, record_locations, split_validation
 from prefer.errors import PreferError

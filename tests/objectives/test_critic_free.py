@@ -105,3 +105,33 @@ def test_accumulating_halves_with_the_step_count_equals_the_whole_batch(which):
         )[0]
 
     torch.testing.assert_close(loss(slice(0, 6)), loss(slice(0, 2), 6) + loss(slice(2, 6), 6))
+
+
+def test_rloo_off_policy_minibatch_weights_each_response_by_its_clipped_sequence_ratio():
+    """Two responses, each one token; logp = log 0.5 now. Response 0 was sampled at old logp log 0.4 (rho = 1.25 > 1.2,
+    advantage +2: clipped, no gradient); response 1 at log 0.625 (rho = 0.8, advantage -1: inside [0.8, 1.2]? 0.8 is
+    the edge, not below it, so kept with weight 0.8). Gradient of the loss w.r.t. logp: row 0: 0; row 1:
+    -(-1 x 0.8) / 2 = 0.4. The loss keeps REINFORCE's value: -(2 x 0 x log 0.5 + -1 x 0.8 x log 0.5) / 2
+    = 0.4 x log 0.5 = -0.27726."""
+    logprobs = torch.full((2, 1), math.log(0.5), dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[math.log(0.4)], [math.log(0.625)]], dtype=torch.float64)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    loss, stats = rloo_loss(logprobs, torch.tensor([2.0, -1.0]), mask, old_logprobs=old, clip_range=0.2)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.4 * math.log(0.5))
+    assert logprobs.grad[:, 0].tolist() == pytest.approx([0.0, 0.4])
+    assert stats["clip_fraction"].item() == 0.5 and stats["ratio_mean"].item() == pytest.approx((1.25 + 0.8) / 2)
+
+
+def test_rloo_on_the_sampling_policy_is_plain_reinforce():
+    """With old = current log-probs (rho = 1) the ratio-weighted gradient equals plain REINFORCE's."""
+    torch.manual_seed(0)
+    base = torch.randn(3, 4, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    advantages = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    grads = []
+    for old in (None, base.clone()):
+        logprobs = base.clone().requires_grad_(True)
+        rloo_loss(logprobs, advantages, mask, old_logprobs=old, clip_range=0.2)[0].backward()
+        grads.append(logprobs.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-15)

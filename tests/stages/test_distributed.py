@@ -26,7 +26,7 @@ from prefer.data.formats import (
 from prefer.models.build import build_model, train_tokenizer
 from prefer.models.reward_model import build_reward_model
 from prefer.objectives import mle_loss, next_token_targets
-from prefer.stages.ppo import ppo
+from prefer.stages.policy_gradient import ppo
 from prefer.stages.reward import reward
 from prefer.stages.sft import sft
 from prefer.training import read_metrics, save_model

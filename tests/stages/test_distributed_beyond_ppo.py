@@ -8,7 +8,7 @@ from test_distributed import MANY, assert_same_metrics, assert_same_weights, dat
 
 from prefer.config import DPOConfig, GroupRLConfig, load_config
 from prefer.stages.dpo import dpo
-from prefer.stages.group_rl import group_rl
+from prefer.stages.policy_gradient import group_rl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

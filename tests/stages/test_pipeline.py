@@ -13,7 +13,7 @@ from test_ppo_stage import WORDS, _mean_reward, not_a, sft, toy_scorer  # noqa: 
 
 from prefer.config import LabelConfig, PPOConfig, RewardConfig, SFTConfig, build_config
 from prefer.labeling import label_synthetic
-from prefer.stages.ppo import ppo
+from prefer.stages.policy_gradient import ppo
 from prefer.stages.reward import reward
 from prefer.stages.sft import sft as run_sft
 from prefer.training import read_metrics

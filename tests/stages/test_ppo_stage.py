@@ -18,7 +18,7 @@ from prefer.models.build import build_model, load_model, load_tokenizer, train_t
 from prefer.objectives import mle_loss, next_token_targets
 from prefer.rollouts import add_advantages, make_rollout
 from prefer.sampling import sample
-from prefer.stages.ppo import build_value_model, ppo, ppo_backward, ptx_backward
+from prefer.stages.policy_gradient import build_value_model, ppo, ppo_backward, ptx_backward
 from prefer.training import read_metrics, save_model
 
 WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
@@ -247,7 +247,7 @@ def test_logprobs_divide_the_logits_by_the_sampling_temperature(sft):
 
 
 def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkeypatch):
-    import prefer.stages.ppo as stage
+    import prefer.stages.policy_gradient as stage
 
     seen = {}
     original = stage.make_rollout
