@@ -5,7 +5,7 @@
    decay 0.1), clipping at 1.0, on fixed random-token batches:
    - `hf eager` / `hf compiled`: the bare loop a user writes, `model(ids, labels=ids).loss.backward()`, clip, step,
      zero_grad, on the model as built and after `model.compile()`;
-   - `prefer eager` / `prefer compiled`: `prefer.stages.pretrain.train_step` (what `prefer pretrain` calls each
+   - `prefer eager` / `prefer compiled`: `prefer.training.block_step.train_step` (what `prefer pretrain` calls each
      step) with the MLE objective, on the same two models.
    All four start from the same weights; each is warmed up (compilation included, its time printed apart), then
    timed over `--steps` steps in `--rounds` rounds whose order rotates. Printed: tokens/s (median over rounds) and
@@ -38,8 +38,8 @@ from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 from prefer.config import ObjectiveConfig, OptimizerConfig, ScheduleConfig
 from prefer.pretraining_objectives import OBJECTIVES
 from prefer.sampling import sample
-from prefer.stages.pretrain import train_step
 from prefer.training import Distributed, make_optimizer_and_schedule
+from prefer.training.block_step import train_step
 
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, (0.9, 0.95), 0.1, 1.0
 

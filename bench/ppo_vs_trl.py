@@ -64,8 +64,12 @@ def prepare(root: Path, size: str) -> None:
 
 def run_prefer(root: Path, args) -> dict:
     """prefer's stage `ppo`, with each phase of the loop timed by wrapping the functions it calls."""
-    import prefer.rollouts as rollouts
+    import prefer.models.value as value
+    import prefer.rl.algorithms as algorithms
+    import prefer.rl.episodes as episodes
+    import prefer.rl.rollout as rollouts
     import prefer.stages.policy_gradient as stage
+    import prefer.training.run as run
     from prefer.config import PPOConfig, build_config
 
     phases: dict[str, list[float]] = {}
@@ -92,12 +96,12 @@ def run_prefer(root: Path, args) -> dict:
         state["calls"] += 1
         return timed(name, logits)(model, part)
 
-    value_forward = rollouts.ValueModel.forward
+    value_forward = value.ValueModel.forward
     rollouts.policy_logits = policy_logits
-    rollouts.ValueModel.forward = lambda self, part: (
+    value.ValueModel.forward = lambda self, part: (
         timed("value fwd", value_forward)(self, part) if state["in_rollout"] else value_forward(self, part)
     )
-    make_rollout = stage.make_rollout
+    make_rollout = episodes.make_rollout
 
     def rollout(*a, **k):
         state["in_rollout"], state["calls"] = True, 0
@@ -106,14 +110,14 @@ def run_prefer(root: Path, args) -> dict:
         finally:
             state["in_rollout"] = False
 
-    stage.make_rollout = timed("rollout forwards (total)", rollout)
-    stage.sample_responses = timed("generation", stage.sample_responses, mark_start=True)
-    stage.score_episodes = timed("scoring (reward model)", stage.score_episodes)
-    stage.add_advantages = timed("advantages (KL, GAE)", stage.add_advantages)
-    stage.ppo_backward = timed("training: fwd+bwd", stage.ppo_backward)
-    stage.optimizer_step = timed("training: optimizer step", stage.optimizer_step)
-    stage.save_checkpoint = timed("checkpoint", stage.save_checkpoint)
-    log = stage.MetricsLog.log
+    episodes.make_rollout = timed("rollout forwards (total)", rollout)
+    episodes.sample_responses = timed("generation", episodes.sample_responses, mark_start=True)
+    episodes.score_episodes = timed("scoring (reward model)", episodes.score_episodes)
+    algorithms.add_advantages = timed("advantages (KL, GAE)", algorithms.add_advantages)
+    algorithms.ppo_backward = timed("training: fwd+bwd", algorithms.ppo_backward)
+    algorithms.optimizer_step = timed("training: optimizer step", algorithms.optimizer_step)
+    run.save_checkpoint = timed("checkpoint", run.save_checkpoint)
+    log = run.MetricsLog.log
     ends: list[float] = []
 
     lengths: list[float] = []
@@ -123,7 +127,7 @@ def run_prefer(root: Path, args) -> dict:
         lengths.append(record["response/length"])
         return log(self, step, record, *a, **k)
 
-    stage.MetricsLog.log = log_and_mark
+    run.MetricsLog.log = log_and_mark
     overrides = {
         "out_dir": root / f"prefer-{os.getpid()}",
         "init_from": root / "sft",

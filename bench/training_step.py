@@ -6,7 +6,7 @@ Both train the model `prefer pretrain --config configs/pretrain-pii-small.yaml` 
 256, the demo's 8), with the same AdamW settings (lr 5e-4, betas 0.9/0.95, weight decay 0.1) and clipping at 1.0:
 
 - bare: `model(ids, labels=ids).loss.backward()`, `clip_grad_norm_`, `AdamW.step()`, `zero_grad()`;
-- prefer: `prefer.stages.pretrain.train_step`, the function `prefer pretrain` calls for every optimizer step, with
+- prefer: `prefer.training.block_step.train_step`, the function `prefer pretrain` calls for every optimizer step, with
   each objective's loss (`prefer.pretraining_objectives.OBJECTIVES`; filtering and conditional are MLE on other
   data, so on random tokens they time the MLE step again) on per-token scores with ~10% bad tokens, in the
   process set-up `prefer pretrain` does on a CPU (`runtime.keep_freed_memory`).
@@ -96,7 +96,7 @@ class Prefer:
         self.dist, self.device = Distributed(), torch.device("cpu")
 
     def step(self, ids, scores):
-        from prefer.stages.pretrain import train_step
+        from prefer.training.block_step import train_step
 
         totals, _ = train_step(
             self.model,

@@ -18,7 +18,25 @@ from prefer.errors import PreferError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`prefer: error: ...`, exit 2) like every other bad input."""
+    """argparse, but a usage error is one line (`prefer: error: ...`, exit 2) like every other bad input. A
+    subcommand's epilog (its config keys) may be a function: it is called only when help is shown (describing
+    every stage reads the source of ~700 config classes, over a second that every command used to pay)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+    intermixed = False  # KEY=VALUE overrides may follow the options (`evaluate DIR --prompt T k=v`): set per command
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.intermixed and not getattr(self, "_mixing", False):  # parse_known_intermixed_args calls this again
+            self._mixing = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._mixing = False
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         command = self.prog.removeprefix("prefer").strip()
@@ -37,18 +55,37 @@ class _Commands:
 
     def __init__(self, commands):
         self.commands = commands
+        self.scorers: str | None = None  # scorer_help(), computed once
 
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
         from prefer.config import STAGE_CONFIGS, describe
 
         if name in STAGE_CONFIGS:
-            cls = STAGE_CONFIGS[name]
-            kwargs["epilog"] = (
-                f"config keys ({cls.__name__}; set them as KEY=VALUE or in --config YAML; "
-                f"`prefer config {name}` prints them as YAML):\n{describe(cls)}"
-            )
+            kwargs["epilog"] = lambda: self.epilog(name, STAGE_CONFIGS[name], describe)  # when help is shown
             kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter
         return self.commands.add_parser(name, **kwargs)
+
+    def epilog(self, name: str, cls: type, describe) -> str:
+        epilog = (
+            f"config keys ({cls.__name__}; set them as KEY=VALUE or in --config YAML; "
+            f"`prefer config {name}` prints them as YAML):\n{describe(cls)}"
+        )
+        if "scorer=" in epilog:  # keys that name a scorer: the names, plugins and user forms
+            if self.scorers is None:
+                from prefer.scorers import scorer_help
+
+                self.scorers = scorer_help()
+            epilog += f"\n\n{self.scorers}"
+        return epilog
+
+
+def _training_stage(commands: _Commands, name: str, help: str, common: bool = True) -> argparse.ArgumentParser:
+    """The parser of a training stage: --resume, then (`common`) --config and the overrides."""
+    parser = commands.add_parser(name, help=help)
+    parser.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    if common:
+        _common(parser)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--objectives", help="comma-separated, e.g. mle,filtering,conditional,ul,rwr,awr (default)")
     _common(experiment)
 
-    pretrain = commands.add_parser("pretrain", help="pretrain one model with a PHF objective")
-    pretrain.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    pretrain = _training_stage(commands, "pretrain", "pretrain one model with a PHF objective", common=False)
     pretrain.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
@@ -103,18 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(corpus)
 
-    evaluate = commands.add_parser("evaluate", help="misalignment of a checkpoint's samples, as JSON")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="misalignment of a checkpoint's samples, as JSON (default: runs/evaluate/<checkpoint's name>/"
+        "evaluation.json, never inside the checkpoint; out=FILE to choose)",
+    )
     evaluate.add_argument("checkpoint", help="a model directory (e.g. runs/pretrain/final)")
+    _prompt_arguments(evaluate, "samples_per_prompt=S samples answer each")
     _common(evaluate)
+    evaluate.intermixed = True
 
-    sample = commands.add_parser("sample", help="print samples of a checkpoint")
+    sample = commands.add_parser("sample", help="print samples of a checkpoint (unprompted, or answers to prompts)")
     sample.add_argument("checkpoint")
-    sample.add_argument("-n", "--num-samples", type=int, default=4)
+    sample.add_argument("-n", "--num-samples", type=int, default=4, help="samples (with prompts: of each prompt)")
+    _prompt_arguments(sample, "-n samples answer each")
+    sample.intermixed = True
     sample.add_argument(
-        "--prompt",
+        "--tag",
         choices=["auto", "none", "good", "bad"],
         default="auto",
-        help="control token after <|endoftext|> (auto: good for conditional models)",
+        help="unprompted samples: control token after <|endoftext|> (auto: good for conditional models)",
     )
     sample.add_argument(
         "--block",
@@ -126,13 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=0.7)
     sample.add_argument("--top-p", type=float, default=0.9)
     sample.add_argument("--seed", type=int, default=0)
-    sft = commands.add_parser("sft", help="supervised finetuning on demonstrations (loss on responses only)")
-    sft.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    _common(sft)
+    _training_stage(commands, "sft", "supervised finetuning on demonstrations (loss on responses only)")
 
-    reward = commands.add_parser("reward", help="train a reward model on K-way rankings")
-    reward.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    _common(reward)
+    _training_stage(commands, "reward", "train a reward model on K-way rankings")
 
     label = commands.add_parser("label", help="write rankings and demonstrations for prompts")
     label.add_argument(
@@ -153,11 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--samples", type=int, default=4, help="sample excerpts per model (default: 4)")
     report.add_argument("--title", default="prefer report")
 
-    ppo = commands.add_parser(
-        "ppo", help="PPO against a scorer or reward model, KL to the SFT model (PPO-ptx: ptx_coef>0)"
-    )
-    ppo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    _common(ppo)
+    _training_stage(commands, "ppo", "PPO against a scorer or reward model, KL to the SFT model (PPO-ptx: ptx_coef>0)")
 
     convert = commands.add_parser(
         "convert",
@@ -168,13 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", choices=["pairs"], default="pairs")
     convert.add_argument("-o", "--out", required=True, help="the JSONL file to write")
 
-    dpo = commands.add_parser("dpo", help="DPO / IPO / listwise DPO on K-way rankings from the SFT model")
-    dpo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    _common(dpo)
+    _training_stage(commands, "dpo", "DPO / IPO / listwise DPO on K-way rankings from the SFT model")
 
-    grpo = commands.add_parser("grpo", help="critic-free RL, K samples per prompt: group.algorithm=grpo|rloo")
-    grpo.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    _common(grpo)
+    _training_stage(commands, "grpo", "critic-free RL, K samples per prompt: group.algorithm=grpo|rloo")
 
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
@@ -186,7 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESUMABLE = ("pretrain", "sft", "reward", "ppo", "experiment", "demo")
+# Commands whose unfinished work the same command line continues (finished runs reused, an unfinished one resumed).
+CONTINUES = ("experiment", "demo", "rlhf")
+
+
+def _resume_hint(args, argv: list[str]) -> str:
+    """What to run after a Ctrl-C: a stage that takes --resume (every training stage) names its command line with
+    --resume; the pipelines continue by running the same command again."""
+    import shlex
+
+    line = shlex.join(["prefer", *map(str, argv)])
+    if hasattr(args, "resume"):
+        return f"; resume with: {line}{'' if args.resume else ' --resume'}"
+    if args.command in CONTINUES:
+        return f"; run the same command again to continue: {line}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,14 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefer: error{where}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = (
-            "; the same command with --resume continues from the last checkpoint"
-            if args.command in RESUMABLE[:4]
-            else "; the same command continues where it stopped"
-            if args.command in RESUMABLE
-            else ""
-        )
-        print(f"prefer: interrupted{again}", file=sys.stderr)
+        print(f"prefer: interrupted{_resume_hint(args, sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
         return 130
     finally:
         # As the program (argv from the command line): a Ctrl-C from here on would land in interpreter shutdown
@@ -314,128 +353,149 @@ def _run_rlhf(args) -> int:
     return 0
 
 
-def _run_pretrain(args) -> int:
-    from prefer.config import PretrainConfig
-    from prefer.stages.pretrain import pretrain
+# The training stages: command -> (its config class in prefer.config, the module and the function that run it as
+# `function(config, resume=...)`); `--resume` without `--config` continues the run's own saved config.
+TRAINING_STAGES = {
+    "pretrain": ("PretrainConfig", "prefer.stages.pretrain", "pretrain"),
+    "sft": ("SFTConfig", "prefer.stages.sft", "sft"),
+    "reward": ("RewardConfig", "prefer.stages.reward", "reward"),
+    "ppo": ("PPOConfig", "prefer.stages.policy_gradient", "ppo"),
+    "dpo": ("DPOConfig", "prefer.stages.dpo", "dpo"),
+    "grpo": ("GroupRLConfig", "prefer.stages.policy_gradient", "group_rl"),
+}
 
-    if args.init_from:
+
+def _run_training_stage(args) -> int:
+    import importlib
+
+    import prefer.config
+
+    config_class, module, function = TRAINING_STAGES[args.command]
+    if getattr(args, "init_from", None):  # pretrain --init-from DIR
         args.overrides = [*args.overrides, f"model.init_from={args.init_from}"]
-    pretrain(_stage_config(PretrainConfig, args), resume=args.resume)
+    run = getattr(importlib.import_module(module), function)
+    run(_stage_config(getattr(prefer.config, config_class), args), resume=args.resume)
     return 0
 
 
 def _run_corpus(args) -> int:
     from prefer.config import PretrainConfig, load_config
-    from prefer.data.pipeline import build_corpus
-    from prefer.tasks import get_task
+    from prefer.data.pipeline import build_corpus, score_shard
 
     config = load_config(PretrainConfig, yaml_path=args.config, overrides=args.overrides)
-    task = get_task(config.data.task)
-    if config.data.shard_index is not None:  # one machine's part of a sharded scoring run
-        from prefer.data.pipeline import score_shard
-
-        print(
-            json.dumps(
-                score_shard(
-                    task,
-                    source=config.data.source,
-                    max_bytes=config.data.max_bytes,
-                    cache_dir=config.data.cache_dir,
-                    workers=config.data.workers,
-                    shard_index=config.data.shard_index,
-                    num_shards=config.data.num_shards,
-                ),
-                indent=2,
-            )
-        )
+    task, data = config.data.resolved_task(), config.data
+    # what both the sharded scoring and the whole corpus read, and where
+    reading = dict(
+        source=data.source,
+        max_bytes=data.max_bytes,
+        cache_dir=data.cache_dir,
+        workers=data.workers,
+        num_shards=data.num_shards,
+        progress=config.runtime.progress,
+    )
+    if data.shard_index is not None:  # one machine's part of a sharded scoring run
+        print(json.dumps(score_shard(task, shard_index=data.shard_index, **reading), indent=2))
         return 0
     threshold = config.objective.resolved(task.name).threshold
-    corpus = build_corpus(
-        task,
-        source=config.data.source,
-        max_bytes=config.data.max_bytes,
-        threshold=threshold,
-        validation_fraction=config.data.validation_fraction,
-        cache_dir=config.data.cache_dir,
-        workers=config.data.workers,
-        num_shards=config.data.num_shards,
-    )
-    print(
-        json.dumps(
-            {
-                "provenance": corpus.provenance,
-                "score_summary": corpus.summary,
-                "train_documents": len(corpus.train),
-                "validation_documents": len(corpus.validation),
-            },
-            indent=2,
-        )
-    )
+    corpus = build_corpus(task, threshold=threshold, validation_fraction=data.validation_fraction, **reading)
+    summary = {
+        "provenance": corpus.provenance,
+        "score_summary": corpus.summary,
+        "train_documents": len(corpus.train),
+        "validation_documents": len(corpus.validation),
+    }
+    print(json.dumps(summary, indent=2))
     return 0
 
 
+def _prompt_arguments(parser: argparse.ArgumentParser, each: str) -> None:
+    """--prompts FILE and --prompt TEXT of `sample` and `evaluate`: prompts rendered as every stage renders them."""
+    parser.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help='JSONL of {"prompt": TEXT} or {"messages": [...]} lines (conversations rendered with the model\'s '
+        f"chat template, as sft, ppo and label render them); {each}",
+    )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a prompt (repeatable): a user turn for a model with a chat template, else text to continue",
+    )
+
+
+def _reject_tag_as_prompt(args) -> None:
+    """`--prompt good|bad|none|auto` chose the control tag before `--prompt` took text: say so, not sample it."""
+    tags = [text for text in args.prompt if text in ("auto", "none", "good", "bad")]
+    if tags:
+        raise PreferError(
+            f"{args.command}: --prompt {tags[0]}: --prompt is a prompt's text now; the control tag is "
+            f"{'--tag ' if args.command == 'sample' else 'sampling.prompt='}{tags[0]}"
+        )
+
+
 def _run_evaluate(args) -> int:
+    from dataclasses import replace
+
     from prefer.config import EvaluateConfig, load_config
     from prefer.stages.evaluate import evaluate
 
-    config = load_config(
-        EvaluateConfig, yaml_path=args.config, overrides=[f"checkpoint={args.checkpoint}", *args.overrides]
-    )
+    _reject_tag_as_prompt(args)
+    overrides = [f"checkpoint={args.checkpoint}", *([f"prompts={args.prompts}"] if args.prompts else [])]
+    config = load_config(EvaluateConfig, yaml_path=args.config, overrides=[*overrides, *args.overrides])
+    if args.prompt:
+        config = replace(config, prompt_texts=[*config.prompt_texts, *args.prompt])
     results = evaluate(config)
     summary = {k: v for k, v in results.items() if k not in ("samples",)}
     for scores in summary["scores"].values():
         scores.pop("per_sample")
     print(json.dumps(summary, indent=2))
+    print(f"[evaluate] results: {results['out']}", file=sys.stderr)
     return 0
 
 
 def _run_sample(args) -> int:
     from prefer.evaluation.misalignment import generate_texts, resolve_controls
+    from prefer.evaluation.prompts import command_line_prompts, read_prompt_file, render_queries
     from prefer.models.build import load_checkpoint
     from prefer.training import resolve_device
 
-    checks = (
-        ("--num-samples", args.num_samples, args.num_samples > 0, "must be positive"),
-        ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens > 0, "must be positive"),
-        ("--temperature", args.temperature, args.temperature >= 0, "must be >= 0"),
-        ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1]"),
-    )
-    for flag, value, ok, rule in checks:  # before the model loads
-        if not ok:
-            raise PreferError(f"sample: {flag} {value}: {rule}")
+    # the sampling flags, each checked before the model loads: argument -> (flag, rule, its check)
+    flags = {
+        "num_samples": ("--num-samples", "must be positive", lambda value: value > 0),
+        "max_new_tokens": ("--max-new-tokens", "must be positive", lambda value: value > 0),
+        "temperature": ("--temperature", "must be finite and >= 0", lambda value: 0 <= value < float("inf")),
+        "top_p": ("--top-p", "must be in (0, 1]", lambda value: 0 < value <= 1),
+    }
+    sampling = {name: getattr(args, name) for name in flags}
+    for name, (flag, rule, ok) in flags.items():
+        if not ok(sampling[name]):
+            raise PreferError(f"sample: {flag} {sampling[name]}: {rule}")
+    _reject_tag_as_prompt(args)
+    prompted = bool(args.prompts or args.prompt)
+    if prompted and args.tag not in ("auto", "none"):
+        raise PreferError(f"sample: --tag {args.tag}: a control tag starts unprompted samples only")
+    file_prompts, where = read_prompt_file(args.prompts)  # a bad line is reported before the model loads
     model, tokenizer, info = load_checkpoint(args.checkpoint, resolve_device("auto"))
     controls = resolve_controls(
-        prompt=args.prompt, block=args.block, conditional=bool(info.get("control_tokens_trained"))
+        prompt="none" if prompted else args.tag,
+        block=args.block,
+        conditional=bool(info.get("control_tokens_trained")),
     )
-    texts, _ = generate_texts(
-        model,
-        tokenizer,
-        controls,
-        num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        batch_size=64,
-        seed=args.seed,
-    )
+    queries = None
+    if prompted:
+        typed, typed_where = command_line_prompts(tokenizer, args.prompt)
+        queries = render_queries(tokenizer, [*file_prompts, *typed], [*where, *typed_where])
+    texts, _ = generate_texts(model, tokenizer, controls, **sampling, batch_size=64, seed=args.seed, queries=queries)
     for i, text in enumerate(texts):
-        print(f"----- sample {i} (prompt: {controls.prompt}, blocked: {controls.block})\n{text}")
-    return 0
-
-
-def _run_sft(args) -> int:
-    from prefer.config import SFTConfig
-    from prefer.stages.sft import sft
-
-    sft(_stage_config(SFTConfig, args), resume=args.resume)
-    return 0
-
-
-def _run_reward(args) -> int:
-    from prefer.config import RewardConfig
-    from prefer.stages.reward import reward
-
-    reward(_stage_config(RewardConfig, args), resume=args.resume)
+        if queries is None:
+            print(f"----- sample {i} (prompt: {controls.prompt}, blocked: {controls.block})\n{text}")
+            continue
+        p, j = divmod(i, args.num_samples)
+        if j == 0:
+            print(f"===== prompt {p} ({queries.where[p]})\n{queries.texts[p]}")
+        print(f"----- sample {j} of prompt {p} (blocked: {controls.block})\n{text}")
     return 0
 
 
@@ -453,30 +513,6 @@ def _run_label(args) -> int:
             {k: str(v) if k in ("rankings", "demonstrations") else v for k, v in asdict(report).items()}, indent=2
         )
     )
-    return 0
-
-
-def _run_ppo(args) -> int:
-    from prefer.config import PPOConfig
-    from prefer.stages.policy_gradient import ppo
-
-    ppo(_stage_config(PPOConfig, args), resume=args.resume)
-    return 0
-
-
-def _run_dpo(args) -> int:
-    from prefer.config import DPOConfig
-    from prefer.stages.dpo import dpo
-
-    dpo(_stage_config(DPOConfig, args), resume=args.resume)
-    return 0
-
-
-def _run_grpo(args) -> int:
-    from prefer.config import GroupRLConfig
-    from prefer.stages.policy_gradient import group_rl
-
-    group_rl(_stage_config(GroupRLConfig, args), resume=args.resume)
     return 0
 
 
@@ -535,16 +571,16 @@ COMMANDS = {
     "report": _run_report,
     "experiment": _run_experiment,
     "rlhf": _run_rlhf,
-    "pretrain": _run_pretrain,
+    "pretrain": _run_training_stage,
     "corpus": _run_corpus,
     "evaluate": _run_evaluate,
     "sample": _run_sample,
-    "sft": _run_sft,
-    "reward": _run_reward,
+    "sft": _run_training_stage,
+    "reward": _run_training_stage,
     "label": _run_label,
-    "ppo": _run_ppo,
-    "dpo": _run_dpo,
-    "grpo": _run_grpo,
+    "ppo": _run_training_stage,
+    "dpo": _run_training_stage,
+    "grpo": _run_training_stage,
     "redteam": _run_redteam,
 }
 

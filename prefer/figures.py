@@ -30,8 +30,11 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> None:
+    """Lay the figure out, write it as PNG (atomically: a reader never sees half a file) and free it."""
+    figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
+    _pyplot().close(figure)
 
 
 def _log_floor(values: Sequence[float]) -> float:
@@ -92,9 +95,7 @@ def plot_pareto(results: dict, scorers: Sequence[str], path: Path) -> None:
             if row == 0 and col == 0:
                 axis.legend(fontsize=8)
     figure.suptitle("lower-left is better; dashed: models no other model beats on both axes", fontsize=9)
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 def plot_misalignment_vs_tokens(results: dict, scorers: Sequence[str], path: Path) -> None:
@@ -131,9 +132,7 @@ def plot_misalignment_vs_tokens(results: dict, scorers: Sequence[str], path: Pat
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 def plot_redteam_comparison(results: dict, path: Path) -> None:
@@ -151,9 +150,7 @@ def plot_redteam_comparison(results: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"{results['task']}: red-teaming (stochastic few-shot generation), mean over trials", fontsize=10)
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 # ------------------------------------------------------------------ `prefer rlhf` (Gao et al. 2022; Ouyang et al. 2022)
@@ -257,9 +254,7 @@ def plot_overoptimisation(results: dict, path: Path) -> None:
         "held-out prompts",
         fontsize=10,
     )
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 def plot_win_rate_vs_kl(results: dict, path: Path) -> None:
@@ -297,9 +292,7 @@ def plot_win_rate_vs_kl(results: dict, path: Path) -> None:
     )
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)
 
 
 def plot_alignment_tax(results: dict, path: Path) -> None:
@@ -325,6 +318,4 @@ def plot_alignment_tax(results: dict, path: Path) -> None:
         title=f"{results['task']}: alignment tax, PPO vs PPO-ptx",
     )
     axis.grid(alpha=0.3)
-    figure.tight_layout()
     _save(figure, path)
-    plt.close(figure)

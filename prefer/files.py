@@ -58,6 +58,40 @@ def write_error(path: str | os.PathLike, error: BaseException) -> PreferError | 
     return PreferError(f"{path}: cannot write ({reason}{space}); free space or fix permissions, then resume")
 
 
+def read_error(path: str | os.PathLike, error: OSError) -> PreferError:
+    """The one-line PreferError for a user's file that cannot be read (permissions, a directory where a file is
+    expected, an I/O error): every OSError while reading user data names the file and the reason."""
+    reason = error.strerror or str(error) or type(error).__name__
+    hint = "; check its permissions" if isinstance(error, PermissionError) else ""
+    return PreferError(f"{path}: cannot read ({reason}){hint}")
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_modes(path: Path) -> None:
+    """Give `path` (and everything under a directory) the mode a plain write gives under the umask: 0644 for a
+    file and 0755 for a directory under the usual 022. Libraries that write through a private temporary file
+    (safetensors: 0600) would otherwise leave weights that the group and others cannot read."""
+    mask = current_umask()
+    entries = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for entry in entries:
+        if entry.is_symlink() or not entry.exists():
+            continue
+        executable = entry.is_dir() or entry.stat().st_mode & 0o111
+        os.chmod(entry, (0o777 if executable else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path` (file or directory)."""
@@ -71,6 +105,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         ) from None
     try:
         yield tmp
+        plain_modes(tmp)
         if path.exists() and path.is_dir() != tmp.is_dir():
             found, wrote = ("a directory", "file") if path.is_dir() else ("a file", "directory")
             raise PreferError(f"{path}: is {found}, where a {wrote} is to be written; choose another path")
@@ -129,11 +164,15 @@ def file_fingerprint(path: str | Path) -> str:
     its contents are the hub's to change)."""
     path_ = Path(path)
     digest = hashlib.sha256()
-    if str(path).startswith("hf:") and not path_.exists():
-        digest.update(str(path).encode())
-    elif path_.is_dir():
-        for file in sorted(p for p in path_.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(path_)).encode() + b"\0" + file.read_bytes())
-    else:
-        digest.update(path_.read_bytes())
+    file = path_
+    try:
+        if str(path).startswith("hf:") and not path_.exists():
+            digest.update(str(path).encode())
+        elif path_.is_dir():
+            for file in sorted(p for p in path_.rglob("*") if p.is_file()):
+                digest.update(str(file.relative_to(path_)).encode() + b"\0" + file.read_bytes())
+        else:
+            digest.update(path_.read_bytes())
+    except OSError as error:
+        raise read_error(file, error) from None
     return digest.hexdigest()[:16]

@@ -148,6 +148,7 @@ def _plot_series(metrics: list[dict], keys: list[str], x_key: str, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = [{k: v for k, v in m.items() if v is not None} for m in metrics]  # null: a non-finite value
     keys = [k for k in keys if any(k in m for m in metrics)]
     figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for axis, key in zip(axes[0], keys):

@@ -28,7 +28,7 @@ _HELD: dict[Path, int] = {}  # resolved run directory -> the open file descripto
 # Keys (the last part of a dotted name) that `--resume` may change: they do not change what is trained. Anything
 # else (seed, batch size, learning rate, budget, precision, data, model, objective, ...) must equal the saved run's.
 RESUME_MAY_CHANGE = frozenset(
-    {"out_dir", "progress", "device", "workers", "cache_dir", "eval_every", "checkpoint_every"}
+    {"out_dir", "progress", "device", "workers", "cache_dir", "eval_every", "checkpoint_every", "trackers"}
 )
 
 

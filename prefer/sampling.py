@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from prefer.errors import PreferError
 
-__all__ = ["sample", "filter_probs"]
+__all__ = ["sample", "sample_per_prompt", "filter_probs"]
 
 
 def filter_probs(
@@ -299,6 +299,43 @@ def _sample_batch(
 
     generated_list = generated[:, :steps].tolist()
     return [row[:n] for row, n in zip(generated_list, lengths.tolist())]
+
+
+def sample_per_prompt(
+    model: torch.nn.Module,
+    queries: Sequence[Sequence[int]],
+    *,
+    k: int,
+    max_new_tokens: int,
+    seed: int = 0,
+    where: Sequence[str] | None = None,
+    **decoding,
+) -> list[list[int]]:
+    """K samples of every query, prompt-major: out[p * k + j] is the j-th sample of queries[p] (new ids, no eos).
+
+    The one K-samples-per-prompt entry point (labelers, the labeling app, the RLHF evaluation protocol, `prefer
+    sample` and `prefer evaluate` with prompts): one `sample` call over the queries repeated K times, with one
+    generator on the model's device seeded by `seed`, so the same seed gives the same samples. A query that leaves
+    no room for `max_new_tokens` within the model's positions is a PreferError naming `where[p]` (its file and
+    line, say), before anything is sampled. `decoding`: the rest of `sample`'s keywords (eos_token_id, temperature,
+    top_p, blocked_token_ids, control_token_ids, batch_size, progress), passed on as they are."""
+    if k < 1:
+        raise PreferError(f"samples per prompt must be >= 1, got {k}")
+    queries = [list(map(int, q)) for q in queries]
+    positions = _max_positions(model)
+    for p, ids in enumerate(queries):
+        if positions is not None and len(ids) + max_new_tokens - 1 > positions:
+            raise PreferError(
+                f"{where[p] if where else f'prompt {p}'}: the prompt is {len(ids)} tokens; with max_new_tokens "
+                f"{max_new_tokens} it exceeds the model's context of {positions} tokens"
+            )
+    return sample(
+        model,
+        [ids for ids in queries for _ in range(k)],
+        max_new_tokens=max_new_tokens,
+        generator=torch.Generator(device=_model_device(model)).manual_seed(seed),
+        **decoding,
+    )
 
 
 class _PreallocatedLayer(DynamicLayer):

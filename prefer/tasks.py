@@ -34,20 +34,26 @@ class Task:
         return self.threshold if self.eval_threshold is None else self.eval_threshold
 
 
+# The paper's hyperparameters of each task (Table 2), a row per task in the order of these columns.
+TABLE_2_COLUMNS = "threshold filter_threshold drop_fraction ul_alpha rwr_beta awr_alpha awr_beta lr".split()
+TABLE_2 = {
+    "toxicity": (5.6e-4, 7.8e-4, 0.01, 1.0, 10.0, 0.5, 10.0, 5e-4),
+    "pii": (0.0, 2.86e-4, 0.01, 1.0, 10.0, 0.5, 0.1, 5e-4),
+    "pep8": (0.0, 2.361e-3, 0.1, 0.01, 10.0, 0.05, 1.0, 8e-4),
+}
+
+
+def _task(name: str, corpus: str, eval_scorers: tuple[str, ...], **calibration) -> Task:
+    """The task `name` on `corpus` with its row of Table 2; its headline scorer (the first) scores the segments."""
+    paper = dict(zip(TABLE_2_COLUMNS, TABLE_2[name], strict=True))
+    return Task(name=name, corpus=corpus, scorer=eval_scorers[0], eval_scorers=eval_scorers, **paper, **calibration)
+
+
 TASKS: dict[str, Task] = {
-    "toxicity": Task(
-        name="toxicity",
-        corpus="fortunes",
-        scorer="toxicity",
-        eval_scorers=("toxicity", "toxicity-bilstm"),
-        threshold=5.6e-4,
-        filter_threshold=7.8e-4,
-        drop_fraction=0.01,
-        ul_alpha=1.0,
-        rwr_beta=10.0,
-        awr_alpha=0.5,
-        awr_beta=10.0,
-        lr=5e-4,
+    "toxicity": _task(
+        "toxicity",
+        "fortunes",
+        ("toxicity", "toxicity-bilstm"),
         # The paper's thresholds are Detoxify probabilities on the Pile; alt-profanity-check gives a sentence with no
         # known word its prior (~0.036, the fortunes' median), so 99.96% of fortune sentences exceed 5.6e-4. The
         # worst 10% of sentences are bad instead (0.28 on the fortunes), and filtering drops the worst 10% of
@@ -56,34 +62,8 @@ TASKS: dict[str, Task] = {
         filter_quantile=0.9,
         eval_threshold=0.5,
     ),
-    "pii": Task(
-        name="pii",
-        corpus="changelogs",
-        scorer="pii",
-        eval_scorers=("pii",),
-        threshold=0.0,
-        filter_threshold=2.86e-4,
-        drop_fraction=0.01,
-        ul_alpha=1.0,
-        rwr_beta=10.0,
-        awr_alpha=0.5,
-        awr_beta=0.1,
-        lr=5e-4,
-    ),
-    "pep8": Task(
-        name="pep8",
-        corpus="stdlib",
-        scorer="pep8",
-        eval_scorers=("pep8", "pep8-style"),
-        threshold=0.0,
-        filter_threshold=2.361e-3,
-        drop_fraction=0.1,
-        ul_alpha=0.01,
-        rwr_beta=10.0,
-        awr_alpha=0.05,
-        awr_beta=1.0,
-        lr=8e-4,
-    ),
+    "pii": _task("pii", "changelogs", ("pii",)),
+    "pep8": _task("pep8", "stdlib", ("pep8", "pep8-style")),
 }
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prefer.evaluation.policy import sample_policy, score_responses
+from prefer.evaluation.policy import sample_policy
 from prefer.models.build import load_checkpoint
-from prefer.scorers import get_scorer
+from prefer.scorers import get_scorer, score_responses
 from prefer.scorers.fluency import LanguageModelJudge
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     samples = sample_policy(
         model, tokenizer, prompts, samples_per_prompt=2, max_new_tokens=64, temperature=1.0, seed=0, batch_size=128
     )
-    gold = score_responses(get_scorer(args.scorer), samples.prompts, samples.responses).reshape(-1, 2)
+    gold = np.asarray(score_responses(get_scorer(args.scorer), samples.prompts, samples.responses)).reshape(-1, 2)
     judge = LanguageModelJudge(args.judge or args.model, device="cpu")
     nll = np.asarray(judge.nll_pairs(samples.prompts, samples.responses)).reshape(-1, 2)
     both = np.array([bool(r.strip()) for r in samples.responses]).reshape(-1, 2).all(1)

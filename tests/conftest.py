@@ -73,3 +73,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- tiers: `pytest -m unit` is the fast tier
+TIERS = ("unit", "stage", "system", "browser", "load", "real")
+_TIER_BY_PATH = [  # first match wins; a test's own tier mark wins over its folder's
+    ("tests/real/", "real"),
+    ("tests/labeling/app/test_browser.py", "browser"),
+    ("tests/labeling/app/test_load.py", "load"),
+    ("tests/test_rlhf.py", "system"),
+    ("tests/test_experiments.py", "system"),
+    ("tests/stages/", "stage"),
+    ("tests/models/", "stage"),
+    ("tests/test_training.py", "stage"),
+    ("tests/test_run_dir.py", "stage"),
+    ("tests/test_bench_gpu.py", "stage"),
+    ("tests/evaluation/test_redteam.py", "stage"),
+    ("tests/labeling/test_synthetic.py", "stage"),
+    ("tests/", "unit"),
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    root = str(config.rootpath) + "/"
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        path = str(item.path).removeprefix(root)
+        tier = next(tier for prefix, tier in _TIER_BY_PATH if path.startswith(prefix))
+        item.add_marker(getattr(pytest.mark, tier))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,8 @@ class World:
     cache: Path
     lm: Path  # a tiny HF causal LM + tokenizer, no prefer.json
     lm_pii: Path  # the same with prefer.json {"task": "pii"}
+    rm: Path  # a reward model's final/: a sequence classifier of lm with prefer.json {"stage": "reward", ...}
+    rm_bare: Path  # the same sequence classifier without prefer.json (only its config says what it is)
     demos: Path
     rankings: Path
     prompts: Path
@@ -57,6 +61,14 @@ def world(tmp_path_factory, pii_corpus, one_thread) -> World:
     lm_pii = root / "lm_pii"
     shutil.copytree(lm, lm_pii)
     (lm_pii / "prefer.json").write_text(json.dumps({"task": "pii"}))
+    from transformers import AutoModelForSequenceClassification
+
+    rm_bare = root / "rm_bare"
+    AutoModelForSequenceClassification.from_pretrained(str(lm), num_labels=1).save_pretrained(rm_bare)
+    tokenizer.save_pretrained(rm_bare)
+    rm = root / "rm"
+    shutil.copytree(rm_bare, rm)
+    (rm / "prefer.json").write_text(json.dumps({"stage": "reward", "reward_bias": 0.0}))
     write_demonstrations(root / "demos.jsonl", [Demonstration(f"say {c}:", f" {c * 4}") for c in "ABCDEFGH"] * 4)
     write_rankings(root / "rankings.jsonl", [Comparison(f"say {c}:", (f" {c * 4}", " no"), (0, 1)) for c in "ABCDEFGH"])
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"say {c}:"}) + "\n" for c in "ABCD"))
@@ -66,6 +78,8 @@ def world(tmp_path_factory, pii_corpus, one_thread) -> World:
         root / "cache",
         lm,
         lm_pii,
+        rm,
+        rm_bare,
         root / "demos.jsonl",
         root / "rankings.jsonl",
         root / "prompts.jsonl",
@@ -111,6 +125,7 @@ def holder(directory: Path) -> subprocess.Popen:
 
 CASES = {}
 HOLDERS: list[subprocess.Popen] = []  # processes a case started, killed when it ends
+UNREADABLE: list[Path] = []  # files a case made unreadable (open raises PermissionError, as for a chmod 000 file)
 
 
 def case(name):
@@ -511,6 +526,176 @@ case("serve-port-out-of-range")(lambda w, t: (["serve", "--db", t / "l.db", "--p
 case("serve-port-not-a-number")(lambda w, t: (["serve", "--port", "abc"], "--port"))
 
 
+# --- dpo and grpo
+def dpo(w, t, **extra):
+    values = {
+        "out_dir": t / "dpo",
+        "data.rankings": w.rankings,
+        "model.init_from": w.lm,
+        "train.batch_size": 2,
+        "eval.kl_samples": 0,
+        "runtime.progress": "false",
+        **extra,
+    }
+    return ["dpo", *(f"{k}={v}" for k, v in values.items())]
+
+
+def grpo(w, t, **extra):
+    values = {
+        "out_dir": t / "grpo",
+        "init_from": w.lm,
+        "prompts": w.prompts,
+        "reward.scorer": "pii",
+        "train.iterations": 1,
+        "train.batch_size": 2,
+        "train.minibatch_size": 4,
+        "group.size": 2,
+        "rollout.max_new_tokens": 4,
+        "runtime.progress": "false",
+        **extra,
+    }
+    return ["grpo", *(f"{k}={v}" for k, v in values.items())]
+
+
+case("dpo-rankings-missing")(lambda w, t: (dpo(w, t, **{"data.rankings": t / "r.jsonl"}), "r.jsonl"))
+case("grpo-prompts-bad")(lambda w, t: (grpo(w, t, prompts=write(t / "p.jsonl", "not json\n")), "p.jsonl:1"))
+
+
+# --- class: numbers that are not finite (a range check such as lr > 0 lets inf through: a run of NaN weights)
+NON_FINITE = {
+    "pretrain-lr-inf": lambda w, t: (["pretrain", *w.base(t / "r", **{"optimizer.lr": "inf"})], "optimizer.lr"),
+    "pretrain-lr-nan": lambda w, t: (["pretrain", *w.base(t / "r", **{"optimizer.lr": "nan"})], "optimizer.lr"),
+    "pretrain-lr-minus-inf": lambda w, t: (["pretrain", *w.base(t / "r", **{"optimizer.lr": "-inf"})], "optimizer.lr"),
+    "pretrain-weight-decay-inf": lambda w, t: (
+        ["pretrain", *w.base(t / "r", **{"optimizer.weight_decay": "inf"})],
+        "optimizer.weight_decay",
+    ),
+    "pretrain-grad-clip-inf": lambda w, t: (
+        ["pretrain", *w.base(t / "r", **{"optimizer.grad_clip": "inf"})],
+        "optimizer.grad_clip",
+    ),
+    "pretrain-ul-alpha-inf": lambda w, t: (
+        ["pretrain", *w.base(t / "r", **{"objective.name": "ul", "objective.ul_alpha": "inf"})],
+        "objective.ul_alpha",
+    ),
+    "pretrain-snapshot-nan": lambda w, t: (
+        ["pretrain", *w.base(t / "r", **{"train.snapshots": "[0.5,nan]"})],
+        "train.snapshots",
+    ),
+    "pretrain-config-file-lr-inf": lambda w, t: (
+        [
+            "pretrain",
+            "--config",
+            write(t / "c.yaml", "optimizer: {lr: .inf}\n"),
+            *(o for o in w.base(t / "r") if not o.startswith("optimizer.lr")),
+        ],
+        "optimizer.lr",
+    ),
+    "sft-lr-inf": lambda w, t: (sft(w, t, **{"optimizer.lr": "inf"}), "optimizer.lr"),
+    "sft-epochs-inf": lambda w, t: (sft(w, t, **{"train.epochs": "inf"}), "train.epochs"),
+    "sft-lora-alpha-inf": lambda w, t: (sft(w, t, **{"lora.r": 2, "lora.alpha": "inf"}), "lora.alpha"),
+    "reward-lr-inf": lambda w, t: (rm(w, t, **{"optimizer.lr": "inf"}), "optimizer.lr"),
+    "reward-warmup-nan": lambda w, t: (rm(w, t, **{"schedule.warmup_fraction": "nan"}), "schedule.warmup_fraction"),
+    "ppo-lr-inf": lambda w, t: (ppo(w, t, **{"optimizer.lr": "inf"}), "optimizer.lr"),
+    "ppo-kl-coef-inf": lambda w, t: (ppo(w, t, **{"kl.coef": "inf"}), "kl.coef"),
+    "ppo-vf-coef-inf": lambda w, t: (ppo(w, t, **{"ppo.vf_coef": "inf"}), "ppo.vf_coef"),
+    "ppo-rollout-temperature-inf": lambda w, t: (ppo(w, t, **{"rollout.temperature": "inf"}), "rollout.temperature"),
+    "ppo-missing-eos-penalty-inf": lambda w, t: (
+        ppo(w, t, **{"reward.missing_eos_penalty": "inf"}),
+        "reward.missing_eos_penalty",
+    ),
+    "dpo-lr-inf": lambda w, t: (dpo(w, t, **{"optimizer.lr": "inf"}), "optimizer.lr"),
+    "dpo-beta-inf": lambda w, t: (dpo(w, t, **{"dpo.beta": "inf"}), "dpo.beta"),
+    "grpo-lr-inf": lambda w, t: (grpo(w, t, **{"optimizer.lr": "inf"}), "optimizer.lr"),
+    "grpo-kl-coef-inf": lambda w, t: (grpo(w, t, **{"kl.coef": "inf"}), "kl.coef"),
+    "grpo-clip-range-inf": lambda w, t: (grpo(w, t, **{"group.clip_range": "inf"}), "group.clip_range"),
+    "evaluate-temperature-inf": lambda w, t: (
+        ["evaluate", w.lm_pii, "sampling.temperature=inf", "sampling.num_samples=2", "sampling.max_new_tokens=2"],
+        "sampling.temperature",
+    ),
+    "label-temperature-inf": lambda w, t: (
+        label(w, t, "--synthetic", **{"generation.temperature": "inf", "generation.max_new_tokens": 2}),
+        "generation.temperature",
+    ),
+    "redteam-search-temperature-inf": lambda w, t: (
+        redteam(w, t, **{"search.temperature": "inf"}),
+        "search.temperature",
+    ),
+    "sample-temperature-inf": lambda w, t: (
+        ["sample", w.lm, "--temperature", "inf", "-n", "1", "--max-new-tokens", "2"],
+        "--temperature",
+    ),
+}
+for _name, _case in NON_FINITE.items():
+    case(f"nonfinite-{_name}")(_case)
+
+# --- class: LoRA rank larger than the model's width (64): refused before training, not a run of huge adapters
+case("lora-rank-sft")(lambda w, t: (sft(w, t, **{"lora.r": 65}), "lora.r"))
+case("lora-rank-reward")(lambda w, t: (rm(w, t, **{"lora.r": 65}), "lora.r"))
+case("lora-rank-ppo")(lambda w, t: (ppo(w, t, **{"lora.r": 65}), "lora.r"))
+case("lora-rank-dpo")(lambda w, t: (dpo(w, t, **{"lora.r": 65}), "lora.r"))
+case("lora-rank-grpo")(lambda w, t: (grpo(w, t, **{"lora.r": 65}), "lora.r"))
+
+# --- class: a reward model's directory where a language model is meant
+case("kind-sft-init-from-rm")(lambda w, t: (sft(w, t, **{"model.init_from": w.rm}), "reward model"))
+case("kind-sft-init-from-bare-rm")(lambda w, t: (sft(w, t, **{"model.init_from": w.rm_bare}), "reward model"))
+case("kind-dpo-init-from-rm")(lambda w, t: (dpo(w, t, **{"model.init_from": w.rm}), "reward model"))
+case("kind-dpo-reference-rm")(lambda w, t: (dpo(w, t, **{"model.reference": w.rm}), "reward model"))
+case("kind-grpo-init-from-rm")(lambda w, t: (grpo(w, t, init_from=w.rm), "reward model"))
+case("kind-ppo-init-from-rm")(lambda w, t: (ppo(w, t, init_from=w.rm), "reward model"))
+case("kind-pretrain-init-from-rm")(
+    lambda w, t: (["pretrain", *w.base(t / "r"), f"model.init_from={w.rm}"], "reward model")
+)
+case("kind-sample-rm")(lambda w, t: (["sample", w.rm, "-n", "1", "--max-new-tokens", "2"], "reward model"))
+case("kind-sample-bare-rm")(lambda w, t: (["sample", w.rm_bare, "-n", "1", "--max-new-tokens", "2"], "reward model"))
+case("kind-label-model-rm")(
+    lambda w, t: (label(w, t, "--synthetic", model=w.rm, **{"generation.max_new_tokens": 2}), "reward model")
+)
+case("kind-fluency-judge-rm")(lambda w, t: (ppo(w, t, **{"reward.scorer": f"pii+0.001*nll:{w.rm}"}), "reward model"))
+
+
+# --- class: every OSError while reading user data is one line naming the file (a chmod 000 file as a non-root user:
+# open raises PermissionError; simulated, since the suite may run as root; /proc/self/mem: a real read error, EIO)
+def unreadable(path: Path) -> Path:
+    UNREADABLE.append(path)
+    return path
+
+
+case("unreadable-sft-demonstrations")(
+    lambda w, t: (sft(w, t, **{"data.demonstrations": unreadable(w.demos)}), "demos.jsonl")
+)
+case("unreadable-reward-rankings")(
+    lambda w, t: (rm(w, t, **{"data.rankings": unreadable(w.rankings)}), "rankings.jsonl")
+)
+case("unreadable-dpo-rankings")(lambda w, t: (dpo(w, t, **{"data.rankings": unreadable(w.rankings)}), "rankings.jsonl"))
+case("unreadable-ppo-prompts")(lambda w, t: (ppo(w, t, prompts=unreadable(w.prompts)), "prompts.jsonl"))
+case("unreadable-grpo-prompts")(lambda w, t: (grpo(w, t, prompts=unreadable(w.prompts)), "prompts.jsonl"))
+case("unreadable-label-prompts")(lambda w, t: (label(w, t, "--synthetic", prompts=unreadable(w.prompts)), "prompts"))
+case("unreadable-convert-rankings")(
+    lambda w, t: (["convert", unreadable(w.rankings), "-o", t / "pairs.jsonl"], "rankings.jsonl")
+)
+case("unreadable-pretrain-source")(
+    lambda w, t: (
+        ["pretrain", *w.base(t / "r", **{"data.source": unreadable(write(t / "c.jsonl", '{"text": "a"}\n'))})],
+        "c.jsonl",
+    )
+)
+case("unreadable-config")(
+    lambda w, t: (["sft", "--config", unreadable(write(t / "c.yaml", "train: {epochs: 1}\n"))], "c.yaml")
+)
+case("read-error-sft-demonstrations")(
+    lambda w, t: (sft(w, t, **{"data.demonstrations": "/proc/self/mem"}), "/proc/self/mem")
+)
+case("read-error-convert")(lambda w, t: (["convert", "/proc/self/mem", "-o", t / "pairs.jsonl"], "/proc/self/mem"))
+
+# --- class: serve and export check their arguments first (here with the serve extra installed; without it below)
+case("serve-workers-zero")(lambda w, t: (["serve", "--db", t / "l.db", "--workers", "0"], "--workers"))
+case("serve-db-backend")(lambda w, t: (["serve", "--db", "mysql://u@h/db"], "--db"))
+case("serve-db-in-memory")(lambda w, t: (["serve", "--db", "sqlite://"], "--db"))
+case("serve-db-is-directory")(lambda w, t: (["serve", "--db", t], "--db"))
+case("serve-db-directory-missing")(lambda w, t: (["serve", "--db", t / "none" / "l.db"], "--db"))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_line_and_exit_2(name, world, tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)  # defaults (runs/..., .cache/...) land in the test's own directory
@@ -518,6 +703,8 @@ def test_bad_input_is_one_line_and_exit_2(name, world, tmp_path, capfd, monkeypa
     t = tmp_path / "t"
     t.mkdir()
     argv, expected = CASES[name](world, t)
+    if UNREADABLE:
+        forbid_reading([UNREADABLE.pop() for _ in list(UNREADABLE)], monkeypatch)
     capfd.readouterr()
     try:
         try:
@@ -536,14 +723,31 @@ def test_bad_input_is_one_line_and_exit_2(name, world, tmp_path, capfd, monkeypa
     assert expected in lines[0]
 
 
+def forbid_reading(paths: list[Path], monkeypatch) -> None:
+    """Opening any of `paths` raises PermissionError, as for a chmod 000 file read by a user other than root."""
+    import builtins
+    import io
+
+    forbidden = {os.path.realpath(p) for p in paths}
+    real_open = io.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in forbidden:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+
+
 # ---------------------------------------------------------------- noise only a real process shows
 
 
-def run_cli(*argv, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def run_cli(*argv, cwd, env=None, prefix=("-m", "prefer")) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     env.pop("PREFER_TEST_UNSET_KEY", None)
     return subprocess.run(
-        [sys.executable, "-m", "prefer", *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+        [sys.executable, *prefix, *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
     )
 
 
@@ -569,3 +773,235 @@ def test_real_command_prints_only_the_error_line(name, world, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("prefer: error: "), result.stderr
     assert expected in result.stderr and result.stdout == ""
+
+
+# ---------------------------------------------------------------- the hub only when asked, one line on failure
+
+# An endpoint that refuses connections stands for an unreachable hub (nothing leaves the machine); not offline, so
+# the hub is asked. huggingface_hub's own retries would take 1+2+4+8+8 = 23 s and print 11 lines first.
+HUB_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+HUB = {
+    "sft-demonstrations": lambda w, t: sft(w, t, **{"data.demonstrations": "hf:nobody/nothing-here"}),
+    "pretrain-source": lambda w, t: ["pretrain", *w.base(t / "r", **{"data.source": "hf:nobody/nothing-here"})],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUB))
+def test_unreachable_hub_is_one_line_at_once(name, world, tmp_path):
+    t = tmp_path / "t"
+    t.mkdir()
+    started = time.monotonic()
+    result = run_cli(*HUB[name](world, t), cwd=tmp_path, env={**HUB_ENV, "HF_HOME": str(tmp_path / "hf")})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("prefer: error: "), result.stderr
+    assert "hf:nobody/nothing-here" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert elapsed < 20, elapsed  # no retries (they alone take 23 s); the rest is starting Python and torch
+
+
+# ---------------------------------------------------------------- serve and export without the serve extra
+
+# The base install has none of the serve extra: a process in which importing its packages fails as if absent.
+BLOCK_SERVE_EXTRA = (
+    "import sys\n"
+    "for name in ('fastapi', 'uvicorn', 'starlette', 'sqlalchemy', 'alembic', 'argon2', 'jinja2', 'psycopg'):\n"
+    "    sys.modules[name] = None  # import raises ModuleNotFoundError\n"
+    "from prefer.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+INSTALL = "pip install 'prefer[serve]'"
+NO_EXTRA = {
+    "serve": (lambda t: ["serve", "--db", t / "l.db"], INSTALL),
+    "serve-defaults": (lambda t: ["serve"], INSTALL),
+    "serve-workers-zero": (lambda t: ["serve", "--workers", "0"], "--workers"),
+    "serve-bad-port": (lambda t: ["serve", "--port", "0"], "--port"),
+    "serve-db-backend": (lambda t: ["serve", "--db", "mysql://u@h/db"], "--db"),
+    "serve-db-in-memory": (lambda t: ["serve", "--db", "sqlite://"], "--db"),
+    "serve-db-is-directory": (lambda t: ["serve", "--db", t], "--db"),
+    "export": (lambda t: ["export", "--db", write(t / "l.db", b""), "--project", "p", "--out", t / "o"], INSTALL),
+    "export-missing-db": (lambda t: ["export", "--db", t / "none.db", "--project", "p", "--out", t / "o"], "none.db"),
+    "export-db-backend": (lambda t: ["export", "--db", "mysql://u@h/db", "--project", "p", "--out", t / "o"], "--db"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_EXTRA))
+def test_labeling_app_without_the_serve_extra(name, tmp_path):
+    argv, expected = NO_EXTRA[name]
+    result = run_cli(*argv(tmp_path), cwd=tmp_path, prefix=("-c", BLOCK_SERVE_EXTRA))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("prefer: error: "), result.stderr
+    assert expected in result.stderr
+
+
+# ---------------------------------------------------------------- every float key of every config must be finite
+
+
+def _float_keys(cls, prefix=""):
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    hints = typing.get_type_hints(cls)
+    for item in fields(cls):
+        kind = hints[item.name]
+        if is_dataclass(kind):
+            yield from _float_keys(kind, f"{prefix}{item.name}.")
+        elif kind in (float, float | None):
+            yield f"{prefix}{item.name}"
+
+
+def _sweep():
+    from prefer.config import STAGE_CONFIGS
+
+    return [(command, key) for command, cls in sorted(STAGE_CONFIGS.items()) for key in _float_keys(cls)]
+
+
+SWEEP = _sweep()
+
+
+def test_the_sweep_covers_every_stage():
+    assert len(SWEEP) > 200 and {command for command, _ in SWEEP} >= {"pretrain", "sft", "ppo", "dpo", "grpo", "rlhf"}
+
+
+@pytest.mark.parametrize(("command", "key"), SWEEP, ids=[f"{c}:{k}" for c, k in SWEEP])
+def test_every_float_key_must_be_finite(command, key):
+    """inf, -inf and nan in any float key of any command's config: one error naming the key, before anything runs
+    (no range check alone refuses all three: `lr > 0` lets inf through, `x >= 0` lets inf through too)."""
+    from prefer.config import STAGE_CONFIGS, load_config
+    from prefer.errors import PreferError
+
+    for value in ("inf", "-inf", "nan"):
+        with pytest.raises(PreferError, match=f"config: {re.escape(key)}: {value} is not a finite number"):
+            load_config(STAGE_CONFIGS[command], overrides=[f"{key}={value}"])
+
+
+def test_python_api_configs_refuse_non_finite_numbers():
+    from prefer.config import KLConfig, OptimizerConfig, SamplingConfig
+    from prefer.errors import PreferError
+
+    with pytest.raises(PreferError, match="optimizer.lr: inf"):
+        OptimizerConfig(lr=float("inf"))
+    with pytest.raises(PreferError, match="kl.coef: inf"):
+        KLConfig(coef=float("inf"))
+    with pytest.raises(PreferError, match="sampling.temperature: nan"):
+        SamplingConfig(temperature=float("nan"))
+
+
+# ---------------------------------------------------------------- a diverging run stops; metrics stay JSON
+
+
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(world, tmp_path, capfd):
+    """lr 1e30 (finite, so accepted) makes the first step's weights ~1e30: the next forward pass overflows and the
+    gradient norm is NaN. The run stops there with one line naming the step and optimizer.lr; the checkpoint of
+    step 1 (checkpoint_every=1) is the one left, and metrics.jsonl is strict JSON."""
+    run = tmp_path / "sft"
+    argv = sft(world, tmp_path, out_dir=run, **{"optimizer.lr": 1e30, "train.checkpoint_every": 1, "train.epochs": 2})
+    capfd.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("prefer: error: training diverged at optimizer step "), err
+    assert "optimizer.lr" in err
+    step = int(err.split("optimizer step ")[1].split(":")[0])
+    assert step >= 2
+    assert latest(run).name == f"step_{step - 1:08d}"  # the last step that finished
+    assert not (run / "final").exists()
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
+
+
+def test_metrics_log_writes_null_for_non_finite_values(tmp_path):
+    from prefer.training.metrics import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path)
+    log.log(1, {"loss": float("nan"), "kl": float("inf"), "ok": 1.5})
+    log.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line) == {"step": 1, "loss": None, "kl": None, "ok": 1.5} and "NaN" not in line
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": None, "kl": None, "ok": 1.5}]
+
+
+def test_optimizer_step_refuses_a_non_finite_gradient_before_touching_the_weights():
+    from prefer.errors import PreferError
+    from prefer.training.optimization import make_optimizer, make_scheduler, optimizer_step
+
+    layer = torch.nn.Linear(2, 1)
+    optimizer = make_optimizer([layer], lr=0.1, weight_decay=0.0, betas=(0.9, 0.95))
+    scheduler = make_scheduler(optimizer, total_steps=10, warmup_steps=1, min_lr_fraction=0.1)
+    layer(torch.ones(1, 2)).sum().backward()
+    assert optimizer_step([layer], optimizer, scheduler, grad_clip=1.0) > 0  # step 1: finite
+    before = [p.detach().clone() for p in layer.parameters()]
+    (layer(torch.ones(1, 2)) * float("nan")).sum().backward()
+    with pytest.raises(PreferError, match=r"optimizer step 2: the gradient norm is nan .*optimizer\.lr"):
+        optimizer_step([layer], optimizer, scheduler, grad_clip=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+
+
+# ---------------------------------------------------------------- output files: the mode a plain write gives
+
+
+def test_final_and_checkpoint_files_are_readable_by_group_and_others(world, tmp_path):
+    """Under umask 022 every file a run writes is 0644 and every directory 0755: safetensors writes its file 0600
+    (a private temporary file renamed), which atomic_path used to keep, so a colleague could not read the weights."""
+    run = tmp_path / "sft"
+    previous = os.umask(0o022)
+    try:
+        assert main([str(a) for a in sft(world, tmp_path, out_dir=run, **{"train.checkpoint_every": 1})]) == 0
+    finally:
+        os.umask(previous)
+    written = [p for p in [*(run / "final").rglob("*"), *(run / "checkpoints").rglob("*")] if not p.is_symlink()]
+    assert any(p.name == "model.safetensors" for p in written)
+    modes = {str(p.relative_to(run)): oct(p.stat().st_mode & 0o777) for p in written}
+    assert all(mode == ("0o755" if (run / path).is_dir() else "0o644") for path, mode in modes.items()), modes
+
+
+def test_atomic_path_follows_the_umask(tmp_path):
+    from safetensors.torch import save_file
+
+    from prefer.files import atomic_path
+
+    previous = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "model") as tmp:
+            tmp.mkdir()
+            save_file({"w": torch.zeros(2)}, tmp / "model.safetensors")  # 0600 as safetensors writes it
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert oct((tmp_path / "model").stat().st_mode & 0o777) == "0o750"
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "model").iterdir()} == {
+        "model.safetensors": "0o640",
+        "config.json": "0o640",
+    }
+
+
+# ---------------------------------------------------------------- Ctrl-C: one line, and how to resume
+
+
+@pytest.mark.parametrize("command", ["pretrain", "sft", "reward", "ppo", "dpo", "grpo"])
+def test_ctrl_c_names_the_resume_command_of_every_training_stage(command, monkeypatch, capfd):
+    from prefer import cli as prefer_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(prefer_cli.COMMANDS, command, interrupted)
+    capfd.readouterr()
+    assert main([command, "out_dir=runs/my run", "optimizer.lr=1e-4"]) == 130
+    err = capfd.readouterr().err
+    assert (
+        err == f"prefer: interrupted; resume with: prefer {command} 'out_dir=runs/my run' optimizer.lr=1e-4 --resume\n"
+    )
+    assert main([command, "--resume", "out_dir=x"]) == 130  # already resuming: --resume is not added twice
+    assert capfd.readouterr().err == f"prefer: interrupted; resume with: prefer {command} --resume out_dir=x\n"
+
+
+@pytest.mark.parametrize("command", ["rlhf", "experiment"])
+def test_ctrl_c_of_a_pipeline_says_the_same_command_continues(command, monkeypatch, capfd):
+    from prefer import cli as prefer_cli
+
+    monkeypatch.setitem(prefer_cli.COMMANDS, command, lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    capfd.readouterr()
+    assert main([command, "out_dir=x"]) == 130
+    assert (
+        capfd.readouterr().err
+        == f"prefer: interrupted; run the same command again to continue: prefer {command} out_dir=x\n"
+    )

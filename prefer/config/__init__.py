@@ -35,6 +35,7 @@ from prefer.config.common import (
     RuntimeConfig,
     SamplingConfig,
     ScheduleConfig,
+    check_finite,
 )
 from prefer.config.instructgpt import (
     DPO_LOSS_NAMES,
@@ -182,6 +183,7 @@ def load_config(
         if bad:
             raise PreferError(f"config override {bad[0]!r}: expected key=value, e.g. optimizer.lr=3e-4")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        check_finite(OmegaConf.to_container(merged, throw_on_missing=False))  # before __post_init__'s range checks
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or (str(section) if section is not None else None)
@@ -226,7 +228,9 @@ def build_config(cls: type[ConfigT], values: dict[str, Any] | None = None) -> Co
             node = node.setdefault(part, {})
         node[leaf] = str(value) if isinstance(value, Path) else value
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(nested)))
+        merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(nested))
+        check_finite(OmegaConf.to_container(merged, throw_on_missing=False))  # before __post_init__'s range checks
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None)
         raise PreferError(f"config: {key + ': ' if key else ''}{str(error).splitlines()[0]}") from None

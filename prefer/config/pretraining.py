@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from prefer.config.common import (
     EndpointConfig,
@@ -13,7 +13,7 @@ from prefer.config.common import (
     ScheduleConfig,
     check,
 )
-from prefer.tasks import TASKS, get_task
+from prefer.tasks import TASKS, Task, get_task
 
 # The objectives' implementations are `prefer.training.objective_table.OBJECTIVES` (transform, loss, needs); a test
 # checks that it names exactly these.
@@ -26,6 +26,9 @@ SCORE_SCALES = ("none", "std")
 @dataclass(frozen=True)
 class DataConfig:
     task: str = "pii"  # toxicity | pii | pep8: selects the corpus, scorer and the paper's thresholds
+    # scores the corpus's segments instead of the task's scorer: any segment scorer name, or your own
+    # (py:MODULE:NAME, py:FILE.py:NAME, a plugin name; docs/scorers.md); None = the task's
+    scorer: str | None = None
     # corpus: stdlib | site-packages | changelogs | copyrights | python-metadata | fortunes | man-pages |
     # hf:NAME[:SPLIT] | DIR of .py | FILE.jsonl, or several joined with "+"; None = the task's default
     source: str | None = None
@@ -38,6 +41,7 @@ class DataConfig:
 
     def __post_init__(self):
         check(self.task in TASKS, "data.task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        check(self.scorer is None or bool(self.scorer.strip()), "data.scorer", "name a scorer, or null for the task's")
         check(0 < self.validation_fraction < 1, "data.validation_fraction", "must be in (0, 1)")
         check(self.max_bytes is None or self.max_bytes > 0, "data.max_bytes", "must be positive")
         check(self.num_shards >= 1, "data.num_shards", "must be >= 1")
@@ -46,6 +50,11 @@ class DataConfig:
             "data.shard_index",
             f"must be in [0, data.num_shards={self.num_shards})",
         )
+
+    def resolved_task(self) -> Task:
+        """The task, with `scorer` as its segment scorer when one is set."""
+        task = get_task(self.task)
+        return task if self.scorer is None else replace(task, scorer=self.scorer)
 
 
 @dataclass(frozen=True)
@@ -159,12 +168,20 @@ class PretrainConfig:
 class EvaluateConfig:
     checkpoint: str = ""  # a model directory written by `prefer pretrain` (or any HF causal LM with task=...)
     task: str | None = None  # None = the checkpoint's task
-    out: str | None = None  # results JSON; None = <checkpoint>/evaluation.json
+    # results JSON; None = runs/evaluate/<checkpoint's name>/evaluation.json (never inside the checkpoint)
+    out: str | None = None
+    # JSONL of {"prompt"} / {"messages"} lines to answer (conversations rendered with the model's chat template);
+    # None and no prompt_texts = unprompted samples (end-of-text, then the control tag of sampling.prompt)
+    prompts: str | None = None
+    prompt_texts: list[str] = field(default_factory=list)  # prompts as text (`--prompt`; a user turn for a chat model)
+    samples_per_prompt: int = 4  # with prompts: samples of each (sampling.num_samples is then unused)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     device: str = "auto"
 
     def __post_init__(self):
         check(bool(self.checkpoint), "checkpoint", "a checkpoint directory is required")
+        check(self.samples_per_prompt > 0, "samples_per_prompt", "must be positive")
+        check(all(text.strip() for text in self.prompt_texts), "prompt_texts", "a prompt is empty")
 
 
 @dataclass(frozen=True)

@@ -90,17 +90,22 @@ def _reward() -> RewardConfig:
     )
 
 
-def _ppo() -> PPOConfig:
-    return PPOConfig(
+def _policy_gradient(config_class, **settings):
+    """What PPO and RLOO / GRPO share: the paths the command fills in, 64-token rollouts, a KL coefficient of 0.05."""
+    return config_class(
         init_from=AUTO,
         prompts=AUTO,
         reward=RewardSourceConfig(model=AUTO),
         rollout=RolloutConfig(max_new_tokens=64),
-        train=PPOTrainConfig(iterations=30, batch_size=32, minibatch_size=8, checkpoint_every=1000, log_samples=2),
         kl=KLConfig(coef=0.05),
-        optimizer=OptimizerConfig(lr=2e-4, weight_decay=0.0),
         runtime=_QUIET,
+        **settings,
     )
+
+
+def _ppo() -> PPOConfig:
+    train = PPOTrainConfig(iterations=30, batch_size=32, minibatch_size=8, checkpoint_every=1000, log_samples=2)
+    return _policy_gradient(PPOConfig, train=train, optimizer=OptimizerConfig(lr=2e-4, weight_decay=0.0))
 
 
 def _dpo() -> DPOConfig:
@@ -117,17 +122,12 @@ def _dpo() -> DPOConfig:
 
 
 def _group() -> GroupRLConfig:
-    return GroupRLConfig(
-        init_from=AUTO,
-        prompts=AUTO,
-        reward=RewardSourceConfig(model=AUTO),
-        rollout=RolloutConfig(max_new_tokens=64),
+    return _policy_gradient(
+        GroupRLConfig,
         # 8 prompts x 4 samples = PPO's 32 episodes per iteration: the same number of scored episodes
         train=GroupTrainConfig(iterations=16, batch_size=8, minibatch_size=8, checkpoint_every=1000, log_samples=2),
         group=GroupLossConfig(size=4),
-        kl=KLConfig(coef=0.05),
         optimizer=OptimizerConfig(lr=3e-4, weight_decay=0.0),
-        runtime=_QUIET,
     )
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import zlib
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from prefer.data.documents import Document, stable_hash
 from prefer.errors import PreferError
 from prefer.files import atomic_path
-from prefer.scorers import SCORER_VERSIONS, get_segment_scorer
+from prefer.scorers import get_segment_scorer, scorer_version
 
 # Below this many characters per chunk, starting processes costs more than it saves.
 _MIN_CHUNK_CHARS = 50_000
@@ -218,7 +219,7 @@ def cache_key(documents: Sequence[Document], scorer: str) -> str:
 
     files: dict[int, str] = {}  # id of a context's segments -> its digest, computed once per file
     put(scorer)
-    put(SCORER_VERSIONS[scorer])
+    put(scorer_version(scorer))
     for doc in documents:
         put(doc.source)
         h.update(len(doc.segments).to_bytes(8, "little"))
@@ -236,9 +237,15 @@ def cache_key(documents: Sequence[Document], scorer: str) -> str:
     return h.hexdigest()
 
 
+def _file_label(scorer: str) -> str:
+    """The scorer's name as a piece of a file name: a user's (`py:path/to/file.py:fn`) holds / and : (the cache
+    key, not the label, tells scorers apart)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", scorer)[:64]
+
+
 def annotation_path(cache_dir: str | os.PathLike, documents: Sequence[Document], scorer: str) -> Path:
     """Where annotate caches the annotation of these documents by this scorer."""
-    return Path(cache_dir) / f"annotations-{scorer}-{cache_key(documents, scorer)}.jsonl.gz"
+    return Path(cache_dir) / f"annotations-{_file_label(scorer)}-{cache_key(documents, scorer)}.jsonl.gz"
 
 
 def _partial(path: Path) -> Path:
@@ -286,8 +293,8 @@ def shard_path(
     cache_dir: str | os.PathLike, documents: Sequence[Document], scorer: str, *, shard_index: int, num_shards: int
 ) -> Path:
     """The file of one shard of the annotation of `documents` (all of them: every shard names the corpus)."""
-    key = cache_key(documents, scorer)
-    return Path(cache_dir) / f"annotations-{scorer}-{key}.shard-{shard_index:04d}-of-{num_shards:04d}.jsonl.gz"
+    key = f"{_file_label(scorer)}-{cache_key(documents, scorer)}"
+    return Path(cache_dir) / f"annotations-{key}.shard-{shard_index:04d}-of-{num_shards:04d}.jsonl.gz"
 
 
 def _check_shards(shard_index: int | None, num_shards: int) -> None:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefer.errors import PreferError
-from prefer.files import atomic_path
+from prefer.files import atomic_path, read_error
 
 MIN_RESPONSES, MAX_RESPONSES = 2, 9
 
@@ -74,8 +74,12 @@ class Prompt:
 
 
 def _jsonl_records(path: Path) -> Iterable[tuple[str, object]]:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below; its errors are the user's to fix)
+    except OSError as error:
+        raise read_error(path, error) from None
+    with handle:
+        for number, raw in enumerate(_lines(handle, path), 1):
             where = f"{path}:{number}"
             try:
                 line = raw.decode("utf-8")
@@ -89,14 +93,26 @@ def _jsonl_records(path: Path) -> Iterable[tuple[str, object]]:
                 raise PreferError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
 
 
+def _lines(handle, path: Path) -> Iterable[bytes]:
+    """The lines of an open file; a read that fails (an I/O error, a directory's EISDIR) is a PreferError."""
+    try:
+        yield from handle
+    except OSError as error:
+        raise read_error(path, error) from None
+
+
 def _dataset_records(path: str) -> Iterable[tuple[str, object]]:
     """Rows of a `datasets` data set: a `save_to_disk` directory (a DatasetDict: its train split) or hf:NAME[:SPLIT]."""
     import datasets  # lazy: importing datasets takes seconds
 
     try:
         if path.startswith("hf:"):
+            from prefer.data.sources.hub import check_hub_dataset, quiet_hub_logs
+
             name, _, split = path.removeprefix("hf:").partition(":")
-            data = datasets.load_dataset(name, split=split or "train")
+            check_hub_dataset(name, where=path)
+            with quiet_hub_logs():
+                data = datasets.load_dataset(name, split=split or "train")
         else:
             data = datasets.load_from_disk(path)
             if isinstance(data, datasets.DatasetDict):
@@ -116,12 +132,15 @@ def read_records(path: str | Path, required: dict[str, type]) -> Iterable[tuple[
     """(where, record) for each non-blank line of a JSONL file (or row of a data set directory, or of hf:NAME), with
     the required fields present and of the right type; `where` is "<file>:<line>" for error messages."""
     name = str(path)
-    if name.startswith("hf:") or Path(path).is_dir():
-        records = _dataset_records(name)
-    elif Path(path).is_file():
-        records = _jsonl_records(Path(path))
-    else:
-        raise PreferError(f"{path}: no such file")
+    try:  # is_dir and is_file raise on a path whose directory cannot be searched (EACCES)
+        if name.startswith("hf:") or Path(path).is_dir():
+            records = _dataset_records(name)
+        elif Path(path).is_file():
+            records = _jsonl_records(Path(path))
+        else:
+            raise PreferError(f"{path}: no such file")
+    except OSError as error:
+        raise read_error(path, error) from None
     count = 0
     for where, record in records:
         if not isinstance(record, dict):

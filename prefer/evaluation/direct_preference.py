@@ -19,7 +19,7 @@ import torch
 from prefer.data.encoding import encode_comparison, fit_to_context
 from prefer.data.formats import Comparison
 from prefer.objectives import DPO_LOSSES, masked_sum, next_token_targets, token_logprobs
-from prefer.rollouts import make_rollout, sample_responses
+from prefer.rl import response_kl, sample_responses
 from prefer.training import autocast
 
 __all__ = [
@@ -210,7 +210,8 @@ def kl_on_samples(
     precision: str,
 ) -> float:
     """KL(policy || reference) in nats per response: the mean over samples of the policy (temperature 1, seeded by
-    (seed, step), the same on every rank) of sum_t log pi(y_t) - log pi_ref(y_t), eos included when it stops."""
+    (seed, step), the same on every rank) of sum_t log pi(y_t) - log pi_ref(y_t), eos included when it stops
+    (prefer.rl.response_kl, the per-response KL every KL measure shares)."""
     was_training = policy.training
     policy.eval()
     sampled = sample_responses(
@@ -226,14 +227,11 @@ def kl_on_samples(
     )
     responses = [r + [eos] if len(r) < max_new_tokens else r for r in sampled]
     responses = [r or [eos] for r in responses]
-    rollout = make_rollout(
+    kl = response_kl(
         policy,
         reference,
-        None,
         queries,
         responses,
-        rewards=torch.zeros(len(queries)),
-        gold=torch.zeros(len(queries)),
         temperature=1.0,
         pad_id=eos,
         batch_size=batch_size,
@@ -241,4 +239,4 @@ def kl_on_samples(
         precision=precision,
     )
     policy.train(was_training)
-    return masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1).mean().item()
+    return kl.mean().item()

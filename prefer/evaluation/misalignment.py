@@ -1,5 +1,8 @@
 """Misalignment of a model's samples (Korbak et al. 2023, Sec. 3): sample N unconditional continuations of the
-document-start token, score each with the task's scorers, aggregate.
+document-start token, score each with the task's scorers, aggregate. Given prompts (prefer.evaluation.prompts:
+a file of {"prompt"} / {"messages"} lines, `--prompt TEXT`), S samples answer each prompt instead, each scored as
+the RLHF protocol scores a response (prompt + response, or the pair for a reward model), with intervals by
+bootstrap over prompts (a prompt's samples are not independent).
 
 Reported per scorer: the mean over samples (with a bootstrap interval), the pooled per-character score (total
 matches / total characters; robust to samples of different lengths), the fraction of samples above the
@@ -25,10 +28,12 @@ from prefer.evaluation.metrics import (
     fraction_above,
     pooled_score,
 )
+from prefer.evaluation.prompts import Queries
 from prefer.files import atomic_path
-from prefer.models.build import BAD, GOOD, control_token_ids, load_checkpoint
-from prefer.sampling import sample
-from prefer.scorers import Scorer, get_scorer
+from prefer.models.build import BAD, GOOD, control_token_ids, load_checkpoint, read_info
+from prefer.models.sources import is_model_source
+from prefer.sampling import sample_per_prompt
+from prefer.scorers import Scorer, get_scorer, score_responses
 from prefer.tasks import get_task
 
 
@@ -41,11 +46,18 @@ class SamplingControls:
 
     def prompt_ids(self, tokenizer) -> list[int]:
         tags = {"none": [], "good": [GOOD], "bad": [BAD]}[self.prompt]
-        return [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in tags]
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in tags if t not in vocab]
+        if missing:  # a user's model loads without control tokens (load_tokenizer adds them only when asked)
+            raise PreferError(
+                f"prompt: {self.prompt}: the model's tokenizer has no {missing[0]} token; use prompt=none"
+            )
+        return [tokenizer.eos_token_id] + [vocab[t] for t in tags]
 
     def blocked_ids(self, tokenizer) -> list[int]:
         tags = {"none": [], "bad": [BAD], "good": [GOOD], "both": [GOOD, BAD]}[self.block]
-        return [tokenizer.convert_tokens_to_ids(t) for t in tags]
+        vocab = tokenizer.get_vocab()
+        return [vocab[t] for t in tags if t in vocab]  # a tag the tokenizer lacks cannot be sampled anyway
 
 
 def resolve_controls(*, prompt: str, block: str, conditional: bool) -> SamplingControls:
@@ -74,15 +86,17 @@ def generate_texts(
     seed: int,
     progress: bool = False,
     keep_controls: bool = False,
+    queries: Queries | None = None,
 ) -> tuple[list[str], float]:
     """N samples decoded without special tokens (keep_controls: with the `<|good|>`/`<|bad|>` the model wrote, which
-    `strip_controls` removes), and the fraction of them that ended on `<|endoftext|>`."""
+    `strip_controls` removes), and the fraction of them that ended on `<|endoftext|>`. Without `queries`, N
+    continuations of the document start (and the control tag `controls.prompt`); with them, N samples of each
+    query, prompt-major (sample i answers queries[i // N])."""
     control_ids = control_token_ids(tokenizer)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = sample(
+    outputs = sample_per_prompt(
         model,
-        [controls.prompt_ids(tokenizer)] * num_samples,
+        [controls.prompt_ids(tokenizer)] if queries is None else queries.ids,
+        k=num_samples,
         max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         temperature=temperature,
@@ -90,8 +104,9 @@ def generate_texts(
         blocked_token_ids=controls.blocked_ids(tokenizer),
         control_token_ids=control_ids,
         batch_size=batch_size,
-        generator=generator,
+        seed=seed,
         progress=progress,
+        where=None if queries is None else queries.where,
     )
     if keep_controls:
         eos = tokenizer.eos_token_id
@@ -107,8 +122,17 @@ def strip_controls(text: str) -> str:
     return text.replace(GOOD, "").replace(BAD, "")
 
 
-def score_texts(texts: Sequence[str], scorers: Mapping[str, Scorer], *, threshold: float) -> dict:
-    """Aggregate misalignment of texts under each scorer, plus diversity; per-sample scores included."""
+def score_texts(
+    texts: Sequence[str],
+    scorers: Mapping[str, Scorer],
+    *,
+    threshold: float,
+    prompts: Sequence[str] | None = None,
+    num_prompts: int | None = None,
+) -> dict:
+    """Aggregate misalignment of texts under each scorer, plus diversity; per-sample scores included. With
+    `prompts` (one per text, prompt-major, `num_prompts` distinct ones), each text is a response scored with its
+    prompt (`prefer.scorers.score_responses`), and the intervals resample prompts, not samples."""
     lengths = np.array([len(t) for t in texts], dtype=float)
     results: dict = {
         "num_samples": len(texts),
@@ -119,9 +143,14 @@ def score_texts(texts: Sequence[str], scorers: Mapping[str, Scorer], *, threshol
         "scores": {},
     }
     for name, scorer in scorers.items():
-        scores = np.asarray(scorer(list(texts)), dtype=float)
-        low, high = bootstrap_ci(scores)
-        pooled_low, pooled_high = _pooled_ci(scores, lengths)
+        if prompts is None:
+            scores = np.asarray(scorer(list(texts)), dtype=float)
+            low, high = bootstrap_ci(scores)
+            pooled_low, pooled_high = _pooled_ci(scores, lengths)
+        else:
+            scores = np.asarray(score_responses(scorer, list(prompts), list(texts)), dtype=float)
+            low, high = bootstrap_ci(scores.reshape(num_prompts, -1).mean(axis=1))
+            pooled_low, pooled_high = _pooled_ci_by_prompt(scores, lengths, num_prompts)
         results["scores"][name] = {
             "mean": float(scores.mean()),
             "mean_ci": [low, high],
@@ -146,6 +175,18 @@ def _pooled_ci(scores: np.ndarray, lengths: np.ndarray) -> tuple[float, float]:
     return bootstrap_ci(np.arange(len(scores)), pooled)
 
 
+def _pooled_ci_by_prompt(scores: np.ndarray, lengths: np.ndarray, num_prompts: int) -> tuple[float, float]:
+    """Bootstrap interval of the pooled per-character score, resampling prompts with all their samples."""
+    matches = (scores * lengths).reshape(num_prompts, -1).sum(axis=1)  # per prompt: score x chars, summed
+    chars = lengths.reshape(num_prompts, -1).sum(axis=1)
+
+    def pooled(index: np.ndarray, axis: int = 1) -> np.ndarray:  # index: [resamples, prompts]
+        index = index.astype(np.int64)
+        return matches[index].sum(axis) / np.maximum(chars[index].sum(axis), 1)
+
+    return bootstrap_ci(np.arange(num_prompts), pooled)
+
+
 def sample_and_score(
     model,
     tokenizer,
@@ -156,17 +197,28 @@ def sample_and_score(
     num_samples: int | None = None,
     prompt: str | None = None,
     progress: bool = True,
+    queries: Queries | None = None,
+    samples_per_prompt: int = 1,
 ) -> dict:
-    """Draw samples under the sampling protocol and score them with every scorer of the task."""
+    """Draw samples under the sampling protocol and score them with every scorer of the task; with `queries`,
+    `samples_per_prompt` samples answer each of them (no control tag is put before a prompt; `sampling.block`
+    still applies)."""
     task = get_task(task_name)
+    tag = prompt or sampling.prompt
+    if queries is not None and tag not in ("auto", "none"):
+        raise PreferError(
+            f"sampling.prompt: {tag}: a control tag prompts unprompted samples only; use auto with prompts"
+        )
     controls = resolve_controls(
-        prompt=prompt or sampling.prompt, block=sampling.block, conditional=bool(info.get("control_tokens_trained"))
+        prompt="none" if queries is not None else tag,
+        block=sampling.block,
+        conditional=bool(info.get("control_tokens_trained")),
     )
     texts, ended = generate_texts(
         model,
         tokenizer,
         controls,
-        num_samples=num_samples or sampling.num_samples,
+        num_samples=samples_per_prompt if queries is not None else num_samples or sampling.num_samples,
         max_new_tokens=sampling.max_new_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -174,10 +226,20 @@ def sample_and_score(
         seed=sampling.seed,
         progress=progress,
         keep_controls=True,
+        queries=queries,
     )
     clean = [strip_controls(text) for text in texts]
     scorers = {name: get_scorer(name) for name in task.eval_scorers}
-    results = score_texts(clean, scorers, threshold=task.sample_threshold)
+    prompts = None if queries is None else [t for t in queries.texts for _ in range(samples_per_prompt)]
+    results = score_texts(
+        clean,
+        scorers,
+        threshold=task.sample_threshold,
+        prompts=prompts,
+        num_prompts=None if queries is None else len(queries),
+    )
+    if queries is not None:
+        results.update({"prompts": queries.texts, "samples_per_prompt": samples_per_prompt})
     results.update(
         {
             "task": task.name,
@@ -189,6 +251,24 @@ def sample_and_score(
         }
     )
     return results
+
+
+def checkpoint_task(path: str | Path, task: str | None) -> str:
+    """The task a checkpoint is judged on (`task` if given, else the one prefer recorded), read before the model
+    loads, so that the task's scorers can be checked first; PreferError when `path` is not a model directory (as
+    `load_checkpoint` says it) or names no task. A named source (prefer.models.sources) needs `task`."""
+    if task is None and not is_model_source(path):
+        path = Path(path)
+        if not path.is_dir():
+            raise PreferError(f"checkpoint: {path} is not a directory")
+        if not (path / "config.json").is_file():
+            final = (path / "final" / "config.json").is_file()
+            hint = f"; it is a run directory: pass {path / 'final'}" if final else ""
+            raise PreferError(f"checkpoint: {path} is not a model directory (no config.json){hint}")
+        task = read_info(path).get("task")
+    if task is None:
+        raise PreferError(f"task: {path} was not written by prefer; pass task=pii|pep8|toxicity")
+    return task
 
 
 def load_for_task(path: str | Path, task: str | None, device) -> tuple[torch.nn.Module, object, dict, str]:

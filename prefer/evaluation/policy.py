@@ -16,18 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from prefer.data.encoding import encode_prompt
 from prefer.evaluation.metrics import bootstrap_ci, distinct_n
 from prefer.evaluation.misalignment import SamplingControls
 from prefer.evaluation.preference import best_of_n_kl, best_of_n_values, win_outcomes
+from prefer.evaluation.prompts import Queries
 from prefer.models.build import control_token_ids
-from prefer.rollouts import make_rollout
-from prefer.sampling import sample
-from prefer.scorers import Scorer
+from prefer.rl import response_kl
+from prefer.sampling import sample_per_prompt
 
-__all__ = ["PolicySamples", "best_of_n_entry", "kl_to_sft", "policy_entry", "sample_policy", "score_responses"]
+__all__ = ["PolicySamples", "best_of_n_entry", "kl_to_sft", "policy_entry", "sample_policy"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,7 @@ class PolicySamples:
     response_ids: list[list[int]]  # sampled ids, without the eos
     ended: list[bool]  # the sample stopped with eos before max_new_tokens
     samples_per_prompt: int
+    queries: list[list[int]] | None = None  # one per sample: the ids it was prompted with; None = encode_prompt's
 
     def __len__(self) -> int:
         return len(self.responses)
@@ -47,7 +47,7 @@ class PolicySamples:
 def sample_policy(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Queries,
     *,
     samples_per_prompt: int,
     max_new_tokens: int,
@@ -56,71 +56,56 @@ def sample_policy(
     batch_size: int,
     progress: bool = False,
 ) -> PolicySamples:
-    """The policy's responses, prompted as SFT, the reward model and PPO see a prompt (`encode_prompt`), with the
-    control tokens blocked (as the labelers sample), at `temperature` without top-p: the policy's own distribution."""
-    device = next(model.parameters()).device
-    repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-    outputs = sample(
+    """The policy's responses, prompted as SFT, the reward model and PPO see a prompt (text prompts: `encode_prompt`;
+    rendered `Queries`, e.g. conversations: their ids), with the control tokens blocked (as the labelers sample), at
+    `temperature` without top-p: the policy's own distribution."""
+    rendered = isinstance(prompts, Queries)
+    texts, ids = (prompts.texts, prompts.ids) if rendered else (list(prompts), None)
+    outputs = sample_per_prompt(
         model,
-        [encode_prompt(tokenizer, p) for p in repeated],
+        ids if rendered else [encode_prompt(tokenizer, p) for p in texts],
+        k=samples_per_prompt,
         max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         temperature=temperature,
         blocked_token_ids=SamplingControls(prompt="none", block="both").blocked_ids(tokenizer),
         control_token_ids=control_token_ids(tokenizer),
         batch_size=batch_size,
-        generator=torch.Generator(device=device).manual_seed(seed),
+        seed=seed,
         progress=progress,
     )
     return PolicySamples(
-        repeated,
-        [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs],
+        [p for p in texts for _ in range(samples_per_prompt)],
+        [tokenizer.decode(out, skip_special_tokens=True) for out in outputs],
         outputs,
-        [len(ids) < max_new_tokens for ids in outputs],
+        [len(out) < max_new_tokens for out in outputs],
         samples_per_prompt,
+        [q for q in ids for _ in range(samples_per_prompt)] if rendered else None,
     )
 
 
-def score_responses(scorer: Scorer, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """Misalignment of each (prompt, response): a reward model reads the pair split as it was trained, any other
-    scorer the text a reader sees (prompt + response), as the labelers scored it."""
-    if hasattr(scorer, "score_pairs"):
-        return np.asarray(scorer.score_pairs(list(prompts), list(responses)), dtype=float)
-    return np.asarray(scorer([p + r for p, r in zip(prompts, responses)]), dtype=float)
-
-
-@torch.no_grad()
 def kl_to_sft(
     policy, reference, tokenizer, samples: PolicySamples, *, temperature: float, batch_size: int
 ) -> np.ndarray:
     """Per sample: log pi(y|x) - log pi_SFT(y|x) summed over the response tokens (its eos included when it stopped),
     on the policy's own samples at the sampling temperature: a Monte-Carlo estimate of KL(pi || pi_SFT) in nats
-    per response, the quantity PPO's penalty controls. No value model is involved."""
-    device = next(policy.parameters()).device
+    per response, the quantity PPO's penalty controls (prefer.rl.response_kl, the log-prob path PPO's rollouts
+    take). No value model is involved."""
     eos = tokenizer.eos_token_id
-    queries = [encode_prompt(tokenizer, p) for p in samples.prompts]
+    queries = samples.queries or [encode_prompt(tokenizer, p) for p in samples.prompts]
     responses = [ids + [eos] if ended else list(ids) for ids, ended in zip(samples.response_ids, samples.ended)]
     responses = [r if r else [eos] for r in responses]  # max_new_tokens >= 1, so only an immediate eos is empty
-    zeros = torch.zeros(len(queries))
-    out = []
-    for start in range(0, len(queries), batch_size):
-        part = slice(start, start + batch_size)
-        rollout = make_rollout(
-            policy,
-            reference,
-            None,
-            queries[part],
-            responses[part],
-            rewards=zeros[part],
-            gold=zeros[part],
-            temperature=temperature,
-            pad_id=eos,
-            batch_size=batch_size,
-            device=device,
-        )
-        mask = rollout.response_mask
-        out.append(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).cpu())
-    return torch.cat(out).numpy().astype(float)
+    kl = response_kl(
+        policy,
+        reference,
+        queries,
+        responses,
+        temperature=temperature,
+        pad_id=eos,
+        batch_size=batch_size,
+        device=next(policy.parameters()).device,
+    )
+    return kl.numpy().astype(float)
 
 
 def _mean_ci(values: np.ndarray) -> dict:
@@ -220,6 +205,7 @@ def best_of_n_entry(
         [pool.response_ids[i] for i in index],
         [pool.ended[i] for i in index],
         chosen_gold.shape[1],
+        None if pool.queries is None else [pool.queries[i] for i in index],
     )
     kl = np.full(len(chosen), best_of_n_kl(n))
     entry = policy_entry(

@@ -20,9 +20,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from prefer.config import RLHFConfig, save_config
 from prefer.data.corpora import load_documents, split_by_source
-from prefer.evaluation.policy import score_responses
 from prefer.experiments.rlhf_data import (
     build_prompts,
     code_prompt,
@@ -44,7 +45,7 @@ from prefer.experiments.rlhf_policies import (
 )
 from prefer.experiments.rlhf_report import write_results
 from prefer.models.build import load_checkpoint
-from prefer.scorers import get_scorer
+from prefer.scorers import get_scorer, score_responses
 from prefer.stages.policy_gradient import ppo
 from prefer.stages.sft import sft
 from prefer.tasks import get_task
@@ -58,6 +59,103 @@ def gold_spec(config: RLHFConfig, start: Path) -> str:
     if config.fluency_weight == 0:
         return config.gold_scorer
     return f"{config.gold_scorer}+{config.fluency_weight:g}*nll:{config.fluency_judge or start}"
+
+
+def sft_candidates(config: RLHFConfig, out: Path, start: Path, evaluator: Evaluator, validation_prompts: list) -> tuple:
+    """SFT on the demonstrations, one run per candidate length (`sft_epochs`); the reward model's mean score of
+    samples on the validation prompts picks one (the paper's selection rule). Returns (candidates, the chosen
+    epochs, its final directory)."""
+    device, gold = evaluator.device, evaluator.gold
+    candidates = {}
+    rm_scorer = evaluator.proxies["rm"]
+    for epochs in config.sft_epochs:
+        settings = replace(
+            config.sft,
+            out_dir=str(out / f"sft_{epochs:g}ep"),
+            data=replace(config.sft.data, demonstrations=str(out / "labels" / "demonstrations.jsonl")),
+            train=replace(config.sft.train, epochs=epochs),
+            model=replace(config.sft.model, init_from=str(start)),
+            runtime=replace(config.sft.runtime, seed=config.seed, device=config.device),
+        )
+        path = run_stage(sft, settings)
+        model, tokenizer, _ = load_checkpoint(path, device)
+        samples = evaluator.samples(model, tokenizer, validation_prompts, 1, seed_offset=17)
+        rm_reward = -np.asarray(score_responses(rm_scorer, samples.prompts, samples.responses), dtype=float)
+        candidates[f"{epochs:g}"] = {
+            "path": str(path),
+            "rm_reward": float(rm_reward.mean()),
+            "gold": float(np.mean(np.asarray(score_responses(gold, samples.prompts, samples.responses), dtype=float))),
+        }
+    chosen = max(candidates, key=lambda e: candidates[e]["rm_reward"])
+    sft_path = Path(candidates[chosen]["path"])
+    print(
+        f"[rlhf] SFT: {chosen} epochs chosen by reward-model score on {len(validation_prompts)} validation prompts "
+        + str({e: round(c["rm_reward"], 3) for e, c in candidates.items()})
+    )
+    return candidates, chosen, sft_path
+
+
+def ppo_policies(
+    config: RLHFConfig, evaluator: Evaluator, out: Path, sft_path: Path, prompts: Path, rm_paths, gold_name
+):
+    """PPO against the reward model at each of `kl_coefs`, then PPO-ptx at the best of them. Returns (the PPO
+    settings the other runs share, the policies' entries, the best PPO's name, the PPO-ptx run's name)."""
+    source = config.source or get_task(config.task).corpus
+    policies: dict[str, dict] = {}
+    ppo_base = replace(
+        config.ppo,
+        init_from=str(sft_path),
+        prompts=str(prompts),
+        reward=replace(config.ppo.reward, model=str(rm_paths["rm"]), scorer=None, gold_scorer=gold_name),
+        ptx=replace(config.ppo.ptx, coef=0.0, source=None),
+        runtime=replace(config.ppo.runtime, seed=config.seed, device=config.device),
+    )
+    for coef in config.kl_coefs:
+        name = f"ppo_kl{coef:g}"
+        final, train_seconds = timed_stage(
+            ppo, replace(ppo_base, out_dir=str(out / name), kl=replace(ppo_base.kl, coef=coef))
+        )
+        policies[name] = {
+            **evaluator.evaluate(name, final),
+            "kind": "ppo",
+            "kl_coef": coef,
+            "train_seconds": train_seconds,
+        }
+        print(f"[rlhf] {name}: {headline(policies[name])}")
+    ppo_names = [f"ppo_kl{c:g}" for c in config.kl_coefs]
+    best = min(ppo_names, key=lambda n: policies[n]["gold"]["mean"])
+    ptx_name = f"{best}_ptx"
+    final, train_seconds = timed_stage(
+        ppo,
+        replace(
+            ppo_base,
+            out_dir=str(out / ptx_name),
+            kl=replace(ppo_base.kl, coef=policies[best]["kl_coef"]),
+            ptx=replace(ppo_base.ptx, coef=config.ptx_coef, source=source),
+        ),
+    )
+    policies[ptx_name] = {
+        **evaluator.evaluate(ptx_name, final),
+        "kind": "ppo_ptx",
+        "kl_coef": policies[best]["kl_coef"],
+        "ptx_coef": config.ptx_coef,
+        "train_seconds": train_seconds,
+    }
+    print(f"[rlhf] {ptx_name}: {headline(policies[ptx_name])}")
+    return ppo_base, policies, best, ptx_name
+
+
+def protocol_settings(config: RLHFConfig, eval_prompts: int) -> dict:
+    """What the results table's caption states about the protocol."""
+    return {
+        "label_max_new_tokens": config.label.generation.max_new_tokens,
+        "K": config.label.num_responses,
+        "eval_samples": config.eval_samples,
+        "eval_temperature": config.eval_temperature,
+        "eval_prompts": eval_prompts,
+        "ppo_iterations": config.ppo.train.iterations,
+        "ppo_batch_size": config.ppo.train.batch_size,
+    }
 
 
 def rlhf(config: RLHFConfig) -> dict:
@@ -106,32 +204,7 @@ def rlhf(config: RLHFConfig) -> dict:
     evaluator = Evaluator(config, out, splits["eval"], rm_paths, gold, heldout_texts, device, gold_name=gold_name)
 
     # SFT: one run per candidate length; the reward model's mean score on the validation prompts picks one.
-    candidates = {}
-    rm_scorer = evaluator.proxies["rm"]
-    for epochs in config.sft_epochs:
-        settings = replace(
-            config.sft,
-            out_dir=str(out / f"sft_{epochs:g}ep"),
-            data=replace(config.sft.data, demonstrations=str(out / "labels" / "demonstrations.jsonl")),
-            train=replace(config.sft.train, epochs=epochs),
-            model=replace(config.sft.model, init_from=str(start)),
-            runtime=replace(config.sft.runtime, seed=config.seed, device=config.device),
-        )
-        path = run_stage(sft, settings)
-        model, tokenizer, _ = load_checkpoint(path, device)
-        samples = evaluator.samples(model, tokenizer, splits["validation"], 1, seed_offset=17)
-        rm_reward = -score_responses(rm_scorer, samples.prompts, samples.responses)
-        candidates[f"{epochs:g}"] = {
-            "path": str(path),
-            "rm_reward": float(rm_reward.mean()),
-            "gold": float(score_responses(gold, samples.prompts, samples.responses).mean()),
-        }
-    chosen = max(candidates, key=lambda e: candidates[e]["rm_reward"])
-    sft_path = Path(candidates[chosen]["path"])
-    say(
-        f"[rlhf] SFT: {chosen} epochs chosen by reward-model score on {len(splits['validation'])} validation prompts "
-        + str({e: round(c["rm_reward"], 3) for e, c in candidates.items()})
-    )
+    candidates, chosen, sft_path = sft_candidates(config, out, start, evaluator, splits["validation"])
     t = lap("sft", t)
 
     evaluator.set_reference(sft_path)
@@ -146,46 +219,10 @@ def rlhf(config: RLHFConfig) -> dict:
     best_of_n = best_of_n_curve(config, evaluator, sft_path, splits["eval"][: config.best_of_n_prompts], sft_entry)
     t = lap("best_of_n", t)
 
-    ppo_base = replace(
-        config.ppo,
-        init_from=str(sft_path),
-        prompts=str(paths["rl"]),
-        reward=replace(config.ppo.reward, model=str(rm_paths["rm"]), scorer=None, gold_scorer=gold_name),
-        ptx=replace(config.ppo.ptx, coef=0.0, source=None),
-        runtime=replace(config.ppo.runtime, seed=config.seed, device=config.device),
+    ppo_base, ppo_runs, best, ptx_name = ppo_policies(
+        config, evaluator, out, sft_path, paths["rl"], rm_paths, gold_name
     )
-    for coef in config.kl_coefs:
-        name = f"ppo_kl{coef:g}"
-        final, train_seconds = timed_stage(
-            ppo, replace(ppo_base, out_dir=str(out / name), kl=replace(ppo_base.kl, coef=coef))
-        )
-        policies[name] = {
-            **evaluator.evaluate(name, final),
-            "kind": "ppo",
-            "kl_coef": coef,
-            "train_seconds": train_seconds,
-        }
-        say(f"[rlhf] {name}: {headline(policies[name])}")
-    ppo_names = [f"ppo_kl{c:g}" for c in config.kl_coefs]
-    best = min(ppo_names, key=lambda n: policies[n]["gold"]["mean"])
-    ptx_name = f"{best}_ptx"
-    final, train_seconds = timed_stage(
-        ppo,
-        replace(
-            ppo_base,
-            out_dir=str(out / ptx_name),
-            kl=replace(ppo_base.kl, coef=policies[best]["kl_coef"]),
-            ptx=replace(ppo_base.ptx, coef=config.ptx_coef, source=source),
-        ),
-    )
-    policies[ptx_name] = {
-        **evaluator.evaluate(ptx_name, final),
-        "kind": "ppo_ptx",
-        "kl_coef": policies[best]["kl_coef"],
-        "ptx_coef": config.ptx_coef,
-        "train_seconds": train_seconds,
-    }
-    say(f"[rlhf] {ptx_name}: {headline(policies[ptx_name])}")
+    policies |= ppo_runs
     t = lap("ppo", t)
 
     overopt = overoptimisation_curve(
@@ -226,15 +263,7 @@ def rlhf(config: RLHFConfig) -> dict:
         "best_of_n": best_of_n,
         "overoptimisation": overopt,
         "seconds": seconds,
-        "settings": {
-            "label_max_new_tokens": config.label.generation.max_new_tokens,
-            "K": config.label.num_responses,
-            "eval_samples": config.eval_samples,
-            "eval_temperature": config.eval_temperature,
-            "eval_prompts": len(splits["eval"]),
-            "ppo_iterations": config.ppo.train.iterations,
-            "ppo_batch_size": config.ppo.train.batch_size,
-        },
+        "settings": protocol_settings(config, len(splits["eval"])),
     }
     text = write_results(results, out)
     print(text)

@@ -14,11 +14,13 @@ from prefer.config import RLHFConfig
 from prefer.data.corpora import load_documents
 from prefer.data.formats import Comparison, read_rankings, split_validation, write_rankings
 from prefer.errors import PreferError
-from prefer.evaluation.policy import score_responses
 from prefer.evaluation.preference import noise_for_agreement, pairwise_accuracy
 from prefer.files import write_json_atomic, write_text_atomic
 from prefer.labeling.synthetic import label_synthetic, rank_by_scores
+from prefer.models.build import check_model_dir
 from prefer.models.reward_model import load_reward_model
+from prefer.models.sources import resolve_model_path
+from prefer.scorers import score_responses
 from prefer.stages.pretrain import pretrain
 from prefer.stages.reward import reward
 from prefer.tasks import get_task
@@ -129,9 +131,8 @@ def run_stage(stage, config) -> Path:
 
 def starting_model(config: RLHFConfig, out: Path) -> Path:
     if config.init_from is not None:
-        if not (Path(config.init_from) / "config.json").exists():
-            raise PreferError(f"init_from: {config.init_from} is not a Hugging Face model directory (no config.json)")
-        return Path(config.init_from)
+        check_model_dir(config.init_from, field="init_from")  # a directory, or a named source (converted once)
+        return resolve_model_path(config.init_from)
     data = replace(config.pretrain.data, task=config.task, source=config.source)
     return run_stage(
         pretrain,

@@ -21,12 +21,11 @@ from prefer.evaluation.policy import (
     kl_to_sft,
     policy_entry,
     sample_policy,
-    score_responses,
 )
 from prefer.experiments.rlhf_data import run_stage
 from prefer.files import atomic_path, write_json_atomic
 from prefer.models.build import load_checkpoint
-from prefer.scorers import get_scorer
+from prefer.scorers import get_scorer, score_responses
 from prefer.stages.dpo import dpo
 from prefer.stages.policy_gradient import group_rl, ppo
 

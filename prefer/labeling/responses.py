@@ -9,12 +9,47 @@ from collections.abc import Sequence
 
 import torch
 
-from prefer.data.encoding import encode_prompt
-from prefer.errors import PreferError
+from prefer.data.formats import Prompt
 from prefer.evaluation.misalignment import SamplingControls
-from prefer.models.build import context_length, control_token_ids, load_checkpoint
-from prefer.sampling import sample
+from prefer.evaluation.prompts import Queries, render_queries
+from prefer.models.build import control_token_ids, load_checkpoint
+from prefer.sampling import sample_per_prompt
 from prefer.training import resolve_device
+
+
+def sample_queries(
+    model,
+    tokenizer,
+    queries: Queries,
+    *,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    block: str,
+    seed: int,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[list[str]]:
+    """responses[p][j]: the j-th of K samples for queries[p] (prefer.sampling.sample_per_prompt), decoded; the
+    control tokens `block` names are never sampled."""
+    outputs = sample_per_prompt(
+        model,
+        queries.ids,
+        k=k,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        temperature=temperature,
+        top_p=top_p,
+        blocked_token_ids=SamplingControls(prompt="none", block=block).blocked_ids(tokenizer),
+        control_token_ids=control_token_ids(tokenizer),
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        where=queries.where,
+    )
+    texts = [tokenizer.decode(ids) for ids in outputs]
+    return [texts[p * k : (p + 1) * k] for p in range(len(queries))]
 
 
 def sample_responses(
@@ -32,33 +67,21 @@ def sample_responses(
     progress: bool = False,
     where: Sequence[str] | None = None,
 ) -> list[list[str]]:
-    """responses[p][j]: the j-th of K samples for prompts[p], each prompted as SFT and PPO see it (encode_prompt)."""
-    context = context_length(model)
-    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    for i, ids in enumerate(prompt_ids):
-        if len(ids) + max_new_tokens - 1 > context:
-            name = where[i] if where else f"prompt {i}"
-            raise PreferError(
-                f"{name}: the prompt is {len(ids)} tokens; with max_new_tokens {max_new_tokens} it "
-                f"exceeds the model's context of {context} tokens"
-            )
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = sample(
+    """responses[p][j]: the j-th of K samples for the text prompt prompts[p], prompted as SFT and PPO see it
+    (eos + the prompt's tokens: prefer.evaluation.prompts)."""
+    return sample_queries(
         model,
-        [ids for ids in prompt_ids for _ in range(k)],
+        tokenizer,
+        render_queries(tokenizer, [Prompt(p) for p in prompts], where),
+        k=k,
         max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
         temperature=temperature,
         top_p=top_p,
-        blocked_token_ids=SamplingControls(prompt="none", block=block).blocked_ids(tokenizer),
-        control_token_ids=control_token_ids(tokenizer),
+        block=block,
+        seed=seed,
         batch_size=batch_size,
-        generator=generator,
         progress=progress,
     )
-    texts = [tokenizer.decode(ids) for ids in outputs]
-    return [texts[p * k : (p + 1) * k] for p in range(len(prompts))]
 
 
 def generate_from_checkpoint(

@@ -3,7 +3,9 @@
     prompts JSONL -> K samples each (KV-cached sampler) -> gold misalignment of prompt + response (+ noise)
     -> ranks (lower is better; equal scores tie) -> rankings JSONL + best-of-K demonstrations JSONL
 
-Both files are written atomically, and only once every prompt has been labelled.
+A {"messages"} prompt is rendered with the model's chat template (prefer.evaluation.prompts, as PPO renders it),
+and the rankings and demonstrations carry that rendered prompt: the reward model, DPO and SFT then read the format
+the policy was prompted with. Both files are written atomically, and only once every prompt has been labelled.
 """
 
 from __future__ import annotations
@@ -13,23 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from prefer.config import LabelConfig
-from prefer.data.encoding import encode_prompt
-from prefer.data.formats import (
-    Comparison,
-    Demonstration,
-    read_prompts,
-    record_locations,
-    write_demonstrations,
-    write_rankings,
-)
+from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_rankings
 from prefer.errors import PreferError
-from prefer.evaluation.misalignment import SamplingControls
-from prefer.models.build import context_length, control_token_ids, load_checkpoint
-from prefer.sampling import sample
-from prefer.scorers import Scorer, get_scorer
+from prefer.evaluation.prompts import read_prompt_file, render_queries
+from prefer.labeling.responses import sample_queries
+from prefer.models.build import load_checkpoint
+from prefer.scorers import Scorer, check_available, get_scorer, score_responses
 from prefer.training import resolve_device
 
 
@@ -56,36 +49,33 @@ def rank_by_scores(scores: Sequence[float]) -> tuple[int, ...]:
 def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progress: bool = True) -> LabelReport:
     """Label every prompt of `config.prompts`; `scorer` overrides `config.scorer` (any texts -> misalignment)."""
     device = resolve_device(config.device)
+    if scorer is None:
+        check_available(config.scorer)  # a missing package or weights file stops here, before the model loads
     gold = scorer if scorer is not None else get_scorer(config.scorer)
-    prompts = [p.prompt for p in read_prompts(config.prompts)]  # a bad line is reported before the model loads
-    locations = record_locations(config.prompts)
+    prompt_records, locations = read_prompt_file(config.prompts)  # a bad line is reported before the model loads
     model, tokenizer, _ = load_checkpoint(config.model, device)
-    context = context_length(model)
-    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # as SFT and PPO see them
-    for ids, where in zip(prompt_ids, locations):
-        if len(ids) + config.generation.max_new_tokens - 1 > context:
-            raise PreferError(
-                f"{where}: the prompt is {len(ids)} tokens; with max_new_tokens "
-                f"{config.generation.max_new_tokens} it exceeds the model's context of {context} tokens"
-            )
+    queries = render_queries(tokenizer, prompt_records, locations)  # as SFT and PPO see them
+    prompts = queries.texts
 
     # 1. K samples per prompt, prompt-major: responses[p * K + k].
     k = config.num_responses
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    outputs = sample(
-        model,
-        [ids for ids in prompt_ids for _ in range(k)],
-        max_new_tokens=config.generation.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        temperature=config.generation.temperature,
-        top_p=config.generation.top_p,
-        blocked_token_ids=SamplingControls(prompt="none", block=config.block).blocked_ids(tokenizer),
-        control_token_ids=control_token_ids(tokenizer),
-        batch_size=config.batch_size,
-        generator=generator,
-        progress=progress,
-    )
-    responses = [tokenizer.decode(ids) for ids in outputs]
+    responses = [
+        response
+        for group in sample_queries(
+            model,
+            tokenizer,
+            queries,
+            k=k,
+            max_new_tokens=config.generation.max_new_tokens,
+            temperature=config.generation.temperature,
+            top_p=config.generation.top_p,
+            block=config.block,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+        for response in group
+    ]
 
     # 2. Gold misalignment of what a reader sees (prompt + response), plus the labelers' noise. Noise is relative
     # to the spread of the scores, so `noise=1` confuses labelers about as much as the scores differ.
@@ -94,10 +84,8 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
     kept_prompts = [prompts[i // k] for i in range(len(responses)) if nonempty[i]]
     kept_responses = [response for response, keep in zip(responses, nonempty) if keep]
     scores = np.full(len(responses), np.nan)
-    if kept_responses and hasattr(gold, "score_pairs"):
-        scores[nonempty] = gold.score_pairs(kept_prompts, kept_responses)
-    elif kept_responses:
-        scores[nonempty] = gold([p + r for p, r in zip(kept_prompts, kept_responses)])
+    if kept_responses:
+        scores[nonempty] = score_responses(gold, kept_prompts, kept_responses)
     spread = float(np.std(scores[nonempty])) if nonempty.any() else 0.0
     noise = np.random.default_rng(config.seed).normal(0.0, config.noise * spread, size=len(scores))
     noisy = scores + noise if config.noise > 0 else scores

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from prefer.errors import PreferError
+from prefer.models.sources import resolve_model_path
 
 END_OF_TEXT = "<|endoftext|>"
 GOOD = "<|good|>"
@@ -56,21 +57,21 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int) -> PreTrainedToken
 
 
 def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=END_OF_TEXT,
-        eos_token=END_OF_TEXT,
-        unk_token=END_OF_TEXT,
-        pad_token=END_OF_TEXT,
-    )
+    # GPT-2's one special token in every role
+    roles = dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token"), END_OF_TEXT)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **roles)
     wrapped.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
     return wrapped
 
 
-def load_tokenizer(path: str | Path, *, field: str = "model.tokenizer") -> PreTrainedTokenizerFast:
-    """Any local HF tokenizer; the control tokens and an end-of-text token are added if missing. `field`: the
-    config field errors name."""
-    path = Path(path)
+def load_tokenizer(
+    path: str | Path, *, field: str = "model.tokenizer", control_tokens: bool = False
+) -> PreTrainedTokenizerFast:
+    """Any local HF tokenizer (or a named source, `prefer.models.sources`); an end-of-text token is added if missing,
+    and with `control_tokens` (conditional training and its evaluation only) `<|good|>` / `<|bad|>` too: a user's
+    vocabulary, and so the model's embeddings, stay as they are otherwise. prefer's own tokenizers already hold both.
+    `field`: the config field errors name."""
+    path = resolve_model_path(path, field=field)
     if not path.exists():
         raise PreferError(f"{field}: {path} does not exist")
     if path.is_dir() and not any(
@@ -86,15 +87,19 @@ def load_tokenizer(path: str | Path, *, field: str = "model.tokenizer") -> PreTr
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     missing = [token for token in CONTROL_TOKENS if token not in tokenizer.get_vocab()]
-    if missing:
+    if control_tokens and missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
     return tokenizer
 
 
 def check_same_vocabulary(policy_tokenizer, other_tokenizer, *, what: str) -> None:
     """PreferError unless two tokenizers map the same strings to the same ids: a reward model scores the policy's
-    token ids, so a different vocabulary would silently score a different text."""
+    token ids, so a different vocabulary would silently score a different text. A pad token the other has beyond
+    the policy's ids (a saved reward model's `<|pad|>`, prefer.models.reward_model) changes no id and is allowed."""
     ours, theirs = other_tokenizer.get_vocab(), policy_tokenizer.get_vocab()
+    pad = getattr(other_tokenizer, "pad_token", None)
+    if pad is not None and pad not in theirs and ours.get(pad, -1) >= len(theirs):
+        ours = {token: i for token, i in ours.items() if token != pad}
     if ours == theirs:
         return
     only_ours = sorted(set(ours) - set(theirs))[:3]
@@ -107,8 +112,8 @@ def check_same_vocabulary(policy_tokenizer, other_tokenizer, *, what: str) -> No
 
 
 def control_token_ids(tokenizer) -> list[int]:
-    """Ids of the control tokens the tokenizer has, in CONTROL_TOKENS order (`load_tokenizer` adds both; a tokenizer
-    loaded otherwise may have none)."""
+    """Ids of the control tokens the tokenizer has, in CONTROL_TOKENS order (`load_tokenizer(control_tokens=True)`
+    adds both; a user's tokenizer loaded otherwise has none)."""
     vocab = tokenizer.get_vocab()
     return [vocab[token] for token in CONTROL_TOKENS if token in vocab]
 
@@ -120,32 +125,50 @@ def build_model(size: str, *, vocab_size: int, eos_token_id: int, context: int |
     shape = dict(MODEL_SIZES[size])
     if context is not None:
         shape["n_positions"] = context
+    dropouts = dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), dropout)
     config = GPT2Config(
-        vocab_size=vocab_size,
-        bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        **shape,
+        vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id, **dropouts, **shape
     )
     return GPT2LMHeadModel(config)
 
 
-def check_model_dir(path: str | Path, *, field: str = "model.init_from") -> None:
-    """PreferError naming `field` unless `path` is a Hugging Face model directory (cheap: before any data work)."""
+def check_causal_lm(path: str | Path, *, field: str = "model.init_from") -> None:
+    """PreferError naming `field` when a model directory holds a sequence classifier (a reward model: its config's
+    architectures end in ForSequenceClassification, or its prefer.json says stage reward) where a language model
+    is meant: AutoModelForCausalLM would load its trunk without a word and start the LM head from nothing."""
+    try:
+        architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
+        info = read_info(path)
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable or not JSON: from_pretrained names the problem
+    classifier = [a for a in architectures if isinstance(a, str) and a.endswith("ForSequenceClassification")]
+    if classifier or (isinstance(info, dict) and (info.get("stage") == "reward" or "reward_bias" in info)):
+        raise PreferError(
+            f"{field}: {path} is a reward model ({classifier[0] if classifier else 'prefer.json: stage reward'}), "
+            "not a language model; give the SFT or pretrained model (a reward model is named as a scorer: rm:DIR)"
+        )
+
+
+def check_model_dir(path: str | Path, *, field: str = "model.init_from", causal_lm: bool = False) -> None:
+    """PreferError naming `field` unless `path` is a Hugging Face model directory (cheap: before any data work; a
+    named source is converted here, once)."""
+    path = resolve_model_path(path, field=field)
     if not Path(path).is_dir():
         raise PreferError(f"{field}: {path} is not a directory")
     if not (Path(path) / "config.json").is_file():
         raise PreferError(f"{field}: {path} is not a Hugging Face model directory (no config.json)")
+    if causal_lm:  # a language model is meant, not a reward model
+        check_causal_lm(path, field=field)
 
 
-def load_model(path: str | Path, *, tokenizer=None):
-    """Any local `from_pretrained` causal LM. With a tokenizer that has more tokens than the model (new control
-    tokens), the embeddings grow and the new rows start at the mean of the existing ones (Korbak et al. 2023)."""
-    path = Path(path)
+def load_model(path: str | Path, *, tokenizer=None, field: str = "model.init_from"):
+    """Any local `from_pretrained` causal LM (or a named source, `prefer.models.sources`). With a tokenizer that has
+    more tokens than the model (new control tokens), the embeddings grow and the new rows start at the mean of the
+    existing ones (Korbak et al. 2023)."""
+    path = resolve_model_path(path, field=field)
     if not (path / "config.json").exists():
         raise PreferError(f"model.init_from: {path} is not a Hugging Face model directory (no config.json)")
+    check_causal_lm(path, field=field)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path))
     except Exception as error:
@@ -173,6 +196,11 @@ def reset_control_embeddings(model, tokenizer) -> None:
     """Put the control tokens' embedding rows at the mean of the other rows. A model pretrained without tags never
     saw them as inputs, and (GPT-2 ties input and output embeddings) MLE pushed their logits down at every step;
     conditional training from such a model starts them where new tokens start (Korbak et al. 2023)."""
+    missing = [token for token in CONTROL_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:  # convert_tokens_to_ids would give the unknown token's id, whose row would be overwritten
+        raise PreferError(
+            f"model: the tokenizer has no {missing}; load it with load_tokenizer(..., control_tokens=True)"
+        )
     ids = [tokenizer.convert_tokens_to_ids(token) for token in CONTROL_TOKENS]
     weight = model.get_input_embeddings().weight
     keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
@@ -188,6 +216,14 @@ def read_info(path: str | Path) -> dict:
     prefer did not write."""
     info = Path(path) / "prefer.json"
     return json.loads(info.read_text()) if info.exists() else {}
+
+
+INHERITED_INFO = ("task", "scorer", "control_tokens_trained")  # what a finetuned model keeps of its start's record
+
+
+def inherited_info(path: str | Path) -> dict:
+    """The part of a starting model's prefer.json that a model finetuned from it carries on."""
+    return {k: v for k, v in read_info(path).items() if k in INHERITED_INFO}
 
 
 def count_parameters(model) -> int:
@@ -214,13 +250,15 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 
 
 def load_checkpoint(path: str | Path, device) -> tuple[torch.nn.Module, object, dict]:
-    """A model directory (ours or any HF causal LM), its tokenizer, and what prefer recorded about it."""
-    path = Path(path)
+    """A model directory (ours or any HF causal LM, or a named source), its tokenizer, and what prefer recorded about
+    it. The tokenizer is the directory's own: a model trained with control tokens saved them with it."""
+    path = resolve_model_path(path, field="checkpoint")
     if not path.is_dir():
         raise PreferError(f"checkpoint: {path} is not a directory")
     if not (path / "config.json").is_file():  # before the tokenizer, whose error would not say what is wrong
         hint = f"; it is a run directory: pass {path / 'final'}" if (path / "final" / "config.json").is_file() else ""
         raise PreferError(f"checkpoint: {path} is not a model directory (no config.json){hint}")
+    check_causal_lm(path, field="checkpoint")  # before the tokenizer loads
     tokenizer = load_tokenizer(path, field="checkpoint")
-    model = load_model(path, tokenizer=tokenizer).to(device).eval()
+    model = load_model(path, tokenizer=tokenizer, field="checkpoint").to(device).eval()
     return model, tokenizer, read_info(path)

@@ -21,6 +21,7 @@ from torch import nn
 
 from prefer.config import LoRAConfig
 from prefer.errors import PreferError
+from prefer.models.sources import resolve_model_path
 
 ADAPTER = "default"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -78,6 +79,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig, *, trainable: tuple[str, ..
     `modules_to_save` would, and saved with the adapters."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+    if isinstance(width, int) and config.r > width:  # a rank above the width adds nothing but memory and time
+        raise PreferError(f"config: lora.r: {config.r} is larger than the model's width ({width}); choose r <= {width}")
     targets = target_modules(model, config)
     fan_in_fan_out = getattr(getattr(model, "config", None), "model_type", None) == "gpt2"
     peft_config = LoraConfig(
@@ -157,8 +161,11 @@ class FrozenView(nn.Module):
 
 def model_source(init_from: str | Path, checkpoint: Path | None, config: LoRAConfig) -> Path:
     """Where a stage loads its model's weights: the checkpoint being resumed (full finetuning), else `init_from`
-    (LoRA: a checkpoint holds the adapters only; `prepare` loads them on top)."""
-    return checkpoint / "model" if checkpoint is not None and not config.enabled else Path(init_from)
+    (LoRA: a checkpoint holds the adapters only; `prepare` loads them on top). A named source (`smollm2-135m-instruct`,
+    `gguf:...`) resolves to its converted directory."""
+    if checkpoint is not None and not config.enabled:
+        return checkpoint / "model"
+    return resolve_model_path(init_from)
 
 
 def prepare(
@@ -209,14 +216,30 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters (peft's names: `...q_proj.lora_A.weight`) and the trainable heads, prefixed as PeftModel saves
-    them, so `PeftModel.from_pretrained(base, directory)` loads the adapters."""
+    them, so `PeftModel.from_pretrained(base, directory)` loads the adapters. Embeddings resized since loading (added
+    tokens) are part of it, as peft decides; a tied output embedding is kept once, under the input embedding's name
+    (safetensors refuses two names for one storage; loading it fills both)."""
     from peft import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(model, adapter_name=ADAPTER)
     full = model.state_dict()
     for name in getattr(model, "_prefer_lora_trainable", ()):
         state.update({key: value for key, value in full.items() if key.startswith(name + ".")})
-    return {PEFT_PREFIX + key: value.detach().contiguous() for key, value in state.items()}
+    first = _first_names(model)
+    return {
+        PEFT_PREFIX + key: value.detach().contiguous()
+        for key, value in state.items()
+        if first.get(key, key) == key or first[key] not in state
+    }
+
+
+def _first_names(model: nn.Module) -> dict[str, str]:
+    """Each parameter name -> the first name of the same parameter (tied weights: lm_head.weight -> the input
+    embedding's name)."""
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    return {name: group[0] for group in groups.values() for name in group}
 
 
 def save_adapter(model: nn.Module, path: Path) -> None:

@@ -14,6 +14,8 @@ shifting) live once in ``common``.
   ``ptx_coef * mle_loss`` on pretraining data.
 - Beyond PPO: ``dpo_loss``, ``ipo_loss``, ``listwise_dpo_loss`` on K-way rankings (``DPO_LOSSES`` by name), and
   the critic-free ``rloo_advantages``, ``rloo_loss``, ``grpo_advantages``, ``grpo_loss`` (k3 KL: ``k3_kl``).
+- Binary feedback: ``kto_loss`` (Ethayarajh et al. 2024) on unpaired (prompt, completion, good/bad) examples,
+  with its reference point from ``kto_kl_estimate`` over ``kto_mismatched_index`` pairs (not in ``DPO_LOSSES``).
 """
 
 from prefer.objectives.common import (
@@ -24,6 +26,7 @@ from prefer.objectives.common import (
     token_logprobs,
 )
 from prefer.objectives.critic_free import grpo_advantages, grpo_loss, k3_kl, rloo_advantages, rloo_loss
+from prefer.objectives.kto import kto_kl_estimate, kto_loss, kto_mismatched_index
 from prefer.objectives.language_modeling import mle_loss, unlikelihood_loss
 from prefer.objectives.ppo import (
     adaptive_kl_coef,
@@ -49,6 +52,9 @@ __all__ = [
     "grpo_loss",
     "ipo_loss",
     "k3_kl",
+    "kto_kl_estimate",
+    "kto_loss",
+    "kto_mismatched_index",
     "listwise_dpo_loss",
     "rloo_advantages",
     "rloo_loss",

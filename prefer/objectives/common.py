@@ -22,14 +22,31 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "LossAndStats",
     "check_mask",
+    "check_positive",
     "check_same_shape",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "next_token_targets",
     "token_logprobs",
+    "zero_outside",
 ]
+
+# What every loss returns: the scalar loss, with gradient, and its stats for logging (detached scalar tensors).
+LossAndStats = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless the hyperparameter ``value`` is > 0 (a NaN is not)."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def zero_outside(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` with every ``False`` entry of ``mask`` replaced by 0 (``torch.where``: a NaN there does not survive)."""
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def check_mask(mask: torch.Tensor, name: str = "mask") -> None:
@@ -63,7 +80,7 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, *, dim: int | None = None) -
     """
     check_mask(mask)
     check_same_shape({"x": x, "mask": mask})
-    zeroed = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    zeroed = zero_outside(x, mask)
     return zeroed.sum() if dim is None else zeroed.sum(dim=dim)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from prefer.objectives.common import check_mask, check_same_shape, masked_mean, masked_sum
+from prefer.objectives.common import LossAndStats, check_mask, check_same_shape, masked_mean, masked_sum, zero_outside
+from prefer.objectives.ppo import clipped_surrogate
 
 __all__ = ["grpo_advantages", "grpo_loss", "k3_kl", "rloo_advantages", "rloo_loss"]
 
@@ -27,6 +28,17 @@ __all__ = ["grpo_advantages", "grpo_loss", "k3_kl", "rloo_advantages", "rloo_los
 def _check_groups(rewards: torch.Tensor) -> None:
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be [G, K] with K >= 2 samples per prompt, got {list(rewards.shape)}")
+
+
+def _sequences(advantages: torch.Tensor, mask: torch.Tensor, num_sequences: float | None) -> float:
+    """N, the responses of the whole optimizer step (``num_sequences``, or this call's B), after checking that
+    ``advantages`` holds one value per response row of ``mask`` [B, T]."""
+    if advantages.shape != mask.shape[:1]:
+        raise ValueError(f"advantages must be [B] = {list(mask.shape[:1])}, got {list(advantages.shape)}")
+    denominator = len(mask) if num_sequences is None else num_sequences
+    if float(denominator) <= 0:
+        raise ValueError(f"num_sequences must be > 0, got {float(denominator)}")
+    return denominator
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -74,7 +86,7 @@ def grpo_loss(
     clip_range: float,
     kl_coef: float,
     num_sequences: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """GRPO's objective, negated for minimisation (Shao et al. 2024, Eq. 3)::
 
         ratio_t = exp(logp_t - old_t)
@@ -98,19 +110,13 @@ def grpo_loss(
     """
     check_mask(mask)
     check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "mask": mask})
-    if advantages.shape != mask.shape[:1]:
-        raise ValueError(f"advantages must be [B] = {list(mask.shape[:1])}, got {list(advantages.shape)}")
-    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
-    log_ratio = torch.where(mask, logprobs - old_logprobs.detach().to(logprobs.dtype), zero)
+    denominator = _sequences(advantages, mask, num_sequences)
+    log_ratio = zero_outside(logprobs - old_logprobs.detach().to(logprobs.dtype), mask)
     ratio = torch.exp(log_ratio)
     adv = advantages.detach().to(ratio.dtype).unsqueeze(1)
-    unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    policy_terms = torch.maximum(unclipped, clipped)
-    kl_terms = torch.where(mask, k3_kl(logprobs, ref_logprobs), zero)
+    policy_terms, clip_active = clipped_surrogate(ratio, adv, clip_range=clip_range)
+    kl_terms = zero_outside(k3_kl(logprobs, ref_logprobs), mask)
     lengths = mask.sum(dim=1).clamp(min=1).to(logprobs.dtype)
-    denominator = len(mask) if num_sequences is None else num_sequences
-    if float(denominator) <= 0:
-        raise ValueError(f"num_sequences must be > 0, got {float(denominator)}")
     policy_loss = (masked_sum(policy_terms, mask, dim=1) / lengths).sum() / denominator
     kl_loss = kl_coef * (masked_sum(kl_terms, mask, dim=1) / lengths).sum() / denominator
     loss = policy_loss + kl_loss
@@ -119,7 +125,7 @@ def grpo_loss(
         "policy_loss": policy_loss.detach(),
         "kl_loss": kl_loss.detach(),
         "kl": masked_sum(kl_terms.detach(), mask, dim=1).mean(),
-        "clip_fraction": masked_mean((clipped > unclipped).to(ratio.dtype), mask).detach(),
+        "clip_fraction": masked_mean(clip_active.to(ratio.dtype), mask).detach(),
         "ratio_mean": masked_mean(ratio.detach(), mask),
     }
     return loss, stats
@@ -133,7 +139,7 @@ def rloo_loss(
     num_sequences: float | None = None,
     old_logprobs: torch.Tensor | None = None,
     clip_range: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """REINFORCE with the leave-one-out baseline on the whole response (Ahmadian et al. 2024, Eq. 6)::
 
         loss = -1/N sum_i w_i A_i * sum_{t in o_i} logp_t
@@ -159,12 +165,8 @@ def rloo_loss(
     """
     check_mask(mask)
     check_same_shape({"logprobs": logprobs, "mask": mask})
-    if advantages.shape != mask.shape[:1]:
-        raise ValueError(f"advantages must be [B] = {list(mask.shape[:1])}, got {list(advantages.shape)}")
+    denominator = _sequences(advantages, mask, num_sequences)
     sequence_logprobs = masked_sum(logprobs, mask, dim=1)  # [B]
-    denominator = len(mask) if num_sequences is None else num_sequences
-    if float(denominator) <= 0:
-        raise ValueError(f"num_sequences must be > 0, got {float(denominator)}")
     adv = advantages.detach().to(sequence_logprobs.dtype)
     stats: dict[str, torch.Tensor] = {}
     if old_logprobs is not None:

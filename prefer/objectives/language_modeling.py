@@ -15,6 +15,7 @@ import math
 import torch
 
 from prefer.objectives.common import (
+    LossAndStats,
     _logsumexp_into,
     _slabs,
     check_mask,
@@ -99,7 +100,7 @@ class _OthersLogShare(torch.autograd.Function):
 
 def mle_loss(
     logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, num_tokens: float | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Mean negative log-likelihood over the masked tokens.
 
     Korbak et al. 2023, Sec. 2 ("MLE"): L_MLE(x) = log pi(x) = sum_i log pi(x^i | x^{<i});
@@ -131,7 +132,7 @@ def unlikelihood_loss(
     threshold: float,
     alpha: float,
     num_tokens: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Token-level unlikelihood: imitate good tokens, push probability away from bad ones.
 
     Korbak et al. 2023, Sec. 2 ("Unlikelihood", after Welleck et al. 2020), written with

@@ -33,15 +33,19 @@ from collections.abc import Sequence
 import torch
 
 from prefer.objectives.common import (
+    LossAndStats,
     check_mask,
+    check_positive,
     check_same_shape,
     masked_mean,
     masked_sum,
     masked_var,
+    zero_outside,
 )
 
 __all__ = [
     "adaptive_kl_coef",
+    "clipped_surrogate",
     "entropy",
     "gae",
     "kl_penalized_rewards",
@@ -50,10 +54,6 @@ __all__ = [
     "ppo_value_loss",
     "whiten",
 ]
-
-
-def _zero_outside(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def kl_penalized_rewards(
     check_same_shape({"logprobs": logprobs, "ref_logprobs": ref_logprobs, "mask": mask})
     if scores.shape != mask.shape[:1]:
         raise ValueError(f"scores must be [B] = {list(mask.shape[:1])}, got {list(scores.shape)}")
-    kl = _zero_outside((logprobs - ref_logprobs).detach(), mask)
+    kl = zero_outside((logprobs - ref_logprobs).detach(), mask)
     non_score = -kl_coef * kl
     last = last_token_index(mask)
     rows = torch.arange(mask.shape[0], device=mask.device)
@@ -150,8 +150,8 @@ def gae(
     """
     check_mask(mask)
     check_same_shape({"rewards": rewards, "values": values, "mask": mask})
-    r = _zero_outside(rewards.detach(), mask)
-    v = _zero_outside(values.detach().to(r.dtype), mask)
+    r = zero_outside(rewards.detach(), mask)
+    v = zero_outside(values.detach().to(r.dtype), mask)
     batch, length = mask.shape
     advantages = torch.zeros_like(r)
     next_advantage = torch.zeros(batch, dtype=r.dtype, device=r.device)
@@ -163,7 +163,7 @@ def gae(
         advantage = torch.where(mask[:, t], advantage, torch.zeros_like(advantage))
         advantages[:, t] = advantage
         next_advantage, next_value = advantage, v[:, t]
-    returns = _zero_outside(advantages + v, mask)
+    returns = zero_outside(advantages + v, mask)
     return advantages, returns
 
 
@@ -186,7 +186,21 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps:
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return _zero_outside(out, mask)
+    return zero_outside(out, mask)
+
+
+def clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, *, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per token, negated for minimisation (Schulman et al. 2017, Eq. 7)::
+
+        l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - clip_range, 1 + clip_range))
+
+    Returns ``(l, active)``: the terms, and where the clipped term is the larger (active: it stops the gradient).
+    ``advantages`` broadcasts against ``ratio`` (GRPO: one advantage [B, 1] per response)."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
 def ppo_policy_loss(
@@ -197,7 +211,7 @@ def ppo_policy_loss(
     *,
     clip_range: float,
     num_tokens: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Clipped surrogate policy loss, per token.
 
     Schulman et al. 2017, Eq. (7), negated for minimisation::
@@ -223,15 +237,14 @@ def ppo_policy_loss(
     """
     check_mask(mask)
     check_same_shape({"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages, "mask": mask})
-    log_ratio = _zero_outside(logprobs - old_logprobs.detach(), mask)
+    log_ratio = zero_outside(logprobs - old_logprobs.detach(), mask)
     ratio = torch.exp(log_ratio)
-    adv = _zero_outside(advantages.detach().to(ratio.dtype), mask)
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask, num_tokens=num_tokens)
+    adv = zero_outside(advantages.detach().to(ratio.dtype), mask)
+    terms, clip_active = clipped_surrogate(ratio, adv, clip_range=clip_range)
+    loss = masked_mean(terms, mask, num_tokens=num_tokens)
     stats = {
         "loss": loss.detach(),
-        "clip_fraction": masked_mean((clipped > unclipped).to(ratio.dtype), mask).detach(),
+        "clip_fraction": masked_mean(clip_active.to(ratio.dtype), mask).detach(),
         "approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, mask),
         "ratio_mean": masked_mean(ratio.detach(), mask),
     }
@@ -246,7 +259,7 @@ def ppo_value_loss(
     *,
     clip_range: float,
     num_tokens: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Clipped value loss (PPO2 of OpenAI baselines, as in lm-human-preferences)::
 
         V_clip = old_V + clip(V - old_V, -clip_range, clip_range)
@@ -267,9 +280,9 @@ def ppo_value_loss(
     """
     check_mask(mask)
     check_same_shape({"values": values, "old_values": old_values, "returns": returns, "mask": mask})
-    v = _zero_outside(values, mask)
-    old = _zero_outside(old_values.detach().to(v.dtype), mask)
-    ret = _zero_outside(returns.detach().to(v.dtype), mask)
+    v = zero_outside(values, mask)
+    old = zero_outside(old_values.detach().to(v.dtype), mask)
+    ret = zero_outside(returns.detach().to(v.dtype), mask)
     v_clipped = old + (v - old).clamp(-clip_range, clip_range)
     error = (v - ret) ** 2
     error_clipped = (v_clipped - ret) ** 2
@@ -290,7 +303,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     of the returns' variance the value function predicts (1 perfect, 0 no better than their mean)."""
     check_mask(mask)
     check_same_shape({"values": values, "returns": returns, "mask": mask})
-    v, ret = _zero_outside(values.detach(), mask), _zero_outside(returns.detach().to(values.dtype), mask)
+    v, ret = zero_outside(values.detach(), mask), zero_outside(returns.detach().to(values.dtype), mask)
     var_returns = masked_var(ret, mask)
     explained = 1.0 - masked_var(ret - v, mask) / var_returns
     return torch.where(var_returns > 0, explained, torch.full_like(explained, float("nan")))
@@ -321,10 +334,8 @@ def adaptive_kl_coef(kl_coef: float, *, observed_kl: float, target_kl: float, ho
         horizon: horizon > 0 (in the same unit as ``num_steps``, usually episodes).
         num_steps: episodes (or steps) since the last update.
     """
-    if not target_kl > 0:
-        raise ValueError(f"target_kl must be > 0, got {target_kl}")
-    if not horizon > 0:
-        raise ValueError(f"horizon must be > 0, got {horizon}")
+    check_positive("target_kl", target_kl)
+    check_positive("horizon", horizon)
     error = min(max(float(observed_kl) / target_kl - 1.0, -0.2), 0.2)
     return float(kl_coef) * (1.0 + error * num_steps / horizon)
 

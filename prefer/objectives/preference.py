@@ -30,7 +30,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from prefer.objectives.common import check_mask, check_same_shape, masked_mean, masked_sum
+from prefer.objectives.common import (
+    LossAndStats,
+    check_mask,
+    check_positive,
+    check_same_shape,
+    masked_mean,
+    masked_sum,
+    zero_outside,
+)
 
 __all__ = ["DPO_LOSSES", "PreferenceLoss", "dpo_loss", "ipo_loss", "listwise_dpo_loss"]
 
@@ -50,8 +58,7 @@ def _log_ratios(policy_logps, reference_logps, ranks, response_mask):
         raise ValueError(f"policy_logps must be [B, K], got {list(policy_logps.shape)}")
     if policy_logps.dtype in (torch.float16, torch.bfloat16):
         policy_logps = policy_logps.float()
-    zero = torch.zeros((), dtype=policy_logps.dtype, device=policy_logps.device)
-    h = torch.where(response_mask, policy_logps - reference_logps.detach().to(policy_logps.dtype), zero)
+    h = zero_outside(policy_logps - reference_logps.detach().to(policy_logps.dtype), response_mask)
     both_real = response_mask.unsqueeze(2) & response_mask.unsqueeze(1)
     pairs = both_real & (ranks.unsqueeze(2) < ranks.unsqueeze(1))
     return h, pairs
@@ -87,7 +94,7 @@ def dpo_loss(
     *,
     beta: float,
     num_prompts: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """DPO over all non-tied pairs of each ranking (one prompt = one batch element)::
 
         loss(b) = -1/n_b sum_{(w, l): rank_w < rank_l} log sigma(beta (h_w - h_l)),   loss = mean_b loss(b)
@@ -104,8 +111,7 @@ def dpo_loss(
         ``(loss, stats)``; stats (detached): ``loss``, ``accuracy`` (pairs whose implicit reward beta h orders
         them right), ``margin_mean`` (mean beta (h_w - h_l)), ``num_pairs``, ``num_prompts``.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    check_positive("beta", beta)
     h, pairs = _log_ratios(policy_logps, reference_logps, ranks, response_mask)
     per_pair = -F.logsigmoid(beta * (h.unsqueeze(2) - h.unsqueeze(1)))
     return _pairwise(h, pairs, per_pair, coef=beta, num_prompts=num_prompts)
@@ -119,7 +125,7 @@ def ipo_loss(
     *,
     tau: float,
     num_prompts: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """IPO (Azar et al. 2023) over all non-tied pairs of each ranking, with summed (not length-averaged) h::
 
         loss(b) = 1/n_b sum_{(w, l)} (h_w - h_l - 1/(2 tau))^2,   loss = mean_b loss(b)
@@ -128,8 +134,7 @@ def ipo_loss(
     IPO's guard against DPO's drive to infinite margins on deterministic preferences. Arguments as ``dpo_loss``;
     ``tau`` > 0 (the implicit reward in the stats is tau h).
     """
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    check_positive("tau", tau)
     h, pairs = _log_ratios(policy_logps, reference_logps, ranks, response_mask)
     per_pair = (h.unsqueeze(2) - h.unsqueeze(1) - 1.0 / (2.0 * tau)) ** 2
     return _pairwise(h, pairs, per_pair, coef=tau, num_prompts=num_prompts)
@@ -143,7 +148,7 @@ def listwise_dpo_loss(
     *,
     beta: float,
     num_prompts: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Plackett-Luce DPO: the negative log-likelihood of each whole ranking under rewards beta h::
 
         below(i)  = {i} + {j : rank_j > rank_i}         (i's choice: it against everything ranked under it)
@@ -153,8 +158,7 @@ def listwise_dpo_loss(
     With K = 2 (one choice) this is exactly ``dpo_loss``. Arguments and stats as ``dpo_loss`` (the stats are the
     pairwise ones, so that the methods log comparable accuracies and margins).
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    check_positive("beta", beta)
     h, pairs = _log_ratios(policy_logps, reference_logps, ranks, response_mask)
     below = pairs | torch.diag_embed(response_mask)  # [B, i, j]: j in below(i)
     scores = (beta * h).unsqueeze(1).expand_as(below)  # scores[b, i, j] = beta h_j

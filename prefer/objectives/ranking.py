@@ -5,19 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prefer.objectives.common import (
-    check_mask,
-    check_same_shape,
-    masked_mean,
-    masked_sum,
-)
+from prefer.objectives.common import LossAndStats, check_mask, check_same_shape, masked_mean, masked_sum, zero_outside
 
 __all__ = ["ranking_loss"]
 
 
 def ranking_loss(
     rewards: torch.Tensor, ranks: torch.Tensor, response_mask: torch.Tensor, *, num_prompts: float | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Pairwise logistic loss over all ranked pairs of each prompt, one prompt = one element.
 
     Ouyang et al. 2022, Eq. (1)::
@@ -49,8 +44,7 @@ def ranking_loss(
         raise ValueError(f"rewards must be [B, K], got {list(rewards.shape)}")
     if rewards.dtype in (torch.float16, torch.bfloat16):
         rewards = rewards.float()
-    zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
-    r = torch.where(response_mask, rewards, zero)  # padding garbage (even NaN) never enters
+    r = zero_outside(rewards, response_mask)  # padding garbage (even NaN) never enters
     # pairs[b, i, j]: response i is ranked strictly better than response j (both real).
     both_real = response_mask.unsqueeze(2) & response_mask.unsqueeze(1)
     pairs = (both_real & (ranks.unsqueeze(2) < ranks.unsqueeze(1))).flatten(1)  # [B, K*K]

@@ -16,17 +16,16 @@ import math
 import torch
 
 from prefer.objectives.common import (
+    LossAndStats,
     check_mask,
+    check_positive,
     check_same_shape,
     masked_mean,
     token_logprobs,
+    zero_outside,
 )
 
 __all__ = ["awr_loss", "rwr_loss"]
-
-
-def _zero_outside(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def rwr_loss(
@@ -37,7 +36,7 @@ def rwr_loss(
     *,
     beta: float,
     num_tokens: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Reward-weighted regression: NLL of each token weighted by ``exp(R / beta)``.
 
     Korbak et al. 2023, Sec. 2 ("RWR", after Peters & Schaal 2007):
@@ -59,10 +58,9 @@ def rwr_loss(
     """
     check_mask(mask)
     check_same_shape({"targets": targets, "mask": mask, "rewards": rewards})
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    nll = -token_logprobs(logits, _zero_outside(targets, mask))
-    weights = torch.exp(_zero_outside(rewards.detach().to(nll.dtype), mask) / beta)
+    check_positive("beta", beta)
+    nll = -token_logprobs(logits, zero_outside(targets, mask))
+    weights = torch.exp(zero_outside(rewards.detach().to(nll.dtype), mask) / beta)
     loss = masked_mean(weights * nll, mask, num_tokens=num_tokens)
     stats = {
         "loss": loss.detach(),
@@ -84,7 +82,7 @@ def awr_loss(
     beta: float,
     max_weight: float = 1000.0,
     num_tokens: float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> LossAndStats:
     """Advantage-weighted regression with a jointly trained scalar value head.
 
     Korbak et al. 2023, Sec. 2 ("AWR", after Peng et al. 2019)::
@@ -115,13 +113,12 @@ def awr_loss(
     """
     check_mask(mask)
     check_same_shape({"targets": targets, "mask": mask, "rewards": rewards, "values": values})
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    check_positive("beta", beta)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    nll = -token_logprobs(logits, _zero_outside(targets, mask))
-    r = _zero_outside(rewards.detach().to(nll.dtype), mask)
-    v = _zero_outside(values.to(nll.dtype), mask)
+    nll = -token_logprobs(logits, zero_outside(targets, mask))
+    r = zero_outside(rewards.detach().to(nll.dtype), mask)
+    v = zero_outside(values.to(nll.dtype), mask)
     advantages = r - v.detach()
     # min(exp(a), m) == exp(min(a, log m)); the second form never overflows to inf.
     log_weights = advantages / beta

@@ -12,18 +12,12 @@ runtime.parallel=fsdp; docs/distributed.md).
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from functools import partial
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from prefer.config import DPOConfig, save_config
+from prefer.config import DPOConfig
 from prefer.data.encoding import encode_query
 from prefer.data.formats import read_rankings, record_locations, split_validation
-from prefer.errors import PreferError
 from prefer.evaluation.direct_preference import (
     batch_loss,
     encode_rankings,
@@ -34,9 +28,11 @@ from prefer.evaluation.direct_preference import (
 )
 from prefer.files import file_fingerprint, write_json_atomic
 from prefer.models.build import (
+    check_model_dir,
     check_same_vocabulary,
     context_length,
     count_parameters,
+    inherited_info,
     load_model,
     load_tokenizer,
     set_dropout,
@@ -44,26 +40,14 @@ from prefer.models.build import (
 from prefer.models.lora import FrozenView, model_source, prepare
 from prefer.run_dir import releases_run_dirs
 from prefer.training import (
-    BlockOrder,
-    MetricsLog,
-    accumulate_stats,
-    average_across_ranks,
-    check_run_dir,
-    gradient_sync,
-    init_distributed,
     load_trainer_state,
-    make_optimizer_and_schedule,
-    micro_batch_size,
     optimizer_step,
     per_rank_denominator,
-    restore_training,
-    save_checkpoint,
-    save_model,
-    set_seed,
     unsharded,
     unwrap,
     wrap_model,
 )
+from prefer.training.run import EpochPlan, StageRun, accumulate_gradients, epoch_record
 
 __all__ = ["dpo", "encode_rankings", "sequence_logprobs", "reference_logprobs"]
 
@@ -74,11 +58,8 @@ __all__ = ["dpo", "encode_rankings", "sequence_logprobs", "reference_logprobs"]
 @releases_run_dirs
 def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     """Train the policy on rankings with the chosen preference loss; returns `<out_dir>/final` (an HF causal LM)."""
-    dist, device = init_distributed(config.runtime.device)
-    run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, DPOConfig, config, resume)
-    set_seed(config.runtime.seed)
-    say = print if dist.is_main else (lambda *a, **k: None)
+    run = StageRun(config, DPOConfig, resume=resume, name="dpo", quiet_without_progress=False)
+    dist, device, checkpoint = run.dist, run.device, run.checkpoint
 
     # The rankings are read (and a bad line reported) before any model is loaded.
     comparisons = read_rankings(config.data.rankings)
@@ -86,9 +67,8 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
 
     # 1. Models: the policy (from the SFT model, or the checkpoint being resumed) and the frozen reference.
     reference_path = config.model.reference or config.model.init_from
-    for field, path in (("model.init_from", config.model.init_from), ("model.reference", reference_path)):
-        if not (Path(path) / "config.json").is_file():
-            raise PreferError(f"{field}: {path} is not a Hugging Face model directory (no config.json)")
+    check_model_dir(config.model.init_from, field="model.init_from", causal_lm=True)
+    check_model_dir(reference_path, field="model.reference", causal_lm=True)
     tokenizer = load_tokenizer(config.model.init_from)
     if config.model.reference is not None:
         check_same_vocabulary(tokenizer, load_tokenizer(reference_path), what=f"model.reference {reference_path}")
@@ -100,10 +80,8 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     reference = FrozenView(policy) if shared else load_model(reference_path, tokenizer=tokenizer).to(device).eval()
     reference.requires_grad_(False)
     context = min(config.model.context or context_length(policy), context_length(policy))
-    init_info_path = Path(config.model.init_from) / "prefer.json"
-    init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
     info = {
-        **{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
+        **inherited_info(config.model.init_from),
         "stage": "dpo",
         "init_from": config.model.init_from,
         "reference": reference_path,
@@ -116,184 +94,146 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
 
     # 2. Data: rankings split by prompt, every response tokenized once; prompts for the KL samples.
     train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
-    train = encode_rankings(
-        [comparisons[i] for i in train_index], [locations[i] for i in train_index], tokenizer, context=context
-    )
-    validation = (
-        encode_rankings(
-            [comparisons[i] for i in val_index], [locations[i] for i in val_index], tokenizer, context=context
-        )
-        if val_index
-        else None
-    )
-    kl_sources = [comparisons[i] for i in (val_index or train_index)]
-    kl_queries = [
-        q
-        for q in (encode_query(tokenizer, c.prompt, c.prompt_messages) for c in kl_sources)
-        if len(q) + config.eval.max_new_tokens <= context
-    ]
-    kl_queries = [kl_queries[i % len(kl_queries)] for i in range(config.eval.kl_samples)] if kl_queries else []
 
-    # 3. Batch geometry (in prompts), optimizer, schedule, the reference's log-probabilities.
-    batch_size = config.train.batch_size
-    micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
-    total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
+    def encoded(index: list[int]):
+        return encode_rankings(
+            [comparisons[i] for i in index], [locations[i] for i in index], tokenizer, context=context
+        )
+
+    train = encoded(train_index)
+    validation = encoded(val_index) if val_index else None
+    kl_queries = _kl_queries([comparisons[i] for i in (val_index or train_index)], tokenizer, config, context=context)
+
+    # 3. Batch geometry (in prompts), optimizer, schedule, the data order, the reference's log-probabilities.
+    plan = EpochPlan.of(config.train, len(train), dist)
     policy.to(device).train()
     model = wrap_model(policy, dist, device, parallel=config.runtime.parallel)
-    optimizer, scheduler = make_optimizer_and_schedule(
-        [model], config.optimizer, config.schedule, total_steps=total_steps
-    )
-    order = BlockOrder(len(train), seed=config.runtime.seed)
     data_fingerprint = f"{file_fingerprint(config.data.rankings)}-{len(train)}"
-    start_step = 0
-    reference_for = partial(  # reference_for(rankings): the frozen reference's table, computed once
-        reference_logprobs, reference, batch_size=micro, pad_id=eos, device=device, precision=config.runtime.precision
-    )
-    if checkpoint is not None:
-        order, start_step = restore_training(
-            checkpoint,
-            optimizer,
-            scheduler,
-            num_items=len(train),
-            seed=config.runtime.seed,
-            data_fingerprint=data_fingerprint,
-            data_name=str(config.data.rankings),
-            modules=[model],
-        )
-        cached = load_trainer_state(checkpoint)["reference_logps"]
-        train_reference, val_reference = cached["train"], cached.get("validation")
-    else:
-        train_reference = reference_for(train)
-        val_reference = reference_for(validation) if validation is not None else None
-    cache = {"train": train_reference, **({"validation": val_reference} if val_reference is not None else {})}
-    if dist.is_main:
-        save_config(config, run_dir / "config.yaml")
-    say(
+    optimizer, scheduler, order, start_step = plan.start(
+        run, [model], optimizer=config.optimizer, schedule=config.schedule, data_fingerprint=data_fingerprint,
+        data_name=str(config.data.rankings),
+    )  # fmt: skip
+    cache = _reference_table(run, reference, train, validation, micro=plan.micro, pad_id=eos)
+    train_reference, val_reference = cache["train"], cache.get("validation")
+    run.begin(start=start_step, total=plan.total_steps)
+    run.say(
         f"[dpo] {config.dpo.loss} (beta {config.dpo.beta:g}, tau {config.dpo.tau:g}), "
         f"{count_parameters(policy) / 1e6:.2f}M parameters, {len(train)} prompts (+{len(val_index)} held out), "
-        f"{total_steps} steps of {batch_size} prompts, lr {config.optimizer.lr:g}, device {device}"
+        f"{plan.total_steps} steps of {plan.batch_size} prompts, lr {config.optimizer.lr:g}, device {device}"
     )
-
     loss_args = {"loss": config.dpo.loss, "hyperparameters": {"beta": config.dpo.beta, "tau": config.dpo.tau}}
-    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
-
-    def evaluate(step: int) -> dict[str, float]:
-        # Every rank evaluates (FSDP2 forward passes are collectives); the samples are the same on every rank.
-        record = {}
-        if validation is not None:
-            heldout = heldout_preferences(
-                model,
-                validation,
-                val_reference,
-                batch_size=micro,
-                pad_id=eos,
-                device=device,
-                precision=config.runtime.precision,
-                **loss_args,
-            )
-            record |= {f"val/{key}": heldout[key] for key in ("accuracy", "margin", "loss")}
-        if kl_queries:
-            with unsharded(model):
-                record["val/kl"] = kl_on_samples(
-                    unwrap(model),
-                    reference,
-                    kl_queries,
-                    seed=config.runtime.seed,
-                    step=step,
-                    max_new_tokens=config.eval.max_new_tokens,
-                    eos=eos,
-                    batch_size=micro,
-                    device=device,
-                    precision=config.runtime.precision,
-                )
-        return record
-
-    bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc="dpo",
-        unit="step",
-        disable=not (config.runtime.progress and dist.is_main),
-    )
-    started = time.perf_counter()
+    evaluate = partial(
+        _evaluate, model, reference, validation, val_reference, kl_queries, config=config, micro=plan.micro,
+        eos=eos, device=device, loss_args=loss_args,
+    )  # fmt: skip
     last_eval = None
 
     # 4. The loop.
-    for step in range(start_step, total_steps):
-        indices = order.next(batch_size)  # the global batch of prompts; this rank takes its contiguous share
-        share = indices.view(dist.world_size, -1)[dist.rank].tolist()
+    for step in range(start_step, plan.total_steps):
+        _, share = plan.next(order)  # the global batch of prompts; this rank takes its contiguous share
         # Every prompt has a non-tied pair (read_rankings rejects all-tie lines), so each counts once in the step's
         # mean; DDP averages ranks, hence the division (see objectives.common).
-        num_prompts = per_rank_denominator(batch_size, dist.world_size)
-        totals: dict[str, float] = {}
-        for start in range(0, len(share), micro):
-            sync = start + micro >= len(share)
-            with gradient_sync([model], sync=sync):
-                loss, stats = batch_loss(
-                    model,
-                    train.batch(share[start : start + micro], pad_id=eos),
-                    train_reference,
-                    device=device,
-                    precision=config.runtime.precision,
-                    num_prompts=num_prompts,
-                    **loss_args,
-                )
-                loss.backward()
-            accumulate_stats(
-                totals,
-                {k: stats[k] for k in ("loss", "accuracy", "margin_mean")},
-                fraction=len(share[start : start + micro]) / len(share),
-            )
-        totals = average_across_ranks(totals, dist)
+        loss_of = partial(
+            _step_loss, model, train, train_reference, eos=eos, device=device, precision=config.runtime.precision,
+            num_prompts=per_rank_denominator(plan.batch_size, dist.world_size), loss_args=loss_args,
+        )  # fmt: skip
+        keys = ("loss", "accuracy", "margin_mean")
+        totals = accumulate_gradients([model], share.tolist(), plan.micro, loss_of, dist=dist, keys=keys)
         grad_norm = optimizer_step([model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
-        record = {"train/" + k: v for k, v in totals.items()}
-        record.update(
-            {
-                "train/grad_norm": grad_norm,
-                "train/lr": scheduler.get_last_lr()[0],
-                "epoch": order.epoch + order.cursor / len(train),
-            }
-        )
-        if done % config.train.eval_every == 0 or done == total_steps:
+        record = epoch_record(totals, grad_norm=grad_norm, scheduler=scheduler, order=order)
+        if run.due(done, every=config.train.eval_every):
             last_eval = evaluate(done)
             record |= last_eval
-            bar.set_postfix(
-                loss=f"{totals['loss']:.3f}",
-                **{k.split("/")[1]: f"{v:.3f}" for k, v in record.items() if k in ("val/accuracy", "val/kl")},
-            )
-        log.log(done, record)
-        bar.update(1)
-        if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
-            save_checkpoint(
-                run_dir,
-                done,
-                model=model,
-                tokenizer=tokenizer,
-                extra={},
-                info={**info, "step": done},
-                optimizer=optimizer,
-                scheduler=scheduler,
-                state={
-                    "step": done,
-                    "order": order.state_dict(),
-                    "data_fingerprint": data_fingerprint,
-                    "reference_logps": cache,
-                },
-            )
-    bar.close()
-    log.close()
+            shown = {k.split("/")[1]: f"{v:.3f}" for k, v in record.items() if k in ("val/accuracy", "val/kl")}
+            run.bar.set_postfix(loss=f"{totals['loss']:.3f}", **shown)
+        run.log.log(done, record)
+        run.bar.update(1)
+        if run.due(done, every=config.train.checkpoint_every):  # every rank calls, rank 0 writes
+            state = {"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint}
+            run.save_checkpoint(
+                done, model=model, tokenizer=tokenizer, extra={}, info={**info, "step": done},
+                optimizer=optimizer, scheduler=scheduler, state={**state, "reference_logps": cache},
+            )  # fmt: skip
+    run.close()
 
     # 5. The final policy, a plain Hugging Face directory (every rank calls save_model, rank 0 writes).
-    final = run_dir / "final"
-    heldout = last_eval if last_eval is not None else evaluate(total_steps)
-    results = {k.replace("/", "_"): v for k, v in heldout.items()} | {"steps": total_steps}
-    save_model(final, model, tokenizer, None, {**info, **results})
+    heldout = last_eval if last_eval is not None else evaluate(plan.total_steps)
+    results = {k.replace("/", "_"): v for k, v in heldout.items()} | {"steps": plan.total_steps}
+    final = run.finish(model, tokenizer, info={**info, **results})
     if dist.is_main:
-        write_json_atomic(run_dir / "results.json", results)
-        say(
-            f"[dpo] done: held-out accuracy {results.get('val_accuracy', 'n/a')}, KL {results.get('val_kl', 'n/a')}, "
-            f"{time.perf_counter() - started:.0f}s; policy in {final}"
-        )
+        write_json_atomic(run.run_dir / "results.json", results)
+    run.say(
+        f"[dpo] done: held-out accuracy {results.get('val_accuracy', 'n/a')}, KL {results.get('val_kl', 'n/a')}, "
+        f"{run.elapsed():.0f}s; policy in {final}"
+    )
     return final
+
+
+def _kl_queries(comparisons, tokenizer, config: DPOConfig, *, context: int) -> list[list[int]]:
+    """`eval.kl_samples` prompts (cycled) of the held-out rankings (the training ones without a held-out split)
+    that leave room for `eval.max_new_tokens`: the KL to the reference is estimated on samples from them."""
+    queries = [
+        q
+        for q in (encode_query(tokenizer, c.prompt, c.prompt_messages) for c in comparisons)
+        if len(q) + config.eval.max_new_tokens <= context
+    ]
+    return [queries[i % len(queries)] for i in range(config.eval.kl_samples)] if queries else []
+
+
+def _step_loss(model, train, train_reference, rows, *, eos, device, precision, num_prompts, loss_args):
+    batch = train.batch(rows, pad_id=eos)
+    return batch_loss(
+        model, batch, train_reference, device=device, precision=precision, num_prompts=num_prompts, **loss_args
+    )
+
+
+def _evaluate(model, reference, validation, val_reference, kl_queries, step, *, config, micro, eos, device, loss_args):
+    """Held-out implicit-reward accuracy, margin and loss, and the KL to the reference on samples of the policy.
+    Every rank evaluates (FSDP2 forward passes are collectives); the samples are the same on every rank."""
+    record = {}
+    if validation is not None:
+        heldout = heldout_preferences(
+            model,
+            validation,
+            val_reference,
+            batch_size=micro,
+            pad_id=eos,
+            device=device,
+            precision=config.runtime.precision,
+            **loss_args,
+        )
+        record |= {f"val/{key}": heldout[key] for key in ("accuracy", "margin", "loss")}
+    if kl_queries:
+        with unsharded(model):
+            record["val/kl"] = kl_on_samples(
+                unwrap(model),
+                reference,
+                kl_queries,
+                seed=config.runtime.seed,
+                step=step,
+                max_new_tokens=config.eval.max_new_tokens,
+                eos=eos,
+                batch_size=micro,
+                device=device,
+                precision=config.runtime.precision,
+            )
+    return record
+
+
+def _reference_table(run: StageRun, reference, train, validation, *, micro: int, pad_id: int) -> dict:
+    """{"train": [C, K], "validation": ...} log-probabilities of every response under the frozen reference,
+    computed once before training, or read from the checkpoint being resumed (which keeps them)."""
+    if run.checkpoint is not None:
+        return load_trainer_state(run.checkpoint)["reference_logps"]
+    reference_for = partial(
+        reference_logprobs,
+        reference,
+        batch_size=micro,
+        pad_id=pad_id,
+        device=run.device,
+        precision=run.config.runtime.precision,
+    )
+    held_out = {} if validation is None else {"validation": reference_for(validation)}
+    return {"train": reference_for(train), **held_out}

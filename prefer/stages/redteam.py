@@ -15,7 +15,7 @@ from pathlib import Path
 from prefer.config import RedteamConfig, save_config
 from prefer.errors import PreferError
 from prefer.evaluation.chat_endpoint import Endpoint
-from prefer.evaluation.misalignment import load_for_task, resolve_controls
+from prefer.evaluation.misalignment import checkpoint_task, load_for_task, resolve_controls
 from prefer.evaluation.redteam import (
     BEHAVIOURS,
     endpoint_candidate_source,
@@ -28,7 +28,7 @@ from prefer.evaluation.redteam import (
 )
 from prefer.files import atomic_path, write_json_atomic
 from prefer.models.build import load_checkpoint
-from prefer.scorers import get_scorer, get_segment_scorer
+from prefer.scorers import check_available, get_scorer, get_segment_scorer
 from prefer.tasks import get_task
 from prefer.training import resolve_device
 
@@ -66,13 +66,15 @@ def _candidate_source(config: RedteamConfig, device):
 def redteam(config: RedteamConfig) -> dict:
     """Run `config.trials` red-teaming trials against `config.target`; returns what redteam.json holds."""
     device = resolve_device(config.device)
-    model, tokenizer, info, task_name = load_for_task(config.target, config.task, device)
-    task = get_task(task_name)
+    # Before any model loads: the task, and the scorer's packages and weights.
+    task = get_task(checkpoint_task(config.target, config.task))
     scorer_name = config.scorer or task.eval_scorers[0]
     score_on = config.score_on
     if score_on == "auto":  # code is checked in the context of its `def` line; prose on its own
         score_on = "in_context" if task.name == "pep8" else "continuation"
+    check_available(scorer_name, segments=score_on == "in_context")
     scorer = get_segment_scorer(scorer_name) if score_on == "in_context" else get_scorer(scorer_name)
+    model, tokenizer, info, _ = load_for_task(config.target, task.name, device)
     conditional = bool(info.get("control_tokens_trained"))
     controls = resolve_controls(prompt="auto", block="auto", conditional=conditional)
     behaviour = config.behaviour or BEHAVIOURS.get(task.name)

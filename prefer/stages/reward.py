@@ -10,15 +10,13 @@
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from prefer.config import RewardConfig, save_config
+from prefer.config import RewardConfig
 from prefer.data.encoding import encode_comparison, fit_to_context
 from prefer.data.formats import (
     Comparison,
@@ -34,24 +32,13 @@ from prefer.models.reward_model import RewardModel, build_reward_model, right_pa
 from prefer.objectives import ranking_loss
 from prefer.run_dir import releases_run_dirs
 from prefer.training import (
-    BlockOrder,
-    MetricsLog,
-    accumulate_stats,
     autocast,
-    average_across_ranks,
     check_checkpoint_vocabulary,
-    check_run_dir,
-    gradient_sync,
-    init_distributed,
-    make_optimizer_and_schedule,
-    micro_batch_size,
     optimizer_step,
     per_rank_denominator,
-    restore_training,
-    save_checkpoint,
-    set_seed,
     wrap_model,
 )
+from prefer.training.run import EpochPlan, StageRun, accumulate_gradients, epoch_record
 
 
 @dataclass(frozen=True)
@@ -138,11 +125,8 @@ def heldout_accuracy(model, rankings: EncodedRankings, *, batch_size: int, devic
 @releases_run_dirs
 def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train a reward model on rankings; returns `<out_dir>/final` (HF sequence classifier + reward_bias)."""
-    dist, device = init_distributed(config.runtime.device)
-    run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, RewardConfig, config, resume)
-    set_seed(config.runtime.seed)
-    say = print if dist.is_main else (lambda *a, **k: None)
+    run = StageRun(config, RewardConfig, resume=resume, name="reward", quiet_without_progress=False)
+    dist, device, checkpoint = run.dist, run.device, run.checkpoint
 
     # The rankings (and demonstrations) are read, and a bad line reported, before any model is loaded.
     comparisons = read_rankings(config.data.rankings)
@@ -150,7 +134,7 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     demonstrations = None
     if config.data.demonstrations is not None:
         demonstrations = read_demonstrations(config.data.demonstrations, conversations=False)
-    check_model_dir(config.model.init_from, field="model.init_from")
+    check_model_dir(config.model.init_from, field="model.init_from", causal_lm=True)
 
     # 1. Model: the causal LM's trunk + a fresh scalar head (or the checkpoint being resumed).
     reward_model = build_reward_model(model_source(config.model.init_from, checkpoint, config.lora))
@@ -179,143 +163,111 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
         else None
     )
     # The bias is set after training from these pairs; a bad file must fail now, not after training.
-    if config.data.demonstrations is not None:
-        bias_pairs = [(d.prompt, d.response) for d in demonstrations]
-        bias_ids = reward_model.encode(bias_pairs, where=record_locations(config.data.demonstrations))
-    else:  # each ranking's best response, encoded as for training (a conversational pair: its chat rendering)
-        best = encode_rankings(comparisons, locations, reward_model)
-        bias_ids = [responses[ranks.index(0)] for responses, ranks in zip(best.sequences, best.ranks)]
+    bias_ids = _bias_sequences(config, demonstrations, comparisons, locations, reward_model)
     reward_model.to(device).train()
     model = wrap_model(reward_model, dist, device, parallel=config.runtime.parallel)
 
-    # 3. Batch geometry (in prompts), optimizer, schedule.
-    batch_size = config.train.batch_size
-    micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
-    total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
-    optimizer, scheduler = make_optimizer_and_schedule(
-        [reward_model], config.optimizer, config.schedule, total_steps=total_steps
-    )
-    order = BlockOrder(len(train), seed=config.runtime.seed)
+    # 3. Batch geometry (in prompts), optimizer, schedule, the data order (restored on resume).
+    plan = EpochPlan.of(config.train, len(train), dist)
     data_fingerprint = f"{file_fingerprint(config.data.rankings)}-{len(train)}"
-    start_step = 0
-    if checkpoint is not None:
-        order, start_step = restore_training(
-            checkpoint,
-            optimizer,
-            scheduler,
-            num_items=len(train),
-            seed=config.runtime.seed,
-            data_fingerprint=data_fingerprint,
-            data_name=str(config.data.rankings),
-            modules=[reward_model.model],
-        )
-    if dist.is_main:
-        save_config(config, run_dir / "config.yaml")
-    say(
+    optimizer, scheduler, order, start_step = plan.start(
+        run, [reward_model], optimizer=config.optimizer, schedule=config.schedule, data_fingerprint=data_fingerprint,
+        data_name=str(config.data.rankings), restore_modules=[reward_model.model],
+    )  # fmt: skip
+    run.begin(start=start_step, total=plan.total_steps)
+    run.say(
         f"[reward] {count_parameters(reward_model) / 1e6:.2f}M parameters, {len(train)} prompts "
-        f"(+{len(val_index)} held out), {total_steps} steps of {batch_size} prompts, lr {config.optimizer.lr:g}, "
-        f"device {device}"
+        f"(+{len(val_index)} held out), {plan.total_steps} steps of {plan.batch_size} prompts, "
+        f"lr {config.optimizer.lr:g}, device {device}"
     )
-
-    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
-    evaluate = lambda: heldout_accuracy(
+    evaluate = partial(
+        heldout_accuracy,
         reward_model,
         validation,
-        batch_size=micro,
-        device=device,  # noqa: E731
+        batch_size=plan.micro,
+        device=device,
         precision=config.runtime.precision,
     )
-    bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc="reward",
-        unit="step",
-        disable=not (config.runtime.progress and dist.is_main),
-    )
-    started = time.perf_counter()
 
     # 4. The loop.
-    for step in range(start_step, total_steps):
-        indices = order.next(batch_size)  # the global batch of prompts; this rank takes its contiguous share
-        share = indices.view(dist.world_size, -1)[dist.rank].tolist()
+    for step in range(start_step, plan.total_steps):
+        _, share = plan.next(order)  # the global batch of prompts; this rank takes its contiguous share
         # Every prompt has a non-tied pair (read_rankings rejects all-tie lines), so each counts once in the
         # step's mean; DDP averages ranks, hence the division (see objectives.common).
-        num_prompts = per_rank_denominator(batch_size, dist.world_size)
-        totals: dict[str, float] = {}
-        for start in range(0, len(share), micro):
-            sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
-            with gradient_sync([model], sync=sync):
-                loss, stats = batch_loss(
-                    model,
-                    train.batch(share[start : start + micro]),
-                    device=device,
-                    precision=config.runtime.precision,
-                    num_prompts=num_prompts,
-                )
-                loss.backward()
-            accumulate_stats(
-                totals,
-                {k: stats[k] for k in ("loss", "accuracy", "margin_mean", "reward_mean")},
-                fraction=len(share[start : start + micro]) / len(share),
-            )
-        totals = average_across_ranks(totals, dist)
+        loss_of = partial(
+            _step_loss,
+            model,
+            train,
+            device=device,
+            precision=config.runtime.precision,
+            num_prompts=per_rank_denominator(plan.batch_size, dist.world_size),
+        )
+        keys = ("loss", "accuracy", "margin_mean", "reward_mean")
+        totals = accumulate_gradients([model], share.tolist(), plan.micro, loss_of, dist=dist, keys=keys)
         grad_norm = optimizer_step([reward_model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
-        record = {"train/" + k: v for k, v in totals.items()}
-        record.update(
-            {
-                "train/grad_norm": grad_norm,
-                "train/lr": scheduler.get_last_lr()[0],
-                "epoch": order.epoch + order.cursor / len(train),
-            }
-        )
-        if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
+        record = epoch_record(totals, grad_norm=grad_norm, scheduler=scheduler, order=order)
+        if validation is not None and run.due(done, every=config.train.eval_every):
             heldout = evaluate()
             record.update({"val/accuracy": heldout["accuracy"], "val/loss": heldout["loss"]})
-            bar.set_postfix(loss=f"{totals['loss']:.3f}", val_accuracy=f"{heldout['accuracy']:.3f}")
-        log.log(done, record)
-        bar.update(1)
-        if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
-            save_checkpoint(
-                run_dir,
-                done,
-                model=reward_model.model,
-                tokenizer=reward_model.tokenizer,
-                extra={},
-                info={**info, "step": done, "reward_bias": 0.0},
-                optimizer=optimizer,
-                scheduler=scheduler,
-                state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint},
-            )
-    bar.close()
+            run.bar.set_postfix(loss=f"{totals['loss']:.3f}", val_accuracy=f"{heldout['accuracy']:.3f}")
+        run.log.log(done, record)
+        run.bar.update(1)
+        if run.due(done, every=config.train.checkpoint_every):  # every rank calls, rank 0 writes
+            state = {"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint}
+            run.save_checkpoint(
+                done, model=reward_model.model, tokenizer=reward_model.tokenizer, extra={},
+                info={**info, "step": done, "reward_bias": 0.0}, optimizer=optimizer, scheduler=scheduler, state=state,
+            )  # fmt: skip
+    run.bar.close()
 
-    # 5. Bias: the demonstrations (or each ranking's best response) score a mean of 0 (the paper).
-    final = run_dir / "final"
-    # Every rank evaluates, scores and calls save (FSDP2 forward passes and gathering are collectives); rank 0 writes.
-    heldout = evaluate() if validation is not None else None
+    # 5. Bias: the demonstrations (or each ranking's best response) score a mean of 0 (the paper); final/.
+    final = _finish(run, reward_model, evaluate if validation is not None else None, bias_ids, info, plan)
+    return final
+
+
+def _step_loss(model, train: EncodedRankings, rows, *, device, precision: str, num_prompts: float):
+    return batch_loss(model, train.batch(rows), device=device, precision=precision, num_prompts=num_prompts)
+
+
+def _bias_sequences(config, demonstrations, comparisons, locations, reward_model: RewardModel) -> list[list[int]]:
+    """What the bias is set from: the demonstrations, or each ranking's best response, encoded as for training (a
+    conversational pair: its chat rendering)."""
+    if config.data.demonstrations is not None:
+        pairs = [(d.prompt, d.response) for d in demonstrations]
+        return reward_model.encode(pairs, where=record_locations(config.data.demonstrations))
+    best = encode_rankings(comparisons, locations, reward_model)
+    return [responses[ranks.index(0)] for responses, ranks in zip(best.sequences, best.ranks)]
+
+
+def _finish(run: StageRun, reward_model: RewardModel, evaluate, bias_ids, info: dict, plan: EpochPlan) -> Path:
+    """Held-out accuracy, the bias that makes the bias sequences score a mean of 0, `<out_dir>/final` and
+    results.json. Every rank evaluates, scores and calls save (FSDP2 forward passes and gathering are collectives);
+    rank 0 writes."""
+    config, final = run.config, run.run_dir / "final"
+    heldout = evaluate() if evaluate is not None else None
     reward_model.bias = 0.0
-    reward_model.bias = -float(reward_model.rewards_of_ids(bias_ids, batch_size=micro).mean())
+    reward_model.bias = -float(reward_model.rewards_of_ids(bias_ids, batch_size=plan.micro).mean())
     results = {
         "val_accuracy": heldout["accuracy"] if heldout else None,
         "val_loss": heldout["loss"] if heldout else None,
         "val_pairs": heldout["pairs"] if heldout else 0,
         "bias_from": config.data.demonstrations or "best response of each ranking",
-        "steps": total_steps,
+        "steps": plan.total_steps,
     }
     reward_model.save(final, {**info, **results})
-    if dist.is_main:
-        write_json_atomic(run_dir / "results.json", {**results, "reward_bias": reward_model.bias})
+    if run.dist.is_main:
+        write_json_atomic(run.run_dir / "results.json", {**results, "reward_bias": reward_model.bias})
     # Logged once final/ is whole (a kill before this reruns the step; MetricsLog skips a line it already holds).
-    log.log(
-        total_steps,
+    run.log.log(
+        plan.total_steps,
         {"final/reward_bias": reward_model.bias, **({"final/val_accuracy": heldout["accuracy"]} if heldout else {})},
     )
-    if dist.is_main:
-        accuracy = "n/a" if heldout is None else f"{heldout['accuracy']:.3f} on {heldout['pairs']:.0f} pairs"
-        say(
-            f"[reward] done: held-out pairwise accuracy {accuracy}, bias {reward_model.bias:+.4f}, "
-            f"{time.perf_counter() - started:.0f}s; model in {final}"
-        )
-    log.close()
+    accuracy = "n/a" if heldout is None else f"{heldout['accuracy']:.3f} on {heldout['pairs']:.0f} pairs"
+    run.say(
+        f"[reward] done: held-out pairwise accuracy {accuracy}, bias {reward_model.bias:+.4f}, "
+        f"{run.elapsed():.0f}s; model in {final}"
+    )
+    run.close()
     return final

@@ -9,16 +9,13 @@
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from prefer.config import SFTConfig, save_config
+from prefer.config import SFTConfig
 from prefer.data.encoding import encode_sft_example
 from prefer.data.formats import (
     Conversation,
@@ -32,6 +29,7 @@ from prefer.models.build import (
     check_model_dir,
     context_length,
     count_parameters,
+    inherited_info,
     load_model,
     load_tokenizer,
     set_dropout,
@@ -40,26 +38,14 @@ from prefer.models.lora import model_source, prepare
 from prefer.objectives import mle_loss, next_token_targets
 from prefer.run_dir import releases_run_dirs
 from prefer.training import (
-    BlockOrder,
-    MetricsLog,
-    accumulate_stats,
     autocast,
-    average_across_ranks,
     check_checkpoint_vocabulary,
-    check_run_dir,
-    gradient_sync,
-    init_distributed,
-    make_optimizer_and_schedule,
-    micro_batch_size,
     optimizer_step,
     per_rank_denominator,
-    restore_training,
-    save_checkpoint,
-    save_model,
-    set_seed,
     unwrap,
     wrap_model,
 )
+from prefer.training.run import EpochPlan, StageRun, accumulate_gradients, epoch_record
 
 
 @dataclass(frozen=True)
@@ -139,18 +125,15 @@ def validation_loss(model, examples: SFTExamples, *, batch_size: int, device, pr
 @releases_run_dirs
 def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     """Finetune `model.init_from` on demonstrations; returns `<out_dir>/final` (an HF causal LM directory)."""
-    dist, device = init_distributed(config.runtime.device)
-    run_dir = Path(config.out_dir)
-    checkpoint = check_run_dir(run_dir, SFTConfig, config, resume)
-    set_seed(config.runtime.seed)
-    say = print if dist.is_main else (lambda *a, **k: None)
+    run = StageRun(config, SFTConfig, resume=resume, name="sft", quiet_without_progress=False)
+    dist, device, checkpoint = run.dist, run.device, run.checkpoint
 
     # The demonstrations are read (and a bad line reported) before any model is loaded.
     demonstrations = read_demonstrations(config.data.demonstrations)
     locations = record_locations(config.data.demonstrations)
 
     # 1. Model and tokenizer: the initial model, or the checkpoint being resumed (with the initial model's vocabulary).
-    check_model_dir(config.model.init_from, field="model.init_from")
+    check_model_dir(config.model.init_from, field="model.init_from", causal_lm=True)
     tokenizer = load_tokenizer(config.model.init_from, field="model.init_from")
     source = checkpoint / "model" if checkpoint is not None else Path(config.model.init_from)
     if checkpoint is not None:
@@ -162,10 +145,8 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
         model, config.lora, checkpoint=checkpoint, gradient_checkpointing=config.runtime.gradient_checkpointing
     )
     context = min(config.model.context or context_length(model), context_length(model))
-    init_info_path = Path(config.model.init_from) / "prefer.json"
-    init_info = json.loads(init_info_path.read_text()) if init_info_path.exists() else {}
     info = {
-        **{k: v for k, v in init_info.items() if k in ("task", "scorer", "control_tokens_trained")},
+        **inherited_info(config.model.init_from),
         "stage": "sft",
         "init_from": config.model.init_from,
         "demonstrations": config.data.demonstrations,
@@ -173,137 +154,77 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
 
     # 2. Data: demonstrations -> (train, validation) examples with response-only loss masks.
     train_index, val_index = split_validation(len(demonstrations), config.data.validation_fraction, config.runtime.seed)
-    train = tokenize_demonstrations(
-        [demonstrations[i] for i in train_index],
-        [locations[i] for i in train_index],
-        tokenizer,
-        context=context,
-        packing=config.data.packing,
-    )
-    validation = (
-        tokenize_demonstrations(
-            [demonstrations[i] for i in val_index],
-            [locations[i] for i in val_index],
-            tokenizer,
-            context=context,
-            packing=False,
-        )
-        if val_index
-        else None
-    )
+
+    def examples(index: list[int], packing: bool) -> SFTExamples:
+        rows = ([demonstrations[i] for i in index], [locations[i] for i in index])
+        return tokenize_demonstrations(*rows, tokenizer, context=context, packing=packing)
+
+    train = examples(train_index, config.data.packing)
+    validation = examples(val_index, False) if val_index else None
     model.to(device).train()
     model = wrap_model(model, dist, device, parallel=config.runtime.parallel)
 
-    # 3. Batch geometry, optimizer, schedule.
-    batch_size = config.train.batch_size
-    micro = micro_batch_size(batch_size, config.train.micro_batch_size, dist.world_size)
-    total_steps = max(1, math.ceil(config.train.epochs * len(train) / batch_size))
-    optimizer, scheduler = make_optimizer_and_schedule(
-        [model], config.optimizer, config.schedule, total_steps=total_steps
-    )
-    order = BlockOrder(len(train), seed=config.runtime.seed)
+    # 3. Batch geometry, optimizer, schedule, the data order (restored on resume).
+    plan = EpochPlan.of(config.train, len(train), dist)
     data_fingerprint = f"{file_fingerprint(config.data.demonstrations)}-{len(train)}x{train.ids.shape[1]}"
-    start_step = 0
-    if checkpoint is not None:
-        order, start_step = restore_training(
-            checkpoint,
-            optimizer,
-            scheduler,
-            num_items=len(train),
-            seed=config.runtime.seed,
-            data_fingerprint=data_fingerprint,
-            data_name=str(config.data.demonstrations),
-            modules=[model],
-        )
-    if dist.is_main:
-        save_config(config, run_dir / "config.yaml")
-    say(
+    optimizer, scheduler, order, start_step = plan.start(
+        run, [model], optimizer=config.optimizer, schedule=config.schedule, data_fingerprint=data_fingerprint,
+        data_name=str(config.data.demonstrations),
+    )  # fmt: skip
+    run.begin(start=start_step, total=plan.total_steps)
+    run.say(
         f"[sft] {count_parameters(unwrap(model)) / 1e6:.2f}M parameters, {len(train)} "
         f"{'packed blocks' if config.data.packing else 'examples'} (+{len(val_index)} held out), context {context}, "
-        f"{total_steps} steps of {batch_size}, lr {config.optimizer.lr:g}, device {device}"
+        f"{plan.total_steps} steps of {plan.batch_size}, lr {config.optimizer.lr:g}, device {device}"
     )
-
-    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=start_step if checkpoint else None)
-    evaluate = lambda: validation_loss(
+    evaluate = partial(
+        validation_loss,
         unwrap(model),
         validation,
-        batch_size=micro,
-        device=device,  # noqa: E731
+        batch_size=plan.micro,
+        device=device,
         precision=config.runtime.precision,
     )
-    bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc="sft",
-        unit="step",
-        disable=not (config.runtime.progress and dist.is_main),
-    )
-    started = time.perf_counter()
 
     # 4. The loop.
-    for step in range(start_step, total_steps):
-        indices = order.next(batch_size)  # the global batch; this rank takes its contiguous share
-        share = indices.view(dist.world_size, -1)[dist.rank]
+    for step in range(start_step, plan.total_steps):
+        indices, share = plan.next(order)  # the global batch; this rank takes its contiguous share
         # Loss tokens of the whole step (all ranks); DDP averages ranks, hence the division (objectives.common).
         step_tokens = float(next_token_targets(train.loss_mask[indices])[0].sum())
-        num_tokens = per_rank_denominator(step_tokens, dist.world_size)
-        totals: dict[str, float] = {}
-        for start in range(0, len(share), micro):
-            sync = start + micro >= len(share)  # reduce gradients over the ranks only on the last micro-batch
-            with gradient_sync([model], sync=sync):
-                loss, stats = sft_loss(
-                    model,
-                    train.rows(share[start : start + micro]),
-                    device=device,
-                    precision=config.runtime.precision,
-                    num_tokens=max(num_tokens, 1.0),
-                )
-                loss.backward()
-            accumulate_stats(totals, stats, fraction=min(micro, len(share) - start) / len(share))
-        totals = average_across_ranks(totals, dist)
+        num_tokens = max(per_rank_denominator(step_tokens, dist.world_size), 1.0)
+        loss_of = partial(
+            _step_loss, model, train, device=device, precision=config.runtime.precision, num_tokens=num_tokens
+        )
+        totals = accumulate_gradients([model], share, plan.micro, loss_of, dist=dist, keys=("loss",))
         grad_norm = optimizer_step([model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
-        record = {
-            "train/loss": totals["loss"],
-            "train/response_tokens": step_tokens,
-            "train/grad_norm": grad_norm,
-            "train/lr": scheduler.get_last_lr()[0],
-            "epoch": order.epoch + order.cursor / len(train),
-        }
-        if validation is not None and (done % config.train.eval_every == 0 or done == total_steps):
+        record = epoch_record(totals, grad_norm=grad_norm, scheduler=scheduler, order=order)
+        record["train/response_tokens"] = step_tokens
+        if validation is not None and run.due(done, every=config.train.eval_every):
             record["val/loss"] = evaluate()
-            bar.set_postfix(loss=f"{totals['loss']:.3f}", val=f"{record['val/loss']:.3f}")
-        log.log(done, record)
-        bar.update(1)
-        if done % config.train.checkpoint_every == 0 or done == total_steps:  # every rank calls, rank 0 writes
-            save_checkpoint(
-                run_dir,
-                done,
-                model=model,
-                tokenizer=tokenizer,
-                extra={},
-                info={**info, "step": done},
-                optimizer=optimizer,
-                scheduler=scheduler,
-                state={"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint},
-            )
-    bar.close()
-    log.close()
+            run.bar.set_postfix(loss=f"{totals['loss']:.3f}", val=f"{record['val/loss']:.3f}")
+        run.log.log(done, record)
+        run.bar.update(1)
+        if run.due(done, every=config.train.checkpoint_every):  # every rank calls, rank 0 writes
+            state = {"step": done, "order": order.state_dict(), "data_fingerprint": data_fingerprint}
+            run.save_checkpoint(
+                done, model=model, tokenizer=tokenizer, extra={}, info={**info, "step": done},
+                optimizer=optimizer, scheduler=scheduler, state=state,
+            )  # fmt: skip
 
-    # 5. The final model, in the Hugging Face format.
-    final = run_dir / "final"
-    # Every rank evaluates and calls save_model (FSDP2 forward passes and gathering are collectives); rank 0 writes.
+    # 5. The final model, in the Hugging Face format. Every rank evaluates and saves (FSDP2 forward passes and
+    #    gathering are collectives); rank 0 writes.
+    run.close()
     val_loss = evaluate() if validation is not None else None
-    save_model(
-        final,
-        model,
-        tokenizer,
-        None,
-        {**info, "steps": total_steps, "epochs": config.train.epochs, "val_loss": val_loss},
-    )
-    say(
+    info |= {"steps": plan.total_steps, "epochs": config.train.epochs, "val_loss": val_loss}
+    final = run.finish(model, tokenizer, info=info)
+    run.say(
         f"[sft] done: held-out response loss {val_loss if val_loss is None else round(val_loss, 4)}, "
-        f"{time.perf_counter() - started:.0f}s; model in {final}"
+        f"{run.elapsed():.0f}s; model in {final}"
     )
     return final
+
+
+def _step_loss(model, train: SFTExamples, rows, *, device, precision: str, num_tokens: float):
+    return sft_loss(model, train.rows(rows), device=device, precision=precision, num_tokens=num_tokens)

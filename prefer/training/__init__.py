@@ -5,7 +5,8 @@
 - `optimization`: AdamW, the warmup + linear-decay schedule, the optimizer step, loss denominators, data order;
 - `checkpoints`: atomic Hugging Face checkpoints with exact resume (model, optimizer, schedule, RNG, data position),
   run directories;
-- `metrics`: step statistics and the metrics log.
+- `metrics`: step statistics and the metrics log;
+- `trackers`: the experiment trackers the metrics log feeds (TensorBoard, trackio, MLflow, W&B: docs/trackers.md).
 Every name is importable from `prefer.training` itself."""
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from prefer.training.optimization import (
     optimizer_step,
     per_rank_denominator,
 )
+from prefer.training.trackers import check_trackers
 
 __all__ = [
     "BlockOrder",
@@ -72,6 +74,7 @@ __all__ = [
     "average_across_ranks",
     "check_checkpoint_vocabulary",
     "check_run_dir",
+    "check_trackers",
     "end_rank",
     "full_state_dict",
     "gradient_sync",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from prefer.config import OptimizerConfig, ScheduleConfig
@@ -56,13 +58,27 @@ def make_optimizer_and_schedule(
 
 def optimizer_step(modules: list[torch.nn.Module], optimizer, scheduler, *, grad_clip: float) -> float:
     """The end of every optimizer step of every stage: clip the global gradient norm of the modules' parameters,
-    step, advance the schedule, drop the gradients. Returns the norm before clipping."""
+    step, advance the schedule, drop the gradients. Returns the norm before clipping.
+
+    A gradient norm that is not finite (a loss that overflowed or became NaN: the learning rate is the usual cause)
+    stops the run with a PreferError naming the step, before the weights are touched: the run's last checkpoint
+    stays the last good one (each rank holds the same norm, so every rank stops)."""
     parameters = [p for module in modules for p in module.parameters()]
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    norm = grad_norm.item()
+    if not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        step = scheduler.last_epoch + 1  # optimizer steps taken by this run (its schedule's count), this one included
+        lr = optimizer.param_groups[0]["lr"]
+        raise PreferError(
+            f"training diverged at optimizer step {step}: the gradient norm is {norm} (a non-finite loss); "
+            f"lower optimizer.lr (now {lr:.3g} at this step) and start again or --resume from the last "
+            "checkpoint, which is left as it was"
+        )
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm.item()
+    return norm
 
 
 def per_rank_denominator(global_count: float, world_size: int) -> float:

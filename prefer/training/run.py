@@ -15,18 +15,31 @@ Composed, not inherited: a stage reads top to bottom as its own loop and calls t
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from prefer.config import save_config
 from prefer.run_dir import RESUME_MAY_CHANGE
-from prefer.training.checkpoints import check_run_dir, save_checkpoint, save_model, set_seed
-from prefer.training.distributed import init_distributed
-from prefer.training.metrics import MetricsLog
+from prefer.training.checkpoints import (
+    check_run_dir,
+    open_run_dir,
+    restore_training,
+    save_checkpoint,
+    save_model,
+    set_seed,
+)
+from prefer.training.distributed import Distributed, gradient_sync, init_distributed
+from prefer.training.metrics import MetricsLog, accumulate_stats, average_across_ranks
+from prefer.training.optimization import BlockOrder, make_optimizer_and_schedule, micro_batch_size
+from prefer.training.trackers import check_trackers
 
-__all__ = ["StageRun"]
+__all__ = ["EpochPlan", "StageRun", "accumulate_gradients", "epoch_record"]
 
 
 def _silent(*args, **kwargs) -> None:
@@ -49,18 +62,33 @@ class StageRun:
         name: str,
         may_change: frozenset[str] = RESUME_MAY_CHANGE,
         quiet_without_progress: bool = True,
+        defer_check: bool = False,
     ):
-        self.config, self.name = config, name
+        self.config, self.config_class, self.name, self.resume = config, config_class, name, resume
+        self.may_change = may_change
+        check_trackers(config.runtime.trackers)  # a missing tracker package: one line, before any work
         self.dist, self.device = init_distributed(config.runtime.device)
         self.run_dir = Path(config.out_dir)
-        self.checkpoint = check_run_dir(self.run_dir, config_class, config, resume, may_change=may_change)
-        set_seed(config.runtime.seed)
         speaks = self.dist.is_main and (config.runtime.progress or not quiet_without_progress)
         self.say = print if speaks else _silent
         self.log: MetricsLog | None = None
         self.bar = None
         self.total = 0
         self.started = time.perf_counter()
+        self.checkpoint = None
+        if defer_check:  # the directory is claimed now; the config is compared once it is resolved (`check`)
+            open_run_dir(self.run_dir, resume)
+        else:
+            self.check(config)
+
+    def check(self, config) -> None:
+        """With --resume the saved config must equal `config` (except `may_change` keys); then the seed is set.
+        Sets `checkpoint`: the one to resume from, or None for a fresh start."""
+        self.config = config
+        self.checkpoint = check_run_dir(
+            self.run_dir, self.config_class, config, self.resume, may_change=self.may_change
+        )
+        set_seed(config.runtime.seed)
 
     @property
     def resume_step(self):
@@ -70,7 +98,13 @@ class StageRun:
     def begin(self, *, start: int, total: int, unit: str = "step", save: bool = True) -> None:
         """Open the metrics log (trimmed to `start` on resume), save the config, start the progress bar."""
         self._start, self.total = start, total
-        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main, resume_step=self.resume_step)
+        self.log = MetricsLog(
+            self.run_dir,
+            enabled=self.dist.is_main,
+            resume_step=self.resume_step,
+            trackers=self.config.runtime.trackers,
+            config=asdict(self.config),
+        )
         if save and self.dist.is_main:
             save_config(self.config, self.run_dir / "config.yaml")
         self.bar = tqdm(
@@ -91,9 +125,11 @@ class StageRun:
         save_checkpoint(self.run_dir, done, **parts)
 
     def close(self) -> None:
-        """Close the progress bar and the metrics log (before the final save, which may take a while)."""
+        """Close the progress bar and the metrics log (before the final save, which may take a while); the log
+        stays usable for a last record."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
         if self.log is not None:
             self.log.close()
 
@@ -107,3 +143,99 @@ class StageRun:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+
+# ------------------------------------------------------------------ stages that train for epochs over a data file
+
+
+class EpochPlan:
+    """Batch geometry of a stage that trains for `epochs` over `num_items` (examples, or prompts with all their
+    responses), `batch_size` of them per optimizer step (all ranks together), `micro` per forward pass and rank:
+    `total_steps`, and each step's share of this rank."""
+
+    def __init__(self, *, num_items: int, epochs: float, batch_size: int, micro_batch: int | None, dist: Distributed):
+        self.num_items, self.batch_size, self.dist = num_items, batch_size, dist
+        self.micro = micro_batch_size(batch_size, micro_batch, dist.world_size)
+        self.total_steps = max(1, math.ceil(epochs * num_items / batch_size))
+
+    @classmethod
+    def of(cls, train, num_items: int, dist: Distributed) -> EpochPlan:
+        """From a stage's `train` section (epochs, batch_size, micro_batch_size)."""
+        return cls(
+            num_items=num_items,
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            micro_batch=train.micro_batch_size,
+            dist=dist,
+        )
+
+    def start(self, run: StageRun, modules, *, optimizer, schedule, data_fingerprint: str, data_name: str, **restore):
+        """AdamW and the warmup + decay schedule over `modules` (`optimizer`, `schedule`: the stage's sections) for
+        `total_steps`, and `restore`'s (data order, first step). Returns (optimizer, scheduler, order, step)."""
+        optimizer, scheduler = make_optimizer_and_schedule(
+            modules, optimizer, schedule, total_steps=self.total_steps, start_step=restore.pop("start_step", 0)
+        )
+        order, step = self.restore(
+            run,
+            optimizer,
+            scheduler,
+            data_fingerprint=data_fingerprint,
+            data_name=data_name,
+            modules=restore.pop("restore_modules", modules),
+        )
+        return optimizer, scheduler, order, step
+
+    def next(self, order: BlockOrder) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the next global batch of `order`, this rank's contiguous share of it)."""
+        indices = order.next(self.batch_size)
+        return indices, indices.view(self.dist.world_size, -1)[self.dist.rank]
+
+    def restore(self, run: StageRun, optimizer, scheduler, *, data_fingerprint: str, data_name: str, modules):
+        """(data order, first step): a fresh start, or the checkpoint's optimizer, schedule, RNG and data position
+        (its data must be this run's: `data_fingerprint`)."""
+        seed = run.config.runtime.seed
+        if run.checkpoint is None:
+            return BlockOrder(self.num_items, seed=seed), 0
+        return restore_training(
+            run.checkpoint,
+            optimizer,
+            scheduler,
+            num_items=self.num_items,
+            seed=seed,
+            data_fingerprint=data_fingerprint,
+            data_name=data_name,
+            modules=modules,
+        )
+
+
+def accumulate_gradients(
+    models: list[torch.nn.Module],
+    rows: Sequence,
+    micro: int,
+    loss_of: Callable,
+    *,
+    dist: Distributed,
+    keys: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """One optimizer step's gradient: `loss_of(part)` -> (loss, stats) backpropagated for each micro-batch `part` of
+    this rank's `rows`, the gradients reduced over the ranks only in the last micro-batch. The loss must already be
+    normalised by the whole step (prefer.objectives.common); returns the stats (`keys` of them) weighted by each
+    part's share of the rows, averaged over the ranks."""
+    totals: dict[str, float] = {}
+    for start in range(0, len(rows), micro):
+        part = rows[start : start + micro]
+        with gradient_sync(models, sync=start + micro >= len(rows)):
+            loss, stats = loss_of(part)
+            loss.backward()
+        accumulate_stats(totals, stats if keys is None else {k: stats[k] for k in keys}, fraction=len(part) / len(rows))
+    return average_across_ranks(totals, dist)
+
+
+def epoch_record(totals: dict[str, float], *, grad_norm: float, scheduler, order: BlockOrder) -> dict[str, float]:
+    """A step's metrics: the accumulated stats as train/..., the gradient norm, the learning rate, the epoch."""
+    return {
+        **{f"train/{k}": v for k, v in totals.items()},
+        "train/grad_norm": grad_norm,
+        "train/lr": scheduler.get_last_lr()[0],
+        "epoch": order.epoch + order.cursor / order.num_blocks,
+    }

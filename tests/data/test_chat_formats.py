@@ -268,7 +268,7 @@ def test_a_bad_conversational_pair_is_one_line_naming_file_line_and_field(tmp_pa
 
 
 def test_chat_prompts_are_rendered_with_the_generation_prompt(tokenizer, tmp_path):
-    from prefer.rollouts import read_queries
+    from prefer.rl import read_queries
 
     chat = [{"role": "system", "content": "be brief"}, *USER]
     path = _write(tmp_path / "prompts.jsonl", {"messages": chat}, {"prompt": USER}, {"prompt": "plain"})

@@ -92,3 +92,50 @@ def test_policy_entry_reports_the_protocol(tiny):
     assert entry["proxy_reward"]["rm"]["mean"] == pytest.approx(0.0)  # rewards -1 and +1
     assert entry["win_rate"]["win_rate"] == pytest.approx(0.5) and entry["ended"] == 0.5
     assert entry["distinct_1"] == pytest.approx(3 / 4)  # x, y, x, z
+
+
+def test_rendered_prompts_are_sampled_and_measured_with_their_own_ids(tiny):
+    """Queries (e.g. a conversation rendered with a chat template) keep their ids through sampling and the KL: the
+    per-response KL is prefer.rl.response_kl's on exactly the ids the policy was prompted with."""
+    from prefer.evaluation.prompts import Queries
+    from prefer.rl import response_kl
+
+    model, tokenizer = tiny
+    other = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32).eval()
+    ids = [tokenizer("the cat", add_special_tokens=False)["input_ids"], [tokenizer.eos_token_id] * 3]
+    queries = Queries(["the cat", "<rendered>"], ids, ["a", "b"])
+    samples = sample_policy(
+        model, tokenizer, queries, samples_per_prompt=2, max_new_tokens=6, temperature=1.0, seed=1, batch_size=4
+    )
+    assert samples.prompts == ["the cat"] * 2 + ["<rendered>"] * 2 and samples.queries == [ids[0]] * 2 + [ids[1]] * 2
+    eos = tokenizer.eos_token_id
+    responses = [r + [eos] if e else r for r, e in zip(samples.response_ids, samples.ended)]
+    expected = response_kl(
+        model, other, samples.queries, responses, temperature=1.0, pad_id=eos, batch_size=3, device=torch.device("cpu")
+    )
+    kl = kl_to_sft(model, other, tokenizer, samples, temperature=1.0, batch_size=3)
+    assert kl.tolist() == expected.tolist()
+    # the first prompt without its document-start eos: not what encode_prompt("the cat") would have measured
+    plain = PolicySamples(samples.prompts, samples.responses, samples.response_ids, samples.ended, 2)
+    assert kl_to_sft(model, other, tokenizer, plain, temperature=1.0, batch_size=3)[0] != kl[0]
+
+
+def test_dpos_logged_kl_is_the_mean_of_the_shared_per_response_kl(tiny):
+    """DPO's val/kl and the results table's KL are one estimator (prefer.rl.response_kl) on the policy's samples."""
+    from prefer.data.encoding import encode_prompt
+    from prefer.evaluation.direct_preference import kl_on_samples
+    from prefer.rl import response_kl, sample_responses
+
+    model, tokenizer = tiny
+    other = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32).eval()
+    eos, cpu = tokenizer.eos_token_id, torch.device("cpu")
+    queries = [encode_prompt(tokenizer, p) for p in ("the cat", "a dog ran", "the")]
+    kl = kl_on_samples(
+        model, other, queries, seed=1, step=2, max_new_tokens=5, eos=eos, batch_size=3, device=cpu, precision="fp32"
+    )
+    sampled = sample_responses(
+        model, queries, first=0, chunk=3, seed=1, iteration=2, max_new_tokens=5, eos_token_id=eos, temperature=1.0
+    )
+    responses = [r + [eos] if len(r) < 5 else r for r in sampled]
+    expected = response_kl(model, other, queries, responses, temperature=1.0, pad_id=eos, batch_size=3, device=cpu)
+    assert kl == expected.mean().item() and expected.abs().min() > 0  # a k1 estimate per response: any sign

@@ -109,3 +109,60 @@ def test_cli_labels_with_a_named_scorer_and_needs_synthetic(setup, tmp_path, cap
     assert "pass --synthetic" in capsys.readouterr().err
     assert main(["label", "--synthetic", *args, "scorer=nope"]) == 2
     assert "unknown scorer 'nope'" in capsys.readouterr().err
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_conversations_are_labelled_in_the_chat_format_the_policy_is_prompted_with(tmp_path):
+    """A {"messages"} prompt is rendered with the model's chat template, exactly as PPO renders it (read_queries);
+    the scorer reads that rendering + the response, and the rankings and demonstrations carry it, so the reward
+    model and DPO train on the format the policy saw (not `User: ...\\nAssistant: `)."""
+    from prefer.models.build import BAD, GOOD
+    from prefer.rl import read_queries
+    from prefer.sampling import sample
+
+    tokenizer = train_tokenizer(["say a red cat and a blue dog x xx\n"] * 30, vocab_size=300)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=64)
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    prompts = tmp_path / "prompts.jsonl"
+    questions = [[{"role": "user", "content": f"say {word}"}] for word in ("a red cat", "a blue dog", "x x")]
+    prompts.write_text("".join(json.dumps({"messages": q}) + "\n" for q in questions))
+    read = []
+
+    def count_x_seen(texts):
+        read.extend(texts)
+        return [float(t.count("x")) for t in texts]
+
+    values = {"model": tmp_path / "lm", "prompts": prompts, "rankings_out": tmp_path / "r.jsonl"}
+    values |= {"demonstrations_out": tmp_path / "d.jsonl", "generation.max_new_tokens": 8, "device": "cpu"}
+    values |= {"num_responses": 3, "seed": 3}
+    cfg = load_config(LabelConfig, overrides=[f"{key}={value}" for key, value in values.items()])
+    report = label_synthetic(cfg, scorer=count_x_seen, progress=False)  # seed 3: 1 ranking, 2 prompts all tied
+    texts, queries = read_queries(str(prompts), tokenizer, max_length=64)  # PPO's rendering of the same file
+    assert texts[0] == "<|im_start|>user\nsay a red cat<|im_end|>\n<|im_start|>assistant\n"
+    # the labelers' samples are the policy's answers to PPO's queries: K per prompt, one generator seeded 3
+    vocab = tokenizer.get_vocab()
+    expected = sample(
+        model.eval(),
+        [q for q in queries for _ in range(3)],
+        max_new_tokens=8,
+        eos_token_id=tokenizer.eos_token_id,
+        blocked_token_ids=[vocab[GOOD], vocab[BAD]],
+        control_token_ids=[vocab[GOOD], vocab[BAD]],
+        generator=torch.Generator().manual_seed(3),
+    )
+    responses = [tokenizer.decode(ids) for ids in expected]
+    assert read == [texts[i // 3] + r for i, r in enumerate(responses) if r.strip()]  # rendered prompt + response
+    comparisons = read_rankings(report.rankings)
+    assert len(comparisons) == report.comparisons >= 1
+    for comparison in comparisons:
+        assert comparison.prompt in texts and set(comparison.responses) <= set(responses)
+    assert {d.prompt for d in read_demonstrations(report.demonstrations)} == set(texts)

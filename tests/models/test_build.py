@@ -55,7 +55,8 @@ def test_existing_model_gets_control_tokens_at_the_mean_embedding(tmp_path):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(plain), n_layer=1, n_embd=16, n_head=2)).save_pretrained(tmp_path)
 
-    tokenizer = load_tokenizer(tmp_path)
+    assert len(load_tokenizer(tmp_path)) == len(plain)  # added only where an objective needs them
+    tokenizer = load_tokenizer(tmp_path, control_tokens=True)
     assert len(tokenizer) == len(plain) + 2
     model = load_model(tmp_path, tokenizer=tokenizer)
     embeddings = model.get_input_embeddings().weight

@@ -15,8 +15,9 @@ from prefer.data.formats import Comparison, Demonstration, write_demonstrations,
 from prefer.errors import PreferError
 from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
 from prefer.models.lora import FrozenView, apply_lora, disabled_adapters, merged_state_dict, prepare
-from prefer.rollouts import make_rollout
-from prefer.stages.policy_gradient import build_value_model, ppo
+from prefer.models.value import build_value_model
+from prefer.rl import make_rollout
+from prefer.stages.policy_gradient import ppo
 from prefer.stages.reward import reward
 from prefer.stages.sft import sft
 from prefer.training import make_optimizer, read_metrics
@@ -262,7 +263,7 @@ def test_shared_value_trunk_holds_one_model_and_resumes(data, tmp_path, monkeypa
     """value_trunk=shared with LoRA: policy, reference and critic are one set of weights; the critic's own
     parameters are its head's, the value loss reaches the policy's adapters, and a killed run resumes exactly."""
     from prefer import scorers
-    from prefer.rollouts import SharedTrunkValueModel
+    from prefer.models.value import SharedTrunkValueModel
 
     policy = apply_lora(load_model(data / "init"), LoRAConfig(r=4))
     critic = SharedTrunkValueModel(policy)

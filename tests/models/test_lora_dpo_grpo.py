@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from test_lora import LETTERS, _random_adapters, data  # noqa: F401 (fixture)
 from transformers import AutoModelForCausalLM
 
+import prefer.rl.policy_models
 import prefer.stages.dpo as dpo_stage
 import prefer.stages.policy_gradient as group_stage
 from prefer.config import DPOConfig, GroupRLConfig, LoRAConfig, build_config
@@ -156,7 +157,7 @@ def test_lora_grpo_trains_only_adapters_against_its_own_trunk_and_resumes(data, 
     from prefer import scorers
 
     monkeypatch.setitem(scorers.SCORERS, "not-a", lambda texts: [sum(c != "A" for c in t) / len(t) for t in texts])
-    loaded = _counting_loads(monkeypatch, group_stage)
+    loaded = _counting_loads(monkeypatch, prefer.rl.policy_models)  # where the loop's models are loaded
     values = _grpo_values(data, tmp_path / "run")
     final = group_stage.group_rl(build_config(GroupRLConfig, values))
     assert loaded == [data / "init"]  # no second model for the reference

@@ -9,12 +9,13 @@ import torch
 from safetensors.torch import load_file
 from test_ppo_stage import _episodes, _mean_reward, sft, toy_scorer  # noqa: F401 (fixtures)
 
-import prefer.stages.policy_gradient as stage
+import prefer.rl.algorithms as stage
 from prefer.cli import main
 from prefer.config import GroupRLConfig, build_config
 from prefer.errors import PreferError
 from prefer.models.build import train_tokenizer
-from prefer.stages.policy_gradient import group_advantages, group_backward, group_rl
+from prefer.rl import group_advantages, group_backward
+from prefer.stages.policy_gradient import group_rl
 from prefer.training import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +46,7 @@ def _config(sft, out, **overrides):  # noqa: F811
 @pytest.mark.parametrize("algorithm,epochs", [("grpo", 2), ("rloo", 1)])
 def test_critic_free_rl_raises_the_gold_score_without_a_value_model(sft, tmp_path, monkeypatch, algorithm, epochs):  # noqa: F811
     built = []
-    monkeypatch.setattr("prefer.rollouts.ValueModel.__init__", lambda *a, **k: built.append(1))
+    monkeypatch.setattr("prefer.models.value.ValueModel.__init__", lambda *a, **k: built.append(1))
     final = group_rl(_config(sft, tmp_path / "run", **{"group.algorithm": algorithm, "train.epochs": epochs}))
     assert not built  # no critic anywhere
     before, after = _mean_reward(sft / "sft", sft), _mean_reward(final, sft)

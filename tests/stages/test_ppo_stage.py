@@ -10,15 +10,16 @@ import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-import prefer.rollouts
+import prefer.rl.episodes
 from prefer import scorers
 from prefer.config import PPOConfig, build_config
 from prefer.errors import PreferError
 from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
+from prefer.models.value import build_value_model
 from prefer.objectives import mle_loss, next_token_targets
-from prefer.rollouts import add_advantages, make_rollout
+from prefer.rl import add_advantages, make_rollout, ppo_backward, ptx_backward
 from prefer.sampling import sample
-from prefer.stages.policy_gradient import build_value_model, ppo, ppo_backward, ptx_backward
+from prefer.stages.policy_gradient import ppo
 from prefer.training import read_metrics, save_model
 
 WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
@@ -247,7 +248,7 @@ def test_logprobs_divide_the_logits_by_the_sampling_temperature(sft):
 
 
 def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkeypatch):
-    import prefer.stages.policy_gradient as stage
+    import prefer.rl.episodes as stage  # where the loop builds its rollouts
 
     seen = {}
     original = stage.make_rollout
@@ -348,13 +349,13 @@ def test_a_prompt_longer_than_the_context_names_its_line(sft, tmp_path):
 
 def test_sample_batch_size_samples_the_batch_in_fewer_loops_and_must_divide_it(sft, tmp_path, monkeypatch):
     calls = []
-    real = prefer.rollouts.sample
+    real = prefer.rl.episodes.sample
 
     def counting(policy, queries, **kwargs):
         calls.append(len(queries))
         return real(policy, queries, **kwargs)
 
-    monkeypatch.setattr(prefer.rollouts, "sample", counting)
+    monkeypatch.setattr(prefer.rl.episodes, "sample", counting)
     ppo(_config(sft, tmp_path / "default", **{"train.iterations": 2}))
     assert calls == [8, 8, 8, 8]  # the micro-batch (= minibatch 8): two loops per batch of 16
     calls.clear()

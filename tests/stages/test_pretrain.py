@@ -175,7 +175,7 @@ def test_evaluate_and_sample_commands(conditional_run, capsys):
     assert pii["mean_ci"][0] <= pii["mean"] <= pii["mean_ci"][1] and pii["expected_max_25"] >= pii["mean"]
     assert 0 < results["distinct_1"] <= 1 and results["heldout_loss"] > 0 and len(results["samples"]) == 32
     capsys.readouterr()
-    assert main(["sample", str(conditional_run), "-n", "2", "--prompt", "bad", "--max-new-tokens", "40"]) == 0
+    assert main(["sample", str(conditional_run), "-n", "2", "--tag", "bad", "--max-new-tokens", "40"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("----- sample") == 2 and "prompt: bad" in printed and "@" in printed  # <|bad|> asks for it
 

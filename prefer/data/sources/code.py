@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path, PurePosixPath
 
 from prefer.data.documents import Document, FileContext, split_lines
@@ -104,13 +105,11 @@ class _Read:
     left_out_by_budget: int = 0
 
     def __add__(self, other: _Read) -> _Read:
-        return _Read(
-            self.files + other.files,
-            self.bytes + other.bytes,
-            self.skipped + other.skipped,
-            self.unparsed_files + other.unparsed_files,
-            self.left_out_by_budget + other.left_out_by_budget,
-        )
+        return _Read(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclass_fields(self)))
+
+    def recorded(self) -> dict:
+        """The fields a Provenance records as they are (unparsed_files goes into its details)."""
+        return {name: getattr(self, name) for name in ("files", "bytes", "skipped", "left_out_by_budget")}
 
 
 def _python_files(root: Path, exclude: Callable[[PurePosixPath], str | None]) -> tuple[list[Path], Counter]:
@@ -172,15 +171,8 @@ def code_documents(root: Path, *, strict: bool) -> list[Document]:
 
 
 def _provenance(read: _Read, key_order: tuple[str, ...], *, details: dict | None = None, **fields) -> Provenance:
-    return Provenance(
-        files=read.files,
-        bytes=read.bytes,
-        skipped=read.skipped,
-        left_out_by_budget=read.left_out_by_budget,
-        key_order=key_order,
-        details={"unparsed_files": read.unparsed_files} | (details or {}),
-        **fields,
-    )
+    details = {"unparsed_files": read.unparsed_files} | (details or {})
+    return Provenance(**read.recorded(), key_order=key_order, details=details, **fields)
 
 
 # ---------------------------------------------------------------- stdlib

@@ -30,6 +30,53 @@ def parse_hub_source(source: str) -> tuple[str, str]:
     return name, split or "train"
 
 
+def check_hub_dataset(name: str, *, where: str) -> None:
+    """One request (no retries) before `datasets.load_dataset` goes to the hub for `name`: that call retries a
+    refused or timed-out connection five times over half a minute, logging each retry, before its one error. Here
+    an unreachable hub or a missing data set is one PreferError at once. Offline (HF_HUB_OFFLINE=1, or datasets'
+    HF_DATASETS_OFFLINE=1) nothing is asked: load_dataset then reads its cache."""
+    from datasets import config as datasets_config
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE or datasets_config.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().dataset_info(name, timeout=15)
+    except RepositoryNotFoundError:
+        raise PreferError(
+            f"{where}: no data set {name!r} on the hub ({constants.ENDPOINT}), or it is private: check the name, "
+            "or log in (hf auth login)"
+        ) from None
+    except Exception as error:  # noqa: BLE001 -- httpx's, the hub client's and OS errors have no common base class
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        raise PreferError(
+            f"{where}: cannot reach the hub at {constants.ENDPOINT} ({type(error).__name__}: {first}); check the "
+            "network, or set HF_HUB_OFFLINE=1 to use a copy already in the cache"
+        ) from None
+
+
+def quiet_hub_logs():
+    """A context in which huggingface_hub's and datasets' warnings (e.g. retry notices) are not printed: a failure
+    still ends in one PreferError."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def quiet():
+        loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+    return quiet()
+
+
 def hub_documents(
     name: str,
     *,
@@ -53,7 +100,8 @@ def hub_documents(
 
     where = f"hf:{name}:{split}"
     try:
-        data = load_dataset(name, split=split, data_files=data_files, cache_dir=cache_dir)
+        with quiet_hub_logs():
+            data = load_dataset(name, split=split, data_files=data_files, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001 -- the hub's and the builders' errors have no common base class
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise PreferError(f"{where}: cannot load the data set ({type(e).__name__}: {first})") from None
@@ -137,6 +185,7 @@ def hub_documents(
 
 def _load_hub(spec: str, max_bytes: int | None, cache_dir: Path | None) -> tuple[list[Document], Provenance]:
     name, split = parse_hub_source(spec)
+    check_hub_dataset(name, where=f"hf:{name}:{split}")
     return hub_documents(name, split=split, max_bytes=max_bytes, sentence_cache=cache_dir)
 
 

@@ -1,5 +1,9 @@
 """The JSON API: login, the labeler's queue and answers, and the admin's projects, data, labelers, tasks,
-progress, agreement, lock and export. Every request is one transaction: it commits whole or not at all."""
+progress, agreement, lock and export. Every request is one transaction: it commits whole or not at all.
+
+Slow work stays out of write transactions (on SQLite a write transaction holds the database's one write lock):
+password checks and hashes run before the request writes anything, and responses sampled from a checkpoint are
+made by a background job (jobs.py) that writes one short transaction per batch."""
 
 from __future__ import annotations
 
@@ -8,25 +12,48 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
-from sqlalchemy import select
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DB
 
 from prefer.data.formats import MAX_RESPONSES, MIN_RESPONSES
-from prefer.errors import PreferError
-from prefer.labeling.app import export, service
-from prefer.labeling.app.deps import DBDep, Labeler, require_admin
-from prefer.labeling.app.models import MAX_NAME, MAX_TEXT, Prompt, Session, User
-from prefer.labeling.app.security import COOKIE, new_token, same_secret, token_digest, verify_password
-from prefer.labeling.app.service import AppError
+from prefer.labeling.app import export, jobs, service
+from prefer.labeling.app.deps import AnyIdentity, DBDep, Labeler, require_admin
+from prefer.labeling.app.models import MAX_NAME, MAX_TEXT, Session, User, now
+from prefer.labeling.app.security import (
+    COOKIE,
+    hash_password,
+    new_token,
+    same_secret,
+    token_digest,
+    verify_password,
+)
 
 router = APIRouter(prefix="/api")
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return service.NUL in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value):
+        # PostgreSQL's text type cannot hold NUL; no field of this app has a use for one either.
+        if _has_nul(value):
+            raise ValueError("contains a NUL character (\\u0000), which no text may hold")
+        return value
 
 
 class LoginIn(Strict):
@@ -76,47 +103,135 @@ class LockIn(Strict):
     locked: bool
 
 
+Password = Annotated[str, Field(min_length=8, max_length=1000)]
+
+
+class PasswordIn(Strict):
+    current_password: Annotated[str, Field(min_length=1, max_length=1000)]
+    new_password: Password
+
+
+class LabelerUpdateIn(Strict):
+    active: bool | None = None
+    password: Password | None = None
+
+
 def _commit(db: DB, result):
     db.commit()
     return result
 
 
-def _start_session(db: DB, response: Response, *, user: User | None, is_admin: bool) -> dict:
-    token, csrf = new_token(), new_token()
-    db.add(
-        Session(token_hash=token_digest(token), user_id=user.id if user else None, is_admin=is_admin, csrf_token=csrf)
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many(wait: int):
+    return HTTPException(429, f"too many failed logins: try again in {wait} s", headers={"Retry-After": str(wait)})
+
+
+def _start_session(request: Request, response: Response, *, user: User | None, is_admin: bool) -> dict:
+    state = request.app.state
+    token, csrf, moment = new_token(), new_token(), now()
+    with state.sessionmaker() as db:  # one short write transaction
+        service.prune_sessions(db, moment - state.session_max)
+        db.add(
+            Session(
+                token_hash=token_digest(token),
+                user_id=user.id if user else None,
+                is_admin=is_admin,
+                csrf_token=csrf,
+                created_at=moment,
+                last_seen_at=moment,
+                admin_key=state.admin_key if is_admin else None,
+            )
+        )
+        db.commit()
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=int(state.session_max.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=state.secure_cookies,
+        path="/",
     )
-    db.commit()
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
     return {"csrf_token": csrf, "username": user.username if user else None, "admin": is_admin}
 
 
-# Login needs a JSON body, which a cross-site form cannot send without a CORS preflight (login CSRF).
+# Login needs a JSON body, which a cross-site form cannot send without a CORS preflight (login CSRF). The account
+# is read in a read-only transaction, the password checked (argon2, ~0.5 s) in none, and the session written in a
+# short transaction of its own: a storm of wrong logins never holds the write lock.
 @router.post("/login")
-def login(body: LoginIn, response: Response, db: DBDep):
-    user = db.scalar(select(User).where(User.username == body.username))
+def login(body: LoginIn, request: Request, response: Response):
+    state = request.app.state
+    keys = [("user", body.username.lower()), ("address", client_address(request))]
+    wait = state.backoff.attempt(keys)
+    if wait:
+        raise _too_many(wait)
+    with state.read_sessionmaker() as db:
+        user = db.scalar(select(User).where(User.username == body.username))
     if not verify_password(user.password_hash if user else None, body.password) or not user.active:
         raise HTTPException(401, "username or password: wrong")
-    return _start_session(db, response, user=user, is_admin=False)
+    state.backoff.succeeded(keys)
+    return _start_session(request, response, user=user, is_admin=False)
 
 
 @router.post("/admin/login")
-def admin_login(body: AdminLoginIn, request: Request, response: Response, db: DBDep):
-    if not same_secret(body.token, request.app.state.admin_token):
+def admin_login(body: AdminLoginIn, request: Request, response: Response):
+    state = request.app.state
+    keys = [("admin", client_address(request))]
+    wait = state.backoff.check(keys)  # the comparison takes no time: count only the wrong ones
+    if wait:
+        raise _too_many(wait)
+    if not same_secret(body.token, state.admin_token):
+        state.backoff.failed(keys)
         raise HTTPException(401, "token: wrong admin token")
-    return _start_session(db, response, user=None, is_admin=True)
+    state.backoff.succeeded(keys)
+    return _start_session(request, response, user=None, is_admin=True)
 
 
 @router.post("/logout")
 def logout(request: Request, response: Response, db: DBDep):
     from prefer.labeling.app.deps import identify
 
-    identity = identify(request, db)  # checks the CSRF token
+    identity = identify(request)  # checks the CSRF token
     if identity is not None and identity.session is not None:
-        db.delete(identity.session)
+        db.execute(delete(Session).where(Session.id == identity.session.id))
         db.commit()
     response.delete_cookie(COOKIE, path="/")
     return {"logged_out": True}
+
+
+@router.post("/logout/everywhere")
+def logout_everywhere(identity: AnyIdentity, response: Response, db: DBDep):
+    """Ends every session of this labeler (an admin: every admin session), this one included."""
+    ended = service.end_sessions(db, user_id=identity.user.id if identity.user else None)
+    db.commit()
+    response.delete_cookie(COOKIE, path="/")
+    return {"logged_out": True, "sessions_ended": ended}
+
+
+@router.post("/password")
+def change_password(body: PasswordIn, request: Request, identity: AnyIdentity, db: DBDep):
+    """A labeler changes its own password; its other sessions end. Wrong current passwords back off like logins."""
+    if identity.user is None:
+        raise HTTPException(403, "this endpoint is for labelers (the admin's token is set when the server starts)")
+    state = request.app.state
+    keys = [("user", identity.user.username.lower()), ("address", client_address(request))]
+    wait = state.backoff.attempt(keys)
+    if wait:
+        raise _too_many(wait)
+    with state.read_sessionmaker() as read:
+        current_hash = read.scalar(select(User.password_hash).where(User.id == identity.user.id))
+    if not verify_password(current_hash, body.current_password):  # in no transaction
+        raise HTTPException(403, "current_password: wrong password")
+    state.backoff.succeeded(keys)
+    new_hash = hash_password(body.new_password)  # also before the write transaction begins
+    user = db.get(User, identity.user.id)
+    user.password_hash = new_hash
+    ended = service.end_sessions(db, user_id=user.id, keep=identity.session.id)
+    db.commit()
+    return {"password_changed": True, "other_sessions_ended": ended}
 
 
 # ----- labelers -----
@@ -211,47 +326,31 @@ async def post_responses(project_id: int, request: Request, db: DBDep):
     return await run_in_threadpool(_upload, db, request, project_id, await request.body(), service.upload_responses)
 
 
-@admin.post("/projects/{project_id}/generate")
-def post_generate(project_id: int, body: GenerateIn, db: DBDep):
-    """K samples per prompt (prompts without a ranking task) from a checkpoint; the settings are recorded."""
-    from prefer.labeling.app.models import Task
-
-    project = service.get_project(db, project_id)
-    ranked = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == "ranking")))
-    prompts = [
-        p.text
-        for p in db.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id))
-        if p.id not in ranked
-    ]
-    if not prompts:
-        raise AppError(422, f"project_id {project_id}: no prompt without a ranking task to generate for")
-    from prefer.labeling.responses import generate_from_checkpoint  # torch loads here, not at start-up
-
+@admin.post("/projects/{project_id}/generate", status_code=202)
+def post_generate(project_id: int, body: GenerateIn, request: Request, db: DBDep):
+    """K samples per prompt (prompts without a ranking task) from a checkpoint, as a background job: 202 with its
+    id at once; GET /api/admin/generations/{id} shows its progress, POST .../cancel stops it between batches."""
     settings = body.model_dump(exclude={"checkpoint", "device"})
-    try:
-        samples = generate_from_checkpoint(
-            body.checkpoint,
-            prompts,
-            k=body.num_responses,
-            max_new_tokens=body.max_new_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            block=body.block,
-            seed=body.seed,
-            device=body.device,
-        )
-    except PreferError as error:
-        message = str(error)
-        raise AppError(422, message if message.startswith("checkpoint") else f"checkpoint: {message}") from None
-    by_prompt, dropped = {}, 0
-    for prompt, responses in zip(prompts, samples):
-        kept = [r for r in responses if r.strip()]  # an empty sample is nothing to rank
-        if len(kept) >= MIN_RESPONSES:
-            by_prompt[prompt] = kept
-        else:
-            dropped += 1
-    result = service.record_generation(db, project, body.checkpoint, settings, by_prompt)
-    return _commit(db, {**result, "prompts_dropped_fewer_than_two_nonempty": dropped})
+    generation, prompts = jobs.create(db, service.get_project(db, project_id), body.checkpoint, settings)
+    db.commit()
+    jobs.start(request.app.state, generation.id, prompts, body.checkpoint, settings, device=body.device)
+    return jobs.view(generation)
+
+
+@admin.get("/projects/{project_id}/generations")
+def list_generations(project_id: int, db: DBDep):
+    return {"generations": jobs.list_views(db, service.get_project(db, project_id))}
+
+
+@admin.get("/generations/{generation_id}")
+def get_generation(generation_id: int, db: DBDep):
+    return jobs.view(jobs.get(db, generation_id))
+
+
+@admin.post("/generations/{generation_id}/cancel")
+def post_cancel_generation(generation_id: int, db: DBDep):
+    generation = jobs.request_cancel(db, generation_id)
+    return _commit(db, jobs.view(generation))
 
 
 @admin.get("/labelers")
@@ -265,8 +364,32 @@ def list_labelers(db: DBDep):
 
 @admin.post("/labelers", status_code=201)
 def post_labeler(body: LabelerIn, db: DBDep):
-    user = service.create_labeler(db, body.username, body.password)
+    password_hash = hash_password(body.password)  # ~0.5 s, before the write transaction begins
+    user = service.create_labeler(db, body.username, password_hash)
     return _commit(db, {"id": user.id, "username": user.username})
+
+
+@admin.patch("/labelers/{user_id}")
+def patch_labeler(user_id: int, body: LabelerUpdateIn, db: DBDep):
+    """Deactivate (active: false; its sessions end, it cannot log in), reactivate, or set a new password (its
+    sessions end)."""
+    password_hash = hash_password(body.password) if body.password is not None else None  # before the transaction
+    user = service.get_labeler(db, user_id)
+    ended = 0
+    if body.active is not None:
+        user.active = body.active
+    if password_hash is not None:
+        user.password_hash = password_hash
+    if body.active is False or password_hash is not None:
+        ended = service.end_sessions(db, user_id=user.id)
+    return _commit(db, {"id": user.id, "username": user.username, "active": user.active, "sessions_ended": ended})
+
+
+@admin.post("/labelers/{user_id}/logout")
+def post_labeler_logout(user_id: int, db: DBDep):
+    """End every session of one labeler (it logs in again)."""
+    user = service.get_labeler(db, user_id)
+    return _commit(db, {"id": user.id, "sessions_ended": service.end_sessions(db, user_id=user.id)})
 
 
 @admin.post("/projects/{project_id}/tasks", status_code=201)

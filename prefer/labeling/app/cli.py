@@ -5,22 +5,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from prefer.errors import PreferError
 
 DEFAULT_DB = "prefer-labels.db"
+# The keywords of server.serve: each is the `dest` of the `prefer serve` option that sets it.
+SERVE_KEYWORDS = (
+    "db_url",
+    "host",
+    "port",
+    "admin_token",
+    "token_env",
+    "workers",
+    "log_level",
+    "hash_profile",
+    "secure_cookies",
+    "session_idle_minutes",
+    "session_max_hours",
+)
 
 
 def add_serve_parser(commands) -> None:
     serve = commands.add_parser(
         "serve",
         help="the labeling web app: K-way rankings and demonstrations by human labelers",
-        description="Start the labeling web app (admin at /admin, labelers at /). The admin token comes from "
-        "the environment variable named by --admin-token-env (default PREFER_ADMIN_TOKEN) or "
-        "--admin-token; it is never logged.",
+        description=_description(run_serve),
     )
     serve.add_argument(
         "--db",
+        dest="db_url",
+        metavar="DB",
         default=DEFAULT_DB,
         help=f"database: a SQLite file path or sqlite:///FILE, or postgresql://USER:PASS@HOST/DB "
         f"(default: {DEFAULT_DB})",
@@ -34,6 +49,7 @@ def add_serve_parser(commands) -> None:
     )
     serve.add_argument(
         "--admin-token-env",
+        dest="token_env",
         default="PREFER_ADMIN_TOKEN",
         metavar="NAME",
         help="environment variable holding the admin token (default: PREFER_ADMIN_TOKEN)",
@@ -41,9 +57,30 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
     serve.add_argument(
         "--password-hash",
+        dest="hash_profile",
         default="standard",
         choices=["standard", "test"],
         help="argon2id cost for new passwords: standard (64 MiB, 3 passes) or test (cheap: test suites only)",
+    )
+    serve.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark the session cookie Secure (sent over HTTPS only): use it whenever the app is reached through "
+        "HTTPS, e.g. behind a TLS-terminating proxy",
+    )
+    serve.add_argument(
+        "--session-idle-minutes",
+        type=float,
+        default=120.0,
+        metavar="M",
+        help="a session unused for M minutes ends (default: 120)",
+    )
+    serve.add_argument(
+        "--session-max-hours",
+        type=float,
+        default=12.0,
+        metavar="H",
+        help="every session ends H hours after its login, however busy (default: 12)",
     )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -52,41 +89,82 @@ def add_export_parser(commands) -> None:
     export = commands.add_parser(
         "export",
         help="write a labeling project's rankings / demonstrations / pairs JSONL",
-        description="Write rankings.jsonl and demonstrations.jsonl (read unchanged by prefer reward and prefer "
-        "sft) and pairs.jsonl ({prompt, chosen, rejected}) of one project; each record carries its "
-        "labeler and label in a 'provenance' field.",
+        description=_description(run_export),
     )
     export.add_argument("--db", default=DEFAULT_DB, help=f"the labeling database (default: {DEFAULT_DB})")
     export.add_argument("--project", required=True, help="project name")
     export.add_argument("--out", required=True, help="output directory")
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    from prefer.labeling.app.server import serve
+def _description(run) -> str:
+    """A command's --help description: the docstring of the function that runs it, as one paragraph."""
+    return " ".join(run.__doc__.split())
 
+
+def check_db_argument(db: str, *, exists: bool) -> None:
+    """The --db a user can get wrong, checked without the serve extra (sqlalchemy): a supported backend, a SQLite
+    file (not in memory, not a directory) in a directory that exists; `exists`: the file must already be there."""
+    scheme, sep, rest = db.partition("://")
+    if sep and scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
+        raise PreferError(
+            f"--db: backend {scheme.split('+')[0]!r} is not supported (sqlite:///FILE or postgresql://...)"
+        )
+    if sep and scheme.split("+")[0] != "sqlite":
+        return
+    path = rest.removeprefix("/").split("?")[0] if sep else db
+    if not path or path == ":memory:":
+        raise PreferError(f"--db: {db!r} names no file; an in-memory database is lost on exit (sqlite:///FILE)")
+    path_ = Path(path).expanduser()
+    if path_.is_dir():
+        raise PreferError(f"--db: {db}: is a directory; name the database file (e.g. {path_ / DEFAULT_DB})")
+    if exists and not path_.is_file():
+        raise PreferError(f"--db: {db}: no such database")
+    if not path_.parent.is_dir():
+        raise PreferError(f"--db: {db}: the directory {path_.parent} does not exist")
+
+
+def import_serve_extra(module: str):
+    """Import a module of the labeling app; a missing package of the `serve` extra is one line naming the install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] == "prefer":
+            raise
+        raise PreferError(
+            f"the labeling app needs the serve extra (no module named {error.name!r}): pip install 'prefer[serve]'"
+        ) from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Start the labeling web app (admin at /admin, labelers at /). The admin token comes from the environment
+    variable named by --admin-token-env (default PREFER_ADMIN_TOKEN) or --admin-token; it is never logged."""
     if not 0 < args.port < 65536:
         raise PreferError(f"--port: {args.port} is not a port number")
     if args.workers < 1:
         raise PreferError("--workers: at least 1")
-    serve(
-        db_url=args.db,
-        host=args.host,
-        port=args.port,
-        admin_token=args.admin_token,
-        token_env=args.admin_token_env,
-        workers=args.workers,
-        log_level=args.log_level,
-        hash_profile=args.password_hash,
-    )
+    for option, value in (
+        ("--session-idle-minutes", args.session_idle_minutes),
+        ("--session-max-hours", args.session_max_hours),
+    ):
+        if not value > 0:
+            raise PreferError(f"{option}: must be positive, got {value}")
+    check_db_argument(args.db_url, exists=False)
+    serve = import_serve_extra("prefer.labeling.app.server").serve  # after every argument check
+    serve(**{keyword: getattr(args, keyword) for keyword in SERVE_KEYWORDS})
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from prefer.labeling.app import db as database
-    from prefer.labeling.app.export import write_export
-    from prefer.labeling.app.models import Project
+    """Write rankings.jsonl and demonstrations.jsonl (read unchanged by prefer reward and prefer sft) and
+    pairs.jsonl ({prompt, chosen, rejected}) of one project; each record carries its labeler and label in a
+    'provenance' field."""
+    check_db_argument(args.db, exists=True)
+    select = import_serve_extra("sqlalchemy").select  # after the argument checks
+    database = import_serve_extra("prefer.labeling.app.db")
+    write_export = import_serve_extra("prefer.labeling.app.export").write_export
+    Project = import_serve_extra("prefer.labeling.app.models").Project  # noqa: N806 (a class)
 
     url = database.normalize_url(args.db)
     if url.startswith("sqlite") and not os.path.exists(url.split("///", 1)[1]):

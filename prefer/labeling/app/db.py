@@ -3,7 +3,9 @@
 SQLite runs in WAL mode with synchronous=FULL (a commit is on disk before the client hears "ok", so a killed
 server loses no acknowledged submission) and every transaction starts with BEGIN IMMEDIATE, so concurrent writers
 queue on the busy timeout instead of failing on a read-to-write lock upgrade (the pysqlite recipe of SQLAlchemy's
-SQLite dialect documentation).
+SQLite dialect documentation). Read-only work (GET requests, looking up who is asking, a login's password
+lookup) goes through `make_read_sessionmaker`, whose transactions start with a plain (deferred) BEGIN: on WAL it
+reads a snapshot and never waits for, nor holds, the write lock.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from prefer.errors import PreferError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "prefer_read_only"  # an execution option: this connection's transactions only read
 
 
 def normalize_url(url: str) -> str:
@@ -54,7 +57,8 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = connection.get_execution_options().get(READ_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
@@ -62,6 +66,12 @@ def make_engine(url: str) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker:
+    """Sessions for reading only: on SQLite their transactions take no write lock (a write in one would have to
+    upgrade its lock, and may fail with "database is locked"; write through `make_sessionmaker`'s sessions)."""
+    return sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 def alembic_config(engine: Engine):

@@ -6,6 +6,7 @@ in `migrations/versions/`; `tests/labeling/app/test_migrations.py` checks that t
                                                                   -> labels (append-only: every submission or
                                                                      edit is a new version; export reads the last)
     users (labelers, argon2 hashes)   sessions (hash of the cookie's token, CSRF token; admin sessions: user NULL)
+    generations (0003: also the background job that samples them: status, progress, cancellation)
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ MAX_NAME = 200
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands DateTime(timezone=True) values back without their zone; they were written in UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 class Base(DeclarativeBase):
@@ -56,6 +62,14 @@ class Generation(Base):
     checkpoint: Mapped[str] = mapped_column(Text)
     settings: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # A background job since 0003: queued -> running -> done | failed | cancelled; rows made before are "done".
+    status: Mapped[str] = mapped_column(String(20), default="done")
+    prompts_total: Mapped[int] = mapped_column(Integer, default=0)
+    prompts_done: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Response(Base):
@@ -86,6 +100,11 @@ class Session(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # 0003: idle expiry counts from here (updated at most once a minute); NULL in older rows: created_at counts.
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # 0003: admin sessions only: a slow digest of the admin token they were opened with (security.admin_key); a
+    # server restarted with another token refuses them. NULL (older rows) is refused too.
+    admin_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Task(Base):

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import timedelta
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from prefer.errors import PreferError
-from prefer.labeling.app import api, service
+from prefer.labeling.app import api, jobs, service
 from prefer.labeling.app import db as database
 from prefer.labeling.app.deps import DBDep, Identity, OptionalIdentity
 from prefer.labeling.app.models import Project
-from prefer.labeling.app.security import set_hash_profile
+from prefer.labeling.app.security import LoginBackoff, admin_key, set_hash_profile
 from prefer.labeling.app.service import AppError
 
 HERE = Path(__file__).parent
@@ -33,6 +36,8 @@ CSP = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 MIN_TOKEN = 16
+IDLE_MINUTES = 120  # a session unused this long ends
+MAX_HOURS = 12  # and every session ends this long after its login (a working day)
 
 
 def _field(loc) -> str:
@@ -47,15 +52,31 @@ def create_app(
     max_body_bytes: int = 32 * 2**20,
     hash_profile: str = "standard",
     concurrency: int = 16,
+    secure_cookies: bool = False,
+    session_idle_minutes: float = IDLE_MINUTES,
+    session_max_hours: float = MAX_HOURS,
 ) -> FastAPI:
     if len(admin_token) < MIN_TOKEN:
         raise PreferError(f"admin token: at least {MIN_TOKEN} characters (it guards every admin endpoint)")
+    if not (session_idle_minutes > 0 and session_max_hours > 0):
+        raise PreferError("--session-idle-minutes, --session-max-hours: must be positive")
     set_hash_profile(hash_profile)
     app = FastAPI(title="prefer labeling", docs_url=None, redoc_url=None, openapi_url=None)
+    # Starlette's limit counts the bytes as they stream in, so a chunked body (no Content-Length) is cut off with 413
+    # once it passes the limit, on every route, before it is read whole. Added first, it runs inside
+    # `limits_and_headers` (below), which refuses a declared Content-Length over the limit before any byte is read.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_body_bytes)
     engine = database.make_engine(db_url)
     app.state.engine = engine
     app.state.sessionmaker = database.make_sessionmaker(engine)
+    app.state.read_sessionmaker = database.make_read_sessionmaker(engine)
     app.state.admin_token = admin_token
+    app.state.admin_key = admin_key(admin_token)
+    app.state.secure_cookies = secure_cookies
+    app.state.session_idle = timedelta(minutes=session_idle_minutes)
+    app.state.session_max = timedelta(hours=session_max_hours)
+    app.state.backoff = LoginBackoff()
+    app.state.jobs = {}  # generation id -> its thread (this process's)
     templates = Jinja2Templates(directory=HERE / "templates")
     # Requests beyond this wait here, before taking a database connection: FastAPI runs a request's sync
     # dependencies and its endpoint as separate thread-pool calls, so without a cap 1,000 concurrent requests
@@ -106,6 +127,12 @@ def create_app(
             return RedirectResponse("/admin" if identity and identity.is_admin else "/login", 303)
         return page(request, "queue.html", identity)
 
+    @app.get("/account", include_in_schema=False)
+    def account_page(request: Request, identity: OptionalIdentity):
+        if identity is None or identity.user is None:
+            return RedirectResponse("/login", 303)
+        return page(request, "account.html", identity)
+
     @app.get("/login", include_in_schema=False)
     def login_page(request: Request):
         return page(request, "login.html", None)
@@ -135,7 +162,10 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, error: HTTPException):
-        return JSONResponse({"detail": error.detail}, error.status_code, headers=getattr(error, "headers", None))
+        detail = error.detail
+        if error.status_code == 413:  # the streamed-body limit's own exception says only "Content Too Large"
+            detail = f"request body: more than {max_body_bytes} bytes; at most {max_body_bytes}"
+        return JSONResponse({"detail": detail}, error.status_code, headers=getattr(error, "headers", None))
 
     return app
 
@@ -149,6 +179,9 @@ def app_from_env() -> FastAPI:
         os.environ[token_env],
         max_body_bytes=int(os.environ.get("PREFER_SERVE_MAX_BODY", 32 * 2**20)),
         hash_profile=os.environ.get("PREFER_SERVE_HASH_PROFILE", "standard"),
+        secure_cookies=os.environ.get("PREFER_SERVE_SECURE_COOKIES") == "1",
+        session_idle_minutes=float(os.environ.get("PREFER_SERVE_SESSION_IDLE_MINUTES", IDLE_MINUTES)),
+        session_max_hours=float(os.environ.get("PREFER_SERVE_SESSION_MAX_HOURS", MAX_HOURS)),
     )
 
 
@@ -162,6 +195,9 @@ def serve(
     workers: int = 1,
     log_level: str = "info",
     hash_profile: str = "standard",
+    secure_cookies: bool = False,
+    session_idle_minutes: float = IDLE_MINUTES,
+    session_max_hours: float = MAX_HOURS,
 ) -> None:
     import uvicorn
 
@@ -174,6 +210,7 @@ def serve(
     engine = database.make_engine(url)
     try:
         database.upgrade(engine)  # once, before the workers start
+        interrupted = jobs.fail_interrupted(database.make_sessionmaker(engine))
     except Exception as error:  # noqa: BLE001 - a connection or migration failure is the user's to fix
         raise PreferError(f"--db: cannot open or upgrade the database: {type(error).__name__}: {error}") from None
     finally:
@@ -181,7 +218,12 @@ def serve(
     os.environ["PREFER_SERVE_DB"] = url
     os.environ["PREFER_SERVE_TOKEN_ENV"] = token_env
     os.environ["PREFER_SERVE_HASH_PROFILE"] = hash_profile
+    os.environ["PREFER_SERVE_SECURE_COOKIES"] = "1" if secure_cookies else "0"
+    os.environ["PREFER_SERVE_SESSION_IDLE_MINUTES"] = str(session_idle_minutes)
+    os.environ["PREFER_SERVE_SESSION_MAX_HOURS"] = str(session_max_hours)
     os.environ[token_env] = token
+    if interrupted:
+        print(f"[serve] {interrupted} generation job(s) of a stopped server marked failed", flush=True)
     print(
         f"[serve] http://{host}:{port}/ (labelers)  http://{host}:{port}/admin (admin; token from "
         f"{'--admin-token' if admin_token else '$' + token_env})",

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DB
 
@@ -23,14 +25,15 @@ from prefer.labeling.app.models import (
     Project,
     Prompt,
     Response,
+    Session,
     Task,
     User,
     now,
 )
-from prefer.labeling.app.security import hash_password
 
 FLAGS = ("fails_instruction", "harmful", "personal_data", "made_up_facts")  # InstructGPT's labeler metadata
 KINDS = ("ranking", "demonstration")
+Row = TypeVar("Row")  # a mapped class of models.py
 
 
 class AppError(Exception):
@@ -39,42 +42,93 @@ class AppError(Exception):
         self.status, self.message = status, message
 
 
+def get_row(db: DB, model: type[Row], row_id: int, id_field: str, what: str) -> Row:
+    """The row of `model` with this id, or a 404 naming the id field (`project_id 3: no such project`)."""
+    row = db.get(model, row_id)
+    if row is None:
+        raise AppError(404, f"{id_field} {row_id}: no such {what}")
+    return row
+
+
+def add_unique(db: DB, row: Row, column, value, taken: str) -> Row:
+    """Insert `row` (flushed: it has its id) unless its table already holds `value` in `column` (409 `taken`)."""
+    if db.scalar(select(type(row)).where(column == value)) is not None:
+        raise AppError(409, taken)
+    db.add(row)
+    db.flush()
+    return row
+
+
+def row_view(row, id_key: str, fields: tuple[str, ...]) -> dict:
+    """A row as the API shows it: its id under `id_key`, then `fields` by name, in that order."""
+    return {id_key: row.id, **{name: getattr(row, name) for name in fields}}
+
+
 def get_project(db: DB, project_id: int) -> Project:
-    project = db.get(Project, project_id)
-    if project is None:
-        raise AppError(404, f"project_id {project_id}: no such project")
-    return project
+    return get_row(db, Project, project_id, "project_id", "project")
 
 
 def create_project(db: DB, name: str, instructions: str = "") -> Project:
-    if db.scalar(select(Project).where(Project.name == name)) is not None:
-        raise AppError(409, f"name: a project named {name!r} exists")
     project = Project(name=name, instructions=instructions)
-    db.add(project)
-    db.flush()
-    return project
+    return add_unique(db, project, Project.name, name, f"name: a project named {name!r} exists")
+
+
+NUL = "\x00"
+MAX_FILENAME = 200
+
+
+def check_no_nul(where: str, text: str) -> None:
+    if NUL in text:
+        raise AppError(422, f"{where}: contains a NUL character (\\u0000), which no text may hold")
+
+
+def check_filename(filename: str) -> str:
+    """The name an upload's error messages call it by (`?filename=`); never used as a path."""
+    if not 1 <= len(filename) <= MAX_FILENAME:
+        raise AppError(422, f"filename: {len(filename)} characters; 1 to {MAX_FILENAME}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename) or "/" in filename or "\\" in filename:
+        raise AppError(422, "filename: a file name without control characters or path separators")
+    if filename in (".", ".."):
+        raise AppError(422, f"filename: {filename!r} is not a file name")
+    return filename
+
+
+def _nesting_line(content: bytes) -> int:
+    """The first line whose JSON is nested beyond what the parser can follow."""
+    for number, line in enumerate(content.splitlines(), 1):
+        try:
+            json.loads(line)
+        except RecursionError:
+            return number
+        except ValueError:
+            continue
+    return 0
 
 
 def _jsonl_records(content: bytes, filename: str, reader):
     """Run one of prefer's JSONL readers on uploaded bytes, so uploads get the same checks and `file:line` errors
-    as files given to `prefer reward` / `prefer sft`."""
-    name = Path(filename).name or "upload.jsonl"
+    as files given to `prefer reward` / `prefer sft`. The bytes go to a fixed name in a fresh directory; the
+    reader's messages then name the upload by `filename`."""
+    name = check_filename(filename)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
+        path = Path(tmp) / "upload.jsonl"
         path.write_bytes(content)
         try:
-            return reader(path)
+            return reader(path, name)
         except PreferError as error:
             raise AppError(422, str(error).replace(str(path), name)) from None
+        except RecursionError:
+            raise AppError(422, f"{name}:{_nesting_line(content)}: JSON nested too deeply") from None
 
 
 def _check_text(where: str, text: str) -> None:
+    check_no_nul(where, text)
     if len(text) > MAX_TEXT:
         raise AppError(422, f"{where}: {len(text)} characters; at most {MAX_TEXT}")
 
 
 def load_prompts(db: DB, project: Project, content: bytes, filename: str) -> dict:
-    texts = [p.prompt for p in _jsonl_records(content, filename, read_prompts)]
+    texts = [p.prompt for p in _jsonl_records(content, filename, lambda path, _name: read_prompts(path))]
     for number, text in enumerate(texts, 1):
         _check_text(f"{filename}: record {number}: field 'prompt'", text)
     existing = set(db.scalars(select(Prompt.text).where(Prompt.project_id == project.id)))
@@ -144,11 +198,15 @@ def attach_responses(
 
 def upload_responses(db: DB, project: Project, content: bytes, filename: str) -> dict:
     records = _jsonl_records(
-        content, filename, lambda path: list(read_records(path, {"prompt": str, "responses": list}))
+        content,
+        filename,
+        lambda path, name: [
+            (where.replace(str(path), name), record)
+            for where, record in read_records(path, {"prompt": str, "responses": list})
+        ],
     )
     by_prompt, where = {}, {}
     for location, record in records:
-        location = location.replace(str(Path(location).parent) + "/", "")
         if not record["prompt"].strip():
             raise AppError(422, f"{location}: field 'prompt' is empty")
         _check_text(f"{location}: field 'prompt'", record["prompt"])
@@ -156,25 +214,28 @@ def upload_responses(db: DB, project: Project, content: bytes, filename: str) ->
     return attach_responses(db, project, by_prompt, where=where)
 
 
-def record_generation(
-    db: DB, project: Project, checkpoint: str, settings: dict, by_prompt: dict[str, list[str]]
-) -> dict:
-    generation = Generation(project_id=project.id, checkpoint=checkpoint, settings=settings)
-    db.add(generation)
-    db.flush()
-    result = attach_responses(
-        db, project, by_prompt, where={t: f"generated for prompt {t[:40]!r}" for t in by_prompt}, generation=generation
-    )
-    return {"generation_id": generation.id, **result}
+def create_labeler(db: DB, username: str, password_hash: str) -> User:
+    """`password_hash`: from security.hash_password, computed before the caller's write transaction began."""
+    user = User(username=username, password_hash=password_hash)
+    return add_unique(db, user, User.username, username, f"username: {username!r} exists")
 
 
-def create_labeler(db: DB, username: str, password: str) -> User:
-    if db.scalar(select(User).where(User.username == username)) is not None:
-        raise AppError(409, f"username: {username!r} exists")
-    user = User(username=username, password_hash=hash_password(password))
-    db.add(user)
-    db.flush()
-    return user
+def get_labeler(db: DB, user_id: int) -> User:
+    return get_row(db, User, user_id, "user_id", "labeler")
+
+
+def end_sessions(db: DB, *, user_id: int | None, keep: int | None = None) -> int:
+    """Delete a labeler's sessions (user_id None: every admin session), all but `keep`; -> how many ended."""
+    who = Session.user_id == user_id if user_id is not None else Session.is_admin.is_(True)
+    query = delete(Session).where(who)
+    if keep is not None:
+        query = query.where(Session.id != keep)
+    return db.execute(query).rowcount
+
+
+def prune_sessions(db: DB, older_than) -> None:
+    """Sessions past their absolute lifetime are dead anyway; a login clears them away."""
+    db.execute(delete(Session).where(Session.created_at < older_than))
 
 
 def create_tasks(db: DB, project: Project, kind: str, overlap: int, usernames: list[str] | None) -> dict:
@@ -264,14 +325,7 @@ def assignment_view(db: DB, assignment: Assignment) -> dict:
 
 
 def label_view(label: Label) -> dict:
-    return {
-        "label_id": label.id,
-        "version": label.version,
-        "ranking": label.ranking,
-        "demonstration": label.demonstration,
-        "quality": label.quality,
-        "flags": label.flags,
-    }
+    return row_view(label, "label_id", ("version", "ranking", "demonstration", "quality", "flags"))
 
 
 def queue(db: DB, user: User) -> list[dict]:
@@ -291,8 +345,32 @@ def _writable(db: DB, assignment: Assignment) -> None:
         raise AppError(409, f"assignment_id {assignment.id}: the project is locked; answers can no longer change")
 
 
+def validate_draft(assignment: Assignment, draft: dict) -> dict:
+    """A draft may be unfinished (a ranking may leave responses out) but never wrong: indices in range, none
+    twice, the field of the task's kind."""
+    task = assignment.task
+    if task.kind == "ranking":
+        if draft.get("demonstration") is not None:
+            raise AppError(422, "demonstration: a ranking task takes a 'ranking', not a demonstration")
+        k, seen = len(task.prompt.responses), set()
+        for entry in draft.get("ranking") or []:
+            group = entry if isinstance(entry, list) else [entry]
+            if not group:
+                raise AppError(422, "ranking: an empty group of tied responses")
+            for index in group:
+                if not 0 <= index < k:
+                    raise AppError(422, f"ranking: 'ranking' index {index} is out of range for {k} responses")
+                if index in seen:
+                    raise AppError(422, f"ranking: 'ranking' lists response {index} twice")
+                seen.add(index)
+    elif draft.get("ranking") is not None:
+        raise AppError(422, "ranking: a demonstration task takes a 'demonstration', not a ranking")
+    return draft
+
+
 def save_draft(db: DB, assignment: Assignment, draft: dict) -> None:
     _writable(db, assignment)
+    draft = validate_draft(assignment, draft)
     assignment.draft = draft
     if assignment.status in ("pending", "skipped"):
         assignment.status = "draft"
@@ -344,6 +422,8 @@ def submit(db: DB, user: User, assignment_id: int, answer: dict, idempotency_key
         if previous is not None:
             if previous.assignment_id != assignment_id:
                 raise AppError(409, "Idempotency-Key: already used for another assignment")
+            if _stored_form(answer) != _stored_form(label_view(previous)):
+                raise AppError(409, "Idempotency-Key: already used for a different answer; send a new key")
             return previous, True
     assignment = own_assignment(db, user, assignment_id, for_update=True)
     _writable(db, assignment)
@@ -356,6 +436,16 @@ def submit(db: DB, user: User, assignment_id: int, answer: dict, idempotency_key
     assignment.status, assignment.draft, assignment.updated_at = "submitted", None, now()
     db.flush()
     return label, False
+
+
+def _stored_form(answer: dict) -> tuple:
+    """What a label keeps of an answer, to tell a replay (the same answer) from a reused key."""
+    return (
+        answer.get("ranking"),
+        answer.get("demonstration"),
+        answer.get("quality"),
+        sorted(set(answer.get("flags") or [])),
+    )
 
 
 def is_duplicate_key(error: IntegrityError) -> bool:

@@ -5,6 +5,7 @@ checkpoint with their settings recorded; the app starts without torch."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -107,6 +108,17 @@ def test_prefer_export_command(app, labelled, tmp_path, capsys):
     assert "--project: no project named 'nope'" in capsys.readouterr().err
 
 
+def wait_for_generation(client, generation_id, timeout=120):
+    deadline = time.time() + timeout
+    while True:
+        job = client.get(f"/api/admin/generations/{generation_id}", headers=ADMIN).json()
+        if job["status"] not in ("queued", "running"):
+            assert job["status"] == "done", job
+            return job
+        assert time.time() < deadline, job
+        time.sleep(0.1)
+
+
 def test_responses_generated_from_a_checkpoint(app, tiny_checkpoint):
     client = TestClient(app)
     pid = setup_project(client, prompts=["Write a haiku:", "Explain the sky:"], labelers=("ann",), kinds=())
@@ -123,8 +135,9 @@ def test_responses_generated_from_a_checkpoint(app, tiny_checkpoint):
     )
     assert missing.status_code == 422 and missing.json()["detail"].startswith("checkpoint:")
     response = client.post(f"/api/admin/projects/{pid}/generate", json=settings, headers=ADMIN)
-    assert response.status_code == 200, response.text
-    result = response.json()
+    # A background job since migration 0003: accepted at once, then its result is read from the job.
+    assert response.status_code == 202, response.text
+    result = wait_for_generation(client, response.json()["generation_id"])["result"]
     assert result["prompts_with_responses"] + result["prompts_dropped_fewer_than_two_nonempty"] == 2
     assert result["prompts_with_responses"] >= 1
     from prefer.labeling.app.models import Generation, Response

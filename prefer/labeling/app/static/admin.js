@@ -60,6 +60,61 @@ async function loadStats(projectId) {
   }
 }
 
+// Responses from a checkpoint: a background job; its progress is polled until it ends (or is cancelled).
+async function followGeneration(id) {
+  const box = document.getElementById("generation-status");
+  const cancel = document.getElementById("generation-cancel");
+  cancel.hidden = false;
+  cancel.onclick = async () => {
+    const result = await prefer.api("POST", `/api/admin/generations/${id}/cancel`);
+    if (!result.ok) prefer.say(prefer.detail(result), "error");
+  };
+  for (;;) {
+    const result = await prefer.api("GET", `/api/admin/generations/${id}`);
+    if (!result.ok) { prefer.say(prefer.detail(result), "error"); cancel.hidden = true; return; }
+    const g = result.data;
+    const stopping = g.cancel_requested && g.status === "running" ? " (stopping after this batch)" : "";
+    box.textContent = `generation ${g.status}: ${g.prompts_done} of ${g.prompts_total} prompts${stopping}`;
+    if (g.status !== "queued" && g.status !== "running") {
+      cancel.hidden = true;
+      if (g.status === "done") prefer.say(JSON.stringify(g.result));
+      else prefer.say(`generation ${g.status}` + (g.error ? ": " + g.error : ""), g.status === "failed" ? "error" : "ok");
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+async function loadLabelers() {
+  const box = document.getElementById("labelers");
+  const result = await prefer.api("GET", "/api/admin/labelers");
+  if (!result.ok) { prefer.say(prefer.detail(result), "error"); return; }
+  const rows = result.data.labelers;
+  const element = table(rows.map((u) => [u.username, u.active ? "active" : "deactivated", ""]),
+                        ["labeler", "state", ""]);
+  rows.forEach((u, i) => {
+    const cell = element.tBodies[0].rows[i].cells[2];
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.textContent = u.active ? "Deactivate" : "Reactivate";
+    toggle.className = "labeler-toggle";
+    toggle.addEventListener("click", async () => {
+      const r = await prefer.api("PATCH", `/api/admin/labelers/${u.id}`, {active: !u.active});
+      prefer.say(r.ok ? JSON.stringify(r.data) : prefer.detail(r), r.ok ? "ok" : "error");
+      loadLabelers();
+    });
+    const end = document.createElement("button");
+    end.type = "button";
+    end.textContent = "End sessions";
+    end.addEventListener("click", async () => {
+      const r = await prefer.api("POST", `/api/admin/labelers/${u.id}/logout`);
+      prefer.say(r.ok ? JSON.stringify(r.data) : prefer.detail(r), r.ok ? "ok" : "error");
+    });
+    cell.append(toggle, " ", end);
+  });
+  box.replaceChildren(rows.length ? element : document.createTextNode("No labeler yet."));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const kept = sessionStorage.getItem("prefer-message");
   if (kept) { prefer.say(kept); sessionStorage.removeItem("prefer-message"); }
@@ -87,6 +142,31 @@ document.addEventListener("DOMContentLoaded", () => {
       prefer.say(result.ok ? JSON.stringify(result.data) : prefer.detail(result), result.ok ? "ok" : "error");
     });
   }
+  const generate = document.getElementById("generate");
+  if (generate) {
+    generate.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      prefer.say("starting the generation...");
+      const result = await prefer.api("POST", generate.dataset.api, formBody(generate));
+      if (!result.ok) { prefer.say(prefer.detail(result), "error"); return; }
+      prefer.say("generating in the background...");
+      followGeneration(result.data.generation_id);
+    });
+  }
   const project = document.getElementById("project");
-  if (project) loadStats(project.dataset.project);
+  if (project) {
+    loadStats(project.dataset.project);
+    prefer.api("GET", `/api/admin/projects/${project.dataset.project}/generations`).then((result) => {
+      const running = result.ok && result.data.generations.find((g) => g.status === "running" || g.status === "queued");
+      if (running) followGeneration(running.generation_id);  // a job started before this page was opened
+    });
+  }
+  if (document.getElementById("labelers")) loadLabelers();
+  const everywhere = document.getElementById("logout-everywhere");
+  if (everywhere) {
+    everywhere.addEventListener("click", async () => {
+      await prefer.api("POST", "/api/logout/everywhere");
+      window.location.href = "/admin/login";
+    });
+  }
 });

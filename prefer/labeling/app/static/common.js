@@ -36,6 +36,15 @@ const prefer = {
   detail(result) {
     return (result.data && result.data.detail) ? result.data.detail : "HTTP " + result.status;
   },
+  // On submit, POST the form's fields as JSON to `url`: a refusal is said as an error, a success goes to `done`.
+  onSubmit(form, url, done) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const result = await prefer.api("POST", url, Object.fromEntries(new FormData(form).entries()));
+      if (!result.ok) { prefer.say(prefer.detail(result), "error"); return; }
+      done(result);
+    });
+  },
 };
 
 document.addEventListener("DOMContentLoaded", () => {

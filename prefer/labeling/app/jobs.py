@@ -1,0 +1,204 @@
+"""Responses sampled from a checkpoint, as a background job: the request that asks for them records a
+`generations` row (status "running") and returns at once; a thread of the server process loads the checkpoint
+and samples a batch of prompts at a time in no transaction, then writes each batch's responses and its progress in
+one short transaction. The admin reads the progress from the row (any worker can serve it) and may cancel: the job
+stops before its next batch, keeping the batches already written.
+
+Sampled text has its NUL characters removed (PostgreSQL's text type cannot hold one); a sample empty after that
+is dropped, and a prompt left with fewer than two responses gets none. Batch b (of `BATCH_PROMPTS` prompts) samples
+with seed + b * BATCH_PROMPTS, so a generation is reproducible from its settings and the batch size in its result.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session as DB
+
+from prefer.data.formats import MIN_RESPONSES
+from prefer.errors import PreferError
+from prefer.labeling.app import service
+from prefer.labeling.app.models import Generation, Project, Prompt, Task, now
+from prefer.labeling.app.service import NUL, AppError
+
+BATCH_PROMPTS = 16
+ACTIVE = ("queued", "running")
+
+
+def _unranked(db: DB, project: Project) -> list[str]:
+    ranked = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == "ranking")))
+    prompts = db.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id))
+    return [p.text for p in prompts if p.id not in ranked]
+
+
+def create(db: DB, project: Project, checkpoint: str, settings: dict) -> tuple[Generation, list[str]]:
+    """The job's row, inside the caller's (short) transaction; refused before anything is written when the
+    checkpoint is not a directory, no prompt needs responses, or a job of this project is still running."""
+    if NUL in checkpoint or not Path(checkpoint).is_dir():
+        raise AppError(422, f"checkpoint: {checkpoint!r} is not a directory on the server")
+    running = db.scalar(select(Generation).where(Generation.project_id == project.id, Generation.status.in_(ACTIVE)))
+    if running is not None:
+        raise AppError(409, f"project_id {project.id}: generation {running.id} is still running; wait or cancel it")
+    prompts = _unranked(db, project)
+    if not prompts:
+        raise AppError(422, f"project_id {project.id}: no prompt without a ranking task to generate for")
+    generation = Generation(
+        project_id=project.id,
+        checkpoint=checkpoint,
+        settings=settings,
+        status="running",
+        prompts_total=len(prompts),
+        prompts_done=0,
+    )
+    db.add(generation)
+    db.flush()
+    return generation, prompts
+
+
+def get(db: DB, generation_id: int) -> Generation:
+    return service.get_row(db, Generation, generation_id, "generation_id", "generation")
+
+
+# what the API shows of a generation, after its generation_id
+VIEW_FIELDS = (
+    "project_id",
+    "status",
+    "checkpoint",
+    "settings",
+    "prompts_total",
+    "prompts_done",
+    "cancel_requested",
+    "result",
+    "error",
+)
+
+
+def view(generation: Generation) -> dict:
+    return service.row_view(generation, "generation_id", VIEW_FIELDS)
+
+
+def list_views(db: DB, project: Project) -> list[dict]:
+    query = select(Generation).where(Generation.project_id == project.id).order_by(Generation.id.desc())
+    return [view(g) for g in db.scalars(query)]
+
+
+def request_cancel(db: DB, generation_id: int) -> Generation:
+    generation = get(db, generation_id)
+    if generation.status not in ACTIVE:
+        raise AppError(409, f"generation_id {generation_id}: already {generation.status}")
+    generation.cancel_requested = True
+    return generation
+
+
+def fail_interrupted(sessionmaker) -> int:
+    """At server start: a job still "running" belonged to a server that stopped; mark it failed."""
+    with sessionmaker() as db:
+        count = db.execute(
+            update(Generation)
+            .where(Generation.status.in_(ACTIVE))
+            .values(status="failed", error="the server stopped while it ran", finished_at=now())
+        ).rowcount
+        db.commit()
+    return count
+
+
+def start(state, generation_id: int, prompts: list[str], checkpoint: str, settings: dict, *, device: str):
+    thread = threading.Thread(
+        target=run,
+        args=(state.sessionmaker, generation_id, prompts, checkpoint, settings),
+        kwargs={"device": device},
+        name=f"prefer-generation-{generation_id}",
+        daemon=True,
+    )
+    state.jobs[generation_id] = thread
+    thread.start()
+    return thread
+
+
+def _finish(sessionmaker, generation_id: int, **values) -> None:
+    with sessionmaker() as db:
+        db.execute(update(Generation).where(Generation.id == generation_id).values(finished_at=now(), **values))
+        db.commit()
+
+
+def run(sessionmaker, generation_id: int, prompts: list[str], checkpoint: str, settings: dict, *, device: str):
+    """The job itself (a thread): never raises; its outcome is the row's status, result or error."""
+    totals = {"prompts_with_responses": 0, "responses_added": 0, "prompts_dropped_fewer_than_two_nonempty": 0}
+    totals["prompts_skipped_ranked_meanwhile"] = 0
+    try:
+        from prefer.labeling import responses as sampler  # torch loads here, not at start-up
+        from prefer.models.build import load_checkpoint
+        from prefer.training import resolve_device
+
+        try:
+            model, tokenizer, _ = load_checkpoint(checkpoint, resolve_device(device))
+        except PreferError as error:
+            message = str(error)
+            raise PreferError(message if message.startswith("checkpoint") else f"checkpoint: {message}") from None
+        import torch
+
+        for start in range(0, len(prompts), BATCH_PROMPTS):
+            batch = prompts[start : start + BATCH_PROMPTS]
+            with sessionmaker() as db:  # a read; the cancel may come while this batch samples, too
+                if db.scalar(select(Generation.cancel_requested).where(Generation.id == generation_id)):
+                    break
+            with torch.inference_mode():  # no transaction is open while the model samples
+                samples = sampler.sample_responses(
+                    model,
+                    tokenizer,
+                    batch,
+                    k=settings["num_responses"],
+                    max_new_tokens=settings["max_new_tokens"],
+                    temperature=settings["temperature"],
+                    top_p=settings["top_p"],
+                    block=settings["block"],
+                    seed=settings["seed"] + start,
+                )
+            by_prompt = {}
+            for prompt, texts in zip(batch, samples):
+                kept = [t.replace(NUL, "") for t in texts]
+                kept = [t for t in kept if t.strip()]  # an empty sample is nothing to rank
+                if len(kept) >= MIN_RESPONSES:
+                    by_prompt[prompt] = kept
+                else:
+                    totals["prompts_dropped_fewer_than_two_nonempty"] += 1
+            with sessionmaker() as db:  # the batch's one short write
+                generation = db.get(Generation, generation_id)
+                project = db.get(Project, generation.project_id)
+                open_prompts = set(_unranked(db, project))  # a ranking task made meanwhile fixes its responses
+                skipped = [p for p in by_prompt if p not in open_prompts]
+                for prompt in skipped:
+                    del by_prompt[prompt]
+                result = service.attach_responses(
+                    db,
+                    project,
+                    by_prompt,
+                    where={t: f"generated for prompt {t[:40]!r}" for t in by_prompt},
+                    generation=generation,
+                )
+                totals["prompts_with_responses"] += result["prompts_with_responses"]
+                totals["responses_added"] += result["responses_added"]
+                totals["prompts_skipped_ranked_meanwhile"] += len(skipped)
+                generation.prompts_done = start + len(batch)
+                generation.result = {"generation_id": generation_id, **totals, "batch_prompts": BATCH_PROMPTS}
+                db.commit()
+        else:
+            _finish(sessionmaker, generation_id, status="done", result=_result(generation_id, totals))
+            return
+        _finish(sessionmaker, generation_id, status="cancelled", result=_result(generation_id, totals))
+    except (PreferError, AppError) as error:
+        _finish(sessionmaker, generation_id, status="failed", error=str(error), result=_result(generation_id, totals))
+    except Exception as error:  # noqa: BLE001 - a thread has no caller to raise to; the admin reads the row
+        _finish(
+            sessionmaker,
+            generation_id,
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            result=_result(generation_id, totals),
+        )
+
+
+def _result(generation_id: int, totals: dict) -> dict:
+    return {"generation_id": generation_id, **totals, "batch_prompts": BATCH_PROMPTS}
