@@ -15,6 +15,7 @@ import torch
 from prefer import scorers
 from prefer.cli import main
 from prefer.config import RLHFConfig, load_config
+from prefer.errors import PreferError
 from prefer.experiments.rlhf import entry_prompt, rlhf
 from prefer.models.build import build_model, train_tokenizer
 from prefer.objectives import mle_loss, next_token_targets
@@ -318,3 +319,30 @@ def test_without_init_from_the_command_pretrains_the_starting_model_once(pii_cor
     assert starting_model(config, tmp_path / "run") == final  # a second run resumes the finished run
     assert json.loads((final / "prefer.json").read_text())["tokens"] >= 20000
     assert (final / "model.safetensors").stat().st_mtime_ns == stamp  # not trained (nor written) again
+
+
+def test_a_gold_that_ties_every_response_stops_right_after_labelling(toy, tmp_path, capsys):
+    """A constant gold leaves no preference to learn: one line naming gold_scorer, before any reward model trains."""
+    constant = tmp_path / "constant_gold.py"
+    constant.write_text("def score(texts):\n    return [0.0] * len(texts)\n")
+    run = tmp_path / "run"
+    code = main(["rlhf", *toy_overrides(toy, run), f"gold_scorer=py:{constant}:score", "fluency_weight=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert (
+        err.startswith("prefer: error: gold_scorer: py:") and "ties every response" in err and "fluency_weight" in err
+    )
+    assert not (run / "rm").exists() and not (run / "labels" / "rankings.jsonl").exists()  # stopped at labelling
+
+
+def test_too_few_rankings_for_a_held_out_split_stop_before_the_reward_models():
+    from types import SimpleNamespace
+
+    from prefer.experiments.rlhf_data import check_labels_separate
+
+    report = SimpleNamespace(prompts=400, comparisons=3, dropped_all_tied=397)
+    with pytest.raises(PreferError, match=r"gold_scorer: g ranked 400 .* tied every response of 397 .* leaving 3"):
+        check_labels_separate(report, gold="g", validation_fraction=0.1)  # round(0.3) = 0 held out
+    check_labels_separate(
+        SimpleNamespace(prompts=400, comparisons=10, dropped_all_tied=390), gold="g", validation_fraction=0.1
+    )

@@ -160,6 +160,12 @@ def record_locations(path: str | Path) -> list[str]:
     return [where for where, _ in read_records(path, {})]
 
 
+def read_located(reader, path: str | Path) -> tuple[list, list[str]]:
+    """(`reader(path)`'s records, the `<file>:<line>` of each): a data file read, and a bad line reported, before
+    any model is loaded."""
+    return reader(path), record_locations(path)
+
+
 def _nonempty(where: str, field: str, text: str) -> str:
     if not text.strip():
         raise PreferError(f"{where}: field '{field}' is empty")

@@ -16,7 +16,7 @@ from prefer.data.formats import Comparison, read_rankings, split_validation, wri
 from prefer.errors import PreferError
 from prefer.evaluation.preference import noise_for_agreement, pairwise_accuracy
 from prefer.files import write_json_atomic, write_text_atomic
-from prefer.labeling.synthetic import label_synthetic, rank_by_scores
+from prefer.labeling.synthetic import NothingRanked, label_synthetic, rank_by_scores
 from prefer.models.build import check_model_dir
 from prefer.models.reward_model import load_reward_model
 from prefer.models.sources import resolve_model_path
@@ -166,10 +166,34 @@ def synthetic_labels(
     key = json.loads(json.dumps(asdict(label)))
     if key_path.exists() and json.loads(key_path.read_text())["config"] == key:
         return json.loads(key_path.read_text())["report"]
-    report = label_synthetic(label, progress=config.ppo.runtime.progress)
+    try:
+        report = label_synthetic(label, progress=config.ppo.runtime.progress)
+    except NothingRanked as error:
+        raise PreferError(
+            f"gold_scorer: {gold} ties every response of every labelling prompt ({error}); {_SEPARATE}"
+        ) from None
+    check_labels_separate(report, gold=gold, validation_fraction=config.reward.data.validation_fraction)
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(report).items()}
     write_json_atomic(key_path, {"config": key, "report": summary})
     return summary
+
+
+def check_labels_separate(report, *, gold: str, validation_fraction: float) -> None:
+    """Right after labelling, before any reward model trains: the gold must separate enough responses for the
+    reward models' held-out split to hold a ranking (a gold that ties every response of a prompt leaves no
+    preference to learn; its prompts are dropped). PreferError naming the keys to change otherwise."""
+    held_out = min(report.comparisons - 1, round(validation_fraction * report.comparisons))  # split_validation's
+    if report.comparisons >= 2 and held_out >= 1:
+        return
+    raise PreferError(
+        f"gold_scorer: {gold} ranked {report.prompts} labelling prompts and tied every response of "
+        f"{report.dropped_all_tied} of them, leaving {report.comparisons} rankings ({held_out} held out at "
+        f"reward.data.validation_fraction={validation_fraction:g}): too few to train and judge a reward model; "
+        + _SEPARATE
+    )
+
+
+_SEPARATE = "use a gold that separates responses (e.g. fluency_weight > 0) or more label_prompts"
 
 
 def noisy_rankings(config: RLHFConfig, comparisons: list[Comparison], gold, path: Path) -> dict:

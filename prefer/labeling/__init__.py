@@ -7,7 +7,7 @@ humans and reward over-optimisation is measurable (proxy reward model vs gold sc
 The names below load on first use, so `prefer serve` (prefer.labeling.app) starts without importing torch.
 """
 
-__all__ = ["LabelReport", "label_synthetic", "rank_by_scores"]
+__all__ = ["LabelReport", "NothingRanked", "label_synthetic", "rank_by_scores"]
 
 
 def __getattr__(name):

@@ -26,6 +26,10 @@ from prefer.scorers import Scorer, check_available, get_scorer, score_responses
 from prefer.training import resolve_device
 
 
+class NothingRanked(PreferError):
+    """Every prompt was dropped (all its responses tied, or fewer than two non-empty): no ranking to write."""
+
+
 @dataclass(frozen=True)
 class LabelReport:
     """What one labelling run wrote, and what it left out."""
@@ -108,7 +112,7 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
             continue
         comparisons.append(Comparison(prompt, tuple(responses[i] for i in kept), ranks))
     if not comparisons:
-        raise PreferError(
+        raise NothingRanked(
             f"{config.prompts}: no prompt got a ranking ({dropped_tied} all tied, {dropped_empty} with "
             "fewer than two non-empty responses); nothing written"
         )

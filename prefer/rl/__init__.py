@@ -6,66 +6,10 @@
 - `algorithms`: PPO, RLOO and GRPO as rows of one table (critic or not, advantages, loss).
 """
 
-from prefer.rl.algorithms import (
-    ALGORITHMS,
-    GROUP_RULES,
-    Algorithm,
-    GroupRule,
-    PTXBatches,
-    group_advantages,
-    group_backward,
-    ppo_advantages,
-    ppo_backward,
-    update_on_batch,
-)
-from prefer.rl.episodes import (
-    ScoredEpisodes,
-    log_samples,
-    pretraining_blocks,
-    ptx_backward,
-    read_queries,
-    rollout_batch,
-    sample_responses,
-    samples_log,
-    sampling_chunk,
-    score_episodes,
-)
-from prefer.rl.rollout import (
-    Rollout,
-    add_advantages,
-    collate,
-    gather_rollout,
-    make_rollout,
-    policy_logits,
-    response_kl,
-)
+# The public names of the three modules, re-exported as they declare them.
+from prefer.rl import algorithms, episodes, rollout
+from prefer.rl.algorithms import *  # noqa: F403
+from prefer.rl.episodes import *  # noqa: F403
+from prefer.rl.rollout import *  # noqa: F403
 
-__all__ = [
-    "ALGORITHMS",
-    "GROUP_RULES",
-    "Algorithm",
-    "GroupRule",
-    "PTXBatches",
-    "Rollout",
-    "ScoredEpisodes",
-    "add_advantages",
-    "collate",
-    "gather_rollout",
-    "group_advantages",
-    "group_backward",
-    "log_samples",
-    "make_rollout",
-    "policy_logits",
-    "ppo_advantages",
-    "ppo_backward",
-    "pretraining_blocks",
-    "ptx_backward",
-    "read_queries",
-    "response_kl",
-    "rollout_batch",
-    "sample_responses",
-    "samples_log",
-    "sampling_chunk",
-    "score_episodes",
-    "update_on_batch",
-]
+__all__ = [*algorithms.__all__, *episodes.__all__, *rollout.__all__]

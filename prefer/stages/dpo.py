@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefer.config import DPOConfig
 from prefer.data.encoding import encode_query
-from prefer.data.formats import read_rankings, record_locations, split_validation
+from prefer.data.formats import read_located, read_rankings, split_validation
 from prefer.evaluation.direct_preference import (
     batch_loss,
     encode_rankings,
@@ -60,10 +60,8 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     """Train the policy on rankings with the chosen preference loss; returns `<out_dir>/final` (an HF causal LM)."""
     run = StageRun(config, DPOConfig, resume=resume, name="dpo", quiet_without_progress=False)
     dist, device, checkpoint = run.dist, run.device, run.checkpoint
-
     # The rankings are read (and a bad line reported) before any model is loaded.
-    comparisons = read_rankings(config.data.rankings)
-    locations = record_locations(config.data.rankings)
+    comparisons, locations = read_located(read_rankings, config.data.rankings)
 
     # 1. Models: the policy (from the SFT model, or the checkpoint being resumed) and the frozen reference.
     reference_path = config.model.reference or config.model.init_from

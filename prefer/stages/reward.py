@@ -21,6 +21,7 @@ from prefer.data.encoding import encode_comparison, fit_to_context
 from prefer.data.formats import (
     Comparison,
     read_demonstrations,
+    read_located,
     read_rankings,
     record_locations,
     split_validation,
@@ -127,10 +128,8 @@ def reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train a reward model on rankings; returns `<out_dir>/final` (HF sequence classifier + reward_bias)."""
     run = StageRun(config, RewardConfig, resume=resume, name="reward", quiet_without_progress=False)
     dist, device, checkpoint = run.dist, run.device, run.checkpoint
-
     # The rankings (and demonstrations) are read, and a bad line reported, before any model is loaded.
-    comparisons = read_rankings(config.data.rankings)
-    locations = record_locations(config.data.rankings)
+    comparisons, locations = read_located(read_rankings, config.data.rankings)
     demonstrations = None
     if config.data.demonstrations is not None:
         demonstrations = read_demonstrations(config.data.demonstrations, conversations=False)

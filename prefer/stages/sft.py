@@ -21,7 +21,7 @@ from prefer.data.formats import (
     Conversation,
     Demonstration,
     read_demonstrations,
-    record_locations,
+    read_located,
     split_validation,
 )
 from prefer.files import file_fingerprint
@@ -127,10 +127,8 @@ def sft(config: SFTConfig, *, resume: bool = False) -> Path:
     """Finetune `model.init_from` on demonstrations; returns `<out_dir>/final` (an HF causal LM directory)."""
     run = StageRun(config, SFTConfig, resume=resume, name="sft", quiet_without_progress=False)
     dist, device, checkpoint = run.dist, run.device, run.checkpoint
-
     # The demonstrations are read (and a bad line reported) before any model is loaded.
-    demonstrations = read_demonstrations(config.data.demonstrations)
-    locations = record_locations(config.data.demonstrations)
+    demonstrations, locations = read_located(read_demonstrations, config.data.demonstrations)
 
     # 1. Model and tokenizer: the initial model, or the checkpoint being resumed (with the initial model's vocabulary).
     check_model_dir(config.model.init_from, field="model.init_from", causal_lm=True)
