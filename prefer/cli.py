@@ -88,6 +88,31 @@ def _training_stage(commands: _Commands, name: str, help: str, common: bool = Tr
     return parser
 
 
+def _add_sample(commands) -> None:
+    """`prefer sample`: its flags (checked before the model loads, in _run_sample)."""
+    sample = commands.add_parser("sample", help="print samples of a checkpoint (unprompted, or answers to prompts)")
+    sample.add_argument("checkpoint")
+    sample.add_argument("-n", "--num-samples", type=int, default=4, help="samples (with prompts: of each prompt)")
+    _prompt_arguments(sample, "-n samples answer each")
+    sample.intermixed = True
+    sample.add_argument(
+        "--tag",
+        choices=["auto", "none", "good", "bad"],
+        default="auto",
+        help="unprompted samples: control token after <|endoftext|> (auto: good for conditional models)",
+    )
+    sample.add_argument(
+        "--block",
+        choices=["auto", "none", "bad", "good", "both"],
+        default="auto",
+        help="control tokens never sampled (auto: <|bad|> for conditional models prompted good, <|good|> prompted bad)",
+    )
+    sample.add_argument("--max-new-tokens", type=int, default=128)
+    sample.add_argument("--temperature", type=float, default=0.7)
+    sample.add_argument("--top-p", type=float, default=0.9)
+    sample.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from prefer.config import STAGE_CONFIGS
 
@@ -149,27 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(evaluate)
     evaluate.intermixed = True
 
-    sample = commands.add_parser("sample", help="print samples of a checkpoint (unprompted, or answers to prompts)")
-    sample.add_argument("checkpoint")
-    sample.add_argument("-n", "--num-samples", type=int, default=4, help="samples (with prompts: of each prompt)")
-    _prompt_arguments(sample, "-n samples answer each")
-    sample.intermixed = True
-    sample.add_argument(
-        "--tag",
-        choices=["auto", "none", "good", "bad"],
-        default="auto",
-        help="unprompted samples: control token after <|endoftext|> (auto: good for conditional models)",
-    )
-    sample.add_argument(
-        "--block",
-        choices=["auto", "none", "bad", "good", "both"],
-        default="auto",
-        help="control tokens never sampled (auto: <|bad|> for conditional models prompted good, <|good|> prompted bad)",
-    )
-    sample.add_argument("--max-new-tokens", type=int, default=128)
-    sample.add_argument("--temperature", type=float, default=0.7)
-    sample.add_argument("--top-p", type=float, default=0.9)
-    sample.add_argument("--seed", type=int, default=0)
+    _add_sample(commands)
     _training_stage(commands, "sft", "supervised finetuning on demonstrations (loss on responses only)")
 
     _training_stage(commands, "reward", "train a reward model on K-way rankings")

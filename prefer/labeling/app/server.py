@@ -45,6 +45,53 @@ def _field(loc) -> str:
     return ".".join(parts) or "body"
 
 
+def _add_pages(app: FastAPI, templates: Jinja2Templates) -> None:
+    """The HTML pages: a labeler's queue, account and labeling page; the admin's login, projects and project."""
+
+    def page(request: Request, name: str, identity: Identity | None, **context):
+        csrf = identity.session.csrf_token if identity and identity.session else ""
+        return templates.TemplateResponse(request, name, {"csrf": csrf, "identity": identity, **context})
+
+    @app.get("/", include_in_schema=False)
+    def queue_page(request: Request, identity: OptionalIdentity):
+        if identity is None or identity.user is None:
+            return RedirectResponse("/admin" if identity and identity.is_admin else "/login", 303)
+        return page(request, "queue.html", identity)
+
+    @app.get("/account", include_in_schema=False)
+    def account_page(request: Request, identity: OptionalIdentity):
+        if identity is None or identity.user is None:
+            return RedirectResponse("/login", 303)
+        return page(request, "account.html", identity)
+
+    @app.get("/login", include_in_schema=False)
+    def login_page(request: Request):
+        return page(request, "login.html", None)
+
+    @app.get("/label/{assignment_id}", include_in_schema=False)
+    def label_page(assignment_id: int, request: Request, identity: OptionalIdentity, db: DBDep):
+        if identity is None or identity.user is None:
+            return RedirectResponse("/login", 303)
+        service.own_assignment(db, identity.user, assignment_id)
+        return page(request, "label.html", identity, assignment_id=assignment_id, flags=service.FLAGS)
+
+    @app.get("/admin/login", include_in_schema=False)
+    def admin_login_page(request: Request):
+        return page(request, "admin_login.html", None)
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page(request: Request, identity: OptionalIdentity, db: DBDep):
+        if identity is None or not identity.is_admin:
+            return RedirectResponse("/admin/login", 303)
+        return page(request, "admin.html", identity, projects=list(db.scalars(select(Project).order_by(Project.id))))
+
+    @app.get("/admin/projects/{project_id}", include_in_schema=False)
+    def admin_project_page(project_id: int, request: Request, identity: OptionalIdentity, db: DBDep):
+        if identity is None or not identity.is_admin:
+            return RedirectResponse("/admin/login", 303)
+        return page(request, "admin_project.html", identity, project=service.get_project(db, project_id))
+
+
 def create_app(
     db_url: str,
     admin_token: str,
@@ -117,48 +164,7 @@ def create_app(
     app.include_router(api.admin)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    def page(request: Request, name: str, identity: Identity | None, **context):
-        csrf = identity.session.csrf_token if identity and identity.session else ""
-        return templates.TemplateResponse(request, name, {"csrf": csrf, "identity": identity, **context})
-
-    @app.get("/", include_in_schema=False)
-    def queue_page(request: Request, identity: OptionalIdentity):
-        if identity is None or identity.user is None:
-            return RedirectResponse("/admin" if identity and identity.is_admin else "/login", 303)
-        return page(request, "queue.html", identity)
-
-    @app.get("/account", include_in_schema=False)
-    def account_page(request: Request, identity: OptionalIdentity):
-        if identity is None or identity.user is None:
-            return RedirectResponse("/login", 303)
-        return page(request, "account.html", identity)
-
-    @app.get("/login", include_in_schema=False)
-    def login_page(request: Request):
-        return page(request, "login.html", None)
-
-    @app.get("/label/{assignment_id}", include_in_schema=False)
-    def label_page(assignment_id: int, request: Request, identity: OptionalIdentity, db: DBDep):
-        if identity is None or identity.user is None:
-            return RedirectResponse("/login", 303)
-        service.own_assignment(db, identity.user, assignment_id)
-        return page(request, "label.html", identity, assignment_id=assignment_id, flags=service.FLAGS)
-
-    @app.get("/admin/login", include_in_schema=False)
-    def admin_login_page(request: Request):
-        return page(request, "admin_login.html", None)
-
-    @app.get("/admin", include_in_schema=False)
-    def admin_page(request: Request, identity: OptionalIdentity, db: DBDep):
-        if identity is None or not identity.is_admin:
-            return RedirectResponse("/admin/login", 303)
-        return page(request, "admin.html", identity, projects=list(db.scalars(select(Project).order_by(Project.id))))
-
-    @app.get("/admin/projects/{project_id}", include_in_schema=False)
-    def admin_project_page(project_id: int, request: Request, identity: OptionalIdentity, db: DBDep):
-        if identity is None or not identity.is_admin:
-            return RedirectResponse("/admin/login", 303)
-        return page(request, "admin_project.html", identity, project=service.get_project(db, project_id))
+    _add_pages(app, templates)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, error: HTTPException):
