@@ -3,6 +3,7 @@ is built, accumulation does not change the step, resume after SIGKILL is exact, 
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from prefer.stages.policy_gradient import group_rl
 from prefer.training import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+GOLD = f"py:{Path(__file__).parent / 'toy_scorers.py'}:words_without_a"
 
 
 def _config(sft, out, **overrides):  # noqa: F811
@@ -27,7 +29,7 @@ def _config(sft, out, **overrides):  # noqa: F811
         "init_from": sft / "sft",
         "prompts": sft / "prompts.jsonl",
         "reward.scorer": "not-a",
-        "reward.gold_scorer": "not-a",
+        "reward.gold_scorer": GOLD,  # not the proxy: an independent judge (test_ppo_stage's not-a is the reward)
         "train.iterations": 30,
         "train.batch_size": 4,
         "group.size": 4,
