@@ -81,8 +81,9 @@ class _Plan:
         return cls(config.group.algorithm, config.group.size, config.train.epochs, config.reference, config.group)
 
 
-def _check_before_loading(config, plan: _Plan) -> tuple[str, object, object]:
-    """Prompts, model directories and scorers, checked before any model is loaded: (scorer name, scorer, gold)."""
+def _check_before_loading(config, plan: _Plan, scorer=None, gold_scorer=None) -> tuple[str, object, object]:
+    """Prompts, model directories and scorers, checked before any model is loaded: (scorer name, scorer, gold).
+    `scorer` / `gold_scorer`: callables given in Python, used instead of resolving the config's names."""
     read_prompts(config.prompts)
     check_model_dir(config.init_from, field="init_from", causal_lm=True)
     if plan.reference is not None:
@@ -90,8 +91,9 @@ def _check_before_loading(config, plan: _Plan) -> tuple[str, object, object]:
     if config.reward.model is not None:
         check_model_dir(config.reward.model, field="reward.model")
     scorer_name = config.reward.scorer or f"rm:{config.reward.model}"
-    gold = get_scorer(config.reward.gold_scorer) if config.reward.gold_scorer else None
-    return scorer_name, get_scorer(scorer_name), gold
+    if gold_scorer is None and config.reward.gold_scorer:
+        gold_scorer = get_scorer(config.reward.gold_scorer)
+    return scorer_name, scorer if scorer is not None else get_scorer(scorer_name), gold_scorer
 
 
 def _ptx_data(config, tokenizer, context: int):
@@ -124,9 +126,11 @@ def _geometry(config, K: int, world_size: int) -> tuple[int, int, int]:
 
 
 @releases_run_dirs
-def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False) -> Path:
+def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False, scorer=None, gold_scorer=None) -> Path:
     """Run PPO (a PPOConfig) or RLOO / GRPO (a GroupRLConfig), with PPO-ptx when ptx.coef > 0; returns the final
-    policy's directory (`<out_dir>/final`).
+    policy's directory (`<out_dir>/final`). From Python, `scorer` and `gold_scorer` may be callables
+    (`score(texts) -> list[float]`, misalignment, lower is better; optionally with `score_pairs`) used instead of
+    `reward.scorer` / `reward.gold_scorer`, which then only name them in the run's records.
 
     Under torchrun every rank samples, scores and evaluates all K responses of its contiguous share of each
     iteration's prompts; the episodes are then gathered, so that every rank holds the global batch (whole groups):
@@ -139,7 +143,7 @@ def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False) 
         config, type(config), resume=resume, name=plan.algorithm, may_change=RESUME_MAY_CHANGE | {"iterations"}
     )
     dist, device, checkpoint = run.dist, run.device, run.checkpoint
-    scorer_name, scorer, gold_scorer = _check_before_loading(config, plan)
+    scorer_name, scorer, gold_scorer = _check_before_loading(config, plan, scorer, gold_scorer)
 
     # 1. Models; 2. data: prompts (each must leave room for the response), pretraining blocks for PPO-ptx.
     models = load_policy_models(

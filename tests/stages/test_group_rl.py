@@ -3,6 +3,7 @@ is built, accumulation does not change the step, resume after SIGKILL is exact, 
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,22 @@ def test_rloo_is_on_policy_only_in_the_first_step_of_a_batch(sft, tmp_path, monk
     group_rl(_config(sft, tmp_path / "run", **{"group.algorithm": "rloo", "train.iterations": 2}))
     assert seen == [True, False, True, False]
     assert "train/policy/clip_fraction" in read_metrics(tmp_path / "run")[-1]
+
+
+def test_a_scorer_callable_from_python_needs_no_registered_name(sft, tmp_path):  # noqa: F811
+    """The Python API: GRPO against a callable (not in the scorer table), judged by another callable."""
+    from toy_scorers import words_without_a
+
+    calls = []
+
+    def fewer_a_is_worse(texts):
+        calls.append(len(texts))
+        return [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
+
+    config = _config(sft, tmp_path / "run", **{"train.iterations": 2, "reward.scorer": "my-scorer"})
+    config = replace(config, reward=replace(config.reward, gold_scorer="my-gold"))
+    group_rl(config, scorer=fewer_a_is_worse, gold_scorer=words_without_a)
+    assert calls == [16, 16]  # 4 prompts x 4 samples, each iteration
+    metrics = read_metrics(tmp_path / "run")
+    assert all("reward/gold" in m for m in metrics)
+    assert json.loads((tmp_path / "run" / "final" / "prefer.json").read_text())["scorer"] == "my-scorer"
