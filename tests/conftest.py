@@ -84,6 +84,10 @@ _TIER_BY_PATH = [  # first match wins; a test's own tier mark wins over its fold
     ("tests/test_rlhf.py", "system"),
     ("tests/test_experiments.py", "system"),
     ("tests/stages/", "stage"),
+    ("tests/test_bad_inputs.py", "stage"),  # whole commands, many in real processes
+    ("tests/labeling/app/", "stage"),  # the running app against a database
+    ("tests/training/test_trackers.py", "stage"),
+    ("tests/scorers/test_user_scorers.py", "stage"),  # plugins installed, real processes
     ("tests/models/", "stage"),
     ("tests/test_training.py", "stage"),
     ("tests/test_run_dir.py", "stage"),
