@@ -106,3 +106,30 @@ def pytest_collection_modifyitems(config, items):
         path = str(item.path).removeprefix(root)
         tier = next(tier for prefix, tier in _TIER_BY_PATH if path.startswith(prefix))
         item.add_marker(getattr(pytest.mark, tier))
+
+
+# ---------------------------------------------------------------- headless Chromium (Debian's, installed by .ci/run)
+CHROMIUM = "/usr/bin/chromium"
+# The machine's network is closed: without the background-networking flags Chromium keeps reaching for Google's hosts.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by playwright (never `playwright install`), one per test module."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="the serve extra installs playwright")
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield launched
+        launched.close()

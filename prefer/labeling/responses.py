@@ -53,35 +53,12 @@ def sample_queries(
 
 
 def sample_responses(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    k: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    block: str,
-    seed: int,
-    batch_size: int = 64,
-    progress: bool = False,
-    where: Sequence[str] | None = None,
+    model, tokenizer, prompts: Sequence[str], *, where: Sequence[str] | None = None, **sampling
 ) -> list[list[str]]:
     """responses[p][j]: the j-th of K samples for the text prompt prompts[p], prompted as SFT and PPO see it
-    (eos + the prompt's tokens: prefer.evaluation.prompts)."""
-    return sample_queries(
-        model,
-        tokenizer,
-        render_queries(tokenizer, [Prompt(p) for p in prompts], where),
-        k=k,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        block=block,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    (eos + the prompt's tokens: prefer.evaluation.prompts); `sampling`: `sample_queries`' keywords (k,
+    max_new_tokens, temperature, top_p, block, seed, batch_size, progress)."""
+    return sample_queries(model, tokenizer, render_queries(tokenizer, [Prompt(p) for p in prompts], where), **sampling)
 
 
 def generate_from_checkpoint(

@@ -106,14 +106,14 @@ def pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
     # 3. Batch geometry (a budget of tokens), optimizer, schedule, the data order (restored on resume).
     batch_size = config.train.batch_size
     tokens_per_step = batch_size * block_size
+    total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
     plan = EpochPlan(
         num_items=len(train_blocks),
-        epochs=config.train.tokens / tokens_per_step * batch_size / len(train_blocks),
+        total_steps=total_steps,
         batch_size=batch_size,
         micro_batch=config.train.micro_batch_size,
         dist=dist,
     )
-    total_steps = plan.total_steps = max(1, math.ceil(config.train.tokens / tokens_per_step))
     init_steps = initial_steps(config, tokens_per_step=tokens_per_step, total_steps=total_steps)
     compute_loss = spec.make_loss(objective)
     control_ids = control_token_ids(tokenizer)
@@ -214,7 +214,9 @@ def _value_head(model, device, checkpoint: Path | None) -> ValueHead:
     return head
 
 
-def _write_data_record(path: Path, config, corpus, train_documents, train_blocks, val_blocks, **counts) -> None:
+def _write_data_record(
+    path: Path, config, corpus, train_documents, train_blocks, val_blocks, *, epochs: float, init_tokens: int
+) -> None:
     """data.json: where the corpus came from, its scores, and how much of it the run trains on."""
     record = {
         "provenance": corpus.provenance,
@@ -223,9 +225,9 @@ def _write_data_record(path: Path, config, corpus, train_documents, train_blocks
         "train_blocks": len(train_blocks),
         "validation_blocks": len(val_blocks),
         "block_size": train_blocks.ids.shape[1],
-        "epochs": counts["epochs"],
+        "epochs": epochs,
         "init_from": config.model.init_from,
-        "init_tokens": counts["init_tokens"],
+        "init_tokens": init_tokens,
     }
     write_json_atomic(path, record)
 

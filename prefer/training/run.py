@@ -149,31 +149,45 @@ class StageRun:
 
 
 class EpochPlan:
-    """Batch geometry of a stage that trains for `epochs` over `num_items` (examples, or prompts with all their
-    responses), `batch_size` of them per optimizer step (all ranks together), `micro` per forward pass and rank:
-    `total_steps`, and each step's share of this rank."""
+    """Batch geometry of a stage that draws `batch_size` of its `num_items` (examples, blocks, or prompts with all
+    their responses) per optimizer step (all ranks together) for `total_steps` steps, `micro` per forward pass and
+    rank, and each step's share of this rank."""
 
-    def __init__(self, *, num_items: int, epochs: float, batch_size: int, micro_batch: int | None, dist: Distributed):
-        self.num_items, self.batch_size, self.dist = num_items, batch_size, dist
+    def __init__(
+        self, *, num_items: int, total_steps: int, batch_size: int, micro_batch: int | None, dist: Distributed
+    ):
+        self.num_items, self.total_steps, self.batch_size, self.dist = num_items, total_steps, batch_size, dist
         self.micro = micro_batch_size(batch_size, micro_batch, dist.world_size)
-        self.total_steps = max(1, math.ceil(epochs * num_items / batch_size))
 
     @classmethod
     def of(cls, train, num_items: int, dist: Distributed) -> EpochPlan:
-        """From a stage's `train` section (epochs, batch_size, micro_batch_size)."""
+        """From a stage's `train` section (epochs, batch_size, micro_batch_size): enough steps for the epochs."""
         return cls(
             num_items=num_items,
-            epochs=train.epochs,
+            total_steps=max(1, math.ceil(train.epochs * num_items / train.batch_size)),
             batch_size=train.batch_size,
             micro_batch=train.micro_batch_size,
             dist=dist,
         )
 
-    def start(self, run: StageRun, modules, *, optimizer, schedule, data_fingerprint: str, data_name: str, **restore):
+    def start(
+        self,
+        run: StageRun,
+        modules,
+        *,
+        optimizer,
+        schedule,
+        data_fingerprint: str,
+        data_name: str,
+        start_step: int = 0,
+        restore_modules=None,
+    ):
         """AdamW and the warmup + decay schedule over `modules` (`optimizer`, `schedule`: the stage's sections) for
-        `total_steps`, and `restore`'s (data order, first step). Returns (optimizer, scheduler, order, step)."""
+        `total_steps`, already `start_step` steps in (a model continued from a prefer checkpoint's budget), and the
+        data order and first step (`restore`; `restore_modules`: the modules the checkpoint's optimizer state is
+        for, default `modules`). Returns (optimizer, scheduler, order, step)."""
         optimizer, scheduler = make_optimizer_and_schedule(
-            modules, optimizer, schedule, total_steps=self.total_steps, start_step=restore.pop("start_step", 0)
+            modules, optimizer, schedule, total_steps=self.total_steps, start_step=start_step
         )
         order, step = self.restore(
             run,
@@ -181,7 +195,7 @@ class EpochPlan:
             scheduler,
             data_fingerprint=data_fingerprint,
             data_name=data_name,
-            modules=restore.pop("restore_modules", modules),
+            modules=modules if restore_modules is None else restore_modules,
         )
         return optimizer, scheduler, order, step
 

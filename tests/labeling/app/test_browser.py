@@ -10,23 +10,11 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from serve_testing import PASSWORD, TOKEN, server, tiny_checkpoint  # noqa: F401 (fixture)
 
 from prefer.cli import main
 from prefer.data.formats import Demonstration, read_demonstrations, read_rankings
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 PROMPTS = ["Write a haiku about the sea.", "Explain why the sky is blue. " + XSS]
 
@@ -51,17 +39,6 @@ def said(page, text, timeout=30_000):
 def open_task(page, base, aid):
     page.goto(f"{base}/label/{aid}")
     page.wait_for_selector("body[data-ready='1']")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="the serve extra installs playwright")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path):
