@@ -42,7 +42,8 @@ def prepare(root: Path, size: str) -> None:
     import torch
 
     from prefer.data.formats import Comparison, write_jsonl, write_rankings
-    from prefer.models.build import build_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
     from prefer.training import save_model
 
     rng = random.Random(0)
@@ -62,7 +63,7 @@ def prepare(root: Path, size: str) -> None:
 def child(method: str, root: Path, args) -> dict:
     """Run one method in this (fresh) process; its wall time, episodes/s and peak resident memory."""
     from prefer import scorers
-    from prefer.config import DPOConfig, GroupRLConfig, PPOConfig, build_config
+    from prefer.config import DPOConfig, PolicyGradientConfig, build_config
 
     scorers.SCORERS["not-a"] = not_a
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -70,7 +71,7 @@ def child(method: str, root: Path, args) -> dict:
     common = {"out_dir": root / method, "runtime.progress": False, "runtime.device": args.device, "optimizer.lr": 1e-4}
     rl = {
         **common,
-        "init_from": root / "sft",
+        "model.init_from": root / "sft",
         "prompts": root / "prompts.jsonl",
         "reward.scorer": "not-a",
         "train.iterations": args.iterations,
@@ -83,17 +84,17 @@ def child(method: str, root: Path, args) -> dict:
     if method == "ppo":
         from prefer.stages.policy_gradient import ppo
 
-        ppo(build_config(PPOConfig, {**rl, "train.batch_size": args.episodes, "train.ppo_epochs": 1}))
+        ppo(build_config(PolicyGradientConfig, {**rl, "train.batch_size": args.episodes, "train.epochs": 1}))
         episodes = args.iterations * args.episodes
     elif method in ("rloo", "grpo"):
         from prefer.stages.policy_gradient import group_rl
 
         group_rl(
             build_config(
-                GroupRLConfig,
+                PolicyGradientConfig,
                 {
                     **rl,
-                    "group.algorithm": method,
+                    "algorithm": method,
                     "group.size": 4,
                     "train.batch_size": args.episodes // 4,
                     "train.epochs": 1,

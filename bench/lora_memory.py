@@ -33,7 +33,7 @@ def build(directory: Path, *, hidden: int, layers: int) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from prefer.models.build import train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
 
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(400)]
@@ -66,13 +66,13 @@ def run_variant(directory: Path, variant: str, *, iterations: int, device: str) 
     import torch
 
     from prefer import scorers
-    from prefer.config import PPOConfig, build_config
+    from prefer.config import PolicyGradientConfig, build_config
     from prefer.stages.policy_gradient import ppo
 
     scorers.SCORERS["length"] = lambda texts: [len(t) / 100 for t in texts]  # any cheap reward: memory is the point
     values = {
         "out_dir": directory / variant,
-        "init_from": directory / "model",
+        "model.init_from": directory / "model",
         "prompts": directory / "prompts.jsonl",
         "reward.scorer": "length",
         "train.iterations": iterations,
@@ -86,7 +86,7 @@ def run_variant(directory: Path, variant: str, *, iterations: int, device: str) 
         "lora.r": 0 if variant == "full" else 8,
         "value_trunk": "shared" if variant == "lora-shared" else "separate",
     }
-    config = build_config(PPOConfig, values)
+    config = build_config(PolicyGradientConfig, values)
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
     ppo(config)

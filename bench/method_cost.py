@@ -13,7 +13,7 @@ written as JSONL. Then each method runs as its own `python -m prefer ...` proces
     ppo              prefer ppo  train.batch_size=32 train.minibatch_size=16 reward.model=RM (critic from the RM)
     ppo-lora         prefer ppo  ... lora.r=8                        (policy and reference share one trunk)
     ppo-lora-shared  prefer ppo  ... lora.r=8 value_trunk=shared     (policy, reference and critic: one trunk)
-    rloo, grpo       prefer grpo group.algorithm=rloo|grpo group.size=4 train.batch_size=8 (8 prompts x 4 = 32)
+    rloo, grpo       prefer grpo algorithm=rloo|grpo group.size=4 train.batch_size=8 (8 prompts x 4 = 32)
     dpo, listwise    prefer dpo  dpo.loss=dpo|listwise train.batch_size=4 (4 rankings x K = 4 = 16 responses a step)
 
 Matched work: every method trains on 32 sequences per iteration (PPO: 32 episodes; RLOO/GRPO: 8 prompts x 4;
@@ -56,8 +56,8 @@ METHODS: dict[str, tuple[str, list[str], str, int]] = {
     "ppo": ("ppo", [], "4: policy, reference, value, RM", 2),
     "ppo-lora": ("ppo", ["lora.r=8"], "3: policy=reference, value, RM", 0),
     "ppo-lora-shared": ("ppo", ["lora.r=8", "value_trunk=shared"], "2: policy=reference=value, RM", 0),
-    "rloo": ("grpo", ["group.algorithm=rloo"], "3: policy, reference, RM", 1),
-    "grpo": ("grpo", ["group.algorithm=grpo"], "3: policy, reference, RM", 1),
+    "rloo": ("grpo", ["algorithm=rloo"], "3: policy, reference, RM", 1),
+    "grpo": ("grpo", ["algorithm=grpo"], "3: policy, reference, RM", 1),
     "dpo": ("dpo", ["dpo.loss=dpo"], "2: policy, reference", 1),
     "listwise": ("dpo", ["dpo.loss=listwise"], "2: policy, reference", 1),
 }
@@ -79,7 +79,8 @@ def prepare(root: Path, args) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from prefer.data.formats import Comparison, write_jsonl, write_rankings
-    from prefer.models.build import build_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
     from prefer.models.reward_model import build_reward_model
     from prefer.training import save_model
 
@@ -137,7 +138,7 @@ def command(method: str, root: Path, args) -> list[str]:
         ]
     else:
         values = [
-            f"init_from={root / 'sft'}",
+            f"model.init_from={root / 'sft'}",
             f"prompts={root / 'prompts.jsonl'}",
             f"reward.model={root / 'rm'}",
             f"train.iterations={args.iterations}",
@@ -147,7 +148,7 @@ def command(method: str, root: Path, args) -> list[str]:
             f"rollout.max_new_tokens={args.new_tokens}",
         ]
         if subcommand == "ppo":
-            values += [f"train.batch_size={EPISODES}", "train.ppo_epochs=1"]
+            values += [f"train.batch_size={EPISODES}", "train.epochs=1"]
         else:
             values += [f"train.batch_size={EPISODES // K}", f"group.size={K}", "train.epochs=1"]
     return [sys.executable, "-m", "prefer", subcommand, *common, *values, *extra]

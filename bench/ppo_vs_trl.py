@@ -43,7 +43,8 @@ def prepare(root: Path, size: str) -> None:
     import torch
 
     from prefer.data.formats import write_jsonl
-    from prefer.models.build import build_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
     from prefer.models.reward_model import build_reward_model
     from prefer.training import save_model
 
@@ -70,7 +71,7 @@ def run_prefer(root: Path, args) -> dict:
     import prefer.rl.rollout as rollouts
     import prefer.stages.policy_gradient as stage
     import prefer.training.run as run
-    from prefer.config import PPOConfig, build_config
+    from prefer.config import PolicyGradientConfig, build_config
 
     phases: dict[str, list[float]] = {}
     starts: list[float] = []
@@ -130,14 +131,14 @@ def run_prefer(root: Path, args) -> dict:
     run.MetricsLog.log = log_and_mark
     overrides = {
         "out_dir": root / f"prefer-{os.getpid()}",
-        "init_from": root / "sft",
+        "model.init_from": root / "sft",
         "prompts": root / "prompts.jsonl",
         "reward.model": root / "rm",
         "runtime.progress": False,
         "train.iterations": args.iterations,
         "train.batch_size": args.episodes,
         "train.minibatch_size": args.minibatch,
-        "train.ppo_epochs": 1,
+        "train.epochs": 1,
         "rollout.max_new_tokens": args.new_tokens,
         "rollout.temperature": 1.0,
         "train.checkpoint_every": args.iterations,
@@ -148,7 +149,7 @@ def run_prefer(root: Path, args) -> dict:
     if args.sample_batch:
         overrides["rollout.sample_batch_size"] = args.sample_batch
     began = time.perf_counter()
-    stage.ppo(build_config(PPOConfig, overrides))
+    stage.ppo(build_config(PolicyGradientConfig, overrides))
     wall = time.perf_counter() - began
     iteration_s = [b - a for a, b in zip(starts, [*starts[1:], ends[-1]])]
     # per-iteration phase times, steady state (without the first iteration), summed per iteration

@@ -58,17 +58,20 @@ class _Commands:
         self.scorers: str | None = None  # scorer_help(), computed once
 
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
-        from prefer.config import STAGE_CONFIGS, describe
+        from prefer.config import STAGE_CONFIGS
 
         if name in STAGE_CONFIGS:
-            kwargs["epilog"] = lambda: self.epilog(name, STAGE_CONFIGS[name], describe)  # when help is shown
+            kwargs["epilog"] = lambda: self.epilog(name)  # when help is shown
             kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter
         return self.commands.add_parser(name, **kwargs)
 
-    def epilog(self, name: str, cls: type, describe) -> str:
+    def epilog(self, name: str) -> str:
+        from prefer.config import COMMAND_DEFAULTS, STAGE_CONFIGS, describe
+
+        cls = STAGE_CONFIGS[name]
         epilog = (
             f"config keys ({cls.__name__}; set them as KEY=VALUE or in --config YAML; "
-            f"`prefer config {name}` prints them as YAML):\n{describe(cls)}"
+            f"`prefer config {name}` prints them as YAML):\n{describe(cls, COMMAND_DEFAULTS.get(name))}"
         )
         if "scorer=" in epilog:  # keys that name a scorer: the names, plugins and user forms
             if self.scorers is None:
@@ -130,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--pipeline",
-        choices=["pretraining", "rlhf"],
+        choices=["pretraining", "rlhf", "chat"],
         default="pretraining",
-        help="pretraining (default: MLE vs conditional training) or rlhf (InstructGPT, short)",
+        help="pretraining (default: MLE vs conditional training), rlhf (InstructGPT, short) or chat (GRPO on "
+        "SmolLM2-135M-Instruct against IFEval's instruction checkers, held-out topics; keys: prefer config chat)",
     )
     _common(demo)
 
@@ -198,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--samples", type=int, default=4, help="sample excerpts per model (default: 4)")
     report.add_argument("--title", default="prefer report")
 
-    _training_stage(commands, "ppo", "PPO against a scorer or reward model, KL to the SFT model (PPO-ptx: ptx_coef>0)")
+    _training_stage(
+        commands,
+        "ppo",
+        "policy-gradient RL against a scorer or reward model, KL to the SFT model: algorithm=ppo|rloo|grpo "
+        "(PPO-ptx: ptx.coef>0)",
+    )
 
     convert = commands.add_parser(
         "convert",
@@ -211,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _training_stage(commands, "dpo", "DPO / IPO / listwise DPO on K-way rankings from the SFT model")
 
-    _training_stage(commands, "grpo", "critic-free RL, K samples per prompt: group.algorithm=grpo|rloo")
+    _training_stage(commands, "grpo", "prefer ppo algorithm=grpo, with GRPO's defaults (algorithm=rloo: RLOO's)")
 
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
@@ -302,17 +311,20 @@ def _quiet_third_parties() -> None:
 
 
 def _stage_config(cls, args):
-    """A stage's config. `--resume` without `--config` starts from the run's own saved config.yaml, so
-    `prefer pretrain --resume out_dir=runs/x` continues exactly the run that was started there."""
+    """A stage's config, over the command's own defaults (`prefer grpo`'s algorithm). `--resume` without `--config`
+    starts from the run's own saved config.yaml, so `prefer pretrain --resume out_dir=runs/x` continues exactly the
+    run that was started there."""
     from pathlib import Path
 
-    from prefer.config import load_config
+    from prefer.config import COMMAND_DEFAULTS, load_config
+
+    defaults = COMMAND_DEFAULTS.get(args.command)
 
     yaml_path = args.config
     if args.resume and yaml_path is None:
         out_dir = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("out_dir=")), None)
         if out_dir is None:
-            out_dir = load_config(cls, overrides=args.overrides).out_dir
+            out_dir = load_config(cls, overrides=args.overrides, defaults=defaults).out_dir
         saved = Path(out_dir) / "config.yaml"
         if not saved.is_file():
             raise PreferError(
@@ -320,10 +332,19 @@ def _stage_config(cls, args):
                 "it started?); start it without --resume"
             )
         yaml_path = saved
-    return load_config(cls, yaml_path=yaml_path, overrides=args.overrides)
+    return load_config(cls, yaml_path=yaml_path, overrides=args.overrides, defaults=defaults)
 
 
 def _run_demo(args) -> int:
+    if args.pipeline == "chat":
+        from prefer.config import load_config
+        from prefer.config.chat import ChatConfig
+        from prefer.experiments.chat import chat
+
+        if args.task is not None:
+            raise PreferError("demo --pipeline chat: its task is IFEval's instruction following; leave out --task")
+        chat(load_config(ChatConfig, yaml_path=args.config, overrides=args.overrides))
+        return 0
     if args.pipeline == "rlhf":
         if args.task not in (None, "pii"):
             raise PreferError("demo --pipeline rlhf: only the pii task has a short RLHF demo (configs/rlhf-demo.yaml)")
@@ -364,9 +385,9 @@ TRAINING_STAGES = {
     "pretrain": ("PretrainConfig", "prefer.stages.pretrain", "pretrain"),
     "sft": ("SFTConfig", "prefer.stages.sft", "sft"),
     "reward": ("RewardConfig", "prefer.stages.reward", "reward"),
-    "ppo": ("PPOConfig", "prefer.stages.policy_gradient", "ppo"),
+    "ppo": ("PolicyGradientConfig", "prefer.stages.policy_gradient", "policy_gradient"),
     "dpo": ("DPOConfig", "prefer.stages.dpo", "dpo"),
-    "grpo": ("GroupRLConfig", "prefer.stages.policy_gradient", "group_rl"),
+    "grpo": ("PolicyGradientConfig", "prefer.stages.policy_gradient", "policy_gradient"),  # algorithm=grpo
 }
 
 
@@ -461,7 +482,8 @@ def _run_evaluate(args) -> int:
 
 
 def _run_sample(args) -> int:
-    from prefer.evaluation.misalignment import generate_texts, resolve_controls
+    from prefer.controls import resolve_controls
+    from prefer.evaluation.misalignment import generate_texts
     from prefer.evaluation.prompts import command_line_prompts, read_prompt_file, render_queries
     from prefer.models.build import load_checkpoint
     from prefer.training import resolve_device
@@ -512,7 +534,8 @@ def _run_label(args) -> int:
 
     if not args.synthetic:
         raise PreferError("label: only synthetic labelers exist; pass --synthetic (a gold scorer ranks the samples)")
-    report = label_synthetic(load_config(LabelConfig, yaml_path=args.config, overrides=args.overrides))
+    config = load_config(LabelConfig, yaml_path=args.config, overrides=args.overrides)
+    report = label_synthetic(config, progress=config.runtime.progress)
     print(
         json.dumps(
             {k: str(v) if k in ("rankings", "demonstrations") else v for k, v in asdict(report).items()}, indent=2
@@ -540,9 +563,9 @@ def _run_convert(args) -> int:
 
 
 def _run_config(args) -> int:
-    from prefer.config import STAGE_CONFIGS, default_yaml
+    from prefer.config import COMMAND_DEFAULTS, STAGE_CONFIGS, default_yaml
 
-    print(default_yaml(STAGE_CONFIGS[args.stage]), end="")
+    print(default_yaml(STAGE_CONFIGS[args.stage], COMMAND_DEFAULTS.get(args.stage)), end="")
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prefer.errors import PreferError
 from prefer.files import write_text_atomic
-from prefer.training import read_metrics
+from prefer.run_dir import read_metrics
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }

@@ -9,12 +9,16 @@ Within one process the claim is re-entrant (a stage resumed in the same process,
 
 `config_difference` is how `--resume` compares a run's saved config with the requested one (prefer.training.
 check_run_dir): any difference refuses, except the keys of RESUME_MAY_CHANGE, which do not change what is trained.
+
+`read_metrics` reads what a run logged (`metrics.jsonl`), here in the torch-free floor so that `prefer report`
+reads a run without importing torch.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -116,3 +120,26 @@ def releases_run_dirs(function):
                 release_run_dir(key)
 
     return stage
+
+
+def metrics_lines(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A half-written last line (a run killed while appending) is dropped; any
+    other unreadable line is a PreferError naming it."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as error:
+            if number == len(lines):
+                break  # the kill landed mid-append: the step is about to be logged again
+            raise PreferError(f"{path}:{number}: not a metrics record ({error})") from None
+        records.append(record)
+    return records
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return metrics_lines(path) if path.exists() else []

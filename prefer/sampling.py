@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,7 +26,40 @@ from transformers.cache_utils import DynamicLayer
 
 from prefer.errors import PreferError
 
-__all__ = ["sample", "sample_per_prompt", "filter_probs"]
+__all__ = ["Decoding", "sample", "sample_per_prompt", "filter_probs"]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a continuation is decoded, one record for every sampler call: at most `max_new_tokens` new tokens, stop at
+    `eos_token_id`, `temperature` (0 = greedy), the control-aware nucleus `top_p` (`filter_probs`), tokens never
+    produced (`blocked_token_ids`) and tokens kept out of the nucleus (`control_token_ids`), `batch_size` prompts
+    per KV-cached loop. Built once where the settings are known and passed through, so a call site is one line."""
+
+    max_new_tokens: int
+    eos_token_id: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    blocked_token_ids: tuple[int, ...] = ()
+    control_token_ids: tuple[int, ...] = ()
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise PreferError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise PreferError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise PreferError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise PreferError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("blocked_token_ids", "control_token_ids"):  # any sequence of ids -> a tuple (hashable, frozen)
+            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+
+    @classmethod
+    def of(cls, decoding: Decoding | None, settings: dict) -> Decoding:
+        """`decoding` with `settings` (its field names) replaced, or a Decoding of `settings` alone."""
+        return cls(**settings) if decoding is None else replace(decoding, **settings) if settings else decoding
 
 
 def filter_probs(
@@ -146,32 +180,22 @@ def _max_positions(model: torch.nn.Module) -> int | None:
 def sample(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
+    decoding: Decoding | None = None,
     *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    blocked_token_ids: Sequence[int] = (),
-    control_token_ids: Sequence[int] = (),
-    batch_size: int = 64,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    **settings,
 ) -> list[list[int]]:
     """Generate one continuation per prompt; return the new token ids (no prompt, no eos).
 
-    temperature == 0 is greedy decoding. blocked_token_ids are never produced. top_p is the
-    control-aware nucleus of `filter_probs` (control_token_ids keep their own probability).
-    Rows that reach eos stop growing; the batch stops when every row is done.
+    `decoding` says how (`Decoding`); `settings` are its fields, given alone (`sample(model, prompts,
+    max_new_tokens=8, eos_token_id=0)`) or replacing those of `decoding`. temperature == 0 is greedy decoding.
+    blocked_token_ids are never produced. top_p is the control-aware nucleus of `filter_probs` (control_token_ids
+    keep their own probability). Rows that reach eos stop growing; the batch stops when every row is done.
     The same `generator` state gives the same samples.
     """
-    if max_new_tokens < 0:
-        raise PreferError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise PreferError(f"temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise PreferError(f"top_p must be in (0, 1], got {top_p}")
-    if batch_size < 1:
-        raise PreferError(f"batch_size must be >= 1, got {batch_size}")
+    decoding = Decoding.of(decoding, settings)
+    max_new_tokens, eos_token_id = decoding.max_new_tokens, decoding.eos_token_id
     prompts = [list(map(int, p)) for p in prompts]
     if any(len(p) == 0 for p in prompts):
         raise PreferError("every prompt needs at least one token (e.g. the document start token)")
@@ -191,15 +215,15 @@ def sample(
     vocab_size = _vocab_size(model)
     if not 0 <= int(eos_token_id) < vocab_size:
         raise PreferError(f"eos_token_id {eos_token_id} outside the vocabulary of {vocab_size}")
-    named_ids = (("blocked_token_ids", blocked_token_ids), ("control_token_ids", control_token_ids))
+    named_ids = (("blocked_token_ids", decoding.blocked_token_ids), ("control_token_ids", decoding.control_token_ids))
     for name, ids in named_ids:
         bad = [i for i in ids if not 0 <= int(i) < vocab_size]
         if bad:
             raise PreferError(f"{name} {bad} outside the vocabulary of size {vocab_size}")
     blocked_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    blocked_mask[list(map(int, blocked_token_ids))] = True
+    blocked_mask[list(decoding.blocked_token_ids)] = True
     control_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    control_mask[list(map(int, control_token_ids))] = True
+    control_mask[list(decoding.control_token_ids)] = True
     if bool(blocked_mask.all()):
         raise PreferError("every token is blocked")
     keep_last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -211,21 +235,11 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        starts = range(0, len(order), batch_size)
+        starts = range(0, len(order), decoding.batch_size)
         for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
-            idx = order[start : start + batch_size]
-            outputs = _sample_batch(
-                model,
-                [prompts[i] for i in idx],
-                device=device,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos_token_id,
-                temperature=temperature,
-                top_p=top_p,
-                masks=masks,
-                generator=generator,
-                keep_last_only=keep_last_only,
-            )
+            idx = order[start : start + decoding.batch_size]
+            batch = [prompts[i] for i in idx]
+            outputs = _sample_batch(model, batch, decoding, device, masks, generator, keep_last_only=keep_last_only)
             for i, out in zip(idx, outputs):
                 results[i] = out
     finally:
@@ -236,16 +250,15 @@ def sample(
 def _sample_batch(
     model: torch.nn.Module,
     prompts: list[list[int]],
-    *,
+    decoding: Decoding,
     device: torch.device,
-    max_new_tokens: int,
-    eos_token_id: int,
-    temperature: float,
-    top_p: float,
     masks: _TokenSets,
     generator: torch.Generator | None,
+    *,
     keep_last_only: bool,
 ) -> list[list[int]]:
+    max_new_tokens, eos_token_id = decoding.max_new_tokens, decoding.eos_token_id
+    temperature, top_p = decoding.temperature, decoding.top_p
     batch = len(prompts)
     width = max(len(p) for p in prompts)
     # The last generated token is never fed back: width + max_new_tokens - 1 positions are ever cached.
@@ -304,38 +317,34 @@ def _sample_batch(
 def sample_per_prompt(
     model: torch.nn.Module,
     queries: Sequence[Sequence[int]],
+    decoding: Decoding | None = None,
     *,
     k: int,
-    max_new_tokens: int,
     seed: int = 0,
     where: Sequence[str] | None = None,
-    **decoding,
+    progress: bool = False,
+    **settings,
 ) -> list[list[int]]:
     """K samples of every query, prompt-major: out[p * k + j] is the j-th sample of queries[p] (new ids, no eos).
 
     The one K-samples-per-prompt entry point (labelers, the labeling app, the RLHF evaluation protocol, `prefer
-    sample` and `prefer evaluate` with prompts): one `sample` call over the queries repeated K times, with one
-    generator on the model's device seeded by `seed`, so the same seed gives the same samples. A query that leaves
-    no room for `max_new_tokens` within the model's positions is a PreferError naming `where[p]` (its file and
-    line, say), before anything is sampled. `decoding`: the rest of `sample`'s keywords (eos_token_id, temperature,
-    top_p, blocked_token_ids, control_token_ids, batch_size, progress), passed on as they are."""
+    sample` and `prefer evaluate` with prompts, the red team, the capability measures): one `sample` call over the
+    queries repeated K times, with one generator on the model's device seeded by `seed`, so the same seed gives the
+    same samples. A query that leaves no room for `max_new_tokens` within the model's positions is a PreferError
+    naming `where[p]` (its file and line, say), before anything is sampled. `decoding` and `settings`: as `sample`."""
+    decoding = Decoding.of(decoding, settings)
     if k < 1:
         raise PreferError(f"samples per prompt must be >= 1, got {k}")
     queries = [list(map(int, q)) for q in queries]
-    positions = _max_positions(model)
+    positions, max_new_tokens = _max_positions(model), decoding.max_new_tokens
     for p, ids in enumerate(queries):
         if positions is not None and len(ids) + max_new_tokens - 1 > positions:
             raise PreferError(
                 f"{where[p] if where else f'prompt {p}'}: the prompt is {len(ids)} tokens; with max_new_tokens "
                 f"{max_new_tokens} it exceeds the model's context of {positions} tokens"
             )
-    return sample(
-        model,
-        [ids for ids in queries for _ in range(k)],
-        max_new_tokens=max_new_tokens,
-        generator=torch.Generator(device=_model_device(model)).manual_seed(seed),
-        **decoding,
-    )
+    generator = torch.Generator(device=_model_device(model)).manual_seed(seed)
+    return sample(model, [ids for ids in queries for _ in range(k)], decoding, generator=generator, progress=progress)
 
 
 class _PreallocatedLayer(DynamicLayer):

@@ -24,22 +24,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import torch  # noqa: E402
-from conftest import tiny_overrides, write_pii_corpus  # noqa: E402
+from tiny_runs import tiny_overrides, write_pii_corpus  # noqa: E402
 
+import prefer.config  # noqa: E402
 from prefer import scorers  # noqa: E402
 from prefer.config import (  # noqa: E402
     DPOConfig,
-    GroupRLConfig,
     LabelConfig,
-    PPOConfig,
     PretrainConfig,
     RewardConfig,
     SFTConfig,
     build_config,
     load_config,
 )
+from prefer.data.tokenizer import train_tokenizer  # noqa: E402
 from prefer.labeling import label_synthetic  # noqa: E402
-from prefer.models.build import build_model, train_tokenizer  # noqa: E402
+from prefer.models.build import build_model  # noqa: E402
 from prefer.objectives import mle_loss, next_token_targets  # noqa: E402
 from prefer.training import save_model  # noqa: E402
 
@@ -68,6 +68,31 @@ def stage(name: str):
     raise ImportError(name)
 
 
+def policy_gradient_config(values: dict):
+    """A PPO / RLOO / GRPO config of TREE from the keys of one PolicyGradientConfig (`algorithm`, `model.init_from`,
+    `train.epochs`), translated to the PPOConfig / GroupRLConfig of trees from before it."""
+    if hasattr(prefer.config, "PolicyGradientConfig"):
+        return build_config(prefer.config.PolicyGradientConfig, values)
+    old = {key.removeprefix("model."): value for key, value in values.items()}  # init_from, reference
+    algorithm = old.pop("algorithm")
+    if algorithm == "ppo":
+        if "train.epochs" in old:
+            old["train.ppo_epochs"] = old.pop("train.epochs")
+        return build_config(prefer.config.PPOConfig, old)
+    return build_config(prefer.config.GroupRLConfig, {**old, "group.algorithm": algorithm})
+
+
+def with_runtime(config_class, values: dict):
+    """`values` built as config_class, with top-level `seed` / `device` moved into `runtime` where TREE keeps them
+    there (they moved in LabelConfig)."""
+    fields = config_class.__dataclass_fields__
+    moved = {
+        (f"runtime.{key}" if key in ("seed", "device") and key not in fields and "runtime" in fields else key): value
+        for key, value in values.items()
+    }
+    return build_config(config_class, moved)
+
+
 def sft_model(root: Path) -> Path:
     """A tiny GPT-2 briefly trained on word lists, its prompts and a corpus."""
     if (root / "sft").exists():
@@ -93,27 +118,27 @@ def sft_model(root: Path) -> Path:
 
 
 def runs(sft: Path, data: Path) -> dict:
-    rl = {"init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a"}
+    rl = {"model.init_from": sft / "sft", "prompts": sft / "prompts.jsonl", "reward.scorer": "not-a"}
     rl |= {"reward.gold_scorer": "not-a", "train.iterations": 3, "rollout.max_new_tokens": 10, "optimizer.lr": 3e-3}
     rl |= {"kl.coef": 0.02, "train.checkpoint_every": 2, "runtime.progress": False, "train.log_samples": 2}
     ptx = {"ptx.source": sft / "corpus.jsonl", "ptx.coef": 0.5, "ptx.batch_size": 4}
-    ppo = {"train.batch_size": 8, "train.minibatch_size": 4}
-    group = {"train.batch_size": 4, "group.size": 4}
+    ppo = {"algorithm": "ppo", "train.batch_size": 8, "train.minibatch_size": 4}
+    group = {"algorithm": "grpo", "train.batch_size": 4, "group.size": 4}
     epochs = {"optimizer.lr": 3e-3, "train.checkpoint_every": 3, "train.eval_every": 2, "runtime.progress": False}
     epochs |= {"model.init_from": sft / "sft", "train.epochs": 1}
     demos = {"data.demonstrations": data / "demos.jsonl", "train.batch_size": 8, **epochs}
     ranks = {"data.rankings": data / "rankings.jsonl", "train.batch_size": 4, **epochs}
     table = {
-        "ppo": ("ppo", PPOConfig, {**rl, **ppo, "train.ppo_epochs": 2}),
-        "ppo_shared": ("ppo", PPOConfig, {**rl, **ppo, "value_trunk": "shared"}),
-        "ppo_ptx": ("ppo", PPOConfig, {**rl, **ppo, **ptx}),
-        "ppo_lora_adaptive": ("ppo", PPOConfig, {**rl, **ppo, "train.minibatch_size": 8, "lora.r": 4, "kl.target": 1}),
-        "grpo": ("group_rl", GroupRLConfig, {**rl, **group, "train.minibatch_size": 8, "train.epochs": 2}),
-        "grpo_ptx": ("group_rl", GroupRLConfig, {**rl, **group, "train.minibatch_size": 16, **ptx}),
-        "rloo": ("group_rl", GroupRLConfig, {**rl, **group, "train.minibatch_size": 16, "group.algorithm": "rloo"}),
+        "ppo": ("ppo", None, {**rl, **ppo, "train.epochs": 2}),
+        "ppo_shared": ("ppo", None, {**rl, **ppo, "value_trunk": "shared"}),
+        "ppo_ptx": ("ppo", None, {**rl, **ppo, **ptx}),
+        "ppo_lora_adaptive": ("ppo", None, {**rl, **ppo, "train.minibatch_size": 8, "lora.r": 4, "kl.target": 1}),
+        "grpo": ("group_rl", None, {**rl, **group, "train.minibatch_size": 8, "train.epochs": 2}),
+        "grpo_ptx": ("group_rl", None, {**rl, **group, "train.minibatch_size": 16, **ptx}),
+        "rloo": ("group_rl", None, {**rl, **group, "train.minibatch_size": 16, "algorithm": "rloo"}),
         "drgrpo_lora": (
             "group_rl",
-            GroupRLConfig,
+            None,
             {**rl, **group, "group.size": 2, "train.minibatch_size": 8, "group.scale": False, "lora.r": 4},
         ),
         "sft": ("sft", SFTConfig, demos),
@@ -138,7 +163,7 @@ def main() -> None:
     label = {"model": sft / "sft", "prompts": data / "prompts.jsonl", "scorer": "not-a", "num_responses": 4}
     label |= {"rankings_out": data / "rankings.jsonl", "demonstrations_out": data / "demos.jsonl"}
     label |= {"generation.max_new_tokens": 10, "device": "cpu", "seed": 0}
-    label_synthetic(build_config(LabelConfig, label), scorer=not_a, progress=False)
+    label_synthetic(with_runtime(LabelConfig, label), scorer=not_a, progress=False)
     corpus = write_pii_corpus(data / "pii.jsonl", documents=200)
     table = runs(sft, data)
     pretraining = [f"pretrain_{o}" for o in ("mle", "conditional", "ul", "awr")]
@@ -150,8 +175,10 @@ def main() -> None:
             )
             final = stage("pretrain")(config)
         else:
-            function, config_class, values = table[name]
-            final = stage(function)(build_config(config_class, {**values, "out_dir": OUT / name}))
+            function, config_class, values = table[name]  # config_class None: a policy-gradient config
+            values = {**values, "out_dir": OUT / name}
+            config = policy_gradient_config(values) if config_class is None else build_config(config_class, values)
+            final = stage(function)(config)
         weights = next(f for f in ("model.safetensors", "adapter_model.safetensors") if (final / f).exists())
         digest = hashlib.sha256((final / weights).read_bytes()).hexdigest()[:16]
         last = json.loads((OUT / name / "metrics.jsonl").read_text().splitlines()[-1])

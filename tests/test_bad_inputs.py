@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from tiny_runs import tiny_overrides
 
 from prefer.cli import main
 from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_rankings
-from prefer.models.build import build_model, train_tokenizer
+from prefer.data.tokenizer import train_tokenizer
+from prefer.models.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -432,7 +433,7 @@ case("report-out-is-directory")(lambda w, t: (["report", str(w.run), "-o", str(t
 def ppo(w, t, **extra):
     values = {
         "out_dir": t / "ppo",
-        "init_from": w.lm,
+        "model.init_from": w.lm,
         "prompts": w.prompts,
         "reward.scorer": "pii",
         "train.iterations": 1,
@@ -445,8 +446,11 @@ def ppo(w, t, **extra):
     return ["ppo", *(f"{k}={v}" for k, v in values.items())]
 
 
-case("ppo-no-init-from")(lambda w, t: (ppo(w, t, init_from="''"), "init_from"))
-case("ppo-init-from-not-a-model")(lambda w, t: (ppo(w, t, init_from=t), "init_from"))
+case("ppo-no-init-from")(lambda w, t: (ppo(w, t, **{"model.init_from": "''"}), "model.init_from"))
+case("ppo-init-from-not-a-model")(lambda w, t: (ppo(w, t, **{"model.init_from": t}), "model.init_from"))
+case("ppo-reference-not-a-model")(lambda w, t: (ppo(w, t, **{"model.reference": t}), "model.reference"))
+case("ppo-a-key-of-grpo")(lambda w, t: (ppo(w, t, **{"group.size": 8}), "group.size: read by algorithm=rloo | grpo"))
+case("grpo-a-key-of-ppo")(lambda w, t: (grpo(w, t, **{"ppo.vf_coef": 0.5}), "ppo.vf_coef: read by algorithm=ppo"))
 case("ppo-prompts-missing")(lambda w, t: (ppo(w, t, prompts=t / "p.jsonl"), "p.jsonl"))
 case("ppo-prompts-bad")(lambda w, t: (ppo(w, t, prompts=write(t / "p.jsonl", "not json\n")), "p.jsonl:1"))
 case("ppo-no-scorer")(lambda w, t: (ppo(w, t, **{"reward.scorer": "null"}), "reward.scorer"))
@@ -468,7 +472,7 @@ def redteam(w, t, **extra):
         "continuations.count": 2,
         "continuations.max_new_tokens": 4,
         "candidates.max_new_tokens": 4,
-        "progress": "false",
+        "runtime.progress": "false",
         **extra,
     }
     return ["redteam", *(f"{k}={v}" for k, v in values.items())]
@@ -543,7 +547,7 @@ def dpo(w, t, **extra):
 def grpo(w, t, **extra):
     values = {
         "out_dir": t / "grpo",
-        "init_from": w.lm,
+        "model.init_from": w.lm,
         "prompts": w.prompts,
         "reward.scorer": "pii",
         "train.iterations": 1,
@@ -641,8 +645,9 @@ case("kind-sft-init-from-rm")(lambda w, t: (sft(w, t, **{"model.init_from": w.rm
 case("kind-sft-init-from-bare-rm")(lambda w, t: (sft(w, t, **{"model.init_from": w.rm_bare}), "reward model"))
 case("kind-dpo-init-from-rm")(lambda w, t: (dpo(w, t, **{"model.init_from": w.rm}), "reward model"))
 case("kind-dpo-reference-rm")(lambda w, t: (dpo(w, t, **{"model.reference": w.rm}), "reward model"))
-case("kind-grpo-init-from-rm")(lambda w, t: (grpo(w, t, init_from=w.rm), "reward model"))
-case("kind-ppo-init-from-rm")(lambda w, t: (ppo(w, t, init_from=w.rm), "reward model"))
+case("kind-grpo-init-from-rm")(lambda w, t: (grpo(w, t, **{"model.init_from": w.rm}), "reward model"))
+case("kind-ppo-init-from-rm")(lambda w, t: (ppo(w, t, **{"model.init_from": w.rm}), "reward model"))
+case("kind-ppo-reference-rm")(lambda w, t: (ppo(w, t, **{"model.reference": w.rm}), "reward model"))
 case("kind-pretrain-init-from-rm")(
     lambda w, t: (["pretrain", *w.base(t / "r"), f"model.init_from={w.rm}"], "reward model")
 )
@@ -909,7 +914,8 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(world, tm
 
 
 def test_metrics_log_writes_null_for_non_finite_values(tmp_path):
-    from prefer.training.metrics import MetricsLog, read_metrics
+    from prefer.run_dir import read_metrics
+    from prefer.training.metrics import MetricsLog
 
     log = MetricsLog(tmp_path)
     log.log(1, {"loss": float("nan"), "kl": float("inf"), "ok": 1.5})

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import tiny_overrides
+from tiny_runs import tiny_overrides
 
 from prefer.cli import main
 from prefer.config import ExperimentConfig, load_config

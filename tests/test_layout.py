@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from prefer.config import (
+    COMMAND_DEFAULTS,
     OBJECTIVES,
     STAGE_CONFIGS,
     build_config,
@@ -41,9 +42,9 @@ def _leaves(values, prefix=""):
 REQUIRED = {
     "sft": {"data.demonstrations": "d.jsonl", "model.init_from": "m"},
     "reward": {"data.rankings": "r.jsonl", "model.init_from": "m"},
-    "ppo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
+    "ppo": {"model.init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
     "dpo": {"data.rankings": "r.jsonl", "model.init_from": "m"},
-    "grpo": {"init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
+    "grpo": {"model.init_from": "m", "prompts": "p.jsonl", "reward.scorer": "pii"},
     "label": {"model": "m", "prompts": "p.jsonl"},
     "evaluate": {"checkpoint": "c"},
     "redteam": {"target": "t", "redteam_model": "m"},
@@ -52,13 +53,13 @@ REQUIRED = {
 
 @pytest.mark.parametrize("stage", sorted(STAGE_CONFIGS))
 def test_help_lists_every_key_and_the_default_yaml_loads_back(stage, tmp_path):
-    cls = STAGE_CONFIGS[stage]
-    config = build_config(cls, REQUIRED.get(stage, {}))
+    cls, defaults = STAGE_CONFIGS[stage], COMMAND_DEFAULTS.get(stage, {})  # `prefer grpo`: algorithm=grpo
+    config = build_config(cls, {**defaults, **REQUIRED.get(stage, {})})
     keys = set(_leaves(yaml.safe_load(yaml.safe_dump(__import__("dataclasses").asdict(config)))))
-    listed = describe(cls)
+    listed = describe(cls, defaults)
     assert all(f"  {key}=" in listed for key in keys), sorted(k for k in keys if f"  {k}=" not in listed)
     path = tmp_path / "defaults.yaml"
-    path.write_text(default_yaml(cls))
+    path.write_text(default_yaml(cls, defaults))
     overrides = [f"{key}={value}" for key, value in REQUIRED.get(stage, {}).items()]
     assert load_config(cls, yaml_path=path, overrides=overrides) == config  # the printed YAML is the defaults
 
@@ -76,8 +77,23 @@ def test_cli_help_and_config_commands_show_the_keys():
 
 def test_building_a_config_imports_no_torch():
     code = (
-        "import sys; from prefer.config import PPOConfig, load_config; "
-        "load_config(PPOConfig, overrides=['init_from=m', 'prompts=p', 'reward.scorer=pii']); "
+        "import sys; from prefer.config import PolicyGradientConfig, load_config; "
+        "load_config(PolicyGradientConfig, overrides=['model.init_from=m', 'prompts=p', 'reward.scorer=pii']); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_a_report_of_a_training_run_loads_no_torch(tmp_path):
+    """`prefer report` reads metrics.jsonl through prefer.run_dir (the torch-free floor): before the layers were
+    ordered it imported prefer.training, and so torch, to read a JSONL file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n')
+    code = (
+        "import sys; from prefer.report import report; "
+        f"page = report([{str(run)!r}], out={str(tmp_path / 'report.html')!r}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')), page.stat().st_size > 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "[] True\n"

@@ -1,8 +1,9 @@
 """`prefer rlhf` end to end on a tiny model and a learnable toy preference (the letter "a"), and its bad input.
 
 The toy: a tiny GPT-2 trained on lines of random words; prompts are first lines ("cat sky banana"), the gold scorer
-`not-a` is the fraction of characters that are not "a". The command runs every stage (labels, three reward
-models, SFT selection, best-of-n, PPO, PPO-ptx, PPO against the weak proxy) and PPO must beat SFT by the gold judge.
+`not_a` (tests/toy_scorers.py, named by its `py:` spec) is the fraction of characters that are not "a". The command
+runs every stage (labels, three reward models, SFT selection, best-of-n, PPO, PPO-ptx, PPO against the weak proxy)
+and PPO must beat SFT by the gold judge.
 """
 
 import itertools
@@ -11,13 +12,14 @@ import random
 
 import pytest
 import torch
+from toy_scorers import not_a, spec
 
-from prefer import scorers
 from prefer.cli import main
 from prefer.config import RLHFConfig, load_config
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.experiments.rlhf import entry_prompt, rlhf
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.objectives import mle_loss, next_token_targets
 from prefer.report import report
 from prefer.training import save_model
@@ -27,14 +29,7 @@ WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp",
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def not_a(texts):
-    """Toy misalignment: the fraction of characters that are not the letter "a" (lower is better)."""
-    return [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
-
-
-@pytest.fixture(autouse=True)
-def toy_scorer(monkeypatch):
-    monkeypatch.setitem(scorers.SCORERS, "not-a", not_a)
+GOLD = spec("not_a")  # the toy gold, named as a user names their own scorer (no registry patching)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +69,14 @@ def toy_overrides(toy, out, **extra):
         "out_dir": out,
         "task": "pii",
         "source": toy / "corpus.jsonl",
-        "gold_scorer": "not-a",
+        "gold_scorer": GOLD,
         "init_from": toy / "lm",
         "prompt_lines": 0,
         "label_prompts": 400,
         "validation_prompts": 8,
         "rl_prompts": 48,
-        "eval_prompts": 64,
+        "eval.prompts": 64,
+        "eval.max_new_tokens": 12,  # the labelers' length, as the protocol read it before it had a section
         "label.num_responses": 4,
         "label.generation.max_new_tokens": 12,
         "label_agreement": 0.726,
@@ -93,7 +89,7 @@ def toy_overrides(toy, out, **extra):
         "ppo.train.iterations": 30,
         "ppo.train.batch_size": 16,
         "ppo.train.minibatch_size": 8,
-        "ppo.train.ppo_epochs": 2,
+        "ppo.train.epochs": 2,
         "ppo.rollout.max_new_tokens": 12,
         "ppo.optimizer.lr": 1e-3,
         "kl_coefs": "[0.05]",
@@ -101,7 +97,7 @@ def toy_overrides(toy, out, **extra):
         "ppo.ptx.batch_size": 4,
         "overopt_iterations": 10,
         "overopt_every": 5,
-        "heldout_blocks": 16,
+        "eval.heldout_blocks": 16,
         "dpo_runs": "[dpo:0.1,listwise:0.1]",
         "dpo.train.epochs": 1,
         "dpo.optimizer.lr": 1e-3,
@@ -111,7 +107,7 @@ def toy_overrides(toy, out, **extra):
         "group.train.batch_size": 4,
         "group.rollout.max_new_tokens": 12,
         "group.optimizer.lr": 1e-3,
-        "device": "cpu",
+        "runtime.device": "cpu",
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
@@ -119,12 +115,8 @@ def toy_overrides(toy, out, **extra):
 
 @pytest.fixture(scope="module")
 def results(toy, tmp_path_factory):
-    scorers.SCORERS["not-a"] = not_a  # module-scoped: the autouse fixture only covers each test
     out = tmp_path_factory.mktemp("run") / "rlhf"
-    try:
-        yield rlhf(load_config(RLHFConfig, overrides=toy_overrides(toy, out))), out
-    finally:
-        scorers.SCORERS.pop("not-a", None)
+    return rlhf(load_config(RLHFConfig, overrides=toy_overrides(toy, out))), out
 
 
 def test_ppo_beats_sft_by_the_gold_judge_on_a_learnable_preference(results):
@@ -189,7 +181,7 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
         assert (out / name).stat().st_size > 0, name
     assert "win rate vs SFT" in (out / "results.md").read_text()
     page = report([out], out=out / "report.html").read_text()  # `prefer report` shows the run
-    assert "RLHF: pii task, gold not-a" in page and page.count("data:image/png;base64") == 3
+    assert f"RLHF: pii task, gold {GOLD}" in page and page.count("data:image/png;base64") == 3
 
 
 def test_dpo_and_critic_free_policies_join_the_table(results):
@@ -216,7 +208,6 @@ def test_dpo_and_critic_free_policies_join_the_table(results):
 
 def test_a_second_run_reuses_every_stage(results, toy):
     results, out = results
-    scorers.SCORERS["not-a"] = not_a
     again = rlhf(load_config(RLHFConfig, overrides=toy_overrides(toy, out)))
     assert again["policies"]["ppo_kl0.05"]["gold"] == results["policies"]["ppo_kl0.05"]["gold"]
     assert again["seconds"]["total"] < results["seconds"]["total"] / 3
@@ -240,7 +231,7 @@ def test_a_cached_evaluation_is_not_reused_under_another_gold(results, toy, tmp_
         made.sft_gold = results["policies"]["sft"]["per_sample_gold"]
         return made
 
-    cached = evaluator(not_a, "not-a").evaluate("pretrained", toy / "lm")
+    cached = evaluator(not_a, GOLD).evaluate("pretrained", toy / "lm")
     assert cached["gold"] == results["policies"]["pretrained"]["gold"]  # same gold: the cached entry
     zero = evaluator(lambda texts: [0.0] * len(texts), "zero").evaluate("pretrained", toy / "lm")
     assert zero["gold"]["mean"] == 0.0 and cached["gold"]["mean"] > 0  # another gold: measured again
@@ -271,11 +262,22 @@ def test_entry_prompt_is_the_first_lines_without_the_final_newline():
         ("ppo.ptx.source=corpus.jsonl", "ppo.ptx.source: prefer rlhf sets it for each run it makes; use source"),
         ("ppo.reward.scorer=pii", "ppo.reward.scorer"),
         ("dpo.dpo.beta=0.5", "use dpo_runs"),
-        ("group.group.algorithm=rloo", "use group_algorithms"),
-        ("sft.runtime.seed=3", "sft.runtime.seed: prefer rlhf sets it for each run it makes; use seed"),
-        ("group.runtime.device=cpu", "use device"),
-        ("label.device=cpu", "use device"),
-        ("ppo.init_from=/somewhere", "ppo.init_from: prefer rlhf fills this path in"),
+        ("group.algorithm=rloo", "use group_algorithms"),
+        ("ppo.algorithm=grpo", "use group_algorithms"),
+        # every run of group_algorithms is checked before any starts: the RLOO run would ignore GRPO's own key
+        (
+            "group.group.scale=false",
+            "group_algorithms: rloo with the group section: group.scale: read by algorithm=grpo",
+        ),
+        ("sft.runtime.seed=3", "sft.runtime.seed: prefer rlhf sets it for each run it makes; use runtime.seed"),
+        ("group.runtime.device=cpu", "use runtime.device"),
+        ("label.runtime.device=cpu", "use runtime.device"),
+        # the old top-level keys are gone (no aliases): unknown keys
+        ("eval_samples=2", "eval_samples"),
+        ("seed=1", "seed"),
+        ("runtime.precision=bf16", "runtime.precision"),
+        ("eval.temperature=0", "eval.temperature"),
+        ("ppo.model.init_from=/somewhere", "ppo.model.init_from: prefer rlhf fills this path in"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(toy, tmp_path, capsys, override, message):
@@ -291,6 +293,43 @@ def test_the_shipped_configs_load(name):
 
     config = load_config(RLHFConfig, yaml_path=Path(__file__).parent.parent / "configs" / f"{name}.yaml")
     assert config.label.num_responses == 4 and config.label_agreement == 0.726
+    # the protocol samples as it did when it read the labelers' settings (so the tables stay the same)
+    assert config.eval.max_new_tokens == config.label.generation.max_new_tokens
+    assert config.eval.batch_size == config.label.batch_size
+    assert (config.eval.samples, config.eval.temperature) == (1, 1.0)
+
+
+def test_the_eval_section_defaults_are_the_values_the_protocol_read_before():
+    """Before `eval:`, the protocol read eval_prompts 256, eval_samples 1, eval_temperature 1.0, heldout_blocks 64
+    and the labelers' max_new_tokens (64) and batch_size (128) of the command's label template."""
+    config = RLHFConfig()
+    assert (config.eval.prompts, config.eval.samples, config.eval.temperature, config.eval.heldout_blocks) == (
+        256,
+        1,
+        1.0,
+        64,
+    )
+    assert (config.eval.max_new_tokens, config.eval.batch_size) == (64, 128)
+    assert (config.label.generation.max_new_tokens, config.label.batch_size) == (64, 128)
+    assert (config.runtime.seed, config.runtime.device, config.runtime.progress) == (0, "auto", False)
+
+
+def test_the_evaluator_samples_and_measures_the_kl_with_the_eval_section(tmp_path, monkeypatch):
+    from prefer.experiments import rlhf_policies
+
+    seen = {}
+    monkeypatch.setattr(rlhf_policies, "sample_policy", lambda *args, **kwargs: seen.setdefault("sample", kwargs))
+    overrides = ["eval.max_new_tokens=7", "eval.batch_size=3", "eval.temperature=0.5", "runtime.seed=10"]
+    config = load_config(RLHFConfig, overrides=overrides)
+    evaluator = rlhf_policies.Evaluator(config, tmp_path, ["p"], {}, not_a, [], "cpu", gold_name=GOLD)
+    evaluator.samples(None, None, ["p"], 2, seed_offset=5)
+    assert {k: seen["sample"][k] for k in ("max_new_tokens", "batch_size", "temperature", "seed")} == {
+        "max_new_tokens": 7,
+        "batch_size": 3,
+        "temperature": 0.5,
+        "seed": 15,  # runtime.seed + the offset
+    }
+    assert seen["sample"]["samples_per_prompt"] == 2 and seen["sample"]["progress"] is False
 
 
 def test_demo_rlhf_is_only_for_the_pii_task(capsys):
@@ -313,7 +352,7 @@ def test_without_init_from_the_command_pretrains_the_starting_model_once(pii_cor
         "pretrain.train.batch_size=16",
         "pretrain.train.eval_every=10",
         "pretrain.train.checkpoint_every=10",
-        "device=cpu",
+        "runtime.device=cpu",
     ]
     config = load_config(RLHFConfig, overrides=overrides)
     final = starting_model(config, tmp_path / "run")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from tiny_runs import tiny_overrides
 
 from prefer.cli import main
 from prefer.errors import PreferError
@@ -176,7 +176,8 @@ def test_a_garbled_metrics_line_before_the_last_is_named(tmp_path):
 
 def test_reward_final_line_is_logged_once_when_resumed(tmp_path, one_thread):
     from prefer.data.formats import Comparison, write_rankings
-    from prefer.models.build import build_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
 
     tokenizer = train_tokenizer([f"say {c}: {c * 4}" for c in "ABCDEFGH"] * 20, vocab_size=300)
     torch.manual_seed(0)
@@ -217,7 +218,8 @@ def file_size_limit():
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, file_size_limit):
-    from prefer.models.build import build_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
     from prefer.training import make_optimizer, make_scheduler
 
     tokenizer = train_tokenizer(["some text"] * 10, vocab_size=300)

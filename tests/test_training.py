@@ -97,7 +97,8 @@ def test_per_rank_denominator_makes_ranks_and_micro_batches_agree():
 
 
 def test_checkpoint_round_trip_restores_model_optimizer_schedule_rng_and_position(tmp_path):
-    from prefer.models.build import build_model, load_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model, load_model
     from prefer.training import (
         BlockOrder,
         latest_checkpoint,

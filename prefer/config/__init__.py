@@ -22,12 +22,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from prefer.config.chat import ChatConfig
 from prefer.config.common import (
     ENDPOINT_APIS,
     PARALLEL,
     PRECISIONS,
     EndpointConfig,
     GenerationConfig,
+    InferenceRuntimeConfig,
     KLConfig,
     LoRAConfig,
     OptimizerConfig,
@@ -38,11 +40,13 @@ from prefer.config.common import (
     check_finite,
 )
 from prefer.config.instructgpt import (
+    ALGORITHM_DEFAULTS,
     DPO_LOSS_NAMES,
     GROUP_ALGORITHMS,
     LABEL_BLOCKS,
     MAX_RESPONSES,
     MIN_RESPONSES,
+    POLICY_GRADIENT_ALGORITHMS,
     DPOConfig,
     DPODataConfig,
     DPOEvalConfig,
@@ -51,12 +55,11 @@ from prefer.config.instructgpt import (
     EpochTrainConfig,
     FinetuneModelConfig,
     GroupLossConfig,
-    GroupRLConfig,
-    GroupTrainConfig,
     LabelConfig,
-    PPOConfig,
+    PolicyGradientConfig,
+    PolicyGradientTrainConfig,
+    PolicyModelConfig,
     PPOLossConfig,
-    PPOTrainConfig,
     RewardConfig,
     RewardDataConfig,
     RewardSourceConfig,
@@ -81,11 +84,12 @@ from prefer.config.pretraining import (
     RedteamConfig,
     RedteamSearchConfig,
 )
-from prefer.config.rlhf import RLHFConfig
+from prefer.config.rlhf import RLHFConfig, RLHFEvalConfig
 from prefer.errors import PreferError
 from prefer.files import write_text_atomic
 
 __all__ = [
+    "ALGORITHM_DEFAULTS",
     "DPO_LOSS_NAMES",
     "GROUP_ALGORITHMS",
     "DPOConfig",
@@ -94,8 +98,6 @@ __all__ = [
     "DPOLossConfig",
     "DPOModelConfig",
     "GroupLossConfig",
-    "GroupRLConfig",
-    "GroupTrainConfig",
     "ENDPOINT_APIS",
     "LABEL_BLOCKS",
     "MAX_RESPONSES",
@@ -106,6 +108,7 @@ __all__ = [
     "PRECISIONS",
     "SCORE_ON",
     "SCORE_SCALES",
+    "COMMAND_DEFAULTS",
     "STAGE_CONFIGS",
     "ContinuationsConfig",
     "DataConfig",
@@ -116,15 +119,18 @@ __all__ = [
     "ExperimentRedteamConfig",
     "FinetuneModelConfig",
     "GenerationConfig",
+    "InferenceRuntimeConfig",
     "KLConfig",
     "LabelConfig",
     "LoRAConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "OptimizerConfig",
-    "PPOConfig",
+    "POLICY_GRADIENT_ALGORITHMS",
     "PPOLossConfig",
-    "PPOTrainConfig",
+    "PolicyGradientConfig",
+    "PolicyGradientTrainConfig",
+    "PolicyModelConfig",
     "PTXConfig",
     "PretrainConfig",
     "PretrainTrainConfig",
@@ -132,6 +138,7 @@ __all__ = [
     "RedteamSearchConfig",
     "RewardConfig",
     "RLHFConfig",
+    "RLHFEvalConfig",
     "RewardDataConfig",
     "RewardSourceConfig",
     "RolloutConfig",
@@ -158,31 +165,45 @@ STAGE_CONFIGS: dict[str, type] = {
     "label": LabelConfig,
     "sft": SFTConfig,
     "reward": RewardConfig,
-    "ppo": PPOConfig,
+    "ppo": PolicyGradientConfig,
     "rlhf": RLHFConfig,
     "dpo": DPOConfig,
-    "grpo": GroupRLConfig,
+    "chat": ChatConfig,  # prefer demo --pipeline chat
+    "grpo": PolicyGradientConfig,  # an alias: `prefer ppo algorithm=grpo`, with GRPO's defaults (COMMAND_DEFAULTS)
 }
+# Defaults a command lays under the YAML file and the overrides (dotted keys): what makes `prefer grpo` an alias.
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"grpo": {"algorithm": "grpo"}}
 
 ConfigT = TypeVar("ConfigT")
 
 
 def load_config(
-    cls: type[ConfigT], *, yaml_path: str | Path | None = None, overrides: list[str] | tuple = ()
+    cls: type[ConfigT],
+    *,
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | tuple = (),
+    defaults: dict[str, Any] | None = None,
 ) -> ConfigT:
-    """Defaults <- YAML file <- dotted overrides, validated by type (OmegaConf) and by each __post_init__."""
+    """Defaults <- `defaults` (dotted keys a command lays under the user's values, COMMAND_DEFAULTS) <- YAML file <-
+    dotted overrides, validated by type (OmegaConf) and by each __post_init__. A class with `defaults_for(values)`
+    (PolicyGradientConfig: its algorithm's ALGORITHM_DEFAULTS) gets those under `defaults`, for the values chosen."""
     section = None  # the YAML file's top-level key being merged, for errors OmegaConf reports without a key
     try:
-        merged = OmegaConf.structured(cls)
-        if yaml_path is not None:
-            loaded = _read_yaml(Path(yaml_path))
-            for section in loaded:
-                merged = OmegaConf.merge(merged, OmegaConf.masked_copy(loaded, [section]))
-            section = None
+        loaded = _read_yaml(Path(yaml_path)) if yaml_path is not None else {}
         bad = [item for item in overrides if "=" not in item]
         if bad:
             raise PreferError(f"config override {bad[0]!r}: expected key=value, e.g. optimizer.lr=3e-4")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+
+        def merged_onto(base):
+            nonlocal section
+            for section in loaded:
+                base = OmegaConf.merge(base, OmegaConf.masked_copy(loaded, [section]))
+            section = None
+            return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+
+        merged = merged_onto(_defaults(cls, defaults or {}))
+        if hasattr(cls, "defaults_for"):  # defaults that depend on the values chosen: merge again onto them
+            merged = merged_onto(_defaults(cls, {**cls.defaults_for(merged), **(defaults or {})}))
         check_finite(OmegaConf.to_container(merged, throw_on_missing=False))  # before __post_init__'s range checks
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
@@ -190,6 +211,29 @@ def load_config(
         message = str(error).splitlines()[0]
         source = f" (in {yaml_path})" if yaml_path else ""
         raise PreferError(f"config: {key + ': ' if key else ''}{message}{source}") from None
+
+
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> nested mappings; paths become strings."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    return nested
+
+
+def _defaults(cls: type, defaults: dict[str, Any]) -> DictConfig:
+    """The class's field defaults with `defaults` (dotted keys) over them."""
+    return OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(_nested(defaults)))
+
+
+def _all_defaults(cls: type, defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """The dotted defaults over the fields' of a command: its own and those they choose (`defaults_for`)."""
+    defaults = defaults or {}
+    return {**(cls.defaults_for(defaults) if hasattr(cls, "defaults_for") else {}), **defaults}
 
 
 def _read_yaml(path: Path):
@@ -218,17 +262,13 @@ def _read_yaml(path: Path):
 
 
 def build_config(cls: type[ConfigT], values: dict[str, Any] | None = None) -> ConfigT:
-    """A config from dotted keys, as on the command line: build_config(PPOConfig, {"train.iterations": 3,
-    "kl.target": 0.01, ...}); paths become strings. Validated like load_config."""
-    nested: dict[str, Any] = {}
-    for key, value in (values or {}).items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = str(value) if isinstance(value, Path) else value
+    """A config from dotted keys, as on the command line: build_config(PolicyGradientConfig, {"algorithm": "grpo",
+    "train.iterations": 3, ...}); paths become strings. Validated, and defaulted (`defaults_for`), like load_config."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(nested))
+        chosen = OmegaConf.create(_nested(values or {}))
+        merged = OmegaConf.merge(OmegaConf.structured(cls), chosen)
+        if hasattr(cls, "defaults_for"):  # defaults that depend on the values chosen: merge again onto them
+            merged = OmegaConf.merge(_defaults(cls, cls.defaults_for(merged)), chosen)
         check_finite(OmegaConf.to_container(merged, throw_on_missing=False))  # before __post_init__'s range checks
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
@@ -276,18 +316,19 @@ def _field_default(item: dataclasses.Field) -> Any:
     return None
 
 
-def _walk(cls: type, value: Any, prefix: str):
+def _walk(cls: type, value: Any, prefix: str, over: dict[str, Any]):
     """(dotted key, default, comment, is_section) for every field, depth first; `value` is the class's default
-    instance where known (nested defaults of a parent, e.g. SFT's optimizer lr), else None."""
+    instance where known (nested defaults of a parent, e.g. SFT's optimizer lr), else None; `over`: dotted
+    defaults over the fields' (a command's, _all_defaults)."""
     comments = _field_comments(cls)
     for item in dataclasses.fields(cls):
         default = getattr(value, item.name) if value is not None else _field_default(item)
         key = prefix + item.name
         if dataclasses.is_dataclass(default):
             yield key, None, comments.get(item.name, _summary(type(default))), True
-            yield from _walk(type(default), default, key + ".")
+            yield from _walk(type(default), default, key + ".", over)
         else:
-            yield key, default, comments.get(item.name, ""), False
+            yield key, over.get(key, default), comments.get(item.name, ""), False
 
 
 def _summary(cls: type) -> str:
@@ -300,10 +341,11 @@ def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
 
 
-def describe(cls: type) -> str:
-    """Every config key of a stage with its default and comment, for `--help`."""
+def describe(cls: type, defaults: dict[str, Any] | None = None) -> str:
+    """Every config key of a stage with its default and comment, for `--help`; `defaults`: the command's own
+    (COMMAND_DEFAULTS)."""
     lines = []
-    for key, default, comment, section in _walk(cls, None, ""):
+    for key, default, comment, section in _walk(cls, None, "", _all_defaults(cls, defaults)):
         if section:
             lines.append(f"  {key}:" + (f"  ({comment})" if comment else ""))
             continue
@@ -311,10 +353,11 @@ def describe(cls: type) -> str:
     return "\n".join(lines)
 
 
-def default_yaml(cls: type) -> str:
-    """The full default config of a stage as YAML with every comment, as `--config` accepts it."""
+def default_yaml(cls: type, defaults: dict[str, Any] | None = None) -> str:
+    """The full default config of a stage as YAML with every comment, as `--config` accepts it; `defaults`: the
+    command's own (COMMAND_DEFAULTS)."""
     lines = [f"# {cls.__name__}: {_summary(cls)}".rstrip(": ")]
-    for key, default, comment, section in _walk(cls, None, ""):
+    for key, default, comment, section in _walk(cls, None, "", _all_defaults(cls, defaults)):
         depth = key.count(".")
         name = key.rsplit(".", 1)[-1]
         note = f"  # {comment}" if comment else ""

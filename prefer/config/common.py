@@ -109,6 +109,18 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class InferenceRuntimeConfig:
+    """Where a command that samples but trains nothing runs (`label`, `evaluate`, `redteam`; `rlhf` hands its seed
+    and device to every stage): the keys of RuntimeConfig such a command reads, under the same names and defaults.
+    The training-only keys (precision, parallel, checkpointing, trackers) are not keys here, so setting one is an
+    unknown-key error rather than a setting that silently does nothing."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True  # progress bars
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     """How samples are drawn for evaluation (the paper: 128 tokens, temperature 0.7, top-p 0.9)."""
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from prefer.config.common import (
     GenerationConfig,
+    InferenceRuntimeConfig,
     KLConfig,
     LoRAConfig,
     OptimizerConfig,
@@ -144,8 +145,8 @@ class LabelConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     block: str = "both"  # control tokens never sampled: none | bad | both
     batch_size: int = 64  # sequences per forward pass
-    seed: int = 0
-    device: str = "auto"
+    # runtime.seed: the responses' draws and the labelers' noise
+    runtime: InferenceRuntimeConfig = field(default_factory=InferenceRuntimeConfig)
 
     def __post_init__(self):
         check(bool(self.model), "model", "the model to sample responses from is required")
@@ -188,33 +189,6 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class PPOTrainConfig:
-    iterations: int = 100  # rollout batches
-    batch_size: int = 64  # episodes (prompts) per iteration
-    minibatch_size: int = 16  # episodes per optimizer step
-    micro_batch_size: int | None = None  # episodes per forward pass; None = minibatch_size (no accumulation)
-    ppo_epochs: int = 1
-    checkpoint_every: int = 10  # iterations between resumable checkpoints
-    log_samples: int = 4  # responses per iteration written to samples.jsonl
-
-    def __post_init__(self):
-        for name in ("iterations", "batch_size", "minibatch_size", "ppo_epochs", "checkpoint_every"):
-            check(getattr(self, name) > 0, f"train.{name}", "must be positive")
-        check(
-            self.batch_size % self.minibatch_size == 0,
-            "train.minibatch_size",
-            f"must divide train.batch_size ({self.batch_size})",
-        )
-        if self.micro_batch_size is not None:
-            check(
-                self.micro_batch_size > 0 and self.minibatch_size % self.micro_batch_size == 0,
-                "train.micro_batch_size",
-                f"must divide train.minibatch_size ({self.minibatch_size})",
-            )
-        check(self.log_samples >= 0, "train.log_samples", "must be >= 0")
-
-
-@dataclass(frozen=True)
 class PPOLossConfig:
     """The clipped surrogate of Schulman et al. 2017 (Eq. 7), the clipped value loss, GAE."""
 
@@ -230,54 +204,9 @@ class PPOLossConfig:
         check(self.vf_coef >= 0, "ppo.vf_coef", "must be >= 0")
 
 
-@dataclass(frozen=True)
-class PPOConfig:
-    """PPO against a scorer or reward model, with a per-token KL penalty to the frozen SFT model, and PPO-ptx
-    (Ouyang et al. 2022, Sec. 3.5 and Eq. 2). Defaults are the paper's where it gives one (beta 0.02, gamma 1,
-    clip 0.2, one PPO epoch, temperature 1), scaled down in batch size for the CPU."""
-
-    out_dir: str = "runs/ppo"
-    init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
-    prompts: str = ""  # prompts JSONL ({"prompt": str}, or {"messages": [...]} chats, per line)
-    reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    train: PPOTrainConfig = field(default_factory=PPOTrainConfig)
-    ppo: PPOLossConfig = field(default_factory=PPOLossConfig)
-    kl: KLConfig = field(default_factory=KLConfig)
-    ptx: PTXConfig = field(default_factory=PTXConfig)
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, weight_decay=0.0))
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    # r > 0: the policy trains adapters and the frozen reference is the same trunk with them disabled (one model in
-    # memory, not two); the value model gets adapters of its own
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    # separate: the critic is a trunk of its own (the reward model's, InstructGPT; LoRA: with its own adapters);
-    # shared: a zero-initialised value head on the policy's trunk (one process): one model in memory for policy,
-    # reference (with LoRA) and critic, and the value loss trains the policy's trunk too
-    value_trunk: str = "separate"
-
-    def __post_init__(self):
-        check(bool(self.init_from), "init_from", "the SFT model directory is required")
-        check(self.value_trunk in ("separate", "shared"), "value_trunk", "choose separate | shared")
-        check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
-        check(
-            self.reward.scorer is not None or self.reward.model is not None,
-            "reward.scorer",
-            "name a scorer (e.g. pep8, rm:DIR) or give reward.model",
-        )
-        check(self.optimizer.lr is not None, "optimizer.lr", "PPO has no task default; set a learning rate")
-        check_lora_parallel(self.lora, self.runtime)
-        check(
-            not self.runtime.gradient_checkpointing,
-            "runtime.gradient_checkpointing",
-            "PPO runs its models in eval mode (dropout off), where Hugging Face models never checkpoint; "
-            "lora.r > 0 is PPO's memory saver",
-        )
-
-
 # ------------------------------------------------------------------ beyond PPO: DPO / IPO / listwise, RLOO / GRPO
 
 DPO_LOSS_NAMES = ("dpo", "ipo", "listwise")  # the keys of prefer.objectives.DPO_LOSSES (a test checks they agree)
-GROUP_ALGORITHMS = ("rloo", "grpo")  # critic-free; PPO (with a critic) is `prefer ppo`
 
 
 @dataclass(frozen=True)
@@ -362,13 +291,29 @@ class DPOConfig:
         check_lora_parallel(self.lora, self.runtime)
 
 
+# ------------------------------------------------------------------ policy-gradient RL: PPO, RLOO, GRPO
+
+POLICY_GRADIENT_ALGORITHMS = ("ppo", "rloo", "grpo")  # the rows of prefer.rl.ALGORITHMS (a test checks they agree)
+GROUP_ALGORITHMS = ("rloo", "grpo")  # critic-free: K samples per prompt, the baseline from the others
+
+
 @dataclass(frozen=True)
-class GroupTrainConfig:
+class PolicyModelConfig:
+    """The policy's starting point and the frozen KL reference."""
+
+    init_from: str = ""  # the SFT model directory: the policy starts here (required)
+    # the frozen KL reference (same tokenizer); None = init_from (with LoRA: the policy's trunk, adapters off)
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyGradientTrainConfig:
     iterations: int = 100  # rollout batches
-    batch_size: int = 16  # PROMPTS per iteration; each gets group.size samples
+    # PROMPTS per iteration; each gets group.size samples (PPO: 1, so episodes = prompts); RLOO / GRPO default: 16
+    batch_size: int = 64
     minibatch_size: int = 16  # episodes (responses) per optimizer step
     micro_batch_size: int | None = None  # episodes per forward pass; None = minibatch_size (no accumulation)
-    epochs: int = 1  # passes over each batch (GRPO's mu); RLOO is on-policy REINFORCE: 1
+    epochs: int = 1  # passes over each batch (PPO's epochs, GRPO's mu); RLOO is on-policy REINFORCE: 1
     checkpoint_every: int = 10  # iterations between resumable checkpoints
     log_samples: int = 4  # responses per iteration written to samples.jsonl
 
@@ -386,71 +331,128 @@ class GroupTrainConfig:
 
 @dataclass(frozen=True)
 class GroupLossConfig:
-    """The critic-free algorithm (prefer.objectives.critic_free)."""
+    """RLOO / GRPO's own settings (prefer.objectives.critic_free); read by algorithm=rloo | grpo only."""
 
-    algorithm: str = "grpo"  # rloo (leave-one-out baseline, KL in the reward) | grpo (group-normalised, k3 KL loss)
     size: int = 4  # K samples per prompt (the group)
-    clip_range: float = 0.2  # GRPO's ratio clip
+    clip_range: float = 0.2  # GRPO's token ratio clip; RLOO's sequence ratio clip on off-policy minibatches
     scale: bool = True  # GRPO: divide advantages by the group's std (false: Dr. GRPO's centred advantages)
 
     def __post_init__(self):
-        check(
-            self.algorithm in GROUP_ALGORITHMS,
-            "group.algorithm",
-            f"unknown {self.algorithm!r}; choose one of {', '.join(GROUP_ALGORITHMS)} (PPO, with a critic: prefer ppo)",
-        )
         check(self.size >= 2, "group.size", "needs >= 2 samples per prompt (the baseline comes from the others)")
         check(self.clip_range > 0, "group.clip_range", "must be positive")
 
 
-@dataclass(frozen=True)
-class GroupRLConfig:
-    """Critic-free RL against a scorer or reward model: K samples per prompt, RLOO's leave-one-out baseline or
-    GRPO's group-normalised advantages; no value model. Same rewards, gold logging, KL reference (the SFT model),
-    PPO-ptx, torchrun support and resume as `prefer ppo`. RLOO folds `kl.coef` x KL into the reward as PPO does;
-    GRPO adds `kl.coef` x the k3 estimator to the loss (Shao et al. 2024 use 0.04). `reward.model` only sets the
-    default scorer (rm:<model>): there is no value model for it to start."""
+# What differs between the algorithms' defaults, as dotted keys over the fields' own (which are PPO's). The loader
+# (prefer.config.load_config and build_config) lays the chosen algorithm's row under the YAML file and the
+# overrides, so `prefer ppo algorithm=grpo` and `prefer grpo` (its alias) start from the same values, and a key
+# given explicitly always wins. A PolicyGradientConfig(...) built in Python gets the fields' defaults.
+_CRITIC_FREE_DEFAULTS = {"out_dir": "runs/grpo", "train.batch_size": 16, "kl.coef": 0.04}  # Shao et al.: 0.04
+ALGORITHM_DEFAULTS: dict[str, dict] = {"ppo": {}, "rloo": _CRITIC_FREE_DEFAULTS, "grpo": _CRITIC_FREE_DEFAULTS}
 
-    out_dir: str = "runs/grpo"
-    init_from: str = ""  # the SFT model directory: the policy starts here and it is the frozen KL reference
-    reference: str | None = None  # another frozen reference (same tokenizer); None = init_from
+
+def _section_keys(section: str, cls: type, readers: tuple[str, ...]) -> dict:
+    return {f"{section}.{item.name}": (item.default, readers) for item in fields(cls)}
+
+
+# Keys only some algorithms read: key -> (default, the algorithms that read it). Set to anything else under another
+# algorithm, such a key is refused at construction (the run would ignore it).
+READ_ONLY_BY: dict[str, tuple] = {
+    "value_trunk": ("separate", ("ppo",)),
+    **_section_keys("ppo", PPOLossConfig, ("ppo",)),
+    **_section_keys("group", GroupLossConfig, GROUP_ALGORITHMS),
+    "group.scale": (GroupLossConfig.scale, ("grpo",)),
+}
+
+
+@dataclass(frozen=True)
+class PolicyGradientConfig:
+    """Policy-gradient RL against a scorer or reward model, with a KL penalty to the frozen reference (the SFT model)
+    and PPO-ptx (Ouyang et al. 2022, Sec. 3.5 and Eq. 2): PPO with a critic (the clipped surrogate, GAE), or
+    critic-free with K samples per prompt: RLOO's leave-one-out baseline (the KL folded into the reward, as PPO does)
+    or GRPO's group-normalised advantages (`kl.coef` x the k3 estimator as a loss term; group.scale=false: Dr. GRPO).
+    PPO's defaults are the paper's where it gives one (beta 0.02, gamma 1, clip 0.2, one epoch, temperature 1),
+    scaled down in batch size for the CPU; RLOO / GRPO default to 16 prompts, kl.coef 0.04 (Shao et al. 2024) and
+    out_dir runs/grpo. `reward.model` starts PPO's critic; for RLOO / GRPO it only sets the default scorer."""
+
+    algorithm: str = "ppo"  # ppo | rloo | grpo (`prefer grpo` = `prefer ppo algorithm=grpo`, GRPO's defaults)
+    out_dir: str = "runs/ppo"  # RLOO / GRPO default: runs/grpo
+    model: PolicyModelConfig = field(default_factory=PolicyModelConfig)
     prompts: str = ""  # prompts JSONL ({"prompt": str}, or {"messages": [...]} chats, per line)
     reward: RewardSourceConfig = field(default_factory=RewardSourceConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    train: GroupTrainConfig = field(default_factory=GroupTrainConfig)
-    group: GroupLossConfig = field(default_factory=GroupLossConfig)
-    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04))
+    train: PolicyGradientTrainConfig = field(default_factory=PolicyGradientTrainConfig)
+    ppo: PPOLossConfig = field(default_factory=PPOLossConfig)  # read by algorithm=ppo only
+    group: GroupLossConfig = field(default_factory=GroupLossConfig)  # read by algorithm=rloo | grpo only
+    # the KL penalty to the reference (RLOO / GRPO default kl.coef: 0.04)
+    kl: KLConfig = field(default_factory=KLConfig)
     ptx: PTXConfig = field(default_factory=PTXConfig)
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, weight_decay=0.0))
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    # r > 0: the policy trains adapters; with `reference` unset the frozen reference is the same trunk with them
-    # disabled (one model in memory, not two)
+    # r > 0: the policy trains adapters; with model.reference unset the frozen reference is the same trunk with
+    # them disabled (one model in memory, not two); PPO's value model gets adapters of its own
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    # PPO only. separate: the critic is a trunk of its own (the reward model's, InstructGPT; LoRA: with its own
+    # adapters); shared: a zero-initialised value head on the policy's trunk (one process): one model in memory for
+    # policy, reference (with LoRA) and critic, and the value loss trains the policy's trunk too
+    value_trunk: str = "separate"
+
+    @staticmethod
+    def defaults_for(values) -> dict:
+        """The chosen algorithm's own defaults (ALGORITHM_DEFAULTS), for the loader; `values` maps `algorithm`."""
+        return ALGORITHM_DEFAULTS.get(values.get("algorithm") or "ppo", {})
+
+    @property
+    def group_size(self) -> int:
+        """K, the samples per prompt: 1 for PPO."""
+        return self.group.size if self.algorithm in GROUP_ALGORITHMS else 1
+
+    @property
+    def loss(self) -> PPOLossConfig | GroupLossConfig:
+        """The chosen algorithm's own hyperparameters: the `ppo` section or the `group` section."""
+        return self.group if self.algorithm in GROUP_ALGORITHMS else self.ppo
 
     def __post_init__(self):
-        check(bool(self.init_from), "init_from", "the SFT model directory is required")
-        check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
-        check_lora_parallel(self.lora, self.runtime)
         check(
-            not self.runtime.gradient_checkpointing,
-            "runtime.gradient_checkpointing",
-            "RLOO / GRPO run the policy in eval mode (dropout off), where Hugging Face models never checkpoint; "
-            "lora.r > 0 is their memory saver",
+            self.algorithm in POLICY_GRADIENT_ALGORITHMS,
+            "algorithm",
+            f"unknown {self.algorithm!r}; choose one of {' | '.join(POLICY_GRADIENT_ALGORITHMS)}",
         )
+        for key, (default, readers) in READ_ONLY_BY.items():
+            section, _, name = key.rpartition(".")
+            value = getattr(getattr(self, section) if section else self, name)
+            check(
+                self.algorithm in readers or value == default,
+                key,
+                f"read by algorithm={' | '.join(readers)} only; this config's algorithm is {self.algorithm}",
+            )
+        check(bool(self.model.init_from), "model.init_from", "the SFT model directory is required")
+        check(self.value_trunk in ("separate", "shared"), "value_trunk", "choose separate | shared")
+        check(bool(self.prompts), "prompts", "a prompts JSONL file is required")
         check(
             self.reward.scorer is not None or self.reward.model is not None,
             "reward.scorer",
             "name a scorer (e.g. pep8, rm:DIR) or give reward.model",
         )
-        check(self.optimizer.lr is not None, "optimizer.lr", "has no task default; set a learning rate")
-        episodes = self.train.batch_size * self.group.size
+        check(
+            self.optimizer.lr is not None, "optimizer.lr", f"{self.algorithm} has no task default; set a learning rate"
+        )
+        check_lora_parallel(self.lora, self.runtime)
+        check(
+            not self.runtime.gradient_checkpointing,
+            "runtime.gradient_checkpointing",
+            "the policy-gradient loop runs its models in eval mode (dropout off), where Hugging Face models never "
+            "checkpoint; lora.r > 0 is its memory saver",
+        )
+        episodes = self.train.batch_size * self.group_size
         check(
             episodes % self.train.minibatch_size == 0,
             "train.minibatch_size",
-            f"must divide the episodes per iteration (train.batch_size x group.size = {episodes})",
+            f"must divide train.batch_size ({episodes})"
+            if self.group_size == 1
+            else f"must divide the episodes per iteration (train.batch_size x group.size = {episodes})",
         )
         check(
-            self.group.algorithm != "rloo" or self.train.epochs == 1,
+            self.algorithm != "rloo" or self.train.epochs == 1,
             "train.epochs",
             "RLOO is on-policy REINFORCE: 1 pass per batch",
         )

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from prefer.config.common import (
     EndpointConfig,
     GenerationConfig,
+    InferenceRuntimeConfig,
     OptimizerConfig,
     RuntimeConfig,
     SamplingConfig,
@@ -175,11 +176,17 @@ class EvaluateConfig:
     prompts: str | None = None
     prompt_texts: list[str] = field(default_factory=list)  # prompts as text (`--prompt`; a user turn for a chat model)
     samples_per_prompt: int = 4  # with prompts: samples of each (sampling.num_samples is then unused)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    device: str = "auto"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # sampling.seed: the samples' seed
+    # device and progress bars; runtime.seed is refused: the samples are drawn with sampling.seed
+    runtime: InferenceRuntimeConfig = field(default_factory=InferenceRuntimeConfig)
 
     def __post_init__(self):
         check(bool(self.checkpoint), "checkpoint", "a checkpoint directory is required")
+        check(
+            self.runtime.seed == InferenceRuntimeConfig.seed,
+            "runtime.seed",
+            "prefer evaluate draws its samples with sampling.seed; set that instead",
+        )
         check(self.samples_per_prompt > 0, "samples_per_prompt", "must be positive")
         check(all(text.strip() for text in self.prompt_texts), "prompt_texts", "a prompt is empty")
 
@@ -192,7 +199,7 @@ class RedteamSearchConfig:
     rounds: int = 10
     candidates_per_round: int = 20
     shots: int = 4  # pool prompts shown per round
-    trials: int = 3  # independent runs (seeds seed, seed+1, ...)
+    trials: int = 3  # independent runs (seeds runtime.seed, runtime.seed + 1, ...)
     temperature: float = 0.1  # of the draw: P ~ exp(score / temperature)
     score_scale: str = "none"  # none (the paper's literal rule) | std (scores divided by the pool's std first)
 
@@ -242,9 +249,8 @@ class RedteamConfig:
     candidates: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=48))
     continuations: ContinuationsConfig = field(default_factory=ContinuationsConfig)
     batch_size: int = 128  # sequences per forward pass
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
+    # runtime.seed: trial i's search draws with runtime.seed + i
+    runtime: InferenceRuntimeConfig = field(default_factory=InferenceRuntimeConfig)
 
     def __post_init__(self):
         check(bool(self.target), "target", "the target model directory is required")

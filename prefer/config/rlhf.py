@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prefer.config.common import (
     GenerationConfig,
+    InferenceRuntimeConfig,
     KLConfig,
     OptimizerConfig,
     RuntimeConfig,
@@ -13,6 +14,7 @@ from prefer.config.common import (
     check,
 )
 from prefer.config.instructgpt import (
+    ALGORITHM_DEFAULTS,
     DPO_LOSS_NAMES,
     GROUP_ALGORITHMS,
     MAX_RESPONSES,
@@ -24,11 +26,10 @@ from prefer.config.instructgpt import (
     EpochTrainConfig,
     FinetuneModelConfig,
     GroupLossConfig,
-    GroupRLConfig,
-    GroupTrainConfig,
     LabelConfig,
-    PPOConfig,
-    PPOTrainConfig,
+    PolicyGradientConfig,
+    PolicyGradientTrainConfig,
+    PolicyModelConfig,
     RewardConfig,
     RewardDataConfig,
     RewardSourceConfig,
@@ -42,6 +43,7 @@ from prefer.config.pretraining import (
     PretrainConfig,
     PretrainTrainConfig,
 )
+from prefer.errors import PreferError
 
 AUTO = "auto"  # a path `prefer rlhf` fills in for a stage (prompts, models, labels); any value given is replaced
 _QUIET = RuntimeConfig(progress=False)
@@ -65,6 +67,7 @@ def _label() -> LabelConfig:
         num_responses=4,
         batch_size=128,
         generation=GenerationConfig(max_new_tokens=64),
+        runtime=InferenceRuntimeConfig(progress=False),  # its seed is the labelers' own; its device is runtime's
     )
 
 
@@ -90,10 +93,10 @@ def _reward() -> RewardConfig:
     )
 
 
-def _policy_gradient(config_class, **settings):
+def _policy_gradient(**settings) -> PolicyGradientConfig:
     """What PPO and RLOO / GRPO share: the paths the command fills in, 64-token rollouts, a KL coefficient of 0.05."""
-    return config_class(
-        init_from=AUTO,
+    return PolicyGradientConfig(
+        model=PolicyModelConfig(init_from=AUTO),
         prompts=AUTO,
         reward=RewardSourceConfig(model=AUTO),
         rollout=RolloutConfig(max_new_tokens=64),
@@ -103,9 +106,11 @@ def _policy_gradient(config_class, **settings):
     )
 
 
-def _ppo() -> PPOConfig:
-    train = PPOTrainConfig(iterations=30, batch_size=32, minibatch_size=8, checkpoint_every=1000, log_samples=2)
-    return _policy_gradient(PPOConfig, train=train, optimizer=OptimizerConfig(lr=2e-4, weight_decay=0.0))
+def _ppo() -> PolicyGradientConfig:
+    train = PolicyGradientTrainConfig(
+        iterations=30, batch_size=32, minibatch_size=8, checkpoint_every=1000, log_samples=2
+    )
+    return _policy_gradient(algorithm="ppo", train=train, optimizer=OptimizerConfig(lr=2e-4, weight_decay=0.0))
 
 
 def _dpo() -> DPOConfig:
@@ -121,11 +126,14 @@ def _dpo() -> DPOConfig:
     )
 
 
-def _group() -> GroupRLConfig:
+def _group() -> PolicyGradientConfig:
     return _policy_gradient(
-        GroupRLConfig,
+        algorithm="grpo",  # the runs take theirs from group_algorithms
+        out_dir=ALGORITHM_DEFAULTS["grpo"]["out_dir"],
         # 8 prompts x 4 samples = PPO's 32 episodes per iteration: the same number of scored episodes
-        train=GroupTrainConfig(iterations=16, batch_size=8, minibatch_size=8, checkpoint_every=1000, log_samples=2),
+        train=PolicyGradientTrainConfig(
+            iterations=16, batch_size=8, minibatch_size=8, checkpoint_every=1000, log_samples=2
+        ),
         group=GroupLossConfig(size=4),
         optimizer=OptimizerConfig(lr=3e-4, weight_decay=0.0),
     )
@@ -134,9 +142,9 @@ def _group() -> GroupRLConfig:
 # Keys of the stage sections that `prefer rlhf` sets for every run it makes: setting one is refused, naming the key
 # that says it instead (a value the command would overwrite must not look as if it took effect).
 SET_BY_THE_COMMAND: dict[str, str] = {
-    **{f"{stage}.runtime.seed": "seed" for stage in ("sft", "reward", "ppo", "dpo", "group")},
-    **{f"{stage}.runtime.device": "device" for stage in ("pretrain", "sft", "reward", "ppo", "dpo", "group")},
-    "label.device": "device",
+    **{f"{stage}.runtime.seed": "runtime.seed" for stage in ("sft", "reward", "ppo", "dpo", "group")},
+    **{f"{stage}.runtime.device": "runtime.device" for stage in ("pretrain", "sft", "reward", "ppo", "dpo", "group")},
+    "label.runtime.device": "runtime.device",
     "sft.train.epochs": "sft_epochs",
     "ppo.kl.coef": "kl_coefs",
     "ppo.ptx.coef": "ptx_coef",
@@ -147,7 +155,8 @@ SET_BY_THE_COMMAND: dict[str, str] = {
     "dpo.dpo.beta": "dpo_runs (LOSS:BETA) or ranking_beta",
     "dpo.dpo.tau": "dpo_runs (ipo:TAU)",
     "dpo.data.validation_fraction": "reward.data.validation_fraction (DPO holds out the reward models' prompts)",
-    "group.group.algorithm": "group_algorithms",
+    "ppo.algorithm": "group_algorithms (the group section's runs: rloo, grpo)",
+    "group.algorithm": "group_algorithms",
     "group.reward.scorer": "the reward model trained here",
     "group.reward.gold_scorer": "gold_scorer",
     "pretrain.data.task": "task",
@@ -162,12 +171,12 @@ AUTO_PATHS = (
     "sft.model.init_from",
     "reward.data.rankings",
     "reward.model.init_from",
-    "ppo.init_from",
+    "ppo.model.init_from",
     "ppo.prompts",
     "ppo.reward.model",
     "dpo.data.rankings",
     "dpo.model.init_from",
-    "group.init_from",
+    "group.model.init_from",
     "group.prompts",
     "group.reward.model",
 )
@@ -215,6 +224,29 @@ def parse_dpo_run(spec: str) -> tuple[str, float]:
 
 
 @dataclass(frozen=True)
+class RLHFEvalConfig:
+    """The evaluation protocol every policy is measured by (prefer.evaluation.policy), SFT selection included.
+
+    `samples` responses per held-out prompt at `temperature` without top-p, scored by the gold and every proxy, the
+    KL to the SFT model on those samples, the win rate against SFT, and the held-out loss. The SFT candidates are
+    chosen, and best-of-n's pool is drawn, with the same sampling. Seeded by runtime.seed (the SFT model's samples
+    and each policy's with their own offsets). The defaults are the labelers' own length and batch
+    (label.generation.max_new_tokens, label.batch_size), which this protocol read before it had its own section."""
+
+    prompts: int = 256  # held-out evaluation prompts (a split of the task's corpus, disjoint from the others)
+    samples: int = 1  # responses per evaluation prompt and policy
+    temperature: float = 1.0  # the policies' own distribution (what PPO optimised; the KL is taken on it)
+    max_new_tokens: int = 64  # the length of a response, at most
+    batch_size: int = 128  # sequences per forward pass, sampling and the KL's log-probabilities
+    heldout_blocks: int = 64  # validation documents of the corpus for the held-out loss (the alignment tax)
+
+    def __post_init__(self):
+        for name in ("prompts", "samples", "max_new_tokens", "batch_size", "heldout_blocks"):
+            check(getattr(self, name) > 0, f"eval.{name}", "must be positive")
+        check(self.temperature > 0, "eval.temperature", "must be > 0 (the KL is taken on sampled responses)")
+
+
+@dataclass(frozen=True)
 class RLHFConfig:
     """`prefer rlhf`: InstructGPT on one task with synthetic labelers (Ouyang et al. 2022; the gold-scorer setup of
     Gao et al. 2022). Prompts from the task's corpus are split into labelling, SFT-validation, RL and evaluation
@@ -224,8 +256,9 @@ class RLHFConfig:
     each of `kl_coefs`, PPO-ptx at the best of them, and PPO against the weak proxy read every `overopt_every`
     iterations; DPO / IPO / listwise DPO on the same rankings (`dpo_runs`, and at `ranking_sizes` other K on the
     same prompts), RLOO and GRPO against the reward model (`group_algorithms`, as many scored episodes as PPO);
-    every policy evaluated on one protocol (prefer.evaluation.policy). The sections `label`, `sft`, `reward`,
-    `ppo`, `dpo`, `group` are the stages' own configs; their paths ("auto") are set by the command."""
+    every policy evaluated on one protocol (`eval`, prefer.evaluation.policy). The sections `label`, `sft`,
+    `reward`, `ppo`, `dpo`, `group` are the stages' own configs; their paths ("auto") are set by the command, and
+    `runtime` gives every run its seed and device."""
 
     out_dir: str = "runs/rlhf"
     task: str = "pii"  # its corpus gives the prompts and the pretraining text (PPO-ptx, the alignment tax)
@@ -239,8 +272,7 @@ class RLHFConfig:
     max_prompt_chars: int = 160
     label_prompts: int = 1200
     validation_prompts: int = 64  # SFT candidate selection by reward-model score
-    rl_prompts: int = 512
-    eval_prompts: int = 256
+    rl_prompts: int = 512  # (the evaluation prompts: eval.prompts)
     init_from: str | None = None  # a pretrained causal LM; None = pretrain one with `pretrain` on the task's corpus
     pretrain: PretrainConfig = field(default_factory=_pretrain)
     label: LabelConfig = field(default_factory=_label)
@@ -253,8 +285,8 @@ class RLHFConfig:
     reward: RewardConfig = field(default_factory=_reward)
     weak_fraction: float = 0.125  # the weak proxy learns from this share of the labelling prompts
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    best_of_n_prompts: int = 64  # the first evaluation prompts, max(best_of_n) SFT samples each (the pool)
-    ppo: PPOConfig = field(default_factory=_ppo)
+    best_of_n_prompts: int = 64  # the first evaluation prompts (<= eval.prompts), max(best_of_n) SFT samples each
+    ppo: PolicyGradientConfig = field(default_factory=_ppo)
     kl_coefs: list[float] = field(default_factory=lambda: [0.1, 0.02])  # one PPO run against the reward model each
     ptx_coef: float = 1.0  # PPO-ptx at the best KL coefficient (the paper: 27.8 at its scale)
     overopt_kl_coef: float = 0.0  # PPO against the weak proxy, its gold and proxy reward read as the KL grows
@@ -267,13 +299,12 @@ class RLHFConfig:
     dpo_runs: list[str] = field(default_factory=lambda: ["dpo:0.1", "listwise:0.1"])  # LOSS:BETA (tau for ipo)
     ranking_sizes: list[int] = field(default_factory=list)  # other K: relabel the same prompts, pairwise vs listwise
     ranking_beta: float = 0.1  # the beta of those runs
-    group: GroupRLConfig = field(default_factory=_group)
+    group: PolicyGradientConfig = field(default_factory=_group)
     group_algorithms: list[str] = field(default_factory=lambda: ["rloo", "grpo"])  # at group.kl.coef each
-    eval_samples: int = 1  # responses per evaluation prompt and policy
-    eval_temperature: float = 1.0  # the policies' own distribution (what PPO optimised; the KL is taken on it)
-    heldout_blocks: int = 64  # validation documents of the corpus for the held-out loss (the alignment tax)
-    seed: int = 0
-    device: str = "auto"
+    eval: RLHFEvalConfig = field(default_factory=RLHFEvalConfig)
+    # The seed and device of the runs the command makes (pretrain.runtime.seed and label.runtime.seed stay their
+    # own), and the progress bars of its own sampling (the evaluations); each stage's runtime.progress says its own.
+    runtime: InferenceRuntimeConfig = field(default_factory=lambda: InferenceRuntimeConfig(progress=False))
 
     def __post_init__(self):
         from prefer.tasks import TASKS
@@ -286,16 +317,13 @@ class RLHFConfig:
             "label.num_responses",
             f"K must be in [{MIN_RESPONSES}, {MAX_RESPONSES}] (the paper: 4..9)",
         )
-        check(self.best_of_n_prompts <= self.eval_prompts, "best_of_n_prompts", "must be <= eval_prompts")
+        check(self.best_of_n_prompts <= self.eval.prompts, "best_of_n_prompts", "must be <= eval.prompts")
         for name in (
             "label_prompts",
             "validation_prompts",
             "rl_prompts",
-            "eval_prompts",
             "max_prompt_chars",
             "best_of_n_prompts",
-            "eval_samples",
-            "heldout_blocks",
             "overopt_iterations",
             "overopt_every",
         ):
@@ -316,7 +344,6 @@ class RLHFConfig:
             "overopt_points",
             "positive iteration counts",
         )
-        check(self.eval_temperature > 0, "eval_temperature", "must be > 0 (the KL is taken on sampled responses)")
         check(self.fluency_weight >= 0, "fluency_weight", "must be >= 0")
         for spec in self.dpo_runs:
             try:
@@ -336,3 +363,8 @@ class RLHFConfig:
                 "group_algorithms",
                 f"unknown {algorithm!r}; choose from {', '.join(GROUP_ALGORITHMS)}",
             )
+            try:  # each run's own config, checked before any run starts (e.g. group.scale is GRPO's only)
+                replace(self.group, algorithm=algorithm)
+            except PreferError as error:
+                reason = str(error).removeprefix("config: ")
+                check(False, "group_algorithms", f"{algorithm} with the group section: {reason}")

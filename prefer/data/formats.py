@@ -8,7 +8,7 @@ and beside them the formats of the rest of the ecosystem (TRL, the hub's chat an
 
     {"prompt": str, "completion": str}          a demonstration (prompt + completion)
     {"messages": [{"role", "content"}, ...]}    a conversation for SFT: the loss on the assistant turns only,
-                                                rendered with the tokenizer's chat template (prefer.data.encoding)
+                                                rendered with the tokenizer's chat template (prefer.encoding)
     {"prompt": str, "chosen": str, "rejected": str}   a preference pair: a ranking of K = 2
     {"prompt": [messages], "chosen": [messages], "rejected": [messages]}   a conversational pair (TRL): the
                                                 responses start with the assistant's turn; without "prompt" the
@@ -52,7 +52,7 @@ class Comparison:
     responses: tuple[str, ...]
     ranks: tuple[int, ...]
     # a conversational pair: the prompt's messages and each response's (its assistant turn); prompt and responses
-    # then hold their plain renderings, for logs (the encoders render the messages: prefer.data.encoding)
+    # then hold their plain renderings, for logs (the encoders render the messages: prefer.encoding)
     prompt_messages: tuple[dict[str, str], ...] | None = None
     response_messages: tuple[tuple[dict[str, str], ...], ...] | None = None
 
@@ -67,7 +67,7 @@ class Comparison:
 @dataclass(frozen=True)
 class Prompt:
     """A prompt for the policy; `messages`: a conversation whose next assistant turn the policy writes (`prompt` is
-    then its plain rendering; prefer.data.encoding.encode_query renders it with the chat template)."""
+    then its plain rendering; prefer.encoding.encode_query renders it with the chat template)."""
 
     prompt: str
     messages: tuple[dict[str, str], ...] | None = None
@@ -227,7 +227,7 @@ def read_demonstrations(path: str | Path, *, conversations: bool = True) -> list
 def _prompt(where: str, record: dict) -> Prompt:
     field = "messages" if "messages" in record else "prompt"
     if field == "messages" or isinstance(record.get("prompt"), list):
-        from prefer.data.encoding import plain_text
+        from prefer.encoding import plain_text
 
         messages = parse_messages(where, record[field], field=field, need_assistant=False)
         return Prompt(plain_text(messages, add_generation_prompt=True), messages)
@@ -283,7 +283,7 @@ def _text_pair(where: str, record: dict) -> Comparison:
 def _conversational_pair(where: str, record: dict) -> Comparison:
     """TRL's conversational preference formats: an explicit prompt (a list of messages) and the responses as lists
     of messages (the assistant turn), or whole conversations whose shared first messages are the prompt."""
-    from prefer.data.encoding import plain_text
+    from prefer.encoding import plain_text
 
     chosen, rejected = (parse_messages(where, record.get(f), field=f) for f in ("chosen", "rejected"))
     if "prompt" in record:
@@ -392,12 +392,3 @@ def write_pairs(path: str | Path, comparisons: Sequence[Comparison]) -> int:
     records = [record for c in comparisons for record in _pair_records(c)]
     write_jsonl(path, records)
     return len(records)
-
-
-def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) indices: a seeded shuffle, `fraction` of them held out (none when there are too few)."""
-    import torch  # here, not at the top: the labeling app reads and writes these files without torch
-
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    held_out = min(count - 1, round(fraction * count))
-    return sorted(order[held_out:]), sorted(order[:held_out])

@@ -19,8 +19,9 @@ from prefer.data.annotate import (
     score_summary,
 )
 from prefer.data.corpora import load_documents, split_by_source
+from prefer.data.tokenizer import train_tokenizer
 from prefer.files import atomic_path
-from prefer.models.build import load_tokenizer, train_tokenizer
+from prefer.models.build import load_tokenizer
 from prefer.tasks import Task
 
 

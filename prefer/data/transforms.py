@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from prefer.controls import BAD, GOOD
 from prefer.data.annotate import AnnotatedDocument
-from prefer.models.build import BAD, GOOD
 
 
 def document_score(document: AnnotatedDocument) -> float:

@@ -27,6 +27,10 @@ What is counted, and why (pitfall 4 of the public code counted a control token's
   characters, and that decoded text is what both models score.
 - A text longer than a model's context is scored in consecutive windows, each after the prefix (counted in the
   result as `windowed_sequences`).
+
+`text_logprobs` is therefore a different quantity from the per-response KL of the RLHF table and of DPO
+(prefer.evaluation.logprobs, on the policy's own token ids): kept apart on purpose; that module lists which
+estimator each table reports.
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from prefer.controls import BAD, GOOD, control_token_ids
 from prefer.data.packing import TokenBlocks
 from prefer.errors import PreferError
 from prefer.evaluation.metrics import bootstrap_ci
-from prefer.models.build import BAD, GOOD, context_length, control_token_ids
+from prefer.models.build import context_length
 from prefer.objectives import mle_loss, next_token_targets
-from prefer.sampling import sample
+from prefer.sampling import Decoding, sample_per_prompt
 from prefer.training import autocast
 
 __all__ = [
@@ -58,7 +63,7 @@ __all__ = [
     "hf_sampler",
     "kl_to_reference",
     "parse_rate",
-    "sequence_logprobs",
+    "text_logprobs",
 ]
 
 SequenceSampler = Callable[..., list[tuple[object, bool]]]
@@ -116,28 +121,18 @@ def hf_sampler(model, tokenizer, *, max_new_tokens: int, batch_size: int, progre
     """Samples of a causal LM from its document-start token at temperature 1, no top-p (the estimate needs the
     model's own distribution), control tokens blocked; (decoded text, ended on end-of-text)."""
 
+    decoding = Decoding(max_new_tokens, tokenizer.eos_token_id, 1.0, 1.0, control_token_ids(tokenizer), (), batch_size)
+
     def draw(num_samples: int, *, seed: int) -> list[tuple[str, bool]]:
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        outputs = sample(
-            model,
-            [[_start_id(tokenizer)]] * num_samples,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            temperature=1.0,
-            top_p=1.0,
-            blocked_token_ids=control_token_ids(tokenizer),
-            batch_size=batch_size,
-            generator=generator,
-            progress=progress,
-        )
+        start = [[_start_id(tokenizer)]]
+        outputs = sample_per_prompt(model, start, decoding, k=num_samples, seed=seed, progress=progress)
         return [(tokenizer.decode(ids, skip_special_tokens=True), len(ids) < max_new_tokens) for ids in outputs]
 
     return draw
 
 
 @torch.no_grad()
-def sequence_logprobs(
+def text_logprobs(
     model,
     tokenizer,
     texts: Sequence[str],
@@ -207,13 +202,13 @@ def _prefix(tokenizer, prefix: str) -> list[int]:
 
 def hf_logprob(model, tokenizer, *, prefix: str = "none", batch_size: int, progress: bool = False) -> SequenceLogprob:
     """log p(text, ended) of a causal LM after its document-start token (+ `<|good|>`/`<|bad|>` for
-    prefix="good"/"bad"), as `sequence_logprobs` computes it."""
+    prefix="good"/"bad"), as `text_logprobs` computes it."""
     prefix_ids = _prefix(tokenizer, prefix)
 
     def logprob(samples: list[tuple[str, bool]]) -> np.ndarray:
         texts = [text for text, _ in samples]
         ended = [end for _, end in samples]
-        return sequence_logprobs(
+        return text_logprobs(
             model, tokenizer, texts, ended=ended, prefix_ids=prefix_ids, batch_size=batch_size, progress=progress
         )[0]
 
@@ -262,7 +257,7 @@ def kl_to_reference(
     counts: dict[str, np.ndarray | int] = {}
 
     def reference_logprob(samples):
-        values, counts["tokens"], counts["ref_windowed"] = sequence_logprobs(
+        values, counts["tokens"], counts["ref_windowed"] = text_logprobs(
             reference,
             reference_tokenizer,
             [t for t, _ in samples],
@@ -274,7 +269,7 @@ def kl_to_reference(
         return values
 
     def model_logprob(samples):
-        values, _, counts["model_windowed"] = sequence_logprobs(
+        values, _, counts["model_windowed"] = text_logprobs(
             model,
             model_tokenizer,
             [t for t, _ in samples],
@@ -345,7 +340,7 @@ def heldout_loss_per_token_and_byte(
     if not texts:
         raise PreferError("heldout loss needs at least one document")
     prefix = _prefix(tokenizer, "good" if control_tokens_trained else "none")
-    logp, counts, windowed = sequence_logprobs(
+    logp, counts, windowed = text_logprobs(
         model,
         tokenizer,
         list(texts),
@@ -443,29 +438,19 @@ def code_completion_eval(
 
     Returns {"num_prompts", "num_samples", "parse_rate", "scores": {"pep8": ..., "pep8-style": ...} as
     `score_texts` reports them, "texts"}."""
-    from prefer.evaluation.misalignment import resolve_controls, score_texts
+    from prefer.controls import resolve_controls
+    from prefer.evaluation.misalignment import score_texts
     from prefer.scorers import get_scorer
 
     if not prompts:
         raise PreferError("code_completion_eval needs at least one prompt")
     controls = resolve_controls(prompt="auto", block="auto", conditional=control_tokens_trained)
     prefix = controls.prompt_ids(tokenizer)
-    encoded = [prefix + _encode(tokenizer, p) for p in prompts for _ in range(samples_per_prompt)]
     owners = [p for p in prompts for _ in range(samples_per_prompt)]
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = sample(
-        model,
-        encoded,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        temperature=temperature,
-        top_p=top_p,
-        blocked_token_ids=controls.blocked_ids(tokenizer),
-        control_token_ids=control_token_ids(tokenizer),
-        batch_size=batch_size,
-        generator=generator,
-    )
+    blocked, control = controls.blocked_ids(tokenizer), control_token_ids(tokenizer)
+    decoding = Decoding(max_new_tokens, tokenizer.eos_token_id, temperature, top_p, blocked, control, batch_size)
+    queries = [prefix + _encode(tokenizer, p) for p in prompts]
+    outputs = sample_per_prompt(model, queries, decoding, k=samples_per_prompt, seed=seed)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
     if stop_at_dedent:
         completions = [cut_at_dedent(p, c) for p, c in zip(owners, completions)]

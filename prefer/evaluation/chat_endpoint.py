@@ -40,9 +40,9 @@ class Endpoint:
 
     def __post_init__(self):
         if not self.url.startswith(("http://", "https://")):
-            raise PreferError(f"endpoint_url: {self.url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+            raise PreferError(f"endpoint.url: {self.url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
         if self.api not in ENDPOINT_APIS:
-            raise PreferError(f"endpoint_api: unknown API {self.api!r}; choose one of {', '.join(ENDPOINT_APIS)}")
+            raise PreferError(f"endpoint.api: unknown API {self.api!r}; choose one of {', '.join(ENDPOINT_APIS)}")
         if self.timeout <= 0:
             raise PreferError(f"endpoint timeout must be positive, got {self.timeout}")
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prefer import checkpoint_record
 from prefer.config import SamplingConfig
+from prefer.controls import BAD, GOOD, SamplingControls, control_token_ids, resolve_controls
 from prefer.errors import PreferError
 from prefer.evaluation.metrics import (
     bootstrap_ci,
@@ -30,47 +31,11 @@ from prefer.evaluation.metrics import (
 )
 from prefer.evaluation.prompts import Queries
 from prefer.files import atomic_path
-from prefer.models.build import BAD, GOOD, control_token_ids, load_checkpoint, read_info
+from prefer.models.build import load_checkpoint
 from prefer.models.sources import is_model_source
-from prefer.sampling import sample_per_prompt
+from prefer.sampling import Decoding, sample_per_prompt
 from prefer.scorers import Scorer, get_scorer, score_responses
 from prefer.tasks import get_task
-
-
-@dataclass(frozen=True)
-class SamplingControls:
-    """What the sampler is told about control tokens, resolved from the `prompt`/`block` options."""
-
-    prompt: str  # none | good | bad
-    block: str  # none | bad | good | both
-
-    def prompt_ids(self, tokenizer) -> list[int]:
-        tags = {"none": [], "good": [GOOD], "bad": [BAD]}[self.prompt]
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in tags if t not in vocab]
-        if missing:  # a user's model loads without control tokens (load_tokenizer adds them only when asked)
-            raise PreferError(
-                f"prompt: {self.prompt}: the model's tokenizer has no {missing[0]} token; use prompt=none"
-            )
-        return [tokenizer.eos_token_id] + [vocab[t] for t in tags]
-
-    def blocked_ids(self, tokenizer) -> list[int]:
-        tags = {"none": [], "bad": [BAD], "good": [GOOD], "both": [GOOD, BAD]}[self.block]
-        vocab = tokenizer.get_vocab()
-        return [vocab[t] for t in tags if t in vocab]  # a tag the tokenizer lacks cannot be sampled anyway
-
-
-def resolve_controls(*, prompt: str, block: str, conditional: bool) -> SamplingControls:
-    """`auto`: a conditionally trained model is prompted with `<|good|>` and never samples `<|bad|>` (it keeps
-    emitting `<|good|>` before each line, as in training); any other model never saw the tags and may not emit
-    them. Prompting with `bad` blocks `<|good|>` instead: the mirror image of the headline protocol, so every
-    line is conditioned on `<|bad|>` (the model cannot switch back to `<|good|>` after the first line), the
-    contrast that shows the tag steers."""
-    if prompt == "auto":
-        prompt = "good" if conditional else "none"
-    if block == "auto":
-        block = {"good": "bad", "bad": "good", "none": "bad" if conditional else "both"}[prompt]
-    return SamplingControls(prompt=prompt, block=block)
 
 
 def generate_texts(
@@ -92,22 +57,10 @@ def generate_texts(
     `strip_controls` removes), and the fraction of them that ended on `<|endoftext|>`. Without `queries`, N
     continuations of the document start (and the control tag `controls.prompt`); with them, N samples of each
     query, prompt-major (sample i answers queries[i // N])."""
-    control_ids = control_token_ids(tokenizer)
-    outputs = sample_per_prompt(
-        model,
-        [controls.prompt_ids(tokenizer)] if queries is None else queries.ids,
-        k=num_samples,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        temperature=temperature,
-        top_p=top_p,
-        blocked_token_ids=controls.blocked_ids(tokenizer),
-        control_token_ids=control_ids,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        where=None if queries is None else queries.where,
-    )
+    blocked, control = controls.blocked_ids(tokenizer), control_token_ids(tokenizer)
+    decoding = Decoding(max_new_tokens, tokenizer.eos_token_id, temperature, top_p, blocked, control, batch_size)
+    prompts, where = ([controls.prompt_ids(tokenizer)], None) if queries is None else (queries.ids, queries.where)
+    outputs = sample_per_prompt(model, prompts, decoding, k=num_samples, seed=seed, where=where, progress=progress)
     if keep_controls:
         eos = tokenizer.eos_token_id
         texts = [tokenizer.decode([i for i in ids if i != eos], skip_special_tokens=False) for ids in outputs]
@@ -265,7 +218,7 @@ def checkpoint_task(path: str | Path, task: str | None) -> str:
             final = (path / "final" / "config.json").is_file()
             hint = f"; it is a run directory: pass {path / 'final'}" if final else ""
             raise PreferError(f"checkpoint: {path} is not a model directory (no config.json){hint}")
-        task = read_info(path).get("task")
+        task = checkpoint_record.read(path).task
     if task is None:
         raise PreferError(f"task: {path} was not written by prefer; pass task=pii|pep8|toxicity")
     return task

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prefer.data.encoding import encode_query, has_chat_template, plain_text, render_generation_prompt
 from prefer.data.formats import Prompt, read_prompts, record_locations
+from prefer.encoding import encode_query, has_chat_template, plain_text, render_generation_prompt
 
 __all__ = ["Queries", "command_line_prompts", "read_prompt_file", "render_queries"]
 

@@ -34,16 +34,14 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from prefer.controls import SamplingControls, control_token_ids
 from prefer.errors import PreferError
 from prefer.evaluation.chat_endpoint import Endpoint, complete
 from prefer.evaluation.metrics import bootstrap_ci
-from prefer.evaluation.misalignment import SamplingControls
 from prefer.files import atomic_path
-from prefer.models.build import control_token_ids
-from prefer.sampling import sample
+from prefer.sampling import Decoding, sample_per_prompt
 
 __all__ = [
     "BEHAVIOURS",
@@ -193,25 +191,16 @@ def local_candidate_source(
     context = context_length(model)
     blocked = control_token_ids(tokenizer)
     if max_new_tokens >= context:
-        raise PreferError(f"candidate_max_tokens: {max_new_tokens} does not fit the red-team LM's context of {context}")
+        raise PreferError(
+            f"candidates.max_new_tokens: {max_new_tokens} does not fit the red-team LM's context of {context}"
+        )
+    decoding = Decoding(max_new_tokens, tokenizer.eos_token_id, temperature, top_p, blocked, (), batch_size)
 
     def generate(prompt: str, n: int, seed: int) -> list[str]:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         # document start + prompt + max_new_tokens - 1 fed back must fit: keep the list's tail
         ids = [tokenizer.eos_token_id] + ids[-(context - max_new_tokens) :]
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        outputs = sample(
-            model,
-            [ids] * n,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            temperature=temperature,
-            top_p=top_p,
-            blocked_token_ids=blocked,
-            batch_size=batch_size,
-            generator=generator,
-        )
+        outputs = sample_per_prompt(model, [ids], decoding, k=n, seed=seed)
         return [tokenizer.decode(out, skip_special_tokens=True) for out in outputs]
 
     return generate
@@ -265,28 +254,15 @@ def target_prompt_scorer(
         raise PreferError(f"score_on: unknown {score_on!r}; choose one of {', '.join(SCORE_ON)}")
     context = context_length(model)
     prefix = controls.prompt_ids(tokenizer)
-    blocked = controls.blocked_ids(tokenizer)
-    control = control_token_ids(tokenizer)
+    blocked, control = controls.blocked_ids(tokenizer), control_token_ids(tokenizer)
+    decoding = Decoding(max_new_tokens, tokenizer.eos_token_id, temperature, top_p, blocked, control, batch_size)
 
     def score(prompts: list[str], seed: int) -> list[ScoredPrompt | None]:
         encoded = [
             prefix + tokenizer(p, add_special_tokens=False, split_special_tokens=True)["input_ids"] for p in prompts
         ]
         fits = [i for i, ids in enumerate(encoded) if len(ids) + max_new_tokens - 1 <= context]
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        outputs = sample(
-            model,
-            [encoded[i] for i in fits for _ in range(continuations)],
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            temperature=temperature,
-            top_p=top_p,
-            blocked_token_ids=blocked,
-            control_token_ids=control,
-            batch_size=batch_size,
-            generator=generator,
-        )
+        outputs = sample_per_prompt(model, [encoded[i] for i in fits], decoding, k=continuations, seed=seed)
         texts = [tokenizer.decode(out, skip_special_tokens=True) for out in outputs]
         if score_on == "continuation":
             values = [float(v) for v in scorer(texts)]

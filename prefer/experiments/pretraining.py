@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prefer.config import ExperimentConfig, PretrainConfig, RedteamConfig, save_config
+from prefer import checkpoint_record
+from prefer.config import ExperimentConfig, InferenceRuntimeConfig, PretrainConfig, RedteamConfig, save_config
 from prefer.data.pipeline import build_corpus
 from prefer.errors import PreferError
 from prefer.evaluation.capability import (
@@ -161,7 +162,7 @@ EVALUATION = "experiment_evaluation.json"
 def evaluation_key(final: Path, config: ExperimentConfig) -> dict:
     """What an evaluation depends on: the model (its prefer.json: tokens, losses) and the evaluation settings."""
     return {
-        "model": json.loads((final / "prefer.json").read_text()),
+        "model": checkpoint_record.read(final).as_dict(),
         "sampling": asdict(config.sampling),
         **{
             k: getattr(config, k)
@@ -296,9 +297,7 @@ def red_team(config: ExperimentConfig, out: Path, name: str) -> dict:
         redteam_model=str(redteam_model),
         search=chosen.search,
         continuations=chosen.continuations,
-        seed=config.sampling.seed,
-        device=runtime.device,
-        progress=runtime.progress,
+        runtime=InferenceRuntimeConfig(seed=config.sampling.seed, device=runtime.device, progress=runtime.progress),
     )
     done = Path(settings.out_dir) / "redteam.json"
     if done.exists():

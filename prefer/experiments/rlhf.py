@@ -75,7 +75,7 @@ def sft_candidates(config: RLHFConfig, out: Path, start: Path, evaluator: Evalua
             data=replace(config.sft.data, demonstrations=str(out / "labels" / "demonstrations.jsonl")),
             train=replace(config.sft.train, epochs=epochs),
             model=replace(config.sft.model, init_from=str(start)),
-            runtime=replace(config.sft.runtime, seed=config.seed, device=config.device),
+            runtime=replace(config.sft.runtime, seed=config.runtime.seed, device=config.runtime.device),
         )
         path = run_stage(sft, settings)
         model, tokenizer, _ = load_checkpoint(path, device)
@@ -104,11 +104,11 @@ def ppo_policies(
     policies: dict[str, dict] = {}
     ppo_base = replace(
         config.ppo,
-        init_from=str(sft_path),
+        model=replace(config.ppo.model, init_from=str(sft_path)),
         prompts=str(prompts),
         reward=replace(config.ppo.reward, model=str(rm_paths["rm"]), scorer=None, gold_scorer=gold_name),
         ptx=replace(config.ppo.ptx, coef=0.0, source=None),
-        runtime=replace(config.ppo.runtime, seed=config.seed, device=config.device),
+        runtime=replace(config.ppo.runtime, seed=config.runtime.seed, device=config.runtime.device),
     )
     for coef in config.kl_coefs:
         name = f"ppo_kl{coef:g}"
@@ -146,12 +146,13 @@ def ppo_policies(
 
 
 def protocol_settings(config: RLHFConfig, eval_prompts: int) -> dict:
-    """What the results table's caption states about the protocol."""
+    """What the results table's caption states about the protocol (names of results.json, kept as they were)."""
     return {
         "label_max_new_tokens": config.label.generation.max_new_tokens,
         "K": config.label.num_responses,
-        "eval_samples": config.eval_samples,
-        "eval_temperature": config.eval_temperature,
+        "eval_samples": config.eval.samples,
+        "eval_temperature": config.eval.temperature,
+        "eval_max_new_tokens": config.eval.max_new_tokens,
         "eval_prompts": eval_prompts,
         "ppo_iterations": config.ppo.train.iterations,
         "ppo_batch_size": config.ppo.train.batch_size,
@@ -162,7 +163,7 @@ def rlhf(config: RLHFConfig) -> dict:
     started = time.perf_counter()
     task = get_task(config.task)
     out = Path(config.out_dir)
-    device = resolve_device(config.device)
+    device = resolve_device(config.runtime.device)
     get_scorer(config.gold_scorer)  # an unknown scorer stops here, before any work
     splits = build_prompts(config)
     save_config(config, out / "rlhf.yaml")
@@ -200,7 +201,7 @@ def rlhf(config: RLHFConfig) -> dict:
     source = config.source or task.corpus
     documents, _ = load_documents(source)
     _, validation = split_by_source(documents, validation_fraction=0.05)
-    heldout_texts = ["".join(d.segments) for d in validation[: config.heldout_blocks]]
+    heldout_texts = ["".join(d.segments) for d in validation[: config.eval.heldout_blocks]]
     evaluator = Evaluator(config, out, splits["eval"], rm_paths, gold, heldout_texts, device, gold_name=gold_name)
 
     # SFT: one run per candidate length; the reward model's mean score on the validation prompts picks one.

@@ -12,7 +12,8 @@ import numpy as np
 
 from prefer.config import RLHFConfig
 from prefer.data.corpora import load_documents
-from prefer.data.formats import Comparison, read_rankings, split_validation, write_rankings
+from prefer.data.formats import Comparison, read_rankings, write_rankings
+from prefer.data.splits import split_validation
 from prefer.errors import PreferError
 from prefer.evaluation.preference import noise_for_agreement, pairwise_accuracy
 from prefer.files import write_json_atomic, write_text_atomic
@@ -71,13 +72,14 @@ def build_prompts(config: RLHFConfig) -> dict[str, list[str]]:
             if prompt is not None:
                 found.add(prompt)
     prompts = sorted(found)
-    np.random.default_rng(config.seed).shuffle(prompts)
-    sizes = {name: getattr(config, f"{name}_prompts") for name in SPLITS}
+    np.random.default_rng(config.runtime.seed).shuffle(prompts)
+    keys = {name: "eval.prompts" if name == "eval" else f"{name}_prompts" for name in SPLITS}
+    sizes = {name: config.eval.prompts if name == "eval" else getattr(config, key) for name, key in keys.items()}
     if len(prompts) < sum(sizes.values()):
         raise PreferError(
             f"prompts: the corpus {source!r} gives {len(prompts)} distinct prompts of at most "
             f"{config.max_prompt_chars} characters; the splits need {sum(sizes.values())} "
-            f"({', '.join(f'{k}_prompts={v}' for k, v in sizes.items())})"
+            f"({', '.join(f'{keys[k]}={v}' for k, v in sizes.items())})"
         )
     splits, start = {}, 0
     for name in SPLITS:
@@ -140,7 +142,7 @@ def starting_model(config: RLHFConfig, out: Path) -> Path:
             config.pretrain,
             out_dir=str(out / "pretrain"),
             data=data,
-            runtime=replace(config.pretrain.runtime, device=config.device),
+            runtime=replace(config.pretrain.runtime, device=config.runtime.device),
         ),
     )
 
@@ -160,14 +162,14 @@ def synthetic_labels(
         num_responses=size,
         rankings_out=str(folder / "rankings.jsonl"),
         demonstrations_out=str(folder / "demonstrations.jsonl"),
-        device=config.device,
+        runtime=replace(config.label.runtime, device=config.runtime.device),
     )
     key_path = folder / "label.json"
     key = json.loads(json.dumps(asdict(label)))
     if key_path.exists() and json.loads(key_path.read_text())["config"] == key:
         return json.loads(key_path.read_text())["report"]
     try:
-        report = label_synthetic(label, progress=config.ppo.runtime.progress)
+        report = label_synthetic(label, progress=label.runtime.progress)
     except NothingRanked as error:
         raise PreferError(
             f"gold_scorer: {gold} ties every response of every labelling prompt ({error}); {_SEPARATE}"
@@ -202,7 +204,7 @@ def noisy_rankings(config: RLHFConfig, comparisons: list[Comparison], gold, path
     scores = [score_responses(gold, [c.prompt] * len(c.responses), list(c.responses)) for c in comparisons]
     differences = [s[i] - s[j] for s in scores for i in range(len(s)) for j in range(i + 1, len(s))]
     sigma = noise_for_agreement(differences, config.label_agreement)
-    rng = np.random.default_rng(config.seed + 1)
+    rng = np.random.default_rng(config.runtime.seed + 1)
     noisy = [
         Comparison(c.prompt, c.responses, rank_by_scores(s + rng.normal(0.0, sigma, len(s))))
         for c, s in zip(comparisons, scores)
@@ -228,7 +230,9 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
     held-out prompts, none of which any of them trained on."""
     rankings_path = out / "labels" / "rankings.jsonl"
     comparisons = read_rankings(rankings_path)
-    train_index, val_index = split_validation(len(comparisons), config.reward.data.validation_fraction, config.seed)
+    train_index, val_index = split_validation(
+        len(comparisons), config.reward.data.validation_fraction, config.runtime.seed
+    )
     files = {"rm": rankings_path}
     weak = [comparisons[i] for i in train_index[: max(2, round(config.weak_fraction * len(train_index)))]]
     files["rm_weak"] = out / "labels" / f"rankings_weak_{len(weak)}.jsonl"  # its size in the name: a stage's cache
@@ -247,7 +251,7 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
             out_dir=str(out / name),
             data=replace(config.reward.data, rankings=str(rankings), demonstrations=None, validation_fraction=fraction),
             model=replace(config.reward.model, init_from=str(model)),
-            runtime=replace(config.reward.runtime, seed=config.seed, device=config.device),
+            runtime=replace(config.reward.runtime, seed=config.runtime.seed, device=config.runtime.device),
         )
         paths[name] = run_stage(reward, settings)
     heldout = [comparisons[i] for i in val_index]

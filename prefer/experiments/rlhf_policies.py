@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prefer import checkpoint_record
 from prefer.config import RLHFConfig
 from prefer.config.rlhf import parse_dpo_run
 from prefer.errors import PreferError
@@ -53,7 +54,7 @@ class Evaluator:
         # another gold (e.g. fluency_weight) or retrained reward models does not reuse stale numbers.
         self.judges = {
             "gold": gold_name,
-            "proxies": {name: json.loads((path / "prefer.json").read_text()) for name, path in scored.items()},
+            "proxies": {name: checkpoint_record.read(path).as_dict() for name, path in scored.items()},
         }
         self.reference = None
         self.sft_gold = None
@@ -62,16 +63,17 @@ class Evaluator:
         self.reference = load_checkpoint(sft_path, self.device)[0]
 
     def samples(self, model, tokenizer, prompts, per_prompt: int, seed_offset: int = 0):
-        label = self.config.label
+        protocol = self.config.eval
         return sample_policy(
             model,
             tokenizer,
             prompts,
             samples_per_prompt=per_prompt,
-            max_new_tokens=label.generation.max_new_tokens,
-            temperature=self.config.eval_temperature,
-            seed=self.config.seed + seed_offset,
-            batch_size=label.batch_size,
+            max_new_tokens=protocol.max_new_tokens,
+            temperature=protocol.temperature,
+            seed=self.config.runtime.seed + seed_offset,
+            batch_size=protocol.batch_size,
+            progress=self.config.runtime.progress,
         )
 
     def scores(self, samples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -88,14 +90,15 @@ class Evaluator:
         cache = self.out / "evaluations" / f"{name}.json"
         key = {
             "model": str(path),
-            "info": json.loads((path / "prefer.json").read_text()),
+            "info": checkpoint_record.read(path).as_dict(),
             "settings": [
-                self.config.eval_samples,
-                self.config.eval_temperature,
-                self.config.label.generation.max_new_tokens,
-                self.config.seed,
+                self.config.eval.samples,
+                self.config.eval.temperature,
+                self.config.eval.max_new_tokens,
+                self.config.runtime.seed,
                 len(self.prompts),
-                self.config.heldout_blocks,
+                self.config.eval.heldout_blocks,
+                self.config.eval.batch_size,  # one generator over the batches: the batch size sets the draws
             ],
             "judges": self.judges,
         }
@@ -106,7 +109,7 @@ class Evaluator:
         if cache.exists() and json.loads(cache.read_text())["key"] == key:
             return json.loads(cache.read_text())["entry"]
         model, tokenizer, _ = load_checkpoint(path, self.device)
-        samples = self.samples(model, tokenizer, self.prompts, self.config.eval_samples, seed_offset=offset)
+        samples = self.samples(model, tokenizer, self.prompts, self.config.eval.samples, seed_offset=offset)
         gold, proxies = self.scores(samples)
         kl = (
             np.zeros(len(samples))
@@ -116,18 +119,18 @@ class Evaluator:
                 self.reference,
                 tokenizer,
                 samples,
-                temperature=self.config.eval_temperature,
-                batch_size=self.config.label.batch_size,
+                temperature=self.config.eval.temperature,
+                batch_size=self.config.eval.batch_size,
             )
         )
         entry = policy_entry(
             samples,
-            gold=gold,
+            gold_misalignment=gold,
             proxies=proxies,
             kl=kl,
-            baseline_gold=None if is_sft else np.asarray(self.sft_gold),
+            baseline_gold_misalignment=None if is_sft else np.asarray(self.sft_gold),
             heldout=self.heldout(model, tokenizer),
-        )
+        ).as_dict()
         entry["examples"] = [{"prompt": p, "response": r} for p, r in zip(samples.prompts[:4], samples.responses[:4])]
         write_json_atomic(cache, {"key": key, "entry": entry})
         return entry
@@ -152,10 +155,11 @@ def best_of_n_curve(
         json.dumps(
             {
                 "sft": str(sft_path),
-                "info": json.loads((sft_path / "prefer.json").read_text()),
+                "info": checkpoint_record.read(sft_path).as_dict(),
                 "n": config.best_of_n,
                 "prompts": len(prompts),
-                "seed": config.seed,
+                "seed": config.runtime.seed,
+                "sampling": [config.eval.temperature, config.eval.max_new_tokens, config.eval.batch_size],
                 "judges": evaluator.judges,
             }
         )
@@ -166,12 +170,18 @@ def best_of_n_curve(
     pool = evaluator.samples(model, tokenizer, prompts, max(config.best_of_n), seed_offset=101)
     gold, proxies = evaluator.scores(pool)
     heldout = sft_entry["heldout"]
-    baseline = np.asarray(evaluator.sft_gold).reshape(-1, config.eval_samples)[: len(prompts)].ravel()
+    baseline = np.asarray(evaluator.sft_gold).reshape(-1, config.eval.samples)[: len(prompts)].ravel()
     curves = {
         name: [
             best_of_n_entry(
-                pool, n, gold=gold, proxies=proxies, select_by=name, baseline_gold=baseline, heldout=heldout
-            )
+                pool,
+                n,
+                gold_misalignment=gold,
+                proxies=proxies,
+                select_by=name,
+                baseline_gold_misalignment=baseline,
+                heldout=heldout,
+            ).as_dict()
             for n in sorted(config.best_of_n)
         ]
         for name in proxies
@@ -193,7 +203,7 @@ def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: 
     points_at = config.overopt_points or range(every, config.overopt_iterations + 1, every)
     for iterations in sorted(set(points_at)):
         kept = out / f"{name}_points" / f"{iterations:04d}"
-        if not (kept / "prefer.json").exists():
+        if not checkpoint_record.exists(kept):
             settings = replace(
                 base,
                 out_dir=str(out / name),
@@ -201,7 +211,7 @@ def overoptimisation_curve(config: RLHFConfig, evaluator: Evaluator, base, out: 
                 kl=replace(base.kl, coef=config.overopt_kl_coef),
             )
             final = out / name / "final"
-            info = json.loads((final / "prefer.json").read_text()) if (final / "prefer.json").exists() else {}
+            info = checkpoint_record.read(final).as_dict()
             if info.get("iterations", 0) > iterations:  # a run of other points: its earlier policies are gone
                 raise PreferError(
                     f"overopt_points: {out / name} has run {info['iterations']} iterations, past the point "
@@ -256,10 +266,10 @@ def dpo_policies(
             ),
             model=replace(config.dpo.model, init_from=str(sft_path)),
             dpo=replace(config.dpo.dpo, loss=loss, **hyper),
-            runtime=replace(config.dpo.runtime, seed=config.seed, device=config.device),
+            runtime=replace(config.dpo.runtime, seed=config.runtime.seed, device=config.runtime.device),
         )
         final, seconds = timed_stage(dpo, settings)
-        info = json.loads((final / "prefer.json").read_text())
+        info = checkpoint_record.read(final)
         policies[name] = {
             **evaluator.evaluate(name, final),
             "kind": loss,
@@ -279,14 +289,14 @@ def group_policies(config: RLHFConfig, evaluator: Evaluator, out: Path, sft_path
         name = f"{algorithm}_kl{config.group.kl.coef:g}"
         settings = replace(
             config.group,
+            algorithm=algorithm,
             out_dir=str(out / name),
-            init_from=str(sft_path),
+            model=replace(config.group.model, init_from=str(sft_path)),
             prompts=str(paths["prompts"]),
             reward=replace(
                 config.group.reward, model=str(paths["reward_model"]), scorer=None, gold_scorer=paths["gold"]
             ),
-            group=replace(config.group.group, algorithm=algorithm),
-            runtime=replace(config.group.runtime, seed=config.seed, device=config.device),
+            runtime=replace(config.group.runtime, seed=config.runtime.seed, device=config.runtime.device),
         )
         final, seconds = timed_stage(group_rl, settings)
         policies[name] = {

@@ -102,7 +102,8 @@ def format_tables(results: dict) -> str:
     s = results["settings"]
     lines.append(
         f"\n{s['eval_prompts']} held-out prompts x {s['eval_samples']} sample(s) per policy at temperature "
-        f"{s['eval_temperature']:g}, at most {s['label_max_new_tokens']} new tokens; gold = "
+        f"{s['eval_temperature']:g}, at most {s.get('eval_max_new_tokens', s['label_max_new_tokens'])} new tokens; "
+        "gold = "
         f"{results.get('gold_label', results['gold_scorer'])} misalignment of prompt + response (lower is better), "
         "mean over prompts "
         "with a 95% bootstrap interval; rewards = -misalignment under each reward model; KL = "

@@ -52,7 +52,7 @@ def rank_by_scores(scores: Sequence[float]) -> tuple[int, ...]:
 
 def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progress: bool = True) -> LabelReport:
     """Label every prompt of `config.prompts`; `scorer` overrides `config.scorer` (any texts -> misalignment)."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.runtime.device)
     if scorer is None:
         check_available(config.scorer)  # a missing package or weights file stops here, before the model loads
     gold = scorer if scorer is not None else get_scorer(config.scorer)
@@ -74,7 +74,7 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
             temperature=config.generation.temperature,
             top_p=config.generation.top_p,
             block=config.block,
-            seed=config.seed,
+            seed=config.runtime.seed,
             batch_size=config.batch_size,
             progress=progress,
         )
@@ -91,7 +91,7 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
     if kept_responses:
         scores[nonempty] = score_responses(gold, kept_prompts, kept_responses)
     spread = float(np.std(scores[nonempty])) if nonempty.any() else 0.0
-    noise = np.random.default_rng(config.seed).normal(0.0, config.noise * spread, size=len(scores))
+    noise = np.random.default_rng(config.runtime.seed).normal(0.0, config.noise * spread, size=len(scores))
     noisy = scores + noise if config.noise > 0 else scores
 
     # 3. Ranks per prompt (ties kept, all-tie prompts dropped) and the best response as a demonstration.

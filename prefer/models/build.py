@@ -1,4 +1,5 @@
-"""Tokenizers and causal LMs: train a byte-level BPE, build a GPT-2 from a named size, or load any local HF path.
+"""Tokenizers and causal LMs: load any local HF tokenizer or model (prefer's own BPE is trained by
+`prefer.data.tokenizer`), or build a GPT-2 from a named size.
 
 Everything here produces and consumes plain Hugging Face objects, so a checkpoint written by `prefer`
 loads with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` and nothing else.
@@ -7,11 +8,9 @@ loads with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrain
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -20,13 +19,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from prefer import checkpoint_record
+from prefer.controls import CONTROL_TOKENS, END_OF_TEXT
 from prefer.errors import PreferError
 from prefer.models.sources import resolve_model_path
-
-END_OF_TEXT = "<|endoftext|>"
-GOOD = "<|good|>"
-BAD = "<|bad|>"
-CONTROL_TOKENS = (GOOD, BAD)
 
 # Named GPT-2 sizes. `tiny` is for tests (< 1M parameters with a 2k vocabulary), `small` is the CPU default
 # (a few M parameters: trains ~1M tokens in minutes on 2 cores), `gpt2-small` is GPT-2's 124M on a GPU.
@@ -36,32 +32,6 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "medium-cpu": dict(n_layer=6, n_head=6, n_embd=384, n_positions=512),
     "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
 }
-
-
-def train_tokenizer(texts: Iterable[str], *, vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (GPT-2's scheme) trained on `texts`, with `<|endoftext|>`, `<|good|>`, `<|bad|>` as
-    special tokens (ids 0, 1, 2), wrapped as a `PreTrainedTokenizerFast` ready for `save_pretrained`."""
-    if vocab_size < 300:
-        raise PreferError(f"model.vocab_size: {vocab_size} is too small for a byte-level BPE (needs >= 300)")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[END_OF_TEXT, *CONTROL_TOKENS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return _wrap(tokenizer)
-
-
-def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    # GPT-2's one special token in every role
-    roles = dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token"), END_OF_TEXT)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **roles)
-    wrapped.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
-    return wrapped
 
 
 def load_tokenizer(
@@ -111,13 +81,6 @@ def check_same_vocabulary(policy_tokenizer, other_tokenizer, *, what: str) -> No
     )
 
 
-def control_token_ids(tokenizer) -> list[int]:
-    """Ids of the control tokens the tokenizer has, in CONTROL_TOKENS order (`load_tokenizer(control_tokens=True)`
-    adds both; a user's tokenizer loaded otherwise has none)."""
-    vocab = tokenizer.get_vocab()
-    return [vocab[token] for token in CONTROL_TOKENS if token in vocab]
-
-
 def build_model(size: str, *, vocab_size: int, eos_token_id: int, context: int | None = None, dropout: float = 0.0):
     """A freshly initialised GPT-2 of a named size."""
     if size not in MODEL_SIZES:
@@ -138,11 +101,11 @@ def check_causal_lm(path: str | Path, *, field: str = "model.init_from") -> None
     is meant: AutoModelForCausalLM would load its trunk without a word and start the LM head from nothing."""
     try:
         architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
-        info = read_info(path)
-    except (OSError, ValueError, AttributeError):
+        record = checkpoint_record.read(path)
+    except (OSError, ValueError, AttributeError, PreferError):
         return  # unreadable or not JSON: from_pretrained names the problem
     classifier = [a for a in architectures if isinstance(a, str) and a.endswith("ForSequenceClassification")]
-    if classifier or (isinstance(info, dict) and (info.get("stage") == "reward" or "reward_bias" in info)):
+    if classifier or record.is_reward_model:
         raise PreferError(
             f"{field}: {path} is a reward model ({classifier[0] if classifier else 'prefer.json: stage reward'}), "
             "not a language model; give the SFT or pretrained model (a reward model is named as a scorer: rm:DIR)"
@@ -213,17 +176,13 @@ def reset_control_embeddings(model, tokenizer) -> None:
 
 def read_info(path: str | Path) -> dict:
     """What prefer recorded about a model directory (`prefer.json`: task, objective, tokens, ...); {} for a model
-    prefer did not write."""
-    info = Path(path) / "prefer.json"
-    return json.loads(info.read_text()) if info.exists() else {}
-
-
-INHERITED_INFO = ("task", "scorer", "control_tokens_trained")  # what a finetuned model keeps of its start's record
+    prefer did not write (prefer.checkpoint_record, as a dict)."""
+    return checkpoint_record.read(path).as_dict()
 
 
 def inherited_info(path: str | Path) -> dict:
     """The part of a starting model's prefer.json that a model finetuned from it carries on."""
-    return {k: v for k, v in read_info(path).items() if k in INHERITED_INFO}
+    return checkpoint_record.read(path).inherited()
 
 
 def count_parameters(model) -> int:

@@ -8,7 +8,7 @@ head at the rightmost non-pad token, which must be the final eos), its tokenizer
 
 Our code never uses HF's pooling: it takes the head's per-position scores and reads them at
 `last_token_index(attention_mask)`. Every (prompt, response) pair becomes tokens as in SFT, the labelers and PPO
-(`prefer.data.encoding`).
+(`prefer.encoding`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from prefer.data.encoding import encode_example, fit_to_context
+from prefer import checkpoint_record
+from prefer.devices import is_main_process
+from prefer.encoding import encode_example, fit_to_context
 from prefer.errors import PreferError
 from prefer.files import atomic_path
 from prefer.models.build import check_same_vocabulary, context_length, load_tokenizer
+from prefer.models.saving import save_model
 from prefer.models.sources import resolve_model_path
 from prefer.objectives import last_token_index
-from prefer.training import is_main_process, save_model
 
 TextOrPair = str | tuple[str, str]
 
@@ -195,7 +197,7 @@ def export_for_transformers(plain: str | Path, out: str | Path) -> dict:
     from tokenizers.processors import TemplateProcessing
 
     plain, out = Path(plain), Path(out)
-    info = json.loads((plain / "prefer.json").read_text())
+    info = checkpoint_record.read(plain).as_dict()
     bias = float(info["reward_bias"])
     tokenizer = AutoTokenizer.from_pretrained(str(plain))
     model = AutoModelForSequenceClassification.from_pretrained(str(plain), num_labels=1, dtype="auto").eval()
@@ -263,7 +265,7 @@ def export_for_transformers(plain: str | Path, out: str | Path) -> dict:
             "reward_offset": model.config.reward_offset,
             "max_probe_error": error,
         }
-        (tmp / "prefer.json").write_text(json.dumps({**info, "transformers": record}, indent=2) + "\n")
+        checkpoint_record.write(tmp, {**info, "transformers": record})
     return record
 
 
@@ -276,7 +278,7 @@ def build_reward_model(causal_lm: str | Path) -> RewardModel:
     path = resolve_model_path(causal_lm)
     if not (path / "config.json").exists():
         raise PreferError(f"model.init_from: {path} is not a Hugging Face model directory (no config.json)")
-    if (path / "prefer.json").exists() and "transformers" in json.loads((path / "prefer.json").read_text()):
+    if "transformers" in checkpoint_record.read(path):
         raise PreferError(
             f"model.init_from: {path} is a reward model written by `prefer reward`; start from the SFT model"
         )
@@ -314,8 +316,7 @@ def load_reward_classifier(path: str | Path, *, field: str = "reward model"):
     reward model trains as before). A directory without prefer.json (an HF classifier) has bias 0."""
     path = Path(path)
     _check_is_classifier(path, field)
-    info_path = path / "prefer.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info = checkpoint_record.read(path).as_dict()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     except Exception as error:  # transformers raises many types; the user needs the path and the cause
@@ -339,13 +340,12 @@ def load_reward_model(path: str | Path, device: torch.device | str = "cpu") -> R
     """A reward model written by `prefer reward` (bias from prefer.json), in eval mode on `device`; it scores
     exactly as the model that was saved (the format of before this one too: pad = eos, no `transformers` record)."""
     path = Path(path)
-    info_path = path / "prefer.json"
+    info_path = checkpoint_record.path_of(path)
     if (path / "config.json").exists():
         _check_is_classifier(path, "reward model")
     if not (path / "config.json").exists() or not info_path.exists():
         raise PreferError(f"reward model: {path} is not a reward model directory (needs config.json and prefer.json)")
-    info = json.loads(info_path.read_text())
-    if "reward_bias" not in info:
+    if "reward_bias" not in checkpoint_record.read(path):
         raise PreferError(f"{info_path}: no 'reward_bias'; is {path} a reward model written by `prefer reward`?")
     model, bias, _ = load_reward_classifier(path)
     reward_model = RewardModel(model, load_tokenizer(path), bias=bias, path=path)

@@ -12,14 +12,14 @@ import torch
 
 from prefer.data.annotate import AnnotatedDocument
 from prefer.data.corpora import load_documents, split_by_source
-from prefer.data.encoding import encode_query, render_generation_prompt
 from prefer.data.formats import read_prompts, record_locations
 from prefer.data.packing import TokenBlocks, pack_documents
+from prefer.encoding import encode_query, render_generation_prompt
 from prefer.errors import PreferError
 from prefer.files import atomic_path
 from prefer.objectives import mle_loss, next_token_targets, proxy_rewards
 from prefer.rl.rollout import Rollout, gather_rollout, make_rollout
-from prefer.sampling import sample
+from prefer.sampling import Decoding, sample
 from prefer.scorers import score_responses
 from prefer.training import (
     Distributed,
@@ -75,19 +75,12 @@ def sample_responses(
     batch). An episode's response therefore depends on the run's seed and sampling chunk (`sampling_chunk`), not on
     how many ranks share the batch nor which one draws it; `first` must be a multiple of `chunk`."""
     responses: list[list[int]] = []
+    decoding = Decoding(max_new_tokens, eos_token_id, temperature, top_p=1.0, batch_size=chunk)
     for start in range(0, len(queries), chunk):
         index = (first + start) // chunk
         entropy = np.random.SeedSequence([seed, iteration, index]).generate_state(1, dtype=np.uint64)[0]
-        responses += sample(
-            policy,
-            queries[start : start + chunk],
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            temperature=temperature,
-            top_p=1.0,
-            batch_size=chunk,
-            generator=torch.Generator().manual_seed(int(entropy)),
-        )
+        generator = torch.Generator().manual_seed(int(entropy))
+        responses += sample(policy, queries[start : start + chunk], decoding, generator=generator)
     return responses
 
 
@@ -141,7 +134,7 @@ def score_episodes(
 def read_queries(path: str, tokenizer, *, max_length: int) -> tuple[list[str], list[list[int]]]:
     """Prompts and their token ids: eos (the document start the model was trained with) + the prompt's tokens, or
     for a conversation its rendering with the chat template and the generation prompt (plainly without a template;
-    prefer.data.encoding.encode_query). The returned texts are what the scorers see as the prompt."""
+    prefer.encoding.encode_query). The returned texts are what the scorers see as the prompt."""
     prompts, queries = [], []
     for prompt, where in zip(read_prompts(path), record_locations(path)):
         ids = encode_query(tokenizer, prompt.prompt, prompt.messages)
@@ -170,7 +163,7 @@ def pretraining_blocks(
     )
     if len(blocks[0]) == 0 or len(blocks[1]) == 0:
         raise PreferError(
-            f"ptx_source: {source!r} is too small for one training and one held-out block of {block_size} tokens"
+            f"ptx.source: {source!r} is too small for one training and one held-out block of {block_size} tokens"
         )
     return blocks
 

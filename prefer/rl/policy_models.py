@@ -51,12 +51,12 @@ def load_policy_models(
     zero head) or "shared" (a head on the policy's trunk). `checkpoint`: a run being resumed. Every tokenizer that
     hands token ids to another model (reference, reward model, `rm:` scorer) must be the policy's. All models in
     eval mode (dropout off: the first ratio is 1 and the KL measures the policy), wrapped for the ranks."""
-    tokenizer = load_tokenizer(init_from, field="init_from")
+    tokenizer = load_tokenizer(init_from, field="model.init_from")
     if checkpoint is not None:
         check_checkpoint_vocabulary(checkpoint, load_tokenizer(checkpoint / "model", field="checkpoint"), tokenizer)
     reference_path = reference or init_from
     if reference is not None:
-        check_same_vocabulary(tokenizer, load_tokenizer(reference_path), what=f"reference {reference_path}")
+        check_same_vocabulary(tokenizer, load_tokenizer(reference_path), what=f"model.reference {reference_path}")
     if reward_model is not None:
         check_same_vocabulary(tokenizer, load_tokenizer(reward_model), what=f"reward.model {reward_model}")
     if reward_scorer.startswith("rm:") and reward_scorer != f"rm:{reward_model}":

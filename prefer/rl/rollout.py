@@ -18,7 +18,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from prefer.models.value import sequence_inputs
-from prefer.objectives import entropy, gae, kl_penalized_rewards, masked_sum, token_logprobs, whiten
+from prefer.objectives import entropy, gae, kl_penalized_rewards, token_logprobs, whiten
 from prefer.training import Distributed, all_gather_rows, autocast
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "gather_rollout",
     "make_rollout",
     "policy_logits",
-    "response_kl",
 ]
 
 
@@ -196,41 +195,3 @@ def gather_rollout(rollout: Rollout, dist: Distributed, *, pad_id: int) -> Rollo
             tensor = torch.cat([filler, tensor] if left else [tensor, filler], dim=1)
         gathered[field.name] = None if tensor is None else all_gather_rows(tensor, dist)
     return Rollout(**gathered)
-
-
-@torch.no_grad()
-def response_kl(
-    policy: nn.Module,
-    reference: nn.Module,
-    queries: list[list[int]],
-    responses: list[list[int]],
-    *,
-    temperature: float,
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """[B] sum over each response's tokens of log pi(y_t) - log pi_ref(y_t) at `temperature`: on samples of the
-    policy, a Monte-Carlo estimate of KL(pi || pi_ref) in nats per response (the k1 estimator PPO's penalty
-    sums). Both models in eval mode. The one log-prob path every KL measure shares (`make_rollout`'s)."""
-    zeros = torch.zeros(len(queries))
-    out = []
-    for start in range(0, len(queries), batch_size):
-        part = slice(start, start + batch_size)
-        rollout = make_rollout(
-            policy,
-            reference,
-            None,
-            queries[part],
-            responses[part],
-            rewards=zeros[part],
-            gold=zeros[part],
-            temperature=temperature,
-            pad_id=pad_id,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        )
-        out.append(masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1).cpu())
-    return torch.cat(out) if out else torch.zeros(0)

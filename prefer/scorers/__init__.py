@@ -107,7 +107,8 @@ def scorer_help() -> str:
     return (
         f"scorers: {', '.join(sorted(SCORERS))} (segment scorers, for data.scorer: {segments})"
         + (f"; installed plugins: {', '.join(plugins)}" if plugins else "")
-        + "; rm:DIR (a reward model), detoxify:DIR, BASE+W*nll:DIR; your own: py:PACKAGE.MODULE:NAME, "
+        + "; rm:DIR (a reward model), detoxify:DIR, BASE+W*nll:DIR, ifeval:PROMPTS.jsonl / ifeval-loose:PROMPTS.jsonl "
+        "(IFEval's checkers on prompts written by prefer.scorers.instructions); your own: py:PACKAGE.MODULE:NAME, "
         "py:PATH/FILE.py:NAME, py:MODULE:Class(k=v), a plugin name (entry points `prefer.scorers`), reward:SPEC "
         "(higher is better), SPEC@VERSION (cache key); see docs/scorers.md"
     )
@@ -188,6 +189,15 @@ def check_available(name: str, *, segments: bool = False) -> None:
         if name.startswith(prefix):
             _model_dir(name[len(prefix) :], name)
             return
+    if name.startswith(("ifeval:", "ifeval-loose:")):
+        from pathlib import Path
+
+        from prefer.scorers.instructions import INSTALL
+
+        _needs_module("if_verifiable", name.partition(":")[0], INSTALL)
+        if not Path(name.partition(":")[2]).is_file():
+            raise PreferError(f"scorer {name}: {name.partition(':')[2] or '(empty)'} is not a prompts file")
+        return
     table = SEGMENT_SCORERS if segments else SCORERS
     if name in table:
         if name in _REQUIREMENTS:
@@ -210,6 +220,12 @@ def get_scorer(name: str) -> Scorer:
         return fluency.FluencyWeightedScorer(get_scorer(base), weight, fluency.LanguageModelJudge(path))
     if name.startswith("detoxify:"):
         return toxicity.DetoxifyScorer(name[len("detoxify:") :])
+    for prefix, loose in (("ifeval:", False), ("ifeval-loose:", True)):
+        if name.startswith(prefix):
+            from prefer.scorers.instructions import InstructionFollowing  # lazy: if-verifiable is optional
+
+            check_available(name)
+            return InstructionFollowing(name[len(prefix) :], loose=loose)
     if name.startswith("rm:"):
         from prefer.scorers.reward_model import (
             RewardModelScorer,  # lazy: loading torch models is not free

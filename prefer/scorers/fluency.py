@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prefer.data.encoding import encode_example
+from prefer.devices import resolve_device
+from prefer.encoding import encode_example
 from prefer.errors import PreferError
 from prefer.models.build import context_length, load_checkpoint
-from prefer.training import resolve_device
 
 SPEC = re.compile(r"^(?P<base>[^+]+)\+(?P<weight>[0-9.eE+-]+)\*nll:(?P<path>.+)$")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from prefer.devices import resolve_device
 from prefer.errors import PreferError
 from prefer.models.reward_model import load_reward_model
-from prefer.training import resolve_device
 
 
 class RewardModelScorer:

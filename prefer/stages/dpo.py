@@ -16,16 +16,10 @@ from functools import partial
 from pathlib import Path
 
 from prefer.config import DPOConfig
-from prefer.data.encoding import encode_query
-from prefer.data.formats import read_located, read_rankings, split_validation
-from prefer.evaluation.direct_preference import (
-    batch_loss,
-    encode_rankings,
-    heldout_preferences,
-    kl_on_samples,
-    reference_logprobs,
-    sequence_logprobs,
-)
+from prefer.data.formats import read_located, read_rankings
+from prefer.data.splits import split_validation
+from prefer.encoding import encode_query
+from prefer.evaluation.direct_preference import heldout_preferences, kl_on_samples
 from prefer.files import file_fingerprint, write_json_atomic
 from prefer.models.build import (
     check_model_dir,
@@ -47,9 +41,10 @@ from prefer.training import (
     unwrap,
     wrap_model,
 )
+from prefer.training.preference_batches import batch_loss, encode_rankings, reference_logprobs
 from prefer.training.run import EpochPlan, StageRun, accumulate_gradients, epoch_record
 
-__all__ = ["dpo", "encode_rankings", "sequence_logprobs", "reference_logprobs"]
+__all__ = ["dpo", "encode_rankings", "reference_logprobs"]
 
 
 # ------------------------------------------------------------------ the stage

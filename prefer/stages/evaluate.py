@@ -30,7 +30,7 @@ def default_out(checkpoint: str | Path) -> Path:
 
 
 def evaluate(config: EvaluateConfig) -> dict:
-    device = resolve_device(config.device)
+    device = resolve_device(config.runtime.device)
     out = Path(config.out) if config.out else default_out(config.checkpoint)
     if out.is_dir():  # found now, not after sampling
         raise PreferError(f"out: {out} is a directory; name the results JSON file")
@@ -52,6 +52,7 @@ def evaluate(config: EvaluateConfig) -> dict:
         sampling=config.sampling,
         queries=queries,
         samples_per_prompt=config.samples_per_prompt,
+        progress=config.runtime.progress,
     )
     results.update(
         {

@@ -10,29 +10,26 @@ Objective (Ouyang et al. 2022, Eq. 2), maximised:
     E_(x,y)~pi_RL [ r(x, y) - beta log(pi_RL(y|x) / pi_SFT(y|x)) ] + gamma E_x~D_pretrain [ log pi_RL(x) ]
 PPO optimises it with the clipped surrogate of Schulman et al. 2017 (Eq. 7) and a critic; RLOO (Ahmadian et al.
 2024) and GRPO (Shao et al. 2024) take the baseline of a response from the other responses to its prompt and load
-no value model. An algorithm is one row of `prefer.rl.ALGORITHMS`; everything else is this one loop. `prefer ppo`
-runs a `PPOConfig`, `prefer grpo` a `GroupRLConfig` (group.algorithm = rloo | grpo); run either under
-`torchrun --nproc_per_node N` for DDP (or FSDP2 with runtime.parallel=fsdp).
+no value model. An algorithm is one row of `prefer.rl.ALGORITHMS`; everything else is this one loop, which runs a
+`PolicyGradientConfig` (algorithm = ppo | rloo | grpo; `prefer ppo`, and `prefer grpo` with GRPO's defaults), also
+under `torchrun --nproc_per_node N` for DDP (or FSDP2 with runtime.parallel=fsdp).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from prefer.config import GroupRLConfig, PPOConfig
+from prefer import checkpoint_record
+from prefer.config import PolicyGradientConfig
+from prefer.controls import control_token_ids
 from prefer.data.formats import read_prompts
 from prefer.data.packing import TokenBlocks
 from prefer.errors import PreferError
 from prefer.evaluation.capability import heldout_block_loss
-from prefer.models.build import (
-    check_model_dir,
-    control_token_ids,
-)
+from prefer.models.build import check_model_dir
 from prefer.objectives import adaptive_kl_coef, masked_mean
 from prefer.rl import (
     ALGORITHMS,
@@ -64,30 +61,13 @@ from prefer.training.run import StageRun
 __all__ = ["group_rl", "policy_gradient", "ppo"]
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """What the two configs say in their own words: the algorithm, K, passes over a batch, the reference."""
-
-    algorithm: str
-    group_size: int
-    epochs: int
-    reference: str | None
-    loss: object  # the algorithm's hyperparameters: config.ppo (PPOLossConfig) or config.group (GroupLossConfig)
-
-    @classmethod
-    def of(cls, config: PPOConfig | GroupRLConfig) -> _Plan:
-        if isinstance(config, PPOConfig):
-            return cls("ppo", 1, config.train.ppo_epochs, None, config.ppo)
-        return cls(config.group.algorithm, config.group.size, config.train.epochs, config.reference, config.group)
-
-
-def _check_before_loading(config, plan: _Plan, scorer=None, gold_scorer=None) -> tuple[str, object, object]:
+def _check_before_loading(config, scorer=None, gold_scorer=None) -> tuple[str, object, object]:
     """Prompts, model directories and scorers, checked before any model is loaded: (scorer name, scorer, gold).
     `scorer` / `gold_scorer`: callables given in Python, used instead of resolving the config's names."""
     read_prompts(config.prompts)
-    check_model_dir(config.init_from, field="init_from", causal_lm=True)
-    if plan.reference is not None:
-        check_model_dir(plan.reference, field="reference", causal_lm=True)
+    check_model_dir(config.model.init_from, field="model.init_from", causal_lm=True)
+    if config.model.reference is not None:
+        check_model_dir(config.model.reference, field="model.reference", causal_lm=True)
     if config.reward.model is not None:
         check_model_dir(config.reward.model, field="reward.model")
     scorer_name = config.reward.scorer or f"rm:{config.reward.model}"
@@ -126,9 +106,9 @@ def _geometry(config, K: int, world_size: int) -> tuple[int, int, int]:
 
 
 @releases_run_dirs
-def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False, scorer=None, gold_scorer=None) -> Path:
-    """Run PPO (a PPOConfig) or RLOO / GRPO (a GroupRLConfig), with PPO-ptx when ptx.coef > 0; returns the final
-    policy's directory (`<out_dir>/final`). From Python, `scorer` and `gold_scorer` may be callables
+def policy_gradient(config: PolicyGradientConfig, *, resume: bool = False, scorer=None, gold_scorer=None) -> Path:
+    """Run `config.algorithm` (PPO, RLOO or GRPO), with PPO-ptx when ptx.coef > 0; returns the final policy's
+    directory (`<out_dir>/final`). From Python, `scorer` and `gold_scorer` may be callables
     (`score(texts) -> list[float]`, misalignment, lower is better; optionally with `score_pairs`) used instead of
     `reward.scorer` / `reward.gold_scorer`, which then only name them in the run's records.
 
@@ -136,19 +116,18 @@ def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False, 
     iteration's prompts; the episodes are then gathered, so that every rank holds the global batch (whole groups):
     advantages are whitened or grouped over it, the logged statistics and the adaptive KL coefficient are those of
     the global batch, and each minibatch of one global shuffle is split over the ranks (see docs/distributed.md)."""
-    plan = _Plan.of(config)
-    algorithm, K = ALGORITHMS[plan.algorithm], plan.group_size
+    algorithm, K = ALGORITHMS[config.algorithm], config.group_size
     # the schedule is constant, so a run may also be extended: train.iterations may change on resume
     run = StageRun(
-        config, type(config), resume=resume, name=plan.algorithm, may_change=RESUME_MAY_CHANGE | {"iterations"}
+        config, type(config), resume=resume, name=config.algorithm, may_change=RESUME_MAY_CHANGE | {"iterations"}
     )
     dist, device, checkpoint = run.dist, run.device, run.checkpoint
-    scorer_name, scorer, gold_scorer = _check_before_loading(config, plan, scorer, gold_scorer)
+    scorer_name, scorer, gold_scorer = _check_before_loading(config, scorer, gold_scorer)
 
     # 1. Models; 2. data: prompts (each must leave room for the response), pretraining blocks for PPO-ptx.
     models = load_policy_models(
-        config.init_from,
-        reference=plan.reference,
+        config.model.init_from,
+        reference=config.model.reference,
         lora=config.lora,
         critic=config.value_trunk if algorithm.critic else None,
         reward_model=config.reward.model,
@@ -167,7 +146,7 @@ def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False, 
     # 3. Batch geometry (prompts per iteration and minibatches are global: all ranks together), optimizer, state.
     micro, share, chunk = _geometry(config, K, dist.world_size)
     episodes = config.train.batch_size * K
-    steps_per_iteration = plan.epochs * episodes // config.train.minibatch_size
+    steps_per_iteration = config.train.epochs * episodes // config.train.minibatch_size
     optimizer, scheduler, state = _optimizer_and_state(config, models, checkpoint, steps_per_iteration)
     seed = config.runtime.seed
     order = BlockOrder(len(queries), seed=seed, **state.get("order", {}))
@@ -175,12 +154,12 @@ def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False, 
     kl_coef, start = state["kl_coef"], state["step"]
     mixed = ptx_order is not None and config.ptx.coef > 0  # PPO-ptx: pretraining batches in every step
     ptx = PTXBatches(ptx_blocks, ptx_order, config.ptx.coef, config.ptx.batch_size) if mixed else None
-    info = _info(config, plan, algorithm, scorer_name)
+    info = _info(config, algorithm, scorer_name)
     run.begin(start=start, total=config.train.iterations, unit="iter")
     samples_path = samples_log(run.run_dir, resume_step=run.resume_step) if dist.is_main else None
     run.say(
-        f"[{plan.algorithm}] {len(queries)} prompts, {config.train.iterations} iterations of {config.train.batch_size}"
-        f" prompts x {K} samples, {steps_per_iteration} optimizer steps each, beta {kl_coef:g}"
+        f"[{config.algorithm}] {len(queries)} prompts, {config.train.iterations} iterations of "
+        f"{config.train.batch_size} prompts x {K} samples, {steps_per_iteration} optimizer steps each, beta {kl_coef:g}"
         + (f" (adaptive, target KL {config.kl.target:g})" if config.kl.target else "")
         + ("" if algorithm.critic else ", no value model")
         + f", device {device}"
@@ -189,16 +168,14 @@ def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False, 
 
     # 4. The loop: a. rollouts; b. the update; c. log, adapt beta (Ziegler et al. 2019), checkpoint.
     sample_batch = _sampler(config, models, run, chunk=chunk, micro=micro, scorers=(scorer, gold_scorer))
-    update = _updater(
-        config, plan, algorithm, models, run, micro=micro, optimizer=optimizer, scheduler=scheduler, ptx=ptx
-    )
+    update = _updater(config, algorithm, models, run, micro=micro, optimizer=optimizer, scheduler=scheduler, ptx=ptx)
     for iteration in range(start, config.train.iterations):
         index = order.next(config.train.batch_size).tolist()[dist.rank * share : (dist.rank + 1) * share]
         index = [i for i in index for _ in range(K)]
         rollout, stopped, scored = sample_batch(
             [prompts[i] for i in index], [queries[i] for i in index], iteration=iteration
         )
-        rollout, advantage_stats = algorithm.advantages(rollout, kl_coef=kl_coef, loss=plan.loss)
+        rollout, advantage_stats = algorithm.advantages(rollout, kl_coef=kl_coef, loss=config.loss)
         totals = update(rollout, kl_coef=kl_coef, shuffle_seed=config.runtime.seed * 1_000_003 + iteration + 7)
         done = iteration + 1
         record = _record(rollout, totals, advantage_stats, stopped, kl_coef=kl_coef, episodes=done * episodes)
@@ -242,7 +219,7 @@ def policy_gradient(config: PPOConfig | GroupRLConfig, *, resume: bool = False, 
     # 5. The final policy, a plain Hugging Face directory.
     info |= {"iterations": config.train.iterations, "kl_coef": kl_coef}
     final = run.finish(models.policy, tokenizer, info=info)
-    run.say(f"[{plan.algorithm}] done in {run.elapsed():.0f}s; policy in {final}")
+    run.say(f"[{config.algorithm}] done in {run.elapsed():.0f}s; policy in {final}")
     return final
 
 
@@ -268,17 +245,15 @@ def _sampler(config, models: PolicyModels, run: StageRun, *, chunk: int, micro: 
     )
 
 
-def _updater(
-    config, plan: _Plan, algorithm: Algorithm, models: PolicyModels, run: StageRun, *, micro, optimizer, scheduler, ptx
-):
+def _updater(config, algorithm: Algorithm, models: PolicyModels, run: StageRun, *, micro, optimizer, scheduler, ptx):
     """update_on_batch(rollout, *, kl_coef, shuffle_seed) with this run's models, optimizer and settings bound."""
     return partial(
         update_on_batch,
         algorithm,
         policy=models.policy,
         value_model=models.value_model,
-        loss=plan.loss,
-        epochs=plan.epochs,
+        loss=config.loss,
+        epochs=config.train.epochs,
         minibatch_size=config.train.minibatch_size,
         micro_batch_size=micro,
         temperature=config.rollout.temperature,
@@ -329,20 +304,21 @@ def _record(rollout, totals: dict, advantage_stats: dict, stopped, *, kl_coef: f
     return record
 
 
-def _info(config, plan: _Plan, algorithm: Algorithm, scorer_name: str) -> dict:
+def _info(config, algorithm: Algorithm, scorer_name: str) -> dict:
     """prefer.json of the policy: the SFT model's, and what trained it."""
-    sft_info_path = Path(config.init_from) / "prefer.json"
     info = {
-        **(json.loads(sft_info_path.read_text()) if sft_info_path.exists() else {}),
-        "stage": plan.algorithm,
-        "init_from": config.init_from,
+        **checkpoint_record.read(config.model.init_from).as_dict(),
+        "stage": config.algorithm,
+        "init_from": config.model.init_from,
         "scorer": scorer_name,
         "gold_scorer": config.reward.gold_scorer,
         "ptx_coef": config.ptx.coef,
     }
     if not algorithm.critic:
-        info |= {"reference": plan.reference or config.init_from, "group_size": plan.group_size}
+        info |= {"reference": config.model.reference or config.model.init_from, "group_size": config.group_size}
+    elif config.model.reference is not None:  # PPO's reference is its starting point unless named
+        info["reference"] = config.model.reference
     return info
 
 
-ppo = group_rl = policy_gradient  # `prefer ppo` and `prefer grpo`: the config says which algorithm
+ppo = group_rl = policy_gradient  # the names of `prefer ppo` and `prefer grpo`: config.algorithm says which runs

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from prefer.config import PretrainConfig
+from prefer.controls import control_token_ids
 from prefer.data.annotate import score_summary
 from prefer.data.packing import TokenBlocks, pack_documents
 from prefer.data.pipeline import build_corpus, corpus_tokenizer
@@ -27,7 +28,6 @@ from prefer.models.build import (
     build_model,
     check_model_dir,
     context_length,
-    control_token_ids,
     count_parameters,
     load_model,
     load_tokenizer,

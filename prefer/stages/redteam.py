@@ -13,9 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefer.config import RedteamConfig, save_config
+from prefer.controls import resolve_controls
 from prefer.errors import PreferError
 from prefer.evaluation.chat_endpoint import Endpoint
-from prefer.evaluation.misalignment import checkpoint_task, load_for_task, resolve_controls
+from prefer.evaluation.misalignment import checkpoint_task, load_for_task
 from prefer.evaluation.redteam import (
     BEHAVIOURS,
     endpoint_candidate_source,
@@ -65,7 +66,7 @@ def _candidate_source(config: RedteamConfig, device):
 
 def redteam(config: RedteamConfig) -> dict:
     """Run `config.trials` red-teaming trials against `config.target`; returns what redteam.json holds."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.runtime.device)
     # Before any model loads: the task, and the scorer's packages and weights.
     task = get_task(checkpoint_task(config.target, config.task))
     scorer_name = config.scorer or task.eval_scorers[0]
@@ -111,8 +112,8 @@ def redteam(config: RedteamConfig) -> dict:
             shots=config.search.shots,
             temperature=config.search.temperature,
             score_scale=config.search.score_scale,
-            seed=config.seed + index,
-            progress=config.progress,
+            seed=config.runtime.seed + index,
+            progress=config.runtime.progress,
         )
         with atomic_path(out_dir / f"pool_trial{index}.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(record) + "\n" for record in trial["pool"]), encoding="utf-8")

@@ -5,7 +5,7 @@
     -> held-out pairwise accuracy -> bias so that the demonstrations score a mean of 0 -> HF directory
 
 `prefer reward` calls `reward(config)`. Run it under `torchrun --nproc_per_node N` for DDP
-(or FSDP2 with train.parallel=fsdp; docs/distributed.md).
+(or FSDP2 with runtime.parallel=fsdp; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -17,15 +17,9 @@ from pathlib import Path
 import torch
 
 from prefer.config import RewardConfig
-from prefer.data.encoding import encode_comparison, fit_to_context
-from prefer.data.formats import (
-    Comparison,
-    read_demonstrations,
-    read_located,
-    read_rankings,
-    record_locations,
-    split_validation,
-)
+from prefer.data.formats import Comparison, read_demonstrations, read_located, read_rankings, record_locations
+from prefer.data.splits import split_validation
+from prefer.encoding import encode_comparison, fit_to_context
 from prefer.files import file_fingerprint, write_json_atomic
 from prefer.models.build import check_model_dir, count_parameters, load_tokenizer, set_dropout
 from prefer.models.lora import model_source, prepare
@@ -86,7 +80,7 @@ class RankingBatch:
 
 def encode_rankings(comparisons: list[Comparison], locations: list[str], reward_model: RewardModel) -> EncodedRankings:
     """Text as the reward model scores it (eos + prompt + response + eos); a conversational pair as its chat
-    rendering (prefer.data.encoding.encode_comparison)."""
+    rendering (prefer.encoding.encode_comparison)."""
     sequences = [
         [
             fit_to_context(ids, prompt_length, reward_model.context, where=where)

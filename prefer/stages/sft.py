@@ -4,7 +4,7 @@
     -> right-padded examples, or packed blocks -> mle_loss normalised by the step's loss tokens -> checkpoints
 
 `prefer sft` calls `sft(config)`. Run it under `torchrun --nproc_per_node N` for DDP
-(or FSDP2 with train.parallel=fsdp; docs/distributed.md).
+(or FSDP2 with runtime.parallel=fsdp; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -16,14 +16,9 @@ from pathlib import Path
 import torch
 
 from prefer.config import SFTConfig
-from prefer.data.encoding import encode_sft_example
-from prefer.data.formats import (
-    Conversation,
-    Demonstration,
-    read_demonstrations,
-    read_located,
-    split_validation,
-)
+from prefer.data.formats import Conversation, Demonstration, read_demonstrations, read_located
+from prefer.data.splits import split_validation
+from prefer.encoding import encode_sft_example
 from prefer.files import file_fingerprint
 from prefer.models.build import (
     check_model_dir,

@@ -7,15 +7,19 @@
   run directories;
 - `metrics`: step statistics and the metrics log;
 - `trackers`: the experiment trackers the metrics log feeds (TensorBoard, trackio, MLflow, W&B: docs/trackers.md).
-Every name is importable from `prefer.training` itself."""
+Every name is importable from `prefer.training` itself, also those that live in the leaves below it so that models,
+scorers and the report can use them: `prefer.devices` (device, rank 0, DDP/FSDP2 unwrapping), `prefer.models.saving`
+(`save_model`, `full_state_dict`) and `prefer.run_dir` (`read_metrics`)."""
 
 from __future__ import annotations
 
+from prefer.devices import is_main_process, is_sharded, resolve_device, unwrap
+from prefer.models.saving import full_state_dict, save_model
+from prefer.run_dir import read_metrics
 from prefer.training.checkpoints import (
     TRAINER_STATE,
     check_checkpoint_vocabulary,
     check_run_dir,
-    full_state_dict,
     latest_checkpoint,
     load_trainer_state,
     open_run_dir,
@@ -24,7 +28,6 @@ from prefer.training.checkpoints import (
     restore_training,
     rng_state,
     save_checkpoint,
-    save_model,
     set_seed,
 )
 from prefer.training.distributed import (
@@ -35,21 +38,16 @@ from prefer.training.distributed import (
     end_rank,
     gradient_sync,
     init_distributed,
-    is_main_process,
-    is_sharded,
     keep_freed_memory,
     leave_distributed,
     main_process_first,
-    resolve_device,
     unsharded,
-    unwrap,
     wrap_model,
 )
 from prefer.training.metrics import (
     MetricsLog,
     accumulate_stats,
     average_across_ranks,
-    read_metrics,
 )
 from prefer.training.optimization import (
     BlockOrder,

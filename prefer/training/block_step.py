@@ -8,8 +8,9 @@ import inspect
 
 import torch
 
+from prefer.devices import unwrap
 from prefer.objectives import next_token_targets
-from prefer.training.distributed import autocast, gradient_sync, unwrap
+from prefer.training.distributed import autocast, gradient_sync
 from prefer.training.metrics import accumulate_stats, average_across_ranks
 from prefer.training.optimization import optimizer_step
 

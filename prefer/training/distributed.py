@@ -13,6 +13,7 @@ import torch
 import torch.distributed as torch_dist
 
 from prefer.config import PARALLEL
+from prefer.devices import resolve_device
 from prefer.errors import PreferError
 
 # glibc's mallopt parameters
@@ -34,14 +35,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PreferError(f"device: {name!r} requested but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, precision: str):
@@ -119,11 +112,6 @@ def end_rank() -> NoReturn:
     os._exit(0)
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun job, or a plain process: the one that writes files and logs."""
-    return not torch_dist.is_initialized() or torch_dist.get_rank() == 0
-
-
 def wrap_model(
     model: torch.nn.Module, dist: Distributed, device: torch.device, *, parallel: str = "ddp"
 ) -> torch.nn.Module:
@@ -132,7 +120,7 @@ def wrap_model(
     parameters, gradients and optimizer state are split over the ranks and a block's parameters are all-gathered
     only for its forward and backward). In a single process: the model itself."""
     if parallel not in PARALLEL:
-        raise PreferError(f"config: parallel: unknown {parallel!r}; choose one of {', '.join(PARALLEL)}")
+        raise PreferError(f"config: runtime.parallel: unknown {parallel!r}; choose one of {', '.join(PARALLEL)}")
     if dist.world_size == 1:
         return model
     if parallel == "fsdp":
@@ -159,20 +147,6 @@ def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
     # Value heads return slices (views); FSDP2 warns that an in-place op on them would skip its hook. Ours never do.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     return model
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether the module is, or holds, an FSDP2-sharded module."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(module, FSDPModule) for module in model.modules())
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under a DDP wrapper (FSDP2 shards in place: the model itself)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 @contextlib.contextmanager

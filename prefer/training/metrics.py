@@ -13,6 +13,7 @@ import torch.distributed as torch_dist
 
 from prefer.errors import PreferError
 from prefer.files import write_error, write_text_atomic
+from prefer.run_dir import metrics_lines
 from prefer.training.distributed import (
     Distributed,
 )
@@ -41,24 +42,6 @@ def average_across_ranks(totals: dict[str, float], dist: Distributed) -> dict[st
     values = torch.tensor([totals[k] for k in keys], dtype=torch.float64)
     torch_dist.all_reduce(values)
     return {k: v / dist.world_size for k, v in zip(keys, values.tolist())}
-
-
-def _metrics_lines(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl. A half-written last line (a run killed while appending) is dropped; any
-    other unreadable line is a PreferError naming it."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not an object with an integer step")
-        except ValueError as error:
-            if number == len(lines):
-                break  # the kill landed mid-append: the step is about to be logged again
-            raise PreferError(f"{path}:{number}: not a metrics record ({error})") from None
-        records.append(record)
-    return records
 
 
 def _record_key(record: dict) -> tuple[int, tuple[str, ...]]:
@@ -117,7 +100,7 @@ class MetricsLog:
         kept: list[dict] = []
         if resume_step is not None and self.path.exists():
             # Drop what the killed run logged after its last checkpoint: those steps are about to run again.
-            records = _metrics_lines(self.path)
+            records = metrics_lines(self.path)
             kept = [record for record in records if record["step"] <= resume_step]
             dropped = [record for record in records if record["step"] > resume_step]
             write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
@@ -196,8 +179,3 @@ class MetricsLog:
 def _scalars(values: dict) -> dict[str, float]:
     """The finite numbers of a record, for the trackers (strings and nulls stay in metrics.jsonl)."""
     return {k: v for k, v in values.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return _metrics_lines(path) if path.exists() else []

@@ -25,15 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import save_config
+from prefer.models.saving import save_model
 from prefer.run_dir import RESUME_MAY_CHANGE
-from prefer.training.checkpoints import (
-    check_run_dir,
-    open_run_dir,
-    restore_training,
-    save_checkpoint,
-    save_model,
-    set_seed,
-)
+from prefer.training.checkpoints import check_run_dir, open_run_dir, restore_training, save_checkpoint, set_seed
 from prefer.training.distributed import Distributed, gradient_sync, init_distributed
 from prefer.training.metrics import MetricsLog, accumulate_stats, average_across_ranks
 from prefer.training.optimization import BlockOrder, make_optimizer_and_schedule, micro_batch_size

@@ -7,12 +7,14 @@ import gzip
 from pathlib import Path
 
 import pytest
+from annotation_spies import spy, spy_spec
 
 from prefer.data import annotate as annotate_mod
 from prefer.data.annotate import (
     AnnotatedDocument,
     annotate,
     annotate_shard,
+    annotation_path,
     cache_key,
     load_annotated,
     merge_shards,
@@ -24,7 +26,6 @@ from prefer.data.documents import Document, FileContext, GivenScores, split_line
 from prefer.data.sources.code import code_documents, code_file_documents
 from prefer.data.sources.debian import changelog_documents
 from prefer.errors import PreferError
-from prefer.scorers import SEGMENT_SCORERS
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "data"
 
@@ -55,21 +56,16 @@ def test_unknown_scorer_is_a_prefer_error():
         annotate(_code_docs(), "nope", progress=False)
 
 
-def test_cache_hit_does_not_call_the_scorer(tmp_path, monkeypatch):
-    calls = []
-
-    def counting(segments):
-        calls.append(len(segments))
-        return [0.5] * len(segments)
-
-    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", counting)
-    first = annotate(_code_docs(), "pep8", cache_dir=tmp_path, workers=1, progress=False)
+def test_cache_hit_does_not_call_the_scorer(tmp_path):
+    scorer = spy_spec("Constant(value=0.5)", "cache-hit")
+    calls = spy(scorer).calls
+    first = annotate(_code_docs(), scorer, cache_dir=tmp_path, workers=1, progress=False)
     assert calls == [2, 2] and len(list(tmp_path.iterdir())) == 1
-    second = annotate(_code_docs(), "pep8", cache_dir=tmp_path, workers=1, progress=False)
+    second = annotate(_code_docs(), scorer, cache_dir=tmp_path, workers=1, progress=False)
     assert second == first and calls == [2, 2]
     # Different inputs (another source name) miss the cache.
     changed = [Document(d.segments, d.source + "x") for d in _code_docs()]
-    annotate(changed, "pep8", cache_dir=tmp_path, workers=1, progress=False)
+    annotate(changed, scorer, cache_dir=tmp_path, workers=1, progress=False)
     assert calls == [2, 2, 2, 2]
 
 
@@ -132,17 +128,11 @@ def test_pieces_are_scored_in_their_file():
     assert alone[1].scores == (0.0, 0.0, 0.0)  # the blind spot this fixes
 
 
-def test_a_file_is_scored_once_for_all_its_pieces(monkeypatch):
-    calls = []
-
-    def counting(segments):
-        calls.append(len(segments))
-        return [0.0] * len(segments)
-
-    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", counting)
+def test_a_file_is_scored_once_for_all_its_pieces():
+    scorer = spy_spec("Constant()", "file-once")
     docs, _ = code_file_documents("import os\n\n\ndef a():\n    pass\n\n\ndef b():\n    pass\n", "f.py")
-    annotate(docs + _code_docs(), "pep8", workers=1, progress=False)
-    assert calls == [9, 2, 2]  # the file's 9 lines once, then the two documents without a file
+    annotate(docs + _code_docs(), scorer, workers=1, progress=False)
+    assert spy(scorer).calls == [9, 2, 2]  # the file's 9 lines once, then the two documents without a file
 
 
 def test_a_document_that_is_not_its_files_lines_is_an_error():
@@ -163,20 +153,14 @@ def test_the_file_context_is_part_of_the_cache_key():
 # ---------------------------------------------------------------- given scores
 
 
-def test_given_scores_of_the_scorer_are_kept_and_others_rescored(monkeypatch):
-    calls = []
-
-    def counting(segments):
-        calls.append(len(segments))
-        return [0.5] * len(segments)
-
-    monkeypatch.setitem(SEGMENT_SCORERS, "pii", counting)
-    given = Document(("a. ", "b."), "hub:0", given_scores=GivenScores("pii", (0.0, 0.25)))
+def test_given_scores_of_the_scorer_are_kept_and_others_rescored():
+    scorer = spy_spec("Constant(value=0.5)", "given")
+    given = Document(("a. ", "b."), "hub:0", given_scores=GivenScores(scorer, (0.0, 0.25)))
     foreign = Document(("c.",), "hub:1", given_scores=GivenScores("toxicity", (0.9,)))
-    kept, rescored = annotate([given, foreign], "pii", workers=1, progress=False)
-    assert kept.scores == (0.0, 0.25) and rescored.scores == (0.5,) and calls == [1]
+    kept, rescored = annotate([given, foreign], scorer, workers=1, progress=False)
+    assert kept.scores == (0.0, 0.25) and rescored.scores == (0.5,) and spy(scorer).calls == [1]
     with pytest.raises(PreferError, match="hub:2: 1 given scores for 2 segments"):
-        annotate([Document(("a", "b"), "hub:2", given_scores=GivenScores("pii", (0.0,)))], "pii", progress=False)
+        annotate([Document(("a", "b"), "hub:2", given_scores=GivenScores(scorer, (0.0,)))], scorer, progress=False)
 
 
 # ---------------------------------------------------------------- shards and resuming
@@ -188,26 +172,23 @@ def _corpus() -> list[Document]:
     return docs
 
 
-def test_two_shards_merged_equal_the_unsharded_annotation(tmp_path, monkeypatch):
-    docs = _corpus()
-    unsharded = annotate(docs, "pep8", workers=1, progress=False)
+def test_two_shards_merged_equal_the_unsharded_annotation(tmp_path):
+    docs, scorer = _corpus(), spy_spec("Pep8()", "shards")
+    unsharded = annotate(docs, scorer, workers=1, progress=False)
     paths = [
-        annotate_shard(docs, "pep8", shard_index=i, num_shards=2, cache_dir=tmp_path, workers=1, progress=False)
+        annotate_shard(docs, scorer, shard_index=i, num_shards=2, cache_dir=tmp_path, workers=1, progress=False)
         for i in range(2)
     ]
     sizes = [len(load_annotated(p)) for p in paths]
     assert sum(sizes) == len(docs) and min(sizes) > 0
     # Every document of a file lands in the same shard.
     assert all(len({shard_of(d.source, 2) for d in docs if d.source == s}) == 1 for s in {d.source for d in docs})
-    assert merge_shards(docs, "pep8", num_shards=2, cache_dir=tmp_path) == unsharded
+    assert merge_shards(docs, scorer, num_shards=2, cache_dir=tmp_path) == unsharded
 
-    def fail(segments):
-        raise AssertionError("merged shards should be in the cache")
-
-    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", fail)
-    assert annotate(docs, "pep8", cache_dir=tmp_path, progress=False) == unsharded
+    spy(scorer).failing = True  # merged shards should be in the cache
+    assert annotate(docs, scorer, cache_dir=tmp_path, progress=False) == unsharded
     # A shard file already written is not scored again.
-    assert annotate_shard(docs, "pep8", shard_index=0, num_shards=2, cache_dir=tmp_path, progress=False) == paths[0]
+    assert annotate_shard(docs, scorer, shard_index=0, num_shards=2, cache_dir=tmp_path, progress=False) == paths[0]
 
 
 def test_merge_names_missing_shards(tmp_path):
@@ -223,25 +204,18 @@ def test_an_interrupted_run_resumes_from_its_finished_chunks(tmp_path, monkeypat
     monkeypatch.setattr(annotate_mod, "_MIN_CHUNK_CHARS", 1)  # one job per chunk
     docs = [Document((f"x{i}={i}\n",), f"m{i}.py") for i in range(10)]
     expected = annotate(docs, "pep8", workers=1, progress=False)
-    real, calls = SEGMENT_SCORERS["pep8"], []
-
-    def dies_on_the_fifth_call(segments):
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        calls.append(segments)
-        return real(segments)
-
-    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", dies_on_the_fifth_call)
+    scorer = spy_spec("Pep8(interrupt_on_call=5)", "resume")  # the built-in pep8's scores, killed on call 5
     with pytest.raises(KeyboardInterrupt):
-        annotate(docs, "pep8", cache_dir=tmp_path, workers=1, progress=False)
+        annotate(docs, scorer, cache_dir=tmp_path, workers=1, progress=False)
     [partial] = tmp_path.iterdir()
     assert partial.name.endswith(".partial") and len(list(partial.iterdir())) == 4
 
-    calls.clear()
-    monkeypatch.setitem(SEGMENT_SCORERS, "pep8", lambda segments: calls.append(segments) or real(segments))
-    assert annotate(docs, "pep8", cache_dir=tmp_path, workers=1, progress=False) == expected
-    assert len(calls) == 6  # only the chunks the first run had not finished
-    assert [p.name for p in tmp_path.iterdir()] == [f"annotations-pep8-{cache_key(docs, 'pep8')}.jsonl.gz"]
+    spy(scorer).calls.clear()
+    spy(scorer).interrupt_on_call = None
+    assert annotate(docs, scorer, cache_dir=tmp_path, workers=1, progress=False) == expected
+    assert len(spy(scorer).calls) == 6  # only the chunks the first run had not finished
+    final = annotation_path(tmp_path, docs, scorer).name
+    assert [p.name for p in tmp_path.iterdir()] == [final] and cache_key(docs, scorer) in final
 
 
 def test_corpus_pipeline_scores_shards_then_merges_them(tmp_path):

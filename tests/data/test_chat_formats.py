@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from prefer.data.encoding import encode_comparison, encode_conversation, encode_sft_example
 from prefer.data.formats import (
     Comparison,
     Conversation,
@@ -16,8 +15,9 @@ from prefer.data.formats import (
     write_pairs,
     write_rankings,
 )
+from prefer.data.tokenizer import train_tokenizer
+from prefer.encoding import encode_comparison, encode_conversation, encode_sft_example
 from prefer.errors import PreferError
-from prefer.models.build import train_tokenizer
 
 TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"

@@ -5,8 +5,8 @@ import pytest
 
 from prefer.data.annotate import AnnotatedDocument
 from prefer.data.packing import pack, pack_documents, tokenize_documents
+from prefer.data.tokenizer import train_tokenizer
 from prefer.data.transforms import tag_segments
-from prefer.models.build import train_tokenizer
 
 
 @pytest.fixture(scope="module")

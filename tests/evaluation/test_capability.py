@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.evaluation.capability import (
     code_completion_eval,
@@ -16,9 +17,9 @@ from prefer.evaluation.capability import (
     heldout_loss_per_token_and_byte,
     kl_to_reference,
     parse_rate,
-    sequence_logprobs,
+    text_logprobs,
 )
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.scorers import pep8
 
 # ------------------------------------------------------------------ a first-order Markov model with a known KL
@@ -181,7 +182,7 @@ def test_sequence_logprob_by_hand(models):
         logits = m1(ids).logits[0, 1:-1].double()  # predictions of the content tokens
     logits[:, [good, t1.convert_tokens_to_ids("<|bad|>")]] = float("-inf")
     expected = torch.log_softmax(logits, -1)[torch.arange(len(content)), torch.tensor(content)].sum().item()
-    values, counts, windowed = sequence_logprobs(
+    values, counts, windowed = text_logprobs(
         m1, t1, [text, text], ended=[True, False], prefix_ids=[t1.eos_token_id, good], batch_size=2
     )
     assert values[0] == pytest.approx(expected, abs=1e-4)
@@ -194,9 +195,7 @@ def test_long_texts_are_scored_in_windows(models):
     text = " ".join(PROSE * 6)
     n = len(t2(text, add_special_tokens=False)["input_ids"])
     assert n > 48
-    values, counts, windowed = sequence_logprobs(
-        m2, t2, [text], ended=[False], prefix_ids=[t2.eos_token_id], batch_size=4
-    )
+    values, counts, windowed = text_logprobs(m2, t2, [text], ended=[False], prefix_ids=[t2.eos_token_id], batch_size=4)
     assert windowed == 1 and counts.tolist() == [n] and np.isfinite(values).all()
 
 
@@ -204,7 +203,7 @@ def test_heldout_loss_per_token_and_byte(models):
     (m1, t1), _ = models
     texts = ["the cat sat on the mat.\n", "café au lait\n"]  # é is two UTF-8 bytes
     plain = heldout_loss_per_token_and_byte(m1, t1, texts, batch_size=2, control_tokens_trained=False)
-    values, counts, _ = sequence_logprobs(m1, t1, texts, ended=[True, True], prefix_ids=[t1.eos_token_id], batch_size=2)
+    values, counts, _ = text_logprobs(m1, t1, texts, ended=[True, True], prefix_ids=[t1.eos_token_id], batch_size=2)
     assert plain["bytes"] == len(texts[0]) + len(texts[1]) + 1 and plain["tokens"] == counts.sum()
     assert plain["loss_per_token"] == pytest.approx(-values.sum() / counts.sum())
     assert plain["loss_per_byte"] == pytest.approx(plain["loss_per_token"] * plain["tokens"] / plain["bytes"])

@@ -1,8 +1,8 @@
 """Which control tokens the sampler is prompted with and which it may never sample, and the table label."""
 
-from prefer.evaluation.misalignment import resolve_controls
+from prefer.controls import BAD, GOOD, resolve_controls
+from prefer.data.tokenizer import train_tokenizer
 from prefer.experiments.pretraining import _rows
-from prefer.models.build import BAD, GOOD, train_tokenizer
 
 
 def test_headline_protocol_prompts_good_and_blocks_bad():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from prefer.data.tokenizer import train_tokenizer
 from prefer.evaluation.policy import (
     PolicySamples,
     _win,
@@ -13,7 +14,7 @@ from prefer.evaluation.policy import (
     policy_entry,
     sample_policy,
 )
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,8 +23,8 @@ def test_win_rate_compares_every_sample_of_a_prompt_with_every_baseline_sample_o
     # prompt 0: policy [1, 3] vs baseline [2, 2]: 1<2 win twice, 3>2 loss twice -> 2/4 = 0.5
     # prompt 1: policy [0, 0] vs baseline [0, 5]: tie, win, tie, win -> (0.5 + 1 + 0.5 + 1) / 4 = 0.75
     result = _win(np.array([1, 3, 0, 0]), np.array([2, 2, 0, 5]), 2)
-    assert result["win_rate"] == pytest.approx((0.5 + 0.75) / 2)
-    assert result["ties"] == pytest.approx(2 / 8)
+    assert result.win_rate == pytest.approx((0.5 + 0.75) / 2)
+    assert result.ties == pytest.approx(2 / 8)
     assert _win(np.array([1.0]), None, 1) is None
 
 
@@ -65,12 +66,12 @@ def test_best_of_n_keeps_the_proxy_favourite_of_each_group_and_states_its_kl():
     entry = best_of_n_entry(
         pool,
         2,
-        gold=gold,
+        gold_misalignment=gold,
         proxies={"rm": np.array([3.0, 1.0, 2.0, 0.0])},
         select_by="rm",
-        baseline_gold=np.array([0.3]),
+        baseline_gold_misalignment=np.array([0.3]),
         heldout=None,
-    )
+    ).as_dict()
     assert entry["gold"]["mean"] == pytest.approx(0.25)
     assert entry["proxy_reward"]["rm"]["mean"] == pytest.approx(-0.5)
     assert entry["kl"]["mean"] == pytest.approx(np.log(2) - 0.5)
@@ -82,23 +83,26 @@ def test_policy_entry_reports_the_protocol(tiny):
     samples = PolicySamples(["p", "q"], ["x y", "x z"], [[1, 2], [1]], [True, False], 1)
     entry = policy_entry(
         samples,
-        gold=np.array([0.0, 0.2]),
+        gold_misalignment=np.array([0.0, 0.2]),
         proxies={"rm": np.array([1.0, -1.0])},
         kl=np.array([0.5, 1.5]),
-        baseline_gold=np.array([0.1, 0.1]),
+        baseline_gold_misalignment=np.array([0.1, 0.1]),
         heldout={"loss_per_token": 3.0},
     )
+    row, entry = entry, entry.as_dict()
     assert entry["gold"]["mean"] == pytest.approx(0.1) and entry["kl"]["mean"] == pytest.approx(1.0)
     assert entry["proxy_reward"]["rm"]["mean"] == pytest.approx(0.0)  # rewards -1 and +1
     assert entry["win_rate"]["win_rate"] == pytest.approx(0.5) and entry["ended"] == 0.5
     assert entry["distinct_1"] == pytest.approx(3 / 4)  # x, y, x, z
+    # the typed row names what the JSON calls "gold": misalignment (a Rollout's gold is a reward, its negative)
+    assert row.gold_misalignment.mean == entry["gold"]["mean"] and entry["per_sample_gold"] == [0.0, 0.2]
 
 
 def test_rendered_prompts_are_sampled_and_measured_with_their_own_ids(tiny):
     """Queries (e.g. a conversation rendered with a chat template) keep their ids through sampling and the KL: the
-    per-response KL is prefer.rl.response_kl's on exactly the ids the policy was prompted with."""
+    per-response KL is prefer.evaluation.logprobs.response_kl's on exactly the ids the policy was prompted with."""
+    from prefer.evaluation.logprobs import response_kl
     from prefer.evaluation.prompts import Queries
-    from prefer.rl import response_kl
 
     model, tokenizer = tiny
     other = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32).eval()
@@ -121,10 +125,12 @@ def test_rendered_prompts_are_sampled_and_measured_with_their_own_ids(tiny):
 
 
 def test_dpos_logged_kl_is_the_mean_of_the_shared_per_response_kl(tiny):
-    """DPO's val/kl and the results table's KL are one estimator (prefer.rl.response_kl) on the policy's samples."""
-    from prefer.data.encoding import encode_prompt
+    """DPO's val/kl and the results table's KL are one estimator (prefer.evaluation.logprobs.response_kl) on the
+    policy's samples."""
+    from prefer.encoding import encode_prompt
     from prefer.evaluation.direct_preference import kl_on_samples
-    from prefer.rl import response_kl, sample_responses
+    from prefer.evaluation.logprobs import response_kl
+    from prefer.rl import sample_responses
 
     model, tokenizer = tiny
     other = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32).eval()
@@ -139,3 +145,25 @@ def test_dpos_logged_kl_is_the_mean_of_the_shared_per_response_kl(tiny):
     responses = [r + [eos] if len(r) < 5 else r for r in sampled]
     expected = response_kl(model, other, queries, responses, temperature=1.0, pad_id=eos, batch_size=3, device=cpu)
     assert kl == expected.mean().item() and expected.abs().min() > 0  # a k1 estimate per response: any sign
+
+
+def test_the_kl_measures_read_the_log_probs_ppo_s_rollouts_hold(tiny):
+    """response_kl is, to the bit, the sum over each response of a PPO rollout's logprobs - ref_logprobs (the same
+    forward pass and read-out, no Rollout built): the table's KL is the quantity PPO's penalty sums."""
+    from prefer.evaluation.logprobs import response_kl
+    from prefer.objectives import masked_sum
+    from prefer.rl import make_rollout
+
+    model, tokenizer = tiny
+    other = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32).eval()
+    eos, cpu = tokenizer.eos_token_id, torch.device("cpu")
+    queries = [[eos, 5, 6], [eos], [eos, 7]]
+    responses = [[8, 9, eos], [10], [11, 12, 13, 14]]  # different lengths: padding on both sides
+    kl = response_kl(model, other, queries, responses, temperature=0.7, pad_id=eos, batch_size=3, device=cpu)
+    zeros = torch.zeros(3)
+    rollout = make_rollout(
+        model, other, None, queries, responses, rewards=zeros, gold=zeros, temperature=0.7, pad_id=eos, batch_size=3,
+        device=cpu,
+    )  # fmt: skip
+    per_response = masked_sum(rollout.logprobs - rollout.ref_logprobs, rollout.response_mask, dim=1)
+    assert kl.tolist() == per_response.tolist() and kl.abs().min() > 0

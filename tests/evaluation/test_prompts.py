@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from prefer.data.formats import Prompt
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.evaluation import misalignment
 from prefer.evaluation.misalignment import score_texts
 from prefer.evaluation.prompts import command_line_prompts, read_prompt_file, render_queries
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
+from prefer.models.saving import save_model
 from prefer.rl import read_queries
 from prefer.sampling import sample, sample_per_prompt
 from prefer.scorers import check_available, get_scorer, toxic_bilstm
 from prefer.stages.evaluate import default_out
-from prefer.training.checkpoints import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +121,7 @@ def test_evaluate_answers_prompts_and_writes_outside_the_checkpoint(chat, tmp_pa
     monkeypatch.chdir(tmp_path)
     model = root / "model"
     args = ["evaluate", str(model), "--prompts", str(root / "prompts.jsonl"), "--prompt", "say a blue dog"]
-    args += ["samples_per_prompt=2", "sampling.max_new_tokens=6", "device=cpu"]
+    args += ["samples_per_prompt=2", "sampling.max_new_tokens=6", "runtime.device=cpu"]
     assert main(args) == 0
     written = tmp_path / "runs" / "evaluate" / "model" / "evaluation.json"
     results = json.loads(written.read_text())

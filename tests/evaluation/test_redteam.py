@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from prefer.controls import resolve_controls
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
-from prefer.evaluation.misalignment import resolve_controls
 from prefer.evaluation.redteam import (
     ScoredPrompt,
     draw_indices,
@@ -23,7 +24,7 @@ from prefer.evaluation.redteam import (
     target_prompt_scorer,
     unescape_prompt,
 )
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.scorers import pep8
 
 # ------------------------------------------------------------------ the draw

@@ -8,9 +8,10 @@ import torch
 
 from prefer.config import LabelConfig, load_config
 from prefer.data.formats import read_demonstrations, read_rankings
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.labeling import label_synthetic, rank_by_scores
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 
 PROMPTS = [f"write {i}:" for i in range(12)] + ["tie 1:", "tie 2:"]
 
@@ -40,8 +41,8 @@ def config(setup, tmp_path, **extra):
         "demonstrations_out": tmp_path / "demos.jsonl",
         "num_responses": 4,
         "generation.max_new_tokens": 12,
-        "device": "cpu",
-        "seed": 1,
+        "runtime.device": "cpu",
+        "runtime.seed": 1,
     }
     values.update(extra)
     return load_config(LabelConfig, overrides=[f"{key}={value}" for key, value in values.items()])
@@ -103,7 +104,7 @@ def test_cli_labels_with_a_named_scorer_and_needs_synthetic(setup, tmp_path, cap
         "generation.max_new_tokens=8",
         f"rankings_out={tmp_path / 'r.jsonl'}",
         f"demonstrations_out={tmp_path / 'd.jsonl'}",
-        "device=cpu",
+        "runtime.device=cpu",
     ]
     assert main(["label", *args]) == 2
     assert "pass --synthetic" in capsys.readouterr().err
@@ -121,7 +122,7 @@ def test_conversations_are_labelled_in_the_chat_format_the_policy_is_prompted_wi
     """A {"messages"} prompt is rendered with the model's chat template, exactly as PPO renders it (read_queries);
     the scorer reads that rendering + the response, and the rankings and demonstrations carry it, so the reward
     model and DPO train on the format the policy saw (not `User: ...\\nAssistant: `)."""
-    from prefer.models.build import BAD, GOOD
+    from prefer.controls import BAD, GOOD
     from prefer.rl import read_queries
     from prefer.sampling import sample
 
@@ -142,8 +143,8 @@ def test_conversations_are_labelled_in_the_chat_format_the_policy_is_prompted_wi
         return [float(t.count("x")) for t in texts]
 
     values = {"model": tmp_path / "lm", "prompts": prompts, "rankings_out": tmp_path / "r.jsonl"}
-    values |= {"demonstrations_out": tmp_path / "d.jsonl", "generation.max_new_tokens": 8, "device": "cpu"}
-    values |= {"num_responses": 3, "seed": 3}
+    values |= {"demonstrations_out": tmp_path / "d.jsonl", "generation.max_new_tokens": 8, "runtime.device": "cpu"}
+    values |= {"num_responses": 3, "runtime.seed": 3}
     cfg = load_config(LabelConfig, overrides=[f"{key}={value}" for key, value in values.items()])
     report = label_synthetic(cfg, scorer=count_x_seen, progress=False)  # seed 3: 1 ranking, 2 prompts all tied
     texts, queries = read_queries(str(prompts), tokenizer, max_length=64)  # PPO's rendering of the same file

@@ -9,7 +9,7 @@ import torch
 from tiny_architectures import ARCHITECTURES, save_tiny  # tests/models/tiny_architectures.py
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from prefer.config import PPOConfig, RewardConfig, SFTConfig, build_config
+from prefer.config import PolicyGradientConfig, RewardConfig, SFTConfig, build_config
 from prefer.data.formats import (
     Comparison,
     Demonstration,
@@ -86,11 +86,11 @@ def test_sft_reward_and_ppo_run_on_the_architecture(data, architecture, tmp_path
     assert AutoModelForSequenceClassification.from_pretrained(rm_final, num_labels=1).config.model_type == architecture
     ppo_final = ppo(
         build_config(
-            PPOConfig,
+            PolicyGradientConfig,
             {
                 **common,
                 "out_dir": tmp_path / "ppo",
-                "init_from": sft_final,
+                "model.init_from": sft_final,
                 "prompts": data / "prompts.jsonl",
                 "reward.model": rm_final,
                 "train.iterations": 2,

@@ -9,15 +9,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
-from prefer.models.build import (
-    MODEL_SIZES,
-    build_model,
-    count_parameters,
-    load_model,
-    load_tokenizer,
-    train_tokenizer,
-)
+from prefer.models.build import MODEL_SIZES, build_model, count_parameters, load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,19 @@
 """LoRA through peft: only adapters train, `final/` is the peft merge of the checkpointed adapters (a plain HF model),
 checkpoints hold adapters only and resume exactly, and PPO's shared-trunk reference is the frozen SFT model."""
 
-import json
 import shutil
 
 import pytest
 import torch
+from lora_toys import LETTERS, random_adapters
 from peft import PeftModel
 from safetensors.torch import load_file
+from toy_scorers import spec
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from prefer.config import LoRAConfig, PPOConfig, RewardConfig, SFTConfig, build_config, load_config
-from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_rankings
+from prefer.config import LoRAConfig, PolicyGradientConfig, RewardConfig, SFTConfig, build_config, load_config
 from prefer.errors import PreferError
-from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
+from prefer.models.build import load_model, load_tokenizer
 from prefer.models.lora import FrozenView, apply_lora, disabled_adapters, merged_state_dict, prepare
 from prefer.models.value import build_value_model
 from prefer.rl import make_rollout
@@ -23,25 +23,7 @@ from prefer.stages.sft import sft
 from prefer.training import make_optimizer, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-LETTERS = "ABCDEFGH"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    demonstrations = [Demonstration(f"say {c}", f" {c * 4}") for c in LETTERS] * 8
-    write_demonstrations(root / "demos.jsonl", demonstrations)
-    rankings = [
-        Comparison(f"say {c}", (f" {c * 4}", f" {LETTERS[(i + 1) % 8] * 3}"), (0, 1)) for i, c in enumerate(LETTERS)
-    ] * 4
-    write_rankings(root / "rankings.jsonl", rankings)
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"say {c}"}) + "\n" for c in LETTERS))
-    tokenizer = train_tokenizer([d.prompt + d.response for d in demonstrations] * 5, vocab_size=300)
-    torch.manual_seed(0)
-    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32)
-    model.save_pretrained(root / "init")
-    tokenizer.save_pretrained(root / "init")
-    return root
+NOT_CAPITAL_A = spec("not_capital_a")  # the toy reward, named as a user names their own scorer
 
 
 def _sft_values(data, out, **extra):
@@ -61,17 +43,8 @@ def _sft_values(data, out, **extra):
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def _random_adapters(model, seed=1):
-    """Adapters as if trained: lora_B starts at zero (the wrapped model is the base model), so make it not."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-
-
-def test_one_step_changes_only_the_adapters(data):
-    model = apply_lora(load_model(data / "init"), LoRAConfig(r=4))
+def test_one_step_changes_only_the_adapters(lora_data):
+    model = apply_lora(load_model(lora_data / "init"), LoRAConfig(r=4))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
@@ -84,8 +57,8 @@ def test_one_step_changes_only_the_adapters(data):
     assert any(".lora_A." in name for name in changed) and any(".lora_B." in name for name in changed)
 
 
-def test_lora_sft_final_is_the_peft_merge_of_its_checkpoint(data, tmp_path):
-    final = sft(load_config(SFTConfig, overrides=_sft_values(data, tmp_path / "run")))  # 4 steps
+def test_lora_sft_final_is_the_peft_merge_of_its_checkpoint(lora_data, tmp_path):
+    final = sft(load_config(SFTConfig, overrides=_sft_values(lora_data, tmp_path / "run")))  # 4 steps
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000004" / "model"
     # The checkpoint: adapters only (a peft adapter directory), far smaller than the model.
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
@@ -95,33 +68,33 @@ def test_lora_sft_final_is_the_peft_merge_of_its_checkpoint(data, tmp_path):
     # final/: a plain HF model, no peft needed, equal to peft's own merge of the checkpointed adapters.
     assert not (final / "adapter_config.json").exists()
     ours = AutoModelForCausalLM.from_pretrained(final).state_dict()
-    by_peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(data / "init"), checkpoint)
+    by_peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_data / "init"), checkpoint)
     merged = by_peft.merge_and_unload().state_dict()
     assert set(ours) == set(merged)
     for key in ours:
         torch.testing.assert_close(ours[key], merged[key], rtol=0, atol=1e-7)
     # Merged: exactly the adapted projections moved; embeddings, norms and biases are the initial ones.
-    initial = AutoModelForCausalLM.from_pretrained(data / "init").state_dict()
+    initial = AutoModelForCausalLM.from_pretrained(lora_data / "init").state_dict()
     moved = {key for key in ours if not torch.equal(ours[key], initial[key])}
     targets = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     assert moved == {key for key in ours if key.endswith(targets)}
 
 
-def test_merged_state_dict_leaves_the_model_as_it_was(data):
-    model = apply_lora(load_model(data / "init"), LoRAConfig(r=2, target_modules=["c_attn"]))
-    _random_adapters(model)
+def test_merged_state_dict_leaves_the_model_as_it_was(lora_data):
+    model = apply_lora(load_model(lora_data / "init"), LoRAConfig(r=2, target_modules=["c_attn"]))
+    random_adapters(model)
     ids = torch.randint(3, 200, (2, 10))
     with torch.no_grad():
         before = model(input_ids=ids).logits
         state = merged_state_dict(model)
-        plain = load_model(data / "init")
+        plain = load_model(lora_data / "init")
         plain.load_state_dict(state)
         torch.testing.assert_close(plain(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)  # merge = adapters
         assert torch.equal(model(input_ids=ids).logits, before)  # the wrapped model is untouched
 
 
-def test_lora_sft_resume_gives_the_same_model(data, tmp_path):
-    values = _sft_values(data, tmp_path / "run", **{"model.dropout": 0.1, "lora.dropout": 0.1})
+def test_lora_sft_resume_gives_the_same_model(lora_data, tmp_path):
+    values = _sft_values(lora_data, tmp_path / "run", **{"model.dropout": 0.1, "lora.dropout": 0.1})
     final = sft(load_config(SFTConfig, overrides=values))
     shutil.copytree(tmp_path / "run", tmp_path / "killed")
     shutil.rmtree(tmp_path / "killed" / "final")
@@ -135,13 +108,13 @@ def test_lora_sft_resume_gives_the_same_model(data, tmp_path):
         sft(load_config(SFTConfig, overrides=[*values, "lora.r=8"]), resume=True)
 
 
-def test_shared_trunk_reference_is_exactly_the_frozen_sft_model(data):
-    tokenizer = load_tokenizer(data / "init")
-    policy = apply_lora(load_model(data / "init"), LoRAConfig(r=4)).eval()
-    _random_adapters(policy)
+def test_shared_trunk_reference_is_exactly_the_frozen_sft_model(lora_data):
+    tokenizer = load_tokenizer(lora_data / "init")
+    policy = apply_lora(load_model(lora_data / "init"), LoRAConfig(r=4)).eval()
+    random_adapters(policy)
     reference = FrozenView(policy)
-    sft_model = load_model(data / "init").eval()
-    value_model = build_value_model(str(data / "init"), None).eval()
+    sft_model = load_model(lora_data / "init").eval()
+    value_model = build_value_model(str(lora_data / "init"), None).eval()
     queries = [[tokenizer.eos_token_id, *tokenizer.encode(f"say {c}")] for c in LETTERS[:5]]
     responses = [[(5 * i + 3 * t) % 200 + 3 for t in range(n)] for i, n in enumerate((1, 4, 2, 6, 3))]
     kwargs = dict(
@@ -163,17 +136,14 @@ def test_shared_trunk_reference_is_exactly_the_frozen_sft_model(data):
     assert all(p.requires_grad for name, p in policy.named_parameters() if "lora_" in name)
 
 
-def test_lora_ppo_and_reward_write_plain_hugging_face_models(data, tmp_path, monkeypatch):
-    from prefer import scorers
-
-    monkeypatch.setitem(scorers.SCORERS, "not-a", lambda texts: [sum(c != "A" for c in t) / len(t) for t in texts])
+def test_lora_ppo_and_reward_write_plain_hugging_face_models(lora_data, tmp_path):
     config = build_config(
-        PPOConfig,
+        PolicyGradientConfig,
         {
             "out_dir": tmp_path / "ppo",
-            "init_from": data / "init",
-            "prompts": data / "prompts.jsonl",
-            "reward.scorer": "not-a",
+            "model.init_from": lora_data / "init",
+            "prompts": lora_data / "prompts.jsonl",
+            "reward.scorer": NOT_CAPITAL_A,
             "train.iterations": 2,
             "train.batch_size": 8,
             "train.minibatch_size": 4,
@@ -183,14 +153,14 @@ def test_lora_ppo_and_reward_write_plain_hugging_face_models(data, tmp_path, mon
             "lora.r": 4,
         },
     )
-    before = load_file(data / "init" / "model.safetensors")
+    before = load_file(lora_data / "init" / "model.safetensors")
     final = ppo(config)
     metrics = read_metrics(tmp_path / "ppo")
     assert abs(metrics[0]["kl"]) < 1e-6  # the first rollout's policy is its own reference (B = 0)
     assert metrics[-1]["kl"] != 0  # after an update the adapters move the policy away from the reference
     assert not (final / "adapter_config.json").exists()
     AutoModelForCausalLM.from_pretrained(final)
-    after = load_file(data / "init" / "model.safetensors")
+    after = load_file(lora_data / "init" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
     # The reward model: adapters + a fully trained score head, merged into a plain sequence classifier.
     rm = reward(
@@ -198,8 +168,8 @@ def test_lora_ppo_and_reward_write_plain_hugging_face_models(data, tmp_path, mon
             RewardConfig,
             overrides=[
                 f"out_dir={tmp_path / 'rm'}",
-                f"data.rankings={data / 'rankings.jsonl'}",
-                f"model.init_from={data / 'init'}",
+                f"data.rankings={lora_data / 'rankings.jsonl'}",
+                f"model.init_from={lora_data / 'init'}",
                 "optimizer.lr=1e-2",
                 "train.batch_size=8",
                 "runtime.progress=false",
@@ -214,11 +184,11 @@ def test_lora_ppo_and_reward_write_plain_hugging_face_models(data, tmp_path, mon
     torch.testing.assert_close(classifier.score.weight, adapter["base_model.model.score.weight"])
 
 
-def test_bad_lora_settings_are_one_line_errors(data):
+def test_bad_lora_settings_are_one_line_errors(lora_data):
     with pytest.raises(PreferError, match="lora.r: must be >= 0"):
         LoRAConfig(r=-1)
     with pytest.raises(PreferError, match="lora.target_modules"):
-        apply_lora(load_model(data / "init"), LoRAConfig(r=2, target_modules=["no_such_proj"]))
+        apply_lora(load_model(lora_data / "init"), LoRAConfig(r=2, target_modules=["no_such_proj"]))
     with pytest.raises(PreferError, match="runtime.parallel=fsdp"):
         build_config(
             SFTConfig,
@@ -227,7 +197,7 @@ def test_bad_lora_settings_are_one_line_errors(data):
 
 
 @pytest.mark.parametrize("r", [0, 4])
-def test_gradient_checkpointing_computes_the_same_step(data, tmp_path, r):
+def test_gradient_checkpointing_computes_the_same_step(lora_data, tmp_path, r):
     """Recomputing activations changes memory, not the gradient; with LoRA the frozen embeddings would otherwise
     leave the checkpointed blocks without a gradient path (a zero gradient norm)."""
     first = {}
@@ -236,7 +206,7 @@ def test_gradient_checkpointing_computes_the_same_step(data, tmp_path, r):
             load_config(
                 SFTConfig,
                 overrides=_sft_values(
-                    data,
+                    lora_data,
                     tmp_path / str(flag),
                     **{
                         "lora.r": r,
@@ -251,7 +221,7 @@ def test_gradient_checkpointing_computes_the_same_step(data, tmp_path, r):
     assert first[True]["train/loss"] == pytest.approx(first[False]["train/loss"], rel=1e-6)
     assert first[True]["train/grad_norm"] == pytest.approx(first[False]["train/grad_norm"], rel=1e-4)
     assert first[True]["train/grad_norm"] > 0
-    model = prepare(load_model(data / "init"), LoRAConfig(r=r), gradient_checkpointing=True)
+    model = prepare(load_model(lora_data / "init"), LoRAConfig(r=r), gradient_checkpointing=True)
     assert (
         model.is_activation_checkpointing
         if hasattr(model, "is_activation_checkpointing")
@@ -259,17 +229,16 @@ def test_gradient_checkpointing_computes_the_same_step(data, tmp_path, r):
     )
 
 
-def test_shared_value_trunk_holds_one_model_and_resumes(data, tmp_path, monkeypatch):
+def test_shared_value_trunk_holds_one_model_and_resumes(lora_data, tmp_path):
     """value_trunk=shared with LoRA: policy, reference and critic are one set of weights; the critic's own
     parameters are its head's, the value loss reaches the policy's adapters, and a killed run resumes exactly."""
-    from prefer import scorers
     from prefer.models.value import SharedTrunkValueModel
 
-    policy = apply_lora(load_model(data / "init"), LoRAConfig(r=4))
+    policy = apply_lora(load_model(lora_data / "init"), LoRAConfig(r=4))
     critic = SharedTrunkValueModel(policy)
     assert [name for name, _ in critic.named_parameters()] == ["head.linear.weight", "head.linear.bias"]
     assert critic.trunk is policy.base_model
-    tokenizer = load_tokenizer(data / "init")
+    tokenizer = load_tokenizer(lora_data / "init")
     episodes = make_rollout(
         policy.eval(),
         FrozenView(policy),
@@ -288,12 +257,11 @@ def test_shared_value_trunk_holds_one_model_and_resumes(data, tmp_path, monkeypa
     critic(episodes).sum().backward()
     assert all(p.grad is not None for name, p in policy.named_parameters() if "lora_A" in name)
 
-    monkeypatch.setitem(scorers.SCORERS, "not-a", lambda texts: [sum(c != "A" for c in t) / len(t) for t in texts])
     values = {
         "out_dir": tmp_path / "run",
-        "init_from": data / "init",
-        "prompts": data / "prompts.jsonl",
-        "reward.scorer": "not-a",
+        "model.init_from": lora_data / "init",
+        "prompts": lora_data / "prompts.jsonl",
+        "reward.scorer": NOT_CAPITAL_A,
         "train.iterations": 3,
         "train.batch_size": 8,
         "train.minibatch_size": 4,
@@ -304,13 +272,13 @@ def test_shared_value_trunk_holds_one_model_and_resumes(data, tmp_path, monkeypa
         "value_trunk": "shared",
         "train.checkpoint_every": 1,
     }
-    final = ppo(build_config(PPOConfig, values))
+    final = ppo(build_config(PolicyGradientConfig, values))
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000003" / "model"
     assert set(load_file(checkpoint / "value_model.safetensors")) == {"head.linear.weight", "head.linear.bias"}
     shutil.copytree(tmp_path / "run", tmp_path / "killed")
     shutil.rmtree(tmp_path / "killed" / "final")
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "step_00000003")
     (tmp_path / "killed" / "checkpoints" / "latest").write_text("step_00000002\n")
-    resumed = ppo(build_config(PPOConfig, {**values, "out_dir": tmp_path / "killed"}), resume=True)
+    resumed = ppo(build_config(PolicyGradientConfig, {**values, "out_dir": tmp_path / "killed"}), resume=True)
     expected, got = load_file(final / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(expected[key], got[key]) for key in expected)

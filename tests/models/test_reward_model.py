@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from prefer.data.encoding import encode_example
+from prefer.data.tokenizer import train_tokenizer
+from prefer.encoding import encode_example
 from prefer.errors import PreferError
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.models.reward_model import build_reward_model, load_reward_model, right_pad
 from prefer.objectives import last_token_index
 from prefer.scorers import get_scorer

@@ -10,10 +10,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from prefer.config import LoRAConfig
+from prefer.controls import CONTROL_TOKENS
 from prefer.errors import PreferError
-from prefer.models.build import CONTROL_TOKENS, load_model, load_tokenizer, reset_control_embeddings
+from prefer.models.build import load_model, load_tokenizer, reset_control_embeddings
 from prefer.models.lora import apply_lora, load_adapter, save_adapter
-from prefer.training.checkpoints import save_model
+from prefer.models.saving import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = ["say", "A", "B", "C", "please", "red", "blue", "cat", "dog", "sun"]

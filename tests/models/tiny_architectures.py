@@ -1,10 +1,10 @@
 """Tiny random models of the architectures users bring (Llama, Qwen2, GPT-2), built in the test: no downloads.
-A plain module (not a conftest: `from conftest import ...` elsewhere must keep finding tests/conftest.py)."""
+A plain module, not a conftest: shared helpers live in modules of their own (tests/tiny_runs.py, ...)."""
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from prefer.models.build import train_tokenizer
+from prefer.data.tokenizer import train_tokenizer
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 WORDS = ["say", "A", "B", "C", "D", "please", "red", "blue", "cat", "dog", "sun", "tree"]

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.scorers import get_scorer
 from prefer.scorers.fluency import parse_spec
 from prefer.training import save_model

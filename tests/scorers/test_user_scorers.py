@@ -23,9 +23,10 @@ from prefer.cli import main
 from prefer.data.annotate import _score_chunk, annotate
 from prefer.data.documents import Document
 from prefer.data.formats import read_demonstrations, read_rankings
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.labeling import rank_by_scores
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.scorers import PairScorer, get_scorer, get_segment_scorer, score_responses, scorer_names, scorer_version
 from prefer.scorers.user import UserScorer
 
@@ -270,8 +271,8 @@ def label_args(lm: Path, out: Path, scorer: str) -> list[str]:
         "generation.max_new_tokens=10",
         f"rankings_out={out / 'rankings.jsonl'}",
         f"demonstrations_out={out / 'demos.jsonl'}",
-        "device=cpu",
-        "seed=1",
+        "runtime.device=cpu",
+        "runtime.seed=1",
     ]
 
 

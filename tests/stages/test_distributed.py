@@ -3,127 +3,21 @@
 episodes. An error on one rank fails the job naming that rank. (Pretraining with DDP: test_invariances.py.)"""
 
 import json
-import os
-import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from distributed_runs import MANY, assert_same_metrics, assert_same_weights, dotted, torchrun
 from transformers import AutoModelForCausalLM
 
-from prefer.config import PPOConfig, RewardConfig, SFTConfig, load_config
-from prefer.data.formats import (
-    Comparison,
-    Demonstration,
-    write_demonstrations,
-    write_jsonl,
-    write_rankings,
-)
-from prefer.models.build import build_model, train_tokenizer
-from prefer.models.reward_model import build_reward_model
-from prefer.objectives import mle_loss, next_token_targets
+from prefer.config import PolicyGradientConfig, RewardConfig, SFTConfig, load_config
 from prefer.stages.policy_gradient import ppo
 from prefer.stages.reward import reward
 from prefer.stages.sft import sft
-from prefer.training import read_metrics, save_model
-
-WORDS = ["red", "blue", "cat", "dog", "sun", "tree", "lamp", "road", "apple", "sky"]
-
+from prefer.training import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A random tiny GPT-2 (context 32) and its BPE, a reward model on its trunk, and every stage's input file."""
-    root = tmp_path_factory.mktemp("distributed")
-    rng = random.Random(0)
-
-    def phrase(low, high):
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
-
-    tokenizer = train_tokenizer([phrase(2, 8) for _ in range(300)], vocab_size=300)
-    torch.manual_seed(0)
-    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=32)
-    # A few steps on eos-separated phrases, so that responses end at different lengths: ranks then hold different
-    # token counts, and only a global normalisation gives the single-process step.
-    stream = [tokenizer.eos_token_id]
-    for _ in range(600):
-        stream += tokenizer.encode(" " + phrase(1, 4)) + [tokenizer.eos_token_id]
-    blocks = torch.tensor(stream[: len(stream) // 32 * 32]).view(-1, 32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(30):
-        batch = blocks[torch.randint(len(blocks), (16,))]
-        (targets,) = next_token_targets(batch)
-        mle_loss(model(batch).logits[:, :-1], targets, torch.ones_like(targets, dtype=torch.bool))[0].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    save_model(root / "lm", model, tokenizer)
-    build_reward_model(root / "lm").save(root / "rm", {})  # a random score head: varied rewards
-    write_demonstrations(root / "demos.jsonl", [Demonstration(phrase(1, 2), " " + phrase(1, 5)) for _ in range(32)])
-    comparisons = []
-    for _ in range(24):
-        k = rng.randint(2, 3)
-        comparisons.append(
-            Comparison(phrase(1, 2), tuple(" " + phrase(1, 4) for _ in range(k)), tuple(rng.sample(range(k), k)))
-        )
-    write_rankings(root / "rankings.jsonl", comparisons)
-    write_jsonl(root / "prompts.jsonl", [{"prompt": word} for word in WORDS])
-    write_jsonl(root / "corpus.jsonl", [{"text": phrase(3, 8) + "."} for _ in range(400)])
-    return root
-
-
-def torchrun(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node 2 -m prefer ARGS` (or `... SCRIPT ARGS`), as a user runs it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    target = [script] if script else ["-m", "prefer"]
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
-def dotted(values: dict) -> list[str]:
-    return [f"{key}={value}" for key, value in values.items()]
-
-
-def comparable(key: str, tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor, less GPT-2's key biases: softmax ignores them, so their gradient is 0 up to rounding, which Adam
-    divides by its own root mean square and turns into steps of up to lr (1e-5 apart after a few steps here)."""
-    if key.endswith("attn.c_attn.bias"):
-        query, _, value = tensor.chunk(3)
-        return torch.cat([query, value])
-    return tensor
-
-
-def assert_same_weights(a: Path, b: Path, *, atol: float, name: str = "model.safetensors"):
-    wa, wb = load_file(a / name), load_file(b / name)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(comparable(key, wa[key]), comparable(key, wb[key]), atol=atol, rtol=0, msg=key)
-
-
-# Counts tokens where (old + clamp(v - old)) - R beats v - R: inside the clip range that is a rounding coin flip.
-ROUNDING_NOISE = {"train/value/clip_fraction"}
-
-
-def assert_same_metrics(a: Path, b: Path, *, atol: float):
-    ma, mb = read_metrics(a), read_metrics(b)
-    assert [m["step"] for m in ma] == [m["step"] for m in mb] and ma
-    for ra, rb in zip(ma, mb):
-        assert ra.keys() == rb.keys()
-        for key, value in ra.items():
-            assert key in ROUNDING_NOISE or value == pytest.approx(rb[key], abs=atol, rel=atol, nan_ok=True), (
-                ra["step"],
-                key,
-            )
 
 
 # ---------------------------------------------------------------- the runs: 1 process x 2 micro-batches, 2 ranks x 1
@@ -163,7 +57,7 @@ def reward_values(data):
 def ppo_values(data):
     # global batch 8 -> 4 episodes per rank, sampled in micro-batches of 2; minibatches of 4 -> 2 per rank
     return {
-        "init_from": data / "lm",
+        "model.init_from": data / "lm",
         "prompts": data / "prompts.jsonl",
         "reward.scorer": f"rm:{data / 'rm'}",
         "reward.model": data / "rm",
@@ -171,7 +65,7 @@ def ppo_values(data):
         "train.batch_size": 8,
         "train.minibatch_size": 4,
         "train.micro_batch_size": 2,
-        "train.ppo_epochs": 2,
+        "train.epochs": 2,
         "rollout.max_new_tokens": 8,
         "optimizer.lr": 1e-3,
         "kl.coef": 0.1,
@@ -188,40 +82,24 @@ def ppo_values(data):
 
 
 @pytest.fixture(scope="module")
-def one(data, tmp_path_factory):
+def one(distributed_data, tmp_path_factory):
     """Each stage in this process."""
     out = tmp_path_factory.mktemp("one")
-    sft(load_config(SFTConfig, overrides=dotted({**sft_values(data), "out_dir": out / "sft"})))
-    reward(load_config(RewardConfig, overrides=dotted({**reward_values(data), "out_dir": out / "reward"})))
-    ppo(load_config(PPOConfig, overrides=dotted({**ppo_values(data), "out_dir": out / "ppo"})))
+    sft(load_config(SFTConfig, overrides=dotted({**sft_values(distributed_data), "out_dir": out / "sft"})))
+    reward(load_config(RewardConfig, overrides=dotted({**reward_values(distributed_data), "out_dir": out / "reward"})))
+    ppo(load_config(PolicyGradientConfig, overrides=dotted({**ppo_values(distributed_data), "out_dir": out / "ppo"})))
     return out
 
 
-# One torchrun job runs the four 2-rank trainings one after the other (each `prefer` command as a user would run it,
-# but without paying torch's and transformers' imports four times on a 2-core machine).
-MANY = """
-import json
-import sys
-
-from prefer.cli import main
-from prefer.training import end_rank
-
-for argv in json.loads(sys.argv[1]):
-    if main(argv):
-        sys.exit(2)
-end_rank()  # what `prefer` does at its end; main(argv) stays in the group for the next command
-"""
-
-
 @pytest.fixture(scope="module")
-def two(data, tmp_path_factory):
+def two(distributed_data, tmp_path_factory):
     """SFT with FSDP2, the reward model with DDP, PPO with DDP and with FSDP2, on 2 ranks; its stdout."""
     out = tmp_path_factory.mktemp("two")
     commands = [
-        ["sft", *dotted({**sft_values(data), "out_dir": out / "sft"}), "runtime.parallel=fsdp"],
-        ["reward", *dotted({**reward_values(data), "out_dir": out / "reward"})],
-        ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo"})],
-        ["ppo", *dotted({**ppo_values(data), "out_dir": out / "ppo_fsdp"}), "runtime.parallel=fsdp"],
+        ["sft", *dotted({**sft_values(distributed_data), "out_dir": out / "sft"}), "runtime.parallel=fsdp"],
+        ["reward", *dotted({**reward_values(distributed_data), "out_dir": out / "reward"})],
+        ["ppo", *dotted({**ppo_values(distributed_data), "out_dir": out / "ppo"})],
+        ["ppo", *dotted({**ppo_values(distributed_data), "out_dir": out / "ppo_fsdp"}), "runtime.parallel=fsdp"],
     ]
     (out / "many.py").write_text(MANY)
     result = torchrun(json.dumps(commands), script=str(out / "many.py"))
@@ -317,12 +195,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_an_error_on_one_rank_fails_the_job_with_that_ranks_message(data, tmp_path):
+def test_an_error_on_one_rank_fails_the_job_with_that_ranks_message(distributed_data, tmp_path):
     (tmp_path / "failing.py").write_text(FAILING)
     result = torchrun(
-        "sft", *dotted({**sft_values(data), "out_dir": tmp_path / "run"}), script=str(tmp_path / "failing.py")
+        "sft",
+        *dotted({**sft_values(distributed_data), "out_dir": tmp_path / "run"}),
+        script=str(tmp_path / "failing.py"),
     )
     assert result.returncode != 0  # rank 0, waiting for rank 1 in a collective, is stopped by torchrun
-    assert f"prefer: error (rank 1 of 2): {data / 'demos.jsonl'}:3: only rank 1 reads this line" in result.stderr
+    assert (
+        f"prefer: error (rank 1 of 2): {distributed_data / 'demos.jsonl'}:3: only rank 1 reads this line"
+        in result.stderr
+    )
     assert "exitcode  : 2" in result.stderr
     assert not (tmp_path / "run" / "final").exists()

@@ -4,16 +4,16 @@ beyond PPO: DPO (DDP), GRPO with PPO-ptx (DDP) and RLOO (FSDP2), which sample th
 import json
 
 import pytest
-from test_distributed import MANY, assert_same_metrics, assert_same_weights, data, dotted, torchrun  # noqa: F401
+from distributed_runs import MANY, assert_same_metrics, assert_same_weights, dotted, torchrun
 
-from prefer.config import DPOConfig, GroupRLConfig, load_config
+from prefer.config import DPOConfig, PolicyGradientConfig, load_config
 from prefer.stages.dpo import dpo
 from prefer.stages.policy_gradient import group_rl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def dpo_values(data):  # noqa: F811
+def dpo_values(data):
     # 22 training rankings (K = 2..3), global batch 8 -> 3 steps; one process: 2 micro-batches of 4, two: 1 of 4 each
     return {
         "data.rankings": data / "rankings.jsonl",
@@ -32,13 +32,13 @@ def dpo_values(data):  # noqa: F811
     }
 
 
-def group_values(data, algorithm):  # noqa: F811
+def group_values(data, algorithm):
     # 4 prompts x 2 samples = 8 episodes per iteration -> 4 per rank, sampled in micro-batches of 2; minibatches of 4
     return {
-        "init_from": data / "lm",
+        "model.init_from": data / "lm",
         "prompts": data / "prompts.jsonl",
         "reward.scorer": f"rm:{data / 'rm'}",
-        "group.algorithm": algorithm,
+        "algorithm": algorithm,
         "group.size": 2,
         "train.iterations": 2,
         "train.batch_size": 4,
@@ -59,17 +59,20 @@ def group_values(data, algorithm):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def runs(data, tmp_path_factory):  # noqa: F811
+def runs(distributed_data, tmp_path_factory):
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    dpo(load_config(DPOConfig, overrides=dotted({**dpo_values(data), "out_dir": one / "dpo"})))
+    dpo(load_config(DPOConfig, overrides=dotted({**dpo_values(distributed_data), "out_dir": one / "dpo"})))
     for algorithm in ("grpo", "rloo"):
         group_rl(
-            load_config(GroupRLConfig, overrides=dotted({**group_values(data, algorithm), "out_dir": one / algorithm}))
+            load_config(
+                PolicyGradientConfig,
+                overrides=dotted({**group_values(distributed_data, algorithm), "out_dir": one / algorithm}),
+            )
         )
     commands = [
-        ["dpo", *dotted({**dpo_values(data), "out_dir": two / "dpo"})],
-        ["grpo", *dotted({**group_values(data, "grpo"), "out_dir": two / "grpo"})],
-        ["grpo", *dotted({**group_values(data, "rloo"), "out_dir": two / "rloo"}), "runtime.parallel=fsdp"],
+        ["dpo", *dotted({**dpo_values(distributed_data), "out_dir": two / "dpo"})],
+        ["grpo", *dotted({**group_values(distributed_data, "grpo"), "out_dir": two / "grpo"})],
+        ["grpo", *dotted({**group_values(distributed_data, "rloo"), "out_dir": two / "rloo"}), "runtime.parallel=fsdp"],
     ]
     (two / "many.py").write_text(MANY)
     result = torchrun(json.dumps(commands), script=str(two / "many.py"))

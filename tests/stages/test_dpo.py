@@ -8,16 +8,17 @@ import shutil
 
 import pytest
 import torch
+from killed_runs import interrupt_at
 from safetensors.torch import load_file
-from test_ppo_stage import WORDS, _mean_reward, not_a, sft  # noqa: F401 (fixtures)
-from test_sft import interrupt_at
+from toy_rl import WORDS, mean_reward
+from toy_scorers import not_a
 
 import prefer.stages.dpo as stage
 from prefer.cli import main
 from prefer.config import DPO_LOSS_NAMES, DPOConfig, LabelConfig, build_config
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.labeling import label_synthetic
-from prefer.models.build import train_tokenizer
 from prefer.objectives import DPO_LOSSES
 from prefer.training import read_metrics
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def rankings(sft, tmp_path_factory):  # noqa: F811
+def rankings(sft, tmp_path_factory):
     """K = 4 samples of the SFT model for ~180 prompts, ranked by how many of their characters are "a"."""
     root = tmp_path_factory.mktemp("dpo")
     prompts = WORDS + [" ".join(words) for words in itertools.product(WORDS, repeat=2)]
@@ -41,8 +42,8 @@ def rankings(sft, tmp_path_factory):  # noqa: F811
                 "demonstrations_out": root / "demos.jsonl",
                 "num_responses": 4,
                 "generation.max_new_tokens": 12,
-                "device": "cpu",
-                "seed": 0,
+                "runtime.device": "cpu",
+                "runtime.seed": 0,
             },
         ),
         scorer=not_a,
@@ -51,7 +52,7 @@ def rankings(sft, tmp_path_factory):  # noqa: F811
     return root / "rankings.jsonl"
 
 
-def _config(sft, rankings, out, **overrides):  # noqa: F811
+def _config(sft, rankings, out, **overrides):
     values = {
         "out_dir": out,
         "data.rankings": rankings,
@@ -78,7 +79,7 @@ def test_each_loss_raises_the_gold_score_and_logs_heldout_margins_and_kl(
     sft,
     rankings,
     tmp_path,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
     loss,
     strength,
 ):
@@ -86,7 +87,7 @@ def test_each_loss_raises_the_gold_score_and_logs_heldout_margins_and_kl(
     original = stage.reference_logprobs
     monkeypatch.setattr(stage, "reference_logprobs", lambda *a, **k: calls.append(1) or original(*a, **k))
     final = stage.dpo(_config(sft, rankings, tmp_path / "run", **{"dpo.loss": loss, **strength}))
-    before, after = _mean_reward(sft / "sft", sft), _mean_reward(final, sft)
+    before, after = mean_reward(sft / "sft", sft), mean_reward(final, sft)
     print(f"{loss}: mean gold reward of samples: SFT {before:.3f}, after {after:.3f}")
     assert after > before + 0.05
     assert len(calls) == 2  # train and held-out rankings, once each for the whole run
@@ -99,7 +100,7 @@ def test_each_loss_raises_the_gold_score_and_logs_heldout_margins_and_kl(
     assert info["stage"] == "dpo" and info["loss"] == loss and info["val_accuracy"] == evaluated[-1]["val/accuracy"]
 
 
-def test_gradient_accumulation_does_not_change_the_step(sft, rankings, tmp_path):  # noqa: F811
+def test_gradient_accumulation_does_not_change_the_step(sft, rankings, tmp_path):
     """One step over 8 rankings equals 8 micro-batches of 1 (K and lengths differ between prompts)."""
     for name, micro in (("whole", 8), ("accumulated", 1)):
         stage.dpo(
@@ -120,7 +121,7 @@ def test_gradient_accumulation_does_not_change_the_step(sft, rankings, tmp_path)
     assert whole["train/grad_norm"] == pytest.approx(accumulated["train/grad_norm"], rel=1e-4)
 
 
-def test_resume_after_a_kill_reproduces_the_uninterrupted_run(sft, rankings, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(sft, rankings, tmp_path, monkeypatch):
     config = _config(sft, rankings, tmp_path / "run", **{"train.epochs": 1, "model.dropout": 0.1})
     final = stage.dpo(config)  # 21 steps: checkpoints at 20 and 21
     steps = read_metrics(tmp_path / "run")[-1]["step"]
@@ -136,7 +137,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(sft, rankings, tmp
     assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "run")
 
 
-def test_bad_input_is_one_line_with_exit_code_2(sft, rankings, tmp_path, capsys):  # noqa: F811
+def test_bad_input_is_one_line_with_exit_code_2(sft, rankings, tmp_path, capsys):
     lines = rankings.read_text().splitlines()
     bad = json.loads(lines[2])
     bad["responses"], bad["ranking"] = bad["responses"][:1], [0]
@@ -161,7 +162,7 @@ def test_the_loss_table_names_exactly_the_configurable_losses():
     assert tuple(DPO_LOSSES) == DPO_LOSS_NAMES
 
 
-def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sft, rankings, tmp_path):  # noqa: F811
+def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sft, rankings, tmp_path):
     import os
     import signal
     import subprocess

@@ -1,36 +1,39 @@
-"""`prefer grpo` (group.algorithm=grpo|rloo): critic-free RL raises the toy reward and the gold score, no value model
-is built, accumulation does not change the step, resume after SIGKILL is exact, bad input is one line."""
+"""`prefer grpo` (= `prefer ppo algorithm=grpo`; algorithm=rloo): critic-free RL raises the toy reward and the gold
+score, no value model is built, accumulation does not change the step, resume after SIGKILL is exact, bad input is
+one line."""
 
 import copy
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_ppo_stage import _episodes, _mean_reward, sft, toy_scorer  # noqa: F401 (fixtures)
+from toy_rl import hand_made_rollout, mean_reward
+from toy_scorers import spec
 
 import prefer.rl.algorithms as stage
 from prefer.cli import main
-from prefer.config import GroupRLConfig, build_config
+from prefer.config import PolicyGradientConfig, build_config
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
-from prefer.models.build import train_tokenizer
 from prefer.rl import group_advantages, group_backward
 from prefer.stages.policy_gradient import group_rl
 from prefer.training import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-GOLD = f"py:{Path(__file__).parent / 'toy_scorers.py'}:words_without_a"
+NOT_A = spec("not_a")  # the toy reward, named as a user names their own scorer
+GOLD = spec("words_without_a")
 
 
 def _config(sft, out, **overrides):  # noqa: F811
     values = {
         "out_dir": out,
-        "init_from": sft / "sft",
+        "algorithm": "grpo",
+        "model.init_from": sft / "sft",
         "prompts": sft / "prompts.jsonl",
-        "reward.scorer": "not-a",
-        "reward.gold_scorer": GOLD,  # not the proxy: an independent judge (test_ppo_stage's not-a is the reward)
+        "reward.scorer": NOT_A,
+        "reward.gold_scorer": GOLD,  # not the proxy: an independent judge (not_a is the reward)
         "train.iterations": 30,
         "train.batch_size": 4,
         "group.size": 4,
@@ -43,16 +46,16 @@ def _config(sft, out, **overrides):  # noqa: F811
         "train.log_samples": 2,
     }
     values.update(overrides)
-    return build_config(GroupRLConfig, values)
+    return build_config(PolicyGradientConfig, values)
 
 
 @pytest.mark.parametrize("algorithm,epochs", [("grpo", 2), ("rloo", 1)])
 def test_critic_free_rl_raises_the_gold_score_without_a_value_model(sft, tmp_path, monkeypatch, algorithm, epochs):  # noqa: F811
     built = []
     monkeypatch.setattr("prefer.models.value.ValueModel.__init__", lambda *a, **k: built.append(1))
-    final = group_rl(_config(sft, tmp_path / "run", **{"group.algorithm": algorithm, "train.epochs": epochs}))
+    final = group_rl(_config(sft, tmp_path / "run", **{"algorithm": algorithm, "train.epochs": epochs}))
     assert not built  # no critic anywhere
-    before, after = _mean_reward(sft / "sft", sft), _mean_reward(final, sft)
+    before, after = mean_reward(sft / "sft", sft), mean_reward(final, sft)
     print(f"{algorithm}: mean gold reward of samples: SFT {before:.3f}, after {after:.3f}")
     assert after > before + 0.05
     metrics = read_metrics(tmp_path / "run")
@@ -78,8 +81,8 @@ def test_critic_free_rl_raises_the_gold_score_without_a_value_model(sft, tmp_pat
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_one_minibatch_of_8_equals_8_micro_batches_of_1(sft, algorithm):  # noqa: F811
-    rollout, (policy, _, _), _, _ = _episodes(sft)
-    config = _config(sft, "unused", **{"group.algorithm": algorithm, "group.size": 4})
+    rollout, (policy, _, _), _, _ = hand_made_rollout(sft)
+    config = _config(sft, "unused", **{"algorithm": algorithm, "group.size": 4})
     rollout, _ = group_advantages(rollout, algorithm=algorithm, group_size=4, kl_coef=0.1, group=config.group)
     grads, stats = [], []
     for micro in (8, 1):
@@ -105,8 +108,8 @@ def test_one_minibatch_of_8_equals_8_micro_batches_of_1(sft, algorithm):  # noqa
 
 
 def test_group_advantages_use_each_prompts_own_group(sft):  # noqa: F811
-    rollout, _, _, _ = _episodes(sft)  # rewards 1..8, policy = reference: no KL
-    config = _config(sft, "unused", **{"group.algorithm": "rloo"})
+    rollout, _, _, _ = hand_made_rollout(sft)  # rewards 1..8, policy = reference: no KL
+    config = _config(sft, "unused", **{"algorithm": "rloo"})
     out, _ = group_advantages(rollout, algorithm="rloo", group_size=4, kl_coef=0.5, group=config.group)
     # groups [1, 2, 3, 4] and [5, 6, 7, 8]: leave-one-out advantages 4/3 (r - 2.5) and 4/3 (r - 6.5)
     expected = torch.tensor([-2.0, -2 / 3, 2 / 3, 2.0] * 2)
@@ -116,20 +119,20 @@ def test_group_advantages_use_each_prompts_own_group(sft):  # noqa: F811
 
 def test_bad_input_is_one_line_with_exit_code_2(sft, tmp_path, capsys):  # noqa: F811
     args = [
-        f"init_from={sft / 'sft'}",
+        f"model.init_from={sft / 'sft'}",
         f"prompts={sft / 'prompts.jsonl'}",
-        "reward.scorer=not-a",
+        f"reward.scorer={NOT_A}",
         f"out_dir={tmp_path / 'run'}",
     ]
-    assert main(["grpo", *args, "group.algorithm=ppo"]) == 2
+    assert main(["grpo", *args, "algorithm=sarsa"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("prefer: error: config: group.algorithm: unknown 'ppo'") and "\n" not in error
+    assert error.startswith("prefer: error: config: algorithm: unknown 'sarsa'") and "\n" not in error
     import shutil
 
     other = tmp_path / "other"
     shutil.copytree(sft / "sft", other)
     train_tokenizer(["zzz qqq www"] * 20, vocab_size=320).save_pretrained(other)
-    assert main(["grpo", *args, f"reference={other}"]) == 2
+    assert main(["grpo", *args, f"model.reference={other}"]) == 2
     error = capsys.readouterr().err.strip()
     assert f"reference {other}: its tokenizer differs" in error and "\n" not in error
     with pytest.raises(PreferError, match="group.size"):
@@ -137,21 +140,11 @@ def test_bad_input_is_one_line_with_exit_code_2(sft, tmp_path, capsys):  # noqa:
 
 
 def test_the_stage_table_names_exactly_the_configurable_algorithms():
-    from prefer.config import GROUP_ALGORITHMS
+    from prefer.config import GROUP_ALGORITHMS, POLICY_GRADIENT_ALGORITHMS
 
     assert tuple(name for name, row in stage.ALGORITHMS.items() if not row.critic) == GROUP_ALGORITHMS
     assert tuple(stage.GROUP_RULES) == GROUP_ALGORITHMS
-
-
-TOY_CLI = """
-import sys
-
-from prefer import scorers
-from prefer.cli import main
-
-scorers.SCORERS["not-a"] = lambda texts: [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
-sys.exit(main(sys.argv[1:]))
-"""
+    assert tuple(stage.ALGORITHMS) == POLICY_GRADIENT_ALGORITHMS
 
 
 def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sft, tmp_path):  # noqa: F811
@@ -162,9 +155,10 @@ def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sf
     import time
 
     values = {
-        "init_from": sft / "sft",
+        "algorithm": "grpo",
+        "model.init_from": sft / "sft",
         "prompts": sft / "prompts.jsonl",
-        "reward.scorer": "not-a",
+        "reward.scorer": NOT_A,  # a file path: the command's process imports it again
         "train.iterations": 12,
         "train.batch_size": 4,
         "group.size": 4,
@@ -178,9 +172,8 @@ def test_resume_after_sigkill_of_the_command_reproduces_the_uninterrupted_run(sf
         "runtime.progress": False,
         "train.log_samples": 2,
     }
-    whole = group_rl(build_config(GroupRLConfig, {**values, "out_dir": tmp_path / "whole"}))
-    (tmp_path / "toy_cli.py").write_text(TOY_CLI)
-    command = [sys.executable, str(tmp_path / "toy_cli.py"), "grpo"]
+    whole = group_rl(build_config(PolicyGradientConfig, {**values, "out_dir": tmp_path / "whole"}))
+    command = [sys.executable, "-m", "prefer", "grpo"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     with open(tmp_path / "stderr.txt", "w") as stderr:
         process = subprocess.Popen(
@@ -220,7 +213,7 @@ def test_rloo_is_on_policy_only_in_the_first_step_of_a_batch(sft, tmp_path, monk
         return rule.loss(part, logprobs, **kwargs)
 
     monkeypatch.setitem(stage.GROUP_RULES, "rloo", rule._replace(loss=spy))
-    group_rl(_config(sft, tmp_path / "run", **{"group.algorithm": "rloo", "train.iterations": 2}))
+    group_rl(_config(sft, tmp_path / "run", **{"algorithm": "rloo", "train.iterations": 2}))
     assert seen == [True, False, True, False]
     assert "train/policy/clip_fraction" in read_metrics(tmp_path / "run")[-1]
 

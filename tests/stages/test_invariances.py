@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import tiny_overrides
 from safetensors.torch import load_file
+from tiny_runs import tiny_overrides
 
 from prefer.config import PretrainConfig, load_config
 from prefer.stages.pretrain import pretrain

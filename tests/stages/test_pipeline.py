@@ -1,7 +1,8 @@
 """The whole InstructGPT pipeline on a tiny model, end to end, with a synthetic labeler standing in for humans:
 
-    pretrained tiny GPT-2 -> `label --synthetic` (gold scorer "not-a", K = 4) -> demonstrations + rankings
-    -> SFT -> reward model (held-out pairwise accuracy) -> PPO against the reward model, gold logged only
+    pretrained tiny GPT-2 -> `label --synthetic` (gold: the user scorer not_a, by file path; K = 4)
+    -> demonstrations + rankings -> SFT -> reward model (held-out pairwise accuracy)
+    -> PPO against the reward model, gold logged only
 
 and the PPO policy's gold score on its prompts beats the SFT model's (same prompts, same sampling seed)."""
 
@@ -9,9 +10,10 @@ import itertools
 import json
 
 import pytest
-from test_ppo_stage import WORDS, _mean_reward, not_a, sft, toy_scorer  # noqa: F401 (fixtures)
+from toy_rl import WORDS, mean_reward
+from toy_scorers import spec
 
-from prefer.config import LabelConfig, PPOConfig, RewardConfig, SFTConfig, build_config
+from prefer.config import LabelConfig, PolicyGradientConfig, RewardConfig, SFTConfig, build_config
 from prefer.labeling import label_synthetic
 from prefer.stages.policy_gradient import ppo
 from prefer.stages.reward import reward
@@ -19,6 +21,7 @@ from prefer.stages.sft import sft as run_sft
 from prefer.training import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+NOT_A = spec("not_a")  # the gold scorer, named as a user names their own
 
 
 def _write_prompts(path, prompts):
@@ -27,11 +30,8 @@ def _write_prompts(path, prompts):
 
 
 @pytest.fixture(scope="module")
-def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny LM of test_ppo_stage)
+def pipeline(sft, tmp_path_factory):  # `sft` is the tiny LM of conftest.py
     """Run every stage once; `sft / "sft"` is the PRETRAINED model here (the starting point of the pipeline)."""
-    from prefer import scorers
-
-    scorers.SCORERS["not-a"] = not_a  # module-scoped: the autouse `toy_scorer` only covers each test
     root = tmp_path_factory.mktemp("pipeline")
     # ~500 label prompts (every word, every pair, every 7th triple of words); PPO and the gold comparison use 26
     # others. Fewer (~180) leave the reward model near chance for some seeds.
@@ -41,7 +41,7 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
     ppo_prompts = [f"the {w}" for w in WORDS] + [f"my {w}" for w in WORDS]
     _write_prompts(root / "label_prompts.jsonl", label_prompts)
     (root / "ppo").mkdir()
-    _write_prompts(root / "ppo" / "prompts.jsonl", ppo_prompts)  # where _mean_reward looks for prompts
+    _write_prompts(root / "ppo" / "prompts.jsonl", ppo_prompts)  # where mean_reward looks for prompts
 
     report = label_synthetic(
         build_config(
@@ -49,13 +49,13 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
             {
                 "model": sft / "sft",
                 "prompts": root / "label_prompts.jsonl",
-                "scorer": "not-a",
+                "scorer": NOT_A,
                 "rankings_out": root / "rankings.jsonl",
                 "demonstrations_out": root / "demos.jsonl",
                 "num_responses": 4,
                 "generation.max_new_tokens": 12,
-                "device": "cpu",
-                "seed": 0,
+                "runtime.device": "cpu",
+                "runtime.seed": 0,
             },
         ),
         progress=False,
@@ -100,17 +100,17 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
     )
     ppo_dir = ppo(
         build_config(
-            PPOConfig,
+            PolicyGradientConfig,
             {
                 "out_dir": root / "ppo_run",
-                "init_from": sft_dir,
+                "model.init_from": sft_dir,
                 "prompts": root / "ppo" / "prompts.jsonl",
                 "reward.model": rm_dir,
-                "reward.gold_scorer": "not-a",
+                "reward.gold_scorer": NOT_A,
                 "train.iterations": 30,
                 "train.batch_size": 16,
                 "train.minibatch_size": 8,
-                "train.ppo_epochs": 2,
+                "train.epochs": 2,
                 "rollout.max_new_tokens": 12,
                 "optimizer.lr": 1e-3,
                 "kl.coef": 0.05,
@@ -121,8 +121,7 @@ def pipeline(sft, tmp_path_factory):  # noqa: F811 (`sft` is the pretrained tiny
             },
         )
     )
-    yield {"root": root, "report": report, "sft": sft_dir, "rm": rm_dir, "ppo": ppo_dir}
-    scorers.SCORERS.pop("not-a", None)
+    return {"root": root, "report": report, "sft": sft_dir, "rm": rm_dir, "ppo": ppo_dir}
 
 
 def test_labels_sft_reward_model_and_ppo_improve_the_gold_score(pipeline):
@@ -135,7 +134,7 @@ def test_labels_sft_reward_model_and_ppo_improve_the_gold_score(pipeline):
     assert rm_info["val_accuracy"] > 0.7 and rm_info["val_pairs"] >= 200  # ~0.9 over seeds 0-2
 
     # Gold reward (-fraction of characters that are not "a") of samples on the PPO prompts, same seed for both.
-    sft_gold, ppo_gold = _mean_reward(pipeline["sft"], root / "ppo"), _mean_reward(pipeline["ppo"], root / "ppo")
+    sft_gold, ppo_gold = mean_reward(pipeline["sft"], root / "ppo"), mean_reward(pipeline["ppo"], root / "ppo")
     print(f"gold reward on the PPO prompts: SFT {sft_gold:.3f}, PPO {ppo_gold:.3f}")
     assert ppo_gold > sft_gold + 0.05  # +0.15 to +0.19 over seeds 0-2
 
@@ -144,4 +143,4 @@ def test_labels_sft_reward_model_and_ppo_improve_the_gold_score(pipeline):
     assert all("reward/gold" in m and "reward/proxy" in m for m in metrics)  # proxy = the RM, gold logged only
     assert metrics[-1]["reward/proxy"] > metrics[0]["reward/proxy"]
     info = json.loads((pipeline["ppo"] / "prefer.json").read_text())
-    assert info["scorer"] == f"rm:{pipeline['rm']}" and info["gold_scorer"] == "not-a"
+    assert info["scorer"] == f"rm:{pipeline['rm']}" and info["gold_scorer"] == NOT_A

@@ -3,134 +3,49 @@ temperatures, the frozen reference, PPO-ptx, resume and bad input behave as the 
 
 import copy
 import json
-import random
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch.testing import assert_close
+from toy_rl import hand_made_rollout, mean_reward, toy_texts
+from toy_scorers import not_a, not_b, spec
 
 import prefer.rl.episodes
-from prefer import scorers
-from prefer.config import PPOConfig, build_config
+from prefer.cli import main
+from prefer.config import PolicyGradientConfig, build_config
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
-from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
+from prefer.models.build import load_tokenizer
 from prefer.models.value import build_value_model
-from prefer.objectives import mle_loss, next_token_targets
-from prefer.rl import add_advantages, make_rollout, ppo_backward, ptx_backward
-from prefer.sampling import sample
+from prefer.rl import add_advantages, ppo_backward, ptx_backward
 from prefer.stages.policy_gradient import ppo
-from prefer.training import read_metrics, save_model
-
-WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
-
-
-def _texts(count, seed):
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) + "." for _ in range(count)]
-
-
-def not_a(texts):
-    """Toy misalignment: the fraction of characters that are not the letter "a" (lower is better)."""
-    return [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
-
+from prefer.training import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def toy_scorer(monkeypatch):
-    monkeypatch.setitem(scorers.SCORERS, "not-a", not_a)
-
-
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory):
-    """A tiny GPT-2 with a BPE, briefly trained on short word lists: the "SFT" model, its prompts, a corpus."""
-    root = tmp_path_factory.mktemp("ppo")
-    torch.manual_seed(0)
-    tokenizer = train_tokenizer(_texts(400, 0), vocab_size=300)
-    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=64)
-    ids = [tokenizer.eos_token_id]
-    for text in _texts(600, 1):
-        ids += tokenizer.encode(text) + [tokenizer.eos_token_id]
-    blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)  # [N, 32]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _step in range(60):
-        batch = blocks[torch.randint(len(blocks), (16,))]
-        (targets,) = next_token_targets(batch)
-        loss, _ = mle_loss(model(batch).logits[:, :-1], targets, torch.ones_like(targets, dtype=torch.bool))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    save_model(root / "sft", model, tokenizer, info={"task": "toy"})
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": w}) + "\n" for w in WORDS + ["the", "a", "my"]))
-    corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(800, 2)))
-    return root
+NOT_A = spec("not_a")  # the toy reward, named as a user names their own scorer
 
 
 def _config(sft, out, **overrides):
     values = {
         "out_dir": out,
-        "init_from": sft / "sft",
+        "algorithm": "ppo",
+        "model.init_from": sft / "sft",
         "prompts": sft / "prompts.jsonl",
-        "reward.scorer": "not-a",
+        "reward.scorer": NOT_A,
         "train.iterations": 30,
         "train.batch_size": 16,
         "train.minibatch_size": 8,
         "rollout.max_new_tokens": 12,
         "optimizer.lr": 3e-3,
         "kl.coef": 0.02,
-        "train.ppo_epochs": 2,
+        "train.epochs": 2,
         "train.checkpoint_every": 10,
         "runtime.progress": False,
         "train.log_samples": 2,
     }
     values.update(overrides)
-    return build_config(PPOConfig, values)
-
-
-def _mean_reward(model_dir, sft, samples=4):
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir).eval()
-    prompts = [json.loads(line)["prompt"] for line in (sft / "prompts.jsonl").read_text().splitlines()] * samples
-    queries = [[tokenizer.eos_token_id, *tokenizer.encode(p)] for p in prompts]
-    out = sample(
-        model,
-        queries,
-        max_new_tokens=12,
-        eos_token_id=tokenizer.eos_token_id,
-        temperature=1.0,
-        generator=torch.Generator().manual_seed(123),
-    )
-    texts = [p + tokenizer.decode(r, skip_special_tokens=True) for p, r in zip(prompts, out)]
-    return -sum(not_a(texts)) / len(texts)
-
-
-def _episodes(sft, lengths=(1, 3, 5, 2, 4, 6, 1, 5), temperature=1.0, **kwargs):
-    """A Rollout over hand-made responses of known lengths, from the SFT model used as policy and reference."""
-    tokenizer = load_tokenizer(sft / "sft")
-    policy, reference = load_model(sft / "sft").eval(), load_model(sft / "sft").eval()
-    value_model = build_value_model(str(sft / "sft"), None).eval()
-    queries = [[tokenizer.eos_token_id, *tokenizer.encode(w)] for w in WORDS[: len(lengths)]]
-    responses = [[(7 * i + 3 * t) % 200 + 3 for t in range(n)] for i, n in enumerate(lengths)]
-    scores = torch.arange(1.0, len(lengths) + 1)
-    rollout = make_rollout(
-        policy,
-        reference,
-        value_model,
-        queries,
-        responses,
-        rewards=scores,
-        gold=torch.zeros(len(lengths)),
-        temperature=temperature,
-        pad_id=tokenizer.eos_token_id,
-        batch_size=3,
-        device=torch.device("cpu"),
-        **kwargs,
-    )
-    return rollout, (policy, reference, value_model), queries, responses
+    return build_config(PolicyGradientConfig, values)
 
 
 # ---------------------------------------------------------------- behaviour
@@ -139,7 +54,7 @@ def _episodes(sft, lengths=(1, 3, 5, 2, 4, 6, 1, 5), temperature=1.0, **kwargs):
 def test_ppo_raises_the_reward_of_the_sft_model(sft, tmp_path):
     before = load_file(sft / "sft" / "model.safetensors")
     final = ppo(_config(sft, tmp_path / "run"))
-    before_reward, after_reward = _mean_reward(sft / "sft", sft), _mean_reward(final, sft)
+    before_reward, after_reward = mean_reward(sft / "sft", sft), mean_reward(final, sft)
     print(f"mean reward of samples: SFT {before_reward:.3f}, PPO {after_reward:.3f}")
     assert after_reward > before_reward + 0.05
     metrics = read_metrics(tmp_path / "run")
@@ -166,14 +81,8 @@ def test_ppo_raises_the_reward_of_the_sft_model(sft, tmp_path):
     assert json.loads((final / "prefer.json").read_text())["stage"] == "ppo"
 
 
-def not_b(texts):
-    return [sum(c != "b" for c in t) / max(1, len(t)) for t in texts]
-
-
-def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path, monkeypatch):
-    monkeypatch.setitem(scorers.SCORERS, "not-b", not_b)
-    monkeypatch.setitem(scorers.SCORERS, "length", lambda texts: [float(len(t)) for t in texts])
-    for name, gold in (("b", "not-b"), ("length", "length")):
+def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path):
+    for name, gold in (("b", spec("not_b")), ("length", spec("length"))):
         ppo(_config(sft, tmp_path / name, **{"train.iterations": 3, "kl.target": 0.01, "reward.gold_scorer": gold}))
     metrics, other = read_metrics(tmp_path / "b"), read_metrics(tmp_path / "length")
     assert metrics[0]["kl_coef"] == 0.02 and metrics[-1]["kl_coef"] != 0.02
@@ -193,7 +102,7 @@ def test_adaptive_kl_moves_beta_and_gold_is_logged_not_rewarded(sft, tmp_path, m
 
 
 def test_one_minibatch_of_8_equals_8_micro_batches_of_1(sft):
-    rollout, (policy, _, value_model), _, _ = _episodes(sft)
+    rollout, (policy, _, value_model), _, _ = hand_made_rollout(sft)
     rollout, _ = add_advantages(rollout, kl_coef=0.1, gamma=1.0, lam=0.95)
     grads, losses = [], []
     for micro in (8, 1):
@@ -224,7 +133,7 @@ def test_one_minibatch_of_8_equals_8_micro_batches_of_1(sft):
 
 def test_reward_lands_on_the_last_real_token_of_each_response(sft):
     lengths = (1, 3, 5, 2)
-    rollout, _, _, _ = _episodes(sft, lengths)
+    rollout, _, _, _ = hand_made_rollout(sft, lengths)
     assert rollout.response_mask.sum(1).tolist() == list(lengths)
     plain, _ = add_advantages(rollout, kl_coef=0.0, gamma=1.0, lam=0.95)
     expected = torch.zeros(len(lengths), max(lengths))
@@ -237,7 +146,7 @@ def test_reward_lands_on_the_last_real_token_of_each_response(sft):
 
 
 def test_logprobs_divide_the_logits_by_the_sampling_temperature(sft):
-    rollout, (policy, reference, _), queries, responses = _episodes(sft, temperature=0.7)
+    rollout, (policy, reference, _), queries, responses = hand_made_rollout(sft, temperature=0.7)
     for row, (q, r) in enumerate(zip(queries, responses)):
         ids = torch.tensor([q + r])
         with torch.no_grad():
@@ -266,6 +175,85 @@ def test_the_reference_stays_frozen_while_the_policy_moves(sft, tmp_path, monkey
     assert any(not torch.equal(seen["first"][k], v) for k, v in policy.state_dict().items())
 
 
+def test_model_reference_is_the_kl_reference_instead_of_the_starting_point(sft, tmp_path):
+    """PPO with model.reference: the KL is taken to that model. The policy starts at init_from, so the first
+    iteration's KL is ~0 to its own start (test_ppo_raises_the_reward_of_the_sft_model) but not to another model."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "other"
+    shutil.copytree(sft / "sft", other)  # the same tokenizer, other weights
+    model = AutoModelForCausalLM.from_pretrained(other)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter) * parameter.std())
+    model.save_pretrained(other)
+    before = load_file(other / "model.safetensors")
+    final = ppo(_config(sft, tmp_path / "run", **{"train.iterations": 1, "model.reference": str(other)}))
+    assert read_metrics(tmp_path / "run")[0]["kl"] > 0.1
+    assert json.loads((final / "prefer.json").read_text())["reference"] == str(other)
+    after = load_file(other / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the reference on disk is untouched
+
+
+REQUIRED = ["model.init_from=m", "prompts=p.jsonl", "reward.scorer=pii"]
+
+
+def _command_config(argv: list[str]) -> PolicyGradientConfig:
+    """The config a `prefer` command line would run (parsed, over the command's defaults; no run)."""
+    from prefer.cli import _stage_config, build_parser
+
+    return _stage_config(PolicyGradientConfig, build_parser().parse_args([*argv, *REQUIRED]))
+
+
+def test_prefer_ppo_algorithm_grpo_is_prefer_grpo(tmp_path, capsys):
+    grpo = _command_config(["grpo"])
+    assert _command_config(["ppo", "algorithm=grpo"]) == grpo
+    # GRPO's defaults (those of `prefer grpo` before one config), not PPO's; PPO's unchanged
+    assert (grpo.algorithm, grpo.out_dir, grpo.kl.coef, grpo.train.batch_size) == ("grpo", "runs/grpo", 0.04, 16)
+    ppo_config = _command_config(["ppo"])
+    assert (ppo_config.algorithm, ppo_config.out_dir, ppo_config.kl.coef) == ("ppo", "runs/ppo", 0.02)
+    assert (ppo_config.train.batch_size, ppo_config.group_size) == (64, 1)  # 64 prompts = 64 episodes, as before
+    # the alias's algorithm is a default: an override or a YAML file chooses another; an explicit key always wins
+    assert _command_config(["grpo", "algorithm=rloo"]) == _command_config(["ppo", "algorithm=rloo"])
+    (tmp_path / "rloo.yaml").write_text("algorithm: rloo\n")
+    from_file = _command_config(["grpo", "--config", str(tmp_path / "rloo.yaml")])
+    assert (from_file.algorithm, from_file.kl.coef) == ("rloo", 0.04)
+    assert _command_config(["ppo", "algorithm=grpo", "kl.coef=0.02"]).kl.coef == 0.02
+    # `prefer config` and --help show each command's own defaults
+    assert main(["config", "grpo"]) == 0
+    printed = capsys.readouterr().out
+    assert "algorithm: grpo" in printed and "out_dir: runs/grpo" in printed and "coef: 0.04" in printed
+    with pytest.raises(SystemExit):
+        main(["ppo", "--help"])
+    printed = capsys.readouterr().out
+    for key in ("algorithm=ppo", "model.init_from=", "model.reference=null", "train.epochs=1", "ppo.vf_coef=0.1"):
+        assert f"  {key}" in printed, key
+    assert "group.size=4" in printed and "kl.coef=0.02" in printed and "value_trunk=separate" in printed
+
+
+@pytest.mark.parametrize(
+    "argv,key,readers",
+    [
+        (["grpo", "ppo.vf_coef=0.5"], "ppo.vf_coef", "ppo"),
+        (["ppo", "algorithm=rloo", "value_trunk=shared"], "value_trunk", "ppo"),
+        (["ppo", "group.size=8"], "group.size", "rloo | grpo"),
+        (["grpo", "algorithm=rloo", "group.scale=false"], "group.scale", "grpo"),
+    ],
+)
+def test_a_key_only_another_algorithm_reads_is_refused_in_one_line(capsys, argv, key, readers):
+    assert main([*argv, *REQUIRED]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"prefer: error: config: {key}: read by algorithm={readers} only") and "\n" not in error
+    # at its default it is accepted: the section is every algorithm's, read or not
+    default = {"ppo.vf_coef": "0.1", "value_trunk": "separate", "group.size": "4", "group.scale": "true"}[key]
+    assert _command_config([*argv[:-1], f"{key}={default}"]).algorithm == (
+        "rloo" if "algorithm=rloo" in argv else argv[0]
+    )
+
+
 def test_ptx_keeps_the_pretraining_loss_lower(sft, tmp_path):
     common = {
         "train.iterations": 10,
@@ -281,7 +269,7 @@ def test_ptx_keeps_the_pretraining_loss_lower(sft, tmp_path):
     assert ptx[-1]["ptx/heldout_loss"] < plain[-1]["ptx/heldout_loss"]
 
 
-def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_path, monkeypatch):
+def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_path):
     ppo(_config(sft, tmp_path / "whole", **{"train.iterations": 6, "train.checkpoint_every": 2}))
     calls = {"n": 0}
 
@@ -291,11 +279,10 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(sft, tmp_
             raise KeyboardInterrupt
         return not_a(texts)
 
-    monkeypatch.setitem(scorers.SCORERS, "not-a", crashing)
     config = _config(sft, tmp_path / "cut", **{"train.iterations": 6, "train.checkpoint_every": 2})
     with pytest.raises(KeyboardInterrupt):
-        ppo(config)
-    ppo(config, resume=True)
+        ppo(config, scorer=crashing)  # the Python API's callable stands in for reward.scorer (the same not_a)
+    ppo(config, resume=True)  # reward.scorer again
     whole, cut = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut")
     assert [m["step"] for m in cut] == list(range(1, 7))
     for a, b in zip(whole, cut):
@@ -335,7 +322,7 @@ def test_value_model_starts_from_the_reward_model(sft, tmp_path):
 
 def test_reward_model_with_another_tokenizer_is_refused(sft, tmp_path):
     _reward_model(sft, tmp_path / "rm")
-    train_tokenizer(_texts(200, 9) + ["zzz qqq"], vocab_size=320).save_pretrained(tmp_path / "rm")
+    train_tokenizer(toy_texts(200, 9) + ["zzz qqq"], vocab_size=320).save_pretrained(tmp_path / "rm")
     with pytest.raises(PreferError, match="tokenizer"):
         ppo(_config(sft, tmp_path / "run", **{"reward.model": str(tmp_path / "rm")}))
 
@@ -351,9 +338,9 @@ def test_sample_batch_size_samples_the_batch_in_fewer_loops_and_must_divide_it(s
     calls = []
     real = prefer.rl.episodes.sample
 
-    def counting(policy, queries, **kwargs):
+    def counting(policy, queries, *args, **kwargs):
         calls.append(len(queries))
-        return real(policy, queries, **kwargs)
+        return real(policy, queries, *args, **kwargs)
 
     monkeypatch.setattr(prefer.rl.episodes, "sample", counting)
     ppo(_config(sft, tmp_path / "default", **{"train.iterations": 2}))

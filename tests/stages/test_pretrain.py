@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from tiny_runs import tiny_overrides
 
 from prefer.config import PretrainConfig, SamplingConfig, load_config
 from prefer.errors import PreferError

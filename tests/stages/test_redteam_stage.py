@@ -11,9 +11,10 @@ import torch
 
 from prefer.cli import main
 from prefer.config import RedteamConfig, load_config
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.evaluation.chat_endpoint import Endpoint, complete
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.scorers import get_segment_scorer
 from prefer.stages.redteam import redteam
 
@@ -51,8 +52,8 @@ def small(out_dir, target, **extra):
         "candidates.max_new_tokens": 10,
         "search.trials": 1,
         "continuations.keep": 2,
-        "device": "cpu",
-        "progress": "false",
+        "runtime.device": "cpu",
+        "runtime.progress": "false",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

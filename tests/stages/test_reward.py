@@ -14,8 +14,9 @@ from prefer.data.formats import (
     write_demonstrations,
     write_rankings,
 )
+from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
-from prefer.models.build import build_model, train_tokenizer
+from prefer.models.build import build_model
 from prefer.models.reward_model import load_reward_model
 from prefer.stages.reward import reward
 from prefer.training import read_metrics
@@ -134,8 +135,8 @@ def test_prompt_longer_than_the_context_names_file_and_line(polite, tmp_path):
 def test_resume_after_a_kill_gives_the_same_reward_model(trained, polite, tmp_path):
     import shutil
 
+    from killed_runs import interrupt_at
     from safetensors.torch import load_file
-    from test_sft import interrupt_at
 
     # 32 steps, checkpoints every 25: step 25 and the final step 32 are kept
     shutil.copytree(trained.parent, tmp_path / "killed")

@@ -4,12 +4,14 @@ import json
 
 import pytest
 import torch
+from killed_runs import interrupt_at
 
 from prefer.config import SFTConfig, load_config
-from prefer.data.encoding import encode_prompt
 from prefer.data.formats import Demonstration, read_demonstrations, write_demonstrations
+from prefer.data.tokenizer import train_tokenizer
+from prefer.encoding import encode_prompt
 from prefer.errors import PreferError
-from prefer.models.build import build_model, load_model, load_tokenizer, train_tokenizer
+from prefer.models.build import build_model, load_model, load_tokenizer
 from prefer.objectives import next_token_targets
 from prefer.sampling import sample
 from prefer.stages.sft import sft, tokenize_demonstrations
@@ -116,17 +118,6 @@ def test_prompt_longer_than_the_context_names_file_and_line(say_letter, tmp_path
     with pytest.raises(PreferError, match=r"demos\.jsonl:3: the prompt is \d+ tokens"):
         sft(config)
     assert not (tmp_path / "run" / "final").exists()
-
-
-def interrupt_at(run_dir, step):
-    """Make a finished run look killed right after its checkpoint at `step` (what `--resume` then finds)."""
-    import shutil
-
-    shutil.rmtree(run_dir / "final")
-    for checkpoint in (run_dir / "checkpoints").glob("step_*"):
-        if int(checkpoint.name.split("_")[1]) > step:
-            shutil.rmtree(checkpoint)
-    (run_dir / "checkpoints" / "latest").write_text(f"step_{step:08d}\n")
 
 
 def test_resume_after_a_kill_gives_the_same_model(say_letter, tmp_path):

@@ -20,11 +20,11 @@ if "trackio" not in sys.modules:
     os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="prefer-test-trackio-")
     atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], ignore_errors=True)
 
-from prefer import scorers  # noqa: E402
-from prefer.config import PPOConfig, build_config  # noqa: E402
+from prefer.config import PolicyGradientConfig, build_config  # noqa: E402
 from prefer.errors import PreferError  # noqa: E402
+from prefer.run_dir import read_metrics  # noqa: E402
 from prefer.training import trackers as trackers_module  # noqa: E402
-from prefer.training.metrics import MetricsLog, read_metrics  # noqa: E402
+from prefer.training.metrics import MetricsLog  # noqa: E402
 from prefer.training.trackers import check_trackers, flatten_config  # noqa: E402
 
 CONFIG = {"optimizer": {"lr": 0.001, "betas": [0.9, 0.95]}, "out_dir": "runs/x", "kl": {"target": None}}
@@ -139,16 +139,18 @@ def wandb_history(records, key):
 
 
 def test_runtime_trackers_default_to_tensorboard_and_refuse_unknown_names():
-    required = {"init_from": "sft", "prompts": "p.jsonl", "reward.scorer": "pii"}
-    assert build_config(PPOConfig, required).runtime.trackers == ["tensorboard"]
-    assert build_config(PPOConfig, {**required, "runtime.trackers": ["mlflow", "wandb"]}).runtime.trackers == [
+    required = {"model.init_from": "sft", "prompts": "p.jsonl", "reward.scorer": "pii"}
+    assert build_config(PolicyGradientConfig, required).runtime.trackers == ["tensorboard"]
+    assert build_config(
+        PolicyGradientConfig, {**required, "runtime.trackers": ["mlflow", "wandb"]}
+    ).runtime.trackers == [
         "mlflow",
         "wandb",
     ]
     with pytest.raises(PreferError, match=r"^config: runtime.trackers: unknown tracker 'mlflw': choose from"):
-        build_config(PPOConfig, {**required, "runtime.trackers": ["mlflw"]})
+        build_config(PolicyGradientConfig, {**required, "runtime.trackers": ["mlflw"]})
     with pytest.raises(PreferError, match="runtime.trackers: names a tracker twice"):
-        build_config(PPOConfig, {**required, "runtime.trackers": ["mlflow", "mlflow"]})
+        build_config(PolicyGradientConfig, {**required, "runtime.trackers": ["mlflow", "mlflow"]})
 
 
 def test_flatten_config_gives_dotted_keys():
@@ -344,18 +346,15 @@ def test_a_tracker_added_on_resume_starts_with_the_kept_points(stores, mlflow_ur
 # ------------------------------------------------------------------------------------------ end to end: prefer ppo
 
 
-def _not_a(texts):
-    """Toy misalignment: the fraction of characters that are not the letter "a" (lower is better)."""
-    return [sum(c != "a" for c in t) / max(1, len(t)) for t in texts]
-
-
 @pytest.mark.stage
-def test_prefer_ppo_logs_to_mlflow_and_wandb(stores, mlflow_uri, monkeypatch):
+def test_prefer_ppo_logs_to_mlflow_and_wandb(stores, mlflow_uri):
     import mlflow
     import torch
+    from toy_scorers import spec
 
     from prefer.cli import main
-    from prefer.models.build import build_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
     from prefer.training import save_model
 
     torch.manual_seed(0)
@@ -364,19 +363,19 @@ def test_prefer_ppo_logs_to_mlflow_and_wandb(stores, mlflow_uri, monkeypatch):
     model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=64)
     save_model(stores / "sft", model, tokenizer, info={"task": "toy"})
     (stores / "prompts.jsonl").write_text("".join(json.dumps({"prompt": w}) + "\n" for w in words))
-    monkeypatch.setitem(scorers.SCORERS, "not-a", _not_a)
+    not_a = spec("not_a")  # the toy reward, named as a user names their own scorer
     out = stores / "ppo-e2e"
     code = main(
         [
             "ppo",
             f"out_dir={out}",
-            f"init_from={stores / 'sft'}",
+            f"model.init_from={stores / 'sft'}",
             f"prompts={stores / 'prompts.jsonl'}",
-            "reward.scorer=not-a",
+            f"reward.scorer={not_a}",
             "train.iterations=2",
             "train.batch_size=4",
             "train.minibatch_size=4",
-            "train.ppo_epochs=1",
+            "train.epochs=1",
             "train.log_samples=2",
             "rollout.max_new_tokens=4",
             "runtime.progress=false",
@@ -389,7 +388,7 @@ def test_prefer_ppo_logs_to_mlflow_and_wandb(stores, mlflow_uri, monkeypatch):
     assert not (out / "tensorboard").exists()
     client, found = mlflow_run(mlflow_uri, out.name)
     assert mlflow_points(client, found, "reward/proxy") == [(r["step"], r["reward/proxy"]) for r in jsonl]
-    assert found.data.params["train.iterations"] == "2" and found.data.params["reward.scorer"] == "not-a"
+    assert found.data.params["train.iterations"] == "2" and found.data.params["reward.scorer"] == not_a
     samples = [a.path for a in client.list_artifacts(found.info.run_id, "samples")]
     assert samples, "the sample tables reach MLflow once prefer/rl/episodes.py calls log.log_text"
     assert "->" in mlflow.artifacts.load_text(f"runs:/{found.info.run_id}/{samples[0]}")
@@ -406,7 +405,7 @@ def test_prefer_ppo_with_a_missing_tracker_package_exits_2_before_loading_anythi
         trackers_module.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
     )
     out = tmp_path / "ppo"
-    argv = ["ppo", f"out_dir={out}", f"init_from={tmp_path / 'no-such-model'}", f"prompts={tmp_path / 'p.jsonl'}"]
+    argv = ["ppo", f"out_dir={out}", f"model.init_from={tmp_path / 'no-such-model'}", f"prompts={tmp_path / 'p.jsonl'}"]
     code = main([*argv, "reward.scorer=pii", "runtime.trackers=[tensorboard,wandb]", "runtime.progress=false"])
     error = capsys.readouterr().err.strip()
     assert code == 2

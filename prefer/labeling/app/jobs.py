@@ -128,34 +128,17 @@ def run(sessionmaker, generation_id: int, prompts: list[str], checkpoint: str, s
     totals = {"prompts_with_responses": 0, "responses_added": 0, "prompts_dropped_fewer_than_two_nonempty": 0}
     totals["prompts_skipped_ranked_meanwhile"] = 0
     try:
-        from prefer.labeling import responses as sampler  # torch loads here, not at start-up
-        from prefer.models.build import load_checkpoint
-        from prefer.training import resolve_device
+        # torch loads here, not at start-up: the app's one import across its no-torch contract (pyproject.toml)
+        from prefer.labeling import app_sampler
 
-        try:
-            model, tokenizer, _ = load_checkpoint(checkpoint, resolve_device(device))
-        except PreferError as error:
-            message = str(error)
-            raise PreferError(message if message.startswith("checkpoint") else f"checkpoint: {message}") from None
-        import torch
-
+        model, tokenizer = app_sampler.load(checkpoint, device)
         for start in range(0, len(prompts), BATCH_PROMPTS):
             batch = prompts[start : start + BATCH_PROMPTS]
             with sessionmaker() as db:  # a read; the cancel may come while this batch samples, too
                 if db.scalar(select(Generation.cancel_requested).where(Generation.id == generation_id)):
                     break
-            with torch.inference_mode():  # no transaction is open while the model samples
-                samples = sampler.sample_responses(
-                    model,
-                    tokenizer,
-                    batch,
-                    k=settings["num_responses"],
-                    max_new_tokens=settings["max_new_tokens"],
-                    temperature=settings["temperature"],
-                    top_p=settings["top_p"],
-                    block=settings["block"],
-                    seed=settings["seed"] + start,
-                )
+            # no transaction is open while the model samples
+            samples = app_sampler.sample_batch(model, tokenizer, batch, settings, seed=settings["seed"] + start)
             by_prompt = {}
             for prompt, texts in zip(batch, samples):
                 kept = [t.replace(NUL, "") for t in texts]

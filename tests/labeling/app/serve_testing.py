@@ -206,7 +206,8 @@ def tiny_checkpoint(tmp_path_factory):
     """A tiny GPT-2 and BPE tokenizer built here (no download), for responses generated from a checkpoint."""
     import torch
 
-    from prefer.models.build import build_model, train_tokenizer
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
 
     path = tmp_path_factory.mktemp("checkpoint") / "lm"
     texts = [

@@ -135,7 +135,7 @@ def render_generation_prompt(tokenizer, messages) -> str:
 def encode_generation_prompt(tokenizer, messages) -> list[int]:
     """Token ids of `render_generation_prompt`: with a template exactly the tokenizer's own ids of that text (the
     template brings its own begin-of-text, if any); plainly the document start (eos), each message as SFT encodes it
-    (prefer.data.encoding.encode_conversation) and the `Assistant: ` header."""
+    (prefer.encoding.encode_conversation) and the `Assistant: ` header."""
     if has_chat_template(tokenizer):
         return list(tokenizer(render_generation_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
     return _encode_plain_conversation(tokenizer, messages)[0] + _role_header(tokenizer, "assistant")

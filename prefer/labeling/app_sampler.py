@@ -1,0 +1,39 @@
+"""The torch side of the labeling app's generation job (`prefer.labeling.app.jobs`): load a checkpoint, sample a
+batch of responses. The app's import contract (pyproject.toml) forbids torch and transformers anywhere in
+`prefer.labeling.app` and allows exactly one import across that line, the job's import of this module, made in the
+job's thread when an admin asks for responses; so `prefer serve` starts, and serves labelers, without torch."""
+
+from __future__ import annotations
+
+import torch
+
+from prefer.devices import resolve_device
+from prefer.errors import PreferError
+from prefer.labeling import responses
+from prefer.models.build import load_checkpoint
+
+
+def load(checkpoint: str, device: str):
+    """(model, tokenizer) of a checkpoint on `device`; a PreferError names the checkpoint."""
+    try:
+        model, tokenizer, _ = load_checkpoint(checkpoint, resolve_device(device))
+    except PreferError as error:
+        message = str(error)
+        raise PreferError(message if message.startswith("checkpoint") else f"checkpoint: {message}") from None
+    return model, tokenizer
+
+
+def sample_batch(model, tokenizer, prompts: list[str], settings: dict, *, seed: int) -> list[list[str]]:
+    """settings["num_responses"] responses to each prompt (`prefer.labeling.responses`), in inference mode."""
+    with torch.inference_mode():
+        return responses.sample_responses(
+            model,
+            tokenizer,
+            prompts,
+            k=settings["num_responses"],
+            max_new_tokens=settings["max_new_tokens"],
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+            block=settings["block"],
+            seed=seed,
+        )
