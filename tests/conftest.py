@@ -2,6 +2,10 @@
 headless Chromium."""
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +92,20 @@ def browser():
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example plugin package pip-installed (no network, no build isolation: this environment's setuptools)
+    into a directory of its own; on sys.path or PYTHONPATH its entry points are found."""
+    tmp = tmp_path_factory.mktemp("plugin")
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "examples" / "prefer-example-scorer", tmp / "src"
+    )  # builds write into the source tree
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+        + ["--disable-pip-version-check", "--target", str(tmp / "site"), str(tmp / "src")],
+        check=True,
+        capture_output=True,
+    )
+    return tmp / "site"

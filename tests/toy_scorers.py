@@ -2,6 +2,7 @@
 `py:/abs/path/to/this/file.py:not_a` (prefer.scorers.user), which also resolves in worker processes and under
 torchrun. Misalignment: lower is better."""
 
+import math
 from pathlib import Path
 
 
@@ -37,4 +38,19 @@ def words_without_a(texts):
     for text in texts:
         words = text.split()
         out.append(sum("a" not in w for w in words) / max(1, len(words)))
+    return out
+
+
+# Bad scorers: each must stop a command with one line naming the scorer (exit 2), nothing half-written.
+def bad_raises(texts):
+    raise ValueError("boom")
+
+
+def bad_length(texts):
+    return [0.0] * (len(texts) + 1)
+
+
+def bad_nan(texts):
+    out = [0.0] * len(texts)
+    out[min(1, len(texts) - 1)] = math.nan
     return out

@@ -158,21 +158,6 @@ def run_corpus(capsys, corpus, cache, scorer) -> dict:
     return json.loads(capsys.readouterr().out)["score_summary"]
 
 
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory) -> Path:
-    """The example plugin package pip-installed (no network, no build isolation: this environment's setuptools)
-    into a directory of its own; on sys.path or PYTHONPATH its entry points are found."""
-    tmp = tmp_path_factory.mktemp("plugin")
-    shutil.copytree(ROOT / "examples" / "prefer-example-scorer", tmp / "src")  # builds write into the source tree
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
-        + ["--disable-pip-version-check", "--target", str(tmp / "site"), str(tmp / "src")],
-        check=True,
-        capture_output=True,
-    )
-    return tmp / "site"
-
-
 @pytest.fixture
 def plugin(plugin_site, monkeypatch) -> Path:
     monkeypatch.syspath_prepend(str(plugin_site))

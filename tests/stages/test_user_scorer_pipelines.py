@@ -1,6 +1,7 @@
 """Users' own scorers, named by import path, drive and judge `prefer ppo`, `prefer grpo` and `prefer rlhf` as whole
 commands (prefer.cli.main): the proxy reward and the gold written to samples.jsonl and metrics.jsonl are the user
-functions' values on the logged samples, and the proxy reward rises."""
+functions' values on the logged samples, and the proxy reward rises; a scorer from an installed plugin package is
+the reward by its entry-point name; a bad scorer stops each command with one line and exit 2, no final model."""
 
 import json
 import statistics
@@ -124,3 +125,57 @@ def test_prefer_rlhf_labels_and_judges_with_a_user_gold_scorer(sft, tmp_path, ca
     examples = [example["prompt"] + example["response"] for example in sft_entry["examples"]]
     assert sft_entry["per_sample_gold"][: len(examples)] == pytest.approx(not_a(examples), abs=1e-6)
     assert sft_entry["gold"]["mean"] == pytest.approx(statistics.fmean(sft_entry["per_sample_gold"]), abs=1e-6)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line and not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("prefer: error: "), err
+    return lines[0]
+
+
+BAD = [("bad_raises", "raised ValueError: boom"), ("bad_length", "scores for"), ("bad_nan", "returned nan at index")]
+
+
+@pytest.mark.parametrize("command", ["ppo", "grpo"])
+@pytest.mark.parametrize(("bad", "expected"), BAD)
+def test_a_bad_reward_scorer_stops_the_command_with_one_line_and_no_final_model(
+    sft, tmp_path, capfd, command, bad, expected
+):
+    out, bad_spec = tmp_path / "run", spec(bad)
+    capfd.readouterr()
+    extra = {"train.iterations": 2, "reward.scorer": bad_spec, "reward.gold_scorer": "null", **RUNS[command]}
+    assert _policy_gradient(command, sft, out, **extra) == 2
+    line = _one_error_line(capfd.readouterr().err)
+    assert f"scorer {bad_spec!r}" in line and expected in line, line
+    metrics = out / "metrics.jsonl"
+    assert not (out / "final").exists() and (not metrics.exists() or not metrics.read_text().strip())
+
+
+@pytest.mark.parametrize(("bad", "expected"), BAD)
+def test_a_bad_gold_scorer_stops_prefer_rlhf_with_one_line_before_any_stage_trains(sft, tmp_path, capfd, bad, expected):
+    out, bad_spec = tmp_path / "rlhf", spec(bad)
+    args = [f"out_dir={out}", f"source={sft / 'corpus.jsonl'}", f"gold_scorer={bad_spec}", f"init_from={sft / 'sft'}"]
+    args += ["prompt_lines=0", "label_prompts=16", "validation_prompts=4", "rl_prompts=8", "eval.prompts=8"]
+    args += ["best_of_n_prompts=8", "label.generation.max_new_tokens=8", "runtime.device=cpu"]
+    capfd.readouterr()
+    assert main(["rlhf", *args]) == 2
+    line = _one_error_line(capfd.readouterr().err)
+    assert f"scorer {bad_spec!r}" in line and expected in line, line
+    assert not (out / "sft_1ep").exists() and not (out / "labels" / "rankings.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["ppo", "grpo"])
+def test_an_installed_plugin_scorer_is_the_reward_by_its_entry_point_name(
+    sft, tmp_path, plugin_site, monkeypatch, command
+):
+    """examples/prefer-example-scorer, pip-installed: `shouting` (the share of letters in upper case) by name."""
+    monkeypatch.syspath_prepend(str(plugin_site))
+    from prefer_example_scorer import shouting
+
+    out = tmp_path / "run"
+    extra = {"train.iterations": 2, "reward.scorer": "shouting", "reward.gold_scorer": "null", **RUNS[command]}
+    assert _policy_gradient(command, sft, out, **extra) == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    texts = [row["prompt"] + row["response"] for row in rows]
+    assert rows and [row["proxy"] for row in rows] == pytest.approx([-s for s in shouting(texts)], abs=1e-6)
+    assert json.loads((out / "final" / "prefer.json").read_text())["scorer"] == "shouting"
