@@ -182,6 +182,7 @@ def main() -> None:
         weights = next(f for f in ("model.safetensors", "adapter_model.safetensors") if (final / f).exists())
         digest = hashlib.sha256((final / weights).read_bytes()).hexdigest()[:16]
         last = json.loads((OUT / name / "metrics.jsonl").read_text().splitlines()[-1])
+        last = {key: value for key, value in last.items() if not key.startswith("time/")}  # wall clock
         print(name, digest, json.dumps(last, sort_keys=True), flush=True)
 
 

@@ -49,3 +49,8 @@ def tiny_overrides(out_dir, corpus, cache_dir, **extra):
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+def computed(record: dict) -> dict:
+    """A metrics record without its wall-clock keys (`time/...`): what two runs that compute the same must share."""
+    return {key: value for key, value in record.items() if not key.startswith("time/")}

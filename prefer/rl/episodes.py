@@ -4,7 +4,8 @@ prompts, PPO-ptx blocks and gradients, the sample table."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,7 @@ class ScoredEpisodes:
     stopped:   [N] bool, the response ended before max_new_tokens
     rewards:   [N] float, proxy reward: -misalignment, less the missing-eos penalty
     gold:      [N] float, -gold misalignment (logged, never rewarded); NaN without a gold scorer
+    seconds:   wall time of this rank's phases of the iteration: generate, score, logprobs (rollout_batch)
     """
 
     responses: list[list[int]]
@@ -100,6 +102,7 @@ class ScoredEpisodes:
     stopped: torch.Tensor
     rewards: torch.Tensor
     gold: torch.Tensor
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def score_episodes(
@@ -262,6 +265,7 @@ def rollout_batch(
     (old, reference log-probs and values) and gathered, so that every rank holds the global batch. Returns
     (rollout of the global batch, stopped [N] of the global batch, this rank's scored episodes)."""
     eos = tokenizer.eos_token_id
+    started = time.perf_counter()
     with unsharded(policy):  # FSDP2: ranks stop sampling at different steps, so no collective per step
         sampled = sample_responses(
             unwrap(policy),
@@ -275,6 +279,7 @@ def rollout_batch(
             temperature=temperature,
         )
     # The sampler drops the eos; score_episodes puts it back: stopping is an action of the policy.
+    generated = time.perf_counter()
     scored = score_episodes(
         sampled,
         prompts,
@@ -284,6 +289,7 @@ def rollout_batch(
         max_new_tokens=max_new_tokens,
         missing_eos_penalty=missing_eos_penalty,
     )
+    scored_at = time.perf_counter()
     rollout = make_rollout(
         unwrap(policy),
         reference,
@@ -298,4 +304,10 @@ def rollout_batch(
         device=device,
         precision=precision,
     )
-    return gather_rollout(rollout, dist, pad_id=eos), all_gather_rows(scored.stopped, dist), scored
+    done = time.perf_counter()
+    seconds = {"generate": generated - started, "score": scored_at - generated, "logprobs": done - scored_at}
+    return (
+        gather_rollout(rollout, dist, pad_id=eos),
+        all_gather_rows(scored.stopped, dist),
+        replace(scored, seconds=seconds),
+    )

@@ -17,6 +17,7 @@ under `torchrun --nproc_per_node N` for DDP (or FSDP2 with runtime.parallel=fsdp
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -176,9 +177,13 @@ def policy_gradient(config: PolicyGradientConfig, *, resume: bool = False, score
             [prompts[i] for i in index], [queries[i] for i in index], iteration=iteration
         )
         rollout, advantage_stats = algorithm.advantages(rollout, kl_coef=kl_coef, loss=config.loss)
+        updating = time.perf_counter()
         totals = update(rollout, kl_coef=kl_coef, shuffle_seed=config.runtime.seed * 1_000_003 + iteration + 7)
         done = iteration + 1
         record = _record(rollout, totals, advantage_stats, stopped, kl_coef=kl_coef, episodes=done * episodes)
+        # where the iteration's wall time went (rank 0's; generation dominates RLHF at scale)
+        seconds = scored.seconds | {"update": time.perf_counter() - updating}
+        record |= {f"time/{phase}": round(value, 3) for phase, value in seconds.items()}
         record |= {} if gold_scorer is None else {"reward/gold": rollout.gold.mean().item()}
         if val_blocks is not None and run.due(done, every=config.train.checkpoint_every):
             record["ptx/heldout_loss"] = heldout_block_loss(
