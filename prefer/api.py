@@ -147,18 +147,9 @@ class _CheckedScorer:
         self.fn, self.name, self.higher_is_better = fn, name, higher_is_better
 
     def _call(self, fn: Callable, args: tuple, n: int, what: str) -> list[float]:
-        if n == 0:
-            return []
-        try:
-            out = fn(*args)
-        except PreferError as error:
-            raise PreferError(f"scorer {self.name!r}: {error}") from error
-        except Exception as error:
-            message = " ".join(str(error).split())[:300]
-            raise PreferError(f"scorer {self.name!r} raised {type(error).__name__}: {message}") from error
-        from prefer.scorers.user import _checked  # the checks of `py:` scorers, with their messages
+        from prefer.scorers.user import call_checked  # the checks of `py:` scorers, with their messages
 
-        return _checked(self.name, out, n, what, -1.0 if self.higher_is_better else 1.0)
+        return call_checked(self.name, fn, args, n, what, higher_is_better=self.higher_is_better)
 
     def __call__(self, texts: Sequence[str]) -> list[float]:
         texts = list(texts)

@@ -27,7 +27,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,22 @@ def resolve(text: str) -> Resolved:
     return resolved
 
 
+def call_checked(name: str, fn: Callable, args: tuple, n: int, what: str, *, higher_is_better: bool) -> list[float]:
+    """`fn(*args)` as n finite misalignment scores (rewards negated when `higher_is_better`); an exception or a bad
+    result becomes one PreferError line naming the scorer `name`. The one check every user scorer goes through
+    (`py:` specs, plugins, and `prefer.api.as_scorer`'s Python callables)."""
+    if n == 0:
+        return []
+    try:
+        out = fn(*args)
+    except PreferError as e:
+        raise PreferError(f"scorer {name!r}: {e}") from e
+    except Exception as e:
+        message = " ".join(str(e).split())[:300]
+        raise PreferError(f"scorer {name!r} raised {type(e).__name__}: {message}") from e
+    return _checked(name, out, n, what, -1.0 if higher_is_better else 1.0)
+
+
 def _checked(spec: str, out: Any, n: int, what: str, sign: float) -> list[float]:
     """`out` as n finite floats (times sign); PreferError naming the spec and the first bad index otherwise."""
     if isinstance(out, str | bytes | dict) or not hasattr(out, "__len__") or not hasattr(out, "__iter__"):
@@ -318,15 +334,8 @@ class UserScorer:
         fn = self._fn()
         if method != "__call__":
             fn = getattr(self._resolved.obj, method)  # type: ignore[union-attr]
-        try:
-            out = fn(*args)
-        except PreferError as e:
-            raise PreferError(f"scorer {self.spec!r}: {e}") from e
-        except Exception as e:
-            message = " ".join(str(e).split())[:300]
-            raise PreferError(f"scorer {self.spec!r} raised {type(e).__name__}: {message}") from e
         what = "segment" if self.segments else "text" if method == "__call__" else "pair"
-        return _checked(self.spec, out, n, what, -1.0 if self.higher_is_better else 1.0)
+        return call_checked(self.spec, fn, args, n, what, higher_is_better=self.higher_is_better)
 
     def __call__(self, texts: Sequence[str]) -> list[float]:
         texts = list(texts)
