@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--task",
         choices=["pii", "pep8", "toxicity"],
-        help="pii (default: Debian changelogs), pep8 (stdlib code) or toxicity (fortunes)",
+        help="pii (default: Debian changelogs, the snapshot shipped with prefer), pep8 (stdlib code) or toxicity "
+        "(fortunes)",
     )
     demo.add_argument(
         "--pipeline",
@@ -225,10 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     redteam = commands.add_parser("redteam", help="stochastic few-shot red-teaming of a checkpoint (target=DIR)")
     _common(redteam)
 
-    from prefer.labeling.app.cli import add_export_parser, add_serve_parser  # no torch: argparse only
+    from prefer.labeling.app.cli import add_export_parser, add_import_parser, add_round_parser, add_serve_parser
 
-    add_serve_parser(commands)
+    add_serve_parser(commands)  # the labeling app's commands: no torch, argparse only
     add_export_parser(commands)
+    add_import_parser(commands)
+    add_round_parser(commands)
     return parser
 
 
@@ -351,7 +354,11 @@ def _run_demo(args) -> int:
         args.config = args.config or str(_configs_dir() / "rlhf-demo.yaml")
         return _run_rlhf(args)
     args.objectives = "mle,conditional"
-    args.overrides = ["out_dir=runs/demo", *args.overrides]
+    # The PII demo reads the changelog snapshot shipped with prefer, not this machine's changelogs (which change as
+    # packages are installed, and the figures with them); `pretrain.data.source=changelogs` reads the machine's.
+    task = args.task or ["pii", *(o.split("=", 1)[1] for o in args.overrides if o.startswith("task="))][-1]
+    snapshot = ["pretrain.data.source=changelogs-snapshot"] if task == "pii" and args.config is None else []
+    args.overrides = ["out_dir=runs/demo", *snapshot, *args.overrides]
     return _run_experiment(args)
 
 
@@ -589,10 +596,19 @@ def _run_export(args) -> int:
     return run_export(args)
 
 
-LIGHT_COMMANDS = ("serve", "export")  # the labeling app starts without torch or transformers
+def _run_labeling(args) -> int:
+    """`prefer import` / `prefer round`: run_import / run_round of the labeling app's cli."""
+    from prefer.labeling.app import cli
+
+    return getattr(cli, f"run_{args.command}")(args)
+
+
+LIGHT_COMMANDS = ("serve", "export", "import")  # the labeling app starts without torch or transformers
 COMMANDS = {
     "serve": _run_serve,
     "export": _run_export,
+    "import": _run_labeling,
+    "round": _run_labeling,
     "config": _run_config,
     "convert": _run_convert,
     "demo": _run_demo,

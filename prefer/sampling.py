@@ -10,6 +10,9 @@ Speed (docs/benchmarks.md, bench/sampling.py): keys and values go into prealloca
 transformers' `cache=` API (`_PreallocatedLayer`), the nucleus needs one value sort per step (numpy's, ~10x
 torch.sort) and a draw is one cumulative sum and search (`_draw`), all in place on this step's logits.
 torch.compile is not used: see docs/benchmarks.md.
+
+At SmolLM2-135M size the model's forward is 95-99% of a sampling run (profiled: docs/benchmarks.md, "Sampling at
+135M"); `Decoding.share_prompt_cache` (off by default) encodes a prompt once for its K samples.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ class Decoding:
     """How a continuation is decoded, one record for every sampler call: at most `max_new_tokens` new tokens, stop at
     `eos_token_id`, `temperature` (0 = greedy), the control-aware nucleus `top_p` (`filter_probs`), tokens never
     produced (`blocked_token_ids`) and tokens kept out of the nucleus (`control_token_ids`), `batch_size` prompts
-    per KV-cached loop. Built once where the settings are known and passed through, so a call site is one line."""
+    per KV-cached loop. Built once where the settings are known and passed through, so a call site is one line.
+
+    `share_prompt_cache`: encode each distinct prompt of a batch once and copy its keys and values to every row
+    that repeats it (K samples per prompt: `sample_per_prompt`). Off by default: see `_prefill_shared`."""
 
     max_new_tokens: int
     eos_token_id: int
@@ -43,6 +49,7 @@ class Decoding:
     blocked_token_ids: tuple[int, ...] = ()
     control_token_ids: tuple[int, ...] = ()
     batch_size: int = 64
+    share_prompt_cache: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
@@ -278,6 +285,7 @@ def _sample_batch(
 
     cache = _new_cache(model, total)
     extra = {"logits_to_keep": 1} if keep_last_only else {}
+    shared_rows = _repeated_prompt_rows(prompts, cache) if decoding.share_prompt_cache else None
     generated = torch.full((batch, max_new_tokens), eos_token_id, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
@@ -286,15 +294,19 @@ def _sample_batch(
     seen = width
     steps = 0
     for step in range(max_new_tokens):
-        out = model(
-            input_ids=step_ids,
-            attention_mask=attention_mask[:, :seen],
-            position_ids=step_positions,
-            cache=cache,
-            use_cache=True,
-            **extra,
-        )
-        logits = out.logits[:, -1, :].float()  # a view when the model computes in float32: _choose overwrites it
+        if step == 0 and shared_rows is not None:
+            prompt_mask = attention_mask[:, :seen]
+            logits = _prefill_shared(model, input_ids, prompt_mask, position_ids, cache, shared_rows, extra)
+        else:
+            out = model(
+                input_ids=step_ids,
+                attention_mask=attention_mask[:, :seen],
+                position_ids=step_positions,
+                cache=cache,
+                use_cache=True,
+                **extra,
+            )
+            logits = out.logits[:, -1, :].float()  # a view when the model computes in float32: _choose overwrites it
         next_tokens = _choose(logits, temperature=temperature, top_p=top_p, masks=masks, generator=generator)
         # finished rows keep being fed eos; their output is already frozen by `lengths`
         next_tokens = next_tokens.masked_fill(done, eos_token_id)
@@ -312,6 +324,39 @@ def _sample_batch(
 
     generated_list = generated[:, :steps].tolist()
     return [row[:n] for row, n in zip(generated_list, lengths.tolist())]
+
+
+def _repeated_prompt_rows(prompts: list[list[int]], cache: Cache) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct prompt, which of them each row repeats) when some prompt repeats and the cache
+    is prefer's preallocated one (the only one whose rows it knows how to copy); else None."""
+    first_row: dict[tuple[int, ...], int] = {}  # each distinct prompt -> the first row that holds it
+    for row, prompt in enumerate(prompts):
+        first_row.setdefault(tuple(prompt), row)
+    if len(first_row) == len(prompts) or not all(isinstance(layer, _PreallocatedLayer) for layer in cache.layers):
+        return None
+    which = {key: j for j, key in enumerate(first_row)}  # distinct prompts numbered in order of first appearance
+    repeats = [which[tuple(prompt)] for prompt in prompts]
+    return torch.tensor(list(first_row.values()), dtype=torch.long), torch.tensor(repeats, dtype=torch.long)
+
+
+def _prefill_shared(model, input_ids, attention_mask, position_ids, cache, shared_rows, extra) -> torch.Tensor:
+    """The prompt pass over the distinct prompts only; their keys, values and last logits are then copied to every
+    row that repeats them. The prompt pass costs 1/K of the unshared one for K samples per prompt. The rows are the
+    same computations at a smaller batch, so they agree with the unshared pass where the matrix-multiply kernel
+    gives each row the same result at every batch size; the kernel does not promise that (measured in
+    docs/benchmarks.md, "Sampling at 135M"), which is why this is an option and off by default."""
+    unique_rows, expand = (rows.to(input_ids.device) for rows in shared_rows)
+    out = model(
+        input_ids=input_ids.index_select(0, unique_rows),
+        attention_mask=attention_mask.index_select(0, unique_rows),
+        position_ids=position_ids.index_select(0, unique_rows),
+        cache=cache,
+        use_cache=True,
+        **extra,
+    )
+    for layer in cache.layers:
+        layer.select_rows(expand)
+    return out.logits[:, -1, :].index_select(0, expand).float()
 
 
 def sample_per_prompt(
@@ -376,6 +421,13 @@ class _PreallocatedLayer(DynamicLayer):
         self.keys = self._key_buffer[:, :, :end]
         self.values = self._value_buffer[:, :, :end]
         return self.keys, self.values
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Make row i of the cache a copy of row rows[i] (the batch may grow: a prompt's rows for its K samples)."""
+        self._key_buffer = self._key_buffer.index_select(0, rows)
+        self._value_buffer = self._value_buffer.index_select(0, rows)
+        self.keys = self._key_buffer[:, :, : self.length]
+        self.values = self._value_buffer[:, :, : self.length]
 
 
 def _new_cache(model: torch.nn.Module, capacity: int) -> Cache:

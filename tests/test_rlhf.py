@@ -98,7 +98,7 @@ def toy_overrides(toy, out, **extra):
         "overopt_iterations": 10,
         "overopt_every": 5,
         "eval.heldout_blocks": 16,
-        "dpo_runs": "[dpo:0.1,listwise:0.1]",
+        "dpo_runs": "[dpo:0.1,listwise:0.1,kto:0.1]",
         "dpo.train.epochs": 1,
         "dpo.optimizer.lr": 1e-3,
         "ranking_sizes": "[2]",
@@ -155,6 +155,7 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
         "ppo_kl0.05_ptx",
         "dpo_b0.1",
         "listwise_b0.1",
+        "kto_b0.1",
         "dpo_b0.1_k2",
         "listwise_b0.1_k2",
         "rloo_kl0.05",
@@ -204,6 +205,28 @@ def test_dpo_and_critic_free_policies_join_the_table(results):
     assert (
         "| grpo_kl0.05 | grpo | KL coef 0.05 |" in table and "| listwise_b0.1 | listwise | beta 0.1, K = 4 |" in table
     )
+
+
+def test_kto_on_the_labelers_binary_labels_joins_the_table_next_to_dpo(results):
+    """The labelers mark each of the K responses good or bad (at most the median score: good); KTO trains on those
+    labels of the same responses DPO's rankings order, and is measured on the same protocol."""
+    results, out = results
+    labels = results["labels"]
+    assert labels["feedback_examples"] > 3.9 * labels["comparisons"]  # every non-empty response of K = 4
+    assert 0.4 < labels["feedback_desirable"] / labels["feedback_examples"] < 0.7
+    kto, sft_gold = results["policies"]["kto_b0.1"], results["policies"]["sft"]["gold"]["mean"]
+    win = kto["win_rate"]
+    print(
+        f"kto: gold {kto['gold']['mean']:.3f} (SFT {sft_gold:.3f}), win rate {win['win_rate']:.3f} {win['ci']}, "
+        f"KL {kto['kl']['mean']:.2f}; dpo: gold {results['policies']['dpo_b0.1']['gold']['mean']:.3f}"
+    )
+    assert kto["kind"] == "kto" and kto["train_seconds"] > 0 and kto["kl"]["mean"] > 0
+    assert win["ci"][0] <= win["win_rate"] <= win["ci"][1] and 0 < win["ci"][1] - win["ci"][0] < 0.5
+    assert kto["heldout_reward_margin"] > 0  # its implicit reward separates held-out good from bad responses
+    assert kto["gold"]["mean"] < sft_gold  # and it learns the toy preference
+    table = (out / "results.md").read_text()
+    assert "| kto_b0.1 | kto | beta 0.1, binary labels of K = 4 samples |" in table
+    assert (out / "labels" / "feedback.jsonl").exists()
 
 
 def test_a_second_run_reuses_every_stage(results, toy):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -364,3 +365,41 @@ def test_preallocated_cache_matches_a_dynamic_cache_step_by_step():
             b = model(input_ids=step_ids, cache=theirs, use_cache=True).logits
             assert torch.equal(a, b)
     assert ours.get_seq_length() == theirs.get_seq_length() == len(PROMPTS[0]) + 5
+
+
+@pytest.mark.parametrize("temperature, batch_size", [(1.0, 64), (1.0, 4), (0.0, 5)])
+def test_shared_prompt_cache_gives_the_same_samples(temperature, batch_size):
+    # Each distinct prompt encoded once, its keys and values copied to its K rows: the same draws as encoding it
+    # K times (batch_size 4 and 5 split a prompt's 3 rows across batches; PROMPTS have different lengths, so the
+    # rows are left-padded too).
+    from prefer.sampling import Decoding, sample_per_prompt
+
+    model = tiny_model()
+    decoding = Decoding(20, EOS, temperature, 1.0, batch_size=batch_size)
+    plain = sample_per_prompt(model, PROMPTS, decoding, k=3, seed=5)
+    shared = sample_per_prompt(model, PROMPTS, replace(decoding, share_prompt_cache=True), k=3, seed=5)
+    assert shared == plain
+    if temperature > 0:  # the K samples of a prompt differ: generated tokens are not shared
+        assert all(len({tuple(s) for s in plain[p * 3 : p * 3 + 3]}) > 1 for p in range(len(PROMPTS)))
+
+
+def test_shared_prompt_pass_matches_the_full_one_within_float_rounding():
+    # The prompt pass over the distinct prompts, copied to every row, against the pass over all rows: logits and
+    # cached keys/values agree to 1e-6 (bitwise on the CPU kernels measured; the kernel does not promise it).
+    from prefer.sampling import _new_cache, _prefill_shared, _repeated_prompt_rows
+
+    model = tiny_model()
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[2], PROMPTS[0]]
+    ids = torch.tensor([p[-3:] for p in prompts])  # equal lengths: no padding needed for this comparison
+    mask, positions = torch.ones_like(ids), torch.arange(3).expand(len(prompts), 3)
+    full, shared = _new_cache(model, 8), _new_cache(model, 8)
+    rows = _repeated_prompt_rows([p[-3:] for p in prompts], shared)
+    assert rows is not None and rows[0].tolist() == [0, 1] and rows[1].tolist() == [0, 1, 0, 1, 0]
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=full).logits[:, -1]
+        got = _prefill_shared(model, ids, mask, positions, shared, rows, {})
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    for a, b in zip(shared.layers, full.layers):
+        torch.testing.assert_close(a.keys, b.keys, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a.values, b.values, rtol=0, atol=1e-6)
+    assert _repeated_prompt_rows([[1], [2]], _new_cache(model, 4)) is None  # nothing repeats: the plain pass

@@ -207,14 +207,20 @@ class PPOLossConfig:
 # ------------------------------------------------------------------ beyond PPO: DPO / IPO / listwise, RLOO / GRPO
 
 DPO_LOSS_NAMES = ("dpo", "ipo", "listwise")  # the keys of prefer.objectives.DPO_LOSSES (a test checks they agree)
+# losses on unpaired binary feedback (data.feedback): the keys of prefer.objectives.FEEDBACK_LOSSES
+FEEDBACK_LOSS_NAMES = ("kto",)
+DIRECT_LOSS_NAMES = DPO_LOSS_NAMES + FEEDBACK_LOSS_NAMES  # every dpo.loss
 
 
 @dataclass(frozen=True)
 class DPODataConfig:
-    """Rankings, as `prefer reward` reads them (demonstrations go to `prefer sft`, whose model DPO starts from)."""
+    """Rankings, as `prefer reward` reads them (demonstrations go to `prefer sft`, whose model DPO starts from), or,
+    for dpo.loss=kto, unpaired binary feedback."""
 
-    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} or pairs (chosen/rejected) (required)
-    validation_fraction: float = 0.1  # of the prompts, held out for implicit-reward accuracy, margins and the KL
+    rankings: str = ""  # JSONL: {"prompt", "responses", "ranking"} or pairs (chosen/rejected) (dpo, ipo, listwise)
+    feedback: str = ""  # JSONL: {"prompt", "completion", "label": true|false} (TRL's unpaired format) (kto)
+    # of the prompts (kto: of the examples), held out for implicit-reward accuracy, margins and the KL
+    validation_fraction: float = 0.1
 
     def __post_init__(self):
         check(0 <= self.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
@@ -238,16 +244,25 @@ class DPOModelConfig:
 class DPOLossConfig:
     """Which direct preference loss, and its strength (prefer.objectives.preference)."""
 
-    loss: str = "dpo"  # dpo (all C(K,2) pairs) | ipo | listwise (Plackett-Luce over the whole ranking)
-    beta: float = 0.1  # DPO / listwise: the KL-regularisation strength (Rafailov et al. 2023)
+    # dpo (all C(K,2) pairs) | ipo | listwise (Plackett-Luce over the whole ranking) | kto (binary feedback)
+    loss: str = "dpo"
+    beta: float = 0.1  # DPO / listwise / KTO: the KL-regularisation strength (Rafailov et al. 2023)
     tau: float = 0.1  # IPO: the regularisation; the target log-ratio margin is 1/(2 tau) (Azar et al. 2023)
+    # KTO (Ethayarajh et al. 2024): lambda_D and lambda_U, the weights of desirable and undesirable examples; the
+    # paper's advice (Eq. 8): lambda_D n_D / (lambda_U n_U) in [1, 4/3] (the stage warns outside it)
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
 
     def __post_init__(self):
         check(
-            self.loss in DPO_LOSS_NAMES, "dpo.loss", f"unknown {self.loss!r}; choose one of {', '.join(DPO_LOSS_NAMES)}"
+            self.loss in DIRECT_LOSS_NAMES,
+            "dpo.loss",
+            f"unknown {self.loss!r}; choose one of {', '.join(DIRECT_LOSS_NAMES)}",
         )
         check(self.beta > 0, "dpo.beta", "must be > 0")
         check(self.tau > 0, "dpo.tau", "must be > 0")
+        check(self.desirable_weight > 0, "dpo.desirable_weight", "must be > 0")
+        check(self.undesirable_weight > 0, "dpo.undesirable_weight", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -269,7 +284,8 @@ class DPOEvalConfig:
 class DPOConfig:
     """Direct preference optimisation on K-way rankings (DPO, IPO or listwise DPO) from the SFT model, against the
     frozen reference, whose log-probabilities of every response are computed once before training.
-    `train.batch_size` counts PROMPTS, each with all its K responses (one batch element, as for the reward model)."""
+    `train.batch_size` counts PROMPTS, each with all its K responses (one batch element, as for the reward model).
+    dpo.loss=kto trains on unpaired binary feedback (data.feedback) instead, and `train.batch_size` counts examples."""
 
     out_dir: str = "runs/dpo"
     data: DPODataConfig = field(default_factory=DPODataConfig)
@@ -285,7 +301,12 @@ class DPOConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
-        check(bool(self.data.rankings), "data.rankings", "a rankings JSONL file is required")
+        if self.dpo.loss in FEEDBACK_LOSS_NAMES:
+            check(bool(self.data.feedback), "data.feedback", f"dpo.loss={self.dpo.loss} needs a binary-feedback file")
+            check(not self.data.rankings, "data.rankings", f"dpo.loss={self.dpo.loss} trains on data.feedback only")
+        else:
+            check(bool(self.data.rankings), "data.rankings", "a rankings JSONL file is required")
+            check(not self.data.feedback, "data.feedback", "binary feedback trains with dpo.loss=kto only")
         check(bool(self.model.init_from), "model.init_from", "the SFT model directory is required")
         check(self.optimizer.lr is not None, "optimizer.lr", "DPO has no task default; set a learning rate")
         check_lora_parallel(self.lora, self.runtime)

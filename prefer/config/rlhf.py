@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from prefer.config.chat import INSTRUCTION_TYPES, TOPICS
 from prefer.config.common import (
     GenerationConfig,
     InferenceRuntimeConfig,
@@ -15,7 +16,7 @@ from prefer.config.common import (
 )
 from prefer.config.instructgpt import (
     ALGORITHM_DEFAULTS,
-    DPO_LOSS_NAMES,
+    DIRECT_LOSS_NAMES,
     GROUP_ALGORITHMS,
     MAX_RESPONSES,
     MIN_RESPONSES,
@@ -155,6 +156,7 @@ SET_BY_THE_COMMAND: dict[str, str] = {
     "dpo.dpo.beta": "dpo_runs (LOSS:BETA) or ranking_beta",
     "dpo.dpo.tau": "dpo_runs (ipo:TAU)",
     "dpo.data.validation_fraction": "reward.data.validation_fraction (DPO holds out the reward models' prompts)",
+    "dpo.data.feedback": "dpo_runs (kto:BETA trains on the labelers' binary labels)",
     "ppo.algorithm": "group_algorithms (the group section's runs: rloo, grpo)",
     "group.algorithm": "group_algorithms",
     "group.reward.scorer": "the reward model trained here",
@@ -213,9 +215,9 @@ def check_no_overwritten_keys(config) -> None:
 
 
 def parse_dpo_run(spec: str) -> tuple[str, float]:
-    """ "LOSS:BETA" (e.g. "listwise:0.1") -> ("listwise", 0.1); ValueError when malformed."""
+    """ "LOSS:BETA" (e.g. "listwise:0.1", "kto:0.1") -> ("listwise", 0.1); ValueError when malformed."""
     loss, _, beta = spec.partition(":")
-    if loss not in DPO_LOSS_NAMES or not beta:
+    if loss not in DIRECT_LOSS_NAMES or not beta:
         raise ValueError(spec)
     value = float(beta)
     if value <= 0:
@@ -246,6 +248,40 @@ class RLHFEvalConfig:
         check(self.temperature > 0, "eval.temperature", "must be > 0 (the KL is taken on sampled responses)")
 
 
+PROMPT_SETS = ("corpus", "chat")
+CHAT_GOLDS = ("ifeval", "ifeval-loose")  # the IFEval judge; the command names the prompts file it reads
+
+
+@dataclass(frozen=True)
+class RLHFChatConfig:
+    """The chat prompt set (`prompt_set: chat`): one user turn per (topic, IFEval instruction type), "Write a short
+    paragraph about TOPIC. INSTRUCTION" with the instruction's own template and seeded arguments
+    (prefer.scorers.instructions). The label, validation and RL prompts are drawn from the first `train_topics`
+    topics' prompts; the evaluation prompts from the next `heldout_topics` topics', never seen before evaluation.
+    Every prompt is rendered with the starting model's chat template once, and every stage reads that rendering."""
+
+    train_topics: int = 32  # of the shipped topics (prefer.config.chat.TOPICS)
+    heldout_topics: int = 8  # the next ones: the evaluation prompts
+    instruction_types: list[str] = field(default_factory=lambda: list(INSTRUCTION_TYPES))
+    # types asked for in the evaluation prompts only (none of the training prompts asks for them): [] = none
+    heldout_types: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        check(self.train_topics > 0 and self.heldout_topics > 0, "chat.train_topics", "topic counts must be positive")
+        check(
+            self.train_topics + self.heldout_topics <= len(TOPICS),
+            "chat.heldout_topics",
+            f"chat.train_topics + chat.heldout_topics must be <= {len(TOPICS)} (the shipped topics)",
+        )
+        types = self.instruction_types
+        check(bool(types) and len(set(types)) == len(types), "chat.instruction_types", "distinct IFEval types")
+        check(
+            set(self.heldout_types) <= set(types) and len(set(self.heldout_types)) < len(set(types)),
+            "chat.heldout_types",
+            "must be some, not all, of chat.instruction_types",
+        )
+
+
 @dataclass(frozen=True)
 class RLHFConfig:
     """`prefer rlhf`: InstructGPT on one task with synthetic labelers (Ouyang et al. 2022; the gold-scorer setup of
@@ -254,14 +290,18 @@ class RLHFConfig:
     prompt, ranked by `gold_scorer`; SFT on the best of K (the candidate the reward model scores best is kept); a
     reward model on all rankings and a weak proxy on `weak_fraction` of them; best-of-n against the proxies, PPO at
     each of `kl_coefs`, PPO-ptx at the best of them, and PPO against the weak proxy read every `overopt_every`
-    iterations; DPO / IPO / listwise DPO on the same rankings (`dpo_runs`, and at `ranking_sizes` other K on the
-    same prompts), RLOO and GRPO against the reward model (`group_algorithms`, as many scored episodes as PPO);
-    every policy evaluated on one protocol (`eval`, prefer.evaluation.policy). The sections `label`, `sft`,
-    `reward`, `ppo`, `dpo`, `group` are the stages' own configs; their paths ("auto") are set by the command, and
-    `runtime` gives every run its seed and device."""
+    iterations; DPO / IPO / listwise DPO on the same rankings and KTO on the labelers' binary labels of the same
+    responses (`dpo_runs`, and at `ranking_sizes` other K on the same prompts), RLOO and GRPO against the reward
+    model (`group_algorithms`, as many scored episodes as PPO); every policy evaluated on one protocol (`eval`,
+    prefer.evaluation.policy). The sections `label`, `sft`, `reward`, `ppo`, `dpo`, `group` are the stages' own
+    configs; their paths ("auto") are set by the command, and `runtime` gives every run its seed and device."""
 
     out_dir: str = "runs/rlhf"
     task: str = "pii"  # its corpus gives the prompts and the pretraining text (PPO-ptx, the alignment tax)
+    # "corpus": prompts are openings of the task's documents; "chat": IFEval chat prompts (the `chat` section; the
+    # corpus then gives only the pretraining text), judged by gold_scorer ifeval (strict) or ifeval-loose
+    prompt_set: str = "corpus"
+    chat: RLHFChatConfig = field(default_factory=RLHFChatConfig)
     source: str | None = None  # prompt and pretraining corpus; None = the task's
     gold_scorer: str = "pii-entry"  # the synthetic labelers' judgement, and the gold standard of every evaluation
     # > 0: the gold adds this weight x the NLL per response token under a frozen fluency judge (`fluency_judge`,
@@ -296,7 +336,8 @@ class RLHFConfig:
     # fast at first); None = every `overopt_every` up to `overopt_iterations`
     overopt_points: list[int] | None = None
     dpo: DPOConfig = field(default_factory=_dpo)
-    dpo_runs: list[str] = field(default_factory=lambda: ["dpo:0.1", "listwise:0.1"])  # LOSS:BETA (tau for ipo)
+    # LOSS:BETA (tau for ipo); kto trains on the labelers' binary labels of the same responses (labels/feedback.jsonl)
+    dpo_runs: list[str] = field(default_factory=lambda: ["dpo:0.1", "listwise:0.1", "kto:0.1"])
     ranking_sizes: list[int] = field(default_factory=list)  # other K: relabel the same prompts, pairwise vs listwise
     ranking_beta: float = 0.1  # the beta of those runs
     group: PolicyGradientConfig = field(default_factory=_group)
@@ -312,6 +353,15 @@ class RLHFConfig:
         check_no_overwritten_keys(self)
         check(self.task in TASKS, "task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         check(bool(self.gold_scorer), "gold_scorer", "name the gold scorer (e.g. pii-entry, pep8)")
+        check(self.prompt_set in PROMPT_SETS, "prompt_set", f"choose one of {', '.join(PROMPT_SETS)}")
+        if self.prompt_set == "chat":
+            check(
+                self.gold_scorer in CHAT_GOLDS,
+                "gold_scorer",
+                f"the chat prompts are judged by IFEval's checkers: {' or '.join(CHAT_GOLDS)}",
+            )
+            check(self.init_from is not None, "init_from", "the chat prompts need a chat model to start from")
+            check(self.fluency_weight == 0, "fluency_weight", "the chat protocol's gold is IFEval's verdict alone")
         check(
             MIN_RESPONSES <= self.label.num_responses <= MAX_RESPONSES,
             "label.num_responses",
@@ -349,7 +399,7 @@ class RLHFConfig:
             try:
                 parse_dpo_run(spec)
             except ValueError:
-                check(False, "dpo_runs", f"{spec!r}: write LOSS:BETA with LOSS one of {', '.join(DPO_LOSS_NAMES)}")
+                check(False, "dpo_runs", f"{spec!r}: write LOSS:BETA with LOSS one of {', '.join(DIRECT_LOSS_NAMES)}")
         for size in self.ranking_sizes:
             check(
                 MIN_RESPONSES <= size <= MAX_RESPONSES and size != self.label.num_responses,

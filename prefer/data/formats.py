@@ -317,6 +317,8 @@ def read_rankings(path: str | Path) -> list[Comparison]:
     {"prompt", "chosen", "rejected"}, or conversational (lists of messages, TRL's format), in one file alike."""
     comparisons = []
     for where, record in read_records(path, {}):
+        if "label" in record and "responses" not in record and "chosen" not in record:
+            raise PreferError(f"{where}: key 'label' is unpaired binary feedback (dpo.loss=kto reads data.feedback)")
         if "chosen" in record or "rejected" in record:
             conversational = any(isinstance(record.get(f), list) for f in ("prompt", "chosen", "rejected"))
             comparisons.append((_conversational_pair if conversational else _text_pair)(where, record))

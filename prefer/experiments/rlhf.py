@@ -6,8 +6,12 @@
     -> SFT on the best of K for each candidate number of epochs; the one the reward model scores best is kept
     -> policies: best-of-n against each proxy (from one pool of SFT samples), PPO at each KL coefficient,
        PPO-ptx at the best of them, PPO against the weak proxy read as its KL grows (over-optimisation),
-       DPO / IPO / listwise DPO on the rankings (and on rankings of another K), RLOO and GRPO
+       DPO / IPO / listwise DPO on the rankings (and on rankings of another K), KTO on binary labels, RLOO and GRPO
     -> one evaluation protocol for every policy (prefer.evaluation.policy) -> results.{json,csv,md} + figures
+
+With `prompt_set: chat` the prompts are IFEval chat prompts instead (topics x instruction types, the evaluation's
+from held-out topics; rlhf_data.chat_prompts), rendered once with the starting chat model's template, and the gold
+is IFEval's checkers' verdict on each (prompt, response) pair.
 
 Every stage writes its own directory under `out_dir`; a finished stage with the same settings is reused and an
 unfinished one resumes, so killing the command and running it again continues where it stopped. The data stages
@@ -26,6 +30,7 @@ from prefer.config import RLHFConfig, save_config
 from prefer.data.corpora import load_documents, split_by_source
 from prefer.experiments.rlhf_data import (
     build_prompts,
+    chat_prompts,
     code_prompt,
     entry_prompt,
     reward_models,
@@ -53,9 +58,15 @@ from prefer.training import resolve_device
 
 __all__ = ["code_prompt", "entry_prompt", "gold_spec", "rlhf", "starting_model"]
 
+# the chat golds as the table names them (the share of the prompt's instructions failed)
+GOLD_LABELS = {"ifeval": "IFEval strict", "ifeval-loose": "IFEval loose"}
 
-def gold_spec(config: RLHFConfig, start: Path) -> str:
-    """The gold scorer's `get_scorer` name: `gold_scorer`, plus the fluency judge's term when it has a weight."""
+
+def gold_spec(config: RLHFConfig, start: Path, *, judge_file: Path | None = None) -> str:
+    """The gold scorer's `get_scorer` name: `gold_scorer`, plus the fluency judge's term when it has a weight; on
+    the chat prompts, the IFEval judge of the prompts file `judge_file` (`ifeval:FILE`)."""
+    if config.prompt_set == "chat":
+        return f"{config.gold_scorer}:{judge_file}"
     if config.fluency_weight == 0:
         return config.gold_scorer
     return f"{config.gold_scorer}+{config.fluency_weight:g}*nll:{config.fluency_judge or start}"
@@ -145,6 +156,14 @@ def ppo_policies(
     return ppo_base, policies, best, ptx_name
 
 
+def prompt_splits(config: RLHFConfig, out: Path) -> tuple[dict[str, list[str]], Path | None]:
+    """The prompts of each split and, on the chat prompts, the IFEval judge's prompts file (None otherwise)."""
+    if config.prompt_set == "chat":  # rendered with the starting model's chat template: it is resolved first
+        return chat_prompts(config, starting_model(config, out), out)
+    get_scorer(config.gold_scorer)  # an unknown scorer stops here, before any work
+    return build_prompts(config), None
+
+
 def protocol_settings(config: RLHFConfig, eval_prompts: int) -> dict:
     """What the results table's caption states about the protocol (names of results.json, kept as they were)."""
     return {
@@ -164,12 +183,6 @@ def rlhf(config: RLHFConfig) -> dict:
     task = get_task(config.task)
     out = Path(config.out_dir)
     device = resolve_device(config.runtime.device)
-    get_scorer(config.gold_scorer)  # an unknown scorer stops here, before any work
-    splits = build_prompts(config)
-    save_config(config, out / "rlhf.yaml")
-    paths = write_prompt_splits(splits, out)
-    say = print
-    say(f"[rlhf] {task.name}: prompts " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     seconds: dict[str, float] = {}
 
     def lap(name: str, since: float) -> float:
@@ -177,9 +190,15 @@ def rlhf(config: RLHFConfig) -> dict:
         return time.perf_counter()
 
     t = time.perf_counter()
+    splits, judge_file = prompt_splits(config, out)
+    save_config(config, out / "rlhf.yaml")
+    paths = write_prompt_splits(splits, out)
+    say = print
+    name = "chat" if config.prompt_set == "chat" else task.name
+    say(f"[rlhf] {name}: prompts " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     start = starting_model(config, out)
     t = lap("start_model", t)
-    gold_name = gold_spec(config, start)
+    gold_name = gold_spec(config, start, judge_file=judge_file)
     gold = get_scorer(gold_name)
     labels = synthetic_labels(config, out, start, paths["label"], gold=gold_name)
     say(
@@ -246,9 +265,10 @@ def rlhf(config: RLHFConfig) -> dict:
 
     results = {
         "task": task.name,
+        "prompt_set": config.prompt_set,
         "gold_scorer": config.gold_scorer,
         "gold": gold_name,
-        "gold_label": config.gold_scorer
+        "gold_label": GOLD_LABELS.get(config.gold_scorer, config.gold_scorer)
         + (f" + {config.fluency_weight:g} x judge NLL/token" if config.fluency_weight else ""),
         "fluency_weight": config.fluency_weight,
         "source": source,

@@ -88,6 +88,53 @@ def build_prompts(config: RLHFConfig) -> dict[str, list[str]]:
     return splits
 
 
+def chat_prompts(config: RLHFConfig, start: Path, out: Path) -> tuple[dict[str, list[str]], Path]:
+    """The chat prompt set (`prompt_set: chat`): IFEval prompts of the training topics (and types), shuffled with the
+    seed and split into label / validation / RL prompts, and of the held-out topics (every type) for evaluation; each
+    user turn rendered once with the starting model's chat template and its generation prompt. Every stage reads
+    that text as a plain prompt (document start + its tokens; prefer.encoding.encode_prompt): the labelers, SFT, the
+    reward models, DPO, PPO and the evaluation prompt the model with the same ids. Also writes the judge's file
+    (prompts/instructions.jsonl: each chosen prompt with its instructions, the gold's `ifeval:` argument).
+    Returns (splits of rendered prompts, that file); PreferError if the topics give too few prompts."""
+    from prefer.config.chat import TOPICS
+    from prefer.encoding import has_chat_template, render_generation_prompt
+    from prefer.models.build import load_tokenizer
+    from prefer.scorers.instructions import instruction_prompts, write_prompts
+
+    chat, seed = config.chat, config.runtime.seed
+    trained_types = [t for t in chat.instruction_types if t not in chat.heldout_types]
+    heldout_topics = TOPICS[chat.train_topics : chat.train_topics + chat.heldout_topics]
+    pools = {
+        "eval": instruction_prompts(heldout_topics, chat.instruction_types, seed=seed + 1),
+        "train": instruction_prompts(TOPICS[: chat.train_topics], trained_types, seed=seed),
+    }
+    for pool in pools.values():
+        np.random.default_rng(seed).shuffle(pool)
+    sizes = {name: config.eval.prompts if name == "eval" else getattr(config, f"{name}_prompts") for name in SPLITS}
+    needed = {"eval": sizes["eval"], "train": sum(sizes.values()) - sizes["eval"]}
+    for pool, count in needed.items():
+        if len(pools[pool]) < count:
+            keys = "eval.prompts" if pool == "eval" else "label_prompts + validation_prompts + rl_prompts"
+            raise PreferError(
+                f"chat: the {pool} topics give {len(pools[pool])} prompts (topics x instruction types); {keys} "
+                f"need {count}: use more chat.{'heldout' if pool == 'eval' else 'train'}_topics or fewer prompts"
+            )
+    chosen, taken = {"eval": pools["eval"][: sizes["eval"]]}, 0
+    for name in SPLITS[1:]:
+        chosen[name] = pools["train"][taken : taken + sizes[name]]
+        taken += sizes[name]
+    tokenizer = load_tokenizer(start, field="init_from")
+    if not has_chat_template(tokenizer):
+        raise PreferError(f"init_from: {config.init_from} has no chat template; the chat prompts need one")
+    judge = out / "prompts" / "instructions.jsonl"
+    write_prompts([p for name in SPLITS for p in chosen[name]], judge)
+    rendered = {
+        name: [render_generation_prompt(tokenizer, p.as_json()["messages"]) for p in prompts]
+        for name, prompts in chosen.items()
+    }
+    return rendered, judge
+
+
 def write_prompt_splits(splits: dict[str, list[str]], out: Path) -> dict[str, Path]:
     paths = {}
     for name, prompts in splits.items():
@@ -150,8 +197,9 @@ def starting_model(config: RLHFConfig, out: Path) -> Path:
 def synthetic_labels(
     config: RLHFConfig, out: Path, model: Path, prompts: Path, *, gold: str, num_responses: int | None = None
 ) -> dict:
-    """Rankings and best-of-K demonstrations by the gold scorer `gold` (a `get_scorer` name), in `labels/` (or
-    `labels_k{K}/` for another K than the config's, on the same prompts); cached by their settings."""
+    """Rankings, best-of-K demonstrations and binary feedback (prefer.labeling.synthetic.binary_labels: KTO's data)
+    by the gold scorer `gold` (a `get_scorer` name), in `labels/` (or `labels_k{K}/` for another K than the
+    config's, on the same prompts); cached by their settings."""
     size = num_responses or config.label.num_responses
     folder = out / ("labels" if size == config.label.num_responses else f"labels_k{size}")
     label = replace(
@@ -166,10 +214,11 @@ def synthetic_labels(
     )
     key_path = folder / "label.json"
     key = json.loads(json.dumps(asdict(label)))
-    if key_path.exists() and json.loads(key_path.read_text())["config"] == key:
+    feedback = folder / "feedback.jsonl"
+    if key_path.exists() and json.loads(key_path.read_text())["config"] == key and feedback.exists():
         return json.loads(key_path.read_text())["report"]
     try:
-        report = label_synthetic(label, progress=label.runtime.progress)
+        report = label_synthetic(label, progress=label.runtime.progress, feedback_out=feedback)
     except NothingRanked as error:
         raise PreferError(
             f"gold_scorer: {gold} ties every response of every labelling prompt ({error}); {_SEPARATE}"

@@ -29,6 +29,7 @@ from prefer.models.build import load_checkpoint
 from prefer.scorers import get_scorer, score_responses
 from prefer.stages.dpo import dpo
 from prefer.stages.policy_gradient import group_rl, ppo
+from prefer.training.preference_batches import OBJECTIVES
 
 
 class Evaluator:
@@ -247,8 +248,9 @@ def timed_stage(stage, settings) -> tuple[Path, float | None]:
 def dpo_policies(
     config: RLHFConfig, evaluator: Evaluator, out: Path, sft_path: Path, rankings: dict[int, Path]
 ) -> dict[str, dict]:
-    """DPO / IPO / listwise DPO from the SFT model on the K-way rankings (`dpo_runs`), and pairwise vs listwise at
-    `ranking_beta` on each of `ranking_sizes` (the same labelling prompts ranked with another K)."""
+    """DPO / IPO / listwise DPO from the SFT model on the K-way rankings and KTO on the binary labels of the same
+    responses (`dpo_runs`; the feedback file lies beside the rankings), and pairwise vs listwise at `ranking_beta`
+    on each of `ranking_sizes` (the same labelling prompts ranked with another K)."""
     k = config.label.num_responses
     runs = [(*parse_dpo_run(spec), k) for spec in config.dpo_runs]
     runs += [(loss, config.ranking_beta, size) for size in config.ranking_sizes for loss in ("dpo", "listwise")]
@@ -256,12 +258,14 @@ def dpo_policies(
     for loss, strength, size in runs:
         name = f"{loss}_b{strength:g}" + ("" if size == k else f"_k{size}")
         hyper = {"tau": strength} if loss == "ipo" else {"beta": strength}
+        data_field = OBJECTIVES[loss].data_field  # rankings, or the binary feedback beside them
+        files = {"rankings": "", "feedback": "", data_field: str(rankings[size].with_name(f"{data_field}.jsonl"))}
         settings = replace(
             config.dpo,
             out_dir=str(out / name),
             data=replace(
                 config.dpo.data,
-                rankings=str(rankings[size]),
+                **files,
                 validation_fraction=config.reward.data.validation_fraction,  # the reward models' held-out prompts
             ),
             model=replace(config.dpo.model, init_from=str(sft_path)),
@@ -276,7 +280,9 @@ def dpo_policies(
             "beta": strength,
             "K": size,
             "train_seconds": seconds,
-            "implicit_reward_accuracy": info.get("val_accuracy"),
+            # against held-out rankings (KTO's held-out examples have no ranking: its margin is recorded instead)
+            "implicit_reward_accuracy": info.get("val_accuracy") if data_field == "rankings" else None,
+            "heldout_reward_margin": info.get("val_margin"),
         }
         print(f"[rlhf] {name}: {headline(policies[name])}")
     return policies

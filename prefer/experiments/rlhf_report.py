@@ -145,6 +145,8 @@ def _setting(entry: dict) -> str:
         return f"beta {entry['beta']:g}, K = {entry['K']}"
     if entry.get("kind") == "ipo":
         return f"tau {entry['beta']:g}, K = {entry['K']}"
+    if entry.get("kind") == "kto":
+        return f"beta {entry['beta']:g}, binary labels of K = {entry['K']} samples"
     text = f"KL coef {entry['kl_coef']:g}" if "kl_coef" in entry else ""
     return text + (f", ptx coef {entry['ptx_coef']:g}" if "ptx_coef" in entry else "")
 

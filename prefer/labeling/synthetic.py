@@ -2,6 +2,7 @@
 
     prompts JSONL -> K samples each (KV-cached sampler) -> gold misalignment of prompt + response (+ noise)
     -> ranks (lower is better; equal scores tie) -> rankings JSONL + best-of-K demonstrations JSONL
+    -> optionally binary feedback JSONL (KTO): every non-empty response marked good or bad (`binary_labels`)
 
 A {"messages"} prompt is rendered with the model's chat template (prefer.evaluation.prompts, as PPO renders it),
 and the rankings and demonstrations carry that rendered prompt: the reward model, DPO and SFT then read the format
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from prefer.config import LabelConfig
+from prefer.data.feedback import Feedback, write_feedback
 from prefer.data.formats import Comparison, Demonstration, write_demonstrations, write_rankings
 from prefer.errors import PreferError
 from prefer.evaluation.prompts import read_prompt_file, render_queries
@@ -43,6 +45,18 @@ class LabelReport:
     dropped_empty: int  # prompts with fewer than two non-empty responses
     gold_mean: float  # mean gold misalignment of all non-empty samples
     gold_best_mean: float  # mean gold misalignment of the demonstrations (best of K by the noisy labeler)
+    feedback: Path | None = None  # binary feedback, when asked for (feedback_out)
+    feedback_examples: int = 0  # responses marked good or bad
+    feedback_desirable: int = 0  # of them, marked good
+
+
+def binary_labels(noisy: np.ndarray) -> np.ndarray:
+    """The synthetic labelers' thumbs up or down: a response is good when the noisy score its labeler ranked it by
+    is at most the median of the noisy scores of all the labelled responses (one bar for every prompt, as a labeler
+    judging a single response has no other response to compare it with). NaN (an empty response) is neither: the
+    caller leaves it out. No random number is drawn: the rankings' noise is the labels' noise."""
+    bar = np.nanmedian(noisy)
+    return noisy <= bar
 
 
 def rank_by_scores(scores: Sequence[float]) -> tuple[int, ...]:
@@ -50,8 +64,12 @@ def rank_by_scores(scores: Sequence[float]) -> tuple[int, ...]:
     return tuple(int(rank) for rank in np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)[1])
 
 
-def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progress: bool = True) -> LabelReport:
-    """Label every prompt of `config.prompts`; `scorer` overrides `config.scorer` (any texts -> misalignment)."""
+def label_synthetic(
+    config: LabelConfig, *, scorer: Scorer | None = None, progress: bool = True, feedback_out: str | Path | None = None
+) -> LabelReport:
+    """Label every prompt of `config.prompts`; `scorer` overrides `config.scorer` (any texts -> misalignment);
+    with `feedback_out`, every non-empty response marked good or bad (`binary_labels`) is written there as well, in
+    TRL's unpaired format {"prompt", "completion", "label"} (prefer.data.feedback), prompt-major."""
     device = resolve_device(config.runtime.device)
     if scorer is None:
         check_available(config.scorer)  # a missing package or weights file stops here, before the model loads
@@ -118,6 +136,13 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
         )
     write_rankings(config.rankings_out, comparisons)
     write_demonstrations(config.demonstrations_out, demonstrations)
+    feedback = []
+    if feedback_out is not None:
+        good = binary_labels(noisy[nonempty])
+        feedback = [
+            Feedback(prompts[i // k], responses[i], bool(label)) for i, label in zip(np.flatnonzero(nonempty), good)
+        ]
+        write_feedback(feedback_out, feedback)
     return LabelReport(
         rankings=Path(config.rankings_out),
         demonstrations=Path(config.demonstrations_out),
@@ -128,4 +153,7 @@ def label_synthetic(config: LabelConfig, *, scorer: Scorer | None = None, progre
         dropped_empty=dropped_empty,
         gold_mean=float(np.mean(scores[nonempty])),
         gold_best_mean=float(np.mean(best_scores)),
+        feedback=None if feedback_out is None else Path(feedback_out),
+        feedback_examples=len(feedback),
+        feedback_desirable=sum(f.label for f in feedback),
     )

@@ -15,7 +15,7 @@ shifting) live once in ``common``.
 - Beyond PPO: ``dpo_loss``, ``ipo_loss``, ``listwise_dpo_loss`` on K-way rankings (``DPO_LOSSES`` by name), and
   the critic-free ``rloo_advantages``, ``rloo_loss``, ``grpo_advantages``, ``grpo_loss`` (k3 KL: ``k3_kl``).
 - Binary feedback: ``kto_loss`` (Ethayarajh et al. 2024) on unpaired (prompt, completion, good/bad) examples,
-  with its reference point from ``kto_kl_estimate`` over ``kto_mismatched_index`` pairs (not in ``DPO_LOSSES``).
+  with its reference point from ``kto_kl_estimate`` over ``kto_mismatched_index`` pairs (``FEEDBACK_LOSSES`` by name).
 """
 
 from prefer.objectives.common import (
@@ -44,8 +44,12 @@ from prefer.objectives.preference import DPO_LOSSES, PreferenceLoss, dpo_loss, i
 from prefer.objectives.ranking import ranking_loss
 from prefer.objectives.reward_weighted import awr_loss, rwr_loss
 
+# `prefer dpo`'s losses on unpaired binary feedback, by dpo.loss (DPO_LOSSES holds those on rankings)
+FEEDBACK_LOSSES = {"kto": kto_loss}
+
 __all__ = [
     "DPO_LOSSES",
+    "FEEDBACK_LOSSES",
     "PreferenceLoss",
     "dpo_loss",
     "grpo_advantages",

@@ -127,7 +127,7 @@ def score_episodes(
         score_responses(scorer, prompts, replies), stopped=stopped, missing_eos_penalty=missing_eos_penalty
     )
     gold = (
-        -torch.tensor(gold_scorer(texts), dtype=torch.float32)
+        -torch.tensor(score_responses(gold_scorer, prompts, replies), dtype=torch.float32)  # as evaluation reads it
         if gold_scorer is not None
         else torch.full_like(rewards, float("nan"))
     )

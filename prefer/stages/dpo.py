@@ -1,10 +1,14 @@
-"""Direct preference optimisation on K-way rankings (DPO, IPO, listwise DPO): one loop, top to bottom.
+"""Direct preference optimisation on K-way rankings (DPO, IPO, listwise DPO) or binary feedback (KTO): one loop.
 
     rankings JSONL -> every response of a prompt tokenized once (eos + prompt + response + eos)
     -> the frozen reference's log-probability of every response, computed ONCE before training (kept in each
        checkpoint, so a resumed run reads the same numbers)
     -> one batch element per prompt: policy log-probs [B, K] -> DPO_LOSSES[dpo.loss] over its ranking
     -> held-out implicit-reward accuracy and margins, KL to the reference on samples -> HF directory
+
+dpo.loss=kto reads unpaired {"prompt", "completion", "label"} examples (data.feedback) instead: one batch element per
+example, and before each step's micro-batches the reference point z0 from the step's completions paired with other
+prompts (prefer.training.preference_batches.kto_step_kl). OBJECTIVES[dpo.loss] says which.
 
 `prefer dpo` calls `dpo(config)`. Run it under `torchrun --nproc_per_node N` for DDP (or FSDP2 with
 runtime.parallel=fsdp; docs/distributed.md).
@@ -16,9 +20,10 @@ from functools import partial
 from pathlib import Path
 
 from prefer.config import DPOConfig
-from prefer.data.formats import read_located, read_rankings
+from prefer.data.formats import read_located
 from prefer.data.splits import split_validation
 from prefer.encoding import encode_query
+from prefer.evaluation.binary_feedback import heldout_feedback
 from prefer.evaluation.direct_preference import heldout_preferences, kl_on_samples
 from prefer.files import file_fingerprint, write_json_atomic
 from prefer.models.build import (
@@ -41,7 +46,7 @@ from prefer.training import (
     unwrap,
     wrap_model,
 )
-from prefer.training.preference_batches import batch_loss, encode_rankings, reference_logprobs
+from prefer.training.preference_batches import OBJECTIVES, encode_rankings, reference_logprobs
 from prefer.training.run import EpochPlan, StageRun, accumulate_gradients, epoch_record
 
 __all__ = ["dpo", "encode_rankings", "reference_logprobs"]
@@ -52,11 +57,14 @@ __all__ = ["dpo", "encode_rankings", "reference_logprobs"]
 
 @releases_run_dirs
 def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
-    """Train the policy on rankings with the chosen preference loss; returns `<out_dir>/final` (an HF causal LM)."""
+    """Train the policy on rankings (or binary feedback) with the chosen loss; returns `<out_dir>/final` (an HF
+    causal LM)."""
     run = StageRun(config, DPOConfig, resume=resume, name="dpo", quiet_without_progress=False)
     dist, device, checkpoint = run.dist, run.device, run.checkpoint
-    # The rankings are read (and a bad line reported) before any model is loaded.
-    comparisons, locations = read_located(read_rankings, config.data.rankings)
+    objective = OBJECTIVES[config.dpo.loss](config.dpo.loss, vars(config.dpo))
+    data_path = getattr(config.data, objective.data_field)
+    # The rankings (or feedback) are read (and a bad line reported) before any model is loaded.
+    comparisons, locations = read_located(objective.read, data_path)
 
     # 1. Models: the policy (from the SFT model, or the checkpoint being resumed) and the frozen reference.
     reference_path = config.model.reference or config.model.init_from
@@ -78,10 +86,11 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
         "stage": "dpo",
         "init_from": config.model.init_from,
         "reference": reference_path,
-        "rankings": config.data.rankings,
+        objective.data_field: data_path,
         "loss": config.dpo.loss,
         "beta": config.dpo.beta,
         "tau": config.dpo.tau,
+        **objective.info,
     }
     eos = tokenizer.eos_token_id
 
@@ -89,7 +98,7 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     train_index, val_index = split_validation(len(comparisons), config.data.validation_fraction, config.runtime.seed)
 
     def encoded(index: list[int]):
-        return encode_rankings(
+        return objective.encode(
             [comparisons[i] for i in index], [locations[i] for i in index], tokenizer, context=context
         )
 
@@ -101,37 +110,44 @@ def dpo(config: DPOConfig, *, resume: bool = False) -> Path:
     plan = EpochPlan.of(config.train, len(train), dist)
     policy.to(device).train()
     model = wrap_model(policy, dist, device, parallel=config.runtime.parallel)
-    data_fingerprint = f"{file_fingerprint(config.data.rankings)}-{len(train)}"
+    data_fingerprint = f"{file_fingerprint(data_path)}-{len(train)}"
     optimizer, scheduler, order, start_step = plan.start(
         run, [model], optimizer=config.optimizer, schedule=config.schedule, data_fingerprint=data_fingerprint,
-        data_name=str(config.data.rankings),
+        data_name=str(data_path),
     )  # fmt: skip
     cache = _reference_table(run, reference, train, validation, micro=plan.micro, pad_id=eos)
     train_reference, val_reference = cache["train"], cache.get("validation")
     run.begin(start=start_step, total=plan.total_steps)
+    unit = objective.unit
     run.say(
         f"[dpo] {config.dpo.loss} (beta {config.dpo.beta:g}, tau {config.dpo.tau:g}), "
-        f"{count_parameters(policy) / 1e6:.2f}M parameters, {len(train)} prompts (+{len(val_index)} held out), "
-        f"{plan.total_steps} steps of {plan.batch_size} prompts, lr {config.optimizer.lr:g}, device {device}"
+        f"{count_parameters(policy) / 1e6:.2f}M parameters, {len(train)} {unit} (+{len(val_index)} held out), "
+        f"{plan.total_steps} steps of {plan.batch_size} {unit}, lr {config.optimizer.lr:g}, device {device}"
     )
-    loss_args = {"loss": config.dpo.loss, "hyperparameters": {"beta": config.dpo.beta, "tau": config.dpo.tau}}
+    for warning in objective.warnings(train):
+        run.say(f"[dpo] warning: {warning}")
     evaluate = partial(
         _evaluate, model, reference, validation, val_reference, kl_queries, config=config, micro=plan.micro,
-        eos=eos, device=device, loss_args=loss_args,
+        eos=eos, device=device, objective=objective,
     )  # fmt: skip
     last_eval = None
 
     # 4. The loop.
     for step in range(start_step, plan.total_steps):
-        _, share = plan.next(order)  # the global batch of prompts; this rank takes its contiguous share
-        # Every prompt has a non-tied pair (read_rankings rejects all-tie lines), so each counts once in the step's
-        # mean; DDP averages ranks, hence the division (see objectives.common).
-        loss_of = partial(
-            _step_loss, model, train, train_reference, eos=eos, device=device, precision=config.runtime.precision,
-            num_prompts=per_rank_denominator(plan.batch_size, dist.world_size), loss_args=loss_args,
+        batch, share = plan.next(order)  # the global batch of prompts; this rank takes its contiguous share
+        # What the whole step shares, before its micro-batches (KTO's z0; nothing for the ranking losses).
+        state = objective.step_state(
+            model, reference, train, batch.tolist(), dist=dist, batch_size=plan.micro, pad_id=eos, device=device,
+            precision=config.runtime.precision,
         )  # fmt: skip
-        keys = ("loss", "accuracy", "margin_mean")
-        totals = accumulate_gradients([model], share.tolist(), plan.micro, loss_of, dist=dist, keys=keys)
+        # Every prompt has a non-tied pair (read_rankings rejects all-tie lines), so each counts once in the step's
+        # mean (an example does for KTO); DDP averages ranks, hence the division (see objectives.common).
+        loss_of = partial(
+            _step_loss, objective, model, train, train_reference, eos=eos, device=device,
+            precision=config.runtime.precision, denominator=per_rank_denominator(plan.batch_size, dist.world_size),
+            state=state,
+        )  # fmt: skip
+        totals = accumulate_gradients([model], share.tolist(), plan.micro, loss_of, dist=dist, keys=objective.keys)
         grad_norm = optimizer_step([model], optimizer, scheduler, grad_clip=config.optimizer.grad_clip)
 
         done = step + 1
@@ -175,29 +191,38 @@ def _kl_queries(comparisons, tokenizer, config: DPOConfig, *, context: int) -> l
     return [queries[i % len(queries)] for i in range(config.eval.kl_samples)] if queries else []
 
 
-def _step_loss(model, train, train_reference, rows, *, eos, device, precision, num_prompts, loss_args):
+def _step_loss(objective, model, train, train_reference, rows, *, eos, device, precision, denominator, state):
     batch = train.batch(rows, pad_id=eos)
-    return batch_loss(
-        model, batch, train_reference, device=device, precision=precision, num_prompts=num_prompts, **loss_args
+    return objective.batch_loss(
+        model, train, batch, train_reference, denominator=denominator, device=device, precision=precision, **state
     )
 
 
-def _evaluate(model, reference, validation, val_reference, kl_queries, step, *, config, micro, eos, device, loss_args):
+def _heldout_rankings(model, reference_model, rankings, reference, *, objective, **forward) -> dict[str, float]:
+    heldout = heldout_preferences(model, rankings, reference, **forward, **objective.loss_args)
+    return {key: heldout[key] for key in ("accuracy", "margin", "loss")}
+
+
+_HELDOUT = {"rankings": _heldout_rankings, "feedback": heldout_feedback}  # by the objective's data_field
+
+
+def _evaluate(model, reference, validation, val_reference, kl_queries, step, *, config, micro, eos, device, objective):
     """Held-out implicit-reward accuracy, margin and loss, and the KL to the reference on samples of the policy.
     Every rank evaluates (FSDP2 forward passes are collectives); the samples are the same on every rank."""
     record = {}
     if validation is not None:
-        heldout = heldout_preferences(
+        heldout = _HELDOUT[objective.data_field](
             model,
+            reference,
             validation,
             val_reference,
+            objective=objective,
             batch_size=micro,
             pad_id=eos,
             device=device,
             precision=config.runtime.precision,
-            **loss_args,
         )
-        record |= {f"val/{key}": heldout[key] for key in ("accuracy", "margin", "loss")}
+        record |= {f"val/{key}": value for key, value in heldout.items()}
     if kl_queries:
         with unsharded(model):
             record["val/kl"] = kl_on_samples(

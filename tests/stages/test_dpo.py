@@ -152,8 +152,8 @@ def test_bad_input_is_one_line_with_exit_code_2(sft, rankings, tmp_path, capsys)
     assert main(["dpo", *base, f"data.rankings={rankings}", f"model.reference={other}"]) == 2
     error = capsys.readouterr().err.strip()
     assert f"model.reference {other}: its tokenizer differs" in error and "\n" not in error
-    assert main(["dpo", *base, f"data.rankings={rankings}", "dpo.loss=kto"]) == 2
-    assert "config: dpo.loss: unknown 'kto'; choose one of dpo, ipo, listwise" in capsys.readouterr().err
+    assert main(["dpo", *base, f"data.rankings={rankings}", "dpo.loss=orpo"]) == 2
+    assert "config: dpo.loss: unknown 'orpo'; choose one of dpo, ipo, listwise, kto" in capsys.readouterr().err
     with pytest.raises(PreferError, match="dpo.beta"):
         _config(sft, rankings, tmp_path / "x", **{"dpo.beta": 0.0})
 

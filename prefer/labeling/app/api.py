@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DB
 
 from prefer.data.formats import MAX_RESPONSES, MIN_RESPONSES
-from prefer.labeling.app import export, jobs, service
+from prefer.labeling.app import export, jobs, review, service
 from prefer.labeling.app.deps import AnyIdentity, DBDep, Labeler, require_admin
 from prefer.labeling.app.models import MAX_NAME, MAX_TEXT, Session, User, now
 from prefer.labeling.app.security import (
@@ -68,13 +68,18 @@ class AdminLoginIn(Strict):
 class AnswerIn(Strict):
     ranking: Annotated[list[StrictInt | list[StrictInt]] | None, Field(max_length=MAX_RESPONSES)] = None
     demonstration: Annotated[str | None, Field(max_length=MAX_TEXT)] = None
+    good: StrictBool | None = None  # binary tasks: thumbs up (true) or down (false)
     quality: Annotated[StrictInt | None, Field(ge=1, le=7)] = None
     flags: Annotated[list[Literal[service.FLAGS]] | None, Field(max_length=len(service.FLAGS))] = None
 
 
+Instructions = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
 class ProjectIn(Strict):
     name: Name
-    instructions: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+    instructions: Instructions = ""
+    kind_instructions: Annotated[dict[str, Instructions], Field(max_length=10)] | None = None  # per task kind
 
 
 class LabelerIn(Strict):
@@ -83,7 +88,7 @@ class LabelerIn(Strict):
 
 
 class TasksIn(Strict):
-    kind: Literal["ranking", "demonstration"]
+    kind: Literal["ranking", "demonstration", "binary"]
     overlap: Annotated[int, Field(ge=1, le=100)] = 1
     labelers: list[Name] | None = None
 
@@ -305,6 +310,7 @@ def list_projects(db: DBDep):
 @admin.post("/projects", status_code=201)
 def post_project(body: ProjectIn, db: DBDep):
     project = service.create_project(db, service.check_name("name", body.name), body.instructions)
+    review.set_instructions(project, None, body.kind_instructions)
     return _commit(db, {"id": project.id, "name": project.name})
 
 
@@ -416,10 +422,91 @@ def post_lock(project_id: int, body: LockIn, db: DBDep):
 
 
 @admin.get("/projects/{project_id}/export/{kind}.jsonl")
-def get_export(project_id: int, kind: Literal["rankings", "demonstrations", "pairs"], db: DBDep):
+def get_export(project_id: int, kind: Literal[export.EXPORT_KINDS], db: DBDep):
     project = service.get_project(db, project_id)
     records = export.export_records(db, project)[kind]
     body = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     return Response(
         body, media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'}
     )
+
+
+# ----- admin: the lead's pages (review.py): instructions, labelers' progress, assignment, browsing, adjudication -----
+
+
+class ProjectUpdateIn(Strict):
+    instructions: Instructions | None = None
+    kind_instructions: Annotated[dict[str, Instructions], Field(max_length=10)] | None = None
+
+
+class AssignIn(Strict):
+    labelers: Annotated[list[Name], Field(min_length=1, max_length=1000)]
+    task_ids: Annotated[list[int], Field(min_length=1, max_length=review.MAX_BATCH)]
+
+
+class AdjudicationIn(Strict):
+    label_id: int | None = None  # accept this labeler's answer
+    ranking: Annotated[list[StrictInt | list[StrictInt]] | None, Field(max_length=MAX_RESPONSES)] = None
+    demonstration: Annotated[str | None, Field(max_length=MAX_TEXT)] = None
+    note: Annotated[str, Field(max_length=2000)] = ""
+
+
+Page = Annotated[int, Query(ge=1)]
+PerPage = Annotated[int, Query(ge=1, le=review.MAX_PER_PAGE)]
+
+
+@admin.get("/projects/{project_id}")
+def get_project(project_id: int, db: DBDep):
+    return review.project_view(service.get_project(db, project_id))
+
+
+@admin.patch("/projects/{project_id}")
+def patch_project(project_id: int, body: ProjectUpdateIn, db: DBDep):
+    """Change the shared and the per-kind instructions (a kind left out of `kind_instructions` has none)."""
+    project = service.get_project(db, project_id)
+    review.set_instructions(project, body.instructions, body.kind_instructions)
+    return _commit(db, review.project_view(project))
+
+
+@admin.get("/projects/{project_id}/labelers")
+def get_project_labelers(project_id: int, db: DBDep):
+    return {"labelers": review.labeler_progress(db, service.get_project(db, project_id))}
+
+
+@admin.post("/projects/{project_id}/assignments", status_code=201)
+def post_assignments(project_id: int, body: AssignIn, db: DBDep):
+    """Assign each chosen labeler to each task of a batch (task ids of this project)."""
+    project = service.get_project(db, project_id)
+    return _commit(db, review.assign(db, project, body.labelers, body.task_ids))
+
+
+@admin.get("/projects/{project_id}/prompts")
+def get_prompts(project_id: int, db: DBDep, page: Page = 1, per_page: PerPage = 20):
+    return review.browse(db, service.get_project(db, project_id), page, per_page)
+
+
+@admin.get("/projects/{project_id}/disagreements")
+def get_disagreements(
+    project_id: int,
+    db: DBDep,
+    page: Page = 1,
+    per_page: PerPage = 20,
+    status: Literal["open", "decided", "all"] = "all",
+):
+    return review.disagreements(db, service.get_project(db, project_id), page, per_page, status)
+
+
+@admin.put("/tasks/{task_id}/adjudication")
+def put_adjudication(task_id: int, body: AdjudicationIn, db: DBDep):
+    """The final answer to a task: accept one labeler's label (`label_id`) or write the ranking / demonstration."""
+    task = review.get_task(db, task_id)
+    adjudication = review.adjudicate(
+        db, task, label_id=body.label_id, ranking=body.ranking, demonstration=body.demonstration, note=body.note
+    )
+    return _commit(db, {"task_id": task.id, **review.adjudication_view(adjudication)})
+
+
+@admin.delete("/tasks/{task_id}/adjudication")
+def delete_adjudication(task_id: int, db: DBDep):
+    task = review.get_task(db, task_id)
+    return _commit(db, {"task_id": task.id, "withdrawn": review.withdraw(db, task)})

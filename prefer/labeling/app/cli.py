@@ -1,8 +1,10 @@
-"""`prefer serve` and `prefer export`: argument parsers and the two calls (cli.py keeps one line each)."""
+"""`prefer serve`, `prefer export`, `prefer import` and `prefer round`: argument parsers and the calls (cli.py keeps
+one line each)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -94,6 +96,70 @@ def add_export_parser(commands) -> None:
     export.add_argument("--db", default=DEFAULT_DB, help=f"the labeling database (default: {DEFAULT_DB})")
     export.add_argument("--project", required=True, help="project name")
     export.add_argument("--out", required=True, help="output directory")
+    export.add_argument(
+        "--formats",
+        default="rankings,demonstrations,pairs,binary",
+        metavar="LIST",
+        help="comma-separated files to write, of: rankings, demonstrations, pairs, pairs_conversational (the pairs "
+        "in TRL's conversational format), binary ({prompt, completion, label}: thumbs up/down, for dpo.loss=kto) "
+        "(default: rankings,demonstrations,pairs,binary)",
+    )
+
+
+def add_import_parser(commands) -> None:
+    parser = commands.add_parser(
+        "import",
+        help="a new labeling project from an Argilla or Label Studio ranking export",
+        description=_description(run_import),
+    )
+    parser.add_argument("file", help="the export: a JSON list of records (Argilla) or tasks (Label Studio)")
+    parser.add_argument("--format", dest="tool", required=True, choices=["argilla", "label-studio"])
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"the labeling database (default: {DEFAULT_DB})")
+    parser.add_argument("--project", required=True, help="the new project's name")
+    parser.add_argument("--prompt-field", default="prompt", help="the field holding the prompt (default: prompt)")
+    parser.add_argument("--question", help="Argilla: the ranking question (default: the only one)")
+    parser.add_argument(
+        "--items-field", help="Label Studio: the data field listing the responses (default: the only list)"
+    )
+    parser.add_argument(
+        "--labeler",
+        default="imported",
+        help="the imported answers' labeler (NAME-ANNOTATOR with several annotators; default: imported)",
+    )
+    parser.add_argument(
+        "--as-tasks", action="store_true", help="import prompts and responses only, as ranking tasks for --labelers"
+    )
+    _task_arguments(parser)
+
+
+def _task_arguments(parser) -> None:
+    parser.add_argument("--labelers", help="comma-separated labelers the tasks go to (default: every active one)")
+    parser.add_argument("--overlap", type=int, default=1, help="labelers per task (default: 1)")
+
+
+def add_round_parser(commands) -> None:
+    parser = commands.add_parser(
+        "round",
+        help="a collection round: K responses per prompt from a checkpoint as a new batch of labeling tasks",
+        description=_description(run_round),
+    )
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"the labeling database (default: {DEFAULT_DB})")
+    parser.add_argument("--project", required=True, help="an existing project")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="the policy to sample from (e.g. a prefer ppo run's final/)")
+    source.add_argument("--responses", help='or a responses JSONL ({"prompt", "responses": [...]}) made elsewhere')
+    parser.add_argument(
+        "--prompts", help="a prompts JSONL: add these prompts and sample for them (default: every prompt not labeled)"
+    )
+    parser.add_argument("--kind", default="ranking", choices=["ranking", "binary"], help="task kind (ranking)")
+    _task_arguments(parser)
+    parser.add_argument("--num-responses", type=int, default=4, help="K responses per prompt (default: 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--block", default="both", choices=["none", "bad", "both"], help="blocked outputs (both)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
 
 
 def _description(run) -> str:
@@ -156,37 +222,131 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
-    """Write rankings.jsonl and demonstrations.jsonl (read unchanged by prefer reward and prefer sft) and
-    pairs.jsonl ({prompt, chosen, rejected}) of one project; each record carries its labeler and label in a
-    'provenance' field."""
-    check_db_argument(args.db, exists=True)
-    select = import_serve_extra("sqlalchemy").select  # after the argument checks
-    database = import_serve_extra("prefer.labeling.app.db")
-    write_export = import_serve_extra("prefer.labeling.app.export").write_export
-    Project = import_serve_extra("prefer.labeling.app.models").Project  # noqa: N806 (a class)
-
-    url = database.normalize_url(args.db)
-    if url.startswith("sqlite") and not os.path.exists(url.split("///", 1)[1]):
-        raise PreferError(f"--db: {args.db}: no such database")
+@contextlib.contextmanager
+def _database(db_argument: str, *, create: bool = False):
+    """A sessionmaker on the database of --db; `create`: make (or upgrade) it as prefer serve does, else it must
+    exist at the latest migration."""
+    check_db_argument(db_argument, exists=not create)
+    database = import_serve_extra("prefer.labeling.app.db")  # after the argument checks
+    url = database.normalize_url(db_argument)
+    if not create and url.startswith("sqlite") and not os.path.exists(url.split("///", 1)[1]):
+        raise PreferError(f"--db: {db_argument}: no such database")
     engine = database.make_engine(url)
     try:
-        if database.current_revision(engine) != database.head_revision(engine):
+        if create:
+            database.upgrade(engine)
+        elif database.current_revision(engine) != database.head_revision(engine):
             raise PreferError(
-                f"--db: {args.db}: the schema is not at the latest migration; run prefer serve on it once to upgrade"
+                f"--db: {db_argument}: the schema is not at the latest migration; run prefer serve on it once to "
+                "upgrade"
             )
-        with database.make_sessionmaker(engine)() as db:
+        yield database.make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def _names(value: str | None, option: str, known=None) -> list[str] | None:
+    names = [name.strip() for name in value.split(",") if name.strip()] if value else None
+    unknown = sorted(set(names or []) - set(known)) if known is not None else []
+    if unknown or (value is not None and not names):
+        raise PreferError(f"{option}: {unknown or value!r}: not among {list(known or [])}")
+    return names
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write rankings.jsonl and demonstrations.jsonl (read unchanged by prefer reward and prefer sft),
+    pairs.jsonl ({prompt, chosen, rejected}) and binary.jsonl ({prompt, completion, label}: binary feedback, read by
+    prefer dpo dpo.loss=kto) of one project, and on request pairs_conversational.jsonl (TRL's conversational
+    format); each record carries its labeler and label in a 'provenance' field."""
+    check_db_argument(args.db, exists=True)  # before the serve extra is imported
+    export = import_serve_extra("prefer.labeling.app.export")
+    kinds = _names(args.formats, "--formats", export.EXPORT_KINDS)
+    select = import_serve_extra("sqlalchemy").select
+    Project = import_serve_extra("prefer.labeling.app.models").Project  # noqa: N806 (a class)
+
+    with _database(args.db) as sessionmaker:
+        with sessionmaker() as db:
             project = db.scalar(select(Project).where(Project.name == args.project))
             if project is None:
                 names = list(db.scalars(select(Project.name)))
                 raise PreferError(f"--project: no project named {args.project!r} (projects: {names})")
-            written = write_export(db, project, args.out)
+            written = export.write_export(db, project, args.out, kinds)
             counts = {kind: sum(1 for _ in open(path, encoding="utf-8")) for kind, path in written.items()}
-    finally:
-        engine.dispose()
     print(
         json.dumps(
             {"project": args.project, "files": {k: str(v) for k, v in written.items()}, "records": counts}, indent=2
         )
     )
+    return 0
+
+
+def _read_file(path: str, option: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise PreferError(f"{option}: {path}: {error.strerror or error}") from None
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Make a new project from an Argilla (records.to_json) or Label Studio (JSON export, List + Ranker) ranking
+    export: its prompts and responses, and each annotator's ranking as a label of an imported labeler (which cannot
+    log in), or with --as-tasks as ranking tasks for this app's labelers. A malformed file is refused with one line
+    naming the file and the record, and nothing is written."""
+    if args.overlap < 1:
+        raise PreferError("--overlap: at least 1")
+    check_db_argument(args.db, exists=False)  # before the serve extra is imported
+    interop = import_serve_extra("prefer.labeling.app.interop")
+    records = interop.read_export(
+        args.file, args.tool, prompt_field=args.prompt_field, question=args.question, items_field=args.items_field
+    )
+    as_tasks = {"overlap": args.overlap, "labelers": _names(args.labelers, "--labelers")} if args.as_tasks else None
+    with _database(args.db, create=True) as sessionmaker:
+        with sessionmaker() as db:
+            result = interop.import_records(db, args.project, records, labeler=args.labeler, as_tasks=as_tasks)
+            db.commit()
+    print(json.dumps({"file": args.file, **result}, indent=2))
+    return 0
+
+
+def run_round(args: argparse.Namespace) -> int:
+    """A collection round from the current policy: sample --num-responses responses to each prompt (those of
+    --prompts, added to the project first, else every prompt without a ranking or binary task) from --checkpoint, as
+    the app's generation job does, or take them from a --responses JSONL, and make those prompts a new batch of
+    ranking (or binary) tasks for --labelers. Then label, prefer export, prefer reward, prefer ppo, and run the
+    next round from the new policy (docs/labeling-app.md)."""
+    if args.overlap < 1:
+        raise PreferError("--overlap: at least 1")
+    check_db_argument(args.db, exists=True)  # before the serve extra is imported
+    jobs = import_serve_extra("prefer.labeling.app.jobs")
+    service = import_serve_extra("prefer.labeling.app.service")
+    tasks = {"kind": args.kind, "overlap": args.overlap, "labelers": _names(args.labelers, "--labelers")}
+    prompts = _read_file(args.prompts, "--prompts") if args.prompts else None
+    name = Path(args.prompts).name if args.prompts else "prompts.jsonl"
+    with _database(args.db) as sessionmaker:
+        try:
+            if args.responses is not None:
+                content = _read_file(args.responses, "--responses")
+                result = jobs.responses_round(sessionmaker, args.project, content, Path(args.responses).name, tasks)
+            else:
+                settings = {
+                    "num_responses": args.num_responses,
+                    "max_new_tokens": args.max_new_tokens,
+                    "temperature": args.temperature,
+                    "top_p": args.top_p,
+                    "block": args.block,
+                    "seed": args.seed,
+                }
+                result = jobs.collect_round(
+                    sessionmaker,
+                    args.project,
+                    checkpoint=args.checkpoint,
+                    settings=settings,
+                    tasks=tasks,
+                    prompts=prompts,
+                    prompts_name=name,
+                    device=args.device,
+                )
+        except service.AppError as error:
+            raise PreferError(error.message) from None
+    print(json.dumps(result, indent=2))
     return 0

@@ -1,5 +1,8 @@
 """Labels out: the rankings and demonstrations JSONL that `prefer reward` and `prefer sft` read unchanged
-(prefer.data.formats), `{"prompt", "chosen", "rejected"}` pairs for other tools, and progress / agreement figures.
+(prefer.data.formats), `{"prompt", "chosen", "rejected"}` pairs for other tools (`pairs_conversational`: the same
+pairs in TRL's conversational format, lists of chat messages), binary feedback as `{"prompt", "completion",
+"label"}` (TRL's unpaired preference format, read by `prefer dpo dpo.loss=kto`; label a JSON boolean), and
+progress / agreement figures.
 
 Each exported record is the LAST version of one labeler's submitted answer to one task; with overlap > 1 a prompt
 appears once per labeler, as in InstructGPT's training data. Provenance (labeler, task, label id and version,
@@ -17,8 +20,22 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DB
 
 from prefer.data.formats import parse_ranking, write_jsonl
+from prefer.labeling.app import review
 from prefer.labeling.app.agreement import pooled_agreement
 from prefer.labeling.app.models import Assignment, Label, Project, Prompt, Response, Task, User
+
+EXPORT_KINDS = ("rankings", "demonstrations", "pairs", "pairs_conversational", "binary")
+DEFAULT_KINDS = ("rankings", "demonstrations", "pairs", "binary")  # what `prefer export` writes unless told
+
+
+def _conversational_pair(prompt: str, chosen: str, rejected: str, provenance: dict) -> dict:
+    """TRL's conversational preference format: the prompt is the user's turn, each answer the assistant's."""
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "provenance": provenance,
+    }
 
 
 def final_labels(db: DB, project: Project) -> list[tuple[Label, Assignment, Task, User]]:
@@ -48,14 +65,23 @@ def _provenance(label: Label, task: Task, user: User, generation_ids: set) -> di
         "quality": label.quality,
         "flags": label.flags,
         "generations": sorted(g for g in generation_ids if g is not None),
+        **({"adjudication": label.adjudication} if hasattr(label, "adjudication") else {}),  # review.final_answers
     }
 
 
 def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
-    rankings, demonstrations, pairs = [], [], []
-    for label, _, task, user in final_labels(db, project):
+    rankings, demonstrations, pairs, conversational, binary = [], [], [], [], []
+    for label, _, task, user in review.final_answers(db, final_labels(db, project)):  # adjudicated: the lead's
         prompt = db.get(Prompt, task.prompt_id)
-        if task.kind == "ranking":
+        if task.kind == "binary":
+            if label.good is not None:  # (a written adjudication of a binary task holds no verdict)
+                response = db.get(Response, task.response_id)
+                provenance = _provenance(label, task, user, {response.generation_id})
+                provenance["response_index"] = response.position
+                binary.append(
+                    {"prompt": prompt.text, "completion": response.text, "label": label.good, "provenance": provenance}
+                )
+        elif task.kind == "ranking":
             responses: list[Response] = prompt.responses
             provenance = _provenance(label, task, user, {r.generation_id for r in responses})
             texts = [r.text for r in responses]
@@ -74,6 +100,7 @@ def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
                             "provenance": provenance,
                         }
                     )
+                    conversational.append(_conversational_pair(prompt.text, texts[chosen], texts[rejected], provenance))
         else:
             demonstrations.append(
                 {
@@ -82,16 +109,22 @@ def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
                     "provenance": _provenance(label, task, user, set()),
                 }
             )
-    return {"rankings": rankings, "demonstrations": demonstrations, "pairs": pairs}
+    return {
+        "rankings": rankings,
+        "demonstrations": demonstrations,
+        "pairs": pairs,
+        "pairs_conversational": conversational,
+        "binary": binary,
+    }
 
 
-def write_export(db: DB, project: Project, out_dir: str | Path) -> dict[str, Path]:
-    """rankings.jsonl, demonstrations.jsonl, pairs.jsonl under out_dir (each written atomically; a kind with no
-    answers yet is not written, since prefer's readers refuse an empty file)."""
+def write_export(db: DB, project: Project, out_dir: str | Path, kinds=DEFAULT_KINDS) -> dict[str, Path]:
+    """KIND.jsonl under out_dir for each of `kinds` (rankings, demonstrations, pairs and binary unless told; each
+    written atomically; a kind with no answers yet is not written, since prefer's readers refuse an empty file)."""
     out_dir = Path(out_dir)
     written = {}
     for kind, records in export_records(db, project).items():
-        if records:
+        if records and kind in kinds:
             write_jsonl(out_dir / f"{kind}.jsonl", records)
             written[kind] = out_dir / f"{kind}.jsonl"
     return written
@@ -132,7 +165,11 @@ def progress(db: DB, project: Project) -> dict:
         "project": project.name,
         "locked": project.locked_at is not None,
         "prompts": prompts,
-        "tasks": {"ranking": tasks.get("ranking", 0), "demonstration": tasks.get("demonstration", 0)},
+        "tasks": {
+            "ranking": tasks.get("ranking", 0),
+            "demonstration": tasks.get("demonstration", 0),
+            **({"binary": tasks["binary"]} if tasks.get("binary") else {}),  # listed once a project has them
+        },
         "tasks_complete": done,
         "assignments": totals,
         "labelers": dict(sorted(per_labeler.items())),

@@ -2,18 +2,21 @@
 in `migrations/versions/`; `tests/labeling/app/test_migrations.py` checks that they produce exactly these tables.
 
     projects   -> prompts -> responses (uploaded, or sampled from a checkpoint: a `generations` row records how)
-               -> tasks (one prompt, kind ranking | demonstration) -> assignments (task x labeler, `overlap` per task)
+               -> tasks (one prompt, kind ranking | demonstration; binary: one response of it, 0005)
+                        -> assignments (task x labeler, `overlap` per task)
                                                                   -> labels (append-only: every submission or
                                                                      edit is a new version; export reads the last)
     users (labelers, argon2 hashes)   sessions (hash of the cookie's token, CSRF token; admin sessions: user NULL)
     generations (0003: also the background job that samples them: status, progress, cancellation)
+    adjudications (0004_adjudications: the lead's final answer to a task the labelers disagree on)
+    0005_binary_feedback: binary tasks (`tasks.response_id`) and their answers (`labels.good`: thumbs up / down)
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Field limits, enforced by the API before anything is written (the columns are TEXT, so the database itself
@@ -42,6 +45,8 @@ class Project(Base):
     instructions: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     locked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # migration 0002
+    # 0004_adjudications: instructions per task kind ({"ranking": "...", ...}), shown after `instructions`
+    kind_instructions: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Prompt(Base):
@@ -107,14 +112,32 @@ class Session(Base):
     admin_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+WHOLE_PROMPT = text("response_id IS NULL")
+
+
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (UniqueConstraint("prompt_id", "kind", name="uq_tasks_prompt_kind"),)
+    __table_args__ = (
+        # One ranking / demonstration task per prompt (a partial index: binary tasks share their prompt), and one
+        # binary task per response (0005_binary_feedback).
+        Index(
+            "uq_tasks_whole_prompt_kind",
+            "prompt_id",
+            "kind",
+            unique=True,
+            sqlite_where=WHOLE_PROMPT,
+            postgresql_where=WHOLE_PROMPT,
+        ),
+        UniqueConstraint("response_id", "kind", name="uq_tasks_response_kind"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
-    kind: Mapped[str] = mapped_column(String(20))  # "ranking" | "demonstration"
+    kind: Mapped[str] = mapped_column(String(20))  # "ranking" | "demonstration" | "binary"
+    # binary tasks: the one response the labeler judges (0005); NULL for the kinds about the whole prompt
+    response_id: Mapped[int | None] = mapped_column(ForeignKey("responses.id"), nullable=True)
     prompt: Mapped[Prompt] = relationship()
+    response: Mapped[Response | None] = relationship()
 
 
 class Assignment(Base):
@@ -146,3 +169,19 @@ class Label(Base):
     quality: Mapped[int | None] = mapped_column(Integer, nullable=True)  # overall 1..7
     flags: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    good: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # binary tasks: thumbs up (True) / down (0005)
+
+
+class Adjudication(Base):
+    """The lead's final answer to one task (0004_adjudications): one labeler's label accepted (`label_id`), or a
+    ranking / demonstration the lead wrote. The export uses it instead of the labelers' answers to that task."""
+
+    __tablename__ = "adjudications"
+    __table_args__ = (UniqueConstraint("task_id", name="uq_adjudications_task"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), nullable=True)
+    ranking: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    demonstration: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -71,7 +71,8 @@ def same_secret(given: str | None, expected: str) -> bool:
 def admin_key(token: str) -> str:
     """What an admin session records of the token it was opened with: scrypt (16 MiB, ~50 ms, once per server
     start), so a copy of the database is no cheap way to test guesses of the token."""
-    return hashlib.scrypt(token.encode("utf-8"), salt=b"prefer-labeling-admin-session", n=2**14, r=8, p=1).hex()
+    salt = b"prefer-labeling-admin-session"  # dklen 32: 64 hex characters, what sessions.admin_key holds
+    return hashlib.scrypt(token.encode("utf-8"), salt=salt, n=2**14, r=8, p=1, dklen=32).hex()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from prefer.labeling.app.models import (
 )
 
 FLAGS = ("fails_instruction", "harmful", "personal_data", "made_up_facts")  # InstructGPT's labeler metadata
-KINDS = ("ranking", "demonstration")
+KINDS = ("ranking", "demonstration", "binary")
+RESPONSE_KINDS = ("ranking", "binary")  # tasks whose labels refer to the prompt's responses, which then stay fixed
 Row = TypeVar("Row")  # a mapped class of models.py
 
 
@@ -154,9 +155,9 @@ def attach_responses(
     generation: Generation | None = None,
 ) -> dict:
     """Replace the responses of the given prompts (a prompt not in the project is added). Refused once a
-    ranking task exists for the prompt: its labels refer to response positions."""
+    ranking or binary task exists for the prompt: its labels refer to the responses."""
     prompts = _prompt_by_text(db, project)
-    ranked = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == "ranking")))
+    ranked = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind.in_(RESPONSE_KINDS))))
     for text, responses in by_prompt.items():
         if not MIN_RESPONSES <= len(responses) <= MAX_RESPONSES:
             raise AppError(
@@ -170,7 +171,7 @@ def attach_responses(
             _check_text(f"{where[text]}: field 'responses': response {i}", response)
         if text in prompts and prompts[text].id in ranked:
             raise AppError(
-                409, f"{where[text]}: field 'prompt': it already has a ranking task; its responses are fixed"
+                409, f"{where[text]}: field 'prompt': it already has a ranking or binary task; its responses are fixed"
             )
     new = [Prompt(project_id=project.id, text=text) for text in by_prompt if text not in prompts]
     db.add_all(new)
@@ -238,21 +239,23 @@ def prune_sessions(db: DB, older_than) -> None:
     db.execute(delete(Session).where(Session.created_at < older_than))
 
 
-def create_tasks(db: DB, project: Project, kind: str, overlap: int, usernames: list[str] | None) -> dict:
-    """One task per prompt (ranking: prompts with responses), each assigned to `overlap` labelers, the least
-    loaded in this project first, so every labeler gets about the same number of tasks."""
-    if kind not in KINDS:
-        raise AppError(422, f"kind: must be one of {list(KINDS)}, got {kind!r}")
-    query = select(User).where(User.active.is_(True)).order_by(User.id)
-    if usernames:
-        query = query.where(User.username.in_(usernames))
-    labelers = list(db.scalars(query))
-    missing = sorted(set(usernames or []) - {u.username for u in labelers})
-    if missing:
-        raise AppError(422, f"labelers: no active labeler(s) {missing}")
-    if not 1 <= overlap <= len(labelers):
-        raise AppError(422, f"overlap: {overlap} labelers per task, but {len(labelers)} labeler(s) are available")
-    prompts = list(db.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id)))
+def _new_tasks(db: DB, project: Project, kind: str, prompt_ids: list[int] | None) -> list[Task]:
+    """The tasks of `kind` the project's prompts (or those of `prompt_ids`) still lack: one per prompt (ranking:
+    prompts with at least two responses), binary: one per response."""
+    query = select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id)
+    if prompt_ids is not None:
+        query = query.where(Prompt.id.in_(prompt_ids))
+    prompts = list(db.scalars(query))
+    if kind == "binary":
+        done = set(db.scalars(select(Task.response_id).where(Task.project_id == project.id, Task.kind == kind)))
+        responses = db.scalars(
+            select(Response).where(Response.prompt_id.in_([p.id for p in prompts])).order_by(Response.id)
+        )
+        return [
+            Task(project_id=project.id, prompt_id=r.prompt_id, kind=kind, response_id=r.id)
+            for r in responses
+            if r.id not in done
+        ]
     if kind == "ranking":
         counts = dict(
             db.execute(
@@ -264,6 +267,32 @@ def create_tasks(db: DB, project: Project, kind: str, overlap: int, usernames: l
         )
         prompts = [p for p in prompts if counts.get(p.id, 0) >= MIN_RESPONSES]
     existing = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind == kind)))
+    return [Task(project_id=project.id, prompt_id=p.id, kind=kind) for p in prompts if p.id not in existing]
+
+
+def create_tasks(
+    db: DB,
+    project: Project,
+    kind: str,
+    overlap: int,
+    usernames: list[str] | None,
+    *,
+    prompt_ids: list[int] | None = None,
+) -> dict:
+    """One task per prompt (ranking: prompts with responses; binary: one per response), for every prompt of the
+    project or those of `prompt_ids`, each assigned to `overlap` labelers, the least loaded in this project first,
+    so every labeler gets about the same number of tasks."""
+    if kind not in KINDS:
+        raise AppError(422, f"kind: must be one of {list(KINDS)}, got {kind!r}")
+    query = select(User).where(User.active.is_(True)).order_by(User.id)
+    if usernames:
+        query = query.where(User.username.in_(usernames))
+    labelers = list(db.scalars(query))
+    missing = sorted(set(usernames or []) - {u.username for u in labelers})
+    if missing:
+        raise AppError(422, f"labelers: no active labeler(s) {missing}")
+    if not 1 <= overlap <= len(labelers):
+        raise AppError(422, f"overlap: {overlap} labelers per task, but {len(labelers)} labeler(s) are available")
     load = Counter({u.id: 0 for u in labelers})
     load.update(
         db.scalars(
@@ -272,7 +301,7 @@ def create_tasks(db: DB, project: Project, kind: str, overlap: int, usernames: l
             .where(Task.project_id == project.id, Assignment.user_id.in_(list(load)))
         )
     )
-    tasks = [Task(project_id=project.id, prompt_id=p.id, kind=kind) for p in prompts if p.id not in existing]
+    tasks = _new_tasks(db, project, kind, prompt_ids)
     db.add_all(tasks)
     db.flush()
     assignments = []
@@ -305,27 +334,36 @@ def display_order(assignment_id: int, k: int) -> list[int]:
     return order
 
 
+def instructions_for(project: Project, kind: str) -> str:
+    """What a labeler of a `kind` task reads: the project's shared instructions, then those of the kind."""
+    parts = [project.instructions or "", (project.kind_instructions or {}).get(kind, "")]
+    return "\n\n".join(part for part in parts if part.strip())
+
+
 def assignment_view(db: DB, assignment: Assignment) -> dict:
     task = assignment.task
     project = db.get(Project, task.project_id)
     responses = task.prompt.responses if task.kind == "ranking" else []
+    shown = [{"index": i, "text": responses[i].text} for i in display_order(assignment.id, len(responses))]
+    if task.kind == "binary":  # the one response to judge, under its position among the prompt's responses
+        shown = [{"index": task.response.position, "text": task.response.text}]
     label = latest_label(db, assignment)
     return {
         "assignment_id": assignment.id,
         "kind": task.kind,
         "status": assignment.status,
         "project": project.name,
-        "instructions": project.instructions,
+        "instructions": instructions_for(project, task.kind),
         "locked": project.locked_at is not None,
         "prompt": task.prompt.text,
-        "responses": [{"index": i, "text": responses[i].text} for i in display_order(assignment.id, len(responses))],
+        "responses": shown,
         "draft": assignment.draft,
         "label": label_view(label) if label else None,
     }
 
 
 def label_view(label: Label) -> dict:
-    return row_view(label, "label_id", ("version", "ranking", "demonstration", "quality", "flags"))
+    return row_view(label, "label_id", ("version", "ranking", "demonstration", "good", "quality", "flags"))
 
 
 def queue(db: DB, user: User) -> list[dict]:
@@ -345,10 +383,23 @@ def _writable(db: DB, assignment: Assignment) -> None:
         raise AppError(409, f"assignment_id {assignment.id}: the project is locked; answers can no longer change")
 
 
+ANSWER_FIELDS = {"ranking": "ranking", "demonstration": "demonstration", "binary": "good"}
+
+
+def _check_answer_fields(kind: str, answer: dict) -> None:
+    """An answer (or draft) holds the field of its task's kind only: a 422 names the first other one given."""
+    own = ANSWER_FIELDS[kind]
+    for field in ANSWER_FIELDS.values():
+        if field != own and answer.get(field) is not None:
+            raise AppError(422, f"{field}: a {kind} task takes '{own}', not '{field}'")
+
+
 def validate_draft(assignment: Assignment, draft: dict) -> dict:
     """A draft may be unfinished (a ranking may leave responses out) but never wrong: indices in range, none
     twice, the field of the task's kind."""
     task = assignment.task
+    if task.kind == "binary" or draft.get("good") is not None:
+        _check_answer_fields(task.kind, draft)
     if task.kind == "ranking":
         if draft.get("demonstration") is not None:
             raise AppError(422, "demonstration: a ranking task takes a 'ranking', not a demonstration")
@@ -394,6 +445,12 @@ def validate_answer(assignment: Assignment, answer: dict) -> dict:
     unknown = sorted(set(flags) - set(FLAGS))
     if unknown:
         raise AppError(422, f"flags: unknown flag(s) {unknown}; known: {list(FLAGS)}")
+    if task.kind == "binary" or answer.get("good") is not None:
+        _check_answer_fields(task.kind, answer)
+    if task.kind == "binary":
+        if not isinstance(answer.get("good"), bool):
+            raise AppError(422, "good: a binary task needs 'good': true (thumbs up) or false (thumbs down)")
+        return {"good": answer["good"], "quality": quality, "flags": sorted(set(flags))}
     if task.kind == "ranking":
         if answer.get("demonstration") is not None:
             raise AppError(422, "demonstration: a ranking task takes a 'ranking', not a demonstration")
@@ -443,6 +500,7 @@ def _stored_form(answer: dict) -> tuple:
     return (
         answer.get("ranking"),
         answer.get("demonstration"),
+        answer.get("good"),
         answer.get("quality"),
         sorted(set(answer.get("flags") or [])),
     )

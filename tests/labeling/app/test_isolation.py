@@ -91,7 +91,7 @@ def test_every_endpoint_refuses_the_wrong_identity(app):
     admin_routes = [r for r in routes(app, "/api/admin") if r[1] != "/api/admin/login"]
     admin_routes += [("GET", "/admin"), ("GET", "/admin/projects/{project_id}")]
     assert len(admin_routes) >= 14
-    values = {"project_id": pid, "kind": "rankings", "user_id": 1, "generation_id": 1}
+    values = {"project_id": pid, "kind": "rankings", "user_id": 1, "generation_id": 1, "task_id": 1}
     for method, path in admin_routes:
         url = fill(path, values)
         page = not path.startswith("/api")

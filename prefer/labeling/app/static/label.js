@@ -1,10 +1,21 @@
 "use strict";
-// One task: rank K responses (drag-and-drop or keyboard, ties allowed) or write a demonstration.
+// One task: rank K responses (drag-and-drop or keyboard, ties allowed), judge one response good or bad (binary),
+// or write a demonstration.
 // The list order is the ranking, best first; a card marked "tied" shares the place of the card above it.
 
 const task = {
   id: null, kind: null, order: [], tied: new Set(), focus: 0, texts: {}, dragged: null, pendingKey: null,
+  good: null,  // binary tasks: true (thumbs up), false (thumbs down), null (not judged yet)
 };
+
+function setGood(value) {
+  task.good = value;
+  for (const [id, mine] of [["verdict-good", true], ["verdict-bad", false]]) {
+    const button = document.getElementById(id);
+    button.setAttribute("aria-pressed", String(value === mine));
+    button.classList.toggle("primary", value === mine);
+  }
+}
 
 function ranking() {
   // File form of prefer.data.formats: [best, ..., worst], ties grouped in lists.
@@ -107,11 +118,45 @@ function setFocus(position) {
   document.getElementById("responses").children[task.focus].focus();
 }
 
+function quality() {
+  const checked = document.querySelector('#quality input[name="quality"]:checked');
+  return checked ? parseInt(checked.value, 10) : null;
+}
+
+function setQuality(value) {
+  // 1..7 checks that point of the scale; anything else clears it
+  for (const radio of document.querySelectorAll('#quality input[name="quality"]')) radio.checked = radio.value === String(value);
+}
+
+function toggleHelp() {
+  // The help sits beside the task (a column of its own), never below the fold.
+  const help = document.getElementById("help");
+  help.hidden = !help.hidden;
+  document.getElementById("task-layout").classList.toggle("with-help", !help.hidden);
+}
+
+// "n of N done" over the labeler's whole queue; -> the queue's assignments (or null when it could not be read).
+async function showProgress() {
+  const result = await prefer.api("GET", "/api/queue");
+  if (!result.ok) return null;
+  const items = result.data.assignments;
+  const done = items.filter((a) => a.status === "submitted").length;
+  document.getElementById("progress-text").textContent = `${done} of ${items.length} done`;
+  const bar = document.getElementById("progress");
+  bar.max = Math.max(1, items.length);
+  bar.value = done;
+  return items;
+}
+
+function nextOpen(items) {
+  return items.find((a) => a.assignment_id !== task.id && (a.status === "pending" || a.status === "draft"));
+}
+
 function answer() {
-  const quality = document.getElementById("quality").value;
   const flags = [...document.querySelectorAll(".flag")].filter((box) => box.checked).map((box) => box.value);
-  const body = {quality: quality ? parseInt(quality, 10) : null, flags};
+  const body = {quality: quality(), flags};
   if (task.kind === "ranking") body.ranking = ranking();
+  else if (task.kind === "binary") body.good = task.good;
   else body.demonstration = document.getElementById("demonstration").value;
   return body;
 }
@@ -136,7 +181,11 @@ async function submit() {
   if (result.ok) {
     task.pendingKey = null;
     setStatus("submitted");
-    prefer.say(`submitted (version ${result.data.version})`);
+    const items = await showProgress();
+    const next = items && document.getElementById("auto-advance").checked ? nextOpen(items) : null;
+    const then = next ? "; on to the next task" : items && !nextOpen(items) ? "; no open task left in your queue" : "";
+    prefer.say(`submitted (version ${result.data.version})${then}`);
+    if (next) setTimeout(() => { window.location.href = "/label/" + next.assignment_id; }, 700);
   } else {
     prefer.say(prefer.detail(result), "error");
   }
@@ -155,10 +204,9 @@ async function skip() {
 }
 
 async function nextTask() {
-  const result = await prefer.api("GET", "/api/queue");
-  if (!result.ok) return;
-  const next = result.data.assignments.find((a) => a.assignment_id !== task.id &&
-                                                   (a.status === "pending" || a.status === "draft"));
+  const items = await showProgress();
+  if (!items) return;
+  const next = nextOpen(items);
   if (next) window.location.href = "/label/" + next.assignment_id;
   else prefer.say("no other open task in your queue");
 }
@@ -171,15 +219,16 @@ function onKey(event) {
   if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "s") { event.preventDefault(); saveDraft(); return; }
   if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key;
-  if (key === "?") { const help = document.getElementById("help"); help.hidden = !help.hidden; return; }
+  if (key === "?") { toggleHelp(); return; }
   if (key === "x") { skip(); return; }
   if (key === "n") { nextTask(); return; }
-  if (/^[0-7]$/.test(key)) { document.getElementById("quality").value = key === "0" ? "" : key; return; }
+  if (/^[0-7]$/.test(key)) { setQuality(key); return; }
   if (FLAG_KEYS[key]) {
     const box = document.querySelector(`.flag[value="${FLAG_KEYS[key]}"]`);
     box.checked = !box.checked;
     return;
   }
+  if (task.kind === "binary" && (key === "g" || key === "b")) { setGood(key === "g"); return; }
   if (task.kind !== "ranking") return;
   const handled = {
     ArrowUp: () => (event.shiftKey ? move(task.focus, task.focus - 1) : setFocus(task.focus - 1)),
@@ -212,16 +261,28 @@ document.addEventListener("DOMContentLoaded", async () => {
     task.order = data.responses.map((response) => response.index);
     if (saved.ranking) applyRanking(saved.ranking);
     render();
+  } else if (data.kind === "binary") {
+    document.getElementById("binary-section").hidden = false;
+    document.getElementById("binary-response").textContent = data.responses[0].text;  // text, never HTML
+    setGood(typeof saved.good === "boolean" ? saved.good : null);
+    document.getElementById("verdict-good").addEventListener("click", () => setGood(true));
+    document.getElementById("verdict-bad").addEventListener("click", () => setGood(false));
   } else {
     document.getElementById("demonstration-section").hidden = false;
     document.getElementById("demonstration").value = saved.demonstration || "";
   }
-  if (saved.quality) document.getElementById("quality").value = String(saved.quality);
+  setQuality(saved.quality);
   for (const box of document.querySelectorAll(".flag")) box.checked = (saved.flags || []).includes(box.value);
   if (data.locked) prefer.say("this project is locked: answers can no longer change", "error");
   document.getElementById("submit").addEventListener("click", submit);
   document.getElementById("save-draft").addEventListener("click", saveDraft);
   document.getElementById("skip").addEventListener("click", skip);
+  document.getElementById("help-toggle").addEventListener("click", toggleHelp);
+  document.getElementById("quality-clear").addEventListener("click", () => setQuality(null));
+  const advance = document.getElementById("auto-advance");
+  advance.checked = localStorage.getItem("prefer-auto-advance") !== "0";
+  advance.addEventListener("change", () => localStorage.setItem("prefer-auto-advance", advance.checked ? "1" : "0"));
+  await showProgress();
   document.addEventListener("keydown", onKey);
   document.body.dataset.ready = "1";  // for the browser test: the task is on the page
 });
