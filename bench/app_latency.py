@@ -33,10 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,8 +44,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "bench-admin-token-0123456789"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+sys.path.insert(0, str(REPO / "tests" / "labeling" / "app"))
+from serve_testing import ADMIN, server  # noqa: E402 -- the tests' `prefer serve` process, started the same way
+
 PASSWORD = "correct horse battery"
 LABELER = "ann"
 K = 4  # responses per ranking task and per generated prompt
@@ -56,43 +54,6 @@ PHASES = ("quiet", "logins", "generation", "both")
 
 
 # ----------------------------------------------------------------------------------------------- server and setup
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(db_url: str, *, hash_profile: str, log=None):
-    """`prefer serve` as a real process on 127.0.0.1 (one worker); yields its base URL."""
-    port = free_port()
-    env = {**os.environ, "PREFER_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "prefer", "serve", "--db", db_url, "--port", str(port)]
-    command += ["--password-hash", hash_profile, "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(base + "/login", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"prefer serve did not start (exit code {process.poll()})")
-            time.sleep(0.2)
-        yield base
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @contextlib.contextmanager
@@ -332,7 +293,7 @@ def run(db_url: str, *, checkpoint: str, phases=PHASES, **config) -> tuple[list[
     config["checkpoint"] = checkpoint
     settings = {"num_responses": K, "max_new_tokens": config.pop("max_new_tokens", 32), "seed": 0, "device": "cpu"}
     config["settings"] = settings
-    with server(db_url, hash_profile=config.get("hash_profile", "standard"), log=config.get("log")) as base:
+    with server(db_url, hash_profile=config.get("hash_profile", "standard"), log=config.get("log")) as (base, _):
         projects = dict(zip(("generation", "both"), setup(base, tasks=config["tasks"], generate=config["generate"])))
 
         async def main() -> tuple[list[Phase], dict]:

@@ -107,8 +107,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(db_url: str, *, port: int | None = None, workers: int = 1, log=None, log_level: str = "warning"):
-    """`prefer serve` as a real process on 127.0.0.1; yields (base_url, process)."""
+def server(
+    db_url: str,
+    *,
+    port: int | None = None,
+    workers: int = 1,
+    log=None,
+    log_level: str = "warning",
+    hash_profile: str = "test",
+):
+    """`prefer serve` as a real process on 127.0.0.1; yields (base_url, process). `hash_profile` "test" is a cheap
+    password hash for tests; bench/app_latency.py times the server with "standard"."""
     port = port or free_port()
     env = {**os.environ, "PREFER_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -124,7 +133,7 @@ def server(db_url: str, *, port: int | None = None, workers: int = 1, log=None, 
             "--workers",
             str(workers),
             "--password-hash",
-            "test",
+            hash_profile,
             "--log-level",
             log_level,
         ],
