@@ -242,6 +242,49 @@ def test_reads_do_not_wait_for_the_write_lock(app, tmp_path):
     assert results.get("queue") == 200 and results["seconds"] < 10, results
 
 
+def test_a_storm_of_password_checks_holds_no_slot_a_labeler_needs(tmp_path, monkeypatch):
+    """Password checks wait in a queue of their own: with every check stuck (an event nobody sets until the end)
+    and more logins waiting than the server has request slots, a labeler's queue request is still answered.
+    Before the fix each waiting login held one of the `concurrency` slots, and the queue request waited for them."""
+    url = str(tmp_path / "labels.db")
+    upgrade(make_engine(url))
+    small = create_app(url, TOKEN, hash_profile="test", concurrency=2)
+    with TestClient(small) as client:
+        setup_project(client, prompts=list(RESPONSES), responses=RESPONSES, labelers=("ann",))
+        # ann logs in through this client, so that every request below runs on its one event loop
+        assert client.post("/api/login", json={"username": "ann", "password": PASSWORD}).status_code == 200
+        release, entered = threading.Event(), threading.Semaphore(0)
+        verify = api.verify_password
+
+        def stuck_verify(*args):
+            entered.release()
+            release.wait(60)
+            return verify(*args)
+
+        monkeypatch.setattr(api, "verify_password", stuck_verify)
+        storm = [
+            threading.Thread(target=lambda: client.post("/api/login", json={"username": "ann", "password": "wrong"}))
+            for _ in range(6)  # 3x the request slots
+        ]
+        results = {}
+        reader = threading.Thread(target=lambda: results.update(queue=client.get("/api/queue")))
+        try:
+            for login in storm:
+                login.start()
+            assert entered.acquire(timeout=30)  # a check is under way (and stuck) before the labeler asks
+            reader.start()
+            reader.join(30)
+            answered_during_storm = not reader.is_alive()
+        finally:
+            release.set()
+            for login in storm:
+                login.join(60)
+            if reader.ident is not None:  # started
+                reader.join(60)
+        assert answered_during_storm and results["queue"].status_code == 200, results
+    small.state.engine.dispose()
+
+
 # ----- NUL characters, on SQLite and PostgreSQL -----
 
 
