@@ -107,6 +107,7 @@ def toy_overrides(toy, out, **extra):
         "group.train.batch_size": 4,
         "group.rollout.max_new_tokens": 12,
         "group.optimizer.lr": 1e-3,
+        "collection_rounds": 2,
         "runtime.device": "cpu",
     }
     values.update(extra)
@@ -160,6 +161,7 @@ def test_every_policy_is_measured_on_one_protocol_and_written_out(results):
         "listwise_b0.1_k2",
         "rloo_kl0.05",
         "grpo_kl0.05",
+        "ppo_kl0.05_round2",
     }
     for entry in results["policies"].values():
         assert {"gold", "proxy_reward", "kl", "win_rate", "response_chars", "distinct_2", "heldout"} <= set(entry)
@@ -227,6 +229,50 @@ def test_kto_on_the_labelers_binary_labels_joins_the_table_next_to_dpo(results):
     table = (out / "results.md").read_text()
     assert "| kto_b0.1 | kto | beta 0.1, binary labels of K = 4 samples |" in table
     assert (out / "labels" / "feedback.jsonl").exists()
+
+
+def test_a_second_collection_round_ranks_the_policys_samples_and_trains_on_both_rounds(results, toy):
+    """Round 2 (InstructGPT's collection in rounds): round 1's PPO policy answers the labelling prompts, the labelers
+    rank its samples, a reward model learns from both rounds' rankings and PPO from SFT runs against it. Round 1's
+    held-out prompts stay held out of every round, so both reward models are judged on prompts neither saw."""
+    from prefer.data.formats import read_rankings
+    from prefer.experiments.rlhf_rounds import first_round_split
+
+    results, out = results
+    (entry,) = results["rounds"]
+    assert entry["round"] == 2 and entry["responses_from"] == "ppo_kl0.05"
+    first = read_rankings(out / "labels" / "rankings.jsonl")
+    second = read_rankings(out / "round2" / "labels" / "rankings.jsonl")
+    responses = {c.prompt: set(c.responses) for c in first}
+    shared = [c for c in second if c.prompt in responses]
+    assert len(shared) > 0.8 * len(second)  # the same labelling prompts ...
+    assert sum(set(c.responses) != responses[c.prompt] for c in shared) > 0.9 * len(shared)  # ... new responses
+    config = load_config(RLHFConfig, overrides=toy_overrides(toy, out))
+    train1, heldout1 = first_round_split(config, out / "labels" / "rankings.jsonl")
+    heldout_prompts = {c.prompt for c in heldout1}
+    train2 = [c for c in second if c.prompt not in heldout_prompts]
+    trained = read_rankings(out / "round2" / f"rankings_train_{entry['training_rankings']}.jsonl")
+    assert [(c.prompt, c.responses) for c in trained] == [(c.prompt, c.responses) for c in train1 + train2]
+    assert len(train2) < len(second)  # some of round 2's rankings are on the held-out prompts
+    accuracy = entry["reward_model_accuracy"]
+    assert set(accuracy) == {"round1_heldout", "round2_heldout"}
+    for split in accuracy.values():
+        assert set(split) == {"rm_round1", "rm_round2"}
+        assert all(0 <= v["accuracy"] <= 1 and v["pairs"] > 0 for v in split.values())
+    # round 1's reward model, judged on round 1's held-out rankings here and in the reward-model table: one number
+    assert accuracy["round1_heldout"]["rm_round1"]["accuracy"] == pytest.approx(
+        results["reward_models"]["rm"]["heldout_gold_accuracy"]
+    )
+    policy = results["policies"]["ppo_kl0.05_round2"]
+    print(
+        f"round 2: RM accuracy on round-2 held-out {accuracy['round2_heldout']}; PPO gold {policy['gold']['mean']:.3f} "
+        f"(round 1 {results['policies']['ppo_kl0.05']['gold']['mean']:.3f}, SFT "
+        f"{results['policies']['sft']['gold']['mean']:.3f}), win rate {policy['win_rate']['win_rate']:.3f}"
+    )
+    assert policy["kind"] == "ppo_round" and policy["train_seconds"] > 0
+    assert policy["win_rate"]["ci"][0] > 0.5  # it too learns the toy preference
+    table = (out / "results.md").read_text()
+    assert "| 2 | ppo_kl0.05's |" in table and "| ppo_kl0.05_round2 | ppo_round | KL coef 0.05 |" in table
 
 
 def test_a_second_run_reuses_every_stage(results, toy):

@@ -342,6 +342,10 @@ class RLHFConfig:
     ranking_beta: float = 0.1  # the beta of those runs
     group: PolicyGradientConfig = field(default_factory=_group)
     group_algorithms: list[str] = field(default_factory=lambda: ["rloo", "grpo"])  # at group.kl.coef each
+    # InstructGPT's collection in rounds: round r > 1 ranks the previous round's PPO policy's samples of the
+    # labelling prompts, trains a reward model on every round's rankings and PPO against it (at the best of
+    # kl_coefs); 1 = the starting model's samples only
+    collection_rounds: int = 1
     eval: RLHFEvalConfig = field(default_factory=RLHFEvalConfig)
     # The seed and device of the runs the command makes (pretrain.runtime.seed and label.runtime.seed stay their
     # own), and the progress bars of its own sampling (the evaluations); each stage's runtime.progress says its own.
@@ -407,6 +411,7 @@ class RLHFConfig:
                 f"{size}: another K in [{MIN_RESPONSES}, {MAX_RESPONSES}] than label.num_responses",
             )
         check(self.ranking_beta > 0, "ranking_beta", "must be > 0")
+        check(self.collection_rounds >= 1, "collection_rounds", "must be >= 1 (1: no later round)")
         for algorithm in self.group_algorithms:
             check(
                 algorithm in GROUP_ALGORITHMS,

@@ -7,6 +7,8 @@
     -> policies: best-of-n against each proxy (from one pool of SFT samples), PPO at each KL coefficient,
        PPO-ptx at the best of them, PPO against the weak proxy read as its KL grows (over-optimisation),
        DPO / IPO / listwise DPO on the rankings (and on rankings of another K), KTO on binary labels, RLOO and GRPO
+    -> with collection_rounds > 1, later rounds: the last PPO policy's samples ranked, a reward model on every
+       round's rankings, PPO against it (rlhf_rounds)
     -> one evaluation protocol for every policy (prefer.evaluation.policy) -> results.{json,csv,md} + figures
 
 With `prompt_set: chat` the prompts are IFEval chat prompts instead (topics x instruction types, the evaluation's
@@ -49,6 +51,7 @@ from prefer.experiments.rlhf_policies import (
     timed_stage,
 )
 from prefer.experiments.rlhf_report import write_results
+from prefer.experiments.rlhf_rounds import later_rounds
 from prefer.models.build import load_checkpoint
 from prefer.scorers import get_scorer, score_responses
 from prefer.stages.policy_gradient import ppo
@@ -260,7 +263,23 @@ def rlhf(config: RLHFConfig) -> dict:
     policies |= group_policies(
         config, evaluator, out, sft_path, prompts=paths["rl"], reward_model=rm_paths["rm"], gold=gold_name
     )
-    lap("group_rl", t)
+    t = lap("group_rl", t)
+    rounds = []
+    if config.collection_rounds > 1:
+        round_policies, rounds = later_rounds(
+            config,
+            evaluator,
+            out,
+            start=start,
+            label_prompts=paths["label"],
+            gold_name=gold_name,
+            ppo_base=ppo_base,
+            first_policy=best,
+            kl_coef=policies[best]["kl_coef"],
+            first_reward_model=rm_paths["rm"],
+        )
+        policies |= round_policies
+        lap("collection_rounds", t)
     seconds["total"] = time.perf_counter() - started
 
     results = {
@@ -283,6 +302,7 @@ def rlhf(config: RLHFConfig) -> dict:
         "ptx": ptx_name,
         "best_of_n": best_of_n,
         "overoptimisation": overopt,
+        "rounds": rounds,
         "seconds": seconds,
         "settings": protocol_settings(config, len(splits["eval"])),
     }

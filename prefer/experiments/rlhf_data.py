@@ -195,13 +195,21 @@ def starting_model(config: RLHFConfig, out: Path) -> Path:
 
 
 def synthetic_labels(
-    config: RLHFConfig, out: Path, model: Path, prompts: Path, *, gold: str, num_responses: int | None = None
+    config: RLHFConfig,
+    out: Path,
+    model: Path,
+    prompts: Path,
+    *,
+    gold: str,
+    num_responses: int | None = None,
+    folder: Path | None = None,
 ) -> dict:
     """Rankings, best-of-K demonstrations and binary feedback (prefer.labeling.synthetic.binary_labels: KTO's data)
-    by the gold scorer `gold` (a `get_scorer` name), in `labels/` (or `labels_k{K}/` for another K than the
-    config's, on the same prompts); cached by their settings."""
+    by the gold scorer `gold` (a `get_scorer` name) of `model`'s responses, in `folder` (default `labels/`, or
+    `labels_k{K}/` for another K than the config's, on the same prompts); cached by their settings."""
     size = num_responses or config.label.num_responses
-    folder = out / ("labels" if size == config.label.num_responses else f"labels_k{size}")
+    if folder is None:
+        folder = out / ("labels" if size == config.label.num_responses else f"labels_k{size}")
     label = replace(
         config.label,
         model=str(model),
@@ -305,8 +313,26 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
         paths[name] = run_stage(reward, settings)
     heldout = [comparisons[i] for i in val_index]
     for name, path in paths.items():
-        scorer = load_reward_model(path)
-        rewards = [scorer.rewards([(c.prompt, r) for r in c.responses]).tolist() for c in heldout]
-        accuracy, pairs = pairwise_accuracy(rewards, [c.ranks for c in heldout])
+        accuracy, pairs = heldout_accuracy(path, heldout)
         info[name] = {"heldout_gold_accuracy": accuracy, "heldout_pairs": pairs}
     return paths, info
+
+
+def heldout_accuracy(reward_model: Path, heldout: list[Comparison]) -> tuple[float, int]:
+    """(share of the held-out rankings' ordered pairs the reward model orders as the gold did, those pairs)."""
+    scorer = load_reward_model(reward_model)
+    rewards = [scorer.rewards([(c.prompt, r) for r in c.responses]).tolist() for c in heldout]
+    return pairwise_accuracy(rewards, [c.ranks for c in heldout])
+
+
+def reward_model_on(config: RLHFConfig, out_dir: Path, rankings: Path, model: Path) -> Path:
+    """A reward model from `model`'s trunk on every ranking of `rankings` (none held out: the caller holds its own
+    out beforehand), with the config's reward settings, seed and device."""
+    settings = replace(
+        config.reward,
+        out_dir=str(out_dir),
+        data=replace(config.reward.data, rankings=str(rankings), demonstrations=None, validation_fraction=0.0),
+        model=replace(config.reward.model, init_from=str(model)),
+        runtime=replace(config.reward.runtime, seed=config.runtime.seed, device=config.runtime.device),
+    )
+    return run_stage(reward, settings)

@@ -129,6 +129,7 @@ def format_tables(results: dict) -> str:
         if name in rm:
             rm_lines.append(_row([name, what, f"{rm[name]['heldout_gold_accuracy']:.3f}", rm[name]["heldout_pairs"]]))
     lines += rm_lines
+    lines += round_lines(results)
     lines += method_lines(results)
     sft = results["sft_candidates"]
     lines += [
@@ -138,6 +139,55 @@ def format_tables(results: dict) -> str:
         + f"; chosen: {results['sft_chosen_epochs']} epochs.",
     ]
     return "\n".join(lines)
+
+
+def round_lines(results: dict) -> list[str]:
+    """The collection rounds' table (none without later rounds): each round's reward model against round 1's on
+    the held-out rankings of the policy samples it was collected for, and its PPO policy by the gold judge."""
+    rounds = results.get("rounds") or []
+    if not rounds:
+        return []
+    first = results["policies"][rounds[0]["responses_from"]]
+    lines = [
+        "",
+        "| round | responses ranked | training rankings (all rounds) | RM accuracy on this round's held-out: "
+        "round-1 RM / this round's | on round 1's held-out: round-1 RM / this round's | PPO policy | gold [95% CI] "
+        "| win rate vs SFT |",
+        "|---|---|---|---|---|---|---|---|",
+        _row(
+            [
+                1,
+                "the starting model's",
+                results["reward_models"]["rankings"] - results["reward_models"]["heldout_rankings"],
+                "-",
+                "-",
+                rounds[0]["responses_from"],
+                _ci(first["gold"], ".3g"),
+                _win(first.get("win_rate")),
+            ]
+        ),
+    ]
+    for entry in rounds:
+        number = entry["round"]
+        accuracy = entry["reward_model_accuracy"]
+        mine, theirs = accuracy[f"round{number}_heldout"], accuracy["round1_heldout"]
+        policy = results["policies"][entry["policy"]]
+        lines.append(
+            _row(
+                [
+                    number,
+                    f"{entry['responses_from']}'s",
+                    entry["training_rankings"],
+                    f"{mine['rm_round1']['accuracy']:.3f} / {mine[f'rm_round{number}']['accuracy']:.3f} "
+                    f"({mine['rm_round1']['pairs']} pairs)",
+                    f"{theirs['rm_round1']['accuracy']:.3f} / {theirs[f'rm_round{number}']['accuracy']:.3f}",
+                    entry["policy"],
+                    _ci(policy["gold"], ".3g"),
+                    _win(policy.get("win_rate")),
+                ]
+            )
+        )
+    return lines
 
 
 def _setting(entry: dict) -> str:
