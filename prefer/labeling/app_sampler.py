@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from prefer.devices import resolve_device
+from prefer.encoding import has_chat_template
 from prefer.errors import PreferError
 from prefer.labeling import responses
 from prefer.models.build import load_checkpoint
@@ -23,8 +24,23 @@ def load(checkpoint: str, device: str):
     return model, tokenizer
 
 
+def chat_template(tokenizer) -> bool:
+    """Whether the checkpoint's prompts are rendered with its chat template (`prefer.labeling.responses`)."""
+    return has_chat_template(tokenizer)
+
+
+def chat_renderings(tokenizer, prompts: list[str]) -> dict[str, str]:
+    """prompt -> the text its chat template rendered it as (one user turn and the generation prompt), which the
+    model was prompted with; empty without a template (the prompt itself was). The export writes this text as the
+    prompt, as `prefer label --synthetic` does, so the reward model and DPO read what the policy saw."""
+    if not has_chat_template(tokenizer):
+        return {}
+    return dict(zip(prompts, responses.text_queries(tokenizer, prompts).texts))
+
+
 def sample_batch(model, tokenizer, prompts: list[str], settings: dict, *, seed: int) -> list[list[str]]:
-    """settings["num_responses"] responses to each prompt (`prefer.labeling.responses`), in inference mode."""
+    """settings["num_responses"] responses to each prompt (`prefer.labeling.responses`: a user turn of the chat
+    template, when the checkpoint has one), in inference mode."""
     with torch.inference_mode():
         return responses.sample_responses(
             model,

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prefer.controls import SamplingControls, control_token_ids
-from prefer.data.formats import Prompt
-from prefer.evaluation.prompts import Queries, render_queries
+from prefer.evaluation.prompts import Queries, command_line_prompts, render_queries
 from prefer.sampling import Decoding, sample_per_prompt
 
 
@@ -38,10 +37,19 @@ def sample_queries(
     return [texts[p * k : (p + 1) * k] for p in range(len(queries))]
 
 
+def text_queries(tokenizer, prompts: Sequence[str], where: Sequence[str] | None = None) -> Queries:
+    """Text prompts (the labeling app's, which labelers read as written) rendered as `prefer sample --prompt` renders
+    them (prefer.evaluation.prompts.command_line_prompts): one user turn with the generation prompt when the
+    tokenizer has a chat template, so an instruction model is asked rather than continued (texts[p] is then that
+    rendering); otherwise eos + the prompt's tokens, as SFT and PPO see a text prompt (texts[p] the prompt itself)."""
+    asked, _ = command_line_prompts(tokenizer, prompts)
+    return render_queries(tokenizer, asked, where)
+
+
 def sample_responses(
     model, tokenizer, prompts: Sequence[str], *, where: Sequence[str] | None = None, **sampling
 ) -> list[list[str]]:
-    """responses[p][j]: the j-th of K samples for the text prompt prompts[p], prompted as SFT and PPO see it
-    (eos + the prompt's tokens: prefer.evaluation.prompts); `sampling`: `sample_queries`' keywords (k,
-    max_new_tokens, temperature, top_p, block, seed, batch_size, progress)."""
-    return sample_queries(model, tokenizer, render_queries(tokenizer, [Prompt(p) for p in prompts], where), **sampling)
+    """responses[p][j]: the j-th of K samples for the text prompt prompts[p], rendered by `text_queries`;
+    `sampling`: `sample_queries`' keywords (k, max_new_tokens, temperature, top_p, block, seed, batch_size,
+    progress)."""
+    return sample_queries(model, tokenizer, text_queries(tokenizer, prompts, where), **sampling)

@@ -7,6 +7,9 @@
 - Kendall's tau-b between the two rankings: (concordant - discordant) / sqrt((n0 - t1)(n0 - t2)), n0 = C(K, 2),
   t = pairs tied within one ranking; in [-1, 1], ties handled as in Kendall (1945); undefined (None) when one
   ranking ties everything.
+
+Binary feedback (one response judged good or bad) has one figure: over every pair of labelers who judged the same
+response, the share that gave it the same verdict (`pooled_binary_agreement`).
 """
 
 from __future__ import annotations
@@ -111,3 +114,25 @@ def pooled_agreement(rankings_by_task: Iterable[Sequence[Sequence[int]]]) -> Agr
         kendall_tau_mean=sum(taus) / len(taus) if taus else None,
         kendall_tau_count=len(taus),
     )
+
+
+@dataclass(frozen=True)
+class BinaryAgreement:
+    """Pooled over every (task, pair of labelers who both judged its response)."""
+
+    comparisons: int  # (task, labeler pair) comparisons
+    agreed: int  # of them, the same verdict
+    pairwise_agreement: float | None  # agreed / comparisons
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def pooled_binary_agreement(verdicts_by_task: Iterable[Sequence[bool]]) -> BinaryAgreement:
+    """`verdicts_by_task`: for each task, the verdicts (True = good) of the labelers who judged it."""
+    comparisons = agreed = 0
+    for verdicts in verdicts_by_task:
+        for first, second in combinations(verdicts, 2):
+            comparisons += 1
+            agreed += first == second
+    return BinaryAgreement(comparisons, agreed, agreed / comparisons if comparisons else None)

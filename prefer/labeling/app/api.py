@@ -448,6 +448,7 @@ class AdjudicationIn(Strict):
     label_id: int | None = None  # accept this labeler's answer
     ranking: Annotated[list[StrictInt | list[StrictInt]] | None, Field(max_length=MAX_RESPONSES)] = None
     demonstration: Annotated[str | None, Field(max_length=MAX_TEXT)] = None
+    good: StrictBool | None = None  # a binary task's final verdict: thumbs up (true) or down (false)
     note: Annotated[str, Field(max_length=2000)] = ""
 
 
@@ -498,10 +499,17 @@ def get_disagreements(
 
 @admin.put("/tasks/{task_id}/adjudication")
 def put_adjudication(task_id: int, body: AdjudicationIn, db: DBDep):
-    """The final answer to a task: accept one labeler's label (`label_id`) or write the ranking / demonstration."""
+    """The final answer to a task: accept one labeler's label (`label_id`) or write the ranking / demonstration /
+    binary verdict (`good`)."""
     task = review.get_task(db, task_id)
     adjudication = review.adjudicate(
-        db, task, label_id=body.label_id, ranking=body.ranking, demonstration=body.demonstration, note=body.note
+        db,
+        task,
+        label_id=body.label_id,
+        ranking=body.ranking,
+        demonstration=body.demonstration,
+        good=body.good,
+        note=body.note,
     )
     return _commit(db, {"task_id": task.id, **review.adjudication_view(adjudication)})
 

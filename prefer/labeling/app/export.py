@@ -8,6 +8,13 @@ Each exported record is the LAST version of one labeler's submitted answer to on
 appears once per labeler, as in InstructGPT's training data. Provenance (labeler, task, label id and version,
 quality score, flags, the generation that sampled the responses) rides along in a `provenance` field, which the
 readers ignore.
+
+A prompt whose responses were sampled through the checkpoint's chat template (`Prompt.rendered`) is written as that
+rendering (one user turn and the generation prompt), the text the policy was prompted with, as `prefer label
+--synthetic` writes a conversation's prompt: prefer's readers take a string prompt as it is (they apply no
+template), so the reward model, DPO and SFT then train on the format the responses came from, and PPO's reward
+model scores (rendering, response) pairs the same way. Its provenance keeps the text labelers read
+(`prompt_shown`); `pairs_conversational` carries that text as the user's turn, for tools that apply the template.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from sqlalchemy.orm import Session as DB
 
 from prefer.data.formats import parse_ranking, write_jsonl
 from prefer.labeling.app import review
-from prefer.labeling.app.agreement import pooled_agreement
+from prefer.labeling.app.agreement import pooled_agreement, pooled_binary_agreement
 from prefer.labeling.app.models import Assignment, Label, Project, Prompt, Response, Task, User
 
 EXPORT_KINDS = ("rankings", "demonstrations", "pairs", "pairs_conversational", "binary")
@@ -69,32 +76,38 @@ def _provenance(label: Label, task: Task, user: User, generation_ids: set) -> di
     }
 
 
+def _prompt_text(prompt: Prompt, provenance: dict) -> str:
+    """What the records carry as the prompt: the chat-template rendering the responses were sampled from, if any
+    (the provenance then keeps the text labelers read), else the prompt as written."""
+    if prompt.rendered is None:
+        return prompt.text
+    provenance["prompt_shown"] = prompt.text
+    return prompt.rendered
+
+
 def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
     rankings, demonstrations, pairs, conversational, binary = [], [], [], [], []
     for label, _, task, user in review.final_answers(db, final_labels(db, project)):  # adjudicated: the lead's
         prompt = db.get(Prompt, task.prompt_id)
         if task.kind == "binary":
-            if label.good is not None:  # (a written adjudication of a binary task holds no verdict)
-                response = db.get(Response, task.response_id)
-                provenance = _provenance(label, task, user, {response.generation_id})
-                provenance["response_index"] = response.position
-                binary.append(
-                    {"prompt": prompt.text, "completion": response.text, "label": label.good, "provenance": provenance}
-                )
+            response = db.get(Response, task.response_id)
+            provenance = _provenance(label, task, user, {response.generation_id})
+            provenance["response_index"] = response.position
+            text = _prompt_text(prompt, provenance)
+            binary.append({"prompt": text, "completion": response.text, "label": label.good, "provenance": provenance})
         elif task.kind == "ranking":
             responses: list[Response] = prompt.responses
             provenance = _provenance(label, task, user, {r.generation_id for r in responses})
+            text = _prompt_text(prompt, provenance)
             texts = [r.text for r in responses]
-            rankings.append(
-                {"prompt": prompt.text, "responses": texts, "ranking": label.ranking, "provenance": provenance}
-            )
+            rankings.append({"prompt": text, "responses": texts, "ranking": label.ranking, "provenance": provenance})
             ranks = parse_ranking(f"label {label.id}", label.ranking, len(texts))
             for i, j in combinations(range(len(texts)), 2):
                 if ranks[i] != ranks[j]:  # a tie prefers neither
                     chosen, rejected = (i, j) if ranks[i] < ranks[j] else (j, i)
                     pairs.append(
                         {
-                            "prompt": prompt.text,
+                            "prompt": text,
                             "chosen": texts[chosen],
                             "rejected": texts[rejected],
                             "provenance": provenance,
@@ -102,13 +115,9 @@ def export_records(db: DB, project: Project) -> dict[str, list[dict]]:
                     )
                     conversational.append(_conversational_pair(prompt.text, texts[chosen], texts[rejected], provenance))
         else:
-            demonstrations.append(
-                {
-                    "prompt": prompt.text,
-                    "response": label.demonstration,
-                    "provenance": _provenance(label, task, user, set()),
-                }
-            )
+            provenance = _provenance(label, task, user, set())
+            text = _prompt_text(prompt, provenance)
+            demonstrations.append({"prompt": text, "response": label.demonstration, "provenance": provenance})
     return {
         "rankings": rankings,
         "demonstrations": demonstrations,
@@ -176,16 +185,11 @@ def progress(db: DB, project: Project) -> dict:
     }
 
 
-def agreement(db: DB, project: Project) -> dict:
-    by_task: dict[int, list[tuple[str, tuple[int, ...]]]] = defaultdict(list)
-    for label, _, task, user in final_labels(db, project):
-        if task.kind == "ranking":
-            k = len(db.get(Prompt, task.prompt_id).responses)
-            by_task[task.id].append((user.username, parse_ranking(f"label {label.id}", label.ranking, k)))
-    overall = pooled_agreement([[ranks for _, ranks in labels] for labels in by_task.values()])
+def _figures(by_task: dict[int, list[tuple[str, object]]], pooled) -> dict:
+    """`pooled` over every task's answers, and per labeler: its answers against each other labeler's of the same
+    task. `by_task`: task id -> (labeler, answer) of each labeler who answered it."""
     per_labeler = {}
     for name in sorted({name for labels in by_task.values() for name, _ in labels}):
-        # this labeler against each other labeler of the same task
         pairs = [
             [mine, theirs]
             for labels in by_task.values()
@@ -194,9 +198,24 @@ def agreement(db: DB, project: Project) -> dict:
             for other, theirs in labels
             if other != name
         ]
-        per_labeler[name] = pooled_agreement(pairs).as_dict()
+        per_labeler[name] = pooled(pairs).as_dict()
     return {
-        "overall": overall.as_dict(),
+        "overall": pooled([[answer for _, answer in labels] for labels in by_task.values()]).as_dict(),
         "per_labeler": per_labeler,
         "tasks_with_overlap": sum(len(labels) >= 2 for labels in by_task.values()),
     }
+
+
+def agreement(db: DB, project: Project) -> dict:
+    """The labelers' own agreement (adjudications aside) on rankings, and under "binary" (once a project has
+    binary answers) the share of labeler pairs that gave a response the same verdict."""
+    by_task: dict[int, list[tuple[str, tuple[int, ...]]]] = defaultdict(list)
+    verdicts: dict[int, list[tuple[str, bool]]] = defaultdict(list)
+    for label, _, task, user in final_labels(db, project):
+        if task.kind == "ranking":
+            k = len(db.get(Prompt, task.prompt_id).responses)
+            by_task[task.id].append((user.username, parse_ranking(f"label {label.id}", label.ranking, k)))
+        elif task.kind == "binary":
+            verdicts[task.id].append((user.username, label.good))
+    figures = _figures(by_task, pooled_agreement)
+    return {**figures, **({"binary": _figures(verdicts, pooled_binary_agreement)} if verdicts else {})}

@@ -4,6 +4,10 @@ and samples a batch of prompts at a time in no transaction, then writes each bat
 one short transaction. The admin reads the progress from the row (any worker can serve it) and may cancel: the job
 stops before its next batch, keeping the batches already written.
 
+A checkpoint whose tokenizer has a chat template is asked each prompt as one user turn with the generation prompt
+(`prefer.labeling.responses.text_queries`, as `prefer sample --prompt` asks); the rendering is kept with the
+responses (`Prompt.rendered`) for the export, while labelers read the prompt as written.
+
 Sampled text has its NUL characters removed (PostgreSQL's text type cannot hold one); a sample empty after that
 is dropped, and a prompt left with fewer than two responses gets none. Batch b (of `BATCH_PROMPTS` prompts) samples
 with seed + b * BATCH_PROMPTS, so a generation is reproducible from its settings and the batch size in its result.
@@ -144,6 +148,7 @@ def run(sessionmaker, generation_id: int, prompts: list[str], checkpoint: str, s
         from prefer.labeling import app_sampler
 
         model, tokenizer = app_sampler.load(checkpoint, device)
+        totals["chat_template"] = app_sampler.chat_template(tokenizer)  # prompts asked as a user turn
         for start in range(0, len(prompts), BATCH_PROMPTS):
             batch = prompts[start : start + BATCH_PROMPTS]
             with sessionmaker() as db:  # a read; the cancel may come while this batch samples, too
@@ -151,6 +156,7 @@ def run(sessionmaker, generation_id: int, prompts: list[str], checkpoint: str, s
                     break
             # no transaction is open while the model samples
             samples = app_sampler.sample_batch(model, tokenizer, batch, settings, seed=settings["seed"] + start)
+            rendered = app_sampler.chat_renderings(tokenizer, batch)
             by_prompt = {}
             for prompt, texts in zip(batch, samples):
                 kept = [t.replace(NUL, "") for t in texts]
@@ -172,6 +178,7 @@ def run(sessionmaker, generation_id: int, prompts: list[str], checkpoint: str, s
                     by_prompt,
                     where={t: f"generated for prompt {t[:40]!r}" for t in by_prompt},
                     generation=generation,
+                    rendered=rendered,
                 )
                 totals["prompts_with_responses"] += result["prompts_with_responses"]
                 totals["responses_added"] += result["responses_added"]

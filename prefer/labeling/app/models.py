@@ -10,6 +10,8 @@ in `migrations/versions/`; `tests/labeling/app/test_migrations.py` checks that t
     generations (0003: also the background job that samples them: status, progress, cancellation)
     adjudications (0004_adjudications: the lead's final answer to a task the labelers disagree on)
     0005_binary_feedback: binary tasks (`tasks.response_id`) and their answers (`labels.good`: thumbs up / down)
+    0006_binary_review_chat_prompts: a binary verdict the lead writes (`adjudications.good`), and the chat-template
+        rendering a prompt's responses were sampled from (`prompts.rendered`)
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class Prompt(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     text: Mapped[str] = mapped_column(Text)
+    # 0006: the text the checkpoint was prompted with when its responses were sampled through its chat template
+    # (one user turn, the generation prompt); NULL when they were sampled from the text itself or uploaded. Labelers
+    # read `text`; the export writes this, so the reward model and DPO train on the format the policy saw.
+    rendered: Mapped[str | None] = mapped_column(Text, nullable=True)
     responses: Mapped[list[Response]] = relationship(order_by="Response.position", back_populates="prompt")
 
 
@@ -174,7 +180,8 @@ class Label(Base):
 
 class Adjudication(Base):
     """The lead's final answer to one task (0004_adjudications): one labeler's label accepted (`label_id`), or a
-    ranking / demonstration the lead wrote. The export uses it instead of the labelers' answers to that task."""
+    ranking / demonstration / binary verdict (`good`, 0006) the lead wrote. The export uses it instead of the
+    labelers' answers to that task."""
 
     __tablename__ = "adjudications"
     __table_args__ = (UniqueConstraint("task_id", name="uq_adjudications_task"),)
@@ -183,5 +190,6 @@ class Adjudication(Base):
     label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"), nullable=True)
     ranking: Mapped[list | None] = mapped_column(JSON, nullable=True)
     demonstration: Mapped[str | None] = mapped_column(Text, nullable=True)
+    good: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # binary tasks: the final thumbs up / down
     note: Mapped[str] = mapped_column(Text, default="")
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

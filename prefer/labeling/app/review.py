@@ -1,7 +1,7 @@
 """What a project lead sees and decides: each labeler's progress, assigning chosen labelers to a batch of tasks,
 browsing prompts with their responses and every labeler's answers, and reviewing the tasks the labelers disagree
-on, where the lead accepts one labeler's answer or writes the final one (an `Adjudication`; the export uses it
-instead of the labelers' answers to that task).
+on, where the lead accepts one labeler's answer or writes the final one (a ranking, a demonstration or a binary
+verdict: an `Adjudication`; the export uses it instead of the labelers' answers to that task).
 
 Like service.py, each function runs inside the caller's transaction and raises `AppError` before writing anything
 when the input is wrong."""
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session as DB
 
 from prefer.data.formats import parse_ranking
 from prefer.errors import PreferError
-from prefer.labeling.app.agreement import pooled_agreement
+from prefer.labeling.app.agreement import pooled_agreement, pooled_binary_agreement
 from prefer.labeling.app.models import (
     MAX_TEXT,
     Adjudication,
@@ -210,6 +210,7 @@ def adjudication_view(adjudication: Adjudication | None) -> dict | None:
         "label_id": adjudication.label_id,
         "ranking": adjudication.ranking,
         "demonstration": adjudication.demonstration,
+        "good": adjudication.good,
         "note": adjudication.note,
         "decided_at": _when(adjudication.decided_at),
     }
@@ -286,12 +287,19 @@ def _disagreement(task: Task, k: int, submitted: list[dict]) -> dict | None:
     if task.kind == "demonstration":
         texts = {a["label"]["demonstration"].strip() for a in submitted}
         return None if len(texts) == 1 else {"pairwise_agreement": None, "kendall_tau_mean": None}
+    if task.kind == "binary":
+        verdicts = [a["label"]["good"] for a in submitted]
+        if len(set(verdicts)) == 1:
+            return None
+        # the share of labeler pairs that gave the response the same verdict
+        return {"pairwise_agreement": pooled_binary_agreement([verdicts]).pairwise_agreement, "kendall_tau_mean": None}
     return None  # a kind this review does not compare yet
 
 
 def disagreements(db: DB, project: Project, page: int, per_page: int, status: str = "all") -> dict:
-    """Tasks whose labelers disagree (ranking: not all the same ranks; demonstration: different texts), undecided
-    first, then the least agreement first. `status`: open (undecided), decided, or all."""
+    """Tasks whose labelers disagree (ranking: not all the same ranks; demonstration: different texts; binary: not
+    all the same verdict), undecided first, then the least agreement first. `status`: open (undecided), decided, or
+    all. A binary task names the response its labelers judged (`response_index`)."""
     page, per_page = _page(page, per_page)
     if status not in ("open", "decided", "all"):
         raise AppError(422, f"status: one of ['open', 'decided', 'all'], got {status!r}")
@@ -327,6 +335,8 @@ def disagreements(db: DB, project: Project, page: int, per_page: int, status: st
     chosen = found[(page - 1) * per_page : page * per_page]
     prompts = {p.id: p for p in db.scalars(select(Prompt).where(Prompt.id.in_([t.prompt_id for t, _ in chosen])))}
     responses = _responses(db, prompts)
+    judged = [t.response_id for t, _ in chosen if t.response_id is not None]
+    positions = dict(db.execute(select(Response.id, Response.position).where(Response.id.in_(judged))).all())
     return {
         "page": page,
         "per_page": per_page,
@@ -339,6 +349,7 @@ def disagreements(db: DB, project: Project, page: int, per_page: int, status: st
                 "prompt_id": task.prompt_id,
                 "prompt": prompts[task.prompt_id].text,
                 "responses": responses.get(task.prompt_id, []),
+                **({"response_index": positions[task.response_id]} if task.response_id is not None else {}),
                 **difference,
                 "answers": answers[task.id],
                 "adjudication": adjudication_view(decided.get(task.id)),
@@ -364,13 +375,21 @@ def _final_ranking(task: Task, ranking) -> list:
 
 
 def adjudicate(
-    db: DB, task: Task, *, label_id: int | None, ranking, demonstration: str | None, note: str
+    db: DB,
+    task: Task,
+    *,
+    label_id: int | None,
+    ranking,
+    demonstration: str | None,
+    note: str,
+    good: bool | None = None,
 ) -> Adjudication:
-    """Record (or replace) the final answer to a task: one of its labels, or a ranking / demonstration."""
-    choices = (("label_id", label_id), ("ranking", ranking), ("demonstration", demonstration))
+    """Record (or replace) the final answer to a task: one of its labels, or a ranking / demonstration / binary
+    verdict (`good`)."""
+    choices = (("label_id", label_id), ("ranking", ranking), ("demonstration", demonstration), ("good", good))
     given = [name for name, value in choices if value is not None]
     if len(given) != 1:
-        raise AppError(422, f"give exactly one of label_id, ranking, demonstration; got {given or 'none'}")
+        raise AppError(422, f"give exactly one of label_id, ranking, demonstration, good; got {given or 'none'}")
     if label_id is not None:
         owner = db.scalar(
             select(Assignment.task_id).join(Label, Label.assignment_id == Assignment.id).where(Label.id == label_id)
@@ -381,6 +400,9 @@ def adjudicate(
         if task.kind != "ranking":
             raise AppError(422, f"ranking: task {task.id} is a {task.kind} task")
         ranking = _final_ranking(task, ranking)
+    elif good is not None:
+        if task.kind != "binary":
+            raise AppError(422, f"good: task {task.id} is a {task.kind} task")
     else:
         if task.kind != "demonstration":
             raise AppError(422, f"demonstration: task {task.id} is a {task.kind} task")
@@ -391,6 +413,7 @@ def adjudicate(
         adjudication = Adjudication(task_id=task.id)
         db.add(adjudication)
     adjudication.label_id, adjudication.ranking, adjudication.demonstration = label_id, ranking, demonstration
+    adjudication.good = good
     adjudication.note, adjudication.decided_at = note, now()
     db.flush()
     return adjudication
@@ -435,6 +458,7 @@ def final_answers(db: DB, rows: list[tuple]) -> list[tuple]:
             fields.update(
                 ranking=adjudication.ranking,
                 demonstration=adjudication.demonstration,
+                good=adjudication.good,
                 flags=[],
                 created_at=aware(adjudication.decided_at),
             )

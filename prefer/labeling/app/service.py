@@ -153,9 +153,11 @@ def attach_responses(
     *,
     where: dict[str, str],
     generation: Generation | None = None,
+    rendered: dict[str, str] | None = None,
 ) -> dict:
     """Replace the responses of the given prompts (a prompt not in the project is added). Refused once a
-    ranking or binary task exists for the prompt: its labels refer to the responses."""
+    ranking or binary task exists for the prompt: its labels refer to the responses. `rendered`: prompt -> the
+    chat-template rendering the responses were sampled from (`Prompt.rendered`); a prompt not in it has none."""
     prompts = _prompt_by_text(db, project)
     ranked = set(db.scalars(select(Task.prompt_id).where(Task.project_id == project.id, Task.kind.in_(RESPONSE_KINDS))))
     for text, responses in by_prompt.items():
@@ -178,6 +180,8 @@ def attach_responses(
     db.flush()  # one round of inserts for all new prompts, then their ids
     prompts.update({p.text: p for p in new})
     new_texts = {p.text for p in new}
+    for text in by_prompt:  # the rendering belongs to these responses: new ones bring their own, or none
+        prompts[text].rendered = (rendered or {}).get(text)
     replaced = [prompts[text].id for text in by_prompt if text not in new_texts]
     if replaced:
         for old in db.scalars(select(Response).where(Response.prompt_id.in_(replaced))):

@@ -230,3 +230,31 @@ def tiny_checkpoint(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ChatML, as SmolLM2-Instruct writes it (shortened: no default system prompt), as tests/evaluation/test_prompts.py
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint(tmp_path_factory):
+    """`tiny_checkpoint` with a chat template: ChatML's tokens and template on its tokenizer, as an instruction
+    model (SmolLM2-135M-Instruct) has them."""
+    import torch
+
+    from prefer.data.tokenizer import train_tokenizer
+    from prefer.models.build import build_model
+
+    path = tmp_path_factory.mktemp("chat_checkpoint") / "lm"
+    texts = ["Write a haiku about the sea and the sun.\n", "Explain why the sky is blue, briefly.\n"] * 40
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=128)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -230,6 +230,89 @@ def test_demonstration_review_and_per_kind_instructions(client_app):
     assert refused.status_code == 422 and "unknown task kind(s) ['essay']" in refused.json()["detail"]
 
 
+def judged(labeler):
+    """(prompt, response text) -> assignment id of the labeler's binary tasks."""
+    found = {}
+    for item in labeler.request("GET", "/api/queue").json()["assignments"]:
+        if item["kind"] == "binary":
+            [response] = labeler.request("GET", f"/api/assignments/{item['assignment_id']}").json()["responses"]
+            found[item["prompt"], response["text"]] = item["assignment_id"]
+    return found
+
+
+def test_binary_disagreements_are_reviewed_and_the_export_uses_the_decision(client_app):
+    client, application = client_app
+    responses = {"Say hi.": ["hi", "hello there"], "Name a colour.": ["red", "blue"]}
+    pid = setup_project(client, prompts=list(responses), responses=responses, overlap=2, kinds=("binary", "ranking"))
+    ann, bob = Labeler(application, "ann"), Labeler(application, "bob")
+    a, b = judged(ann), judged(bob)
+    submit(ann, a["Say hi.", "hi"], {"good": True})
+    submit(bob, b["Say hi.", "hi"], {"good": True})  # agree: not listed
+    submit(ann, a["Say hi.", "hello there"], {"good": True})
+    bob_hello = submit(bob, b["Say hi.", "hello there"], {"good": False, "flags": ["made_up_facts"]})
+    submit(ann, a["Name a colour.", "red"], {"good": False})
+    submit(bob, b["Name a colour.", "red"], {"good": True})
+    submit(ann, a["Name a colour.", "blue"], {"good": True})  # one answer: nothing to compare
+
+    url = f"/api/admin/projects/{pid}/disagreements"
+    listed = client.get(url, headers=ADMIN).json()
+    assert [(t["kind"], t["prompt"], t["response_index"]) for t in listed["tasks"]] == [
+        ("binary", "Say hi.", 1),
+        ("binary", "Name a colour.", 0),
+    ]
+    assert [t["pairwise_agreement"] for t in listed["tasks"]] == [0.0, 0.0]  # the one labeler pair differs
+    hello, red = listed["tasks"]
+    assert {x["labeler"]: x["label"]["good"] for x in hello["answers"]} == {"ann": True, "bob": False}
+    # The agreement figures: 3 responses judged by both, the same verdict on 1.
+    binary = client.get(f"/api/admin/projects/{pid}/agreement", headers=ADMIN).json()["binary"]
+    assert binary["overall"] == {"comparisons": 3, "agreed": 1, "pairwise_agreement": pytest.approx(1 / 3)}
+    assert binary["tasks_with_overlap"] == 3 and binary["per_labeler"]["bob"]["agreed"] == 1
+
+    put = lambda task, body: client.put(f"/api/admin/tasks/{task}/adjudication", json=body, headers=ADMIN)  # noqa: E731
+    assert put(hello["task_id"], {"label_id": bob_hello, "note": "it made that up"}).status_code == 200
+    decided = put(red["task_id"], {"good": False})
+    assert decided.status_code == 200 and decided.json()["good"] is False
+    ranking_task = next(
+        t["task_id"]
+        for p in client.get(f"/api/admin/projects/{pid}/prompts", headers=ADMIN).json()["prompts"]
+        for t in p["tasks"]
+        if t["kind"] == "ranking"
+    )
+    for task, body, message in [
+        (red["task_id"], {"good": "no"}, "good: "),
+        (red["task_id"], {"good": True, "label_id": bob_hello}, "exactly one of"),
+        (red["task_id"], {"ranking": [0, 1]}, "is a binary task"),
+        (ranking_task, {"good": True}, "good: task"),
+    ]:
+        refused = put(task, body)
+        assert refused.status_code == 422 and message in refused.json()["detail"], refused.text
+
+    def exported():
+        return sorted(
+            (r["prompt"], r["completion"], r["label"], r["provenance"]["labeler"])
+            for r in export(client, pid, "binary")
+        )
+
+    # One record per decided task, with the decision: bob's accepted label, the lead's own verdict.
+    assert exported() == [
+        ("Name a colour.", "blue", True, "ann"),
+        ("Name a colour.", "red", False, "admin"),
+        ("Say hi.", "hello there", False, "bob"),
+        ("Say hi.", "hi", True, "ann"),
+        ("Say hi.", "hi", True, "bob"),
+    ]
+    provenance = {r["completion"]: r["provenance"] for r in export(client, pid, "binary")}
+    assert provenance["hello there"]["adjudication"]["accepted_label"] == bob_hello
+    assert provenance["hello there"]["flags"] == ["made_up_facts"]
+    assert provenance["red"]["adjudication"]["accepted_label"] is None
+    assert client.get(url, params={"status": "open"}, headers=ADMIN).json()["total"] == 0
+    assert (
+        client.get(url, params={"status": "decided"}, headers=ADMIN).json()["tasks"][1]["adjudication"]["good"] is False
+    )
+    assert client.delete(f"/api/admin/tasks/{red['task_id']}/adjudication", headers=ADMIN).json()["withdrawn"]
+    assert [r[2:] for r in exported() if r[1] == "red"] == [(False, "ann"), (True, "bob")]  # both labelers again
+
+
 ROUTES = [
     ("GET", "/api/admin/projects/1", None),
     ("PATCH", "/api/admin/projects/1", {"instructions": "x"}),

@@ -6,7 +6,13 @@ import random
 
 import pytest
 
-from prefer.labeling.app.agreement import kendall_tau_b, pair_counts, pairwise_agreement, pooled_agreement
+from prefer.labeling.app.agreement import (
+    kendall_tau_b,
+    pair_counts,
+    pairwise_agreement,
+    pooled_agreement,
+    pooled_binary_agreement,
+)
 
 
 def test_one_swap_of_four():
@@ -83,3 +89,10 @@ def test_tau_b_matches_scipy():
         ours = kendall_tau_b(first, second)
         theirs = stats.kendalltau(first, second).statistic  # variant "b" is scipy's default
         assert (ours is None and math.isnan(theirs)) or ours == pytest.approx(theirs)
+
+
+def test_binary_agreement_is_the_share_of_labeler_pairs_with_the_same_verdict():
+    # good, good, bad: of the 3 labeler pairs only the two "good"s agree; a second task's 2 labelers agree.
+    pooled = pooled_binary_agreement([[True, True, False], [False, False], [True]])
+    assert (pooled.comparisons, pooled.agreed) == (4, 2) and pooled.pairwise_agreement == 0.5
+    assert pooled_binary_agreement([[True]]).pairwise_agreement is None  # no pair to compare

@@ -1,18 +1,34 @@
 """Responses from a checkpoint as a background job (issue 25): the request returns at once, sampling holds no
 write lock (a labeler's submission goes through meanwhile), progress is visible, the job can be cancelled between
 batches, NUL characters in samples are stripped (PostgreSQL cannot store them), and a job a stopped server left
-"running" is marked failed."""
+"running" is marked failed. A checkpoint with a chat template is asked each prompt as a user turn (the export then
+carries that rendering as the prompt); one without is prompted with the text, as before."""
 
+import json
 import threading
 import time
 
 from fastapi.testclient import TestClient
-from serve_testing import ADMIN, Labeler, app, db_url, make_app, postgres_url, setup_project, tiny_checkpoint  # noqa: F401
+from serve_testing import (  # noqa: F401 (fixtures)
+    ADMIN,
+    Labeler,
+    app,
+    db_url,
+    make_app,
+    postgres_url,
+    setup_project,
+    tiny_chat_checkpoint,
+    tiny_checkpoint,
+)
 from sqlalchemy import select
 
+from prefer.data.formats import read_rankings
+from prefer.encoding import encode_example, encode_generation_prompt, encode_prompt
 from prefer.labeling import responses as sampler
 from prefer.labeling.app import jobs
-from prefer.labeling.app.models import Generation, Response
+from prefer.labeling.app.export import write_export
+from prefer.labeling.app.models import Generation, Project, Prompt, Response
+from prefer.models.build import load_tokenizer
 
 SETTINGS = {"num_responses": 3, "max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0, "seed": 0}
 
@@ -140,3 +156,68 @@ def test_jobs_of_a_stopped_server_are_marked_failed(app):
     assert jobs.fail_interrupted(app.state.sessionmaker) == 1
     views = client.get("/api/admin/projects/1/generations", headers=ADMIN).json()["generations"]
     assert [(v["status"], v["error"]) for v in views] == [("done", None), ("failed", "the server stopped while it ran")]
+
+
+def _generate_and_rank(app, checkpoint, monkeypatch):
+    """One prompt sampled through the job (the ids fed to the model recorded), ranked by ann, exported."""
+    fed, original = [], sampler.sample_per_prompt
+
+    def recording(model, queries, *args, **kwargs):
+        fed.extend(queries)
+        return original(model, queries, *args, **kwargs)
+
+    monkeypatch.setattr(sampler, "sample_per_prompt", recording)
+    client = TestClient(app)
+    pid = setup_project(client, prompts=["Write a haiku:"], labelers=("ann",), kinds=())
+    settings = {**SETTINGS, "max_new_tokens": 8, "checkpoint": str(checkpoint)}
+    started = client.post(f"/api/admin/projects/{pid}/generate", json=settings, headers=ADMIN)
+    job = wait_until_finished(client, started.json()["generation_id"])
+    assert job["status"] == "done" and job["result"]["prompts_with_responses"] == 1, job
+    assert client.post(f"/api/admin/projects/{pid}/tasks", json={"kind": "ranking"}, headers=ADMIN).is_success
+    ann = Labeler(app, "ann")
+    [item] = ann.request("GET", "/api/queue").json()["assignments"]
+    assert ann.request("GET", f"/api/assignments/{item['assignment_id']}").json()["prompt"] == "Write a haiku:"
+    ranking = [2, 0, 1]
+    assert ann.request("POST", f"/api/assignments/{item['assignment_id']}/submit", json={"ranking": ranking}).is_success
+    return fed, job, pid
+
+
+def test_a_chat_checkpoint_is_asked_each_prompt_as_a_user_turn(app, tiny_chat_checkpoint, monkeypatch, tmp_path):
+    fed, job, pid = _generate_and_rank(app, tiny_chat_checkpoint, monkeypatch)
+    tokenizer = load_tokenizer(tiny_chat_checkpoint)
+    turn = ({"role": "user", "content": "Write a haiku:"},)
+    # The model is fed the chat template's rendering (what `prefer sample --prompt` feeds it), not the bare text.
+    assert fed == [encode_generation_prompt(tokenizer, turn)]
+    user_turn = tokenizer("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
+    assert fed[0][: len(user_turn)] == user_turn
+    assert job["result"]["chat_template"] is True
+    rendered = tokenizer.apply_chat_template(list(turn), add_generation_prompt=True, tokenize=False)
+    assert rendered == "<|im_start|>user\nWrite a haiku:<|im_end|>\n<|im_start|>assistant\n"
+    with app.state.sessionmaker() as db:
+        assert db.scalar(select(Prompt.rendered)) == rendered
+        written = write_export(
+            db, db.get(Project, pid), tmp_path / "export", kinds=("rankings", "pairs_conversational")
+        )
+    # The export carries that rendering as the prompt (prefer's readers apply no template to a string prompt), so
+    # the reward model reads (document start +) the very ids the policy was prompted with; the text labelers read
+    # stays in the provenance, and the conversational pairs give it as the user's turn (their readers render it).
+    [comparison] = read_rankings(written["rankings"])
+    assert comparison.prompt == rendered
+    ids, prompt_length = encode_example(tokenizer, comparison.prompt, comparison.responses[0])
+    assert ids[:prompt_length] == [tokenizer.eos_token_id, *fed[0]]
+    record = json.loads(written["rankings"].read_text().splitlines()[0])
+    assert record["provenance"]["prompt_shown"] == "Write a haiku:"
+    pair = json.loads(written["pairs_conversational"].read_text().splitlines()[0])
+    assert pair["prompt"] == list(turn)
+
+
+def test_a_checkpoint_without_a_chat_template_is_prompted_with_the_text(app, tiny_checkpoint, monkeypatch, tmp_path):
+    fed, job, pid = _generate_and_rank(app, tiny_checkpoint, monkeypatch)
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    assert fed == [encode_prompt(tokenizer, "Write a haiku:")]  # eos + the text's tokens, as before
+    assert job["result"]["chat_template"] is False
+    with app.state.sessionmaker() as db:
+        assert db.scalar(select(Prompt.rendered)) is None
+        written = write_export(db, db.get(Project, pid), tmp_path / "export")
+    record = json.loads(written["rankings"].read_text().splitlines()[0])
+    assert record["prompt"] == "Write a haiku:" and "prompt_shown" not in record["provenance"]

@@ -15,7 +15,7 @@ from prefer.labeling.app.security import hash_password
 def test_head_is_exactly_the_orm_schema(tmp_path):
     engine = make_engine(str(tmp_path / "head.db"))
     upgrade(engine)
-    assert current_revision(engine) == head_revision(engine) == "0005_binary_feedback"
+    assert current_revision(engine) == head_revision(engine) == "0006_binary_review_chat_prompts"
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
 
@@ -46,7 +46,7 @@ def test_a_first_migration_database_upgrades_with_its_data(tmp_path):
     app = make_app(str(path))  # upgrades to head, as `prefer serve` does
     try:
         engine = app.state.engine
-        assert current_revision(engine) == "0005_binary_feedback"
+        assert current_revision(engine) == "0006_binary_review_chat_prompts"
         assert "generations" in inspect(engine).get_table_names()
         client = TestClient(app)
         assert client.get("/api/admin/projects", headers=ADMIN).json()["projects"] == [

@@ -59,6 +59,13 @@ async function loadStats(projectId) {
                       fmt(g.kendall_tau_mean), g.kendall_tau_count]);
     abox.replaceChildren(table(rows, ["", "pairwise agreement", "agreed/compared pairs", "tied pairs",
                                       "mean Kendall tau-b", "comparisons"]));
+    const binary = agreement.data.binary;  // once the project has binary answers: same-verdict share per pair
+    if (binary) {
+      const binaryRows = [["all labelers", binary.overall], ...Object.entries(binary.per_labeler)].map(
+        ([name, g]) => [name, fmt(g.pairwise_agreement), `${g.agreed}/${g.comparisons}`]);
+      abox.append(el("h3", "Binary (good / bad)"),
+                  table(binaryRows, ["", "pairwise agreement", "same verdict/labeler pairs"]));
+    }
   }
 }
 
@@ -215,11 +222,12 @@ function responsesTable(responses) {
 }
 
 function answersTable(answers, withAccept) {
-  const columns = ["labeler", "status", "ranking (best first)", "demonstration", "quality", "flags", "submitted"];
+  const columns = ["labeler", "status", "ranking (best first)", "demonstration", "verdict", "quality", "flags",
+                   "submitted"];
   const element = table(answers.map((a) => {
     const l = a.label || {};
-    return [a.labeler, a.status, rankingText(l.ranking), l.demonstration, l.quality, (l.flags || []).join(", "),
-            a.label ? when(l.submitted_at) : "-"];
+    return [a.labeler, a.status, rankingText(l.ranking), l.demonstration, verdictText(l.good), l.quality,
+            (l.flags || []).join(", "), a.label ? when(l.submitted_at) : "-"];
   }), withAccept ? [...columns, ""] : columns);
   for (const cell of element.querySelectorAll("tbody td:nth-child(4)")) cell.classList.add("text");
   answers.forEach((a, i) => {
@@ -233,12 +241,18 @@ function answersTable(answers, withAccept) {
   return element;
 }
 
+function verdictText(good) {
+  return good === true ? "good" : good === false ? "bad" : "-";
+}
+
 function decisionText(adjudication, answers) {
   if (!adjudication) return "undecided";
   const accepted = answers.find((a) => a.label && a.label.label_id === adjudication.label_id);
   const what = adjudication.label_id !== null
     ? `accepted ${accepted ? accepted.labeler : "label " + adjudication.label_id}'s answer`
-    : adjudication.ranking ? "final ranking " + rankingText(adjudication.ranking) : "final demonstration written";
+    : adjudication.ranking ? "final ranking " + rankingText(adjudication.ranking)
+    : adjudication.good !== null && adjudication.good !== undefined ? "final verdict " + verdictText(adjudication.good)
+    : "final demonstration written";
   return `decided: ${what}` + (adjudication.note ? ` (${adjudication.note})` : "");
 }
 
@@ -270,7 +284,9 @@ function reviewCard(pid, t, reload) {
   card.dataset.task = String(t.task_id);
   const agreement = t.pairwise_agreement === null ? "" : ` · agreement ${fmt(t.pairwise_agreement, 2)}`;
   card.append(el("h2", `Task ${t.task_id} · ${t.kind}${agreement}`), el("pre", t.prompt, "text"));
-  if (t.responses.length) card.append(responsesTable(t.responses));
+  // a binary task's labelers judged one response: show that one
+  const shown = t.kind === "binary" ? t.responses.filter((r) => r.index === t.response_index) : t.responses;
+  if (shown.length) card.append(responsesTable(shown));
   const note = el("input");
   note.placeholder = "note (optional)";
   note.className = "note";
@@ -283,16 +299,25 @@ function reviewCard(pid, t, reload) {
     return accept;
   }));
   const final = el("form", undefined, "final-answer");
-  const input = el(t.kind === "ranking" ? "input" : "textarea");
+  const input = el(t.kind === "ranking" ? "input" : t.kind === "binary" ? "select" : "textarea");
   input.name = "final";
   input.required = true;
   if (t.kind === "ranking") input.placeholder = "final ranking, best first, e.g. 2 > 0 = 1";
-  const save = el("button", t.kind === "ranking" ? "Save final ranking" : "Save final demonstration");
+  if (t.kind === "binary") {
+    for (const [value, text] of [["", "final verdict…"], ["true", "good"], ["false", "bad"]]) {
+      const option = el("option", text);
+      option.value = value;
+      input.append(option);
+    }
+  }
+  const saved = {ranking: "Save final ranking", binary: "Save final verdict"}[t.kind] || "Save final demonstration";
+  const save = el("button", saved);
   save.type = "submit";
   final.append(input, " ", note, " ", save);
   final.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = t.kind === "ranking" ? {ranking: parseRankingText(input.value)} : {demonstration: input.value};
+    const body = t.kind === "ranking" ? {ranking: parseRankingText(input.value)}
+      : t.kind === "binary" ? {good: input.value === "true"} : {demonstration: input.value};
     if (await decide(t.task_id, {...body, note: note.value})) reload();
   });
   const decision = el("p", decisionText(t.adjudication, t.answers), t.adjudication ? "decision decided" : "decision");
