@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prefer.models.value import sequence_inputs
+from prefer.models.value import response_logits
 from prefer.objectives import masked_sum, token_logprobs
 from prefer.rl.rollout import collate
 from prefer.training import autocast
@@ -45,10 +45,8 @@ def response_logprobs(
     """[B, R] log-probability of every response token (query [B, Q] left-padded, response [B, R] right-padded, both
     on `device`) at `temperature`, position ids over real tokens only (as the sampler saw them); padding columns
     hold the log-probability of the pad id, to be masked by `response_mask`."""
-    ids, attention, positions = sequence_inputs(query, query_mask, response, response_mask)
     with autocast(device, precision):
-        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
-        logits = logits[:, query.shape[1] - 1 : -1].float()  # column Q - 1 + t predicts response[:, t]
+        logits = response_logits(model, query, query_mask, response, response_mask).float()
     return token_logprobs(logits, response, temperature=temperature)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from prefer.models.build import load_model
 from prefer.models.heads import ValueHead
 
-__all__ = ["SharedTrunkValueModel", "ValueModel", "build_value_model", "sequence_inputs"]
+__all__ = ["SharedTrunkValueModel", "ValueModel", "build_value_model", "response_logits", "sequence_inputs"]
 
 
 def sequence_inputs(query, query_mask, response, response_mask):
@@ -22,6 +22,18 @@ def sequence_inputs(query, query_mask, response, response_mask):
     attention = torch.cat([query_mask, response_mask], dim=1).long()
     positions = (attention.cumsum(-1) - 1).clamp_min(0)
     return ids, attention, positions
+
+
+def response_logits(model: nn.Module, query, query_mask, response, response_mask) -> torch.Tensor:
+    """[B, R, V] logits of a causal LM aligned with the response: column t (input column Q - 1 + t) predicts
+    response[:, t]. The head runs on the last R + 1 positions only (`logits_to_keep`): no one reads the prompt's
+    logits, which at SmolLM2's 49,152-token vocabulary are most of the head's work and of the logits' memory on a
+    long prompt. The kept rows equal the full forward's up to float rounding: the head's matrix product has fewer
+    rows, for which the BLAS may block the sum differently (the tiny test models give identical bits)."""
+    ids, attention, positions = sequence_inputs(query, query_mask, response, response_mask)
+    keep = response.shape[1] + 1
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
+    return logits[:, -keep:-1]  # a model that ignores logits_to_keep returned every position: the same columns
 
 
 class ValueModel(nn.Module):

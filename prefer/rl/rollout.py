@@ -17,7 +17,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from prefer.models.value import sequence_inputs
+from prefer.models.value import response_logits
 from prefer.objectives import entropy, gae, kl_penalized_rewards, token_logprobs, whiten
 from prefer.training import Distributed, all_gather_rows, autocast
 
@@ -96,11 +96,7 @@ def collate(
 
 def policy_logits(model: nn.Module, episodes: Rollout) -> torch.Tensor:
     """[B, R, V] logits of a causal LM aligned with `episodes.response`: column Q - 1 + t predicts response[:, t]."""
-    ids, attention, positions = sequence_inputs(
-        episodes.query, episodes.query_mask, episodes.response, episodes.response_mask
-    )
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits  # [B, Q + R, V]
-    return logits[:, episodes.query.shape[1] - 1 : -1]
+    return response_logits(model, episodes.query, episodes.query_mask, episodes.response, episodes.response_mask)
 
 
 @torch.no_grad()

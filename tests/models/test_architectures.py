@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_architectures import ARCHITECTURES, save_tiny  # tests/models/tiny_architectures.py
+from tiny_architectures import ARCHITECTURES, save_tiny, tiny_model, tiny_tokenizer  # tests/models/
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from prefer.config import PolicyGradientConfig, RewardConfig, SFTConfig, build_config
@@ -123,3 +123,31 @@ def test_sft_masks_follow_the_tokenizers_chat_template(data, architecture):
         assert trained == " A A<|im_end|>\n"
     else:  # no template: prefer's (prompt, response) encoding, the response and its eos
         assert trained == " A A<|endoftext|>"
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_response_logits_keep_only_the_response_columns_and_equal_the_full_forward(architecture):
+    """The head runs on the last R + 1 positions only (`logits_to_keep`); the kept columns are bit for bit those of
+    the full forward's [B, Q + R, V] sliced at Q - 1 .. Q + R - 2, left-padded queries and right-padded responses
+    included, and a model that ignores `logits_to_keep` gives the same columns."""
+    from prefer.models.value import response_logits, sequence_inputs
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(architecture, tokenizer).eval()
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randint(3, len(tokenizer), (3, 7), generator=generator)
+    response = torch.randint(3, len(tokenizer), (3, 5), generator=generator)
+    query_mask = torch.arange(7)[None, :] >= torch.tensor([0, 2, 4])[:, None]  # left padding
+    response_mask = torch.arange(5)[None, :] < torch.tensor([5, 3, 1])[:, None]  # right padding
+    with torch.no_grad():
+        kept = response_logits(model, query, query_mask, response, response_mask)
+        ids, attention, positions = sequence_inputs(query, query_mask, response, response_mask)
+        full = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits[:, 6:-1]
+
+        class IgnoresKeep(torch.nn.Module):
+            def forward(self, logits_to_keep=None, **inputs):
+                return model(**inputs)
+
+        ignored = response_logits(IgnoresKeep(), query, query_mask, response, response_mask)
+    assert kept.shape == (3, 5, len(tokenizer))
+    assert torch.equal(kept, full) and torch.equal(ignored, full)
