@@ -106,6 +106,14 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path, db_url)
         admin.set_input_files("#upload-responses input[type=file]", str(tmp_path / "responses.jsonl"))
         admin.click("#upload-responses button")
         said(admin, "responses_added")
+        # the upload showed its progress: the bar full, the bytes sent (XHR upload events; fetch reports none)
+        size = (tmp_path / "responses.jsonl").stat().st_size
+        assert admin.eval_on_selector("#upload-responses progress", "p => [p.hidden, p.value, p.max]") == [
+            False,
+            size,
+            size,
+        ]
+        assert admin.text_content("#upload-responses .upload-status") == f"uploaded {size / 1024:.1f} KiB"
         admin.goto(f"{base}/admin")
         admin.fill("#create-labeler input[name=username]", "ann")
         admin.fill("#create-labeler input[name=password]", PASSWORD)

@@ -385,7 +385,15 @@ document.addEventListener("DOMContentLoaded", () => {
       const file = form.querySelector('input[type="file"]').files[0];
       if (!file) { prefer.say("choose a file first", "error"); return; }
       const url = form.dataset.api + "?filename=" + encodeURIComponent(file.name);
-      const result = await prefer.api("POST", url, undefined, {raw: await file.text()});
+      const bar = form.querySelector("progress"), status = form.querySelector(".upload-status");
+      const kib = (bytes) => (bytes / 1024).toFixed(1) + " KiB";
+      bar.hidden = false;
+      const result = await prefer.upload(url, file, (sent, total) => {
+        bar.max = total || 1;
+        bar.value = sent;
+        status.textContent = `sent ${kib(sent)} of ${kib(total)}` + (sent >= total ? "; the server is reading it" : "");
+      });
+      status.textContent = result.ok ? `uploaded ${kib(file.size)}` : "upload refused";
       prefer.say(result.ok ? JSON.stringify(result.data) : prefer.detail(result), result.ok ? "ok" : "error");
     });
   }

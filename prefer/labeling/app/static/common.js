@@ -27,6 +27,27 @@ const prefer = {
       return {ok: false, status: 0, data: {detail: "network error: " + error.message}};
     }
   },
+  // POST a file's bytes with upload progress (fetch reports none): onProgress(sent, total) as they leave the
+  // browser; -> {ok, status, data} as api() gives.
+  upload(url, file, onProgress, contentType = "application/x-ndjson") {
+    return new Promise((resolve) => {
+      const request = new XMLHttpRequest();
+      request.open("POST", url);
+      request.setRequestHeader("X-CSRF-Token", prefer.csrf());
+      request.setRequestHeader("Content-Type", contentType);
+      request.withCredentials = true;
+      request.upload.onprogress = (event) => onProgress(event.loaded, event.lengthComputable ? event.total : file.size);
+      request.upload.onload = () => onProgress(file.size, file.size);  // a small body may send no progress event
+      request.onload = () => {
+        let data = null;
+        try { data = request.responseText ? JSON.parse(request.responseText) : null; }
+        catch (_) { data = {detail: request.responseText}; }
+        resolve({ok: request.status >= 200 && request.status < 300, status: request.status, data});
+      };
+      request.onerror = () => resolve({ok: false, status: 0, data: {detail: "network error during the upload"}});
+      request.send(file);
+    });
+  },
   say(text, kind = "ok") {
     const box = document.getElementById("message");
     if (!box) return;
