@@ -45,7 +45,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "labeling" / "app"))
-from serve_testing import ADMIN, server  # noqa: E402 -- the tests' `prefer serve` process, started the same way
+from serve_testing import ADMIN, build_tiny_checkpoint, server  # noqa: E402 -- the tests' `prefer serve` process, started the same way
 
 PASSWORD = "correct horse battery"
 LABELER = "ann"
@@ -76,26 +76,6 @@ def fresh_database(db: str):
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def build_tiny_checkpoint(path: Path) -> Path:
-    """A tiny GPT-2 and BPE tokenizer built here (no download), as the tests' `tiny_checkpoint` fixture does."""
-    import torch
-
-    from prefer.data.tokenizer import train_tokenizer
-    from prefer.models.build import build_model
-
-    texts = [
-        "The cat sat on the mat. The dog ran to the park.\n",
-        "Write a haiku about the sea and the sun.\n",
-        "Explain why the sky is blue, briefly.\n",
-    ] * 40
-    tokenizer = train_tokenizer(texts, vocab_size=300)
-    torch.manual_seed(0)
-    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=128)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def jsonl(records) -> bytes:

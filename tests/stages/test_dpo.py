@@ -2,7 +2,6 @@
 the policy's samples; the reference's log-probs are computed once; accumulation does not change the step; resume is
 exact; bad input is one line with exit code 2."""
 
-import itertools
 import json
 import shutil
 
@@ -10,15 +9,13 @@ import pytest
 import torch
 from killed_runs import interrupt_at
 from safetensors.torch import load_file
-from toy_rl import WORDS, mean_reward
-from toy_scorers import not_a
+from toy_rl import label_toy_prompts, mean_reward
 
 import prefer.stages.dpo as stage
 from prefer.cli import main
-from prefer.config import DPO_LOSS_NAMES, DPOConfig, LabelConfig, build_config
+from prefer.config import DPO_LOSS_NAMES, DPOConfig, build_config
 from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
-from prefer.labeling import label_synthetic
 from prefer.objectives import DPO_LOSSES
 from prefer.training import read_metrics
 
@@ -29,26 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def rankings(sft, tmp_path_factory):
     """K = 4 samples of the SFT model for ~180 prompts, ranked by how many of their characters are "a"."""
     root = tmp_path_factory.mktemp("dpo")
-    prompts = WORDS + [" ".join(words) for words in itertools.product(WORDS, repeat=2)]
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    label_synthetic(
-        build_config(
-            LabelConfig,
-            {
-                "model": sft / "sft",
-                "prompts": root / "prompts.jsonl",
-                "scorer": "not-a",
-                "rankings_out": root / "rankings.jsonl",
-                "demonstrations_out": root / "demos.jsonl",
-                "num_responses": 4,
-                "generation.max_new_tokens": 12,
-                "runtime.device": "cpu",
-                "runtime.seed": 0,
-            },
-        ),
-        scorer=not_a,
-        progress=False,
-    )
+    label_toy_prompts(sft, root)
     return root / "rankings.jsonl"
 
 

@@ -2,21 +2,19 @@
 implicit reward of held-out desirable completions above the undesirable ones; the logged loss is kto_loss of the
 logged rewards; accumulation does not change the step; bad input is one line with exit code 2."""
 
-import itertools
 import json
 import math
 
 import pytest
-from toy_rl import WORDS, mean_reward
+from toy_rl import label_toy_prompts, mean_reward
 from toy_scorers import not_a
 
 import prefer.stages.dpo as stage
 from prefer.cli import main
-from prefer.config import DPOConfig, LabelConfig, build_config
+from prefer.config import DPOConfig, build_config
 from prefer.config.instructgpt import FEEDBACK_LOSS_NAMES
 from prefer.data.feedback import read_feedback
 from prefer.errors import PreferError
-from prefer.labeling import label_synthetic
 from prefer.objectives import FEEDBACK_LOSSES
 from prefer.training import read_metrics
 
@@ -27,27 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def labels(sft, tmp_path_factory):
     """K = 4 samples of the SFT model for ~180 prompts: rankings, and each response marked good or bad."""
     root = tmp_path_factory.mktemp("kto")
-    prompts = WORDS + [" ".join(words) for words in itertools.product(WORDS, repeat=2)]
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    report = label_synthetic(
-        build_config(
-            LabelConfig,
-            {
-                "model": sft / "sft",
-                "prompts": root / "prompts.jsonl",
-                "scorer": "not-a",
-                "rankings_out": root / "rankings.jsonl",
-                "demonstrations_out": root / "demos.jsonl",
-                "num_responses": 4,
-                "generation.max_new_tokens": 12,
-                "runtime.device": "cpu",
-                "runtime.seed": 0,
-            },
-        ),
-        scorer=not_a,
-        progress=False,
-        feedback_out=root / "feedback.jsonl",
-    )
+    report = label_toy_prompts(sft, root, feedback_out=root / "feedback.jsonl")
     return root, report
 
 

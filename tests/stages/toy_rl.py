@@ -1,13 +1,16 @@
 """Shared pieces of the RL and preference stage tests: a tiny GPT-2 "SFT" model trained on short word lists (the
 `sft` fixture of conftest.py builds it), the mean toy reward of its samples, and a Rollout of hand-made responses."""
 
+import itertools
 import json
 import random
 
 import torch
 from toy_scorers import not_a
 
+from prefer.config import LabelConfig, build_config
 from prefer.data.tokenizer import train_tokenizer
+from prefer.labeling import label_synthetic
 from prefer.models.build import build_model, load_model, load_tokenizer
 from prefer.models.value import build_value_model
 from prefer.objectives import mle_loss, next_token_targets
@@ -91,3 +94,30 @@ def hand_made_rollout(sft, lengths=(1, 3, 5, 2, 4, 6, 1, 5), temperature=1.0, **
         **kwargs,
     )
     return rollout, (policy, reference, value_model), queries, responses
+
+
+def label_toy_prompts(sft, root, *, feedback_out=None):
+    """K = 4 samples of the SFT model for ~180 prompts (the words and their pairs) in `root`, ranked by how many of
+    their characters are "a" (rankings.jsonl, demos.jsonl; with `feedback_out`, each response marked good or bad).
+    Returns label_synthetic's report."""
+    prompts = WORDS + [" ".join(words) for words in itertools.product(WORDS, repeat=2)]
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return label_synthetic(
+        build_config(
+            LabelConfig,
+            {
+                "model": sft / "sft",
+                "prompts": root / "prompts.jsonl",
+                "scorer": "not-a",
+                "rankings_out": root / "rankings.jsonl",
+                "demonstrations_out": root / "demos.jsonl",
+                "num_responses": 4,
+                "generation.max_new_tokens": 12,
+                "runtime.device": "cpu",
+                "runtime.seed": 0,
+            },
+        ),
+        scorer=not_a,
+        progress=False,
+        feedback_out=feedback_out,
+    )

@@ -210,15 +210,13 @@ def db_url(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
+def build_tiny_checkpoint(path: Path) -> Path:
     """A tiny GPT-2 and BPE tokenizer built here (no download), for responses generated from a checkpoint."""
     import torch
 
     from prefer.data.tokenizer import train_tokenizer
     from prefer.models.build import build_model
 
-    path = tmp_path_factory.mktemp("checkpoint") / "lm"
     texts = [
         "The cat sat on the mat. The dog ran to the park.\n",
         "Write a haiku about the sea and the sun.\n",
@@ -230,6 +228,11 @@ def tiny_checkpoint(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "lm")
 
 
 # ChatML, as SmolLM2-Instruct writes it (shortened: no default system prompt), as tests/evaluation/test_prompts.py
