@@ -32,11 +32,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from trl_runs import run_side, steady_rate, trl_versions  # bench/trl_runs.py: the script's folder is on sys.path
 
 MODEL = "smollm2-135m-instruct"
 KL_COEF = 0.04
@@ -251,37 +252,10 @@ def run_trl(root: Path, model: Path, args) -> dict:
 def child(kind: str, root: Path, model: Path, args, python: str) -> dict:
     command = [python, __file__, "--child", kind, "--root", str(root), "--model", str(model)]
     command += [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in SHARED_ARGS]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    if kind == "trl":
-        env.pop("PYTHONPATH", None)  # TRL's environment does not need prefer
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_side(command, kind)
 
 
 SHARED_ARGS = ("iterations", "prompts", "group", "new_tokens", "lora_r", "lr")
-
-
-def trl_versions(python: str) -> str | None:
-    """'trl X, transformers Y', or None after printing why TRL cannot run."""
-    if not Path(python).exists():
-        print(f"TRL not available: no interpreter at {python} (make one: see docs/benchmarks.md, PPO against TRL)")
-        return None
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([python, "-c", TRL_PROBE], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"TRL not available: {python} cannot import trl.GRPOTrainer (with peft): {last}")
-        return None
-    trl, transformers = done.stdout.split()
-    return f"trl {trl}, transformers {transformers}"
-
-
-def steady_rate(result: dict, episodes: int) -> float:
-    steady = result["iteration_s"][1:]
-    return episodes * len(steady) / sum(steady)
 
 
 def report(results: dict[str, list[dict]], args, versions: str | None) -> None:
@@ -347,7 +321,7 @@ def main() -> None:
     unknown = set(kinds) - {"grpo", "rloo", "ppo-shared", "trl"}
     if unknown or args.iterations < 2 or args.prompts * args.group > len(QUESTIONS):
         parser.error(f"--runs: grpo,rloo,ppo-shared,trl; --iterations >= 2; --prompts x --group <= {len(QUESTIONS)}")
-    versions = trl_versions(args.trl_python) if "trl" in kinds else None
+    versions = trl_versions(args.trl_python, TRL_PROBE, "trl.GRPOTrainer (with peft)") if "trl" in kinds else None
     if versions is None:
         kinds = [k for k in kinds if k != "trl"]
     results: dict[str, list[dict]] = {kind: [] for kind in kinds}

@@ -29,11 +29,12 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from trl_runs import run_side, steady_rate, trl_versions  # bench/trl_runs.py: the script's folder is on sys.path
 
 WORDS = ["banana", "apple", "cat", "dog", "sky", "blue", "java", "tree", "lamp", "road", "aa", "red", "sun"]
 
@@ -296,34 +297,7 @@ def child(kind: str, root: Path, args, python: str) -> dict:
         f"--sample-batch={args.sample_batch or 0}",
         f"--trl-rollout-chunk={args.trl_rollout_chunk or 0}",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    if kind == "trl":
-        env.pop("PYTHONPATH", None)  # TRL's environment does not need prefer
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def trl_versions(python: str) -> str | None:
-    """'trl X, transformers Y', or None after printing why TRL cannot run."""
-    if not Path(python).exists():
-        print(f"TRL not available: no interpreter at {python} (make one: see docs/benchmarks.md, PPO against TRL)")
-        return None
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TRL_EXPERIMENTAL_SILENCE": "1"}
-    done = subprocess.run([python, "-c", TRL_PROBE], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"TRL not available: {python} cannot import trl.experimental.ppo.PPOTrainer: {last}")
-        return None
-    trl, transformers = done.stdout.split()
-    return f"trl {trl}, transformers {transformers}"
-
-
-def steady_rate(result: dict, episodes: int) -> float:
-    steady = result["iteration_s"][1:]
-    return episodes * len(steady) / sum(steady)
+    return run_side(command, kind, {"TRL_EXPERIMENTAL_SILENCE": "1"})
 
 
 def main() -> None:
@@ -349,7 +323,8 @@ def main() -> None:
         return
     if args.iterations < 2 or args.episodes % args.minibatch:
         parser.error("--iterations must be >= 2 and --episodes a multiple of --minibatch")
-    versions = trl_versions(args.trl_python)
+    silence = {"TRL_EXPERIMENTAL_SILENCE": "1"}
+    versions = trl_versions(args.trl_python, TRL_PROBE, "trl.experimental.ppo.PPOTrainer", silence)
     results: dict[str, list[dict]] = {"prefer": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
