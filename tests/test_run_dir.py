@@ -282,7 +282,9 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> No
 
 def test_ctrl_c_mid_run_exits_130_with_one_line_and_resumes(tmp_path, pii_corpus, cache):
     run = tmp_path / "run"
-    overrides = base(run, pii_corpus, cache, **{"train.tokens": 40_000, "train.checkpoint_every": 2})
+    # 156 steps of which the signal lands after the 2nd: a loaded machine may be slow to deliver it (CI once saw
+    # a 40-step run finish first)
+    overrides = base(run, pii_corpus, cache, **{"train.tokens": 160_000, "train.checkpoint_every": 2})
     process = subprocess.Popen(
         cli("pretrain", *overrides), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

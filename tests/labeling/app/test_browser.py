@@ -105,9 +105,12 @@ def test_admin_labeler_export_reward(browser, tiny_checkpoint, tmp_path, db_url)
         admin.wait_for_load_state("load")
         admin.set_input_files("#upload-responses input[type=file]", str(tmp_path / "responses.jsonl"))
         admin.click("#upload-responses button")
-        said(admin, "responses_added")
-        # the upload showed its progress: the bar full, the bytes sent (XHR upload events; fetch reports none)
+        # the upload showed its progress: the bar full, the bytes sent (XHR upload events; fetch reports none).
+        # Waited for by its own line: the message box may still hold the generation's result, which also names
+        # responses_added.
         size = (tmp_path / "responses.jsonl").stat().st_size
+        admin.locator("#upload-responses .upload-status", has_text="uploaded").wait_for(timeout=30_000)
+        said(admin, "responses_added")
         assert admin.eval_on_selector("#upload-responses progress", "p => [p.hidden, p.value, p.max]") == [
             False,
             size,

@@ -388,6 +388,7 @@ document.addEventListener("DOMContentLoaded", () => {
       const bar = form.querySelector("progress"), status = form.querySelector(".upload-status");
       const kib = (bytes) => (bytes / 1024).toFixed(1) + " KiB";
       bar.hidden = false;
+      prefer.say(`uploading ${file.name}...`);  // the previous action's message is not this upload's result
       const result = await prefer.upload(url, file, (sent, total) => {
         bar.max = total || 1;
         bar.value = sent;
