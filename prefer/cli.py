@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from prefer.errors import PreferError
+from prefer.errors import PreferError, note_interrupt
 
 
 class _Parser(argparse.ArgumentParser):
@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _unraisable
+    if argv is None:  # as the program: a Ctrl-C is remembered (prefer.errors.note_interrupt)
+        signal.signal(signal.SIGINT, note_interrupt)
     try:
         if args.command not in LIGHT_COMMANDS:  # the labeling app starts without torch or transformers
             _quiet_third_parties()

@@ -338,3 +338,19 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_is_delivered_again(monkeypatch):
         assert received == [signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_at_the_steps_end(monkeypatch):
+    """A C extension that checks for signals and clears the error loses the KeyboardInterrupt Python's handler raised
+    (CI once saw a run go on to exit 0 after a Ctrl-C). prefer's handler remembers it, and the step's end raises it."""
+    from prefer import errors
+    from prefer.training.run import StageRun
+
+    monkeypatch.setattr(errors, "_interrupted", False)
+    assert StageRun.due(type("Run", (), {"total": 10})(), 3, every=2) is False  # no Ctrl-C: the plain answer
+    try:
+        errors.note_interrupt(signal.SIGINT, None)
+    except KeyboardInterrupt:
+        pass  # swallowed, as the extension would
+    with pytest.raises(KeyboardInterrupt):
+        StageRun.due(type("Run", (), {"total": 10})(), 3, every=2)

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefer.config import save_config
+from prefer.errors import raise_if_interrupted
 from prefer.models.saving import save_model
 from prefer.run_dir import RESUME_MAY_CHANGE
 from prefer.training.checkpoints import check_run_dir, open_run_dir, restore_training, save_checkpoint, set_seed
@@ -111,7 +112,9 @@ class StageRun:
         self.started = time.perf_counter()
 
     def due(self, done: int, *, every: int) -> bool:
-        """Whether step `done` ends a period of `every` steps, or the run."""
+        """Whether step `done` ends a period of `every` steps, or the run. Every stage asks at each step's end, so
+        this is also where a Ctrl-C that a C extension or a finalizer swallowed is raised again."""
+        raise_if_interrupted()
         return done % every == 0 or done == self.total
 
     def save_checkpoint(self, done: int, **parts) -> None:
