@@ -106,7 +106,10 @@ def estimate_kl(
 
 
 def _start_id(tokenizer) -> int:
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    # The end-of-text token, as pretraining packs it before every document (prefer.data.packing) and the evaluation
+    # sampler prompts with it (prefer.controls). Not bos first: GPT-2's bos is its eos, but a finetuned Llama-style
+    # model (SmolLM2: bos <|im_start|>, eos <|im_end|>) would be scored after a token it never saw start a document.
+    start = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
     if start is None:
         raise PreferError("tokenizer: it has neither a bos nor an eos token to start a document with")
     return int(start)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from prefer.controls import resolve_controls
 from prefer.data.tokenizer import train_tokenizer
 from prefer.errors import PreferError
 from prefer.evaluation.capability import (
@@ -211,6 +212,29 @@ def test_heldout_loss_per_token_and_byte(models):
     conditional = heldout_loss_per_token_and_byte(m1, t1, texts, batch_size=2, control_tokens_trained=True)
     assert conditional["prefix"] == ["<|endoftext|>", "<|good|>"] and conditional["tokens"] == plain["tokens"]
     assert conditional["loss_per_token"] != plain["loss_per_token"]
+
+
+def test_documents_start_after_end_of_text_when_bos_differs(models):
+    """A Llama-style vocabulary (SmolLM2: bos <|im_start|>, eos <|im_end|>) finetuned by prefer saw end-of-text
+    before every document (packing) and is sampled after it (prefer.controls): held-out loss and KL must score
+    after that token too, not after a bos it never saw start a document."""
+    (m1, t1), _ = models
+    tokenizer = train_tokenizer(PROSE * 20, vocab_size=300)
+    tokenizer.add_special_tokens({"bos_token": "<|start|>"})
+    assert tokenizer.bos_token_id != tokenizer.eos_token_id
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=64).eval()
+    sampler_prompt = tokenizer.convert_ids_to_tokens(
+        resolve_controls(prompt="auto", block="auto", conditional=True).prompt_ids(tokenizer)
+    )
+    assert sampler_prompt == ["<|endoftext|>", "<|good|>"]
+    held = heldout_loss_per_token_and_byte(model, tokenizer, PROSE, batch_size=3, control_tokens_trained=True)
+    assert held["prefix"] == sampler_prompt
+    kl = kl_to_reference(
+        model, tokenizer, m1, t1, num_samples=4, max_new_tokens=8, batch_size=4, seed=0,
+        model_info={"control_tokens_trained": True},
+    )  # fmt: skip
+    assert kl["reference_prefix"] == ["<|endoftext|>"] and kl["model_prefix"] == sampler_prompt
 
 
 # ------------------------------------------------------------------ code
