@@ -14,12 +14,7 @@ source reads. The answers are scripted (who ranks what is fixed below), the resp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,19 +23,10 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "screenshot-admin-token-0123456789"
-PASSWORD = "correct horse battery"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "labeling" / "app")]
+from chromium import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402 -- tests/chromium.py: Chromium as the browser tests launch it
+from serve_testing import PASSWORD, TOKEN, server  # noqa: E402 -- the tests' `prefer serve` process, started the same way
+
 PROMPTS = [
     "How do I reset my password if I no longer have access to my email?",
     "Write a two-line poem about autumn rain.",
@@ -66,49 +52,6 @@ RANKINGS = {
     "cid": [[3, 2, 1, 0], [0, 2, 1, 3], [1, 0, 2, 3]],
 }
 QUALITY = {"ann": 5, "bob": 4, "cid": 6}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(db: Path):
-    port = free_port()
-    env = {**os.environ, "PREFER_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefer",
-            "serve",
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-            "--password-hash",
-            "test",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=REPO,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/login", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None:
-                raise SystemExit(f"prefer serve exited with {process.returncode}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
 
 
 def ok(response: httpx.Response) -> dict:
@@ -239,7 +182,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
     parser.add_argument("--no-model", action="store_true", help="hand-written responses instead of SmolLM2's")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp) / "labels.db") as base:
+    with tempfile.TemporaryDirectory() as tmp, server(str(Path(tmp) / "labels.db")) as (base, _):
         pid = setup(base, use_model=not args.no_model)
         for path in photograph(base, pid, args.out):
             print(f"[screenshots] {path}", flush=True)

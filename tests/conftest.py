@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from chromium import CHROMIUM, CHROMIUM_FLAGS  # tests/chromium.py, shared with scripts/app_screenshots.py
 from tiny_runs import write_pii_corpus
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -68,18 +69,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ---------------------------------------------------------------- headless Chromium (Debian's, installed by .ci/run)
-CHROMIUM = "/usr/bin/chromium"
-# The machine's network is closed: without the background-networking flags Chromium keeps reaching for Google's hosts.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
