@@ -35,21 +35,30 @@ def _prompts(batch: int, prompt_tokens: int, seed: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def run_generate(model, prompts: list[list[int]], new_tokens: int, seed: int) -> int:
+def hf_generate(
+    model, prompts: list[list[int]], *, new_tokens: int, seed: int, temperature: float, top_p: float, eos: int, group=1
+) -> int:
+    """The baseline of both sampling benches: Hugging Face `generate` on equal-length prompts (no padding), exactly
+    `new_tokens` sampled tokens per sequence, `group` sequences per prompt. Returns the tokens generated."""
     ids = torch.tensor(prompts)
     torch.manual_seed(seed)  # generate draws from the global generator
     config = GenerationConfig(
         do_sample=True,
-        temperature=0.7,
-        top_p=0.9,
+        temperature=temperature,
+        top_p=top_p,
         top_k=0,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
+        num_return_sequences=group,
+        eos_token_id=eos,
+        pad_token_id=eos,
     )
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
     return (out.shape[1] - ids.shape[1]) * out.shape[0]
+
+
+def run_generate(model, prompts: list[list[int]], new_tokens: int, seed: int) -> int:
+    return hf_generate(model, prompts, new_tokens=new_tokens, seed=seed, temperature=0.7, top_p=0.9, eos=EOS)
 
 
 def run_prefer(model, prompts: list[list[int]], new_tokens: int, seed: int) -> int:

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import GenerationConfig
 
 from prefer.models.build import load_model, load_tokenizer
 from prefer.sampling import Decoding, sample, sample_per_prompt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from limits import memory_bandwidth  # noqa: E402
+from sampling import hf_generate  # noqa: E402 -- bench/sampling.py: the same generate baseline
 
 MODEL = "smollm2-135m-instruct"
 TEXT = (Path(__file__).resolve().parent.parent / "docs" / "design.md").read_text()
@@ -71,23 +71,10 @@ class StepTimer:
         model.register_forward_hook(lambda *_: self.times.append(time.perf_counter() - self._started))
 
 
-@torch.no_grad()
 def run_generate(model, prompts: list[list[int]], group: int, new_tokens: int, eos: int, seed: int) -> int:
-    ids = torch.tensor(prompts)  # equal lengths: no padding
-    torch.manual_seed(seed)  # generate draws from the global generator
-    config = GenerationConfig(
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        num_return_sequences=group,
-        eos_token_id=eos,
-        pad_token_id=eos,
+    return hf_generate(
+        model, prompts, new_tokens=new_tokens, seed=seed, temperature=1.0, top_p=1.0, eos=eos, group=group
     )
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return (out.shape[1] - ids.shape[1]) * out.shape[0]
 
 
 def run_prefer(model, prompts: list[list[int]], group: int, new_tokens: int, eos: int, seed: int) -> int:
