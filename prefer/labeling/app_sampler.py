@@ -29,23 +29,20 @@ def chat_template(tokenizer) -> bool:
     return has_chat_template(tokenizer)
 
 
-def chat_renderings(tokenizer, prompts: list[str]) -> dict[str, str]:
-    """prompt -> the text its chat template rendered it as (one user turn and the generation prompt), which the
-    model was prompted with; empty without a template (the prompt itself was). The export writes this text as the
-    prompt, as `prefer label --synthetic` does, so the reward model and DPO read what the policy saw."""
-    if not has_chat_template(tokenizer):
-        return {}
-    return dict(zip(prompts, responses.text_queries(tokenizer, prompts).texts))
-
-
-def sample_batch(model, tokenizer, prompts: list[str], settings: dict, *, seed: int) -> list[list[str]]:
-    """settings["num_responses"] responses to each prompt (`prefer.labeling.responses`: a user turn of the chat
-    template, when the checkpoint has one), in inference mode."""
+def sample_batch(
+    model, tokenizer, prompts: list[str], settings: dict, *, seed: int
+) -> tuple[list[list[str]], dict[str, str]]:
+    """(settings["num_responses"] responses to each prompt, in inference mode; prompt -> the text the model was
+    prompted with). With a chat template each prompt is asked as one user turn with the generation prompt
+    (`prefer.labeling.responses.text_queries`) and that rendering is returned, which the export writes as the prompt
+    (as `prefer label --synthetic` does), so the reward model and DPO read what the policy saw; without one the
+    prompt itself was the text and the mapping is empty."""
+    queries = responses.text_queries(tokenizer, prompts)
     with torch.inference_mode():
-        return responses.sample_responses(
+        samples = responses.sample_queries(
             model,
             tokenizer,
-            prompts,
+            queries,
             k=settings["num_responses"],
             max_new_tokens=settings["max_new_tokens"],
             temperature=settings["temperature"],
@@ -53,3 +50,4 @@ def sample_batch(model, tokenizer, prompts: list[str], settings: dict, *, seed: 
             block=settings["block"],
             seed=seed,
         )
+    return samples, (dict(zip(prompts, queries.texts)) if has_chat_template(tokenizer) else {})

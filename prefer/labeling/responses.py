@@ -44,12 +44,3 @@ def text_queries(tokenizer, prompts: Sequence[str], where: Sequence[str] | None 
     rendering); otherwise eos + the prompt's tokens, as SFT and PPO see a text prompt (texts[p] the prompt itself)."""
     asked, _ = command_line_prompts(tokenizer, prompts)
     return render_queries(tokenizer, asked, where)
-
-
-def sample_responses(
-    model, tokenizer, prompts: Sequence[str], *, where: Sequence[str] | None = None, **sampling
-) -> list[list[str]]:
-    """responses[p][j]: the j-th of K samples for the text prompt prompts[p], rendered by `text_queries`;
-    `sampling`: `sample_queries`' keywords (k, max_new_tokens, temperature, top_p, block, seed, batch_size,
-    progress)."""
-    return sample_queries(model, tokenizer, text_queries(tokenizer, prompts, where), **sampling)

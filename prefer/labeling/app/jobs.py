@@ -155,8 +155,8 @@ def run(sessionmaker, generation_id: int, prompts: list[str], checkpoint: str, s
                 if db.scalar(select(Generation.cancel_requested).where(Generation.id == generation_id)):
                     break
             # no transaction is open while the model samples
-            samples = app_sampler.sample_batch(model, tokenizer, batch, settings, seed=settings["seed"] + start)
-            rendered = app_sampler.chat_renderings(tokenizer, batch)
+            seed = settings["seed"] + start
+            samples, rendered = app_sampler.sample_batch(model, tokenizer, batch, settings, seed=seed)
             by_prompt = {}
             for prompt, texts in zip(batch, samples):
                 kept = [t.replace(NUL, "") for t in texts]

@@ -44,13 +44,13 @@ def wait_until_finished(client, generation_id, timeout=120):
 
 
 def test_nul_in_samples_is_stripped_and_stored_on_both_databases(db_url, tiny_checkpoint, monkeypatch):
-    original = sampler.sample_responses
+    original = sampler.sample_queries
 
     def with_nul(*args, **kwargs):  # a checkpoint whose outputs hold NUL characters
         samples = original(*args, **kwargs)
         return [[f"a\u0000{text}\u0000" for text in texts[:-1]] + ["\u0000 "] for texts in samples]
 
-    monkeypatch.setattr(sampler, "sample_responses", with_nul)
+    monkeypatch.setattr(sampler, "sample_queries", with_nul)
     application = make_app(db_url)
     try:
         client = TestClient(application)
@@ -74,7 +74,7 @@ def test_nul_in_samples_is_stripped_and_stored_on_both_databases(db_url, tiny_ch
 
 def test_generation_runs_in_the_background_with_progress_cancel_and_no_write_lock(app, tiny_checkpoint, monkeypatch):
     """40 prompts, batches of 16: the first batch is held while the admin and a labeler use the app."""
-    original, sampling, release = sampler.sample_responses, threading.Event(), threading.Event()
+    original, sampling, release = sampler.sample_queries, threading.Event(), threading.Event()
     batches = []
 
     def held(model, tokenizer, prompts, **kwargs):
@@ -83,7 +83,7 @@ def test_generation_runs_in_the_background_with_progress_cancel_and_no_write_loc
         assert release.wait(60)
         return original(model, tokenizer, prompts, **kwargs)
 
-    monkeypatch.setattr(sampler, "sample_responses", held)
+    monkeypatch.setattr(sampler, "sample_queries", held)
     client = TestClient(app)
     prompts = [f"Prompt number {i}:" for i in range(40)]
     responses = {"Say hi.": ["hi", "hello", "hey"]}
@@ -127,7 +127,7 @@ def test_generation_runs_in_the_background_with_progress_cancel_and_no_write_loc
         batches.append((len(prompts), kwargs["seed"]))
         return original(model, tokenizer, prompts, **kwargs)
 
-    monkeypatch.setattr(sampler, "sample_responses", counted)
+    monkeypatch.setattr(sampler, "sample_queries", counted)
     batches.clear()
     second = client.post(
         "/api/admin/projects/1/generate", json={**SETTINGS, "checkpoint": str(tiny_checkpoint)}, headers=ADMIN
