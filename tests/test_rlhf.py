@@ -236,7 +236,7 @@ def test_a_second_collection_round_ranks_the_policys_samples_and_trains_on_both_
     rank its samples, a reward model learns from both rounds' rankings and PPO from SFT runs against it. Round 1's
     held-out prompts stay held out of every round, so both reward models are judged on prompts neither saw."""
     from prefer.data.formats import read_rankings
-    from prefer.experiments.rlhf_rounds import first_round_split
+    from prefer.experiments.rlhf_data import heldout_split
 
     results, out = results
     (entry,) = results["rounds"]
@@ -248,7 +248,7 @@ def test_a_second_collection_round_ranks_the_policys_samples_and_trains_on_both_
     assert len(shared) > 0.8 * len(second)  # the same labelling prompts ...
     assert sum(set(c.responses) != responses[c.prompt] for c in shared) > 0.9 * len(shared)  # ... new responses
     config = load_config(RLHFConfig, overrides=toy_overrides(toy, out))
-    train1, heldout1 = first_round_split(config, out / "labels" / "rankings.jsonl")
+    train1, heldout1 = heldout_split(config, first)
     heldout_prompts = {c.prompt for c in heldout1}
     train2 = [c for c in second if c.prompt not in heldout_prompts]
     trained = read_rankings(out / "round2" / f"rankings_train_{entry['training_rankings']}.jsonl")

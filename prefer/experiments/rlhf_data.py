@@ -287,15 +287,13 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
     held-out prompts, none of which any of them trained on."""
     rankings_path = out / "labels" / "rankings.jsonl"
     comparisons = read_rankings(rankings_path)
-    train_index, val_index = split_validation(
-        len(comparisons), config.reward.data.validation_fraction, config.runtime.seed
-    )
+    train, heldout = heldout_split(config, comparisons)
     files = {"rm": rankings_path}
-    weak = [comparisons[i] for i in train_index[: max(2, round(config.weak_fraction * len(train_index)))]]
+    weak = train[: max(2, round(config.weak_fraction * len(train)))]
     files["rm_weak"] = out / "labels" / f"rankings_weak_{len(weak)}.jsonl"  # its size in the name: a stage's cache
     # key is its config, and a different subset is a different run
     write_rankings(files["rm_weak"], weak)
-    info: dict = {"rankings": len(comparisons), "heldout_rankings": len(val_index), "weak_rankings": len(weak)}
+    info: dict = {"rankings": len(comparisons), "heldout_rankings": len(heldout), "weak_rankings": len(weak)}
     if config.label_agreement is not None:
         files["rm_noisy"] = out / "labels" / "rankings_noisy.jsonl"
         info["noise"] = noisy_rankings(config, comparisons, gold, files["rm_noisy"])
@@ -311,11 +309,17 @@ def reward_models(config: RLHFConfig, out: Path, model: Path, gold) -> tuple[dic
             runtime=replace(config.reward.runtime, seed=config.runtime.seed, device=config.runtime.device),
         )
         paths[name] = run_stage(reward, settings)
-    heldout = [comparisons[i] for i in val_index]
     for name, path in paths.items():
         accuracy, pairs = heldout_accuracy(path, heldout)
         info[name] = {"heldout_gold_accuracy": accuracy, "heldout_pairs": pairs}
     return paths, info
+
+
+def heldout_split(config: RLHFConfig, comparisons: list[Comparison]) -> tuple[list[Comparison], list[Comparison]]:
+    """(training, held-out) rankings: the split the reward stage makes of them (reward.data.validation_fraction,
+    seeded by runtime.seed)."""
+    train, heldout = split_validation(len(comparisons), config.reward.data.validation_fraction, config.runtime.seed)
+    return [comparisons[i] for i in train], [comparisons[i] for i in heldout]
 
 
 def heldout_accuracy(reward_model: Path, heldout: list[Comparison]) -> tuple[float, int]:

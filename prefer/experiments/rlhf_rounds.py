@@ -19,17 +19,9 @@ from pathlib import Path
 
 from prefer.config import RLHFConfig
 from prefer.data.formats import read_rankings, write_rankings
-from prefer.data.splits import split_validation
-from prefer.experiments.rlhf_data import heldout_accuracy, reward_model_on, synthetic_labels
+from prefer.experiments.rlhf_data import heldout_accuracy, heldout_split, reward_model_on, synthetic_labels
 from prefer.experiments.rlhf_policies import Evaluator, headline, timed_stage
 from prefer.stages.policy_gradient import ppo
-
-
-def first_round_split(config: RLHFConfig, rankings: Path) -> tuple[list, list]:
-    """(training, held-out) rankings of round 1: the split its reward models' stage makes."""
-    comparisons = read_rankings(rankings)
-    train, heldout = split_validation(len(comparisons), config.reward.data.validation_fraction, config.runtime.seed)
-    return [comparisons[i] for i in train], [comparisons[i] for i in heldout]
 
 
 def split_by_prompt(rankings: Path, heldout_prompts: set[str]) -> tuple[list, list]:
@@ -56,10 +48,11 @@ def later_rounds(
     first_reward_model: Path,
 ) -> tuple[dict[str, dict], list[dict]]:
     """Rounds 2..collection_rounds. Returns (their policies' entries for the table, one summary per round)."""
-    train, heldout = first_round_split(config, out / "labels" / "rankings.jsonl")
+    train, heldout = heldout_split(config, read_rankings(out / "labels" / "rankings.jsonl"))
     heldouts = {1: heldout}
     heldout_prompts = {c.prompt for c in heldout}
     reward_models = {1: first_reward_model}
+    measured: dict[tuple[int, int], dict] = {}  # (held-out round, reward-model round) -> accuracy and pairs
     policy_name, policy_path = first_policy, out / first_policy / "final"
     policies: dict[str, dict] = {}
     summaries = []
@@ -71,12 +64,12 @@ def later_rounds(
         rankings = folder / f"rankings_train_{len(train)}.jsonl"  # its size in the name: a stage's cache key
         write_rankings(rankings, train)
         reward_models[number] = reward_model_on(config, folder / "rm", rankings, start)
+        for r, held in heldouts.items():  # the pairs this round adds: its reward model, its held-out rankings
+            for m, path in reward_models.items():
+                if (r, m) not in measured:
+                    measured[r, m] = dict(zip(("accuracy", "pairs"), heldout_accuracy(path, held)))
         accuracy = {  # every round's reward model on every round's held-out rankings so far
-            f"round{r}_heldout": {
-                f"rm_round{m}": dict(zip(("accuracy", "pairs"), heldout_accuracy(path, held)))
-                for m, path in reward_models.items()
-            }
-            for r, held in heldouts.items()
+            f"round{r}_heldout": {f"rm_round{m}": measured[r, m] for m in reward_models} for r in heldouts
         }
         name = f"ppo_kl{kl_coef:g}_round{number}"
         final, seconds = timed_stage(
