@@ -91,18 +91,23 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def rewards_of_ids(self, encoded: Sequence[list[int]], *, batch_size: int = 32) -> torch.Tensor:
-        """Rewards [B] (on the CPU) of sequences already encoded (e.g. a chat rendering), in eval mode."""
+        """Rewards [B] (on the CPU) of sequences already encoded (e.g. a chat rendering), in eval mode, in the order
+        given. The sequences are batched longest first, so that each batch pads to lengths close to its own: 1.2x the
+        responses/s of batches in arrival order on SmolLM2 (bench/rm_scoring_real.py). A row's reward depends on its
+        batch only through float rounding (positions count real tokens, the padding is masked)."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        results = []
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        rewards = torch.zeros(len(encoded))
         try:
-            for start in range(0, len(encoded), batch_size):
-                ids, mask = right_pad(encoded[start : start + batch_size], self.tokenizer.pad_token_id)
-                results.append(self(ids.to(device), mask.to(device)).cpu())
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                ids, mask = right_pad([encoded[i] for i in rows], self.tokenizer.pad_token_id)
+                rewards[rows] = self(ids.to(device), mask.to(device)).cpu()
         finally:
             self.train(was_training)
-        return torch.cat(results) if results else torch.zeros(0)
+        return rewards
 
     def check_same_tokenizer(self, policy_tokenizer) -> None:
         """PreferError unless the policy's vocabulary is the reward model's (its added `<|pad|>` aside): PPO hands it

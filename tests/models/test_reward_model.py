@@ -59,6 +59,27 @@ def test_reward_is_read_at_the_last_real_token_of_a_padded_batch(causal_lm):
         torch.testing.assert_close(reward_model(left, left_mask), batched, atol=1e-5, rtol=1e-5)
 
 
+def test_rewards_are_batched_longest_first_and_returned_in_the_order_given(causal_lm, monkeypatch):
+    from prefer.models import reward_model as module
+
+    reward_model = build_reward_model(causal_lm).eval()
+    items = [PAIRS[0], PAIRS[1], PAIRS[0], PAIRS[1], PAIRS[2]]  # short, long, short, long, middle
+    lengths = [len(ids) for ids in reward_model.encode(items)]
+    assert lengths[0] < lengths[4] < lengths[1]
+    widths = []
+    padded = module.right_pad
+    spy = lambda rows, pad: widths.append([len(r) for r in rows]) or padded(rows, pad)  # noqa: E731
+    monkeypatch.setattr(module, "right_pad", spy)
+    rewards = reward_model.rewards(items, batch_size=2)
+    # the two long rows together, then the middle one with a short one, then the other short one: no batch pads a
+    # short row to the longest length, as batches in arrival order ([short, long], [short, long], [middle]) would
+    assert widths == [[lengths[1]] * 2, [lengths[4], lengths[0]], [lengths[0]]]
+    with torch.no_grad():
+        alone = torch.cat([reward_model(*padded([ids], 0)) for ids in reward_model.encode(items)])
+    torch.testing.assert_close(rewards, alone, atol=1e-5, rtol=1e-5)  # in the order given
+    assert reward_model.rewards([], batch_size=2).shape == (0,)
+
+
 def test_pairs_are_tokenized_as_document_start_prompt_response_eos(causal_lm):
     reward_model = build_reward_model(causal_lm)
     tokenizer = reward_model.tokenizer
