@@ -1,6 +1,6 @@
 """The policy-gradient algorithms, by name: what each does between a rollout and an optimizer step.
 
-    ALGORITHMS[name] = Algorithm(critic, advantages, backward, denominator)
+    ALGORITHMS[name] = Algorithm(critic, rewards_read_logprobs, advantages, backward, denominator)
 
 PPO (Schulman et al. 2017; Ouyang et al. 2022) learns a critic and whitens GAE advantages of per-token KL-penalised
 rewards; RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024) take the baseline of a response from the other
@@ -18,6 +18,7 @@ import torch
 
 from prefer.data.packing import TokenBlocks
 from prefer.objectives import (
+    entropy,
     explained_variance,
     grpo_advantages,
     grpo_loss,
@@ -34,6 +35,7 @@ from prefer.training import (
     BlockOrder,
     Distributed,
     accumulate_stats,
+    all_gather_rows,
     autocast,
     average_across_ranks,
     gradient_sync,
@@ -214,12 +216,15 @@ def group_backward(
     num_sequences: float | None = None,
     sync_policy: bool = True,
     on_policy: bool = True,
+    fill_old_logprobs: bool = False,
 ) -> dict[str, float]:
     """Accumulate the gradient of the algorithm's loss over one minibatch, normalised by `num_sequences` (the
     responses of the optimizer step's whole minibatch, None = this one's; under torchrun that count divided by the
     number of ranks), so that micro-batches and ranks do not change the step. `on_policy`: the policy has not
-    changed since sampling (the batch's first optimizer step). Returns the loss shares and the response-weighted
-    stats."""
+    changed since sampling (the batch's first optimizer step). `fill_old_logprobs`: the rollout skipped the old
+    log-probs (NaN); this forward is the sampling policy's, so its detached log-probs and entropy are written into
+    the minibatch's `logprobs` and `entropy` (in place) and used as the old ones: the ratio is exactly 1, as TRL's
+    GRPO does when a batch makes one step. Returns the loss shares and the response-weighted stats."""
     num_sequences = len(minibatch) if num_sequences is None else num_sequences
     totals: dict[str, float] = {}
     starts = range(0, len(minibatch), micro_batch_size)
@@ -229,6 +234,9 @@ def group_backward(
             with autocast(device, precision):
                 logits = policy_logits(policy, part)
             logprobs = token_logprobs(logits.float(), part.response, temperature=temperature)
+            if fill_old_logprobs:
+                part.logprobs.copy_(logprobs.detach())
+                part.entropy.copy_(entropy(logits.detach().float(), temperature=temperature))
             loss, stats = GROUP_RULES[algorithm].loss(
                 part,
                 logprobs,
@@ -249,6 +257,9 @@ class Algorithm(NamedTuple):
     """One row of the policy-gradient table.
 
     critic: a value model is trained beside the policy.
+    rewards_read_logprobs: the rewards (so the advantages) take the KL penalty from the old log-probs, which the
+        rollout must then compute before the update (PPO, RLOO); False (GRPO: the KL is a loss term) lets a batch
+        that makes one optimizer step take them from the update's own forward instead.
     `loss` below is the algorithm's own hyperparameters (a PPOLossConfig: gamma, lam, clips, vf_coef; a
     GroupLossConfig: size, clip_range, scale).
     advantages(rollout, *, kl_coef, loss) -> (rollout with advantages, stats: tensors `kl` [], `reward_total` [],
@@ -258,6 +269,7 @@ class Algorithm(NamedTuple):
     denominator(minibatch) -> what one step's loss is normalised by: response tokens (PPO) or responses."""
 
     critic: bool
+    rewards_read_logprobs: bool
     advantages: Callable
     backward: Callable
     denominator: Callable
@@ -289,7 +301,10 @@ def _group_backward_of(algorithm: str):
     return backward
 
 
-def _ppo_backward(policy, value_model, minibatch, *, kl_coef, loss, denominator, on_policy, **common):
+def _ppo_backward(
+    policy, value_model, minibatch, *, kl_coef, loss, denominator, on_policy, fill_old_logprobs=False, **common
+):
+    assert not fill_old_logprobs, "PPO's rewards read the old log-probs: the rollout computes them"
     return ppo_backward(
         policy,
         value_model,
@@ -305,6 +320,7 @@ def _ppo_backward(policy, value_model, minibatch, *, kl_coef, loss, denominator,
 ALGORITHMS: dict[str, Algorithm] = {
     "ppo": Algorithm(
         critic=True,
+        rewards_read_logprobs=True,
         advantages=ppo_advantages,
         backward=_ppo_backward,
         denominator=lambda minibatch: minibatch.response_mask.sum().item(),
@@ -312,6 +328,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     **{
         name: Algorithm(
             critic=False,
+            rewards_read_logprobs=name == "rloo",  # RLOO folds the KL into the reward; GRPO makes it a loss term
             advantages=_group_advantages_of(name),
             backward=_group_backward_of(name),
             denominator=len,
@@ -352,13 +369,19 @@ def update_on_batch(
     scheduler,
     grad_clip: float,
     ptx: PTXBatches | None,
+    old_logprobs_from_update: bool = False,
 ) -> dict[str, float]:
     """`epochs` passes over minibatches of one global shuffle of the rollout's episodes (`minibatch_size`, all ranks
     together), each split over the ranks, one optimizer step each; with PPO-ptx each step also sees a batch of
     pretraining blocks, split likewise. Losses are normalised by the global minibatch (its response tokens for PPO,
-    its responses for RLOO / GRPO). Returns the stats, averaged over the steps and the ranks."""
+    its responses for RLOO / GRPO). `old_logprobs_from_update`: the rollout's `logprobs` and `entropy` are NaN
+    (`make_rollout(policy_logprobs=False)`) and the batch makes one step; its forward fills them, on every rank, in
+    the rollout given (in place), so the caller can log the KL. Returns the stats, averaged over the steps and the
+    ranks."""
     trained = [policy] + ([value_model] if value_model is not None else [])
     steps = epochs * len(rollout) // minibatch_size
+    if old_logprobs_from_update and steps != 1:
+        raise ValueError(f"old log-probs from the update need one optimizer step per batch, not {steps}")
     totals: dict[str, float] = {}
     shuffle = torch.Generator().manual_seed(shuffle_seed)
     part = minibatch_size // dist.world_size
@@ -366,10 +389,11 @@ def update_on_batch(
     for _epoch in range(epochs):
         for rows in torch.randperm(len(rollout), generator=shuffle).split(minibatch_size):
             minibatch = rollout.select(rows.to(device))
+            mine = minibatch.select(slice(dist.rank * part, (dist.rank + 1) * part))  # views: filled in place
             stats = algorithm.backward(
                 policy,
                 value_model,
-                minibatch.select(slice(dist.rank * part, (dist.rank + 1) * part)),
+                mine,
                 kl_coef=kl_coef,
                 loss=loss,
                 denominator=per_rank_denominator(algorithm.denominator(minibatch), dist.world_size),
@@ -379,7 +403,11 @@ def update_on_batch(
                 device=device,
                 precision=precision,
                 sync_policy=ptx is None,
+                **({"fill_old_logprobs": True} if old_logprobs_from_update else {}),
             )
+            if old_logprobs_from_update:  # every rank's rows, in the minibatch's order, back to the rollout's rows
+                for name in ("logprobs", "entropy"):
+                    getattr(rollout, name)[rows.to(device)] = all_gather_rows(getattr(mine, name), dist)
             if ptx is not None:
                 blocks = ptx.blocks.ids[ptx.order.next(ptx.batch_size)]
                 stats |= ptx_backward(

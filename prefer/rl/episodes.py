@@ -258,11 +258,13 @@ def rollout_batch(
     batch_size: int,
     device,
     precision: str,
+    policy_logprobs: bool = True,
 ) -> tuple[Rollout, torch.Tensor, ScoredEpisodes]:
     """This rank's episodes of an iteration (its contiguous share of the global batch; a prompt's K samples
     contiguous), KV-cached at the training temperature, truncated at eos, seeded by (iteration, chunk of the global
     batch) so that a resumed run or another number of ranks draws the same; scored (+ gold); made into a Rollout
-    (old, reference log-probs and values) and gathered, so that every rank holds the global batch. Returns
+    (old, reference log-probs and values; `policy_logprobs=False`: the old ones NaN, for the update to fill) and
+    gathered, so that every rank holds the global batch. Returns
     (rollout of the global batch, stopped [N] of the global batch, this rank's scored episodes)."""
     eos = tokenizer.eos_token_id
     started = time.perf_counter()
@@ -303,6 +305,7 @@ def rollout_batch(
         batch_size=batch_size,
         device=device,
         precision=precision,
+        policy_logprobs=policy_logprobs,
     )
     done = time.perf_counter()
     seconds = {"generate": generated - started, "score": scored_at - generated, "logprobs": done - scored_at}

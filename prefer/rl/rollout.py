@@ -114,12 +114,15 @@ def make_rollout(
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
+    policy_logprobs: bool = True,
 ) -> Rollout:
     """Episodes -> a Rollout with old log-probs, reference log-probs, values and entropy (rewards not yet).
 
     Every model must be in eval mode (dropout off), as it is during sampling and the PPO update: the ratio of the
     first minibatch is then exactly 1, and the KL to the reference measures the policy, not dropout noise.
-    `value_model=None` (evaluation, best-of-n: nothing is trained, so there is no critic) leaves the values 0."""
+    `value_model=None` (evaluation, best-of-n: nothing is trained, so there is no critic) leaves the values 0.
+    `policy_logprobs=False` skips the policy's forward and leaves `logprobs` and `entropy` NaN, for the update to
+    fill from its own forward (`update_on_batch(old_logprobs_from_update=True)`: one optimizer step per batch)."""
     query, query_mask, response, response_mask = collate(queries, responses, pad_id=pad_id)
     empty = torch.zeros(response.shape, dtype=torch.float32)
     episodes = Rollout(
@@ -138,17 +141,20 @@ def make_rollout(
     for start in range(0, len(episodes), batch_size):
         part = episodes.select(slice(start, start + batch_size))
         with autocast(device, precision):
-            logits = policy_logits(policy, part).float()
+            logits = policy_logits(policy, part).float() if policy_logprobs else None
             ref_logits = policy_logits(reference, part).float()
             values = (
                 value_model(part).float()
                 if value_model is not None
                 else torch.zeros(part.response.shape, device=device)
             )
-        parts["logprobs"].append(token_logprobs(logits, part.response, temperature=temperature))
+        unknown = torch.full(part.response.shape, float("nan"), device=device)
+        parts["logprobs"].append(
+            token_logprobs(logits, part.response, temperature=temperature) if policy_logprobs else unknown
+        )
         parts["ref_logprobs"].append(token_logprobs(ref_logits, part.response, temperature=temperature))
         parts["values"].append(values)
-        parts["entropy"].append(entropy(logits, temperature=temperature))
+        parts["entropy"].append(entropy(logits, temperature=temperature) if policy_logprobs else unknown)
     return replace(episodes, **{name: torch.cat(chunks) for name, chunks in parts.items()})
 
 

@@ -168,8 +168,22 @@ def policy_gradient(config: PolicyGradientConfig, *, resume: bool = False, score
     )
 
     # 4. The loop: a. rollouts; b. the update; c. log, adapt beta (Ziegler et al. 2019), checkpoint.
-    sample_batch = _sampler(config, models, run, chunk=chunk, micro=micro, scorers=(scorer, gold_scorer))
-    update = _updater(config, algorithm, models, run, micro=micro, optimizer=optimizer, scheduler=scheduler, ptx=ptx)
+    # One optimizer step per batch (GRPO): the update's forward is the sampling policy's, so the rollout need not
+    # run it for the old log-probs (as TRL does); PPO's and RLOO's rewards read them before the update.
+    old_from_update = steps_per_iteration == 1 and not algorithm.rewards_read_logprobs
+    sample_batch = _sampler(
+        config,
+        models,
+        run,
+        chunk=chunk,
+        micro=micro,
+        scorers=(scorer, gold_scorer),
+        policy_logprobs=not old_from_update,
+    )
+    update = _updater(
+        config, algorithm, models, run, micro=micro, optimizer=optimizer, scheduler=scheduler, ptx=ptx,
+        old_logprobs_from_update=old_from_update,
+    )  # fmt: skip
     for iteration in range(start, config.train.iterations):
         index = order.next(config.train.batch_size).tolist()[dist.rank * share : (dist.rank + 1) * share]
         index = [i for i in index for _ in range(K)]
@@ -179,6 +193,8 @@ def policy_gradient(config: PolicyGradientConfig, *, resume: bool = False, score
         rollout, advantage_stats = algorithm.advantages(rollout, kl_coef=kl_coef, loss=config.loss)
         updating = time.perf_counter()
         totals = update(rollout, kl_coef=kl_coef, shuffle_seed=config.runtime.seed * 1_000_003 + iteration + 7)
+        if old_from_update:  # the KL stats again, from the old log-probs the update filled in
+            rollout, advantage_stats = algorithm.advantages(rollout, kl_coef=kl_coef, loss=config.loss)
         done = iteration + 1
         record = _record(rollout, totals, advantage_stats, stopped, kl_coef=kl_coef, episodes=done * episodes)
         # where the iteration's wall time went (rank 0's; generation dominates RLHF at scale)
@@ -228,7 +244,9 @@ def policy_gradient(config: PolicyGradientConfig, *, resume: bool = False, score
     return final
 
 
-def _sampler(config, models: PolicyModels, run: StageRun, *, chunk: int, micro: int, scorers: tuple):
+def _sampler(
+    config, models: PolicyModels, run: StageRun, *, chunk: int, micro: int, scorers: tuple, policy_logprobs: bool
+):
     """rollout_batch(prompts, queries, *, iteration) with this run's models and settings bound."""
     return partial(
         rollout_batch,
@@ -247,10 +265,22 @@ def _sampler(config, models: PolicyModels, run: StageRun, *, chunk: int, micro: 
         batch_size=micro,
         device=run.device,
         precision=config.runtime.precision,
+        policy_logprobs=policy_logprobs,
     )
 
 
-def _updater(config, algorithm: Algorithm, models: PolicyModels, run: StageRun, *, micro, optimizer, scheduler, ptx):
+def _updater(
+    config,
+    algorithm: Algorithm,
+    models: PolicyModels,
+    run: StageRun,
+    *,
+    micro,
+    optimizer,
+    scheduler,
+    ptx,
+    old_logprobs_from_update: bool,
+):
     """update_on_batch(rollout, *, kl_coef, shuffle_seed) with this run's models, optimizer and settings bound."""
     return partial(
         update_on_batch,
@@ -269,6 +299,7 @@ def _updater(config, algorithm: Algorithm, models: PolicyModels, run: StageRun, 
         scheduler=scheduler,
         grad_clip=config.optimizer.grad_clip,
         ptx=ptx,
+        old_logprobs_from_update=old_logprobs_from_update,
     )
 
 

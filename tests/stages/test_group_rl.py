@@ -238,3 +238,34 @@ def test_a_scorer_callable_from_python_needs_no_registered_name(sft, tmp_path): 
     metrics = read_metrics(tmp_path / "run")
     assert all("reward/gold" in m for m in metrics)
     assert json.loads((tmp_path / "run" / "final" / "prefer.json").read_text())["scorer"] == "my-scorer"
+
+
+def test_grpo_with_one_step_per_batch_takes_the_old_logprobs_from_the_update(sft, tmp_path, monkeypatch):  # noqa: F811
+    """16 episodes in one minibatch: the rollout skips the policy's no-grad forward (as TRL's GRPO does) and the
+    update's forward gives the old log-probs, the logged KL and the entropy. The run equals one whose rollout computes
+    them (the ratio is exactly 1 either way); RLOO, whose rewards read them, keeps the rollout's forward."""
+    import prefer.rl.episodes as episodes
+
+    asked = []
+    make_rollout = episodes.make_rollout
+    monkeypatch.setattr(
+        episodes, "make_rollout", lambda *a, **k: asked.append(k["policy_logprobs"]) or make_rollout(*a, **k)
+    )
+    overrides = {"train.iterations": 3, "train.minibatch_size": 16, "train.checkpoint_every": 3}
+    skipped = group_rl(_config(sft, tmp_path / "skipped", **overrides))
+    assert asked == [False] * 3
+    asked.clear()
+    with monkeypatch.context() as patched:  # the same run with the rollout's forward: GRPO as if its rewards read it
+        patched.setitem(stage.ALGORITHMS, "grpo", stage.ALGORITHMS["grpo"]._replace(rewards_read_logprobs=True))
+        computed_run = group_rl(_config(sft, tmp_path / "computed", **overrides))
+    assert asked == [True] * 3
+    asked.clear()
+    group_rl(_config(sft, tmp_path / "rloo", **overrides, algorithm="rloo"))
+    assert asked == [True] * 3
+    weights = [load_file(run / "model.safetensors") for run in (skipped, computed_run)]
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], atol=1e-6, rtol=1e-5)
+    for a, b in zip(read_metrics(tmp_path / "skipped"), read_metrics(tmp_path / "computed"), strict=True):
+        a, b = computed(a), computed(b)
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a), (a, b)
+        assert a["kl"] == a["kl"] and a["entropy"] > 0  # filled in, not NaN
