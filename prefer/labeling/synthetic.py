@@ -53,10 +53,15 @@ class LabelReport:
 def binary_labels(noisy: np.ndarray) -> np.ndarray:
     """The synthetic labelers' thumbs up or down: a response is good when the noisy score its labeler ranked it by
     is at most the median of the noisy scores of all the labelled responses (one bar for every prompt, as a labeler
-    judging a single response has no other response to compare it with). NaN (an empty response) is neither: the
-    caller leaves it out. No random number is drawn: the rankings' noise is the labels' noise."""
+    judging a single response has no other response to compare it with). When many responses share the median's
+    score (a pass/fail judge such as IFEval's, where most responses may fail), the tie goes to whichever side leaves
+    the share of good responses closer to half: "at most the median" would call every response good when more
+    than half fail, "below it" none when more than half pass. NaN (an empty response) is neither: the caller leaves
+    it out. No random number is drawn: the rankings' noise is the labels' noise."""
     bar = np.nanmedian(noisy)
-    return noisy <= bar
+    at_most, below = noisy <= bar, noisy < bar
+    half = np.count_nonzero(~np.isnan(noisy)) / 2
+    return at_most if abs(np.count_nonzero(at_most) - half) <= abs(np.count_nonzero(below) - half) else below
 
 
 def rank_by_scores(scores: Sequence[float]) -> tuple[int, ...]:

@@ -3,6 +3,7 @@ and the files are valid input for the reward model and SFT."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,17 @@ def test_conversations_are_labelled_in_the_chat_format_the_policy_is_prompted_wi
     for comparison in comparisons:
         assert comparison.prompt in texts and set(comparison.responses) <= set(responses)
     assert {d.prompt for d in read_demonstrations(report.demonstrations)} == set(texts)
+
+
+def test_binary_labels_split_at_the_median_and_a_tie_goes_where_the_good_share_is_nearer_half():
+    from prefer.labeling.synthetic import binary_labels
+
+    # continuous scores: at most the median is good (3 of 5, the median itself included)
+    assert binary_labels(np.array([0.3, 0.1, 0.5, 0.2, 0.4])).tolist() == [True, True, False, True, False]
+    # a pass/fail judge where 4 of 5 fail (misalignment 1): the median is 1, and "at most" it would make all 5
+    # good; below it, the one pass is good (1 of 5 is nearer half than 5 of 5)
+    assert binary_labels(np.array([1.0, 0.0, 1.0, 1.0, 1.0])).tolist() == [False, True, False, False, False]
+    # 4 of 5 pass: the median is 0, and "below" it would make none good; at most it, the 4 passes are
+    assert binary_labels(np.array([0.0, 0.0, 1.0, 0.0, 0.0])).tolist() == [True, True, False, True, True]
+    # an empty response (NaN) is neither and does not count towards the half
+    assert binary_labels(np.array([1.0, np.nan, 0.0, 1.0])).tolist() == [False, False, True, False]
