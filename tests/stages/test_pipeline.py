@@ -10,10 +10,10 @@ import itertools
 import json
 
 import pytest
-from toy_rl import WORDS, mean_reward
+from toy_rl import WORDS, mean_reward, toy_label_config
 from toy_scorers import spec
 
-from prefer.config import LabelConfig, PolicyGradientConfig, RewardConfig, SFTConfig, build_config
+from prefer.config import PolicyGradientConfig, RewardConfig, SFTConfig, build_config
 from prefer.labeling import label_synthetic
 from prefer.stages.policy_gradient import ppo
 from prefer.stages.reward import reward
@@ -43,23 +43,7 @@ def pipeline(sft, tmp_path_factory):  # `sft` is the tiny LM of conftest.py
     (root / "ppo").mkdir()
     _write_prompts(root / "ppo" / "prompts.jsonl", ppo_prompts)  # where mean_reward looks for prompts
 
-    report = label_synthetic(
-        build_config(
-            LabelConfig,
-            {
-                "model": sft / "sft",
-                "prompts": root / "label_prompts.jsonl",
-                "scorer": NOT_A,
-                "rankings_out": root / "rankings.jsonl",
-                "demonstrations_out": root / "demos.jsonl",
-                "num_responses": 4,
-                "generation.max_new_tokens": 12,
-                "runtime.device": "cpu",
-                "runtime.seed": 0,
-            },
-        ),
-        progress=False,
-    )
+    report = label_synthetic(toy_label_config(sft, root / "label_prompts.jsonl", root, scorer=NOT_A), progress=False)
 
     common = {
         "train.batch_size": 16,

@@ -96,6 +96,25 @@ def hand_made_rollout(sft, lengths=(1, 3, 5, 2, 4, 6, 1, 5), temperature=1.0, **
     return rollout, (policy, reference, value_model), queries, responses
 
 
+def toy_label_config(sft, prompts, root, *, scorer: str) -> LabelConfig:
+    """`prefer label --synthetic`'s config for the toy SFT model: K = 4 samples of 12 tokens of each prompt in the
+    file `prompts`, ranked by `scorer` (a scorer name or spec), written to rankings.jsonl and demos.jsonl in `root`."""
+    return build_config(
+        LabelConfig,
+        {
+            "model": sft / "sft",
+            "prompts": prompts,
+            "scorer": scorer,
+            "rankings_out": root / "rankings.jsonl",
+            "demonstrations_out": root / "demos.jsonl",
+            "num_responses": 4,
+            "generation.max_new_tokens": 12,
+            "runtime.device": "cpu",
+            "runtime.seed": 0,
+        },
+    )
+
+
 def label_toy_prompts(sft, root, *, feedback_out=None):
     """K = 4 samples of the SFT model for ~180 prompts (the words and their pairs) in `root`, ranked by how many of
     their characters are "a" (rankings.jsonl, demos.jsonl; with `feedback_out`, each response marked good or bad).
@@ -103,20 +122,7 @@ def label_toy_prompts(sft, root, *, feedback_out=None):
     prompts = WORDS + [" ".join(words) for words in itertools.product(WORDS, repeat=2)]
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return label_synthetic(
-        build_config(
-            LabelConfig,
-            {
-                "model": sft / "sft",
-                "prompts": root / "prompts.jsonl",
-                "scorer": "not-a",
-                "rankings_out": root / "rankings.jsonl",
-                "demonstrations_out": root / "demos.jsonl",
-                "num_responses": 4,
-                "generation.max_new_tokens": 12,
-                "runtime.device": "cpu",
-                "runtime.seed": 0,
-            },
-        ),
+        toy_label_config(sft, root / "prompts.jsonl", root, scorer="not-a"),
         scorer=not_a,
         progress=False,
         feedback_out=feedback_out,
