@@ -388,7 +388,8 @@ def update_on_batch(
     step = 0
     for _epoch in range(epochs):
         for rows in torch.randperm(len(rollout), generator=shuffle).split(minibatch_size):
-            minibatch = rollout.select(rows.to(device))
+            rows = rows.to(device)
+            minibatch = rollout.select(rows)
             mine = minibatch.select(slice(dist.rank * part, (dist.rank + 1) * part))  # views: filled in place
             stats = algorithm.backward(
                 policy,
@@ -403,11 +404,11 @@ def update_on_batch(
                 device=device,
                 precision=precision,
                 sync_policy=ptx is None,
-                **({"fill_old_logprobs": True} if old_logprobs_from_update else {}),
+                fill_old_logprobs=old_logprobs_from_update,
             )
             if old_logprobs_from_update:  # every rank's rows, in the minibatch's order, back to the rollout's rows
                 for name in ("logprobs", "entropy"):
-                    getattr(rollout, name)[rows.to(device)] = all_gather_rows(getattr(mine, name), dist)
+                    getattr(rollout, name)[rows] = all_gather_rows(getattr(mine, name), dist)
             if ptx is not None:
                 blocks = ptx.blocks.ids[ptx.order.next(ptx.batch_size)]
                 stats |= ptx_backward(

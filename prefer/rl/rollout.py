@@ -148,13 +148,15 @@ def make_rollout(
                 if value_model is not None
                 else torch.zeros(part.response.shape, device=device)
             )
-        unknown = torch.full(part.response.shape, float("nan"), device=device)
-        parts["logprobs"].append(
-            token_logprobs(logits, part.response, temperature=temperature) if policy_logprobs else unknown
-        )
+        if policy_logprobs:
+            parts["logprobs"].append(token_logprobs(logits, part.response, temperature=temperature))
+            parts["entropy"].append(entropy(logits, temperature=temperature))
+        else:
+            unknown = torch.full(part.response.shape, float("nan"), device=device)
+            parts["logprobs"].append(unknown)
+            parts["entropy"].append(unknown)
         parts["ref_logprobs"].append(token_logprobs(ref_logits, part.response, temperature=temperature))
         parts["values"].append(values)
-        parts["entropy"].append(entropy(logits, temperature=temperature) if policy_logprobs else unknown)
     return replace(episodes, **{name: torch.cat(chunks) for name, chunks in parts.items()})
 
 
